@@ -219,6 +219,9 @@ pub struct Recurrent {
     pub input_features: usize,
     /// True when an upstream `Embedding(mask_zero=True)` masks this layer's input.
     pub masked: bool,
+    /// With return_sequences: zeros at masked steps instead of repeating the previous output.
+    /// Keras forces it on inside Bidirectional; a plain layer reads its `zero_output_for_mask`.
+    pub zero_masked_outputs: bool,
 }
 
 impl Recurrent {
@@ -234,10 +237,10 @@ impl Recurrent {
         }
     }
 
-    /// Keras 3 writes zeros at masked steps inside Bidirectional, and repeats the previous
-    /// output in a plain RNN layer (`zero_output_for_mask`).
+    /// Keras 3 writes zeros at masked steps inside Bidirectional with return_sequences, and
+    /// repeats the previous output in a plain RNN layer (unless its `zero_output_for_mask`).
     pub fn zero_output_for_mask(&self) -> bool {
-        self.backward.is_some()
+        self.zero_masked_outputs
     }
 
     pub fn cells(&self) -> impl Iterator<Item = &RecurrentCell> {

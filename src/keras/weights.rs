@@ -1,0 +1,333 @@
+//! Weight files: Keras 3 `.weights.h5` (inside a `.keras` or alone) and `.npz` holding
+//! `model.get_weights()` in order.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use hdf5_pure::AttrValue;
+
+use crate::error::{Error, Result};
+
+/// One weight array as stored: shape and row-major f32 values.
+#[derive(Debug, Clone)]
+pub struct RawWeight {
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+/// Where the loader takes each layer's weights from.
+pub enum WeightSource {
+    H5(H5Weights),
+    Npz(NpzWeights),
+}
+
+impl WeightSource {
+    /// Opens a standalone weights file, choosing the reader by content (HDF5 or zip/npz).
+    pub fn open(path: &Path) -> Result<WeightSource> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        if bytes.starts_with(b"\x89HDF\r\n\x1a\n") {
+            Ok(WeightSource::H5(H5Weights::from_bytes(path, bytes)?))
+        } else if bytes.starts_with(b"PK") {
+            Ok(WeightSource::Npz(NpzWeights::from_bytes(path, bytes)?))
+        } else if bytes.is_empty() {
+            Err(Error::format(path, "weights file is empty"))
+        } else {
+            Err(Error::format(
+                path,
+                "not a weights file: expected HDF5 (.weights.h5) or .npz",
+            ))
+        }
+    }
+
+    /// The weights of one layer, or of a sub-object of it (`sub` like `["forward_layer", "cell"]`
+    /// for h5; ignored for npz, which is purely positional). `count` is how many arrays Keras
+    /// stores there.
+    pub fn take(&mut self, layer: &str, sub: &[&str], count: usize) -> Result<Vec<RawWeight>> {
+        match self {
+            WeightSource::H5(h) => h.take(layer, sub, count),
+            WeightSource::Npz(n) => n.take(layer, count),
+        }
+    }
+
+    /// Fails when the file holds weights no layer took.
+    pub fn finish(self) -> Result<()> {
+        match self {
+            WeightSource::H5(h) => h.finish(),
+            WeightSource::Npz(n) => n.finish(),
+        }
+    }
+}
+
+/// Keras 3 weights: `layers/<group>/[sub/]vars/<N>`, where `<group>` is a per-model snake_case
+/// class name and the layer's real name is the `name` attribute of the `vars` group.
+pub struct H5Weights {
+    path: PathBuf,
+    file: hdf5_pure::File,
+    /// Layer name -> group path under `layers/`.
+    groups: BTreeMap<String, String>,
+    taken: BTreeSet<String>,
+}
+
+impl H5Weights {
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self> {
+        let corrupt = |e: hdf5_pure::Error| Error::format(path, format!("corrupt HDF5 weights: {e}"));
+        let file = hdf5_pure::File::from_bytes(bytes).map_err(corrupt)?;
+        let layers = file.group("layers").map_err(|_| {
+            Error::format(
+                path,
+                "not a Keras 3 weights file: no 'layers' group (legacy Keras 2 .h5 is not supported)",
+            )
+        })?;
+        let mut groups = BTreeMap::new();
+        for group in layers.groups().map_err(corrupt)? {
+            let vars = format!("layers/{group}/vars");
+            let name = file
+                .group(&vars)
+                .ok()
+                .and_then(|g| g.attrs().ok())
+                .and_then(|attrs| match attrs.get("name") {
+                    Some(AttrValue::String(s)) | Some(AttrValue::AsciiString(s)) => Some(s.clone()),
+                    _ => None,
+                })
+                // Without the attribute, fall back to the group name itself.
+                .unwrap_or_else(|| group.clone());
+            groups.insert(name, group);
+        }
+        Ok(H5Weights {
+            path: path.to_path_buf(),
+            file,
+            groups,
+            taken: BTreeSet::new(),
+        })
+    }
+
+    fn take(&mut self, layer: &str, sub: &[&str], count: usize) -> Result<Vec<RawWeight>> {
+        let Some(group) = self.groups.get(layer) else {
+            if count == 0 {
+                return Ok(Vec::new());
+            }
+            return Err(Error::Weights {
+                path: self.path.clone(),
+                layer: layer.to_string(),
+                message: format!("missing: the file has no weights for this layer (expected {count} arrays)"),
+            });
+        };
+        self.taken.insert(layer.to_string());
+        let mut vars_path = format!("layers/{group}");
+        for s in sub {
+            vars_path.push('/');
+            vars_path.push_str(s);
+        }
+        vars_path.push_str("/vars");
+        let err = |message: String| Error::Weights {
+            path: self.path.clone(),
+            layer: layer.to_string(),
+            message,
+        };
+        let names = match self.file.group(&vars_path) {
+            Ok(g) => g
+                .datasets()
+                .map_err(|e| err(format!("corrupt group '{vars_path}': {e}")))?,
+            Err(_) if count == 0 => Vec::new(),
+            Err(_) => return Err(err(format!("missing group '{vars_path}'"))),
+        };
+        // vars/N sort numerically: "10" comes after "9".
+        let mut numbered = Vec::with_capacity(names.len());
+        for n in names {
+            let i: usize = n
+                .parse()
+                .map_err(|_| err(format!("unexpected dataset '{vars_path}/{n}'")))?;
+            numbered.push((i, n));
+        }
+        numbered.sort();
+        if numbered.len() != count {
+            return Err(err(format!(
+                "expected {count} arrays in '{vars_path}', found {}",
+                numbered.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(count);
+        for (_, n) in numbered {
+            let ds_path = format!("{vars_path}/{n}");
+            let ds = self
+                .file
+                .dataset(&ds_path)
+                .map_err(|e| err(format!("cannot open '{ds_path}': {e}")))?;
+            let shape: Vec<usize> = ds
+                .shape()
+                .map_err(|e| err(format!("corrupt '{ds_path}': {e}")))?
+                .into_iter()
+                .map(|d| d as usize)
+                .collect();
+            let values = ds
+                .read_f32()
+                .map_err(|e| err(format!("cannot read '{ds_path}' as float32: {e}")))?;
+            if values.len() != shape.iter().product::<usize>() {
+                return Err(err(format!(
+                    "'{ds_path}' holds {} values for shape {shape:?}",
+                    values.len()
+                )));
+            }
+            out.push(RawWeight { shape, values });
+        }
+        Ok(out)
+    }
+
+    fn finish(self) -> Result<()> {
+        for (layer, group) in &self.groups {
+            if self.taken.contains(layer) {
+                continue;
+            }
+            // A group with no arrays (Dropout, Flatten ...) is harmless.
+            if self.has_arrays(&format!("layers/{group}")) {
+                return Err(Error::Weights {
+                    path: self.path.clone(),
+                    layer: layer.clone(),
+                    message: "extra: the file holds weights for a layer the model config does not have"
+                        .into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn has_arrays(&self, group_path: &str) -> bool {
+        let Ok(g) = self.file.group(group_path) else {
+            return false;
+        };
+        if g.datasets().map(|d| !d.is_empty()).unwrap_or(false) {
+            return true;
+        }
+        g.groups()
+            .unwrap_or_default()
+            .iter()
+            .any(|sub| self.has_arrays(&format!("{group_path}/{sub}")))
+    }
+}
+
+/// `np.savez(path, *model.get_weights())`: arrays `arr_0 .. arr_N` in layer order.
+pub struct NpzWeights {
+    path: PathBuf,
+    arrays: Vec<RawWeight>,
+    next: usize,
+}
+
+impl NpzWeights {
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self> {
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
+            .map_err(|e| Error::format(path, format!("not a valid npz (zip) file: {e}")))?;
+        let mut by_index = BTreeMap::new();
+        for i in 0..zip.len() {
+            let mut entry = zip
+                .by_index(i)
+                .map_err(|e| Error::format(path, format!("corrupt npz entry {i}: {e}")))?;
+            let name = entry
+                .name()
+                .map_err(|e| Error::format(path, format!("corrupt npz entry name {i}: {e}")))?
+                .into_owned();
+            let stem = name.strip_suffix(".npy").unwrap_or(&name);
+            let index: usize = stem
+                .strip_prefix("arr_")
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| {
+                    Error::format(
+                        path,
+                        format!(
+                            "npz entry '{name}' is not named arr_N (save with np.savez(path, *model.get_weights()))"
+                        ),
+                    )
+                })?;
+            let mut data = Vec::new();
+            entry
+                .read_to_end(&mut data)
+                .map_err(|e| Error::format(path, format!("corrupt npz entry '{name}': {e}")))?;
+            let array = read_npy_f32(&data).map_err(|m| Error::format(path, format!("entry '{name}': {m}")))?;
+            by_index.insert(index, array);
+        }
+        // Indices must be exactly 0..n.
+        for (expected, &index) in by_index.keys().enumerate() {
+            if expected != index {
+                return Err(Error::format(path, format!("npz is missing arr_{expected}")));
+            }
+        }
+        Ok(NpzWeights {
+            path: path.to_path_buf(),
+            arrays: by_index.into_values().collect(),
+            next: 0,
+        })
+    }
+
+    fn take(&mut self, layer: &str, count: usize) -> Result<Vec<RawWeight>> {
+        let end = self.next + count;
+        if end > self.arrays.len() {
+            return Err(Error::Weights {
+                path: self.path.clone(),
+                layer: layer.to_string(),
+                message: format!(
+                    "missing: the npz holds {} arrays but the model needs more (this layer needs arr_{}..arr_{})",
+                    self.arrays.len(),
+                    self.next,
+                    end - 1
+                ),
+            });
+        }
+        let out = self.arrays[self.next..end].to_vec();
+        self.next = end;
+        Ok(out)
+    }
+
+    fn finish(self) -> Result<()> {
+        if self.next != self.arrays.len() {
+            return Err(Error::format(
+                &self.path,
+                format!(
+                    "extra weights: the npz holds {} arrays, the model uses {}",
+                    self.arrays.len(),
+                    self.next
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Reads an `.npy` payload of any float or integer dtype as f32.
+pub fn read_npy_f32(bytes: &[u8]) -> std::result::Result<RawWeight, String> {
+    use npyz::{DType, NpyFile, TypeChar};
+    let npy = NpyFile::new(bytes).map_err(|e| format!("not a valid .npy array: {e}"))?;
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    if npy.order() == npyz::Order::Fortran && shape.len() > 1 {
+        return Err("Fortran-ordered arrays are not supported".into());
+    }
+    let dtype = npy.dtype();
+    let values: Vec<f32> = match &dtype {
+        DType::Plain(t) => match (t.type_char(), t.size_field()) {
+            (TypeChar::Float, 4) => npy.into_vec::<f32>().map_err(|e| e.to_string())?,
+            (TypeChar::Float, 8) => npy
+                .into_vec::<f64>()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|v| v as f32)
+                .collect(),
+            (TypeChar::Int, 4) => npy
+                .into_vec::<i32>()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|v| v as f32)
+                .collect(),
+            (TypeChar::Int, 8) => npy
+                .into_vec::<i64>()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|v| v as f32)
+                .collect(),
+            _ => return Err(format!("unsupported dtype {}", t)),
+        },
+        other => return Err(format!("unsupported dtype {other:?}")),
+    };
+    if values.len() != shape.iter().product::<usize>() {
+        return Err(format!("holds {} values for shape {shape:?}", values.len()));
+    }
+    Ok(RawWeight { shape, values })
+}

@@ -10,11 +10,14 @@
 //! ```
 
 pub mod cpu;
+pub mod data;
 pub mod error;
 pub mod gpu;
 pub mod ir;
 pub mod keras;
+pub mod metrics;
 pub mod model;
+pub mod text;
 
 pub use error::{Error, Result};
 pub use model::{Backend, Model, PreparedInput};

@@ -31,22 +31,34 @@ pub fn read(path: &Path) -> Result<NpyArray> {
         .map_err(|e| Error::format(path, format!("not a valid .npy file: {e}")))?;
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
     if npy.order() == npyz::Order::Fortran && shape.len() > 1 {
-        return Err(Error::format(path, "Fortran-ordered arrays are not supported (save with np.ascontiguousarray)"));
+        return Err(Error::format(
+            path,
+            "Fortran-ordered arrays are not supported (save with np.ascontiguousarray)",
+        ));
     }
     let dtype = npy.dtype();
     let bad = |e: std::io::Error| Error::format(path, format!("corrupt .npy data: {e}"));
     let (tc, size) = match &dtype {
         DType::Plain(t) => (t.type_char(), t.size_field()),
         other => {
-            return Err(Error::format(path, format!("unsupported dtype {}", other.descr())));
+            return Err(Error::format(
+                path,
+                format!("unsupported dtype {}", other.descr()),
+            ));
         }
     };
     let array = match (tc, size) {
-        (TypeChar::Float, 4) => NpyArray::Float(to_array(path, &shape, npy.into_vec::<f32>().map_err(bad)?)?),
+        (TypeChar::Float, 4) => {
+            NpyArray::Float(to_array(path, &shape, npy.into_vec::<f32>().map_err(bad)?)?)
+        }
         (TypeChar::Float, 8) => NpyArray::Float(to_array(
             path,
             &shape,
-            npy.into_vec::<f64>().map_err(bad)?.into_iter().map(|v| v as f32).collect(),
+            npy.into_vec::<f64>()
+                .map_err(bad)?
+                .into_iter()
+                .map(|v| v as f32)
+                .collect(),
         )?),
         (TypeChar::Int, 1) => ints(path, &shape, npy.into_vec::<i8>().map_err(bad)?)?,
         (TypeChar::Int, 2) => ints(path, &shape, npy.into_vec::<i16>().map_err(bad)?)?,
@@ -58,7 +70,10 @@ pub fn read(path: &Path) -> Result<NpyArray> {
         _ => {
             return Err(Error::format(
                 path,
-                format!("unsupported dtype {} (expected float32, float64 or an integer type)", dtype.descr()),
+                format!(
+                    "unsupported dtype {} (expected float32, float64 or an integer type)",
+                    dtype.descr()
+                ),
             ))
         }
     };
@@ -71,7 +86,11 @@ fn to_array<T>(path: &Path, shape: &[usize], values: Vec<T>) -> Result<ArrayD<T>
 }
 
 fn ints<T: Into<i64>>(path: &Path, shape: &[usize], values: Vec<T>) -> Result<NpyArray> {
-    Ok(NpyArray::Int(to_array(path, shape, values.into_iter().map(Into::into).collect())?))
+    Ok(NpyArray::Int(to_array(
+        path,
+        shape,
+        values.into_iter().map(Into::into).collect(),
+    )?))
 }
 
 /// Writes a float32 `.npy`.

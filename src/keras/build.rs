@@ -21,7 +21,12 @@ pub fn build_model(
     let class = config
         .get("class_name")
         .and_then(Value::as_str)
-        .ok_or_else(|| Error::format(path, "model config has no 'class_name' (is this a Keras model JSON?)"))?;
+        .ok_or_else(|| {
+            Error::format(
+                path,
+                "model config has no 'class_name' (is this a Keras model JSON?)",
+            )
+        })?;
     let inner = config
         .get("config")
         .ok_or_else(|| Error::format(path, "model config has no 'config' object"))?;
@@ -47,6 +52,8 @@ pub fn build_model(
         shape: input_shape.clone(),
         mask_alive: false,
         layers: Vec::new(),
+        group: String::new(),
+        group_counts: Default::default(),
     };
     let mut model_input_shape = input_shape;
     let mut text_spec = None;
@@ -54,7 +61,10 @@ pub fn build_model(
         let cfg = LayerConfig::new(path, entry)?;
         if cfg.class == "TextVectorization" {
             if i != 0 {
-                return Err(cfg.error("class_name", "TextVectorization must be the model's first layer"));
+                return Err(cfg.error(
+                    "class_name",
+                    "TextVectorization must be the model's first layer",
+                ));
             }
             let spec = text_vectorization(path, &cfg, assets)?;
             let length = spec.output_sequence_length.ok_or_else(|| {
@@ -74,7 +84,10 @@ pub fn build_model(
     let input_kind = match layers.first().map(|l| &l.kind) {
         Some(LayerKind::Embedding(_)) => InputKind::TokenIds,
         _ if text_spec.is_some() => {
-            return Err(Error::format(path, "TextVectorization must be followed by an Embedding"))
+            return Err(Error::format(
+                path,
+                "TextVectorization must be followed by an Embedding",
+            ))
         }
         _ => InputKind::Float,
     };
@@ -140,7 +153,10 @@ fn sequential_layers(path: &Path, inner: &Value) -> Result<(Shape, Vec<Value>)> 
         }
     }
     let input_shape = input_shape.ok_or_else(|| {
-        Error::format(path, "Sequential model has no input shape (no InputLayer, batch_shape or build_input_shape)")
+        Error::format(
+            path,
+            "Sequential model has no input shape (no InputLayer, batch_shape or build_input_shape)",
+        )
     })?;
     Ok((input_shape, entries))
 }
@@ -162,7 +178,11 @@ fn inbound_layer_names(node: &Value, out: &mut Vec<String>) {
         }
         Value::Array(items) => {
             // Keras 2: [name, node_index, tensor_index, kwargs]
-            if items.len() >= 3 && items[0].is_string() && items[1].is_number() && items[2].is_number() {
+            if items.len() >= 3
+                && items[0].is_string()
+                && items[1].is_number()
+                && items[2].is_number()
+            {
                 if let Some(n) = items[0].as_str() {
                     out.push(n.to_string());
                 }
@@ -198,7 +218,9 @@ fn functional_chain(path: &Path, inner: &Value) -> Result<(Shape, Vec<Value>)> {
             .unwrap_or("?")
             .to_string(),
         field: "inbound_nodes".into(),
-        message: format!("unsupported: {what} (wgnn runs Functional models that are a single chain)"),
+        message: format!(
+            "unsupported: {what} (wgnn runs Functional models that are a single chain)"
+        ),
     };
     let mut inputs = Vec::new();
     let mut parent: Vec<Option<String>> = Vec::new();
@@ -206,7 +228,10 @@ fn functional_chain(path: &Path, inner: &Value) -> Result<(Shape, Vec<Value>)> {
         let mut names = Vec::new();
         if let Some(nodes) = layer.get("inbound_nodes").and_then(Value::as_array) {
             if nodes.len() > 1 {
-                return Err(unsupported(layer, "the layer is called more than once (shared layer)"));
+                return Err(unsupported(
+                    layer,
+                    "the layer is called more than once (shared layer)",
+                ));
             }
             for n in nodes {
                 inbound_layer_names(n, &mut names);
@@ -227,7 +252,10 @@ fn functional_chain(path: &Path, inner: &Value) -> Result<(Shape, Vec<Value>)> {
     if inputs.len() != 1 {
         return Err(Error::format(
             path,
-            format!("unsupported: the model has {} inputs (wgnn runs single-input chains)", inputs.len()),
+            format!(
+                "unsupported: the model has {} inputs (wgnn runs single-input chains)",
+                inputs.len()
+            ),
         ));
     }
     let input = inputs[0];
@@ -247,12 +275,18 @@ fn functional_chain(path: &Path, inner: &Value) -> Result<(Shape, Vec<Value>)> {
                 current = name_of(&layers[*next]);
             }
             [_, second, ..] => {
-                return Err(unsupported(&layers[*second], &format!("the output of '{current}' branches")));
+                return Err(unsupported(
+                    &layers[*second],
+                    &format!("the output of '{current}' branches"),
+                ));
             }
         }
     }
     if order.len() + 1 != layers.len() {
-        return Err(Error::format(path, "unsupported: the model graph is not a single chain"));
+        return Err(Error::format(
+            path,
+            "unsupported: the model graph is not a single chain",
+        ));
     }
     Ok((input_shape, order))
 }
@@ -265,10 +299,14 @@ struct Builder<'a> {
     /// An Embedding(mask_zero=True) mask still reaches the current tensor.
     mask_alive: bool,
     layers: Vec<Layer>,
+    /// The current layer's h5 group, and how often each group stem was used so far.
+    group: String,
+    group_counts: std::collections::HashMap<String, usize>,
 }
 
 impl Builder<'_> {
     fn add(&mut self, cfg: &LayerConfig) -> Result<()> {
+        self.group = self.next_group(&cfg.class);
         let input_shape = self.shape.clone();
         let kind = self.layer_kind(cfg)?;
         let output_shape = self.shape.clone();
@@ -286,15 +324,24 @@ impl Builder<'_> {
     fn layer_kind(&mut self, cfg: &LayerConfig) -> Result<LayerKind> {
         let mask_passes = matches!(
             cfg.class.as_str(),
-            "Dropout" | "SpatialDropout1D" | "Activation" | "Dense" | "GaussianNoise" | "GaussianDropout"
+            "Dropout"
+                | "SpatialDropout1D"
+                | "Activation"
+                | "Dense"
+                | "GaussianNoise"
+                | "GaussianDropout"
         );
         let kind = match cfg.class.as_str() {
-            "InputLayer" => return Err(cfg.error("class_name", "an InputLayer in the middle of the model")),
+            "InputLayer" => {
+                return Err(cfg.error("class_name", "an InputLayer in the middle of the model"))
+            }
             "Conv2D" | "Convolution2D" => self.conv2d(cfg)?,
             "MaxPooling2D" | "MaxPool2D" => self.pool2d(cfg, PoolOp::Max)?,
             "AveragePooling2D" | "AvgPool2D" => self.pool2d(cfg, PoolOp::Average)?,
             "GlobalMaxPooling2D" | "GlobalMaxPool2D" => self.global_pool2d(cfg, PoolOp::Max)?,
-            "GlobalAveragePooling2D" | "GlobalAvgPool2D" => self.global_pool2d(cfg, PoolOp::Average)?,
+            "GlobalAveragePooling2D" | "GlobalAvgPool2D" => {
+                self.global_pool2d(cfg, PoolOp::Average)?
+            }
             "Flatten" => {
                 cfg.require_channels_last()?;
                 self.shape = vec![self.shape.iter().product()];
@@ -302,8 +349,14 @@ impl Builder<'_> {
             }
             "Reshape" => self.reshape(cfg)?,
             "Dense" => self.dense(cfg)?,
-            "Dropout" | "SpatialDropout1D" | "SpatialDropout2D" | "SpatialDropout3D" | "GaussianNoise"
-            | "GaussianDropout" | "AlphaDropout" | "ActivityRegularization" => LayerKind::Identity,
+            "Dropout"
+            | "SpatialDropout1D"
+            | "SpatialDropout2D"
+            | "SpatialDropout3D"
+            | "GaussianNoise"
+            | "GaussianDropout"
+            | "AlphaDropout"
+            | "ActivityRegularization" => LayerKind::Identity,
             "Rescaling" => self.rescaling(cfg)?,
             "Activation" => LayerKind::Activation(cfg.activation("activation")?),
             "ReLU" => {
@@ -352,8 +405,8 @@ impl Builder<'_> {
             "Bidirectional" => self.bidirectional(cfg)?,
             "GRU" | "ConvLSTM2D" | "Conv1D" | "Conv3D" | "DepthwiseConv2D" | "SeparableConv2D"
             | "Conv2DTranspose" | "BatchNormalization" | "LayerNormalization" | "Masking"
-            | "Attention" | "MultiHeadAttention" | "Add" | "Concatenate" | "Multiply" | "TimeDistributed"
-            | "RNN" | "Sequential" | "Functional" | "Model" => {
+            | "Attention" | "MultiHeadAttention" | "Add" | "Concatenate" | "Multiply"
+            | "TimeDistributed" | "RNN" | "Sequential" | "Functional" | "Model" => {
                 return Err(cfg.error(
                     "class_name",
                     format!("layer class '{}' is not supported by wgnn", cfg.class),
@@ -369,8 +422,22 @@ impl Builder<'_> {
         Ok(kind)
     }
 
+    /// Keras's h5 group for the next layer of `class`: snake_case class name, then `_1`, `_2`
+    /// for later layers of the same class (keras.src.saving.saving_lib).
+    fn next_group(&mut self, class: &str) -> String {
+        let stem = snake_case(class);
+        let count = self.group_counts.entry(stem.clone()).or_insert(0);
+        let group = if *count == 0 {
+            stem.clone()
+        } else {
+            format!("{stem}_{count}")
+        };
+        *count += 1;
+        group
+    }
+
     fn take(&mut self, cfg: &LayerConfig, sub: &[&str], count: usize) -> Result<Vec<RawWeight>> {
-        self.weights.take(&cfg.name, sub, count)
+        self.weights.take(&cfg.name, &self.group, sub, count)
     }
 
     fn weight_error(&self, cfg: &LayerConfig, message: String) -> Error {
@@ -382,7 +449,13 @@ impl Builder<'_> {
     }
 
     /// Checks a weight's shape against what the config implies.
-    fn check_shape(&self, cfg: &LayerConfig, what: &str, raw: &RawWeight, expected: &[usize]) -> Result<()> {
+    fn check_shape(
+        &self,
+        cfg: &LayerConfig,
+        what: &str,
+        raw: &RawWeight,
+        expected: &[usize],
+    ) -> Result<()> {
         if raw.shape != expected {
             return Err(self.weight_error(
                 cfg,
@@ -410,7 +483,11 @@ impl Builder<'_> {
         self.require_rank(cfg, 3, "(H, W, C)")?;
         let dilation = cfg.pair_or("dilation_rate", [1, 1])?;
         if dilation != [1, 1] {
-            return Err(cfg.unsupported("dilation_rate", &cfg.get("dilation_rate").cloned().unwrap_or_default(), "only 1 is supported"));
+            return Err(cfg.unsupported(
+                "dilation_rate",
+                &cfg.get("dilation_rate").cloned().unwrap_or_default(),
+                "only 1 is supported",
+            ));
         }
         cfg.require_absent_or("groups", &[Value::from(1)], "only groups=1 is supported")?;
         cfg.require_absent_or("lora_rank", &[], "LoRA layers are not supported")?;
@@ -421,11 +498,19 @@ impl Builder<'_> {
         let use_bias = cfg.bool_or("use_bias", true)?;
         let activation = cfg.activation("activation")?;
         let in_channels = self.shape[2];
-        let window = Window2d::new(kernel_size, strides, padding, [self.shape[0], self.shape[1]]);
+        let window = Window2d::new(
+            kernel_size,
+            strides,
+            padding,
+            [self.shape[0], self.shape[1]],
+        );
         if window.out_hw.contains(&0) {
             return Err(cfg.error(
                 "kernel_size",
-                format!("kernel {kernel_size:?} does not fit the input {:?} with 'valid' padding", self.shape),
+                format!(
+                    "kernel {kernel_size:?} does not fit the input {:?} with 'valid' padding",
+                    self.shape
+                ),
             ));
         }
         let w = self.take(cfg, &[], 1 + use_bias as usize)?;
@@ -460,12 +545,19 @@ impl Builder<'_> {
         if window.out_hw.contains(&0) {
             return Err(cfg.error(
                 "pool_size",
-                format!("pool {pool:?} does not fit the input {:?} with 'valid' padding", self.shape),
+                format!(
+                    "pool {pool:?} does not fit the input {:?} with 'valid' padding",
+                    self.shape
+                ),
             ));
         }
         let channels = self.shape[2];
         self.shape = vec![window.out_hw[0], window.out_hw[1], channels];
-        Ok(LayerKind::Pool2d(Pool2d { op, window, channels }))
+        Ok(LayerKind::Pool2d(Pool2d {
+            op,
+            window,
+            channels,
+        }))
     }
 
     fn global_pool2d(&mut self, cfg: &LayerConfig, op: PoolOp) -> Result<LayerKind> {
@@ -492,18 +584,30 @@ impl Builder<'_> {
                     dims.push(1);
                 }
                 Some(n) if n > 0 => dims.push(n as usize),
-                _ => return Err(cfg.unsupported("target_shape", &Value::Array(target.clone()), "positive sizes and at most one -1")),
+                _ => {
+                    return Err(cfg.unsupported(
+                        "target_shape",
+                        &Value::Array(target.clone()),
+                        "positive sizes and at most one -1",
+                    ))
+                }
             }
         }
         let known: usize = dims.iter().product();
         if let Some(i) = free {
             if known == 0 || total % known != 0 {
-                return Err(cfg.error("target_shape", format!("cannot reshape {:?} to {target:?}", self.shape)));
+                return Err(cfg.error(
+                    "target_shape",
+                    format!("cannot reshape {:?} to {target:?}", self.shape),
+                ));
             }
             dims[i] = total / known;
         }
         if dims.iter().product::<usize>() != total {
-            return Err(cfg.error("target_shape", format!("cannot reshape {:?} to {target:?}", self.shape)));
+            return Err(cfg.error(
+                "target_shape",
+                format!("cannot reshape {:?} to {target:?}", self.shape),
+            ));
         }
         self.shape = dims;
         Ok(LayerKind::Reshape)
@@ -515,7 +619,10 @@ impl Builder<'_> {
         let use_bias = cfg.bool_or("use_bias", true)?;
         let activation = cfg.activation("activation")?;
         let Some(&input_dim) = self.shape.last() else {
-            return Err(cfg.error("input_shape", "Dense needs an input with at least one feature axis"));
+            return Err(cfg.error(
+                "input_shape",
+                "Dense needs an input with at least one feature axis",
+            ));
         };
         let w = self.take(cfg, &[], 1 + use_bias as usize)?;
         self.check_shape(cfg, "kernel", &w[0], &[input_dim, units])?;
@@ -544,12 +651,16 @@ impl Builder<'_> {
             match cfg.get(field) {
                 None => Ok(vec![default]),
                 Some(Value::Array(items)) => {
-                    let vals: Option<Vec<f32>> = items.iter().map(|v| v.as_f64().map(|x| x as f32)).collect();
+                    let vals: Option<Vec<f32>> =
+                        items.iter().map(|v| v.as_f64().map(|x| x as f32)).collect();
                     let vals = vals.ok_or_else(|| cfg.error(field, "expected numbers"))?;
                     if vals.len() != 1 && vals.len() != channels {
                         return Err(cfg.error(
                             field,
-                            format!("has {} values; expected 1 or one per channel ({channels})", vals.len()),
+                            format!(
+                                "has {} values; expected 1 or one per channel ({channels})",
+                                vals.len()
+                            ),
                         ));
                     }
                     Ok(vals)
@@ -589,13 +700,25 @@ impl Builder<'_> {
     /// Options every recurrent layer config must satisfy.
     fn check_rnn_options(cfg: &LayerConfig) -> Result<()> {
         if cfg.bool_or("stateful", false)? {
-            return Err(cfg.unsupported("stateful", &Value::Bool(true), "stateful RNNs are not supported"));
+            return Err(cfg.unsupported(
+                "stateful",
+                &Value::Bool(true),
+                "stateful RNNs are not supported",
+            ));
         }
         if cfg.bool_or("return_state", false)? {
-            return Err(cfg.unsupported("return_state", &Value::Bool(true), "return_state is not supported"));
+            return Err(cfg.unsupported(
+                "return_state",
+                &Value::Bool(true),
+                "return_state is not supported",
+            ));
         }
         if cfg.bool_or("time_major", false)? {
-            return Err(cfg.unsupported("time_major", &Value::Bool(true), "time_major is not supported"));
+            return Err(cfg.unsupported(
+                "time_major",
+                &Value::Bool(true),
+                "time_major is not supported",
+            ));
         }
         Ok(())
     }
@@ -609,16 +732,17 @@ impl Builder<'_> {
         input_features: usize,
     ) -> Result<RecurrentCell> {
         Self::check_rnn_options(cfg)?;
-        let kind = match cfg.class.as_str() {
-            "SimpleRNN" => CellKind::SimpleRnn,
-            "LSTM" => CellKind::Lstm,
-            other => {
-                return Err(cfg.error(
+        let kind =
+            match cfg.class.as_str() {
+                "SimpleRNN" => CellKind::SimpleRnn,
+                "LSTM" => CellKind::Lstm,
+                other => return Err(cfg.error(
                     "class_name",
-                    format!("recurrent layer class '{other}' is not supported (SimpleRNN and LSTM are)"),
-                ))
-            }
-        };
+                    format!(
+                        "recurrent layer class '{other}' is not supported (SimpleRNN and LSTM are)"
+                    ),
+                )),
+            };
         let units = cfg.usize("units")?;
         if units == 0 {
             return Err(cfg.error("units", "must be positive"));
@@ -632,7 +756,10 @@ impl Builder<'_> {
             Some(_) => cfg.activation("recurrent_activation")?,
         };
         if activation == Activation::Softmax || recurrent_activation == Activation::Softmax {
-            return Err(cfg.error("activation", "softmax is not supported inside a recurrent cell"));
+            return Err(cfg.error(
+                "activation",
+                "softmax is not supported inside a recurrent cell",
+            ));
         }
         let use_bias = cfg.bool_or("use_bias", true)?;
         let go_backwards = cfg.bool_or("go_backwards", false)?;
@@ -675,7 +802,15 @@ impl Builder<'_> {
         let return_sequences = cfg.bool_or("return_sequences", false)?;
         let zero_masked = cfg.bool_or("zero_output_for_mask", false)?;
         let forward = self.cell(cfg, cfg, &["cell"], features)?;
-        self.finish_recurrent(forward, None, MergeMode::Concat, return_sequences, zero_masked, timesteps, features)
+        self.finish_recurrent(
+            forward,
+            None,
+            MergeMode::Concat,
+            return_sequences,
+            zero_masked,
+            timesteps,
+            features,
+        )
     }
 
     fn bidirectional(&mut self, cfg: &LayerConfig) -> Result<LayerKind> {
@@ -694,11 +829,19 @@ impl Builder<'_> {
                 "sum" => MergeMode::Sum,
                 "ave" => MergeMode::Average,
                 "mul" => MergeMode::Multiply,
-                _ => return Err(cfg.unsupported("merge_mode", &Value::from(s.as_str()), "concat, sum, ave or mul")),
+                _ => {
+                    return Err(cfg.unsupported(
+                        "merge_mode",
+                        &Value::from(s.as_str()),
+                        "concat, sum, ave or mul",
+                    ))
+                }
             },
             Some(v) => return Err(cfg.unsupported("merge_mode", v, "concat, sum, ave or mul")),
         };
-        let layer_entry = cfg.get("layer").ok_or_else(|| cfg.error("layer", "missing"))?;
+        let layer_entry = cfg
+            .get("layer")
+            .ok_or_else(|| cfg.error("layer", "missing"))?;
         let fwd_cfg = LayerConfig::new(cfg.path, layer_entry)?;
         let forward = self.cell(cfg, &fwd_cfg, &["forward_layer", "cell"], features)?;
         let backward = match cfg.get("backward_layer") {
@@ -717,11 +860,22 @@ impl Builder<'_> {
             return Err(cfg.error("backward_layer", "units differ between directions"));
         }
         if forward.units != backward.units {
-            return Err(cfg.error("backward_layer", "directions with different units are not supported"));
+            return Err(cfg.error(
+                "backward_layer",
+                "directions with different units are not supported",
+            ));
         }
         let return_sequences = fwd_cfg.bool_or("return_sequences", false)?;
         // Bidirectional forces zero_output_for_mask = return_sequences on both directions.
-        self.finish_recurrent(forward, Some(backward), merge_mode, return_sequences, return_sequences, timesteps, features)
+        self.finish_recurrent(
+            forward,
+            Some(backward),
+            merge_mode,
+            return_sequences,
+            return_sequences,
+            timesteps,
+            features,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -763,4 +917,56 @@ fn text_vectorization(
     _assets: &[(String, Vec<u8>)],
 ) -> Result<TextVectorizationSpec> {
     Err(cfg.error("class_name", "TextVectorization is not supported yet"))
+}
+
+/// keras.src.utils.naming.to_snake_case: `SimpleRNN` -> `simple_rnn`, `Conv2D` -> `conv2d`,
+/// `MaxPooling2D` -> `max_pooling2d`, `LeakyReLU` -> `leaky_re_lu`.
+pub fn snake_case(name: &str) -> String {
+    let chars: Vec<char> = name.chars().filter(|c| c.is_alphanumeric() || *c == '_').collect();
+    // re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    let mut step1 = String::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if i > 0 && c.is_ascii_uppercase() && chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase()) {
+            step1.push('_');
+        }
+        step1.push(c);
+        i += 1;
+    }
+    // re.sub("([a-z])([A-Z])", r"\1_\2", ...).lower()
+    let s1: Vec<char> = step1.chars().collect();
+    let mut out = String::new();
+    for (j, &c) in s1.iter().enumerate() {
+        if j > 0 && c.is_ascii_uppercase() && s1[j - 1].is_ascii_lowercase() {
+            out.push('_');
+        }
+        out.extend(c.to_lowercase());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snake_case;
+
+    #[test]
+    fn snake_case_matches_keras_group_names() {
+        for (class, group) in [
+            ("SimpleRNN", "simple_rnn"),
+            ("Conv2D", "conv2d"),
+            ("MaxPooling2D", "max_pooling2d"),
+            ("GlobalAveragePooling2D", "global_average_pooling2d"),
+            ("LeakyReLU", "leaky_re_lu"),
+            ("ReLU", "re_lu"),
+            ("LSTM", "lstm"),
+            ("Bidirectional", "bidirectional"),
+            ("TextVectorization", "text_vectorization"),
+            ("InputLayer", "input_layer"),
+            ("ELU", "elu"),
+            ("SpatialDropout2D", "spatial_dropout2d"),
+        ] {
+            assert_eq!(snake_case(class), group, "{class}");
+        }
+    }
 }

@@ -25,7 +25,12 @@ impl<'a> LayerConfig<'a> {
         let config = entry
             .get("config")
             .filter(|c| c.is_object())
-            .ok_or_else(|| Error::format(path, format!("layer of class '{class}' has no 'config' object")))?;
+            .ok_or_else(|| {
+                Error::format(
+                    path,
+                    format!("layer of class '{class}' has no 'config' object"),
+                )
+            })?;
         let name = config
             .get("name")
             .or_else(|| entry.get("name"))
@@ -62,7 +67,8 @@ impl<'a> LayerConfig<'a> {
         let v = self
             .get(field)
             .ok_or_else(|| self.error(field, "missing"))?;
-        as_usize(v).ok_or_else(|| self.error(field, format!("expected a non-negative integer, found {v}")))
+        as_usize(v)
+            .ok_or_else(|| self.error(field, format!("expected a non-negative integer, found {v}")))
     }
 
     pub fn bool_or(&self, field: &str, default: bool) -> Result<bool> {
@@ -93,7 +99,9 @@ impl<'a> LayerConfig<'a> {
 
     /// A 2-tuple like `kernel_size`, given as `[a, b]` or a single integer.
     pub fn pair(&self, field: &str) -> Result<[usize; 2]> {
-        let v = self.get(field).ok_or_else(|| self.error(field, "missing"))?;
+        let v = self
+            .get(field)
+            .ok_or_else(|| self.error(field, "missing"))?;
         self.pair_value(field, v)
     }
 
@@ -126,7 +134,11 @@ impl<'a> LayerConfig<'a> {
         match self.str_or("padding", "valid")? {
             "valid" => Ok(Padding::Valid),
             "same" => Ok(Padding::Same),
-            other => Err(self.unsupported("padding", &Value::from(other), "only 'valid' and 'same' are supported")),
+            other => Err(self.unsupported(
+                "padding",
+                &Value::from(other),
+                "only 'valid' and 'same' are supported",
+            )),
         }
     }
 
@@ -152,9 +164,8 @@ impl<'a> LayerConfig<'a> {
     pub fn activation(&self, field: &str) -> Result<Activation> {
         match self.get(field) {
             None => Ok(Activation::Linear),
-            Some(Value::String(s)) => activation_by_name(s).ok_or_else(|| {
-                self.error(field, format!("unknown activation '{s}'"))
-            }),
+            Some(Value::String(s)) => activation_by_name(s)
+                .ok_or_else(|| self.error(field, format!("unknown activation '{s}'"))),
             Some(v) => Err(self.unsupported(field, v, "activations must be given by name")),
         }
     }

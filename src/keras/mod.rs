@@ -62,8 +62,12 @@ fn parse_json(path: &Path, bytes: &[u8]) -> Result<Value> {
         .map_err(|e| Error::format(path, format!("not a .keras zip and not valid JSON: {e}")))?;
     // `model.to_json()` may have been saved as a JSON string holding JSON.
     match value {
-        Value::String(inner) => serde_json::from_str(&inner)
-            .map_err(|e| Error::format(path, format!("JSON string does not hold a model config: {e}"))),
+        Value::String(inner) => serde_json::from_str(&inner).map_err(|e| {
+            Error::format(
+                path,
+                format!("JSON string does not hold a model config: {e}"),
+            )
+        }),
         v => Ok(v),
     }
 }
@@ -75,7 +79,12 @@ fn read_keras_zip(path: &Path, bytes: Vec<u8>) -> Result<ModelFile> {
         let mut entry = match zip.by_name(name) {
             Ok(e) => e,
             Err(zip::result::ZipError::FileNotFound) => return Ok(None),
-            Err(e) => return Err(Error::format(path, format!("corrupt zip entry '{name}': {e}"))),
+            Err(e) => {
+                return Err(Error::format(
+                    path,
+                    format!("corrupt zip entry '{name}': {e}"),
+                ))
+            }
         };
         let mut data = Vec::new();
         entry
@@ -83,8 +92,12 @@ fn read_keras_zip(path: &Path, bytes: Vec<u8>) -> Result<ModelFile> {
             .map_err(|e| Error::format(path, format!("corrupt zip entry '{name}': {e}")))?;
         Ok(Some(data))
     };
-    let config_bytes = read_entry("config.json")?
-        .ok_or_else(|| Error::format(path, "not a Keras 3 .keras file: the zip has no config.json"))?;
+    let config_bytes = read_entry("config.json")?.ok_or_else(|| {
+        Error::format(
+            path,
+            "not a Keras 3 .keras file: the zip has no config.json",
+        )
+    })?;
     let config = serde_json::from_slice(&config_bytes)
         .map_err(|e| Error::format(path, format!("config.json is not valid JSON: {e}")))?;
     let weights = match read_entry("model.weights.h5")? {

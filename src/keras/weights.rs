@@ -41,11 +41,17 @@ impl WeightSource {
     }
 
     /// The weights of one layer, or of a sub-object of it (`sub` like `["forward_layer", "cell"]`
-    /// for h5; ignored for npz, which is purely positional). `count` is how many arrays Keras
-    /// stores there.
-    pub fn take(&mut self, layer: &str, sub: &[&str], count: usize) -> Result<Vec<RawWeight>> {
+    /// for h5; ignored for npz, which is purely positional). `group` is the layer's h5 group
+    /// (see [`H5Weights`]); `count` is how many arrays Keras stores there.
+    pub fn take(
+        &mut self,
+        layer: &str,
+        group: &str,
+        sub: &[&str],
+        count: usize,
+    ) -> Result<Vec<RawWeight>> {
         match self {
-            WeightSource::H5(h) => h.take(layer, sub, count),
+            WeightSource::H5(h) => h.take(layer, group, sub, count),
             WeightSource::Npz(n) => n.take(layer, count),
         }
     }
@@ -59,19 +65,23 @@ impl WeightSource {
     }
 }
 
-/// Keras 3 weights: `layers/<group>/[sub/]vars/<N>`, where `<group>` is a per-model snake_case
-/// class name and the layer's real name is the `name` attribute of the `vars` group.
+/// Keras 3 weights: `layers/<group>/[sub/]vars/<N>`. Keras finds a layer's group by position,
+/// not by name: `<group>` is the snake_case class name, numbered per class in layer order
+/// (`lstm`, `lstm_1` ...). The `name` attribute of the `vars` group holds the layer name it was
+/// saved under, which need not match the config (the seed's original files differ), so it is
+/// only a fallback.
 pub struct H5Weights {
     path: PathBuf,
     file: hdf5_pure::File,
-    /// Layer name -> group path under `layers/`.
+    /// Group under `layers/` -> the layer name saved in its `vars` attribute.
     groups: BTreeMap<String, String>,
     taken: BTreeSet<String>,
 }
 
 impl H5Weights {
     pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self> {
-        let corrupt = |e: hdf5_pure::Error| Error::format(path, format!("corrupt HDF5 weights: {e}"));
+        let corrupt =
+            |e: hdf5_pure::Error| Error::format(path, format!("corrupt HDF5 weights: {e}"));
         let file = hdf5_pure::File::from_bytes(bytes).map_err(corrupt)?;
         let layers = file.group("layers").map_err(|_| {
             Error::format(
@@ -87,12 +97,17 @@ impl H5Weights {
                 .ok()
                 .and_then(|g| g.attrs().ok())
                 .and_then(|attrs| match attrs.get("name") {
-                    Some(AttrValue::String(s)) | Some(AttrValue::AsciiString(s)) => Some(s.clone()),
+                    Some(
+                        AttrValue::String(s)
+                        | AttrValue::AsciiString(s)
+                        | AttrValue::VarLenString(s)
+                        | AttrValue::VarLenAsciiString(s),
+                    ) => Some(s.clone()),
                     _ => None,
                 })
                 // Without the attribute, fall back to the group name itself.
                 .unwrap_or_else(|| group.clone());
-            groups.insert(name, group);
+            groups.insert(group, name);
         }
         Ok(H5Weights {
             path: path.to_path_buf(),
@@ -102,18 +117,34 @@ impl H5Weights {
         })
     }
 
-    fn take(&mut self, layer: &str, sub: &[&str], count: usize) -> Result<Vec<RawWeight>> {
-        let Some(group) = self.groups.get(layer) else {
+    fn take(
+        &mut self,
+        layer: &str,
+        group: &str,
+        sub: &[&str],
+        count: usize,
+    ) -> Result<Vec<RawWeight>> {
+        let found = if self.groups.contains_key(group) {
+            Some(group.to_string())
+        } else {
+            self.groups
+                .iter()
+                .find(|(_, name)| name.as_str() == layer)
+                .map(|(g, _)| g.clone())
+        };
+        let Some(group) = found else {
             if count == 0 {
                 return Ok(Vec::new());
             }
             return Err(Error::Weights {
                 path: self.path.clone(),
                 layer: layer.to_string(),
-                message: format!("missing: the file has no weights for this layer (expected {count} arrays)"),
+                message: format!(
+                    "missing: the file has no weights for this layer (expected {count} arrays)"
+                ),
             });
         };
-        self.taken.insert(layer.to_string());
+        self.taken.insert(group.clone());
         let mut vars_path = format!("layers/{group}");
         for s in sub {
             vars_path.push('/');
@@ -175,8 +206,8 @@ impl H5Weights {
     }
 
     fn finish(self) -> Result<()> {
-        for (layer, group) in &self.groups {
-            if self.taken.contains(layer) {
+        for (group, layer) in &self.groups {
+            if self.taken.contains(group) {
                 continue;
             }
             // A group with no arrays (Dropout, Flatten ...) is harmless.
@@ -184,8 +215,9 @@ impl H5Weights {
                 return Err(Error::Weights {
                     path: self.path.clone(),
                     layer: layer.clone(),
-                    message: "extra: the file holds weights for a layer the model config does not have"
-                        .into(),
+                    message:
+                        "extra: the file holds weights for a layer the model config does not have"
+                            .into(),
                 });
             }
         }
@@ -242,13 +274,17 @@ impl NpzWeights {
             entry
                 .read_to_end(&mut data)
                 .map_err(|e| Error::format(path, format!("corrupt npz entry '{name}': {e}")))?;
-            let array = read_npy_f32(&data).map_err(|m| Error::format(path, format!("entry '{name}': {m}")))?;
+            let array = read_npy_f32(&data)
+                .map_err(|m| Error::format(path, format!("entry '{name}': {m}")))?;
             by_index.insert(index, array);
         }
         // Indices must be exactly 0..n.
         for (expected, &index) in by_index.keys().enumerate() {
             if expected != index {
-                return Err(Error::format(path, format!("npz is missing arr_{expected}")));
+                return Err(Error::format(
+                    path,
+                    format!("npz is missing arr_{expected}"),
+                ));
             }
         }
         Ok(NpzWeights {

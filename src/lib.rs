@@ -12,11 +12,13 @@
 pub mod cpu;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod gpu;
 pub mod ir;
 pub mod keras;
 pub mod metrics;
 pub mod model;
+pub mod npy;
 pub mod text;
 
 pub use error::{Error, Result};

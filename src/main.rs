@@ -27,6 +27,122 @@ enum Command {
     Info(InfoArgs),
     /// Runs a model on an .npy batch and writes the output as float32 .npy.
     Predict(PredictArgs),
+    /// Scores a model on a dataset: accuracy, macro-F1, per-class scores, confusion matrix.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+    /// Classifies PNG/JPEG images with a CIFAR-10 model: the top-3 classes.
+    Classify(ClassifyArgs),
+    /// Labels sentences with a NusaX sentiment model (arguments, or one per line on stdin).
+    Sentiment(SentimentArgs),
+    /// Keras Tokenizer tools.
+    #[command(subcommand)]
+    Tokenizer(TokenizerCommand),
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// The CIFAR-10 test set (10,000 images).
+    Cifar10(EvalCifarArgs),
+    /// NusaX-Senti (Indonesian) sentences.
+    Nusax(EvalNusaxArgs),
+}
+
+#[derive(Subcommand)]
+enum TokenizerCommand {
+    /// Fits a Keras `Tokenizer` on a CSV's `text` column and writes `Tokenizer.to_json()`.
+    Fit(TokenizerFitArgs),
+}
+
+#[derive(Args)]
+struct EvalCommon {
+    /// Data folder (holding cifar10/ and nusax/, or the files); default env WGNN_DATA, else the cache.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Download the dataset into the cache first if it is missing.
+    #[arg(long)]
+    download: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Only the first N items.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// One JSON object on the last line of stdout.
+    #[arg(long)]
+    json: bool,
+    /// Also run the CPU path: argmax agreement and max |gpu - cpu|.
+    #[arg(long)]
+    compare: bool,
+    /// Write the model's outputs (N, classes) as float32 .npy.
+    #[arg(long)]
+    save_probs: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct EvalCifarArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    common: EvalCommon,
+}
+
+#[derive(Args)]
+struct EvalNusaxArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Keras `Tokenizer.to_json()` file (not needed when the model has TextVectorization).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// test, valid or train.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Label names in index order (default neutral,positive,negative).
+    #[arg(long, value_delimiter = ',')]
+    labels: Option<Vec<String>>,
+    #[command(flatten)]
+    common: EvalCommon,
+}
+
+#[derive(Args)]
+struct ClassifyArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// PNG or JPEG files.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Class names, comma-separated (default: CIFAR-10's).
+    #[arg(long, value_delimiter = ',')]
+    classes: Option<Vec<String>>,
+}
+
+#[derive(Args)]
+struct SentimentArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Sentences; none reads one per line from stdin.
+    sentences: Vec<String>,
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    #[arg(long, value_delimiter = ',')]
+    labels: Option<Vec<String>>,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+#[derive(Args)]
+struct TokenizerFitArgs {
+    /// CSV with a `text` column (e.g. NusaX train.csv).
+    csv: PathBuf,
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Out-of-vocabulary token (Keras default: none).
+    #[arg(long)]
+    oov: Option<String>,
+    #[arg(long)]
+    num_words: Option<usize>,
 }
 
 #[derive(Args)]
@@ -102,6 +218,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info(args) => info(args),
         Command::Predict(args) => predict(args),
+        Command::Eval(EvalCommand::Cifar10(args)) => eval_cifar10(args),
+        Command::Eval(EvalCommand::Nusax(args)) => eval_nusax(args),
+        Command::Classify(args) => classify(args),
+        Command::Sentiment(args) => sentiment(args),
+        Command::Tokenizer(TokenizerCommand::Fit(args)) => tokenizer_fit(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -304,6 +425,262 @@ fn predict(args: PredictArgs) -> Result<()> {
         "wrote {} {:?} to {}",
         out.len(),
         out.shape(),
+        args.output.display()
+    );
+    Ok(())
+}
+
+impl EvalCommon {
+    fn options(&self) -> Result<wgnn::eval::EvalOptions> {
+        Ok(wgnn::eval::EvalOptions {
+            backend: self.device.backend()?,
+            adapter: self.device.adapter.clone(),
+            batch_size: self.batch_size,
+            limit: self.limit,
+            progress: !self.json && wgnn::data::download::stderr_is_terminal(),
+            compare: self.compare,
+        })
+    }
+
+    fn downloader(&self) -> wgnn::data::Downloader {
+        wgnn::data::Downloader::new(wgnn::data::DownloadOptions {
+            progress: wgnn::data::download::stderr_is_terminal(),
+            force: false,
+        })
+    }
+}
+
+/// Prints an evaluation: a readable report, or with `json` one JSON object on the last line.
+fn print_outcome(
+    model: &Model,
+    dataset: &str,
+    common: &EvalCommon,
+    outcome: &wgnn::eval::EvalOutcome,
+) -> Result<()> {
+    if let Some(path) = &common.save_probs {
+        wgnn::npy::write_f32(path, &outcome.probabilities.clone().into_dyn())?;
+    }
+    if common.json {
+        let json = serde_json::json!({
+            "model": model.source().display().to_string(),
+            "dataset": dataset,
+            "n": outcome.n,
+            "accuracy": outcome.accuracy,
+            "macro_f1": outcome.macro_f1,
+            "items_per_s": outcome.items_per_s,
+            "seconds": outcome.seconds,
+            "backend": outcome.backend,
+            "adapter": outcome.adapter,
+            "per_class": outcome.report.classes,
+            "macro_avg": outcome.report.macro_avg,
+            "weighted_avg": outcome.report.weighted_avg,
+            "confusion": outcome.report.confusion,
+            "compare": outcome.compare,
+        });
+        println!("{json}");
+        return Ok(());
+    }
+    println!("model:    {}", model.source().display());
+    println!("dataset:  {dataset}, {} items", outcome.n);
+    println!("backend:  {} ({})", outcome.backend, outcome.adapter);
+    println!(
+        "accuracy: {:.4}   macro-F1: {:.4}",
+        outcome.accuracy, outcome.macro_f1
+    );
+    println!(
+        "speed:    {:.1} items/s ({:.2} s in the model)",
+        outcome.items_per_s, outcome.seconds
+    );
+    if let Some(c) = &outcome.compare {
+        println!(
+            "compare:  argmax agrees with the CPU on {}/{}; max |gpu - cpu| = {:.3e}",
+            c.argmax_agree, c.n, c.max_abs_diff
+        );
+    }
+    println!();
+    print!("{}", outcome.report.to_table());
+    Ok(())
+}
+
+fn eval_cifar10(args: EvalCifarArgs) -> Result<()> {
+    let common = &args.common;
+    let opts = common.options()?;
+    let data = match wgnn::data::locate_cifar10(common.data.as_deref()) {
+        Ok(d) => d,
+        Err(_) if common.download => {
+            let root = wgnn::data::DataRoot::resolve(common.data.as_deref())?;
+            common
+                .downloader()
+                .cifar10(&root.path, &wgnn::data::RemoteFile::cifar10())?
+        }
+        Err(e) => return Err(e),
+    };
+    let model = args.model.load()?;
+    let outcome = wgnn::eval::eval_cifar10(&model, &data, &opts)?;
+    print_outcome(&model, "cifar10 test", common, &outcome)
+}
+
+fn eval_nusax(args: EvalNusaxArgs) -> Result<()> {
+    let common = &args.common;
+    let opts = common.options()?;
+    let split: wgnn::data::nusax::Split = args.split.parse()?;
+    let data = match wgnn::data::locate_nusax(common.data.as_deref()) {
+        Ok(d) if d.path(split).is_file() => d,
+        Ok(_) | Err(_) if common.download => {
+            let root = wgnn::data::DataRoot::resolve(common.data.as_deref())?;
+            common
+                .downloader()
+                .nusax(&root.path, wgnn::data::download::NUSAX_BASE_URL)?
+        }
+        Ok(d) => d,
+        Err(e) => return Err(e),
+    };
+    let model = args.model.load()?;
+    let tokenizer = args
+        .tokenizer
+        .as_deref()
+        .map(wgnn::text::Tokenizer::load)
+        .transpose()?;
+    let examples = data.load(split, args.labels.as_deref())?;
+    let outcome = wgnn::eval::eval_nusax(&model, &examples, tokenizer.as_ref(), &opts)?;
+    print_outcome(
+        &model,
+        &format!("nusax {}", split.file_name()),
+        common,
+        &outcome,
+    )
+}
+
+/// Loads an image as a (1, 32, 32, 3) batch of pixels/255, resizing other sizes.
+fn load_image(path: &Path, size: (u32, u32)) -> Result<ndarray::Array4<f32>> {
+    let img = image::open(path).map_err(|e| Error::format(path, format!("cannot read image: {e}")))?;
+    let rgb = img.to_rgb8();
+    let rgb = if rgb.dimensions() != size {
+        eprintln!(
+            "note: {} is {}x{}, resized to {}x{}",
+            path.display(),
+            rgb.width(),
+            rgb.height(),
+            size.0,
+            size.1
+        );
+        image::imageops::resize(&rgb, size.0, size.1, image::imageops::FilterType::Triangle)
+    } else {
+        rgb
+    };
+    let (w, h) = (size.0 as usize, size.1 as usize);
+    Ok(ndarray::Array4::from_shape_fn((1, h, w, 3), |(_, y, x, c)| {
+        rgb.get_pixel(x as u32, y as u32)[c] as f32 / 255.0
+    }))
+}
+
+fn classify(args: ClassifyArgs) -> Result<()> {
+    let backend = args.device.backend()?;
+    let model = args.model.load()?;
+    let shape = &model.ir().input_shape;
+    if shape.len() != 3 || shape[2] != 3 {
+        return Err(Error::Input(format!(
+            "{}: classify needs a model taking (N, H, W, 3) RGB images, this one takes {:?}",
+            model.source().display(),
+            shape
+        )));
+    }
+    let names: Vec<String> = args.classes.unwrap_or_else(|| {
+        wgnn::data::cifar10::CLASS_NAMES
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    });
+    for path in &args.images {
+        let x = load_image(path, (shape[1] as u32, shape[0] as u32))?;
+        let probs = model.predict(x.into_dyn().view(), backend)?;
+        let row: Vec<f32> = probs.iter().copied().collect();
+        if row.len() != names.len() {
+            return Err(Error::Input(format!(
+                "the model gives {} outputs but there are {} class names",
+                row.len(),
+                names.len()
+            )));
+        }
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        let top: Vec<String> = order
+            .iter()
+            .take(3)
+            .map(|&i| format!("{} {:.4}", names[i], row[i]))
+            .collect();
+        println!("{}: {}", path.display(), top.join(", "));
+    }
+    Ok(())
+}
+
+fn sentiment(args: SentimentArgs) -> Result<()> {
+    let backend = args.device.backend()?;
+    let model = args.model.load()?;
+    let tokenizer = args
+        .tokenizer
+        .as_deref()
+        .map(wgnn::text::Tokenizer::load)
+        .transpose()?;
+    let sentences: Vec<String> = if args.sentences.is_empty() {
+        use std::io::BufRead;
+        std::io::stdin()
+            .lock()
+            .lines()
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| Error::io(Path::new("<stdin>"), e))?
+    } else {
+        args.sentences
+    };
+    let labels: Vec<String> = args.labels.unwrap_or_else(|| {
+        wgnn::data::nusax::DEFAULT_LABELS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    });
+    let texts: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    let input = wgnn::eval::texts_to_input(&model, tokenizer.as_ref(), &texts)?;
+    let probs = model.run(&input, backend)?;
+    let probs = probs
+        .into_dimensionality::<ndarray::Ix2>()
+        .map_err(|_| Error::Input("the model's output is not (N, classes)".into()))?;
+    if probs.ncols() != labels.len() {
+        return Err(Error::Input(format!(
+            "the model gives {} outputs but there are {} labels",
+            probs.ncols(),
+            labels.len()
+        )));
+    }
+    for (text, row) in texts.iter().zip(probs.rows()) {
+        let best = wgnn::metrics::argmax_rows(row.insert_axis(Axis(0)))[0];
+        let parts: Vec<String> = labels
+            .iter()
+            .zip(row.iter())
+            .map(|(l, p)| format!("{l}={p:.4}"))
+            .collect();
+        println!("{}\t{}\t{}", labels[best], parts.join(" "), text);
+    }
+    Ok(())
+}
+
+fn tokenizer_fit(args: TokenizerFitArgs) -> Result<()> {
+    let labels: Vec<String> = wgnn::data::nusax::DEFAULT_LABELS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let examples = wgnn::data::nusax::read_csv(&args.csv, &labels)?.texts;
+    let options = wgnn::text::TokenizerOptions {
+        oov_token: args.oov,
+        num_words: args.num_words,
+        ..Default::default()
+    };
+    let mut tokenizer = wgnn::text::Tokenizer::new(options);
+    tokenizer.fit_on_texts(&examples);
+    tokenizer.save(&args.output)?;
+    eprintln!(
+        "fitted on {} texts: {} words; wrote {}",
+        examples.len(),
+        tokenizer.vocabulary_size(),
         args.output.display()
     );
     Ok(())

@@ -66,7 +66,7 @@ pub fn build_model(
                     "TextVectorization must be the model's first layer",
                 ));
             }
-            let spec = text_vectorization(path, &cfg, assets)?;
+            let spec = crate::text::text_vectorization_from_keras(path, &cfg.name, cfg.config, assets)?;
             let length = spec.output_sequence_length.ok_or_else(|| {
                 cfg.error(
                     "output_sequence_length",
@@ -910,14 +910,6 @@ impl Builder<'_> {
     }
 }
 
-// Wired to crate::text once the text module lands.
-fn text_vectorization(
-    _path: &Path,
-    cfg: &LayerConfig,
-    _assets: &[(String, Vec<u8>)],
-) -> Result<TextVectorizationSpec> {
-    Err(cfg.error("class_name", "TextVectorization is not supported yet"))
-}
 
 /// keras.src.utils.naming.to_snake_case: `SimpleRNN` -> `simple_rnn`, `Conv2D` -> `conv2d`,
 /// `MaxPooling2D` -> `max_pooling2d`, `LeakyReLU` -> `leaky_re_lu`.

@@ -108,7 +108,12 @@ pub struct Window2d {
 }
 
 impl Window2d {
-    pub fn new(kernel: [usize; 2], strides: [usize; 2], padding: Padding, in_hw: [usize; 2]) -> Self {
+    pub fn new(
+        kernel: [usize; 2],
+        strides: [usize; 2],
+        padding: Padding,
+        in_hw: [usize; 2],
+    ) -> Self {
         let (oh, pt) = window_output(in_hw[0], kernel[0], strides[0], padding);
         let (ow, pl) = window_output(in_hw[1], kernel[1], strides[1], padding);
         Window2d {
@@ -315,7 +320,9 @@ impl Layer {
             }
             LayerKind::Recurrent(r) => r
                 .cells()
-                .map(|c| 2 * r.timesteps as u64 * (c.kernel.len() + c.recurrent_kernel.len()) as u64)
+                .map(|c| {
+                    2 * r.timesteps as u64 * (c.kernel.len() + c.recurrent_kernel.len()) as u64
+                })
                 .sum(),
             LayerKind::Pool2d(p) => out * (p.window.kernel[0] * p.window.kernel[1]) as u64,
             LayerKind::GlobalPool2d { .. } => self.input_shape.iter().product::<usize>() as u64,

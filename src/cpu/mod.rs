@@ -55,11 +55,9 @@ fn run_layer(
         LayerKind::GlobalPool2d { op, .. } => {
             let x4 = to4(x, &layer.name)?;
             let pooled = match op {
-                PoolOp::Max => x4.fold_axis(Axis(1), f32::NEG_INFINITY, |a, b| a.max(*b)).fold_axis(
-                    Axis(1),
-                    f32::NEG_INFINITY,
-                    |a, b| a.max(*b),
-                ),
+                PoolOp::Max => x4
+                    .fold_axis(Axis(1), f32::NEG_INFINITY, |a, b| a.max(*b))
+                    .fold_axis(Axis(1), f32::NEG_INFINITY, |a, b| a.max(*b)),
                 PoolOp::Average => {
                     let hw = (x4.shape()[1] * x4.shape()[2]) as f32;
                     x4.sum_axis(Axis(1)).sum_axis(Axis(1)) / hw
@@ -79,9 +77,9 @@ fn run_layer(
             embedding(e, ids).into_dyn()
         }
         LayerKind::Recurrent(r) => {
-            let x3 = x
-                .into_dimensionality::<ndarray::Ix3>()
-                .map_err(|_| Error::Input(format!("layer '{}' expects (N, T, F) input", layer.name)))?;
+            let x3 = x.into_dimensionality::<ndarray::Ix3>().map_err(|_| {
+                Error::Input(format!("layer '{}' expects (N, T, F) input", layer.name))
+            })?;
             let m = if r.masked { mask } else { None };
             recurrent::run(r, &x3, m).into_dyn()
         }
@@ -192,7 +190,10 @@ fn conv2d(c: &Conv2d, x: &Array4<f32>) -> Array4<f32> {
                 y += b;
             }
             activation::apply(c.activation, y.view_mut().into_dyn());
-            o.assign(&y.into_shape_with_order((oh, ow, c.filters)).expect("conv output shape"));
+            o.assign(
+                &y.into_shape_with_order((oh, ow, c.filters))
+                    .expect("conv output shape"),
+            );
         });
     out
 }
@@ -208,17 +209,19 @@ fn pool2d(p: &Pool2d, x: &Array4<f32>) -> Array4<f32> {
             for ox in 0..ow {
                 let y0 = (oy * w.strides[0]) as isize - w.pad_top_left[0] as isize;
                 let x0 = (ox * w.strides[1]) as isize - w.pad_top_left[1] as isize;
-                let ys = y0.max(0) as usize..((y0 + w.kernel[0] as isize).min(ih as isize)) as usize;
-                let xs = x0.max(0) as usize..((x0 + w.kernel[1] as isize).min(iw as isize)) as usize;
+                let ys =
+                    y0.max(0) as usize..((y0 + w.kernel[0] as isize).min(ih as isize)) as usize;
+                let xs =
+                    x0.max(0) as usize..((x0 + w.kernel[1] as isize).min(iw as isize)) as usize;
                 let window = x.slice(s![b, ys, xs, ..]);
                 let mut dst = out.slice_mut(s![b, oy, ox, ..]);
                 match p.op {
                     // Padding never wins a max (TensorFlow pads with -inf).
-                    PoolOp::Max => dst.assign(&window.fold_axis(Axis(0), f32::NEG_INFINITY, |a, v| a.max(*v)).fold_axis(
-                        Axis(0),
-                        f32::NEG_INFINITY,
-                        |a, v| a.max(*v),
-                    )),
+                    PoolOp::Max => dst.assign(
+                        &window
+                            .fold_axis(Axis(0), f32::NEG_INFINITY, |a, v| a.max(*v))
+                            .fold_axis(Axis(0), f32::NEG_INFINITY, |a, v| a.max(*v)),
+                    ),
                     // Average divides by the in-bounds count, as TensorFlow does for `same`.
                     PoolOp::Average => {
                         let count = (window.shape()[0] * window.shape()[1]) as f32;

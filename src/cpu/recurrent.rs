@@ -13,7 +13,12 @@ struct DirectionOutput {
 
 /// Runs one direction. `mask[b, t]` false means step t of row b is padding: the state is kept,
 /// and the output is the previous output (or zeros when `zero_masked`).
-fn run_direction(cell: &RecurrentCell, x: &Array3<f32>, mask: Option<&Array2<bool>>, zero_masked: bool) -> DirectionOutput {
+fn run_direction(
+    cell: &RecurrentCell,
+    x: &Array3<f32>,
+    mask: Option<&Array2<bool>>,
+    zero_masked: bool,
+) -> DirectionOutput {
     let (n, t_len, features) = x.dim();
     let u = cell.units;
     let g = cell.kind.gates() * u;
@@ -27,14 +32,20 @@ fn run_direction(cell: &RecurrentCell, x: &Array3<f32>, mask: Option<&Array2<boo
     if let Some(b) = &cell.bias {
         xw += b;
     }
-    let xw = xw.into_shape_with_order((n, t_len, g)).expect("projection shape");
+    let xw = xw
+        .into_shape_with_order((n, t_len, g))
+        .expect("projection shape");
 
     let mut h = Array2::<f32>::zeros((n, u));
     let mut c = Array2::<f32>::zeros((n, u));
     let mut prev_out = Array2::<f32>::zeros((n, u));
     let mut sequence = Array3::<f32>::zeros((n, t_len, u));
     for step in 0..t_len {
-        let t = if cell.go_backwards { t_len - 1 - step } else { step };
+        let t = if cell.go_backwards {
+            t_len - 1 - step
+        } else {
+            step
+        };
         let z = &xw.slice(s![.., t, ..]) + &h.dot(&cell.recurrent_kernel);
         for b in 0..n {
             let live = mask.is_none_or(|m| m[[b, t]]);
@@ -99,7 +110,11 @@ pub fn run(r: &Recurrent, x: &Array3<f32>, mask: Option<&Array2<bool>>) -> Array
         // Bidirectional flips the backward outputs back into time order.
         let mut back = bwd.sequence;
         back.invert_axis(Axis(1));
-        merge(r.merge_mode, fwd.sequence.into_dyn(), back.as_standard_layout().into_owned().into_dyn())
+        merge(
+            r.merge_mode,
+            fwd.sequence.into_dyn(),
+            back.as_standard_layout().into_owned().into_dyn(),
+        )
     } else {
         merge(r.merge_mode, fwd.last.into_dyn(), bwd.last.into_dyn())
     }

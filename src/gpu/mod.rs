@@ -1,9 +1,37 @@
-//! GPU backend (wgpu + WGSL). Placeholder until the GPU path lands.
+//! GPU backend: wgpu compute shaders (WGSL, one file per op family under `shaders/`).
+//!
+//! How the pieces fit:
+//! - [`GpuRuntime::new`] picks an adapter, creates the device with the adapter's own limits,
+//!   uploads every weight once (`weights.rs`) and compiles the kernels the model uses
+//!   (`kernels.rs`).
+//! - `plan.rs` lowers the `ModelIr` for one batch size into a plain-data `Plan`: an ordered list
+//!   of dispatches (kernel, bound buffers, uniform parameters, workgroup grid) over pooled
+//!   activation buffers. It needs only the adapter's limits, so `describe_plan` prints it without
+//!   a device.
+//! - `executor.rs` makes a `Plan` concrete once (`GpuPlan`: buffers, one uniform buffer holding
+//!   every dispatch's parameters, bind groups) and replays it: upload the input, encode every
+//!   dispatch into one command encoder, submit once, read back only the final output.
+//! - The runtime caches a `GpuPlan` per batch size, so repeated predictions build nothing.
+//!   Batches larger than the biggest one whose buffers fit `max_storage_buffer_binding_size`
+//!   run as consecutive sub-batches.
+
+mod executor;
+mod kernels;
+mod plan;
+mod weights;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use ndarray::{ArrayD, IxDyn};
 
 use crate::error::{Error, Result};
-use crate::ir::ModelIr;
+use crate::ir::{InputKind, ModelIr};
 use crate::model::PreparedInput;
-use ndarray::ArrayD;
+
+use executor::{DeviceContext, GpuPlan};
+use kernels::{Kernel, Pipelines};
+use plan::{bytes_text, Op, Plan, PlanLimits};
 
 const NO_ADAPTER: &str = "no GPU adapter found";
 
@@ -12,14 +40,557 @@ pub fn is_no_adapter(message: &str) -> bool {
     message.starts_with(NO_ADAPTER)
 }
 
-pub struct GpuRuntime;
+/// One adapter as `wgnn info --adapters` lists it.
+#[derive(Debug, Clone)]
+pub struct AdapterSummary {
+    pub name: String,
+    /// Vulkan, Metal, Dx12, Gl, ...
+    pub backend: String,
+    /// discrete, integrated, virtual, cpu or other.
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+    /// False when the adapter cannot run compute shaders (some GL drivers); never chosen.
+    pub compute: bool,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+    pub max_storage_buffers_per_shader_stage: u32,
+    pub max_compute_workgroups_per_dimension: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub max_compute_workgroup_storage_size: u32,
+}
+
+impl std::fmt::Display for AdapterSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}, {}; driver {} {}): max storage binding {}, max buffer {}, {} storage buffers/stage, {} workgroups/dim, {} invocations/workgroup, {} workgroup memory{}",
+            self.name,
+            self.backend,
+            self.device_type,
+            self.driver,
+            self.driver_info,
+            bytes_text(self.max_storage_buffer_binding_size),
+            bytes_text(self.max_buffer_size),
+            self.max_storage_buffers_per_shader_stage,
+            self.max_compute_workgroups_per_dimension,
+            self.max_compute_invocations_per_workgroup,
+            bytes_text(u64::from(self.max_compute_workgroup_storage_size)),
+            if self.compute { "" } else { "; no compute shaders" }
+        )
+    }
+}
+
+fn device_type_name(t: wgpu::DeviceType) -> &'static str {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => "discrete",
+        wgpu::DeviceType::IntegratedGpu => "integrated",
+        wgpu::DeviceType::VirtualGpu => "virtual",
+        wgpu::DeviceType::Cpu => "cpu",
+        wgpu::DeviceType::Other => "other",
+    }
+}
+
+fn summarize(adapter: &wgpu::Adapter) -> AdapterSummary {
+    let info = adapter.get_info();
+    let limits = adapter.limits();
+    AdapterSummary {
+        name: info.name,
+        backend: format!("{:?}", info.backend),
+        device_type: device_type_name(info.device_type).to_string(),
+        driver: info.driver,
+        driver_info: info.driver_info,
+        compute: supports_compute(adapter),
+        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
+        max_buffer_size: limits.max_buffer_size,
+        max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
+        max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+        max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+        max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+    }
+}
+
+fn adapter_label(info: &wgpu::AdapterInfo) -> String {
+    format!(
+        "{} ({:?}, {})",
+        info.name,
+        info.backend,
+        device_type_name(info.device_type)
+    )
+}
+
+fn supports_compute(adapter: &wgpu::Adapter) -> bool {
+    adapter
+        .get_downlevel_capabilities()
+        .flags
+        .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+}
+
+fn enumerate(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = backends;
+    let instance = wgpu::Instance::new(desc);
+    pollster::block_on(instance.enumerate_adapters(backends))
+}
+
+/// Adapters to choose from. GL probing is noisy (EGL complains on headless machines) and GL is
+/// rarely the best choice, so it is only searched when no native API (Vulkan, Metal, DX12)
+/// offers a compute-capable adapter. `WGPU_BACKEND` overrides this.
+fn candidate_adapters() -> Vec<wgpu::Adapter> {
+    if let Some(backends) = wgpu::Backends::from_env() {
+        return enumerate(backends);
+    }
+    let native = enumerate(wgpu::Backends::PRIMARY);
+    if native.iter().any(supports_compute) {
+        native
+    } else {
+        enumerate(wgpu::Backends::all())
+    }
+}
+
+/// Every adapter wgpu can see, best first.
+pub fn list_adapters() -> Vec<AdapterSummary> {
+    let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+    let mut adapters = enumerate(backends);
+    adapters.sort_by_key(rank);
+    adapters.iter().map(summarize).collect()
+}
+
+/// Lower is better: discrete > integrated > virtual > other > cpu, native APIs before GL.
+fn rank(adapter: &wgpu::Adapter) -> (u8, u8) {
+    let info = adapter.get_info();
+    let kind = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    };
+    (kind, u8::from(info.backend == wgpu::Backend::Gl))
+}
+
+/// The adapter named by `wanted` (a case-insensitive substring), else by env `WGNN_ADAPTER`,
+/// else the best one that runs compute shaders.
+fn choose_adapter(wanted: Option<&str>) -> Result<wgpu::Adapter> {
+    let from_env = std::env::var("WGNN_ADAPTER")
+        .ok()
+        .filter(|s| !s.trim().is_empty());
+    let wanted = wanted.map(str::to_string).or(from_env);
+    let mut adapters = candidate_adapters();
+    adapters.sort_by_key(rank);
+    let names = adapters
+        .iter()
+        .map(|a| format!("{} ({:?})", a.get_info().name, a.get_info().backend))
+        .collect::<Vec<_>>();
+    let usable = adapters.into_iter().filter(supports_compute);
+    let chosen = match &wanted {
+        Some(w) => {
+            let w = w.to_lowercase();
+            usable
+                .into_iter()
+                .find(|a| a.get_info().name.to_lowercase().contains(&w))
+        }
+        None => usable.into_iter().next(),
+    };
+    chosen.ok_or_else(|| {
+        let available = if names.is_empty() {
+            "wgpu sees no adapters".to_string()
+        } else {
+            format!("available: {}", names.join(", "))
+        };
+        match wanted {
+            Some(w) => Error::Gpu(format!(
+                "{NO_ADAPTER} matching '{w}' with compute shader support ({available})"
+            )),
+            None => Error::Gpu(format!(
+                "{NO_ADAPTER} with compute shader support ({available})"
+            )),
+        }
+    })
+}
+
+fn plan_limits(limits: &wgpu::Limits, max_buffer_override: Option<u64>) -> PlanLimits {
+    let mut max_binding = limits
+        .max_storage_buffer_binding_size
+        .min(limits.max_buffer_size)
+        // Shaders index with u32 elements of 4 bytes.
+        .min(u64::from(u32::MAX));
+    if let Some(cap) = max_buffer_override {
+        max_binding = max_binding.min(cap);
+    }
+    PlanLimits {
+        max_binding_bytes: max_binding,
+        max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
+        max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
+    }
+}
+
+/// A model's GPU state: device, kernels, weights, and a plan per batch size.
+/// `Send + Sync`; concurrent `run` calls take turns on the plan cache.
+pub struct GpuRuntime {
+    ctx: DeviceContext,
+    adapter: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    plan_limits: PlanLimits,
+    /// Items per submit; larger batches are split.
+    max_items: usize,
+    model_name: String,
+    layer_count: usize,
+    plans: Mutex<HashMap<usize, GpuPlan>>,
+    /// Errors reported outside error scopes (device lost, uncaptured validation errors).
+    device_errors: Arc<Mutex<Vec<String>>>,
+}
 
 impl GpuRuntime {
-    pub fn new(_ir: &ModelIr, _adapter: Option<&str>) -> Result<Self> {
-        Err(Error::Gpu(format!("{NO_ADAPTER} (the GPU backend is not built yet)")))
+    /// Creates the device on the chosen adapter, uploads the weights and compiles the kernels.
+    pub fn new(ir: &ModelIr, adapter: Option<&str>) -> Result<Self> {
+        Self::create(ir, adapter, None)
     }
 
-    pub fn run(&self, _ir: &ModelIr, _input: &PreparedInput) -> Result<ArrayD<f32>> {
-        Err(Error::Gpu(NO_ADAPTER.into()))
+    /// Like `new`, but no buffer may exceed `bytes` (for exercising batch splitting).
+    pub fn with_max_buffer_bytes(ir: &ModelIr, adapter: Option<&str>, bytes: u64) -> Result<Self> {
+        Self::create(ir, adapter, Some(bytes))
     }
+
+    fn create(ir: &ModelIr, adapter: Option<&str>, max_buffer: Option<u64>) -> Result<Self> {
+        let adapter = choose_adapter(adapter)?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let plan_limits = plan_limits(&limits, max_buffer);
+        // Fails early, naming the layer, if one item does not fit.
+        let max_items = Plan::max_items(ir, plan_limits)?;
+
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("wgnn"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::Gpu(format!("creating a device on {}: {e}", info.name)))?;
+
+        let device_errors = Arc::new(Mutex::new(Vec::new()));
+        {
+            // Without a handler wgpu panics on errors outside an error scope.
+            let errors = Arc::clone(&device_errors);
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                if let Ok(mut errors) = errors.lock() {
+                    errors.push(e.to_string());
+                }
+            }));
+            let errors = Arc::clone(&device_errors);
+            device.set_device_lost_callback(move |reason, message| {
+                if let Ok(mut errors) = errors.lock() {
+                    errors.push(format!("device lost ({reason:?}): {message}"));
+                }
+            });
+        }
+
+        let scope = ErrorScopes::push(&device);
+        let weights = upload_weights(&device, ir, plan_limits)?;
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("unused binding"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let mut pipelines = Pipelines::new();
+        for kernel in kernels_used(&Plan::build(ir, 1, plan_limits)?) {
+            pipelines.ensure(&device, kernel);
+        }
+        scope.check("compiling kernels and uploading weights")?;
+
+        let runtime = GpuRuntime {
+            ctx: DeviceContext {
+                device,
+                queue,
+                pipelines,
+                weights,
+                dummy,
+                uniform_stride: executor::uniform_stride(&limits),
+            },
+            adapter: info,
+            limits,
+            plan_limits,
+            max_items,
+            model_name: ir.name.clone(),
+            layer_count: ir.layers.len(),
+            plans: Mutex::new(HashMap::new()),
+            device_errors,
+        };
+        runtime.check_device()?;
+        Ok(runtime)
+    }
+
+    /// The adapter's name and backend, e.g. `NVIDIA GeForce RTX 4090 (Vulkan)`.
+    pub fn adapter_name(&self) -> String {
+        format!("{} ({:?})", self.adapter.name, self.adapter.backend)
+    }
+
+    /// Items per submit before a batch is split.
+    pub fn max_batch_per_submit(&self) -> usize {
+        self.max_items
+    }
+
+    /// The plan this runtime would run for `batch` items (one sub-batch), as text.
+    pub fn describe_plan(&self, ir: &ModelIr, batch: usize) -> Result<String> {
+        let label = adapter_label(&self.adapter);
+        describe(
+            ir,
+            batch,
+            &label,
+            &self.limits,
+            self.plan_limits,
+            self.max_items,
+        )
+    }
+
+    /// Runs `ir` (the model this runtime was created for) on a prepared batch.
+    pub fn run(&self, ir: &ModelIr, input: &PreparedInput) -> Result<ArrayD<f32>> {
+        if ir.name != self.model_name || ir.layers.len() != self.layer_count {
+            return Err(Error::Gpu(format!(
+                "this GPU runtime was created for model '{}', not '{}'",
+                self.model_name, ir.name
+            )));
+        }
+        let batch = input.batch();
+        check_input(ir, input)?;
+        let mut shape = vec![batch];
+        shape.extend_from_slice(ir.output_shape());
+        let per_item: usize = ir.output_shape().iter().product();
+        let mut values = Vec::with_capacity(batch * per_item);
+
+        let mut plans = self
+            .plans
+            .lock()
+            .map_err(|_| Error::Gpu("GPU plan cache poisoned by an earlier panic".into()))?;
+        let chunk = self.max_items.max(1);
+        let mut start = 0;
+        while start < batch {
+            let end = (start + chunk).min(batch);
+            let part;
+            let sub = if start == 0 && end == batch {
+                input
+            } else {
+                part = input.slice(start, end);
+                &part
+            };
+            let out = self.run_chunk(&mut plans, ir, sub)?;
+            values.extend_from_slice(&out);
+            start = end;
+        }
+        drop(plans);
+        ArrayD::from_shape_vec(IxDyn(&shape), values)
+            .map_err(|e| Error::Gpu(format!("internal: output of the wrong size: {e}")))
+    }
+
+    fn run_chunk(
+        &self,
+        plans: &mut HashMap<usize, GpuPlan>,
+        ir: &ModelIr,
+        input: &PreparedInput,
+    ) -> Result<Vec<f32>> {
+        let batch = input.batch();
+        let scope = ErrorScopes::push(&self.ctx.device);
+        let plan = match plans.entry(batch) {
+            std::collections::hash_map::Entry::Occupied(cached) => cached.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                let plan = Plan::build(ir, batch, self.plan_limits)?;
+                slot.insert(GpuPlan::new(&self.ctx, plan)?)
+            }
+        };
+        let bytes: &[u8] = match input {
+            PreparedInput::Float(x) => {
+                let x = x
+                    .as_slice()
+                    .ok_or_else(|| Error::Input("float input is not in standard layout".into()))?;
+                bytemuck::cast_slice(x)
+            }
+            PreparedInput::Ids(ids) => {
+                let ids = ids
+                    .as_slice()
+                    .ok_or_else(|| Error::Input("token ids are not in standard layout".into()))?;
+                bytemuck::cast_slice(ids)
+            }
+        };
+        let result = plan.execute(&self.ctx, bytes, self.ctx.uniform_stride);
+        let scoped = scope.check(&format!("running a batch of {batch}"));
+        self.check_device()?;
+        scoped?;
+        result
+    }
+
+    fn check_device(&self) -> Result<()> {
+        let errors = match self.device_errors.lock() {
+            Ok(mut errors) => std::mem::take(&mut *errors),
+            Err(_) => return Err(Error::Gpu("GPU error log poisoned".into())),
+        };
+        match errors.first() {
+            None => Ok(()),
+            Some(first) => Err(Error::Gpu(format!(
+                "{} on {}: {first}",
+                if first.starts_with("device lost") {
+                    "the GPU device was lost"
+                } else {
+                    "GPU error"
+                },
+                self.adapter.name
+            ))),
+        }
+    }
+}
+
+/// Validation and out-of-memory error scopes around a piece of work; `check` turns what they
+/// caught into an `Error::Gpu` instead of a panic.
+struct ErrorScopes {
+    validation: wgpu::ErrorScopeGuard,
+    out_of_memory: wgpu::ErrorScopeGuard,
+}
+
+impl ErrorScopes {
+    fn push(device: &wgpu::Device) -> Self {
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out_of_memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        ErrorScopes {
+            validation,
+            out_of_memory,
+        }
+    }
+
+    fn check(self, doing: &str) -> Result<()> {
+        // Popped in reverse order of pushing.
+        let oom = pollster::block_on(self.out_of_memory.pop());
+        let validation = pollster::block_on(self.validation.pop());
+        if let Some(e) = oom {
+            return Err(Error::Gpu(format!("out of GPU memory while {doing}: {e}")));
+        }
+        if let Some(e) = validation {
+            let first_line = e.to_string();
+            return Err(Error::Gpu(format!(
+                "GPU validation error while {doing}: {}",
+                first_line.trim()
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn kernels_used(plan: &Plan) -> Vec<Kernel> {
+    let mut kernels: Vec<Kernel> = plan
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Dispatch(d) => Some(d.kernel),
+            Op::Clear { .. } => None,
+        })
+        .collect();
+    kernels.sort();
+    kernels.dedup();
+    kernels
+}
+
+fn upload_weights(
+    device: &wgpu::Device,
+    ir: &ModelIr,
+    limits: PlanLimits,
+) -> Result<HashMap<weights::WeightKey, wgpu::Buffer>> {
+    let mut buffers = HashMap::new();
+    for spec in weights::weight_specs(ir) {
+        let layer = &ir.layers[spec.key.layer];
+        let bytes = 4 * spec.len as u64;
+        if bytes > limits.max_binding_bytes {
+            return Err(Error::Gpu(format!(
+                "layer '{}' ({}): {} weights need {}, above the adapter's limit of {} per buffer",
+                layer.name,
+                layer.class,
+                spec.key.role.name(),
+                bytes_text(bytes),
+                bytes_text(limits.max_binding_bytes)
+            )));
+        }
+        let values = weights::weight_values(ir, spec.key)?;
+        let mut contents: Vec<u8> = bytemuck::cast_slice(&values).to_vec();
+        // Empty or tiny arrays still need a valid 16-byte binding.
+        contents.resize(contents.len().max(16).div_ceil(16) * 16, 0);
+        let label = format!("{}.{}", layer.name, spec.key.role.name());
+        let buffer = wgpu::util::DeviceExt::create_buffer_init(
+            device,
+            &wgpu::util::BufferInitDescriptor {
+                label: Some(&label),
+                contents: &contents,
+                usage: wgpu::BufferUsages::STORAGE,
+            },
+        );
+        buffers.insert(spec.key, buffer);
+    }
+    Ok(buffers)
+}
+
+fn check_input(ir: &ModelIr, input: &PreparedInput) -> Result<()> {
+    let (shape, kind) = match input {
+        PreparedInput::Float(x) => (x.shape().to_vec(), InputKind::Float),
+        PreparedInput::Ids(ids) => (ids.shape().to_vec(), InputKind::TokenIds),
+    };
+    if kind != ir.input_kind || shape.get(1..) != Some(ir.input_shape.as_slice()) {
+        return Err(Error::Input(format!(
+            "model '{}' expects {} shaped (N, {:?}), found {} shaped {shape:?}",
+            ir.name,
+            kind_name(ir.input_kind),
+            ir.input_shape,
+            kind_name(kind)
+        )));
+    }
+    Ok(())
+}
+
+fn kind_name(kind: InputKind) -> &'static str {
+    match kind {
+        InputKind::Float => "float values",
+        InputKind::TokenIds => "token ids",
+    }
+}
+
+fn describe(
+    ir: &ModelIr,
+    batch: usize,
+    adapter: &str,
+    limits: &wgpu::Limits,
+    plan_limits: PlanLimits,
+    max_items: usize,
+) -> Result<String> {
+    let batch = batch.max(1);
+    let per_submit = batch.min(max_items.max(1));
+    let plan = Plan::build(ir, per_submit, plan_limits)?;
+    let submits = batch.div_ceil(per_submit);
+    let header = format!(
+        "GPU plan for model '{}', batch {batch}{}\nadapter: {adapter}; max storage binding {}, {} workgroups/dim; up to {} items per submit",
+        ir.name,
+        if submits > 1 {
+            format!(" as {submits} submits of up to {per_submit} items")
+        } else {
+            String::new()
+        },
+        bytes_text(plan_limits.max_binding_bytes),
+        plan_limits.max_workgroups_per_dim,
+        max_items
+    );
+    Ok(plan.describe(ir, &header, executor::uniform_stride(limits)))
+}
+
+/// The plan `wgnn info MODEL --plan` prints: per layer the kernels, workgroup grids and buffers,
+/// then buffer sizes and total GPU memory. Uses the chosen adapter's limits (no device is
+/// created); without an adapter, WebGPU's default limits.
+pub fn describe_plan(ir: &ModelIr, batch: usize, adapter: Option<&str>) -> Result<String> {
+    let (label, limits) = match choose_adapter(adapter) {
+        Ok(a) => (adapter_label(&a.get_info()), a.limits()),
+        Err(Error::Gpu(msg)) if is_no_adapter(&msg) && adapter.is_none() => (
+            "no adapter found: WebGPU default limits".to_string(),
+            wgpu::Limits::default(),
+        ),
+        Err(e) => return Err(e),
+    };
+    let plan_limits = plan_limits(&limits, None);
+    let max_items = Plan::max_items(ir, plan_limits)?;
+    describe(ir, batch, &label, &limits, plan_limits, max_items)
 }

@@ -1,0 +1,320 @@
+//! Turns a `Plan` into wgpu objects once (buffers, uniform parameters, bind groups) and replays it:
+//! one input upload, one command encoder, one submit, and one readback of the final output.
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+
+use super::kernels::Pipelines;
+use super::plan::{BufRef, Op, Plan};
+use super::weights::WeightKey;
+
+/// What every plan of a runtime shares: the device, compiled kernels and uploaded weights.
+pub struct DeviceContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub pipelines: Pipelines,
+    pub weights: HashMap<WeightKey, wgpu::Buffer>,
+    /// Bound in place of absent optional inputs (no bias, no mask).
+    pub dummy: wgpu::Buffer,
+    /// Distance between consecutive uniform parameter blocks (>= the offset alignment).
+    pub uniform_stride: u64,
+}
+
+/// Bytes bound per uniform block; every kernel's parameter struct fits.
+const UNIFORM_BLOCK: u64 = 256;
+
+/// Sizes every uniform block so offsets meet `min_uniform_buffer_offset_alignment`.
+pub fn uniform_stride(limits: &wgpu::Limits) -> u64 {
+    let align = u64::from(limits.min_uniform_buffer_offset_alignment.max(1));
+    UNIFORM_BLOCK.div_ceil(align) * align
+}
+
+/// Buffers are padded to 16 bytes so empty tensors still get a valid binding.
+fn padded(bytes: u64) -> u64 {
+    bytes.max(16).div_ceil(16) * 16
+}
+
+/// A plan made concrete for one batch size. Built once, run many times.
+pub struct GpuPlan {
+    pub plan: Plan,
+    input: wgpu::Buffer,
+    slots: Vec<wgpu::Buffer>,
+    readback: wgpu::Buffer,
+    /// One per op (None for clears), built up front.
+    bind_groups: Vec<Option<wgpu::BindGroup>>,
+    step_bind_group: Option<wgpu::BindGroup>,
+    // Kept alive for the bind groups that point into them.
+    _params: wgpu::Buffer,
+    _steps: Option<wgpu::Buffer>,
+}
+
+impl GpuPlan {
+    pub fn new(ctx: &DeviceContext, plan: Plan) -> Result<GpuPlan> {
+        let device = &ctx.device;
+        let storage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC;
+        let input = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("input"),
+            size: padded(plan.input_bytes),
+            usage: storage,
+            mapped_at_creation: false,
+        });
+        let slots = plan
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(s, &bytes)| {
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(&format!("slot{s}")),
+                    size: padded(bytes),
+                    usage: storage,
+                    mapped_at_creation: false,
+                })
+            })
+            .collect::<Vec<_>>();
+        let readback = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: padded(plan.output_bytes),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+
+        // All dispatch parameters live in one uniform buffer, written once here.
+        let stride = ctx.uniform_stride;
+        let dispatches = plan
+            .ops
+            .iter()
+            .filter(|op| matches!(op, Op::Dispatch(_)))
+            .count() as u64;
+        let mut param_bytes = vec![0u8; (stride * dispatches.max(1)) as usize];
+        let mut offsets = Vec::with_capacity(plan.ops.len());
+        let mut next = 0u64;
+        for op in &plan.ops {
+            if let Op::Dispatch(d) = op {
+                let words: &[u8] = bytemuck::cast_slice(&d.params);
+                if words.len() as u64 > UNIFORM_BLOCK {
+                    return Err(Error::Gpu(format!(
+                        "internal: {} parameters exceed {UNIFORM_BLOCK} bytes",
+                        d.kernel.name()
+                    )));
+                }
+                let start = (next * stride) as usize;
+                param_bytes[start..start + words.len()].copy_from_slice(words);
+                offsets.push(Some(next * stride));
+                next += 1;
+            } else {
+                offsets.push(None);
+            }
+        }
+        let params = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("params"),
+            size: param_bytes.len() as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        ctx.queue.write_buffer(&params, 0, &param_bytes);
+
+        // Recurrent layers read their step index at a dynamic offset into this buffer.
+        let steps = (plan.max_steps > 0).then(|| {
+            let mut bytes = vec![0u8; (stride * u64::from(plan.max_steps)) as usize];
+            for step in 0..plan.max_steps {
+                let at = (u64::from(step) * stride) as usize;
+                bytes[at..at + 4].copy_from_slice(&step.to_le_bytes());
+            }
+            let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("rnn steps"),
+                size: bytes.len() as u64,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            ctx.queue.write_buffer(&buffer, 0, &bytes);
+            buffer
+        });
+
+        let resolve = |b: BufRef| -> Result<&wgpu::Buffer> {
+            match b {
+                BufRef::Input => Ok(&input),
+                BufRef::Slot(s) => slots
+                    .get(s)
+                    .ok_or_else(|| Error::Gpu(format!("internal: plan has no slot{s}"))),
+                BufRef::Weight(key) => ctx.weights.get(&key).ok_or_else(|| {
+                    Error::Gpu(format!(
+                        "internal: weight {} of layer #{} was not uploaded",
+                        key.role.name(),
+                        key.layer
+                    ))
+                }),
+                BufRef::Dummy => Ok(&ctx.dummy),
+            }
+        };
+
+        let mut bind_groups = Vec::with_capacity(plan.ops.len());
+        let mut step_bind_group = None;
+        for (op, offset) in plan.ops.iter().zip(&offsets) {
+            let (Op::Dispatch(d), Some(offset)) = (op, offset) else {
+                bind_groups.push(None);
+                continue;
+            };
+            let pipeline = ctx.pipelines.get(d.kernel)?;
+            let mut entries = Vec::with_capacity(d.buffers.len() + 1);
+            for (binding, b) in d.buffers.iter().enumerate() {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: binding as u32,
+                    resource: resolve(*b)?.as_entire_binding(),
+                });
+            }
+            entries.push(wgpu::BindGroupEntry {
+                binding: d.buffers.len() as u32,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &params,
+                    offset: *offset,
+                    size: wgpu::BufferSize::new(UNIFORM_BLOCK),
+                }),
+            });
+            bind_groups.push(Some(device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(d.kernel.name()),
+                layout: &pipeline.layout,
+                entries: &entries,
+            })));
+            if let (Some(layout), Some(steps), None) =
+                (&pipeline.step_layout, &steps, &step_bind_group)
+            {
+                step_bind_group = Some(device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("rnn step index"),
+                    layout,
+                    entries: &[wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: steps,
+                            offset: 0,
+                            size: wgpu::BufferSize::new(16),
+                        }),
+                    }],
+                }));
+            }
+        }
+
+        Ok(GpuPlan {
+            plan,
+            input,
+            slots,
+            readback,
+            bind_groups,
+            step_bind_group,
+            _params: params,
+            _steps: steps,
+        })
+    }
+
+    fn buffer(&self, b: BufRef) -> Option<&wgpu::Buffer> {
+        match b {
+            BufRef::Input => Some(&self.input),
+            BufRef::Slot(s) => self.slots.get(s),
+            _ => None,
+        }
+    }
+
+    /// Uploads `input` (exactly `plan.input_bytes`), runs every op in one submit and reads back
+    /// the output.
+    pub fn execute(&self, ctx: &DeviceContext, input: &[u8], stride: u64) -> Result<Vec<f32>> {
+        if input.len() as u64 != self.plan.input_bytes {
+            return Err(Error::Gpu(format!(
+                "internal: input of {} bytes for a plan expecting {}",
+                input.len(),
+                self.plan.input_bytes
+            )));
+        }
+        if !input.is_empty() {
+            ctx.queue.write_buffer(&self.input, 0, input);
+        }
+        let mut encoder = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("wgnn batch"),
+            });
+        let mut pass: Option<wgpu::ComputePass<'static>> = None;
+        for (op, bind_group) in self.plan.ops.iter().zip(&self.bind_groups) {
+            match (op, bind_group) {
+                (Op::Clear { buffer, .. }, _) => {
+                    drop(pass.take());
+                    let buffer = self.buffer(*buffer).ok_or_else(|| {
+                        Error::Gpu("internal: only activation buffers can be cleared".into())
+                    })?;
+                    encoder.clear_buffer(buffer, 0, None);
+                }
+                (Op::Dispatch(d), Some(bind_group)) => {
+                    let pass = pass.get_or_insert_with(|| {
+                        encoder
+                            .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                                label: Some("wgnn layers"),
+                                timestamp_writes: None,
+                            })
+                            .forget_lifetime()
+                    });
+                    let pipeline = ctx.pipelines.get(d.kernel)?;
+                    pass.set_pipeline(&pipeline.pipeline);
+                    pass.set_bind_group(0, bind_group, &[]);
+                    let [x, y, z] = d.grid;
+                    if d.kernel.has_step_group() {
+                        let steps = self.step_bind_group.as_ref().ok_or_else(|| {
+                            Error::Gpu("internal: recurrent plan without step indices".into())
+                        })?;
+                        for step in 0..d.repeat {
+                            let offset = u64::from(step) * stride;
+                            pass.set_bind_group(1, steps, &[offset as u32]);
+                            pass.dispatch_workgroups(x, y, z);
+                        }
+                    } else {
+                        pass.dispatch_workgroups(x, y, z);
+                    }
+                }
+                (Op::Dispatch(d), None) => {
+                    return Err(Error::Gpu(format!(
+                        "internal: no bind group for {}",
+                        d.kernel.name()
+                    )))
+                }
+            }
+        }
+        drop(pass);
+        let output = self.buffer(self.plan.output).ok_or_else(|| {
+            Error::Gpu("internal: the plan's output is not an activation buffer".into())
+        })?;
+        let bytes = self.plan.output_bytes;
+        if bytes > 0 {
+            encoder.copy_buffer_to_buffer(output, 0, &self.readback, 0, bytes);
+        }
+        let submission = ctx.queue.submit([encoder.finish()]);
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+
+        let slice = self.readback.slice(..bytes);
+        let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+        slice.map_async(wgpu::MapMode::Read, move |result| {
+            // The receiver is gone only if we already returned with an error.
+            let _ = sender.send(result);
+        });
+        ctx.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(submission),
+                timeout: None,
+            })
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
+        match pollster::block_on(receiver.receive()) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(Error::Gpu(format!("reading the output back failed: {e}"))),
+            None => return Err(Error::Gpu("reading the output back was cancelled".into())),
+        }
+        let values = {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| Error::Gpu(format!("reading the output back failed: {e}")))?;
+            bytemuck::pod_collect_to_vec::<u8, f32>(&view)
+        };
+        self.readback.unmap();
+        Ok(values)
+    }
+}

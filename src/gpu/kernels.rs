@@ -1,0 +1,238 @@
+//! The compute kernels: which WGSL files make each one, its entry point and its bindings, and the
+//! pipelines built from them (once per runtime, for the kernels a model uses).
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+
+const COMMON: &str = include_str!("../../shaders/common.wgsl");
+const GEMM: &str = include_str!("../../shaders/gemm.wgsl");
+const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
+const CONV2D: &str = include_str!("../../shaders/conv2d.wgsl");
+const POOL: &str = include_str!("../../shaders/pool.wgsl");
+const ELEMENTWISE: &str = include_str!("../../shaders/elementwise.wgsl");
+const SOFTMAX: &str = include_str!("../../shaders/softmax.wgsl");
+const EMBEDDING: &str = include_str!("../../shaders/embedding.wgsl");
+const RECURRENT: &str = include_str!("../../shaders/recurrent.wgsl");
+
+/// Every GEMM workgroup computes a tile this many rows by this many columns.
+pub const GEMM_TILE: u32 = 64;
+/// Threads per workgroup of the one-dimensional kernels.
+pub const LINEAR_THREADS: u32 = 64;
+
+/// One compute kernel (a WGSL entry point with a fixed binding layout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kernel {
+    Matmul,
+    Conv2d,
+    Pool2d,
+    GlobalPool2d,
+    Activation,
+    Rescale,
+    Softmax,
+    Embedding,
+    RnnStep,
+    RnnMerge,
+}
+
+/// How a kernel reads one storage binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    ReadWrite,
+}
+
+impl Kernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Matmul => "matmul",
+            Kernel::Conv2d => "conv2d",
+            Kernel::Pool2d => "pool2d",
+            Kernel::GlobalPool2d => "global_pool2d",
+            Kernel::Activation => "activation",
+            Kernel::Rescale => "rescale",
+            Kernel::Softmax => "softmax",
+            Kernel::Embedding => "embedding",
+            Kernel::RnnStep => "rnn_step",
+            Kernel::RnnMerge => "rnn_merge",
+        }
+    }
+
+    fn entry_point(self) -> &'static str {
+        match self {
+            Kernel::Matmul | Kernel::Conv2d => "main",
+            Kernel::RnnStep => "step",
+            Kernel::RnnMerge => "merge",
+            other => other.name(),
+        }
+    }
+
+    /// The shader source: common.wgsl first, then the kernel's own files.
+    fn source(self) -> String {
+        let parts: &[&str] = match self {
+            Kernel::Matmul => &[GEMM, MATMUL],
+            Kernel::Conv2d => &[GEMM, CONV2D],
+            Kernel::Pool2d | Kernel::GlobalPool2d => &[POOL],
+            Kernel::Activation | Kernel::Rescale => &[ELEMENTWISE],
+            Kernel::Softmax => &[SOFTMAX],
+            Kernel::Embedding => &[EMBEDDING],
+            Kernel::RnnStep | Kernel::RnnMerge => &[RECURRENT],
+        };
+        let mut source = String::from(COMMON);
+        for part in parts {
+            source.push('\n');
+            source.push_str(part);
+        }
+        source
+    }
+
+    /// Storage bindings 0..n in order; the kernel's uniform parameters follow at binding n.
+    pub fn storage(self) -> &'static [Access] {
+        use Access::{Read, ReadWrite};
+        match self {
+            Kernel::Matmul | Kernel::Conv2d => &[Read, Read, Read, ReadWrite],
+            Kernel::Pool2d | Kernel::GlobalPool2d => &[Read, ReadWrite],
+            Kernel::Activation | Kernel::Rescale => &[ReadWrite, Read, Read],
+            Kernel::Softmax => &[ReadWrite],
+            Kernel::Embedding => &[Read, Read, ReadWrite],
+            Kernel::RnnStep => &[Read, Read, ReadWrite, ReadWrite, Read],
+            Kernel::RnnMerge => &[Read, ReadWrite],
+        }
+    }
+
+    /// What each storage binding holds, for plans.
+    pub fn binding_names(self) -> &'static [&'static str] {
+        match self {
+            Kernel::Matmul | Kernel::Conv2d => &["a", "b", "bias", "c"],
+            Kernel::Pool2d | Kernel::GlobalPool2d => &["x", "y"],
+            Kernel::Activation | Kernel::Rescale => &["x", "scale", "offset"],
+            Kernel::Softmax => &["x"],
+            Kernel::Embedding => &["ids", "table", "y"],
+            Kernel::RnnStep => &["xproj", "recurrent_kernel", "state", "y", "ids"],
+            Kernel::RnnMerge => &["both", "merged"],
+        }
+    }
+
+    /// Threads per workgroup.
+    pub fn threads(self) -> u32 {
+        match self {
+            Kernel::Matmul | Kernel::Conv2d => 256,
+            _ => LINEAR_THREADS,
+        }
+    }
+
+    /// The recurrent step reads its step index from a second bind group with a dynamic offset,
+    /// so all timesteps are encoded up front into one submit.
+    pub fn has_step_group(self) -> bool {
+        self == Kernel::RnnStep
+    }
+}
+
+/// A kernel ready to dispatch.
+pub struct Pipeline {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+    pub step_layout: Option<wgpu::BindGroupLayout>,
+}
+
+/// Pipelines are compiled once per runtime and shared by every plan.
+pub struct Pipelines {
+    by_kernel: HashMap<Kernel, Pipeline>,
+}
+
+impl Pipelines {
+    pub fn new() -> Self {
+        Pipelines {
+            by_kernel: HashMap::new(),
+        }
+    }
+
+    /// Compiles `kernel` unless it already is. Shader or layout errors surface through the
+    /// caller's error scope.
+    pub fn ensure(&mut self, device: &wgpu::Device, kernel: Kernel) {
+        if self.by_kernel.contains_key(&kernel) {
+            return;
+        }
+        let pipeline = create(device, kernel);
+        self.by_kernel.insert(kernel, pipeline);
+    }
+
+    pub fn get(&self, kernel: Kernel) -> Result<&Pipeline> {
+        self.by_kernel.get(&kernel).ok_or_else(|| {
+            Error::Gpu(format!(
+                "internal: kernel '{}' was not compiled",
+                kernel.name()
+            ))
+        })
+    }
+}
+
+fn create(device: &wgpu::Device, kernel: Kernel) -> Pipeline {
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(kernel.name()),
+        source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
+    });
+    let storage = kernel.storage();
+    let mut entries: Vec<wgpu::BindGroupLayoutEntry> = storage
+        .iter()
+        .enumerate()
+        .map(|(binding, access)| wgpu::BindGroupLayoutEntry {
+            binding: binding as u32,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage {
+                    read_only: *access == Access::Read,
+                },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect();
+    entries.push(uniform_entry(storage.len() as u32, false));
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(kernel.name()),
+        entries: &entries,
+    });
+    let step_layout = kernel.has_step_group().then(|| {
+        device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("rnn_step_index"),
+            entries: &[uniform_entry(0, true)],
+        })
+    });
+    let mut groups = vec![Some(&layout)];
+    if let Some(step) = &step_layout {
+        groups.push(Some(step));
+    }
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(kernel.name()),
+        bind_group_layouts: &groups,
+        immediate_size: 0,
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(kernel.name()),
+        layout: Some(&pipeline_layout),
+        module: &module,
+        entry_point: Some(kernel.entry_point()),
+        compilation_options: wgpu::PipelineCompilationOptions::default(),
+        cache: None,
+    });
+    Pipeline {
+        pipeline,
+        layout,
+        step_layout,
+    }
+}
+
+fn uniform_entry(binding: u32, dynamic: bool) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: dynamic,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}

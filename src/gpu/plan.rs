@@ -1,0 +1,1108 @@
+//! The dispatch plan: `ModelIr` + batch size -> the list of kernel dispatches, the buffers they
+//! read and write, and each dispatch's uniform parameters. Plain data with no wgpu objects, so
+//! `wgnn info --plan` can print it without a device; `executor::GpuPlan` turns it into buffers and
+//! bind groups once, then replays it for every batch of that size.
+//!
+//! Activation buffers are pooled: each layer output (or recurrent scratch) takes a free slot that
+//! fits, and a slot is freed once the layer after it has run, so a chain of layers ping-pongs
+//! between a few buffers. Elementwise layers run in place; Reshape/Flatten/Dropout cost nothing.
+
+use std::fmt::Write as _;
+
+use crate::error::{Error, Result};
+use crate::ir::{
+    Activation, CellKind, Conv2d, Dense, InputKind, Layer, LayerKind, MergeMode, ModelIr, PoolOp,
+    Recurrent, Window2d,
+};
+
+use super::kernels::{Kernel, GEMM_TILE, LINEAR_THREADS};
+use super::weights::{weight_specs, WeightKey, WeightRole};
+
+/// The device limits a plan must respect.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanLimits {
+    /// Largest buffer one binding may cover (the smaller of max_storage_buffer_binding_size and
+    /// max_buffer_size, or a test's override).
+    pub max_binding_bytes: u64,
+    pub max_workgroups_per_dim: u32,
+    pub max_storage_buffers_per_stage: u32,
+}
+
+/// A buffer a dispatch binds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BufRef {
+    /// The batch input: f32 values or u32 token ids.
+    Input,
+    /// A pooled activation buffer.
+    Slot(usize),
+    Weight(WeightKey),
+    /// Bound where a kernel has an unused binding (no bias, no mask).
+    Dummy,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dispatch {
+    pub layer: usize,
+    pub kernel: Kernel,
+    /// Storage bindings in the kernel's binding order.
+    pub buffers: Vec<BufRef>,
+    /// The kernel's uniform parameter struct, as 32-bit words.
+    pub params: Vec<u32>,
+    /// Workgroups needed, and the grid they are folded into.
+    pub workgroups: u64,
+    pub grid: [u32; 3],
+    /// Dispatched this many times, with the step index 0..repeat in bind group 1 (recurrent).
+    pub repeat: u32,
+    /// One line for plan printing.
+    pub detail: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Zero a buffer (recurrent state) before the layer's first step.
+    Clear {
+        layer: usize,
+        buffer: BufRef,
+    },
+    Dispatch(Dispatch),
+}
+
+/// A buffer whose size grows with the batch, and who needed it: what batch splitting sizes by.
+#[derive(Debug, Clone)]
+pub struct BatchTensor {
+    /// None for the model input.
+    pub layer: Option<usize>,
+    pub what: &'static str,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub batch: usize,
+    pub input_bytes: u64,
+    pub input_is_ids: bool,
+    /// Size of each pooled activation buffer.
+    pub slots: Vec<u64>,
+    /// Which tensors share each slot, for printing.
+    pub slot_users: Vec<Vec<String>>,
+    pub ops: Vec<Op>,
+    pub output: BufRef,
+    pub output_bytes: u64,
+    /// Output shape including the batch axis.
+    pub output_shape: Vec<usize>,
+    /// Longest recurrent time loop (entries of the step-index uniform buffer).
+    pub max_steps: u32,
+    pub tensors: Vec<BatchTensor>,
+}
+
+/// Activation code and parameters as `common.wgsl`'s `Act` struct reads them.
+fn act_words(layer: &Layer, activation: &Activation) -> Result<[u32; 4]> {
+    let f = f32::to_bits;
+    Ok(match *activation {
+        Activation::Linear => [0, 0, 0, 0],
+        Activation::Relu {
+            negative_slope,
+            max_value: None,
+            threshold,
+        } => [1, f(negative_slope), f(threshold), 0],
+        Activation::Relu {
+            negative_slope,
+            max_value: Some(max),
+            threshold,
+        } => [2, f(negative_slope), f(threshold), f(max)],
+        Activation::Sigmoid => [3, 0, 0, 0],
+        Activation::HardSigmoid => [4, 0, 0, 0],
+        Activation::Tanh => [5, 0, 0, 0],
+        Activation::Elu { alpha } => [6, f(alpha), 0, 0],
+        Activation::Selu => [7, 0, 0, 0],
+        Activation::Silu => [8, 0, 0, 0],
+        Activation::Softplus => [9, 0, 0, 0],
+        Activation::Softsign => [10, 0, 0, 0],
+        Activation::Exponential => [11, 0, 0, 0],
+        Activation::Softmax => {
+            return Err(layer_error(
+                layer,
+                "activation",
+                "softmax is only supported as a layer's output activation",
+            ))
+        }
+    })
+}
+
+fn layer_error(layer: &Layer, field: &str, message: impl std::fmt::Display) -> Error {
+    Error::Gpu(format!(
+        "layer '{}' ({}): {field}: {message}",
+        layer.name, layer.class
+    ))
+}
+
+fn to_u32(layer: &Layer, what: &str, value: usize) -> Result<u32> {
+    u32::try_from(value).map_err(|_| {
+        layer_error(
+            layer,
+            what,
+            format!("{value} does not fit the GPU's 32-bit indices"),
+        )
+    })
+}
+
+/// Folds a workgroup count into a grid with no dimension above `max_dim`.
+pub fn fold_grid(count: u64, max_dim: u32) -> Option<[u32; 3]> {
+    let max = u64::from(max_dim.max(1));
+    if count <= max {
+        return Some([count as u32, 1, 1]);
+    }
+    let y = count.div_ceil(max);
+    if y <= max {
+        return Some([max as u32, y as u32, 1]);
+    }
+    let z = y.div_ceil(max);
+    (z <= max).then_some([max as u32, max as u32, z as u32])
+}
+
+struct Builder<'a> {
+    ir: &'a ModelIr,
+    batch: usize,
+    limits: PlanLimits,
+    slots: Vec<u64>,
+    slot_free: Vec<bool>,
+    slot_users: Vec<Vec<String>>,
+    ops: Vec<Op>,
+    tensors: Vec<BatchTensor>,
+    max_steps: u32,
+    weights: Vec<WeightKey>,
+}
+
+impl<'a> Builder<'a> {
+    fn layer(&self, index: usize) -> &'a Layer {
+        &self.ir.layers[index]
+    }
+
+    /// A pooled buffer of `floats` f32s: the smallest free slot that fits, else the largest free
+    /// slot grown, else a new one.
+    fn alloc(&mut self, layer: usize, what: &'static str, floats: usize) -> BufRef {
+        let bytes = 4 * floats as u64;
+        self.tensors.push(BatchTensor {
+            layer: Some(layer),
+            what,
+            bytes,
+        });
+        let free = || (0..self.slots.len()).filter(|&s| self.slot_free[s]);
+        let fitting = free()
+            .filter(|&s| self.slots[s] >= bytes)
+            .min_by_key(|&s| self.slots[s]);
+        let slot = match fitting.or_else(|| free().max_by_key(|&s| self.slots[s])) {
+            Some(s) => {
+                self.slots[s] = self.slots[s].max(bytes);
+                s
+            }
+            None => {
+                self.slots.push(bytes);
+                self.slot_free.push(true);
+                self.slot_users.push(Vec::new());
+                self.slots.len() - 1
+            }
+        };
+        self.slot_free[slot] = false;
+        let user = format!("{} {what}", self.ir.layers[layer].name);
+        self.slot_users[slot].push(user);
+        BufRef::Slot(slot)
+    }
+
+    fn release(&mut self, buffer: BufRef) {
+        if let BufRef::Slot(s) = buffer {
+            self.slot_free[s] = true;
+        }
+    }
+
+    fn weight(&self, layer: usize, role: WeightRole) -> BufRef {
+        let key = WeightKey { layer, role };
+        if self.weights.contains(&key) {
+            BufRef::Weight(key)
+        } else {
+            BufRef::Dummy
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch(
+        &mut self,
+        layer: usize,
+        kernel: Kernel,
+        buffers: Vec<BufRef>,
+        params: Vec<u32>,
+        workgroups: u64,
+        repeat: u32,
+        detail: String,
+    ) -> Result<()> {
+        let grid = fold_grid(workgroups, self.limits.max_workgroups_per_dim).ok_or_else(|| {
+            layer_error(
+                self.layer(layer),
+                kernel.name(),
+                format!("{workgroups} workgroups exceed the adapter's dispatch limits"),
+            )
+        })?;
+        let needed = kernel.storage().len() as u32;
+        if needed > self.limits.max_storage_buffers_per_stage {
+            return Err(layer_error(
+                self.layer(layer),
+                kernel.name(),
+                format!(
+                    "needs {needed} storage buffers per shader stage, the adapter allows {}",
+                    self.limits.max_storage_buffers_per_stage
+                ),
+            ));
+        }
+        self.ops.push(Op::Dispatch(Dispatch {
+            layer,
+            kernel,
+            buffers,
+            params,
+            workgroups,
+            grid,
+            repeat,
+            detail,
+        }));
+        Ok(())
+    }
+
+    /// Tiled GEMM (Dense, recurrent input projection, or Conv2D with `conv` geometry).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &mut self,
+        layer: usize,
+        a: BufRef,
+        b: BufRef,
+        bias: BufRef,
+        c: BufRef,
+        [m, n, k]: [usize; 3],
+        activation: &Activation,
+        conv: Option<&Conv2d>,
+    ) -> Result<()> {
+        let l = self.layer(layer);
+        let softmax = *activation == Activation::Softmax;
+        let act = if softmax {
+            [0; 4]
+        } else {
+            act_words(l, activation)?
+        };
+        let mut params = act.to_vec();
+        params.extend([
+            to_u32(l, "rows", m)?,
+            to_u32(l, "columns", n)?,
+            to_u32(l, "depth", k)?,
+            u32::from(bias != BufRef::Dummy),
+        ]);
+        let mut detail = String::new();
+        match conv {
+            Some(c) => {
+                let w = &c.window;
+                params.extend(
+                    [
+                        w.in_hw[0],
+                        w.in_hw[1],
+                        c.in_channels,
+                        w.out_hw[0],
+                        w.out_hw[1],
+                        w.kernel[0],
+                        w.kernel[1],
+                        w.strides[0],
+                        w.strides[1],
+                        w.pad_top_left[0],
+                        w.pad_top_left[1],
+                        0,
+                    ]
+                    .map(|v| v as u32),
+                );
+                write!(detail, "{}; ", window_text(w)).ok();
+            }
+            None => params.extend([0; 12]),
+        }
+        let tiles_m = m.div_ceil(GEMM_TILE as usize);
+        let tiles_n = n.div_ceil(GEMM_TILE as usize);
+        write!(
+            detail,
+            "M={m} N={n} K={k} in {tiles_m}x{tiles_n} tiles of {GEMM_TILE}x{GEMM_TILE}"
+        )
+        .ok();
+        if bias != BufRef::Dummy {
+            detail.push_str(" + bias");
+        }
+        if !matches!(activation, Activation::Linear | Activation::Softmax) {
+            write!(detail, ", {}", activation.name()).ok();
+        }
+        let kernel = if conv.is_some() {
+            Kernel::Conv2d
+        } else {
+            Kernel::Matmul
+        };
+        let workgroups = (tiles_m * tiles_n) as u64;
+        self.dispatch(
+            layer,
+            kernel,
+            vec![a, b, bias, c],
+            params,
+            workgroups,
+            1,
+            detail,
+        )?;
+        if softmax {
+            self.softmax(layer, c, m, n)?;
+        }
+        Ok(())
+    }
+
+    fn softmax(&mut self, layer: usize, x: BufRef, rows: usize, cols: usize) -> Result<()> {
+        let l = self.layer(layer);
+        let params = vec![to_u32(l, "rows", rows)?, to_u32(l, "columns", cols)?, 0, 0];
+        let detail = format!("{rows} rows of {cols}, in place");
+        self.dispatch(
+            layer,
+            Kernel::Softmax,
+            vec![x],
+            params,
+            rows as u64,
+            1,
+            detail,
+        )
+    }
+
+    fn linear_workgroups(elements: usize) -> u64 {
+        (elements as u64).div_ceil(u64::from(LINEAR_THREADS))
+    }
+
+    fn conv2d(&mut self, i: usize, c: &Conv2d, x: BufRef) -> Result<BufRef> {
+        let l = self.layer(i);
+        let w = &c.window;
+        if l.input_shape != [w.in_hw[0], w.in_hw[1], c.in_channels] {
+            return Err(layer_error(
+                l,
+                "input_shape",
+                format!("{:?} does not match the kernel geometry", l.input_shape),
+            ));
+        }
+        let expected_kernel = [w.kernel[0], w.kernel[1], c.in_channels, c.filters];
+        if c.kernel.shape() != expected_kernel {
+            return Err(layer_error(
+                l,
+                "kernel",
+                format!("shape {:?}, expected {expected_kernel:?}", c.kernel.shape()),
+            ));
+        }
+        let m = self.batch * w.out_hw[0] * w.out_hw[1];
+        let out = self.alloc(i, "output", m * c.filters);
+        let k = w.kernel[0] * w.kernel[1] * c.in_channels;
+        let kernel = self.weight(i, WeightRole::Kernel);
+        let bias = self.weight(i, WeightRole::Bias);
+        self.gemm(
+            i,
+            x,
+            kernel,
+            bias,
+            out,
+            [m, c.filters, k],
+            &c.activation,
+            Some(c),
+        )?;
+        Ok(out)
+    }
+
+    fn dense(&mut self, i: usize, d: &Dense, x: BufRef) -> Result<BufRef> {
+        let l = self.layer(i);
+        let k = l.input_shape.last().copied().unwrap_or(1);
+        if d.kernel.nrows() != k || d.kernel.ncols() != d.units {
+            return Err(layer_error(
+                l,
+                "kernel",
+                format!("shape {:?}, expected [{k}, {}]", d.kernel.shape(), d.units),
+            ));
+        }
+        let rows = self.batch * l.input_shape.iter().product::<usize>() / k.max(1);
+        let out = self.alloc(i, "output", rows * d.units);
+        let kernel = self.weight(i, WeightRole::Kernel);
+        let bias = self.weight(i, WeightRole::Bias);
+        self.gemm(
+            i,
+            x,
+            kernel,
+            bias,
+            out,
+            [rows, d.units, k],
+            &d.activation,
+            None,
+        )?;
+        Ok(out)
+    }
+
+    fn pool2d(
+        &mut self,
+        i: usize,
+        op: PoolOp,
+        w: &Window2d,
+        channels: usize,
+        x: BufRef,
+    ) -> Result<BufRef> {
+        let l = self.layer(i);
+        let out_len = self.batch * w.out_hw[0] * w.out_hw[1] * channels;
+        let params = [
+            self.batch,
+            w.in_hw[0],
+            w.in_hw[1],
+            channels,
+            w.out_hw[0],
+            w.out_hw[1],
+            w.kernel[0],
+            w.kernel[1],
+            w.strides[0],
+            w.strides[1],
+            w.pad_top_left[0],
+            w.pad_top_left[1],
+            usize::from(op == PoolOp::Max),
+            0,
+            0,
+            0,
+        ]
+        .iter()
+        .map(|&v| to_u32(l, "pool", v))
+        .collect::<Result<Vec<_>>>()?;
+        let out = self.alloc(i, "output", out_len);
+        let detail = format!("{} {}", pool_name(op), window_text(w));
+        self.dispatch(
+            i,
+            Kernel::Pool2d,
+            vec![x, out],
+            params,
+            Self::linear_workgroups(out_len),
+            1,
+            detail,
+        )?;
+        Ok(out)
+    }
+
+    fn global_pool2d(&mut self, i: usize, op: PoolOp, x: BufRef) -> Result<BufRef> {
+        let l = self.layer(i);
+        let [h, w, c] = match l.input_shape.as_slice() {
+            &[h, w, c] => [h, w, c],
+            other => {
+                return Err(layer_error(
+                    l,
+                    "input_shape",
+                    format!("{other:?} is not (height, width, channels)"),
+                ))
+            }
+        };
+        let mut params = vec![0u32; 16];
+        params[0] = to_u32(l, "batch", self.batch)?;
+        params[1] = to_u32(l, "height", h)?;
+        params[2] = to_u32(l, "width", w)?;
+        params[3] = to_u32(l, "channels", c)?;
+        params[12] = u32::from(op == PoolOp::Max);
+        let out_len = self.batch * c;
+        let out = self.alloc(i, "output", out_len);
+        let detail = format!("{} over {h}x{w} positions", pool_name(op));
+        self.dispatch(
+            i,
+            Kernel::GlobalPool2d,
+            vec![x, out],
+            params,
+            Self::linear_workgroups(out_len),
+            1,
+            detail,
+        )?;
+        Ok(out)
+    }
+
+    /// A standalone activation layer, in place.
+    fn activation(&mut self, i: usize, activation: &Activation, x: BufRef) -> Result<()> {
+        let l = self.layer(i);
+        let per_item = l.input_shape.iter().product::<usize>();
+        let cols = l.input_shape.last().copied().unwrap_or(1);
+        let len = self.batch * per_item;
+        match activation {
+            Activation::Linear => Ok(()),
+            Activation::Softmax => self.softmax(i, x, len / cols.max(1), cols),
+            other => {
+                let mut params = act_words(l, other)?.to_vec();
+                params.extend([to_u32(l, "length", len)?, 1, 0, 0]);
+                let detail = format!("{} over {len} values, in place", other.name());
+                self.dispatch(
+                    i,
+                    Kernel::Activation,
+                    vec![x, BufRef::Dummy, BufRef::Dummy],
+                    params,
+                    Self::linear_workgroups(len),
+                    1,
+                    detail,
+                )
+            }
+        }
+    }
+
+    fn rescale(&mut self, i: usize, scale: &[f32], offset: &[f32], x: BufRef) -> Result<()> {
+        let l = self.layer(i);
+        let channels = l.input_shape.last().copied().unwrap_or(1);
+        for (field, len) in [("scale", scale.len()), ("offset", offset.len())] {
+            if len != 1 && len != channels {
+                return Err(layer_error(
+                    l,
+                    field,
+                    format!("{len} values for {channels} channels (expected 1 or {channels})"),
+                ));
+            }
+        }
+        let len = self.batch * l.input_shape.iter().product::<usize>();
+        let params = vec![
+            0,
+            0,
+            0,
+            0,
+            to_u32(l, "length", len)?,
+            to_u32(l, "channels", channels.max(1))?,
+            scale.len() as u32,
+            offset.len() as u32,
+        ];
+        let per = |n: usize| if n == 1 { "scalar" } else { "per-channel" };
+        let detail = format!(
+            "x * {} scale + {} offset over {len} values, in place",
+            per(scale.len()),
+            per(offset.len())
+        );
+        let buffers = vec![
+            x,
+            self.weight(i, WeightRole::Scale),
+            self.weight(i, WeightRole::Offset),
+        ];
+        self.dispatch(
+            i,
+            Kernel::Rescale,
+            buffers,
+            params,
+            Self::linear_workgroups(len),
+            1,
+            detail,
+        )
+    }
+
+    fn embedding(&mut self, i: usize, input_dim: usize, dim: usize, x: BufRef) -> Result<BufRef> {
+        let l = self.layer(i);
+        if x != BufRef::Input || self.ir.input_kind != InputKind::TokenIds {
+            return Err(layer_error(
+                l,
+                "input",
+                "the GPU backend reads token ids only as the model input",
+            ));
+        }
+        let tokens = self.batch * l.input_shape.iter().product::<usize>();
+        let params = vec![
+            to_u32(l, "tokens", tokens)?,
+            to_u32(l, "output_dim", dim)?,
+            to_u32(l, "input_dim", input_dim.max(1))?,
+            0,
+        ];
+        let out = self.alloc(i, "output", tokens * dim);
+        let detail = format!("{tokens} tokens x {dim} features from a {input_dim}-row table");
+        let table = self.weight(i, WeightRole::Table);
+        self.dispatch(
+            i,
+            Kernel::Embedding,
+            vec![x, table, out],
+            params,
+            Self::linear_workgroups(tokens * dim),
+            1,
+            detail,
+        )?;
+        Ok(out)
+    }
+
+    fn recurrent(&mut self, i: usize, r: &Recurrent, x: BufRef) -> Result<BufRef> {
+        let l = self.layer(i);
+        let (t, features) = (r.timesteps, r.input_features);
+        if l.input_shape != [t, features] || t == 0 {
+            return Err(layer_error(
+                l,
+                "input_shape",
+                format!(
+                    "{:?}, expected [{t}, {features}] with at least one step",
+                    l.input_shape
+                ),
+            ));
+        }
+        let cell = &r.forward;
+        let (units, gates) = (cell.units, cell.kind.gates());
+        for other in r.cells() {
+            let same = other.kind == cell.kind
+                && other.units == units
+                && other.activation == cell.activation
+                && other.recurrent_activation == cell.recurrent_activation;
+            if !same {
+                return Err(layer_error(
+                    l,
+                    "backward_layer",
+                    "both directions must share cell type, units and activations",
+                ));
+            }
+            if other.kernel.shape() != [features, gates * units]
+                || other.recurrent_kernel.shape() != [units, gates * units]
+            {
+                return Err(layer_error(
+                    l,
+                    "kernel",
+                    format!(
+                        "shapes {:?} and {:?}, expected [{features}, {g}] and [{units}, {g}]",
+                        other.kernel.shape(),
+                        other.recurrent_kernel.shape(),
+                        g = gates * units
+                    ),
+                ));
+            }
+        }
+        let dirs = r.cells().count();
+        let act = act_words(l, &cell.activation)?;
+        let recurrent_act = match cell.kind {
+            CellKind::SimpleRnn => [0; 4],
+            CellKind::Lstm => act_words(l, &cell.recurrent_activation)?,
+        };
+        let ids = if r.masked {
+            if self.ir.input_kind != InputKind::TokenIds || self.ir.input_shape != [t] {
+                return Err(layer_error(
+                    l,
+                    "mask",
+                    "masking needs the model input to be token ids of the same length",
+                ));
+            }
+            BufRef::Input
+        } else {
+            BufRef::Dummy
+        };
+
+        // One GEMM projects every timestep of both directions before the time loop.
+        let rows = self.batch * t;
+        let cols = dirs * gates * units;
+        let xproj = self.alloc(i, "input projection", rows * cols);
+        let kernel = self.weight(i, WeightRole::Kernel);
+        let bias = self.weight(i, WeightRole::Bias);
+        self.gemm(
+            i,
+            x,
+            kernel,
+            bias,
+            xproj,
+            [rows, cols, features],
+            &Activation::Linear,
+            None,
+        )?;
+
+        let state = self.alloc(i, "state", 3 * dirs * self.batch * units);
+        self.ops.push(Op::Clear {
+            layer: i,
+            buffer: state,
+        });
+        let out_rows = if r.return_sequences { rows } else { self.batch };
+        let merge = dirs == 2 && r.merge_mode != MergeMode::Concat;
+        let y_what = if merge { "both directions" } else { "output" };
+        let y = self.alloc(i, y_what, out_rows * dirs * units);
+
+        let backwards_bits = r
+            .cells()
+            .enumerate()
+            .fold(0u32, |bits, (d, c)| bits | (u32::from(c.go_backwards) << d));
+        // Bidirectional puts the backward direction's outputs back in time order.
+        let reverse_output_bits = if dirs == 2 { 0b10 } else { 0 };
+        let mut params = act.to_vec();
+        params.extend(recurrent_act);
+        params.extend([
+            to_u32(l, "batch", self.batch)?,
+            to_u32(l, "timesteps", t)?,
+            to_u32(l, "units", units)?,
+            gates as u32,
+            dirs as u32,
+            u32::from(r.masked),
+            u32::from(r.zero_output_for_mask()),
+            u32::from(r.return_sequences),
+            backwards_bits,
+            reverse_output_bits,
+            0,
+            0,
+        ]);
+        let steps = to_u32(l, "timesteps", t)?;
+        self.max_steps = self.max_steps.max(steps);
+        let mut detail = format!(
+            "{} {units} units x {dirs} direction(s), {t} steps",
+            match cell.kind {
+                CellKind::SimpleRnn => "SimpleRNN",
+                CellKind::Lstm => "LSTM",
+            }
+        );
+        if r.masked {
+            detail.push_str(", masked by token id 0");
+        }
+        if r.return_sequences {
+            detail.push_str(", sequences");
+        }
+        let workgroups = (units.div_ceil(LINEAR_THREADS as usize) * self.batch * dirs) as u64;
+        let buffers = vec![
+            xproj,
+            self.weight(i, WeightRole::RecurrentKernel),
+            state,
+            y,
+            ids,
+        ];
+        self.dispatch(
+            i,
+            Kernel::RnnStep,
+            buffers,
+            params,
+            workgroups,
+            steps,
+            detail,
+        )?;
+        self.release(xproj);
+        self.release(state);
+        if !merge {
+            return Ok(y);
+        }
+
+        let out = self.alloc(i, "output", out_rows * units);
+        let mode = match r.merge_mode {
+            MergeMode::Sum => 1,
+            MergeMode::Average => 2,
+            _ => 3,
+        };
+        let params = vec![
+            to_u32(l, "rows", out_rows)?,
+            to_u32(l, "units", units)?,
+            mode,
+            0,
+        ];
+        let detail = format!("merge_mode {:?} over {out_rows} rows", r.merge_mode).to_lowercase();
+        let workgroups = Self::linear_workgroups(out_rows * units);
+        self.dispatch(
+            i,
+            Kernel::RnnMerge,
+            vec![y, out],
+            params,
+            workgroups,
+            1,
+            detail,
+        )?;
+        self.release(y);
+        Ok(out)
+    }
+}
+
+fn pool_name(op: PoolOp) -> &'static str {
+    match op {
+        PoolOp::Max => "max",
+        PoolOp::Average => "average",
+    }
+}
+
+fn window_text(w: &Window2d) -> String {
+    format!(
+        "{}x{} stride {}x{} {} pad {},{}",
+        w.kernel[0],
+        w.kernel[1],
+        w.strides[0],
+        w.strides[1],
+        match w.padding {
+            crate::ir::Padding::Same => "same",
+            crate::ir::Padding::Valid => "valid",
+        },
+        w.pad_top_left[0],
+        w.pad_top_left[1]
+    )
+}
+
+impl Plan {
+    /// Lowers `ir` for `batch` items. Sizes are not checked against the binding limit here;
+    /// `max_items` decides the batch that fits.
+    pub fn build(ir: &ModelIr, batch: usize, limits: PlanLimits) -> Result<Plan> {
+        let mut b = Builder {
+            ir,
+            batch,
+            limits,
+            slots: Vec::new(),
+            slot_free: Vec::new(),
+            slot_users: Vec::new(),
+            ops: Vec::new(),
+            tensors: Vec::new(),
+            max_steps: 0,
+            weights: weight_specs(ir).iter().map(|s| s.key).collect(),
+        };
+        let input_len = ir.input_shape.iter().product::<usize>();
+        b.tensors.push(BatchTensor {
+            layer: None,
+            what: "input",
+            bytes: 4 * (batch * input_len) as u64,
+        });
+        let mut x = BufRef::Input;
+        let mut x_len = input_len;
+        for (i, layer) in ir.layers.iter().enumerate() {
+            let in_len = layer.input_shape.iter().product::<usize>();
+            if in_len != x_len {
+                return Err(layer_error(
+                    layer,
+                    "input_shape",
+                    format!(
+                        "{:?} holds {in_len} values but the previous layer gives {x_len}",
+                        layer.input_shape
+                    ),
+                ));
+            }
+            let out = match &layer.kind {
+                LayerKind::Conv2d(c) => b.conv2d(i, c, x)?,
+                LayerKind::Pool2d(p) => b.pool2d(i, p.op, &p.window, p.channels, x)?,
+                LayerKind::GlobalPool2d { op, .. } => b.global_pool2d(i, *op, x)?,
+                LayerKind::Dense(d) => b.dense(i, d, x)?,
+                LayerKind::Activation(a) => {
+                    b.activation(i, a, x)?;
+                    x
+                }
+                LayerKind::Rescaling { scale, offset } => {
+                    b.rescale(i, scale, offset, x)?;
+                    x
+                }
+                LayerKind::Embedding(e) => b.embedding(i, e.input_dim, e.output_dim, x)?,
+                LayerKind::Recurrent(r) => b.recurrent(i, r, x)?,
+                LayerKind::Reshape | LayerKind::Identity => x,
+            };
+            if out != x {
+                b.release(x);
+            }
+            x = out;
+            x_len = layer.output_shape.iter().product::<usize>();
+        }
+        let mut output_shape = vec![batch];
+        output_shape.extend_from_slice(ir.output_shape());
+        Ok(Plan {
+            batch,
+            input_bytes: 4 * (batch * input_len) as u64,
+            input_is_ids: ir.input_kind == InputKind::TokenIds,
+            slots: b.slots,
+            slot_users: b.slot_users,
+            ops: b.ops,
+            output: x,
+            output_bytes: 4 * (batch * x_len) as u64,
+            output_shape,
+            max_steps: b.max_steps,
+            tensors: b.tensors,
+        })
+    }
+
+    /// The largest batch one submit can hold under `limits.max_binding_bytes`, or an error naming
+    /// the layer and buffer that does not fit even one item.
+    pub fn max_items(ir: &ModelIr, limits: PlanLimits) -> Result<usize> {
+        let one = Plan::build(ir, 1, limits)?;
+        let limit = limits.max_binding_bytes;
+        let mut max_items = usize::MAX;
+        for t in &one.tensors {
+            if t.bytes > limit {
+                let owner = match t.layer {
+                    Some(i) => format!("layer '{}' ({})", ir.layers[i].name, ir.layers[i].class),
+                    None => "the model input".to_string(),
+                };
+                return Err(Error::Gpu(format!(
+                    "{owner}: {} buffer needs {} for one item, above the adapter's limit of {} per buffer",
+                    t.what,
+                    bytes_text(t.bytes),
+                    bytes_text(limit)
+                )));
+            }
+            if let Some(items) = limit.checked_div(t.bytes) {
+                max_items = max_items.min(items as usize);
+            }
+        }
+        Ok(max_items)
+    }
+
+    pub fn dispatch_count(&self) -> u64 {
+        self.ops
+            .iter()
+            .map(|op| match op {
+                Op::Dispatch(d) => u64::from(d.repeat),
+                Op::Clear { .. } => 0,
+            })
+            .sum()
+    }
+
+    pub fn activation_bytes(&self) -> u64 {
+        self.input_bytes + self.slots.iter().sum::<u64>()
+    }
+
+    /// The plan as text, like wonnx's compiled step list: per layer its dispatches with
+    /// workgroup grids and buffers, then the buffers and the total GPU memory.
+    pub fn describe(&self, ir: &ModelIr, header: &str, uniform_stride: u64) -> String {
+        let mut out = String::new();
+        let weight_names =
+            |key: WeightKey| format!("{}.{}", ir.layers[key.layer].name, key.role.name());
+        let buf_name = |b: BufRef| match b {
+            BufRef::Input => "input".to_string(),
+            BufRef::Slot(s) => format!("slot{s}"),
+            BufRef::Weight(k) => weight_names(k),
+            BufRef::Dummy => "-".to_string(),
+        };
+        writeln!(out, "{header}").ok();
+        writeln!(out, "steps:").ok();
+        let mut last_layer = None;
+        for op in &self.ops {
+            let layer = match op {
+                Op::Clear { layer, .. } => *layer,
+                Op::Dispatch(d) => d.layer,
+            };
+            if last_layer != Some(layer) {
+                let l = &ir.layers[layer];
+                writeln!(
+                    out,
+                    "  [{layer}] {} ({}) {:?} -> {:?}",
+                    l.name, l.class, l.input_shape, l.output_shape
+                )
+                .ok();
+                last_layer = Some(layer);
+            }
+            match op {
+                Op::Clear { buffer, .. } => {
+                    writeln!(out, "      clear        {}", buf_name(*buffer)).ok();
+                }
+                Op::Dispatch(d) => {
+                    let bindings = d
+                        .kernel
+                        .binding_names()
+                        .iter()
+                        .zip(&d.buffers)
+                        .filter(|(_, b)| **b != BufRef::Dummy)
+                        .map(|(name, b)| format!("{name}={}", buf_name(*b)))
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    let repeat = if d.repeat > 1 {
+                        format!(" x{} steps", d.repeat)
+                    } else {
+                        String::new()
+                    };
+                    writeln!(
+                        out,
+                        "      {:<12} workgroups {} as [{}, {}, {}] of {} threads{repeat}",
+                        d.kernel.name(),
+                        d.workgroups,
+                        d.grid[0],
+                        d.grid[1],
+                        d.grid[2],
+                        d.kernel.threads(),
+                    )
+                    .ok();
+                    writeln!(out, "                   {bindings}").ok();
+                    writeln!(out, "                   {}", d.detail).ok();
+                }
+            }
+        }
+        if ir.layers.is_empty() {
+            writeln!(out, "  (no layers: the output is the input)").ok();
+        }
+
+        writeln!(out, "buffers:").ok();
+        let kind = if self.input_is_ids {
+            "u32 token ids"
+        } else {
+            "f32"
+        };
+        let mut input_shape = vec![self.batch];
+        input_shape.extend_from_slice(&ir.input_shape);
+        writeln!(
+            out,
+            "  input      {:>10}  {kind} {input_shape:?}",
+            bytes_text(self.input_bytes)
+        )
+        .ok();
+        for (s, bytes) in self.slots.iter().enumerate() {
+            writeln!(
+                out,
+                "  slot{s:<6} {:>10}  {}",
+                bytes_text(*bytes),
+                self.slot_users[s].join(", ")
+            )
+            .ok();
+        }
+        let specs = weight_specs(ir);
+        let weight_bytes: u64 = specs.iter().map(|s| 4 * s.len as u64).sum();
+        writeln!(
+            out,
+            "  weights    {:>10}  {} buffers",
+            bytes_text(weight_bytes),
+            specs.len()
+        )
+        .ok();
+        let uniform_bytes = self.uniform_bytes(uniform_stride);
+        writeln!(
+            out,
+            "  uniforms   {:>10}  parameters of {} dispatches{}",
+            bytes_text(uniform_bytes),
+            self.ops.len(),
+            if self.max_steps > 0 {
+                format!(" + {} step indices", self.max_steps)
+            } else {
+                String::new()
+            }
+        )
+        .ok();
+        writeln!(
+            out,
+            "  readback   {:>10}  output {:?}",
+            bytes_text(self.output_bytes),
+            self.output_shape
+        )
+        .ok();
+        let total = weight_bytes + self.activation_bytes() + uniform_bytes + self.output_bytes;
+        writeln!(
+            out,
+            "total GPU memory: {} ({} dispatches in one submit)",
+            bytes_text(total),
+            self.dispatch_count()
+        )
+        .ok();
+        out
+    }
+
+    /// Bytes of the per-dispatch parameter buffer plus the recurrent step-index buffer.
+    pub fn uniform_bytes(&self, stride: u64) -> u64 {
+        let dispatches = self
+            .ops
+            .iter()
+            .filter(|op| matches!(op, Op::Dispatch(_)))
+            .count() as u64;
+        stride * (dispatches + u64::from(self.max_steps))
+    }
+}
+
+pub fn bytes_text(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grids_fold_into_the_per_dimension_limit() {
+        assert_eq!(fold_grid(10, 65535), Some([10, 1, 1]));
+        assert_eq!(fold_grid(70_000, 65535), Some([65535, 2, 1]));
+        assert_eq!(fold_grid(10, 4), Some([4, 3, 1]));
+        assert_eq!(fold_grid(17, 4), Some([4, 4, 2]));
+        assert_eq!(fold_grid(65, 4), None);
+    }
+
+    #[test]
+    fn byte_counts_read_naturally() {
+        assert_eq!(bytes_text(100), "100 B");
+        assert_eq!(bytes_text(1536), "1.5 KiB");
+        assert_eq!(bytes_text(3 << 20), "3.0 MiB");
+    }
+}

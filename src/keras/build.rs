@@ -66,7 +66,8 @@ pub fn build_model(
                     "TextVectorization must be the model's first layer",
                 ));
             }
-            let spec = crate::text::text_vectorization_from_keras(path, &cfg.name, cfg.config, assets)?;
+            let spec =
+                crate::text::text_vectorization_from_keras(path, &cfg.name, cfg.config, assets)?;
             let length = spec.output_sequence_length.ok_or_else(|| {
                 cfg.error(
                     "output_sequence_length",
@@ -224,6 +225,11 @@ fn functional_chain(path: &Path, inner: &Value) -> Result<(Shape, Vec<Value>)> {
     };
     let mut inputs = Vec::new();
     let mut parent: Vec<Option<String>> = Vec::new();
+    // Keras 3 writes `Embedding(mask_zero=True)`'s mask into the graph as a `NotEqual(ids, 0)`
+    // op passed to the next layers as `mask=`. It is the same mask wgnn derives from the ids, so
+    // such ops are left out of the chain; any other mask source is unsupported.
+    let mut mask_ops = Vec::new();
+    let mut mask_uses = Vec::new();
     for layer in layers {
         let mut names = Vec::new();
         if let Some(nodes) = layer.get("inbound_nodes").and_then(Value::as_array) {
@@ -234,8 +240,33 @@ fn functional_chain(path: &Path, inner: &Value) -> Result<(Shape, Vec<Value>)> {
                 ));
             }
             for n in nodes {
-                inbound_layer_names(n, &mut names);
+                match (n.get("args"), n.get("kwargs")) {
+                    (Some(args), kwargs) => {
+                        inbound_layer_names(args, &mut names);
+                        if let Some(mask) = kwargs.and_then(|k| k.get("mask")) {
+                            let mut sources = Vec::new();
+                            inbound_layer_names(mask, &mut sources);
+                            mask_uses.extend(sources.into_iter().map(|s| (s, layer)));
+                        }
+                    }
+                    _ => inbound_layer_names(n, &mut names),
+                }
             }
+        }
+        if layer.get("class_name").and_then(Value::as_str) == Some("NotEqual") {
+            let compares_with_zero = layer
+                .pointer("/inbound_nodes/0/args/1")
+                .and_then(Value::as_f64)
+                == Some(0.0);
+            if !compares_with_zero {
+                return Err(unsupported(
+                    layer,
+                    "a NotEqual op that is not a padding mask (ids != 0)",
+                ));
+            }
+            mask_ops.push(name_of(layer));
+            parent.push(None);
+            continue;
         }
         match names.len() {
             0 => {
@@ -247,6 +278,14 @@ fn functional_chain(path: &Path, inner: &Value) -> Result<(Shape, Vec<Value>)> {
             }
             1 => parent.push(names.pop()),
             _ => return Err(unsupported(layer, "the layer merges several inputs")),
+        }
+    }
+    for (source, layer) in &mask_uses {
+        if !mask_ops.contains(source) {
+            return Err(unsupported(
+                layer,
+                &format!("a mask computed by '{source}'"),
+            ));
         }
     }
     if inputs.len() != 1 {
@@ -282,7 +321,7 @@ fn functional_chain(path: &Path, inner: &Value) -> Result<(Shape, Vec<Value>)> {
             }
         }
     }
-    if order.len() + 1 != layers.len() {
+    if order.len() + 1 + mask_ops.len() != layers.len() {
         return Err(Error::format(
             path,
             "unsupported: the model graph is not a single chain",
@@ -732,17 +771,18 @@ impl Builder<'_> {
         input_features: usize,
     ) -> Result<RecurrentCell> {
         Self::check_rnn_options(cfg)?;
-        let kind =
-            match cfg.class.as_str() {
-                "SimpleRNN" => CellKind::SimpleRnn,
-                "LSTM" => CellKind::Lstm,
-                other => return Err(cfg.error(
+        let kind = match cfg.class.as_str() {
+            "SimpleRNN" => CellKind::SimpleRnn,
+            "LSTM" => CellKind::Lstm,
+            other => {
+                return Err(cfg.error(
                     "class_name",
                     format!(
                         "recurrent layer class '{other}' is not supported (SimpleRNN and LSTM are)"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         let units = cfg.usize("units")?;
         if units == 0 {
             return Err(cfg.error("units", "must be positive"));
@@ -910,17 +950,22 @@ impl Builder<'_> {
     }
 }
 
-
 /// keras.src.utils.naming.to_snake_case: `SimpleRNN` -> `simple_rnn`, `Conv2D` -> `conv2d`,
 /// `MaxPooling2D` -> `max_pooling2d`, `LeakyReLU` -> `leaky_re_lu`.
 pub fn snake_case(name: &str) -> String {
-    let chars: Vec<char> = name.chars().filter(|c| c.is_alphanumeric() || *c == '_').collect();
+    let chars: Vec<char> = name
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == '_')
+        .collect();
     // re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
     let mut step1 = String::new();
     let mut i = 0;
     while i < chars.len() {
         let c = chars[i];
-        if i > 0 && c.is_ascii_uppercase() && chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase()) {
+        if i > 0
+            && c.is_ascii_uppercase()
+            && chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase())
+        {
             step1.push('_');
         }
         step1.push(c);

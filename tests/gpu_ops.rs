@@ -192,3 +192,304 @@ fn dense_matches_cpu_for_odd_sizes_and_batches() {
         check(&format!("dense {k}->{units} batch {batch}"), &ir, &input);
     }
 }
+
+#[test]
+fn dense_applies_every_activation_in_its_epilogue() {
+    let mut rng = Rng::new(2);
+    for (i, act) in ALL_ACTIVATIONS.iter().enumerate() {
+        let batch = if i % 2 == 0 { 1 } else { 33 };
+        let ir = model(
+            InputKind::Float,
+            &[19],
+            vec![dense_layer(&mut rng, "dense", &[19], 11, *act)],
+        );
+        let input = float_input(&mut rng, batch, &[19], 3.0);
+        check(&format!("dense {} batch {batch}", act.name()), &ir, &input);
+    }
+}
+
+#[test]
+fn dense_on_sequences_multiplies_every_timestep() {
+    let mut rng = Rng::new(3);
+    let ir = model(
+        InputKind::Float,
+        &[7, 10],
+        vec![dense_layer(
+            &mut rng,
+            "td",
+            &[7, 10],
+            5,
+            Activation::Softmax,
+        )],
+    );
+    check(
+        "dense over (7, 10)",
+        &ir,
+        &float_input(&mut rng, 3, &[7, 10], 1.0),
+    );
+}
+
+fn conv_layer(
+    rng: &mut Rng,
+    in_hwc: [usize; 3],
+    filters: usize,
+    kernel: [usize; 2],
+    strides: [usize; 2],
+    padding: Padding,
+    activation: Activation,
+    bias: bool,
+) -> Layer {
+    let [h, w, c] = in_hwc;
+    let window = Window2d::new(kernel, strides, padding, [h, w]);
+    let fan_in = kernel[0] * kernel[1] * c;
+    let weights = rng.vec(fan_in * filters, 1.0 / (fan_in as f32).sqrt());
+    let kind = LayerKind::Conv2d(Conv2d {
+        filters,
+        window,
+        in_channels: c,
+        kernel: Array4::from_shape_vec((kernel[0], kernel[1], c, filters), weights).unwrap(),
+        bias: bias.then(|| Array1::from(rng.vec(filters, 0.3))),
+        activation,
+    });
+    let out = [window.out_hw[0], window.out_hw[1], filters];
+    layer("conv", "Conv2D", kind, &in_hwc, &out)
+}
+
+#[test]
+fn conv2d_matches_cpu_for_padding_strides_and_odd_shapes() {
+    let mut rng = Rng::new(4);
+    // (input HWC, filters, kernel, strides, padding, batch)
+    let cases = [
+        ([8, 8, 3], 4, [3, 3], [1, 1], Padding::Same, 1),
+        ([9, 7, 3], 5, [3, 3], [1, 1], Padding::Valid, 33),
+        ([9, 7, 2], 6, [3, 2], [2, 1], Padding::Same, 2),
+        ([10, 11, 3], 3, [2, 4], [2, 3], Padding::Valid, 3),
+        ([6, 6, 7], 66, [5, 1], [1, 2], Padding::Same, 2),
+        ([5, 5, 4], 2, [4, 4], [2, 2], Padding::Same, 1),
+        ([4, 4, 1], 1, [1, 1], [1, 1], Padding::Valid, 33),
+    ];
+    for (i, (hwc, filters, kernel, strides, padding, batch)) in cases.into_iter().enumerate() {
+        let act = if i % 2 == 0 {
+            Activation::RELU
+        } else {
+            Activation::Linear
+        };
+        let conv = conv_layer(
+            &mut rng,
+            hwc,
+            filters,
+            kernel,
+            strides,
+            padding,
+            act,
+            i != 3,
+        );
+        let ir = model(InputKind::Float, &hwc, vec![conv]);
+        let what = format!("conv {hwc:?} x{filters} k{kernel:?} s{strides:?} {padding:?} b{batch}");
+        check(&what, &ir, &float_input(&mut rng, batch, &hwc, 1.0));
+    }
+}
+
+#[test]
+fn conv2d_applies_every_activation() {
+    let mut rng = Rng::new(5);
+    for act in ALL_ACTIVATIONS {
+        let conv = conv_layer(
+            &mut rng,
+            [5, 4, 3],
+            6,
+            [3, 3],
+            [1, 1],
+            Padding::Same,
+            act,
+            true,
+        );
+        let ir = model(InputKind::Float, &[5, 4, 3], vec![conv]);
+        let what = format!("conv {}", act.name());
+        check(&what, &ir, &float_input(&mut rng, 2, &[5, 4, 3], 2.0));
+    }
+}
+
+fn pool_layer(
+    op: PoolOp,
+    in_hwc: [usize; 3],
+    pool: [usize; 2],
+    strides: [usize; 2],
+    padding: Padding,
+) -> Layer {
+    let window = Window2d::new(pool, strides, padding, [in_hwc[0], in_hwc[1]]);
+    let out = [window.out_hw[0], window.out_hw[1], in_hwc[2]];
+    let kind = LayerKind::Pool2d(Pool2d {
+        op,
+        window,
+        channels: in_hwc[2],
+    });
+    layer("pool", "Pooling2D", kind, &in_hwc, &out)
+}
+
+#[test]
+fn pooling_matches_cpu_with_same_padding_counting_only_inside_cells() {
+    let mut rng = Rng::new(6);
+    let cases = [
+        ([8, 8, 3], [2, 2], [2, 2], Padding::Valid, 1),
+        ([7, 9, 2], [2, 2], [2, 2], Padding::Same, 33),
+        ([7, 7, 5], [3, 3], [2, 2], Padding::Valid, 2),
+        ([7, 6, 5], [3, 3], [2, 2], Padding::Same, 2),
+        ([6, 5, 3], [2, 3], [1, 1], Padding::Same, 3),
+        ([5, 8, 2], [3, 1], [1, 3], Padding::Same, 1),
+    ];
+    for (hwc, pool, strides, padding, batch) in cases {
+        for op in [PoolOp::Max, PoolOp::Average] {
+            let ir = model(
+                InputKind::Float,
+                &hwc,
+                vec![pool_layer(op, hwc, pool, strides, padding)],
+            );
+            let what = format!("{op:?} pool {hwc:?} p{pool:?} s{strides:?} {padding:?} b{batch}");
+            check(&what, &ir, &float_input(&mut rng, batch, &hwc, 4.0));
+        }
+    }
+}
+
+#[test]
+fn global_pooling_matches_cpu() {
+    let mut rng = Rng::new(7);
+    for op in [PoolOp::Max, PoolOp::Average] {
+        for keepdims in [false, true] {
+            let out: Vec<usize> = if keepdims { vec![1, 1, 67] } else { vec![67] };
+            let kind = LayerKind::GlobalPool2d { op, keepdims };
+            let ir = model(
+                InputKind::Float,
+                &[5, 3, 67],
+                vec![layer("gp", "GlobalPooling2D", kind, &[5, 3, 67], &out)],
+            );
+            let what = format!("global {op:?} keepdims {keepdims}");
+            check(&what, &ir, &float_input(&mut rng, 33, &[5, 3, 67], 4.0));
+        }
+    }
+}
+
+#[test]
+fn activation_layers_match_cpu_for_every_variant() {
+    let mut rng = Rng::new(8);
+    for act in ALL_ACTIVATIONS {
+        let shape = [3, 70];
+        let ir = model(
+            InputKind::Float,
+            &shape,
+            vec![layer(
+                "act",
+                "Activation",
+                LayerKind::Activation(act),
+                &shape,
+                &shape,
+            )],
+        );
+        let what = format!("activation {}", act.name());
+        check(&what, &ir, &float_input(&mut rng, 5, &shape, 6.0));
+    }
+}
+
+#[test]
+fn softmax_is_stable_for_large_logits_and_long_rows() {
+    let mut rng = Rng::new(9);
+    for cols in [1, 10, 64, 65, 1000] {
+        let ir = model(
+            InputKind::Float,
+            &[cols],
+            vec![layer(
+                "sm",
+                "Softmax",
+                LayerKind::Activation(Activation::Softmax),
+                &[cols],
+                &[cols],
+            )],
+        );
+        // Logits around +-80 overflow exp() without the max subtraction.
+        let input = float_input(&mut rng, 4, &[cols], 80.0);
+        check(&format!("softmax over {cols}"), &ir, &input);
+    }
+}
+
+#[test]
+fn rescaling_matches_cpu_with_scalar_and_per_channel_factors() {
+    let mut rng = Rng::new(10);
+    let shape = [4, 4, 3];
+    for (scale, offset) in [
+        (vec![1.0 / 255.0], vec![0.0]),
+        (vec![0.5, 2.0, -1.0], vec![-1.0]),
+        (vec![2.0], vec![0.1, 0.2, 0.3]),
+    ] {
+        let kind = LayerKind::Rescaling {
+            scale: scale.clone(),
+            offset: offset.clone(),
+        };
+        let ir = model(
+            InputKind::Float,
+            &shape,
+            vec![layer("rescale", "Rescaling", kind, &shape, &shape)],
+        );
+        let what = format!("rescaling {scale:?} {offset:?}");
+        check(&what, &ir, &float_input(&mut rng, 2, &shape, 255.0));
+    }
+}
+
+/// A small CNN end to end: rescaling, conv stack, pooling, flatten, dropout, dense softmax.
+pub fn small_cnn(rng: &mut Rng) -> ModelIr {
+    let rescale = layer(
+        "rescaling",
+        "Rescaling",
+        LayerKind::Rescaling {
+            scale: vec![1.0 / 255.0],
+            offset: vec![0.0],
+        },
+        &[12, 12, 3],
+        &[12, 12, 3],
+    );
+    let mut conv1 = conv_layer(
+        rng,
+        [12, 12, 3],
+        8,
+        [3, 3],
+        [1, 1],
+        Padding::Same,
+        Activation::RELU,
+        true,
+    );
+    conv1.name = "conv1".into();
+    let pool1 = pool_layer(PoolOp::Max, [12, 12, 8], [2, 2], [2, 2], Padding::Valid);
+    let mut conv2 = conv_layer(
+        rng,
+        [6, 6, 8],
+        16,
+        [3, 3],
+        [1, 1],
+        Padding::Valid,
+        Activation::RELU,
+        true,
+    );
+    conv2.name = "conv2".into();
+    let mut pool2 = pool_layer(PoolOp::Average, [4, 4, 16], [2, 2], [2, 2], Padding::Same);
+    pool2.name = "pool2".into();
+    let flatten = layer("flatten", "Flatten", LayerKind::Reshape, &[2, 2, 16], &[64]);
+    let dropout = layer("dropout", "Dropout", LayerKind::Identity, &[64], &[64]);
+    let dense = dense_layer(rng, "dense", &[64], 10, Activation::Softmax);
+    let mut ir = model(
+        InputKind::Float,
+        &[12, 12, 3],
+        vec![rescale, conv1, pool1, conv2, pool2, flatten, dropout, dense],
+    );
+    ir.name = "small_cnn".into();
+    ir
+}
+
+#[test]
+fn small_cnn_matches_cpu_end_to_end() {
+    let mut rng = Rng::new(11);
+    let ir = small_cnn(&mut rng);
+    let Some(gpu) = runtime(&ir) else { return };
+    for batch in [1, 33] {
+        let input = PreparedInput::Float(rng.array(&[batch, 12, 12, 3], 255.0).mapv(f32::abs));
+        check_with(&format!("small cnn batch {batch}"), &gpu, &ir, &input);
+    }
+}

@@ -295,3 +295,24 @@ fn fixture_arrays_have_the_shapes_the_manifest_records() {
         );
     }
 }
+
+#[test]
+fn tolerance_is_relative_to_the_expected_value() {
+    assert!(common::within_tolerance(1000.05, 1000.0));
+    assert!(!common::within_tolerance(1000.2, 1000.0));
+    assert!(common::within_tolerance(0.0, 0.0001));
+    assert!(!common::within_tolerance(0.0, 0.0002));
+    assert!(!common::within_tolerance(f32::NAN, 0.0));
+}
+
+#[test]
+#[should_panic(
+    expected = "fixture 'synthetic' on Cpu: 2 of 6 values outside |got - expected| <= 1e-4 * (1 + |expected|); worst at [1, 0]: got 2.5, expected 2"
+)]
+fn mismatch_message_names_fixture_worst_index_got_and_expected() {
+    let expected = ndarray::arr2(&[[0.0f32, 1.0, 2.0], [2.0, 3.0, 4.0]]).into_dyn();
+    let mut got = expected.clone();
+    got[[0, 1]] += 0.01;
+    got[[1, 0]] += 0.5;
+    common::assert_matches_keras("synthetic", Backend::Cpu, &got, &expected);
+}

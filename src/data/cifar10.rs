@@ -174,7 +174,10 @@ impl Cifar10 {
             };
             return Err(Error::data(
                 &self.dir,
-                format!("no {} batch file ({wanted}) in this folder", split_name(split)),
+                format!(
+                    "no {} batch file ({wanted}) in this folder",
+                    split_name(split)
+                ),
             ));
         }
         files

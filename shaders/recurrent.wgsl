@@ -58,7 +58,7 @@ fn step(
     let dir = block / (unit_blocks * p.batch);
     let n = (block / unit_blocks) % p.batch;
     let j = (block % unit_blocks) * THREADS + li;
-    let active = j < p.units;
+    let in_range = j < p.units;
 
     let s = sp.step;
     let t_in = select(s, p.timesteps - 1u - s, ((p.backwards_bits >> dir) & 1u) != 0u);
@@ -79,7 +79,7 @@ fn step(
         }
         h_tile[li] = hv;
         workgroupBarrier();
-        if (active) {
+        if (in_range) {
             let k_end = min(THREADS, p.units - k0);
             for (var kk = 0u; kk < k_end; kk++) {
                 let h = h_tile[kk];
@@ -91,7 +91,7 @@ fn step(
         }
         workgroupBarrier();
     }
-    if (!active) {
+    if (!in_range) {
         return;
     }
 

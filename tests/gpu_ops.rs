@@ -493,3 +493,346 @@ fn small_cnn_matches_cpu_end_to_end() {
         check_with(&format!("small cnn batch {batch}"), &gpu, &ir, &input);
     }
 }
+
+struct RnnSpec {
+    kind: CellKind,
+    timesteps: usize,
+    features: usize,
+    units: usize,
+    bidirectional: bool,
+    merge: MergeMode,
+    return_sequences: bool,
+    go_backwards: bool,
+    activation: Activation,
+    recurrent_activation: Activation,
+    bias: bool,
+    /// A plain layer's `zero_output_for_mask`.
+    zero_masked_outputs: bool,
+}
+
+impl RnnSpec {
+    fn new(kind: CellKind, timesteps: usize, features: usize, units: usize) -> Self {
+        RnnSpec {
+            kind,
+            timesteps,
+            features,
+            units,
+            bidirectional: false,
+            merge: MergeMode::Concat,
+            return_sequences: false,
+            go_backwards: false,
+            activation: Activation::Tanh,
+            recurrent_activation: Activation::Sigmoid,
+            bias: true,
+            zero_masked_outputs: false,
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{:?} T{} F{} U{}{}{}{}",
+            self.kind,
+            self.timesteps,
+            self.features,
+            self.units,
+            if self.bidirectional {
+                format!(" bidirectional {:?}", self.merge)
+            } else {
+                String::new()
+            },
+            if self.return_sequences {
+                " sequences"
+            } else {
+                ""
+            },
+            if self.go_backwards {
+                " go_backwards"
+            } else {
+                ""
+            },
+        )
+    }
+
+    fn cell(&self, rng: &mut Rng, go_backwards: bool) -> RecurrentCell {
+        let cols = self.kind.gates() * self.units;
+        let scale = 1.0 / (self.units as f32).sqrt();
+        RecurrentCell {
+            kind: self.kind,
+            units: self.units,
+            activation: self.activation,
+            recurrent_activation: self.recurrent_activation,
+            kernel: Array2::from_shape_vec(
+                (self.features, cols),
+                rng.vec(self.features * cols, scale),
+            )
+            .unwrap(),
+            recurrent_kernel: Array2::from_shape_vec(
+                (self.units, cols),
+                rng.vec(self.units * cols, scale),
+            )
+            .unwrap(),
+            bias: self.bias.then(|| Array1::from(rng.vec(cols, 0.5))),
+            go_backwards,
+        }
+    }
+
+    fn layer(&self, rng: &mut Rng, masked: bool) -> Layer {
+        let forward = self.cell(rng, self.go_backwards);
+        let backward = self
+            .bidirectional
+            .then(|| self.cell(rng, !self.go_backwards));
+        let r = Recurrent {
+            forward,
+            backward,
+            merge_mode: self.merge,
+            return_sequences: self.return_sequences,
+            timesteps: self.timesteps,
+            input_features: self.features,
+            masked,
+            // As Keras: Bidirectional forces zero_output_for_mask = return_sequences.
+            zero_masked_outputs: self.zero_masked_outputs
+                || (self.bidirectional && self.return_sequences),
+        };
+        let out_features = r.output_features();
+        let output: Vec<usize> = if self.return_sequences {
+            vec![self.timesteps, out_features]
+        } else {
+            vec![out_features]
+        };
+        let class = if self.bidirectional {
+            "Bidirectional"
+        } else {
+            "RNN"
+        };
+        layer(
+            "rnn",
+            class,
+            LayerKind::Recurrent(r),
+            &[self.timesteps, self.features],
+            &output,
+        )
+    }
+}
+
+fn embedding_layer(
+    rng: &mut Rng,
+    vocab: usize,
+    dim: usize,
+    timesteps: usize,
+    mask_zero: bool,
+) -> Layer {
+    let kind = LayerKind::Embedding(Embedding {
+        input_dim: vocab,
+        output_dim: dim,
+        table: Array2::from_shape_vec((vocab, dim), rng.vec(vocab * dim, 1.0)).unwrap(),
+        mask_zero,
+    });
+    layer(
+        "embedding",
+        "Embedding",
+        kind,
+        &[timesteps],
+        &[timesteps, dim],
+    )
+}
+
+/// Token ids with mixed lengths: rows padded with id 0 at the end, at the start, not at all,
+/// and (for batches over 4) one row entirely padding.
+fn padded_ids(rng: &mut Rng, batch: usize, timesteps: usize, vocab: usize) -> PreparedInput {
+    let mut ids = Array2::<u32>::zeros((batch, timesteps));
+    for b in 0..batch {
+        let len = match b % 4 {
+            0 => timesteps,
+            3 if batch > 4 && b == 3 => 0,
+            _ => 1 + rng.below(timesteps),
+        };
+        let pad_front = b % 4 == 2;
+        for t in 0..len {
+            let pos = if pad_front { timesteps - len + t } else { t };
+            ids[[b, pos]] = 1 + rng.below(vocab - 1) as u32;
+        }
+    }
+    PreparedInput::Ids(ids)
+}
+
+#[test]
+fn embedding_gathers_rows_of_the_table() {
+    let mut rng = Rng::new(12);
+    let ir = model(
+        InputKind::TokenIds,
+        &[9],
+        vec![embedding_layer(&mut rng, 50, 7, 9, false)],
+    );
+    check("embedding", &ir, &padded_ids(&mut rng, 33, 9, 50));
+}
+
+fn check_rnn(rng: &mut Rng, spec: &RnnSpec, batch: usize) {
+    let ir = model(
+        InputKind::Float,
+        &[spec.timesteps, spec.features],
+        vec![spec.layer(rng, false)],
+    );
+    let input = float_input(rng, batch, &[spec.timesteps, spec.features], 1.0);
+    check(&format!("{} batch {batch}", spec.describe()), &ir, &input);
+}
+
+#[test]
+fn simple_rnn_matches_cpu() {
+    let mut rng = Rng::new(13);
+    check_rnn(&mut rng, &RnnSpec::new(CellKind::SimpleRnn, 1, 3, 5), 1);
+    let mut spec = RnnSpec::new(CellKind::SimpleRnn, 70, 6, 13);
+    spec.return_sequences = true;
+    check_rnn(&mut rng, &spec, 33);
+    spec.activation = Activation::RELU;
+    spec.return_sequences = false;
+    spec.timesteps = 12;
+    check_rnn(&mut rng, &spec, 2);
+    spec.go_backwards = true;
+    spec.return_sequences = true;
+    spec.bias = false;
+    check_rnn(&mut rng, &spec, 3);
+}
+
+#[test]
+fn lstm_matches_cpu_for_long_sequences_and_wide_layers() {
+    let mut rng = Rng::new(14);
+    let mut spec = RnnSpec::new(CellKind::Lstm, 70, 8, 13);
+    check_rnn(&mut rng, &spec, 33);
+    spec.return_sequences = true;
+    check_rnn(&mut rng, &spec, 1);
+    // More units than one 64-thread workgroup covers.
+    let mut wide = RnnSpec::new(CellKind::Lstm, 9, 5, 70);
+    wide.return_sequences = true;
+    check_rnn(&mut rng, &wide, 3);
+    let mut one_step = RnnSpec::new(CellKind::Lstm, 1, 4, 6);
+    one_step.recurrent_activation = Activation::HardSigmoid;
+    one_step.bias = false;
+    check_rnn(&mut rng, &one_step, 2);
+}
+
+#[test]
+fn standalone_go_backwards_keeps_processing_order() {
+    let mut rng = Rng::new(15);
+    let mut spec = RnnSpec::new(CellKind::Lstm, 11, 4, 7);
+    spec.go_backwards = true;
+    spec.return_sequences = true;
+    check_rnn(&mut rng, &spec, 4);
+    spec.return_sequences = false;
+    check_rnn(&mut rng, &spec, 4);
+}
+
+#[test]
+fn bidirectional_matches_cpu_for_every_merge_mode() {
+    let mut rng = Rng::new(16);
+    for merge in [
+        MergeMode::Concat,
+        MergeMode::Sum,
+        MergeMode::Average,
+        MergeMode::Multiply,
+    ] {
+        for (kind, return_sequences) in [(CellKind::Lstm, true), (CellKind::SimpleRnn, false)] {
+            let mut spec = RnnSpec::new(kind, 10, 5, 9);
+            spec.bidirectional = true;
+            spec.merge = merge;
+            spec.return_sequences = return_sequences;
+            check_rnn(&mut rng, &spec, 3);
+        }
+    }
+    let mut long = RnnSpec::new(CellKind::Lstm, 70, 6, 13);
+    long.bidirectional = true;
+    long.return_sequences = true;
+    check_rnn(&mut rng, &long, 33);
+}
+
+fn check_masked(rng: &mut Rng, spec: &RnnSpec, batch: usize) {
+    let vocab = 30;
+    let ir = model(
+        InputKind::TokenIds,
+        &[spec.timesteps],
+        vec![
+            embedding_layer(rng, vocab, spec.features, spec.timesteps, true),
+            spec.layer(rng, true),
+        ],
+    );
+    let ids = padded_ids(rng, batch, spec.timesteps, vocab);
+    check(
+        &format!("masked {} batch {batch}", spec.describe()),
+        &ir,
+        &ids,
+    );
+}
+
+#[test]
+fn masking_keeps_state_at_padding_for_plain_layers() {
+    let mut rng = Rng::new(17);
+    for kind in [CellKind::Lstm, CellKind::SimpleRnn] {
+        for (return_sequences, go_backwards) in [(true, false), (false, false), (true, true)] {
+            let mut spec = RnnSpec::new(kind, 12, 6, 5);
+            spec.return_sequences = return_sequences;
+            spec.go_backwards = go_backwards;
+            check_masked(&mut rng, &spec, 9);
+        }
+    }
+    // zero_output_for_mask=True on a plain layer writes zeros instead of repeating.
+    let mut spec = RnnSpec::new(CellKind::Lstm, 12, 6, 5);
+    spec.return_sequences = true;
+    spec.zero_masked_outputs = true;
+    check_masked(&mut rng, &spec, 9);
+}
+
+#[test]
+fn masking_writes_zeros_at_padding_inside_bidirectional() {
+    let mut rng = Rng::new(18);
+    for (merge, return_sequences) in [
+        (MergeMode::Concat, true),
+        (MergeMode::Concat, false),
+        (MergeMode::Sum, true),
+        (MergeMode::Multiply, false),
+    ] {
+        let mut spec = RnnSpec::new(CellKind::Lstm, 15, 4, 6);
+        spec.bidirectional = true;
+        spec.merge = merge;
+        spec.return_sequences = return_sequences;
+        check_masked(&mut rng, &spec, 9);
+    }
+    let mut long = RnnSpec::new(CellKind::Lstm, 70, 8, 12);
+    long.bidirectional = true;
+    long.return_sequences = true;
+    check_masked(&mut rng, &long, 33);
+}
+
+/// Embedding(mask_zero) -> Bidirectional(LSTM, sequences) -> LSTM -> Dense softmax.
+pub fn small_bilstm(rng: &mut Rng, timesteps: usize) -> ModelIr {
+    let mut bi = RnnSpec::new(CellKind::Lstm, timesteps, 16, 12);
+    bi.bidirectional = true;
+    bi.return_sequences = true;
+    let mut bi_layer = bi.layer(rng, true);
+    bi_layer.name = "bidirectional".into();
+    let top = RnnSpec::new(CellKind::Lstm, timesteps, 24, 10);
+    let mut top_layer = top.layer(rng, true);
+    top_layer.name = "lstm".into();
+    let dense = dense_layer(rng, "dense", &[10], 3, Activation::Softmax);
+    let mut ir = model(
+        InputKind::TokenIds,
+        &[timesteps],
+        vec![
+            embedding_layer(rng, 100, 16, timesteps, true),
+            bi_layer,
+            top_layer,
+            dense,
+        ],
+    );
+    ir.name = "small_bilstm".into();
+    ir
+}
+
+#[test]
+fn stacked_bilstm_classifier_matches_cpu_end_to_end() {
+    let mut rng = Rng::new(19);
+    let ir = small_bilstm(&mut rng, 20);
+    let Some(gpu) = runtime(&ir) else { return };
+    for batch in [1, 33] {
+        let ids = padded_ids(&mut rng, batch, 20, 100);
+        check_with(&format!("bilstm batch {batch}"), &gpu, &ir, &ids);
+    }
+}

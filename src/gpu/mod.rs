@@ -276,7 +276,7 @@ impl GpuRuntime {
             let errors = Arc::clone(&device_errors);
             device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
                 if let Ok(mut errors) = errors.lock() {
-                    errors.push(e.to_string());
+                    errors.push(one_line(&e));
                 }
             }));
             let errors = Arc::clone(&device_errors);
@@ -463,17 +463,30 @@ impl ErrorScopes {
         let oom = pollster::block_on(self.out_of_memory.pop());
         let validation = pollster::block_on(self.validation.pop());
         if let Some(e) = oom {
-            return Err(Error::Gpu(format!("out of GPU memory while {doing}: {e}")));
+            return Err(Error::Gpu(format!(
+                "out of GPU memory while {doing}: {}",
+                one_line(&e)
+            )));
         }
         if let Some(e) = validation {
-            let first_line = e.to_string();
             return Err(Error::Gpu(format!(
                 "GPU validation error while {doing}: {}",
-                first_line.trim()
+                one_line(&e)
             )));
         }
         Ok(())
     }
+}
+
+/// wgpu errors span several lines ("Validation Error", then the cause chain); messages here are
+/// one line.
+fn one_line(e: &wgpu::Error) -> String {
+    e.to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != "Validation Error")
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn kernels_used(plan: &Plan) -> Vec<Kernel> {

@@ -1,0 +1,286 @@
+//! The `wgnn` binary as a user runs it: predict, info, eval, tokenizer fit, and one-line errors
+//! (exit 1, `error: ...`, never a panic) for bad files and inputs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn wgnn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wgnn"))
+        .args(args)
+        .output()
+        .expect("run wgnn")
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn fixture(name: &str) -> String {
+    fixtures().join(name).display().to_string()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The run failed cleanly: exit 1, one `error:` line naming `words`, no panic.
+fn assert_clean_error(out: &Output, words: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "exit status; stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no 'error:' line in: {err}"));
+    for w in words {
+        assert!(line.contains(w), "'{w}' missing from: {line}");
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wgnn-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn read_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+    let shape = npy.shape().iter().map(|&d| d as usize).collect();
+    (shape, npy.into_vec::<f32>().unwrap())
+}
+
+fn write_f32(path: &Path, shape: &[u64], values: &[f32]) {
+    use npyz::WriterBuilder;
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(shape)
+        .writer(std::io::BufWriter::new(file))
+        .begin_nd()
+        .unwrap();
+    w.extend(values.iter().copied()).unwrap();
+    w.finish().unwrap();
+}
+
+fn assert_close(got: &[f32], expected: &[f32]) {
+    assert_eq!(got.len(), expected.len());
+    for (i, (g, e)) in got.iter().zip(expected).enumerate() {
+        assert!((g - e).abs() <= 1e-4 * (1.0 + e.abs()), "[{i}] {g} vs {e}");
+    }
+}
+
+#[test]
+fn predict_cpu_writes_keras_outputs() {
+    let dir = temp_dir("predict");
+    for (model, weights, name) in [
+        ("conv2d_same_stride2.keras", None, "conv2d_same_stride2"),
+        (
+            "h5_weights_cnn.json",
+            Some("h5_weights_cnn.weights.h5"),
+            "h5_weights_cnn",
+        ),
+        (
+            "npz_weights_rnn.json",
+            Some("npz_weights_rnn.npz"),
+            "npz_weights_rnn",
+        ),
+    ] {
+        let out_path = dir.join(format!("{name}.out.npy"));
+        let mut args = vec![
+            "predict".to_string(),
+            fixture(model),
+            fixture(&format!("{name}.input.npy")),
+            "-o".into(),
+            out_path.display().to_string(),
+            "--backend".into(),
+            "cpu".into(),
+        ];
+        if let Some(w) = weights {
+            args.extend(["--weights".into(), fixture(w)]);
+        }
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = wgnn(&argv);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let (shape, got) = read_f32(&out_path);
+        let (eshape, expected) = read_f32(&fixtures().join(format!("{name}.expected.npy")));
+        assert_eq!(shape, eshape, "{name}");
+        assert_close(&got, &expected);
+    }
+}
+
+#[test]
+fn info_lists_layers_params_and_flops() {
+    let out = wgnn(&["info", &fixture("conv2d_same_stride2.keras")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Conv2D"), "{text}");
+    assert!(text.contains("total params:"), "{text}");
+    assert!(text.contains("FLOPs per item:"), "{text}");
+}
+
+#[test]
+fn bad_model_files_give_one_line_errors() {
+    let dir = temp_dir("bad");
+    let empty = dir.join("empty.keras");
+    std::fs::write(&empty, b"").unwrap();
+    let not_zip = dir.join("notzip.keras");
+    std::fs::write(&not_zip, b"this is not a zip file at all").unwrap();
+    let input = fixture("conv2d_same_stride2.input.npy");
+    let o = dir.join("o.npy").display().to_string();
+    for (model, words) in [
+        ("/nonexistent/model.keras".to_string(), vec!["model.keras"]),
+        (empty.display().to_string(), vec!["empty.keras", "empty"]),
+        (not_zip.display().to_string(), vec!["notzip.keras"]),
+        (fixture("bad/conv2d_dilation.keras"), vec!["dilation_rate"]),
+        (fixture("bad/lstm_stateful.keras"), vec!["stateful"]),
+    ] {
+        let out = wgnn(&["predict", &model, &input, "-o", &o, "--backend", "cpu"]);
+        assert_clean_error(&out, &words);
+    }
+}
+
+#[test]
+fn wrong_input_shape_and_dtype_are_named() {
+    let dir = temp_dir("input");
+    let o = dir.join("o.npy").display().to_string();
+    let model = fixture("conv2d_same_stride2.keras");
+    // Wrong shape: expected vs found.
+    let wrong = dir.join("wrong_shape.npy");
+    write_f32(&wrong, &[2, 3, 3, 1], &[0.5; 18]);
+    let out = wgnn(&[
+        "predict",
+        &model,
+        wrong.to_str().unwrap(),
+        "-o",
+        &o,
+        "--backend",
+        "cpu",
+    ]);
+    assert_clean_error(&out, &["wrong_shape.npy", "expected shape"]);
+    // Not an npy at all.
+    let garbage = dir.join("garbage.npy");
+    std::fs::write(&garbage, b"hello").unwrap();
+    let out = wgnn(&[
+        "predict",
+        &model,
+        garbage.to_str().unwrap(),
+        "-o",
+        &o,
+        "--backend",
+        "cpu",
+    ]);
+    assert_clean_error(&out, &["garbage.npy"]);
+    // Token ids beyond the vocabulary name the id and the Embedding layer.
+    let ids_model = fixture("embedding.keras");
+    if Path::new(&ids_model).exists() {
+        let ids = dir.join("ids.npy");
+        write_f32(&ids, &[1, 7], &[1.0, 99999.0, 2.0, 0.0, 0.0, 0.0, 0.0]);
+        let out = wgnn(&[
+            "predict",
+            &ids_model,
+            ids.to_str().unwrap(),
+            "-o",
+            &o,
+            "--backend",
+            "cpu",
+        ]);
+        assert_clean_error(&out, &["99999", "Embedding"]);
+    }
+}
+
+#[test]
+fn unknown_backend_is_a_usage_error() {
+    let o = temp_dir("usage").join("o.npy").display().to_string();
+    let out = wgnn(&[
+        "predict",
+        &fixture("conv2d_same_stride2.keras"),
+        &fixture("conv2d_same_stride2.input.npy"),
+        "-o",
+        &o,
+        "--backend",
+        "tpu",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("unknown backend 'tpu'"));
+}
+
+fn env_dir(name: &str) -> Option<PathBuf> {
+    match std::env::var_os(name) {
+        Some(v) => Some(PathBuf::from(v)),
+        None if std::env::var_os("CI").is_some() => panic!("env {name} must be set under CI"),
+        None => {
+            eprintln!("note: env {name} is unset; skipping");
+            None
+        }
+    }
+}
+
+#[test]
+fn eval_nusax_json_last_line_has_the_seed_macro_f1() {
+    let (Some(seed), Some(data)) = (env_dir("WGNN_SEED_MODELS"), env_dir("WGNN_DATA")) else {
+        return;
+    };
+    let out = wgnn(&[
+        "eval",
+        "nusax",
+        seed.join("lstm_cell8.keras").to_str().unwrap(),
+        "--tokenizer",
+        seed.join("nusax_tokenizer.json").to_str().unwrap(),
+        "--data",
+        data.join("nusax").to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap();
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(
+        (v["macro_f1"].as_f64().unwrap() * 1e4).round() / 1e4,
+        0.4889
+    );
+    assert_eq!(v["n"], 400);
+    assert_eq!(v["backend"], "cpu");
+    for key in [
+        "accuracy",
+        "items_per_s",
+        "adapter",
+        "per_class",
+        "confusion",
+    ] {
+        assert!(!v[key].is_null(), "{key} missing");
+    }
+}
+
+#[test]
+fn tokenizer_fit_reproduces_the_seed_word_index() {
+    let (Some(seed), Some(data)) = (env_dir("WGNN_SEED_MODELS"), env_dir("WGNN_DATA")) else {
+        return;
+    };
+    let out_path = temp_dir("tokfit").join("tok.json");
+    let out = wgnn(&[
+        "tokenizer",
+        "fit",
+        data.join("nusax/train.csv").to_str().unwrap(),
+        "-o",
+        out_path.to_str().unwrap(),
+        "--oov",
+        "<UNK>",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let word_index = |p: &Path| -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+        let wi = &v["config"]["word_index"];
+        // Keras stores it as a JSON string holding JSON.
+        match wi.as_str() {
+            Some(s) => serde_json::from_str(s).unwrap(),
+            None => wi.clone(),
+        }
+    };
+    let ours = word_index(&out_path);
+    let theirs = word_index(&seed.join("nusax_tokenizer.json"));
+    assert_eq!(ours.as_object().unwrap().len(), 2795);
+    assert_eq!(ours, theirs);
+}

@@ -270,7 +270,8 @@ pub enum LayerKind {
         offset: Vec<f32>,
     },
     Embedding(Embedding),
-    Recurrent(Recurrent),
+    /// Boxed: two cells of weights make it much larger than the other variants.
+    Recurrent(Box<Recurrent>),
     /// Flatten and Reshape: data stays in row-major order, only the shape changes.
     Reshape,
     /// Dropout, SpatialDropout*, and other layers that do nothing at inference.

@@ -634,7 +634,7 @@ impl Builder<'_> {
         }
         let known: usize = dims.iter().product();
         if let Some(i) = free {
-            if known == 0 || total % known != 0 {
+            if known == 0 || !total.is_multiple_of(known) {
                 return Err(cfg.error(
                     "target_shape",
                     format!("cannot reshape {:?} to {target:?}", self.shape),
@@ -946,7 +946,7 @@ impl Builder<'_> {
         };
         // The mask follows the sequence: it survives return_sequences and ends otherwise.
         self.mask_alive = self.mask_alive && return_sequences;
-        Ok(LayerKind::Recurrent(r))
+        Ok(LayerKind::Recurrent(Box::new(r)))
     }
 }
 

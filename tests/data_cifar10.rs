@@ -252,3 +252,19 @@ fn real_test_batch_has_the_official_first_1000_labels() {
         whole.labels
     );
 }
+
+#[test]
+fn not_found_errors_say_which_rule_chose_the_folder() {
+    let empty = tempfile::tempdir().unwrap();
+    let e = wgnn::data::locate_cifar10(Some(empty.path()))
+        .unwrap_err()
+        .to_string();
+    assert!(e.ends_with("(data folder: from --data)"), "{e}");
+    let e = wgnn::data::locate_nusax(Some(empty.path()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no NusaX CSV files") && e.ends_with("(data folder: from --data)"),
+        "{e}"
+    );
+}

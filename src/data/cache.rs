@@ -62,13 +62,17 @@ impl DataRoot {
 
     /// A phrase for error messages: where the folder came from and how to change it.
     pub fn describe(&self) -> String {
+        format!("{} ({})", self.path.display(), self.source_phrase())
+    }
+
+    /// Why this folder was chosen, e.g. `from env WGNN_DATA`.
+    pub fn source_phrase(&self) -> String {
         match self.source {
-            DataRootSource::Flag => format!("{} (from --data)", self.path.display()),
-            DataRootSource::Env => format!("{} (from env {DATA_ENV})", self.path.display()),
-            DataRootSource::Cache => format!(
-                "{} (the cache; pass --data DIR or set {DATA_ENV} to use another folder)",
-                self.path.display()
-            ),
+            DataRootSource::Flag => "from --data".to_string(),
+            DataRootSource::Env => format!("from env {DATA_ENV}"),
+            DataRootSource::Cache => {
+                format!("the cache; pass --data DIR or set {DATA_ENV} to use another folder")
+            }
         }
     }
 }

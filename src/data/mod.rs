@@ -36,7 +36,7 @@ fn explain(error: Error, root: &DataRoot) -> Error {
     match error {
         Error::Data { path, message } if path == root.path => Error::Data {
             path,
-            message: format!("{message} [data folder: {}]", root.describe()),
+            message: format!("{message} (data folder: {})", root.source_phrase()),
         },
         other => other,
     }

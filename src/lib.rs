@@ -9,6 +9,7 @@
 //! # Ok::<(), wgnn::Error>(())
 //! ```
 
+pub mod bench;
 pub mod cpu;
 pub mod data;
 pub mod error;

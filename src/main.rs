@@ -37,6 +37,29 @@ enum Command {
     /// Keras Tokenizer tools.
     #[command(subcommand)]
     Tokenizer(TokenizerCommand),
+    /// Throughput (items/s, GFLOP/s), batch-1 latency and peak memory on synthetic input.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Timed iterations after warm-up.
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Timed batch-1 runs for latency percentiles (0 to skip).
+    #[arg(long, default_value_t = 20)]
+    latency_runs: usize,
+    /// One JSON object on the last line of stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -223,6 +246,7 @@ fn main() -> ExitCode {
         Command::Classify(args) => classify(args),
         Command::Sentiment(args) => sentiment(args),
         Command::Tokenizer(TokenizerCommand::Fit(args)) => tokenizer_fit(args),
+        Command::Bench(args) => bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -553,7 +577,8 @@ fn eval_nusax(args: EvalNusaxArgs) -> Result<()> {
 
 /// Loads an image as a (1, 32, 32, 3) batch of pixels/255, resizing other sizes.
 fn load_image(path: &Path, size: (u32, u32)) -> Result<ndarray::Array4<f32>> {
-    let img = image::open(path).map_err(|e| Error::format(path, format!("cannot read image: {e}")))?;
+    let img =
+        image::open(path).map_err(|e| Error::format(path, format!("cannot read image: {e}")))?;
     let rgb = img.to_rgb8();
     let rgb = if rgb.dimensions() != size {
         eprintln!(
@@ -569,9 +594,10 @@ fn load_image(path: &Path, size: (u32, u32)) -> Result<ndarray::Array4<f32>> {
         rgb
     };
     let (w, h) = (size.0 as usize, size.1 as usize);
-    Ok(ndarray::Array4::from_shape_fn((1, h, w, 3), |(_, y, x, c)| {
-        rgb.get_pixel(x as u32, y as u32)[c] as f32 / 255.0
-    }))
+    Ok(ndarray::Array4::from_shape_fn(
+        (1, h, w, 3),
+        |(_, y, x, c)| rgb.get_pixel(x as u32, y as u32)[c] as f32 / 255.0,
+    ))
 }
 
 fn classify(args: ClassifyArgs) -> Result<()> {
@@ -682,6 +708,52 @@ fn tokenizer_fit(args: TokenizerFitArgs) -> Result<()> {
         examples.len(),
         tokenizer.vocabulary_size(),
         args.output.display()
+    );
+    Ok(())
+}
+
+fn bench(args: BenchArgs) -> Result<()> {
+    let model = args.model.load()?;
+    let eval_opts = wgnn::eval::EvalOptions {
+        backend: args.device.backend()?,
+        adapter: args.device.adapter.clone(),
+        ..Default::default()
+    };
+    let (backend, adapter) = wgnn::eval::resolve_backend(&model, &eval_opts)?;
+    let opts = wgnn::bench::BenchOptions {
+        backend,
+        batch_size: args.batch_size,
+        iters: args.iters,
+        warmup: args.warmup,
+        latency_runs: args.latency_runs,
+    };
+    let report = wgnn::bench::run(&model, &adapter, &opts)?;
+    if args.json {
+        let json = serde_json::to_string(&report)
+            .map_err(|e| Error::Usage(format!("cannot serialize the report: {e}")))?;
+        println!("{json}");
+        return Ok(());
+    }
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.3} ms"));
+    println!("model:      {}", report.model);
+    println!("backend:    {} ({})", report.backend, report.adapter);
+    println!(
+        "batch {}:  {:.1} items/s, {:.2} GFLOP/s ({:.4} s per batch, {} iterations)",
+        report.batch_size, report.items_per_s, report.gflops, report.batch_s, report.iters
+    );
+    println!(
+        "batch 1:    latency p50 {}, p90 {}, p99 {}",
+        ms(report.latency_ms_p50),
+        ms(report.latency_ms_p90),
+        ms(report.latency_ms_p99)
+    );
+    println!(
+        "FLOPs/item: {} ({:.4} GFLOP); peak RSS {}",
+        report.flops_per_item,
+        report.flops_per_item as f64 / 1e9,
+        report
+            .peak_rss_mb
+            .map_or("-".to_string(), |m| format!("{m:.0} MiB"))
     );
     Ok(())
 }

@@ -2,9 +2,10 @@
 //! convolutions are im2col + GEMM (ndarray `dot`), with threads over the batch.
 
 pub mod activation;
+mod gemm;
 mod recurrent;
 
-use ndarray::{s, Array2, Array3, Array4, ArrayD, ArrayView2, Axis, Ix4, IxDyn, Zip};
+use ndarray::{s, Array1, Array2, Array3, Array4, ArrayD, ArrayView3, Axis, Ix4, IxDyn, Zip};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -108,15 +109,11 @@ fn dense(d: &Dense, x: ArrayD<f32>, out_dims: &[usize]) -> Result<ArrayD<f32>> {
         .into_owned()
         .into_shape_with_order((rows, in_dim))
         .map_err(|e| Error::Input(format!("dense input: {e}")))?;
-    let mut y = x2.dot(&d.kernel);
-    if let Some(b) = &d.bias {
-        y += b;
-    }
-    let mut y = y
-        .into_shape_with_order(IxDyn(out_dims))
-        .map_err(|e| Error::Input(format!("dense output: {e}")))?;
-    activation::apply(d.activation, y.view_mut());
-    Ok(y)
+    let mut y = Array2::<f32>::zeros((rows, d.units));
+    gemm::matmul_into(x2.view(), d.kernel.view(), y.view_mut());
+    bias_activation(y.view_mut(), d.bias.as_ref(), d.activation);
+    y.into_shape_with_order(IxDyn(out_dims))
+        .map_err(|e| Error::Input(format!("dense output: {e}")))
 }
 
 fn rescale(mut x: ArrayD<f32>, scale: &[f32], offset: &[f32]) -> ArrayD<f32> {
@@ -140,96 +137,140 @@ fn embedding(e: &Embedding, ids: &Array2<u32>) -> Array3<f32> {
     out
 }
 
-/// im2col of one image: rows are output pixels, columns (kh, kw, c) — the order of an HWIO
-/// kernel flattened to (kh*kw*c, filters). Out-of-bounds taps stay zero (zero padding).
-fn im2col(w: &Window2d, channels: usize, img: ndarray::ArrayView3<f32>) -> Array2<f32> {
+/// im2col of one image into `cols` (one row per output pixel, columns (kh, kw, c) — the order
+/// of an HWIO kernel flattened to (kh*kw*c, filters)). Out-of-bounds taps are zero padding.
+fn im2col_into(
+    w: &Window2d,
+    channels: usize,
+    img: ArrayView3<f32>,
+    mut cols: ndarray::ArrayViewMut2<f32>,
+) {
     let [kh, kw] = w.kernel;
     let [oh, ow] = w.out_hw;
     let [ih, iw] = w.in_hw;
-    let mut cols = Array2::<f32>::zeros((oh * ow, kh * kw * channels));
     for oy in 0..oh {
         for ox in 0..ow {
             let mut row = cols.row_mut(oy * ow + ox);
             for ky in 0..kh {
                 let y = (oy * w.strides[0] + ky) as isize - w.pad_top_left[0] as isize;
-                if y < 0 || y >= ih as isize {
-                    continue;
-                }
                 for kx in 0..kw {
                     let xx = (ox * w.strides[1] + kx) as isize - w.pad_top_left[1] as isize;
-                    if xx < 0 || xx >= iw as isize {
-                        continue;
-                    }
                     let start = (ky * kw + kx) * channels;
-                    row.slice_mut(s![start..start + channels])
-                        .assign(&img.slice(s![y as usize, xx as usize, ..]));
+                    let mut dst = row.slice_mut(s![start..start + channels]);
+                    if y < 0 || y >= ih as isize || xx < 0 || xx >= iw as isize {
+                        dst.fill(0.0);
+                    } else {
+                        dst.assign(&img.slice(s![y as usize, xx as usize, ..]));
+                    }
                 }
             }
         }
     }
-    cols
 }
 
+/// Adds the bias and applies the activation to GEMM output rows, in parallel.
+fn bias_activation(
+    mut y: ndarray::ArrayViewMut2<f32>,
+    bias: Option<&Array1<f32>>,
+    act: Activation,
+) {
+    y.axis_chunks_iter_mut(Axis(0), 1024)
+        .into_par_iter()
+        .for_each(|mut rows| {
+            if let Some(b) = bias {
+                rows += b;
+            }
+            activation::apply(act, rows.view_mut().into_dyn());
+        });
+}
+
+/// Convolution as im2col + one GEMM per chunk of images (M = images x output pixels).
 fn conv2d(c: &Conv2d, x: &Array4<f32>) -> Array4<f32> {
     let n = x.shape()[0];
     let [oh, ow] = c.window.out_hw;
+    let pixels = oh * ow;
     let k = c.kernel.len() / c.filters;
-    let kernel: ArrayView2<f32> = c
+    let kernel = c
         .kernel
         .view()
         .into_shape_with_order((k, c.filters))
         .expect("HWIO kernel is contiguous");
     let mut out = Array4::<f32>::zeros((n, oh, ow, c.filters));
-    out.axis_iter_mut(Axis(0))
-        .into_par_iter()
-        .zip(x.axis_iter(Axis(0)).into_par_iter())
-        .for_each(|(mut o, img)| {
-            let cols = im2col(&c.window, c.in_channels, img);
-            let mut y = cols.dot(&kernel);
-            if let Some(b) = &c.bias {
-                y += b;
-            }
-            activation::apply(c.activation, y.view_mut().into_dyn());
-            o.assign(
-                &y.into_shape_with_order((oh, ow, c.filters))
-                    .expect("conv output shape"),
-            );
-        });
+    // Bounded scratch: about 8M floats of im2col at a time.
+    let chunk = ((8 << 20) / (pixels * k).max(1)).clamp(1, n.max(1));
+    let mut cols = Array2::<f32>::zeros((chunk * pixels, k));
+    let mut start = 0;
+    while start < n {
+        let end = (start + chunk).min(n);
+        let m = (end - start) * pixels;
+        cols.slice_mut(s![..m, ..])
+            .axis_chunks_iter_mut(Axis(0), pixels)
+            .into_par_iter()
+            .zip(
+                x.slice(s![start..end, .., .., ..])
+                    .axis_iter(Axis(0))
+                    .into_par_iter(),
+            )
+            .for_each(|(dst, img)| im2col_into(&c.window, c.in_channels, img, dst));
+        let mut y = out
+            .slice_mut(s![start..end, .., .., ..])
+            .into_shape_with_order((m, c.filters))
+            .expect("NHWC output is contiguous");
+        gemm::matmul_into(cols.slice(s![..m, ..]), kernel, y.view_mut());
+        bias_activation(y, c.bias.as_ref(), c.activation);
+        start = end;
+    }
     out
 }
 
+/// Max or average pooling; windows clipped to the input (TensorFlow: padding never wins a
+/// max, and `same` averages divide by the in-bounds count).
 fn pool2d(p: &Pool2d, x: &Array4<f32>) -> Array4<f32> {
     let w = &p.window;
     let n = x.shape()[0];
     let [oh, ow] = w.out_hw;
     let [ih, iw] = w.in_hw;
-    let mut out = Array4::<f32>::zeros((n, oh, ow, p.channels));
-    for b in 0..n {
-        for oy in 0..oh {
-            for ox in 0..ow {
+    let ch = p.channels;
+    let mut out = Array4::<f32>::zeros((n, oh, ow, ch));
+    out.axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .zip(x.axis_iter(Axis(0)).into_par_iter())
+        .for_each(|(mut o, img)| {
+            let mut acc = vec![0.0f32; ch];
+            for oy in 0..oh {
                 let y0 = (oy * w.strides[0]) as isize - w.pad_top_left[0] as isize;
-                let x0 = (ox * w.strides[1]) as isize - w.pad_top_left[1] as isize;
                 let ys =
                     y0.max(0) as usize..((y0 + w.kernel[0] as isize).min(ih as isize)) as usize;
-                let xs =
-                    x0.max(0) as usize..((x0 + w.kernel[1] as isize).min(iw as isize)) as usize;
-                let window = x.slice(s![b, ys, xs, ..]);
-                let mut dst = out.slice_mut(s![b, oy, ox, ..]);
-                match p.op {
-                    // Padding never wins a max (TensorFlow pads with -inf).
-                    PoolOp::Max => dst.assign(
-                        &window
-                            .fold_axis(Axis(0), f32::NEG_INFINITY, |a, v| a.max(*v))
-                            .fold_axis(Axis(0), f32::NEG_INFINITY, |a, v| a.max(*v)),
-                    ),
-                    // Average divides by the in-bounds count, as TensorFlow does for `same`.
-                    PoolOp::Average => {
-                        let count = (window.shape()[0] * window.shape()[1]) as f32;
-                        dst.assign(&(window.sum_axis(Axis(0)).sum_axis(Axis(0)) / count));
+                for ox in 0..ow {
+                    let x0 = (ox * w.strides[1]) as isize - w.pad_top_left[1] as isize;
+                    let xs =
+                        x0.max(0) as usize..((x0 + w.kernel[1] as isize).min(iw as isize)) as usize;
+                    let init = match p.op {
+                        PoolOp::Max => f32::NEG_INFINITY,
+                        PoolOp::Average => 0.0,
+                    };
+                    acc.fill(init);
+                    for yy in ys.clone() {
+                        for xx in xs.clone() {
+                            let px = img.slice(s![yy, xx, ..]);
+                            for (a, &v) in acc.iter_mut().zip(px.iter()) {
+                                match p.op {
+                                    PoolOp::Max => *a = a.max(v),
+                                    PoolOp::Average => *a += v,
+                                }
+                            }
+                        }
                     }
+                    if p.op == PoolOp::Average {
+                        let count = (ys.len() * xs.len()) as f32;
+                        acc.iter_mut().for_each(|a| *a /= count);
+                    }
+                    o.slice_mut(s![oy, ox, ..])
+                        .iter_mut()
+                        .zip(&acc)
+                        .for_each(|(d, &a)| *d = a);
                 }
             }
-        }
-    }
+        });
     out
 }

@@ -1,0 +1,150 @@
+//! `wgnn bench`: steady-state throughput, GFLOP/s and batch-1 latency of one model on one backend.
+
+use std::time::Instant;
+
+use ndarray::{Array2, ArrayD, IxDyn};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::ir::{InputKind, LayerKind};
+use crate::model::{Backend, Model, PreparedInput};
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub backend: Backend,
+    pub batch_size: usize,
+    /// Timed iterations at `batch_size`.
+    pub iters: usize,
+    /// Untimed iterations first (plans, caches, page faults).
+    pub warmup: usize,
+    /// Timed batch-1 runs for the latency percentiles (0 skips them).
+    pub latency_runs: usize,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            backend: Backend::Cpu,
+            batch_size: 64,
+            iters: 10,
+            warmup: 2,
+            latency_runs: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub backend: String,
+    pub adapter: String,
+    pub batch_size: usize,
+    pub iters: usize,
+    pub items_per_s: f64,
+    /// Mean seconds per batch.
+    pub batch_s: f64,
+    pub flops_per_item: u64,
+    pub gflops: f64,
+    pub latency_ms_p50: Option<f64>,
+    pub latency_ms_p90: Option<f64>,
+    pub latency_ms_p99: Option<f64>,
+    /// Peak resident memory of this process (VmHWM), where the OS reports it.
+    pub peak_rss_mb: Option<f64>,
+}
+
+/// Deterministic pseudo-random input of the model's shape: pixels in [0, 1) or ids in the vocabulary.
+pub fn synthetic_input(model: &Model, batch: usize) -> Result<PreparedInput> {
+    let ir = model.ir();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    match ir.input_kind {
+        InputKind::Float => {
+            let mut dims = vec![batch];
+            dims.extend_from_slice(&ir.input_shape);
+            let x = ArrayD::from_shape_simple_fn(IxDyn(&dims), || {
+                (next() >> 40) as f32 / (1u64 << 24) as f32
+            });
+            model.prepare_float(x.view())
+        }
+        InputKind::TokenIds => {
+            let vocab = ir
+                .layers
+                .iter()
+                .find_map(|l| match &l.kind {
+                    LayerKind::Embedding(e) => Some(e.input_dim as u64),
+                    _ => None,
+                })
+                .ok_or_else(|| Error::Input("token-id model without an Embedding".into()))?;
+            let t = ir.input_shape.first().copied().unwrap_or(1);
+            let ids = Array2::from_shape_simple_fn((batch, t), || (next() % vocab) as i64);
+            model.prepare_ids(ids.view())
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted.get(idx).copied()
+}
+
+/// Peak resident set size in MiB (Linux `VmHWM`).
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+pub fn run(model: &Model, adapter: &str, opts: &BenchOptions) -> Result<BenchReport> {
+    let batch = opts.batch_size.max(1);
+    let input = synthetic_input(model, batch)?;
+    for _ in 0..opts.warmup {
+        model.run(&input, opts.backend)?;
+    }
+    let iters = opts.iters.max(1);
+    let start = Instant::now();
+    for _ in 0..iters {
+        model.run(&input, opts.backend)?;
+    }
+    let total = start.elapsed().as_secs_f64();
+    let items = (batch * iters) as f64;
+    let flops_per_item = model.ir().flops_per_item();
+
+    let mut latencies = Vec::new();
+    if opts.latency_runs > 0 {
+        let one = synthetic_input(model, 1)?;
+        model.run(&one, opts.backend)?;
+        for _ in 0..opts.latency_runs {
+            let t = Instant::now();
+            model.run(&one, opts.backend)?;
+            latencies.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        latencies.sort_by(f64::total_cmp);
+    }
+    Ok(BenchReport {
+        model: model.source().display().to_string(),
+        backend: match opts.backend {
+            Backend::Gpu => "gpu".into(),
+            _ => "cpu".into(),
+        },
+        adapter: adapter.to_string(),
+        batch_size: batch,
+        iters,
+        items_per_s: items / total,
+        batch_s: total / iters as f64,
+        flops_per_item,
+        gflops: flops_per_item as f64 * items / total / 1e9,
+        latency_ms_p50: percentile(&latencies, 0.5),
+        latency_ms_p90: percentile(&latencies, 0.9),
+        latency_ms_p99: percentile(&latencies, 0.99),
+        peak_rss_mb: peak_rss_mb(),
+    })
+}

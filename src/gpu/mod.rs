@@ -127,10 +127,27 @@ fn supports_compute(adapter: &wgpu::Adapter) -> bool {
 }
 
 fn enumerate(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
+    // One instance per backend set for the whole process: creating instances is slow and some
+    // drivers print a warning each time.
+    static INSTANCES: Mutex<Vec<(wgpu::Backends, Arc<wgpu::Instance>)>> = Mutex::new(Vec::new());
+    let instance = match INSTANCES.lock() {
+        Ok(mut instances) => match instances.iter().find(|(b, _)| *b == backends) {
+            Some((_, instance)) => Arc::clone(instance),
+            None => {
+                let instance = Arc::new(new_instance(backends));
+                instances.push((backends, Arc::clone(&instance)));
+                instance
+            }
+        },
+        Err(_) => Arc::new(new_instance(backends)),
+    };
+    pollster::block_on(instance.enumerate_adapters(backends))
+}
+
+fn new_instance(backends: wgpu::Backends) -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     desc.backends = backends;
-    let instance = wgpu::Instance::new(desc);
-    pollster::block_on(instance.enumerate_adapters(backends))
+    wgpu::Instance::new(desc)
 }
 
 /// Adapters to choose from. GL probing is noisy (EGL complains on headless machines) and GL is
@@ -331,6 +348,16 @@ impl GpuRuntime {
     /// Items per submit before a batch is split.
     pub fn max_batch_per_submit(&self) -> usize {
         self.max_items
+    }
+
+    /// Batch sizes with a built plan, ascending (each is built once, then reused).
+    pub fn cached_batch_sizes(&self) -> Vec<usize> {
+        let mut sizes: Vec<usize> = match self.plans.lock() {
+            Ok(plans) => plans.keys().copied().collect(),
+            Err(_) => Vec::new(),
+        };
+        sizes.sort_unstable();
+        sizes
     }
 
     /// The plan this runtime would run for `batch` items (one sub-batch), as text.

@@ -943,54 +943,58 @@ impl Plan {
         };
         writeln!(out, "{header}").ok();
         writeln!(out, "steps:").ok();
-        let mut last_layer = None;
-        for op in &self.ops {
-            let layer = match op {
-                Op::Clear { layer, .. } => *layer,
-                Op::Dispatch(d) => d.layer,
-            };
-            if last_layer != Some(layer) {
-                let l = &ir.layers[layer];
-                writeln!(
-                    out,
-                    "  [{layer}] {} ({}) {:?} -> {:?}",
-                    l.name, l.class, l.input_shape, l.output_shape
-                )
-                .ok();
-                last_layer = Some(layer);
+        for (index, l) in ir.layers.iter().enumerate() {
+            writeln!(
+                out,
+                "  [{index}] {} ({}) {:?} -> {:?}",
+                l.name, l.class, l.input_shape, l.output_shape
+            )
+            .ok();
+            let mut ops = self
+                .ops
+                .iter()
+                .filter(|op| match op {
+                    Op::Clear { layer, .. } => *layer == index,
+                    Op::Dispatch(d) => d.layer == index,
+                })
+                .peekable();
+            if ops.peek().is_none() {
+                writeln!(out, "      no kernel: same buffer, new shape").ok();
             }
-            match op {
-                Op::Clear { buffer, .. } => {
-                    writeln!(out, "      clear        {}", buf_name(*buffer)).ok();
-                }
-                Op::Dispatch(d) => {
-                    let bindings = d
-                        .kernel
-                        .binding_names()
-                        .iter()
-                        .zip(&d.buffers)
-                        .filter(|(_, b)| **b != BufRef::Dummy)
-                        .map(|(name, b)| format!("{name}={}", buf_name(*b)))
-                        .collect::<Vec<_>>()
-                        .join(" ");
-                    let repeat = if d.repeat > 1 {
-                        format!(" x{} steps", d.repeat)
-                    } else {
-                        String::new()
-                    };
-                    writeln!(
-                        out,
-                        "      {:<12} workgroups {} as [{}, {}, {}] of {} threads{repeat}",
-                        d.kernel.name(),
-                        d.workgroups,
-                        d.grid[0],
-                        d.grid[1],
-                        d.grid[2],
-                        d.kernel.threads(),
-                    )
-                    .ok();
-                    writeln!(out, "                   {bindings}").ok();
-                    writeln!(out, "                   {}", d.detail).ok();
+            for op in ops {
+                match op {
+                    Op::Clear { buffer, .. } => {
+                        writeln!(out, "      clear        {}", buf_name(*buffer)).ok();
+                    }
+                    Op::Dispatch(d) => {
+                        let bindings = d
+                            .kernel
+                            .binding_names()
+                            .iter()
+                            .zip(&d.buffers)
+                            .filter(|(_, b)| **b != BufRef::Dummy)
+                            .map(|(name, b)| format!("{name}={}", buf_name(*b)))
+                            .collect::<Vec<_>>()
+                            .join(" ");
+                        let repeat = if d.repeat > 1 {
+                            format!(", x{} steps", d.repeat)
+                        } else {
+                            String::new()
+                        };
+                        writeln!(
+                            out,
+                            "      {:<12} workgroups {} as [{}, {}, {}] of {} threads{repeat}",
+                            d.kernel.name(),
+                            d.workgroups,
+                            d.grid[0],
+                            d.grid[1],
+                            d.grid[2],
+                            d.kernel.threads(),
+                        )
+                        .ok();
+                        writeln!(out, "                   {bindings}").ok();
+                        writeln!(out, "                   {}", d.detail).ok();
+                    }
                 }
             }
         }

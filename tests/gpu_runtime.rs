@@ -7,7 +7,7 @@ mod gpu_support;
 
 use gpu_support::*;
 use ndarray::ArrayD;
-use wgnn::gpu::{describe_plan, is_no_adapter, list_adapters, GpuRuntime};
+use wgnn::gpu::{describe_plan, is_no_adapter, list_adapters, GpuRuntime, LimitOverrides};
 use wgnn::ir::*;
 use wgnn::{Error, PreparedInput};
 
@@ -79,6 +79,29 @@ fn recurrent_batches_split_too() {
     assert_eq!(gpu.max_batch_per_submit(), 5);
     let ids = padded_ids(&mut rng, 17, 20, 100);
     check_with("bilstm batch 17 in sub-batches of 5", &gpu, &ir, &ids);
+}
+
+#[test]
+fn dispatches_fold_into_3d_grids_under_a_small_per_dimension_limit() {
+    let mut rng = Rng::new(110);
+    let cnn = small_cnn(&mut rng);
+    let Some(_) = runtime(&cnn) else { return };
+    let overrides = LimitOverrides {
+        max_workgroups_per_dimension: Some(4),
+        ..LimitOverrides::default()
+    };
+    let gpu = GpuRuntime::with_limits(&cnn, None, overrides).unwrap();
+    // At most 4*4*4 = 64 workgroups per dispatch; the rescale pass needs 7 per item.
+    assert_eq!(gpu.max_batch_per_submit(), 9);
+    let plan = gpu.describe_plan(&cnn, 9).unwrap();
+    assert!(plan.contains("as [4, 4, 4]"), "{plan}");
+    let input = PreparedInput::Float(rng.array(&[33, 12, 12, 3], 255.0).mapv(f32::abs));
+    check_with("small cnn on folded grids", &gpu, &cnn, &input);
+
+    let bilstm = small_bilstm(&mut rng, 20);
+    let gpu = GpuRuntime::with_limits(&bilstm, None, overrides).unwrap();
+    let ids = padded_ids(&mut rng, 17, 20, 100);
+    check_with("bilstm on folded grids", &gpu, &bilstm, &ids);
 }
 
 #[test]

@@ -50,7 +50,8 @@ pub struct AdapterSummary {
     pub device_type: String,
     pub driver: String,
     pub driver_info: String,
-    /// False when the adapter cannot run compute shaders (some GL drivers); never chosen.
+    /// False when the adapter cannot run these kernels (no compute shaders, as on some GL
+    /// drivers, or too-small workgroup limits); never chosen.
     pub compute: bool,
     pub max_storage_buffer_binding_size: u64,
     pub max_buffer_size: u64,
@@ -76,7 +77,11 @@ impl std::fmt::Display for AdapterSummary {
             self.max_compute_workgroups_per_dimension,
             self.max_compute_invocations_per_workgroup,
             bytes_text(u64::from(self.max_compute_workgroup_storage_size)),
-            if self.compute { "" } else { "; no compute shaders" }
+            if self.compute {
+                ""
+            } else {
+                "; cannot run wgnn's compute kernels"
+            }
         )
     }
 }
@@ -124,6 +129,7 @@ fn supports_compute(adapter: &wgpu::Adapter) -> bool {
         .get_downlevel_capabilities()
         .flags
         .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+        && runs_our_kernels(&adapter.limits())
 }
 
 fn enumerate(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
@@ -217,7 +223,7 @@ fn choose_adapter(wanted: Option<&str>) -> Result<wgpu::Adapter> {
         };
         match wanted {
             Some(w) => Error::Gpu(format!(
-                "{NO_ADAPTER} matching '{w}' with compute shader support ({available})"
+                "{NO_ADAPTER} matching '{w}' that can run wgnn's compute kernels ({available})"
             )),
             None => Error::Gpu(format!(
                 "{NO_ADAPTER} with compute shader support ({available})"
@@ -226,20 +232,45 @@ fn choose_adapter(wanted: Option<&str>) -> Result<wgpu::Adapter> {
     })
 }
 
-fn plan_limits(limits: &wgpu::Limits, max_buffer_override: Option<u64>) -> PlanLimits {
+/// Caps below the adapter's own limits, so batch splitting and folded dispatch grids can be
+/// exercised (and tested) on any machine.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LimitOverrides {
+    /// Largest buffer any binding may cover.
+    pub max_buffer_bytes: Option<u64>,
+    /// Largest workgroup count per dispatch dimension.
+    pub max_workgroups_per_dimension: Option<u32>,
+}
+
+fn plan_limits(limits: &wgpu::Limits, overrides: LimitOverrides) -> PlanLimits {
     let mut max_binding = limits
         .max_storage_buffer_binding_size
         .min(limits.max_buffer_size)
         // Shaders index with u32 elements of 4 bytes.
         .min(u64::from(u32::MAX));
-    if let Some(cap) = max_buffer_override {
+    if let Some(cap) = overrides.max_buffer_bytes {
         max_binding = max_binding.min(cap);
+    }
+    let mut max_workgroups = limits.max_compute_workgroups_per_dimension;
+    if let Some(cap) = overrides.max_workgroups_per_dimension {
+        max_workgroups = max_workgroups.min(cap.max(1));
     }
     PlanLimits {
         max_binding_bytes: max_binding,
-        max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
+        max_workgroups_per_dim: max_workgroups,
         max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
     }
+}
+
+/// What the kernels need beyond WebGPU's downlevel defaults: 16x16 GEMM workgroups with 8 KiB
+/// of tiles, 5 storage buffers in the recurrent step, and a second bind group for its step index.
+fn runs_our_kernels(limits: &wgpu::Limits) -> bool {
+    limits.max_compute_invocations_per_workgroup >= 256
+        && limits.max_compute_workgroup_size_x >= 64
+        && limits.max_compute_workgroup_size_y >= 16
+        && limits.max_compute_workgroup_storage_size >= 8192
+        && limits.max_storage_buffers_per_shader_stage >= 5
+        && limits.max_bind_groups >= 2
 }
 
 /// A model's GPU state: device, kernels, weights, and a plan per batch size.
@@ -261,19 +292,28 @@ pub struct GpuRuntime {
 impl GpuRuntime {
     /// Creates the device on the chosen adapter, uploads the weights and compiles the kernels.
     pub fn new(ir: &ModelIr, adapter: Option<&str>) -> Result<Self> {
-        Self::create(ir, adapter, None)
+        Self::with_limits(ir, adapter, LimitOverrides::default())
     }
 
     /// Like `new`, but no buffer may exceed `bytes` (for exercising batch splitting).
     pub fn with_max_buffer_bytes(ir: &ModelIr, adapter: Option<&str>, bytes: u64) -> Result<Self> {
-        Self::create(ir, adapter, Some(bytes))
+        let overrides = LimitOverrides {
+            max_buffer_bytes: Some(bytes),
+            ..LimitOverrides::default()
+        };
+        Self::with_limits(ir, adapter, overrides)
     }
 
-    fn create(ir: &ModelIr, adapter: Option<&str>, max_buffer: Option<u64>) -> Result<Self> {
+    /// Like `new`, with limits capped below the adapter's own.
+    pub fn with_limits(
+        ir: &ModelIr,
+        adapter: Option<&str>,
+        overrides: LimitOverrides,
+    ) -> Result<Self> {
         let adapter = choose_adapter(adapter)?;
         let info = adapter.get_info();
         let limits = adapter.limits();
-        let plan_limits = plan_limits(&limits, max_buffer);
+        let plan_limits = plan_limits(&limits, overrides);
         // Fails early, naming the layer, if one item does not fit.
         let max_items = Plan::max_items(ir, plan_limits)?;
 
@@ -630,7 +670,7 @@ pub fn describe_plan(ir: &ModelIr, batch: usize, adapter: Option<&str>) -> Resul
         ),
         Err(e) => return Err(e),
     };
-    let plan_limits = plan_limits(&limits, None);
+    let plan_limits = plan_limits(&limits, LimitOverrides::default());
     let max_items = Plan::max_items(ir, plan_limits)?;
     describe(ir, batch, &label, &limits, plan_limits, max_items)
 }

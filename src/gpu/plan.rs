@@ -889,8 +889,8 @@ impl Plan {
         })
     }
 
-    /// The largest batch one submit can hold under `limits.max_binding_bytes`, or an error naming
-    /// the layer and buffer that does not fit even one item.
+    /// The largest batch one submit can hold under `limits` (buffer sizes and dispatch grids), or
+    /// an error naming the layer and buffer that does not fit even one item.
     pub fn max_items(ir: &ModelIr, limits: PlanLimits) -> Result<usize> {
         let one = Plan::build(ir, 1, limits)?;
         let limit = limits.max_binding_bytes;
@@ -910,6 +910,16 @@ impl Plan {
             }
             if let Some(items) = limit.checked_div(t.bytes) {
                 max_items = max_items.min(items as usize);
+            }
+        }
+        // Workgroup counts grow at most linearly with the batch; the folded grid holds
+        // max_dim^3 of them.
+        let grid_capacity = u64::from(limits.max_workgroups_per_dim.max(1)).pow(3);
+        for op in &one.ops {
+            if let Op::Dispatch(d) = op {
+                if let Some(items) = grid_capacity.checked_div(d.workgroups) {
+                    max_items = max_items.min(items as usize);
+                }
             }
         }
         Ok(max_items)

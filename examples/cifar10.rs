@@ -8,7 +8,9 @@ use wgnn::{Backend, Model};
 
 fn main() -> wgnn::Result<()> {
     let mut args = std::env::args().skip(1);
-    let model_path = args.next().unwrap_or_else(|| "models/cifar10_vgg6.keras".into());
+    let model_path = args
+        .next()
+        .unwrap_or_else(|| "models/cifar10_vgg6.keras".into());
     let data_dir = args.next();
     let backend: Backend = args.next().as_deref().unwrap_or("auto").parse()?;
 
@@ -29,6 +31,9 @@ fn main() -> wgnn::Result<()> {
     }
     let report = ClassificationReport::new(&labels, &predictions, data.class_names())?;
     println!("{}", report.to_table());
-    println!("accuracy {:.4}  macro-F1 {:.4}", report.accuracy, report.macro_f1);
+    println!(
+        "accuracy {:.4}  macro-F1 {:.4}",
+        report.accuracy, report.macro_f1
+    );
     Ok(())
 }

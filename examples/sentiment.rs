@@ -25,7 +25,11 @@ fn main() -> wgnn::Result<()> {
             .enumerate()
             .max_by(|a, b| a.1.total_cmp(b.1))
             .map_or(0, |(i, _)| i);
-        println!("{:<8} {:?}  {text}", labels[best], row.iter().collect::<Vec<_>>());
+        println!(
+            "{:<8} {:?}  {text}",
+            labels[best],
+            row.iter().collect::<Vec<_>>()
+        );
     }
     Ok(())
 }

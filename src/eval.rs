@@ -146,14 +146,19 @@ impl Runner<'_> {
         } else {
             concatenate(Axis(0), &views).map_err(|e| Error::Input(format!("outputs: {e}")))?
         };
-        let report = ClassificationReport::from_probabilities(labels, probabilities.view(), class_names)?;
+        let report =
+            ClassificationReport::from_probabilities(labels, probabilities.view(), class_names)?;
         let seconds = self.busy.as_secs_f64();
         let n = labels.len();
         Ok(EvalOutcome {
             n,
             accuracy: report.accuracy,
             macro_f1: report.macro_f1,
-            items_per_s: if seconds > 0.0 { n as f64 / seconds } else { 0.0 },
+            items_per_s: if seconds > 0.0 {
+                n as f64 / seconds
+            } else {
+                0.0
+            },
             seconds,
             backend: match self.backend {
                 Backend::Gpu => "gpu".into(),
@@ -213,13 +218,18 @@ pub fn eval_cifar10(model: &Model, data: &Cifar10, opts: &EvalOptions) -> Result
 
 /// Token ids for texts: the model's own TextVectorization, else a Keras Tokenizer with
 /// post-padding and post-truncation to the model's sequence length (as the seed report did).
-pub fn texts_to_input(model: &Model, tokenizer: Option<&Tokenizer>, texts: &[&str]) -> Result<PreparedInput> {
+pub fn texts_to_input(
+    model: &Model,
+    tokenizer: Option<&Tokenizer>,
+    texts: &[&str],
+) -> Result<PreparedInput> {
     let ids = match (&model.ir().text_vectorization, tokenizer) {
         (Some(tv), _) => tv.vectorize(texts),
         (None, Some(tok)) => {
-            let len = *model.ir().input_shape.first().ok_or_else(|| {
-                Error::Input("the model's input has no sequence length".into())
-            })?;
+            let len =
+                *model.ir().input_shape.first().ok_or_else(|| {
+                    Error::Input("the model's input has no sequence length".into())
+                })?;
             tok.texts_to_padded(texts, len, Side::Post, Side::Post)
         }
         (None, None) => {

@@ -402,6 +402,28 @@ fn prepare(model: &Model, path: &Path, array: NpyArray) -> Result<PreparedInput>
             model.prepare_ids(ids.view()).map_err(named)
         }
         (_, NpyArray::Float(x)) => model.prepare_float(x.view()).map_err(named),
+        (wgnn::ir::InputKind::TokenIds, NpyArray::Float64(x)) => {
+            // Check integrality in float64, before any rounding to float32.
+            if let Some(v) = x
+                .iter()
+                .find(|v| !v.is_finite() || v.fract() != 0.0 || v.abs() > 9.0e15)
+            {
+                return Err(Error::Input(format!(
+                    "{}: token ids must be integers, found {v}",
+                    path.display()
+                )));
+            }
+            let ids = x
+                .mapv(|v| v as i64)
+                .into_dimensionality::<ndarray::Ix2>()
+                .map_err(|_| {
+                    Error::Input(format!("{}: token ids must be 2-D (N, T)", path.display()))
+                })?;
+            model.prepare_ids(ids.view()).map_err(named)
+        }
+        (wgnn::ir::InputKind::Float, NpyArray::Float64(x)) => model
+            .prepare_float(x.mapv(|v| v as f32).view())
+            .map_err(named),
         (wgnn::ir::InputKind::Float, NpyArray::Int(_)) => Err(Error::Input(format!(
             "{}: expected float32 input, found an integer array",
             path.display()

@@ -8,10 +8,12 @@ use npyz::{DType, TypeChar, WriterBuilder};
 
 use crate::error::{Error, Result};
 
-/// An `.npy` array as read: floats, or integers (token ids).
+/// An `.npy` array as read: floats, or integers (token ids). float64 stays float64 so that
+/// token ids stored as doubles are checked for integrality before any rounding.
 #[derive(Debug, Clone)]
 pub enum NpyArray {
     Float(ArrayD<f32>),
+    Float64(ArrayD<f64>),
     Int(ArrayD<i64>),
 }
 
@@ -19,23 +21,19 @@ impl NpyArray {
     pub fn shape(&self) -> &[usize] {
         match self {
             NpyArray::Float(a) => a.shape(),
+            NpyArray::Float64(a) => a.shape(),
             NpyArray::Int(a) => a.shape(),
         }
     }
 }
 
-/// Reads a C-ordered `.npy` of float32/float64 or any integer type.
+/// Reads an `.npy` of float32/float64 or any integer type (C or Fortran order).
 pub fn read(path: &Path) -> Result<NpyArray> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let npy = npyz::NpyFile::new(&bytes[..])
         .map_err(|e| Error::format(path, format!("not a valid .npy file: {e}")))?;
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-    if npy.order() == npyz::Order::Fortran && shape.len() > 1 {
-        return Err(Error::format(
-            path,
-            "Fortran-ordered arrays are not supported (save with np.ascontiguousarray)",
-        ));
-    }
+    let fortran = npy.order() == npyz::Order::Fortran;
     let dtype = npy.dtype();
     let bad = |e: std::io::Error| Error::format(path, format!("corrupt .npy data: {e}"));
     let (tc, size) = match &dtype {
@@ -47,26 +45,33 @@ pub fn read(path: &Path) -> Result<NpyArray> {
             ));
         }
     };
+    let floats = |v| to_array(path, &shape, fortran, v);
     let array = match (tc, size) {
-        (TypeChar::Float, 4) => {
-            NpyArray::Float(to_array(path, &shape, npy.into_vec::<f32>().map_err(bad)?)?)
-        }
-        (TypeChar::Float, 8) => NpyArray::Float(to_array(
+        (TypeChar::Float, 4) => NpyArray::Float(floats(npy.into_vec::<f32>().map_err(bad)?)?),
+        (TypeChar::Float, 8) => NpyArray::Float64(to_array(
             path,
             &shape,
-            npy.into_vec::<f64>()
+            fortran,
+            npy.into_vec::<f64>().map_err(bad)?,
+        )?),
+        (TypeChar::Int, 1) => ints(path, &shape, fortran, npy.into_vec::<i8>().map_err(bad)?)?,
+        (TypeChar::Int, 2) => ints(path, &shape, fortran, npy.into_vec::<i16>().map_err(bad)?)?,
+        (TypeChar::Int, 4) => ints(path, &shape, fortran, npy.into_vec::<i32>().map_err(bad)?)?,
+        (TypeChar::Int, 8) => ints(path, &shape, fortran, npy.into_vec::<i64>().map_err(bad)?)?,
+        (TypeChar::Uint, 1) => ints(path, &shape, fortran, npy.into_vec::<u8>().map_err(bad)?)?,
+        (TypeChar::Uint, 2) => ints(path, &shape, fortran, npy.into_vec::<u16>().map_err(bad)?)?,
+        (TypeChar::Uint, 4) => ints(path, &shape, fortran, npy.into_vec::<u32>().map_err(bad)?)?,
+        (TypeChar::Uint, 8) => {
+            let values: Option<Vec<i64>> = npy
+                .into_vec::<u64>()
                 .map_err(bad)?
                 .into_iter()
-                .map(|v| v as f32)
-                .collect(),
-        )?),
-        (TypeChar::Int, 1) => ints(path, &shape, npy.into_vec::<i8>().map_err(bad)?)?,
-        (TypeChar::Int, 2) => ints(path, &shape, npy.into_vec::<i16>().map_err(bad)?)?,
-        (TypeChar::Int, 4) => ints(path, &shape, npy.into_vec::<i32>().map_err(bad)?)?,
-        (TypeChar::Int, 8) => ints(path, &shape, npy.into_vec::<i64>().map_err(bad)?)?,
-        (TypeChar::Uint, 1) => ints(path, &shape, npy.into_vec::<u8>().map_err(bad)?)?,
-        (TypeChar::Uint, 2) => ints(path, &shape, npy.into_vec::<u16>().map_err(bad)?)?,
-        (TypeChar::Uint, 4) => ints(path, &shape, npy.into_vec::<u32>().map_err(bad)?)?,
+                .map(|v| i64::try_from(v).ok())
+                .collect();
+            let values = values
+                .ok_or_else(|| Error::format(path, "a uint64 value is beyond the int64 range"))?;
+            NpyArray::Int(to_array(path, &shape, fortran, values)?)
+        }
         _ => {
             return Err(Error::format(
                 path,
@@ -80,17 +85,36 @@ pub fn read(path: &Path) -> Result<NpyArray> {
     Ok(array)
 }
 
-fn to_array<T>(path: &Path, shape: &[usize], values: Vec<T>) -> Result<ArrayD<T>> {
-    ArrayD::from_shape_vec(IxDyn(shape), values)
-        .map_err(|e| Error::format(path, format!("data does not fill shape {shape:?}: {e}")))
+/// Values in file order to an array. Fortran order is column-major: the C-order array of the
+/// reversed shape, transposed.
+fn to_array<T: Clone>(
+    path: &Path,
+    shape: &[usize],
+    fortran: bool,
+    values: Vec<T>,
+) -> Result<ArrayD<T>> {
+    let dims: Vec<usize> = if fortran {
+        shape.iter().rev().copied().collect()
+    } else {
+        shape.to_vec()
+    };
+    let array = ArrayD::from_shape_vec(IxDyn(&dims), values)
+        .map_err(|e| Error::format(path, format!("data does not fill shape {shape:?}: {e}")))?;
+    Ok(if fortran {
+        array.reversed_axes().as_standard_layout().into_owned()
+    } else {
+        array
+    })
 }
 
-fn ints<T: Into<i64>>(path: &Path, shape: &[usize], values: Vec<T>) -> Result<NpyArray> {
-    Ok(NpyArray::Int(to_array(
-        path,
-        shape,
-        values.into_iter().map(Into::into).collect(),
-    )?))
+fn ints<T: Into<i64>>(
+    path: &Path,
+    shape: &[usize],
+    fortran: bool,
+    values: Vec<T>,
+) -> Result<NpyArray> {
+    let values: Vec<i64> = values.into_iter().map(Into::into).collect();
+    Ok(NpyArray::Int(to_array(path, shape, fortran, values)?))
 }
 
 /// Writes a float32 `.npy`.

@@ -284,3 +284,63 @@ fn tokenizer_fit_reproduces_the_seed_word_index() {
     assert_eq!(ours.as_object().unwrap().len(), 2795);
     assert_eq!(ours, theirs);
 }
+
+#[test]
+fn float64_token_ids_are_checked_before_rounding_and_fortran_order_is_read() {
+    use npyz::WriterBuilder;
+    let dir = temp_dir("f64");
+    let o = dir.join("o.npy");
+    // 3.0000000001 would round to 3.0 in float32: it must be refused, not used as id 3.
+    let ids = dir.join("ids.npy");
+    let file = std::fs::File::create(&ids).unwrap();
+    let mut w = npyz::WriteOptions::<f64>::new()
+        .default_dtype()
+        .shape(&[1, 7])
+        .writer(std::io::BufWriter::new(file))
+        .begin_nd()
+        .unwrap();
+    w.extend([1.0, 3.000_000_000_1, 2.0, 0.0, 0.0, 0.0, 0.0])
+        .unwrap();
+    w.finish().unwrap();
+    let out = wgnn(&[
+        "predict",
+        &fixture("embedding.keras"),
+        ids.to_str().unwrap(),
+        "-o",
+        o.to_str().unwrap(),
+        "--backend",
+        "cpu",
+    ]);
+    assert_clean_error(&out, &["ids.npy", "integers", "3.0000000001"]);
+
+    // A Fortran-ordered copy of a fixture input gives the same output as the C-ordered one.
+    let name = "conv2d_same_stride2";
+    let (shape, values) = read_f32(&fixtures().join(format!("{name}.input.npy")));
+    let c_order = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), values).unwrap();
+    let fortran = dir.join("fortran.npy");
+    let file = std::fs::File::create(&fortran).unwrap();
+    let dims: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    let mut w = npyz::WriteOptions::<f32>::new()
+        .default_dtype()
+        .shape(&dims)
+        .order(npyz::Order::Fortran)
+        .writer(std::io::BufWriter::new(file))
+        .begin_nd()
+        .unwrap();
+    // Column-major order = the row-major order of the transposed array.
+    w.extend(c_order.t().iter().copied()).unwrap();
+    w.finish().unwrap();
+    let out = wgnn(&[
+        "predict",
+        &fixture(&format!("{name}.keras")),
+        fortran.to_str().unwrap(),
+        "-o",
+        o.to_str().unwrap(),
+        "--backend",
+        "cpu",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (_, got) = read_f32(&o);
+    let (_, expected) = read_f32(&fixtures().join(format!("{name}.expected.npy")));
+    assert_close(&got, &expected);
+}

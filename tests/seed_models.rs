@@ -78,8 +78,16 @@ fn check_all(backend: Backend) {
         let want = &expected[format!("{name}.keras")];
         let want_f1 = want["macro_f1"].as_f64().unwrap();
         let want_acc = want["accuracy"].as_f64().unwrap();
-        assert_eq!(round4(outcome.macro_f1), want_f1, "{name}: macro-F1 on {backend:?}");
-        assert_eq!(round4(outcome.accuracy), want_acc, "{name}: accuracy on {backend:?}");
+        assert_eq!(
+            round4(outcome.macro_f1),
+            want_f1,
+            "{name}: macro-F1 on {backend:?}"
+        );
+        assert_eq!(
+            round4(outcome.accuracy),
+            want_acc,
+            "{name}: accuracy on {backend:?}"
+        );
 
         let keras = read_probs(&seed.join(format!("{name}.test_probs.npy")));
         assert_eq!(outcome.probabilities.dim(), keras.dim(), "{name}");

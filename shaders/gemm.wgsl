@@ -5,6 +5,10 @@
 // A workgroup of 16x16 threads computes a 64x64 tile of C; each thread owns a 4x4 register
 // block at rows lid.y + 16*i and columns lid.x + 16*j, so shared-memory reads are conflict-free
 // and the final stores are coalesced. K is walked in slices of 16 through workgroup memory.
+//
+// Split-K (k_chunk > 0): when there are too few output tiles to fill the GPU (a Dense layer after
+// Flatten at small batch), workgroups also split K into chunks of k_chunk; each writes its partial
+// product to c[split][M][N] and `reduce_split_k` sums them and applies bias and activation.
 
 struct GemmParams {
     act: Act,
@@ -24,7 +28,8 @@ struct GemmParams {
     stride_w: u32,
     pad_top: u32,
     pad_left: u32,
-    _pad: u32,
+    // 0: one workgroup per tile walks all of K. Else the K range of each split (a multiple of 16).
+    k_chunk: u32,
 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
@@ -50,12 +55,21 @@ fn main(
 ) {
     let n_tiles = (p.n + TILE_N - 1u) / TILE_N;
     let m_tiles = (p.m + TILE_M - 1u) / TILE_M;
-    let tile = linear_workgroup(wg, nwg);
-    if (tile >= n_tiles * m_tiles) {
+    let tiles = n_tiles * m_tiles;
+    let linear = linear_workgroup(wg, nwg);
+    if (linear >= tiles * split_count()) {
         return;
     }
+    let tile = linear % tiles;
+    let split = linear / tiles;
     let row0 = (tile / n_tiles) * TILE_M;
     let col0 = (tile % n_tiles) * TILE_N;
+    var k_begin = 0u;
+    var k_end = p.k;
+    if (p.k_chunk > 0u) {
+        k_begin = split * p.k_chunk;
+        k_end = min(p.k, k_begin + p.k_chunk);
+    }
 
     var acc: array<array<f32, 4>, 4>;
     for (var i = 0u; i < 4u; i++) {
@@ -64,12 +78,12 @@ fn main(
         }
     }
 
-    for (var k0 = 0u; k0 < p.k; k0 += TILE_K) {
+    for (var k0 = k_begin; k0 < k_end; k0 += TILE_K) {
         for (var e = li; e < TILE_M * TILE_K; e += THREADS) {
             let r = e / TILE_K;
             let kk = e % TILE_K;
             var v = 0.0;
-            if (row0 + r < p.m && k0 + kk < p.k) {
+            if (row0 + r < p.m && k0 + kk < k_end) {
                 v = load_a(row0 + r, k0 + kk);
             }
             a_tile[kk * TILE_M + r] = v;
@@ -78,7 +92,7 @@ fn main(
             let kk = e / TILE_N;
             let cc = e % TILE_N;
             var v = 0.0;
-            if (k0 + kk < p.k && col0 + cc < p.n) {
+            if (k0 + kk < k_end && col0 + cc < p.n) {
                 v = b[(k0 + kk) * p.n + col0 + cc];
             }
             b_tile[kk * TILE_N + cc] = v;
@@ -105,12 +119,46 @@ fn main(
         for (var j = 0u; j < 4u; j++) {
             let col = col0 + lid.x + 16u * j;
             if (row < p.m && col < p.n) {
-                var v = acc[i][j];
-                if (p.has_bias != 0u) {
-                    v += bias[col];
+                if (p.k_chunk > 0u) {
+                    c[(split * p.m + row) * p.n + col] = acc[i][j];
+                } else {
+                    c[row * p.n + col] = finish(acc[i][j], col);
                 }
-                c[row * p.n + col] = activate(v, p.act);
             }
         }
     }
+}
+
+fn split_count() -> u32 {
+    if (p.k_chunk == 0u) {
+        return 1u;
+    }
+    return (p.k + p.k_chunk - 1u) / p.k_chunk;
+}
+
+fn finish(sum: f32, col: u32) -> f32 {
+    var v = sum;
+    if (p.has_bias != 0u) {
+        v += bias[col];
+    }
+    return activate(v, p.act);
+}
+
+// Split-K epilogue: `a` holds the partial products [split][M][N]; one thread per output.
+@compute @workgroup_size(64, 1, 1)
+fn reduce_split_k(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let i = linear_workgroup(wg, nwg) * 64u + li;
+    let outputs = p.m * p.n;
+    if (i >= outputs) {
+        return;
+    }
+    var sum = 0.0;
+    for (var s = 0u; s < split_count(); s++) {
+        sum += a[s * outputs + i];
+    }
+    c[i] = finish(sum, i % p.n);
 }

@@ -38,6 +38,48 @@ fn dense_matches_cpu_for_odd_sizes_and_batches() {
 }
 
 #[test]
+fn deep_gemms_with_few_tiles_split_k_and_still_match_cpu() {
+    let mut rng = Rng::new(20);
+    // Flatten -> Dense at small batch: one output tile, K split across workgroups.
+    for (batch, k, units, act) in [
+        (1, 4096, 64, Activation::RELU),
+        (33, 1000, 13, Activation::Softmax),
+        (2, 777, 70, Activation::Tanh),
+    ] {
+        let ir = model(
+            InputKind::Float,
+            &[k],
+            vec![dense_layer(&mut rng, "dense", &[k], units, act)],
+        );
+        let input = float_input(&mut rng, batch, &[k], 1.0);
+        check(
+            &format!("split-K dense {k}->{units} batch {batch}"),
+            &ir,
+            &input,
+        );
+    }
+    // A late conv: 4x4 positions, K = 3*3*64 = 576.
+    let conv = conv_layer(
+        &mut rng,
+        [4, 4, 64],
+        10,
+        [3, 3],
+        [1, 1],
+        Padding::Same,
+        Activation::RELU,
+        true,
+    );
+    let ir = model(InputKind::Float, &[4, 4, 64], vec![conv]);
+    check(
+        "split-K conv",
+        &ir,
+        &float_input(&mut rng, 1, &[4, 4, 64], 1.0),
+    );
+    let plan = wgnn::gpu::describe_plan(&ir, 1, None).unwrap();
+    assert!(plan.contains("splitk_reduce"), "{plan}");
+}
+
+#[test]
 fn dense_applies_every_activation_in_its_epilogue() {
     let mut rng = Rng::new(2);
     for (i, act) in ALL_ACTIVATIONS.iter().enumerate() {

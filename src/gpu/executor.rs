@@ -308,13 +308,13 @@ impl GpuPlan {
             Some(Err(e)) => return Err(Error::Gpu(format!("reading the output back failed: {e}"))),
             None => return Err(Error::Gpu("reading the output back was cancelled".into())),
         }
-        let values = {
-            let view = slice
-                .get_mapped_range()
-                .map_err(|e| Error::Gpu(format!("reading the output back failed: {e}")))?;
-            bytemuck::pod_collect_to_vec::<u8, f32>(&view)
-        };
+        // Unmap even when reading fails, or the next batch could not map this buffer again.
+        let values = slice
+            .get_mapped_range()
+            .map(|view| bytemuck::pod_collect_to_vec::<u8, f32>(&view));
         self.readback.unmap();
+        let values =
+            values.map_err(|e| Error::Gpu(format!("reading the output back failed: {e}")))?;
         Ok(values)
     }
 }

@@ -17,6 +17,12 @@ const RECURRENT: &str = include_str!("../../shaders/recurrent.wgsl");
 
 /// Every GEMM workgroup computes a tile this many rows by this many columns.
 pub const GEMM_TILE: u32 = 64;
+/// Split K only below this many output tiles, so big GEMMs keep one pass.
+pub const SPLIT_K_MAX_TILES: usize = 32;
+/// Aim for about this many workgroups when splitting K.
+pub const SPLIT_K_TARGET_WORKGROUPS: usize = 128;
+/// Each split walks at least this much of K, so partial sums stay worth their traffic.
+pub const SPLIT_K_MIN_DEPTH: usize = 256;
 /// Threads per workgroup of the one-dimensional kernels.
 pub const LINEAR_THREADS: u32 = 64;
 
@@ -25,6 +31,8 @@ pub const LINEAR_THREADS: u32 = 64;
 pub enum Kernel {
     Matmul,
     Conv2d,
+    /// Sums split-K partial products, then bias and activation.
+    SplitKReduce,
     Pool2d,
     GlobalPool2d,
     Activation,
@@ -47,6 +55,7 @@ impl Kernel {
         match self {
             Kernel::Matmul => "matmul",
             Kernel::Conv2d => "conv2d",
+            Kernel::SplitKReduce => "splitk_reduce",
             Kernel::Pool2d => "pool2d",
             Kernel::GlobalPool2d => "global_pool2d",
             Kernel::Activation => "activation",
@@ -61,6 +70,7 @@ impl Kernel {
     fn entry_point(self) -> &'static str {
         match self {
             Kernel::Matmul | Kernel::Conv2d => "main",
+            Kernel::SplitKReduce => "reduce_split_k",
             Kernel::RnnStep => "step",
             Kernel::RnnMerge => "merge",
             other => other.name(),
@@ -70,7 +80,7 @@ impl Kernel {
     /// The shader source: common.wgsl first, then the kernel's own files.
     fn source(self) -> String {
         let parts: &[&str] = match self {
-            Kernel::Matmul => &[GEMM, MATMUL],
+            Kernel::Matmul | Kernel::SplitKReduce => &[GEMM, MATMUL],
             Kernel::Conv2d => &[GEMM, CONV2D],
             Kernel::Pool2d | Kernel::GlobalPool2d => &[POOL],
             Kernel::Activation | Kernel::Rescale => &[ELEMENTWISE],
@@ -90,7 +100,9 @@ impl Kernel {
     pub fn storage(self) -> &'static [Access] {
         use Access::{Read, ReadWrite};
         match self {
-            Kernel::Matmul | Kernel::Conv2d => &[Read, Read, Read, ReadWrite],
+            Kernel::Matmul | Kernel::Conv2d | Kernel::SplitKReduce => {
+                &[Read, Read, Read, ReadWrite]
+            }
             Kernel::Pool2d | Kernel::GlobalPool2d => &[Read, ReadWrite],
             Kernel::Activation | Kernel::Rescale => &[ReadWrite, Read, Read],
             Kernel::Softmax => &[ReadWrite],
@@ -104,6 +116,7 @@ impl Kernel {
     pub fn binding_names(self) -> &'static [&'static str] {
         match self {
             Kernel::Matmul | Kernel::Conv2d => &["a", "b", "bias", "c"],
+            Kernel::SplitKReduce => &["partials", "-", "bias", "c"],
             Kernel::Pool2d | Kernel::GlobalPool2d => &["x", "y"],
             Kernel::Activation | Kernel::Rescale => &["x", "scale", "offset"],
             Kernel::Softmax => &["x"],

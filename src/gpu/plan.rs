@@ -15,7 +15,10 @@ use crate::ir::{
     Recurrent, Window2d,
 };
 
-use super::kernels::{Kernel, GEMM_TILE, LINEAR_THREADS};
+use super::kernels::{
+    Kernel, GEMM_TILE, LINEAR_THREADS, SPLIT_K_MAX_TILES, SPLIT_K_MIN_DEPTH,
+    SPLIT_K_TARGET_WORKGROUPS,
+};
 use super::weights::{weight_specs, WeightKey, WeightRole};
 
 /// The device limits a plan must respect.
@@ -310,16 +313,18 @@ impl<'a> Builder<'a> {
                         w.strides[1],
                         w.pad_top_left[0],
                         w.pad_top_left[1],
-                        0,
                     ]
                     .map(|v| v as u32),
                 );
                 write!(detail, "{}; ", window_text(w)).ok();
             }
-            None => params.extend([0; 12]),
+            None => params.extend([0; 11]),
         }
         let tiles_m = m.div_ceil(GEMM_TILE as usize);
         let tiles_n = n.div_ceil(GEMM_TILE as usize);
+        let k_chunk = split_k_chunk(tiles_m * tiles_n, k);
+        let splits = if k_chunk > 0 { k.div_ceil(k_chunk) } else { 1 };
+        params.push(to_u32(l, "depth", k_chunk)?);
         write!(
             detail,
             "M={m} N={n} K={k} in {tiles_m}x{tiles_n} tiles of {GEMM_TILE}x{GEMM_TILE}"
@@ -336,16 +341,43 @@ impl<'a> Builder<'a> {
         } else {
             Kernel::Matmul
         };
-        let workgroups = (tiles_m * tiles_n) as u64;
-        self.dispatch(
-            layer,
-            kernel,
-            vec![a, b, bias, c],
-            params,
-            workgroups,
-            1,
-            detail,
-        )?;
+        let tiles = (tiles_m * tiles_n) as u64;
+        if splits == 1 {
+            self.dispatch(layer, kernel, vec![a, b, bias, c], params, tiles, 1, detail)?;
+        } else {
+            let partials = self.alloc(layer, "split-K partial sums", splits * m * n);
+            write!(detail, "; K split {splits} ways of {k_chunk}").ok();
+            let gemm_params = params.clone();
+            let workgroups = tiles * splits as u64;
+            self.dispatch(
+                layer,
+                kernel,
+                vec![a, b, BufRef::Dummy, partials],
+                gemm_params,
+                workgroups,
+                1,
+                detail,
+            )?;
+            let mut detail = format!("sum {splits} partial products of {m}x{n}");
+            if bias != BufRef::Dummy {
+                detail.push_str(" + bias");
+            }
+            if !matches!(activation, Activation::Linear | Activation::Softmax) {
+                write!(detail, ", {}", activation.name()).ok();
+            }
+            let workgroups = Self::linear_workgroups(m * n);
+            let buffers = vec![partials, BufRef::Dummy, bias, c];
+            self.dispatch(
+                layer,
+                Kernel::SplitKReduce,
+                buffers,
+                params,
+                workgroups,
+                1,
+                detail,
+            )?;
+            self.release(partials);
+        }
         if softmax {
             self.softmax(layer, c, m, n)?;
         }
@@ -790,6 +822,21 @@ impl<'a> Builder<'a> {
     }
 }
 
+/// The K range per workgroup when a GEMM has too few output tiles to fill the GPU, or 0 for one
+/// pass over all of K. A multiple of the 16-deep K slice the GEMM walks.
+fn split_k_chunk(tiles: usize, k: usize) -> usize {
+    if tiles >= SPLIT_K_MAX_TILES || k < 2 * SPLIT_K_MIN_DEPTH {
+        return 0;
+    }
+    let splits = SPLIT_K_TARGET_WORKGROUPS
+        .div_ceil(tiles.max(1))
+        .min(k / SPLIT_K_MIN_DEPTH);
+    if splits < 2 {
+        return 0;
+    }
+    k.div_ceil(splits).div_ceil(16) * 16
+}
+
 fn pool_name(op: PoolOp) -> &'static str {
     match op {
         PoolOp::Max => "max",
@@ -1111,6 +1158,19 @@ mod tests {
         assert_eq!(fold_grid(10, 4), Some([4, 3, 1]));
         assert_eq!(fold_grid(17, 4), Some([4, 4, 2]));
         assert_eq!(fold_grid(65, 4), None);
+    }
+
+    #[test]
+    fn split_k_only_for_few_tiles_and_deep_k() {
+        // Flatten(4096) -> Dense(64) at batch 1: one tile, 16 splits of 256.
+        assert_eq!(split_k_chunk(1, 4096), 256);
+        // Enough tiles, or too shallow a K: one pass.
+        assert_eq!(split_k_chunk(32, 4096), 0);
+        assert_eq!(split_k_chunk(1, 511), 0);
+        // Chunks are multiples of 16 and cover K.
+        let chunk = split_k_chunk(3, 1000);
+        assert_eq!(chunk % 16, 0);
+        assert!(chunk * 1000usize.div_ceil(chunk) >= 1000);
     }
 
     #[test]

@@ -330,11 +330,13 @@ impl<'a> Builder<'a> {
             "M={m} N={n} K={k} in {tiles_m}x{tiles_n} tiles of {GEMM_TILE}x{GEMM_TILE}"
         )
         .ok();
+        // The pass that finishes the sums applies bias and activation.
+        let mut epilogue = String::new();
         if bias != BufRef::Dummy {
-            detail.push_str(" + bias");
+            epilogue.push_str(" + bias");
         }
         if !matches!(activation, Activation::Linear | Activation::Softmax) {
-            write!(detail, ", {}", activation.name()).ok();
+            write!(epilogue, ", {}", activation.name()).ok();
         }
         let kernel = if conv.is_some() {
             Kernel::Conv2d
@@ -343,6 +345,7 @@ impl<'a> Builder<'a> {
         };
         let tiles = (tiles_m * tiles_n) as u64;
         if splits == 1 {
+            detail.push_str(&epilogue);
             self.dispatch(layer, kernel, vec![a, b, bias, c], params, tiles, 1, detail)?;
         } else {
             let partials = self.alloc(layer, "split-K partial sums", splits * m * n);
@@ -358,13 +361,7 @@ impl<'a> Builder<'a> {
                 1,
                 detail,
             )?;
-            let mut detail = format!("sum {splits} partial products of {m}x{n}");
-            if bias != BufRef::Dummy {
-                detail.push_str(" + bias");
-            }
-            if !matches!(activation, Activation::Linear | Activation::Softmax) {
-                write!(detail, ", {}", activation.name()).ok();
-            }
+            let detail = format!("sum {splits} partial products of {m}x{n}{epilogue}");
             let workgroups = Self::linear_workgroups(m * n);
             let buffers = vec![partials, BufRef::Dummy, bias, c];
             self.dispatch(
@@ -1021,7 +1018,7 @@ impl Plan {
             for op in ops {
                 match op {
                     Op::Clear { buffer, .. } => {
-                        writeln!(out, "      clear        {}", buf_name(*buffer)).ok();
+                        writeln!(out, "      clear         {}", buf_name(*buffer)).ok();
                     }
                     Op::Dispatch(d) => {
                         let bindings = d
@@ -1040,7 +1037,7 @@ impl Plan {
                         };
                         writeln!(
                             out,
-                            "      {:<12} workgroups {} as [{}, {}, {}] of {} threads{repeat}",
+                            "      {:<13} workgroups {} as [{}, {}, {}] of {} threads{repeat}",
                             d.kernel.name(),
                             d.workgroups,
                             d.grid[0],
@@ -1049,8 +1046,8 @@ impl Plan {
                             d.kernel.threads(),
                         )
                         .ok();
-                        writeln!(out, "                   {bindings}").ok();
-                        writeln!(out, "                   {}", d.detail).ok();
+                        writeln!(out, "                    {bindings}").ok();
+                        writeln!(out, "                    {}", d.detail).ok();
                     }
                 }
             }

@@ -226,7 +226,7 @@ fn choose_adapter(wanted: Option<&str>) -> Result<wgpu::Adapter> {
                 "{NO_ADAPTER} matching '{w}' that can run wgnn's compute kernels ({available})"
             )),
             None => Error::Gpu(format!(
-                "{NO_ADAPTER} with compute shader support ({available})"
+                "{NO_ADAPTER} that can run wgnn's compute kernels ({available})"
             )),
         }
     })

@@ -2,22 +2,14 @@
 //! wgnn's probabilities equal Keras's (saved by tools/train_cifar10.py) within
 //! 1e-4 * (1 + |keras|), every argmax agrees, and so the metrics are Keras's — on CPU and GPU.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::env_dir;
+use std::path::Path;
 
 use ndarray::{s, Array2};
 use wgnn::eval::{eval_cifar10, EvalOptions};
 use wgnn::{Backend, Model};
-
-fn env_dir(name: &str) -> Option<PathBuf> {
-    match std::env::var_os(name) {
-        Some(v) => Some(PathBuf::from(v)),
-        None if std::env::var_os("CI").is_some() => panic!("env {name} must be set under CI"),
-        None => {
-            eprintln!("note: env {name} is unset; skipping");
-            None
-        }
-    }
-}
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

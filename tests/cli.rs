@@ -1,6 +1,9 @@
 //! The `wgnn` binary as a user runs it: predict, info, eval, tokenizer fit, and one-line errors
 //! (exit 1, `error: ...`, never a panic) for bad files and inputs.
 
+mod common;
+
+use common::env_dir;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -203,17 +206,6 @@ fn unknown_backend_is_a_usage_error() {
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("unknown backend 'tpu'"));
-}
-
-fn env_dir(name: &str) -> Option<PathBuf> {
-    match std::env::var_os(name) {
-        Some(v) => Some(PathBuf::from(v)),
-        None if std::env::var_os("CI").is_some() => panic!("env {name} must be set under CI"),
-        None => {
-            eprintln!("note: env {name} is unset; skipping");
-            None
-        }
-    }
 }
 
 #[test]

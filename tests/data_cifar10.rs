@@ -1,6 +1,9 @@
 //! CIFAR-10 binary batches: record decoding to NHWC / 255, folder layouts, any subset of batch
 //! files, streaming in batches, clear errors; and the real test batch (env WGNN_DATA).
 
+mod common;
+
+use common::env_dir;
 use std::path::{Path, PathBuf};
 
 use wgnn::data::cifar10::{self, Batch, Split, CLASS_NAMES, RECORD_BYTES};
@@ -194,18 +197,6 @@ fn data_flag_wins_over_env_and_cache() {
     let root = DataRoot::resolve(Some(dir.path())).unwrap();
     assert_eq!(root.dataset_dir("cifar10"), dir.path().join("cifar10"));
     assert_eq!(root.dataset_dir("nusax"), dir.path());
-}
-
-/// Env folder a test needs: fails under CI when unset, else skips with a note.
-fn env_dir(name: &str) -> Option<PathBuf> {
-    match std::env::var_os(name) {
-        Some(v) if !v.is_empty() => Some(PathBuf::from(v)),
-        _ if std::env::var_os("CI").is_some() => panic!("env {name} must be set under CI"),
-        _ => {
-            eprintln!("note: env {name} unset; skipping");
-            None
-        }
-    }
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! NusaX-Senti CSV reading: quoted fields with commas and newlines, UTF-8, label numbering and
 //! clear errors; and the real splits (env WGNN_DATA).
 
-use std::path::PathBuf;
+mod common;
+
+use common::env_dir;
 
 use wgnn::data::nusax::{read_csv, Split, DEFAULT_LABELS};
 use wgnn::data::Nusax;
@@ -97,18 +99,6 @@ fn locate_accepts_the_files_or_a_nusax_folder() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("no NusaX CSV files"), "{e}");
-}
-
-/// Env folder a test needs: fails under CI when unset, else skips with a note.
-fn env_dir(name: &str) -> Option<PathBuf> {
-    match std::env::var_os(name) {
-        Some(v) if !v.is_empty() => Some(PathBuf::from(v)),
-        _ if std::env::var_os("CI").is_some() => panic!("env {name} must be set under CI"),
-        _ => {
-            eprintln!("note: env {name} unset; skipping");
-            None
-        }
-    }
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Metrics against hand-checked numbers, and against Keras's own scores for the seed NusaX models.
 
-use std::path::PathBuf;
+mod common;
+
+use common::env_dir;
 
 use ndarray::Array2;
 use wgnn::metrics::{accuracy, argmax_rows, confusion_matrix, macro_f1, ClassificationReport};
@@ -138,18 +140,6 @@ fn report_serializes_and_prints_a_named_table() {
         table.contains(" negative         1         0         3"),
         "{table}"
     );
-}
-
-/// Env folder a test needs: fails under CI when unset, else skips with a note.
-fn env_dir(name: &str) -> Option<PathBuf> {
-    match std::env::var_os(name) {
-        Some(v) if !v.is_empty() => Some(PathBuf::from(v)),
-        _ if std::env::var_os("CI").is_some() => panic!("env {name} must be set under CI"),
-        _ => {
-            eprintln!("note: env {name} unset; skipping");
-            None
-        }
-    }
 }
 
 #[test]

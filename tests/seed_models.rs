@@ -2,7 +2,9 @@
 //! macro-F1 and accuracy equal Keras's to 4 decimals, and the probabilities match Keras's own
 //! within 1e-4 * (1 + |expected|), on the CPU and on the GPU.
 
-use std::path::PathBuf;
+mod common;
+
+use common::env_dir;
 
 use wgnn::data::nusax::Split;
 use wgnn::eval::{eval_nusax, EvalOptions};
@@ -23,18 +25,6 @@ const MODELS: [&str; 12] = [
     "rnn_layer2",
     "rnn_layer3",
 ];
-
-/// Env folder a test needs: fails under CI when unset, else skips with a note.
-fn env_dir(name: &str) -> Option<PathBuf> {
-    match std::env::var_os(name) {
-        Some(v) => Some(PathBuf::from(v)),
-        None if std::env::var_os("CI").is_some() => panic!("env {name} must be set under CI"),
-        None => {
-            eprintln!("note: env {name} is unset; skipping");
-            None
-        }
-    }
-}
 
 fn read_probs(path: &std::path::Path) -> ndarray::Array2<f32> {
     let bytes = std::fs::read(path).unwrap();

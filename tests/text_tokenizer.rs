@@ -2,7 +2,10 @@
 //! tools/text_fixtures.py (tests/fixtures/text/tokenizer_cases.json), and the seed NusaX
 //! tokenizer (env WGNN_SEED_MODELS) refitted on NusaX train.csv (env WGNN_DATA).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::env_dir;
+use std::path::Path;
 
 use serde_json::Value;
 use wgnn::text::{pad_sequences, Side, Tokenizer, TokenizerOptions};
@@ -180,18 +183,6 @@ fn bad_tokenizer_json_names_the_field() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("tokenizer lower: expected true or false"), "{e}");
-}
-
-/// Env folder a test needs: fails under CI when unset, else skips with a note.
-fn env_dir(name: &str) -> Option<PathBuf> {
-    match std::env::var_os(name) {
-        Some(v) if !v.is_empty() => Some(PathBuf::from(v)),
-        _ if std::env::var_os("CI").is_some() => panic!("env {name} must be set under CI"),
-        _ => {
-            eprintln!("note: env {name} unset; skipping");
-            None
-        }
-    }
 }
 
 #[test]

@@ -330,40 +330,8 @@ impl NpzWeights {
 
 /// Reads an `.npy` payload of any float or integer dtype as f32.
 pub fn read_npy_f32(bytes: &[u8]) -> std::result::Result<RawWeight, String> {
-    use npyz::{DType, NpyFile, TypeChar};
-    let npy = NpyFile::new(bytes).map_err(|e| format!("not a valid .npy array: {e}"))?;
-    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-    if npy.order() == npyz::Order::Fortran && shape.len() > 1 {
-        return Err("Fortran-ordered arrays are not supported".into());
-    }
-    let dtype = npy.dtype();
-    let values: Vec<f32> = match &dtype {
-        DType::Plain(t) => match (t.type_char(), t.size_field()) {
-            (TypeChar::Float, 4) => npy.into_vec::<f32>().map_err(|e| e.to_string())?,
-            (TypeChar::Float, 8) => npy
-                .into_vec::<f64>()
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .map(|v| v as f32)
-                .collect(),
-            (TypeChar::Int, 4) => npy
-                .into_vec::<i32>()
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .map(|v| v as f32)
-                .collect(),
-            (TypeChar::Int, 8) => npy
-                .into_vec::<i64>()
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .map(|v| v as f32)
-                .collect(),
-            _ => return Err(format!("unsupported dtype {}", t)),
-        },
-        other => return Err(format!("unsupported dtype {other:?}")),
-    };
-    if values.len() != shape.iter().product::<usize>() {
-        return Err(format!("holds {} values for shape {shape:?}", values.len()));
-    }
+    let array = crate::npy::parse(bytes)?.into_f32();
+    let shape = array.shape().to_vec();
+    let values = array.as_standard_layout().iter().copied().collect();
     Ok(RawWeight { shape, values })
 }

@@ -261,3 +261,16 @@ pub fn check_bad_file_rejected(file: &str) {
         }
     }
 }
+
+/// A folder named by env `name` that a test needs (datasets, seed models): under CI (env `CI`
+/// set) a missing variable fails the test; elsewhere the test prints a note and skips.
+pub fn env_dir(name: &str) -> Option<PathBuf> {
+    match std::env::var_os(name) {
+        Some(v) if !v.is_empty() => Some(PathBuf::from(v)),
+        _ if std::env::var_os("CI").is_some() => panic!("env {name} must be set under CI"),
+        _ => {
+            eprintln!("note: env {name} is unset; skipping");
+            None
+        }
+    }
+}

@@ -65,6 +65,10 @@ impl WeightSource {
     }
 }
 
+/// Bounds on the search for arrays under a group no layer took (see `H5Weights::has_arrays`).
+const MAX_GROUP_DEPTH: usize = 16;
+const MAX_GROUPS_SEARCHED: usize = 4096;
+
 /// Keras 3 weights: `layers/<group>/[sub/]vars/<N>`. Keras finds a layer's group by position,
 /// not by name: `<group>` is the snake_case class name, numbered per class in layer order
 /// (`lstm`, `lstm_1` ...). The `name` attribute of the `vars` group holds the layer name it was
@@ -224,17 +228,28 @@ impl H5Weights {
         Ok(())
     }
 
+    /// Whether the group or any group below it holds a dataset. Keras nests a few levels
+    /// (`layers/bidirectional/forward_layer/cell/vars`); the depth and group budgets stop a
+    /// corrupt file whose group links back to an ancestor from recursing forever.
     fn has_arrays(&self, group_path: &str) -> bool {
+        let mut groups_left = MAX_GROUPS_SEARCHED;
+        self.has_arrays_within(group_path, MAX_GROUP_DEPTH, &mut groups_left)
+    }
+
+    fn has_arrays_within(&self, group_path: &str, depth: usize, groups_left: &mut usize) -> bool {
+        if depth == 0 || *groups_left == 0 {
+            return false;
+        }
+        *groups_left -= 1;
         let Ok(g) = self.file.group(group_path) else {
             return false;
         };
         if g.datasets().map(|d| !d.is_empty()).unwrap_or(false) {
             return true;
         }
-        g.groups()
-            .unwrap_or_default()
-            .iter()
-            .any(|sub| self.has_arrays(&format!("{group_path}/{sub}")))
+        g.groups().unwrap_or_default().iter().any(|sub| {
+            self.has_arrays_within(&format!("{group_path}/{sub}"), depth - 1, groups_left)
+        })
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod activation;
 mod gemm;
 mod recurrent;
+mod winograd;
 
 use ndarray::{s, Array1, Array2, Array3, Array4, ArrayD, ArrayView3, Axis, Ix4, IxDyn, Zip};
 use rayon::prelude::*;
@@ -184,8 +185,17 @@ fn bias_activation(
         });
 }
 
-/// Convolution as im2col + one GEMM per chunk of images (M = images x output pixels).
+/// Convolution: Winograd F(2x2, 3x3) for 3x3 stride-1 layers with enough input channels,
+/// im2col + GEMM for everything else.
 fn conv2d(c: &Conv2d, x: &Array4<f32>) -> Array4<f32> {
+    if let Some(y) = winograd::conv2d(c, x) {
+        return y;
+    }
+    conv2d_im2col(c, x)
+}
+
+/// Convolution as im2col + one GEMM per chunk of images (M = images x output pixels).
+fn conv2d_im2col(c: &Conv2d, x: &Array4<f32>) -> Array4<f32> {
     let n = x.shape()[0];
     let [oh, ow] = c.window.out_hw;
     let pixels = oh * ow;

@@ -14,6 +14,7 @@
 //! transform works on whole channel vectors, which the compiler vectorizes.
 
 use std::cell::Cell;
+use std::sync::{Arc, Mutex};
 
 use ndarray::{s, Array4, ArrayView3, ArrayViewMut1, ArrayViewMut3};
 use rayon::prelude::*;
@@ -107,8 +108,8 @@ pub(super) fn conv2d(c: &Conv2d, x: &Array4<f32>) -> Option<Array4<f32>> {
         return Some(out);
     }
     let (cin, cout) = (geo.in_channels, geo.out_channels);
-    let u = transform_kernel(kernel, cin, cout);
-    let u = ArrayView3::from_shape((cin, POSITIONS, cout), &u).ok()?;
+    let u = transformed_kernel(kernel, cin, cout);
+    let u = ArrayView3::from_shape((cin, POSITIONS, cout), &u[..]).ok()?;
     // Plain relu, by far the most common, is fused into the output transform.
     let fused_relu = c.activation == Activation::RELU;
     let blocks = split_blocks(out_all, &geo, n);
@@ -263,6 +264,58 @@ fn output_final(m: [&[f32]; 4], bias: &[f32], relu: bool, o0: &mut [f32], o1: &m
             o1[i] = m1[i] - m2[i] - m3[i] + bias[i];
         }
     }
+}
+
+/// A kernel's transform, remembered with a copy of the kernel it came from.
+struct CachedKernel {
+    cin: usize,
+    cout: usize,
+    kernel: Vec<f32>,
+    u: Arc<Vec<f32>>,
+}
+
+/// Recently transformed kernels, least recently used first. Recomputing U costs little next to
+/// a large batch but as much as the layer itself at batch 1. Entries match on the kernel's
+/// contents, never on its address alone, so a freed and reused allocation cannot hit.
+static KERNEL_CACHE: Mutex<Vec<CachedKernel>> = Mutex::new(Vec::new());
+/// Bound on the cache: floats held (kernel copies and transforms), about 128 MiB.
+const KERNEL_CACHE_FLOATS: usize = 32 << 20;
+
+/// U for `kernel`, from the cache when the same weights were transformed before.
+fn transformed_kernel(kernel: &[f32], cin: usize, cout: usize) -> Arc<Vec<f32>> {
+    // A poisoned lock only means another thread panicked mid-update: skip the cache then.
+    if let Ok(mut cache) = KERNEL_CACHE.lock() {
+        let hit = |e: &CachedKernel| (e.cin, e.cout) == (cin, cout) && same_bits(&e.kernel, kernel);
+        if let Some(i) = cache.iter().position(hit) {
+            let entry = cache.remove(i);
+            let u = Arc::clone(&entry.u);
+            cache.push(entry);
+            return u;
+        }
+    }
+    let u = Arc::new(transform_kernel(kernel, cin, cout));
+    let floats = kernel.len() + u.len();
+    if floats <= KERNEL_CACHE_FLOATS {
+        if let Ok(mut cache) = KERNEL_CACHE.lock() {
+            let mut held: usize = cache.iter().map(|e| e.kernel.len() + e.u.len()).sum();
+            while held + floats > KERNEL_CACHE_FLOATS && !cache.is_empty() {
+                let evicted = cache.remove(0);
+                held -= evicted.kernel.len() + evicted.u.len();
+            }
+            cache.push(CachedKernel {
+                cin,
+                cout,
+                kernel: kernel.to_vec(),
+                u: Arc::clone(&u),
+            });
+        }
+    }
+    u
+}
+
+/// Bitwise equality, so that NaN weights match themselves.
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
 /// U = G g Gᵀ for every (input, output) channel pair, laid out [Cin][position][Cout] (each
@@ -535,6 +588,18 @@ mod tests {
         assert_matches_im2col(&big, &input(2, [64, 64], 8, 12));
         let small = layer([4, 4], 32, 8, Padding::Same, Activation::RELU, 13);
         assert_matches_im2col(&small, &input(37, [4, 4], 32, 14));
+    }
+
+    #[test]
+    fn a_kernel_changed_in_place_is_transformed_again() {
+        let mut c = layer([6, 6], 8, 4, Padding::Same, Activation::Linear, 41);
+        let x = input(2, [6, 6], 8, 42);
+        assert_matches_im2col(&c, &x);
+        // The second call finds the transform in the cache.
+        assert_matches_im2col(&c, &x);
+        // Same allocation, same shape, new weights: the cached transform must not be used.
+        c.kernel.mapv_inplace(|w| -2.0 * w);
+        assert_matches_im2col(&c, &x);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::ir::Activation;
 pub const SELU_ALPHA: f32 = 1.673_263_2;
 pub const SELU_SCALE: f32 = 1.050_701;
 
+#[inline]
 fn sigmoid(x: f32) -> f32 {
     // Stable on both tails.
     if x >= 0.0 {
@@ -19,6 +20,7 @@ fn sigmoid(x: f32) -> f32 {
 }
 
 /// One element. Softmax is not elementwise: see [`apply`].
+#[inline]
 pub fn scalar(act: Activation, x: f32) -> f32 {
     match act {
         Activation::Linear | Activation::Softmax => x,

@@ -78,13 +78,21 @@ pub fn resolve_backend(model: &Model, opts: &EvalOptions) -> Result<(Backend, St
     match opts.backend {
         Backend::Cpu => Ok((Backend::Cpu, "cpu".into())),
         Backend::Gpu => Ok((Backend::Gpu, gpu()?)),
-        Backend::Auto => match gpu() {
-            Ok(name) => Ok((Backend::Gpu, name)),
-            Err(Error::Gpu(msg)) if crate::gpu::is_no_adapter(&msg) => {
-                eprintln!("warning: {msg}; running on the CPU instead");
+        Backend::Auto => match crate::gpu::auto_adapter_is_software(opts.adapter.as_deref()) {
+            Some(name) => {
+                eprintln!(
+                    "warning: the only GPU adapter is a software one ({name}); running on the CPU (--backend gpu runs on it)"
+                );
                 Ok((Backend::Cpu, "cpu".into()))
             }
-            Err(e) => Err(e),
+            None => match gpu() {
+                Ok(name) => Ok((Backend::Gpu, name)),
+                Err(Error::Gpu(msg)) if crate::gpu::is_no_adapter(&msg) => {
+                    eprintln!("warning: {msg}; running on the CPU instead");
+                    Ok((Backend::Cpu, "cpu".into()))
+                }
+                Err(e) => Err(e),
+            },
         },
     }
 }

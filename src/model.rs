@@ -16,7 +16,8 @@ pub enum Backend {
     Cpu,
     /// wgpu compute shaders; an error when no adapter is found.
     Gpu,
-    /// The GPU when one is found, else the CPU with one warning line on stderr.
+    /// A hardware GPU when one is found, else the CPU with one warning line on stderr (a
+    /// software rasterizer such as llvmpipe is slower than the CPU path: ask for it with `Gpu`).
     #[default]
     Auto,
 }
@@ -71,6 +72,8 @@ pub struct Model {
     ir: ModelIr,
     source: PathBuf,
     gpu: Mutex<Option<crate::gpu::GpuRuntime>>,
+    /// For `Backend::Auto`: Some(name) when the only adapter is a software rasterizer.
+    auto_software: std::sync::OnceLock<Option<String>>,
 }
 
 impl std::fmt::Debug for Model {
@@ -104,6 +107,7 @@ impl Model {
             ir,
             source: source.to_path_buf(),
             gpu: Mutex::new(None),
+            auto_software: std::sync::OnceLock::new(),
         }
     }
 
@@ -133,13 +137,24 @@ impl Model {
         match backend {
             Backend::Cpu => crate::cpu::run(&self.ir, input),
             Backend::Gpu => self.with_gpu(None, |gpu| gpu.run(&self.ir, input)),
-            Backend::Auto => match self.with_gpu(None, |gpu| gpu.run(&self.ir, input)) {
-                Err(Error::Gpu(msg)) if crate::gpu::is_no_adapter(&msg) => {
-                    warn_cpu_fallback(&msg);
-                    crate::cpu::run(&self.ir, input)
+            Backend::Auto => {
+                let software = self
+                    .auto_software
+                    .get_or_init(|| crate::gpu::auto_adapter_is_software(None));
+                if let Some(name) = software {
+                    warn_cpu_fallback(&format!(
+                        "the only GPU adapter is a software one ({name}); use --backend gpu to run on it"
+                    ));
+                    return crate::cpu::run(&self.ir, input);
                 }
-                other => other,
-            },
+                match self.with_gpu(None, |gpu| gpu.run(&self.ir, input)) {
+                    Err(Error::Gpu(msg)) if crate::gpu::is_no_adapter(&msg) => {
+                        warn_cpu_fallback(&msg);
+                        crate::cpu::run(&self.ir, input)
+                    }
+                    other => other,
+                }
+            }
         }
     }
 

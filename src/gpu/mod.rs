@@ -194,6 +194,22 @@ fn rank(adapter: &wgpu::Adapter) -> (u8, u8) {
 
 /// The adapter named by `wanted` (a case-insensitive substring), else by env `WGNN_ADAPTER`,
 /// else the best one that runs compute shaders.
+/// For `--backend auto`: the name of the adapter that would be chosen when it is a software
+/// rasterizer (llvmpipe, WARP ...), which runs compute shaders far slower than wgnn's CPU path.
+/// `None` when a hardware adapter would be chosen, when one was named explicitly (argument or
+/// env `WGNN_ADAPTER`), or when there is no adapter at all.
+pub fn auto_adapter_is_software(wanted: Option<&str>) -> Option<String> {
+    let named = wanted.is_some()
+        || std::env::var("WGNN_ADAPTER")
+            .ok()
+            .is_some_and(|s| !s.trim().is_empty());
+    if named {
+        return None;
+    }
+    let info = choose_adapter(None).ok()?.get_info();
+    (info.device_type == wgpu::DeviceType::Cpu).then_some(info.name)
+}
+
 fn choose_adapter(wanted: Option<&str>) -> Result<wgpu::Adapter> {
     let from_env = std::env::var("WGNN_ADAPTER")
         .ok()

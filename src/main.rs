@@ -587,11 +587,7 @@ fn eval_nusax(args: EvalNusaxArgs) -> Result<()> {
         Err(e) => return Err(e),
     };
     let model = args.model.load()?;
-    let tokenizer = args
-        .tokenizer
-        .as_deref()
-        .map(wgnn::text::Tokenizer::load)
-        .transpose()?;
+    let tokenizer = load_tokenizer(args.tokenizer.as_deref())?;
     let examples = data.load(split, args.labels.as_deref())?;
     let outcome = wgnn::eval::eval_nusax(&model, &examples, tokenizer.as_ref(), &opts)?;
     print_outcome(
@@ -670,11 +666,7 @@ fn classify(args: ClassifyArgs) -> Result<()> {
 fn sentiment(args: SentimentArgs) -> Result<()> {
     let backend = args.device.backend()?;
     let model = args.model.load()?;
-    let tokenizer = args
-        .tokenizer
-        .as_deref()
-        .map(wgnn::text::Tokenizer::load)
-        .transpose()?;
+    let tokenizer = load_tokenizer(args.tokenizer.as_deref())?;
     let sentences: Vec<String> = if args.sentences.is_empty() {
         use std::io::BufRead;
         std::io::stdin()
@@ -685,12 +677,7 @@ fn sentiment(args: SentimentArgs) -> Result<()> {
     } else {
         args.sentences
     };
-    let labels: Vec<String> = args.labels.unwrap_or_else(|| {
-        wgnn::data::nusax::DEFAULT_LABELS
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
-    });
+    let labels: Vec<String> = args.labels.unwrap_or_else(nusax_labels);
     let texts: Vec<&str> = sentences.iter().map(String::as_str).collect();
     let input = wgnn::eval::texts_to_input(&model, tokenizer.as_ref(), &texts)?;
     let probs = model.run(&input, backend)?;
@@ -717,10 +704,7 @@ fn sentiment(args: SentimentArgs) -> Result<()> {
 }
 
 fn tokenizer_fit(args: TokenizerFitArgs) -> Result<()> {
-    let labels: Vec<String> = wgnn::data::nusax::DEFAULT_LABELS
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let labels = nusax_labels();
     let examples = wgnn::data::nusax::read_csv(&args.csv, &labels)?.texts;
     let options = wgnn::text::TokenizerOptions {
         oov_token: args.oov,
@@ -783,4 +767,16 @@ fn bench(args: BenchArgs) -> Result<()> {
             .map_or("-".to_string(), |m| format!("{m:.0} MiB"))
     );
     Ok(())
+}
+
+fn load_tokenizer(path: Option<&Path>) -> Result<Option<wgnn::text::Tokenizer>> {
+    path.map(wgnn::text::Tokenizer::load).transpose()
+}
+
+/// The seed report's label order: neutral, positive, negative.
+fn nusax_labels() -> Vec<String> {
+    wgnn::data::nusax::DEFAULT_LABELS
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }

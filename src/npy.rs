@@ -35,6 +35,12 @@ pub fn read(path: &Path) -> Result<NpyArray> {
 
 /// Parses `.npy` bytes (a file, or an entry of an `.npz`); the error is a message without a path.
 pub fn parse(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
+    let nesting = header_nesting(bytes);
+    if nesting > MAX_HEADER_NESTING {
+        return Err(format!(
+            "not a valid .npy file: header brackets nest {nesting} deep (at most {MAX_HEADER_NESTING})"
+        ));
+    }
     let npy = npyz::NpyFile::new(bytes).map_err(|e| format!("not a valid .npy file: {e}"))?;
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
     let fortran = npy.order() == npyz::Order::Fortran;
@@ -80,6 +86,44 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
         }
     };
     Ok(array)
+}
+
+/// npyz parses the header dict with a backtracking parser whose time doubles with each level of
+/// bracket nesting (20 levels: 25 s); real headers nest a few levels, so deeper ones are refused
+/// before npyz sees them.
+const MAX_HEADER_NESTING: usize = 8;
+
+/// The deepest `[`, `(` or `{` nesting in the header dict; 0 when the file is too short to hold
+/// a header length (npyz then reports what is wrong).
+fn header_nesting(bytes: &[u8]) -> usize {
+    // Magic (6 bytes), version (2), then the header length: u16 in version 1, u32 after.
+    let header = match bytes.get(6) {
+        Some(1) => bytes
+            .get(8..10)
+            .and_then(|b| b.try_into().ok())
+            .map(|b| (10usize, u16::from_le_bytes(b) as usize)),
+        Some(_) => bytes
+            .get(8..12)
+            .and_then(|b| b.try_into().ok())
+            .map(|b| (12, u32::from_le_bytes(b) as usize)),
+        None => None,
+    };
+    let Some((start, len)) = header else {
+        return 0;
+    };
+    let end = start.saturating_add(len).min(bytes.len());
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for &b in bytes.get(start..end).unwrap_or_default() {
+        match b {
+            b'[' | b'(' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b')' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 impl NpyArray {
@@ -138,4 +182,39 @@ pub fn write_f32(path: &Path, array: &ArrayD<f32>) -> Result<()> {
         .map_err(|e| Error::io(path, e))?;
     writer.finish().map_err(|e| Error::io(path, e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn npy_with_header(header: &str) -> Vec<u8> {
+        let mut header = header.to_string();
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(&1.5f32.to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn a_plain_header_parses() {
+        let bytes = npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }");
+        assert_eq!(parse(&bytes).map(|a| a.shape().to_vec()), Ok(vec![1]));
+    }
+
+    #[test]
+    fn a_deeply_nested_header_is_refused_before_the_slow_parser() {
+        // 40 levels would take npyz's parser hours (found by fuzz/npy_npz).
+        let header = format!(
+            "{{'descr': '<f4', 'fortran_order': False, 'shape': {} (1,), }}",
+            "[".repeat(40)
+        );
+        let message = parse(&npy_with_header(&header)).err().unwrap_or_default();
+        assert!(message.contains("nest 42 deep"), "{message}");
+    }
 }

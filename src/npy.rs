@@ -190,7 +190,7 @@ mod tests {
 
     fn npy_with_header(header: &str) -> Vec<u8> {
         let mut header = header.to_string();
-        while (10 + header.len() + 1) % 64 != 0 {
+        while !(10 + header.len() + 1).is_multiple_of(64) {
             header.push(' ');
         }
         header.push('\n');

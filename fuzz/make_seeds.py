@@ -71,6 +71,14 @@ def main():
     except ImportError:
         print("keras not importable: tv_rnn.keras skipped", file=sys.stderr)
 
+    # keras_parts: u16 LE config length, config.json, vocabulary (fuzz_targets/keras_parts.rs).
+    tv_path = os.path.join(CORPUS, "keras_file", "tv_rnn.keras")
+    if os.path.exists(tv_path):
+        with zipfile.ZipFile(tv_path) as z:
+            config = z.read("config.json")
+            vocabulary = z.read("assets/layers/text_vectorization/vocabulary.txt")
+        out("keras_parts", "tv_rnn.bin", struct.pack("<H", len(config)) + config + vocabulary)
+
     # config_json: first byte picks the fixed weights file (see fuzz_targets/config_json.rs).
     for selector, name in enumerate(
         [
@@ -131,7 +139,7 @@ def main():
 
     out(
         "nusax_csv",
-        "train.csv",
+        "quoted_multiline.csv",
         b'id,text,label\n1,"Enak sekali, murah!",positive\n2,"Tidak enak\nlambat",Negative\n'
         b"3,biasa saja, neutral \n",
     )

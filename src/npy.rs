@@ -35,6 +35,15 @@ pub fn read(path: &Path) -> Result<NpyArray> {
 
 /// Parses `.npy` bytes (a file, or an entry of an `.npz`); the error is a message without a path.
 pub fn parse(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
+    // npyz allocates the declared header length before reading it (4 GiB for a 87-byte file).
+    if let Some((start, len)) = header_span(bytes) {
+        let present = bytes.len().saturating_sub(start);
+        if len > present {
+            return Err(format!(
+                "not a valid .npy file: the header declares {len} bytes but only {present} follow"
+            ));
+        }
+    }
     let nesting = header_nesting(bytes);
     if nesting > MAX_HEADER_NESTING {
         return Err(format!(
@@ -95,9 +104,13 @@ const MAX_HEADER_NESTING: usize = 8;
 
 /// The deepest `[`, `(` or `{` nesting in the header dict; 0 when the file is too short to hold
 /// a header length (npyz then reports what is wrong).
-fn header_nesting(bytes: &[u8]) -> usize {
+/// Where an `.npy` header lies: (offset, declared length), when the file starts with the magic.
+fn header_span(bytes: &[u8]) -> Option<(usize, usize)> {
+    if !bytes.starts_with(b"\x93NUMPY") {
+        return None;
+    }
     // Magic (6 bytes), version (2), then the header length: u16 in version 1, u32 after.
-    let header = match bytes.get(6) {
+    match bytes.get(6) {
         Some(1) => bytes
             .get(8..10)
             .and_then(|b| b.try_into().ok())
@@ -107,8 +120,11 @@ fn header_nesting(bytes: &[u8]) -> usize {
             .and_then(|b| b.try_into().ok())
             .map(|b| (12, u32::from_le_bytes(b) as usize)),
         None => None,
-    };
-    let Some((start, len)) = header else {
+    }
+}
+
+fn header_nesting(bytes: &[u8]) -> usize {
+    let Some((start, len)) = header_span(bytes) else {
         return 0;
     };
     let end = start.saturating_add(len).min(bytes.len());

@@ -2,8 +2,36 @@
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
-/// `c = a · b`, any strides. Panics if the shapes disagree (a bug in the caller, never input).
-pub fn matmul_into(a: ArrayView2<f32>, b: ArrayView2<f32>, mut c: ArrayViewMut2<f32>) {
+/// `c = a · b`, any strides, on as many threads as the size pays for. Panics if the shapes
+/// disagree (a bug in the caller, never input).
+pub fn matmul_into(a: ArrayView2<f32>, b: ArrayView2<f32>, c: ArrayViewMut2<f32>) {
+    matmul_into_on(a, b, c, true);
+}
+
+/// `c = a · b`; `threaded: false` keeps it on the calling thread (the caller already runs one
+/// product per thread).
+pub fn matmul_into_on(
+    a: ArrayView2<f32>,
+    b: ArrayView2<f32>,
+    c: ArrayViewMut2<f32>,
+    threaded: bool,
+) {
+    product(a, b, c, threaded, false);
+}
+
+/// `c += a · b` on the calling thread.
+pub fn matmul_add_into(a: ArrayView2<f32>, b: ArrayView2<f32>, c: ArrayViewMut2<f32>) {
+    product(a, b, c, false, true);
+}
+
+/// `c = a · b`, or `c += a · b` with `accumulate`.
+fn product(
+    a: ArrayView2<f32>,
+    b: ArrayView2<f32>,
+    mut c: ArrayViewMut2<f32>,
+    threaded: bool,
+    accumulate: bool,
+) {
     let (m, k) = a.dim();
     let (kb, n) = b.dim();
     assert_eq!(k, kb, "matmul: inner dimensions differ");
@@ -12,11 +40,13 @@ pub fn matmul_into(a: ArrayView2<f32>, b: ArrayView2<f32>, mut c: ArrayViewMut2<
         return;
     }
     if k == 0 {
-        c.fill(0.0);
+        if !accumulate {
+            c.fill(0.0);
+        }
         return;
     }
     // Threads only pay off for enough work; tiny products stay on the calling thread.
-    let parallelism = if m * n * k >= 1 << 18 {
+    let parallelism = if threaded && m * n * k >= 1 << 18 {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
@@ -26,7 +56,7 @@ pub fn matmul_into(a: ArrayView2<f32>, b: ArrayView2<f32>, mut c: ArrayViewMut2<
     let (c_rs, c_cs) = (c.strides()[0], c.strides()[1]);
     // SAFETY: the pointers and strides come from live ndarray views whose shapes were checked
     // above to be (m, k), (k, n) and (m, n); `c` is borrowed mutably, so nothing aliases it;
-    // read_dst = false means `c` is only written.
+    // read_dst = false means `c` is only written; with `accumulate`, c = 1 * c + 1 * a · b.
     unsafe {
         gemm::gemm(
             m,
@@ -35,14 +65,14 @@ pub fn matmul_into(a: ArrayView2<f32>, b: ArrayView2<f32>, mut c: ArrayViewMut2<
             c.as_mut_ptr(),
             c_cs,
             c_rs,
-            false,
+            accumulate,
             a.as_ptr(),
             a_cs,
             a_rs,
             b.as_ptr(),
             b_cs,
             b_rs,
-            0.0,
+            if accumulate { 1.0 } else { 0.0 },
             1.0,
             false,
             false,
@@ -69,5 +99,9 @@ mod tests {
         let mut c2 = Array2::zeros((37, 23));
         matmul_into(at.t(), b.view(), c2.view_mut());
         assert_eq!(c2, a.dot(&b));
+        // Accumulating adds to what is there.
+        let mut c3 = Array2::from_elem((37, 23), 1.5f32);
+        matmul_add_into(a.view(), b.view(), c3.view_mut());
+        assert_eq!(c3, a.dot(&b) + 1.5);
     }
 }

@@ -1,12 +1,12 @@
-//! CPU reference path on ndarray: the oracle every GPU result is tested against. Readable first;
-//! convolutions are im2col + GEMM (ndarray `dot`), with threads over the batch.
+//! CPU reference path on ndarray: the oracle every GPU result is tested against.
+//! Convolutions are Winograd F(2x2,3x3) or im2col + GEMM (the `gemm` crate), threads over images.
 
 pub mod activation;
 mod gemm;
 mod recurrent;
 mod winograd;
 
-use ndarray::{s, Array1, Array2, Array3, Array4, ArrayD, ArrayView3, Axis, Ix4, IxDyn, Zip};
+use ndarray::{Array1, Array2, Array3, Array4, ArrayD, Axis, Ix4, IxDyn, Zip};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -112,7 +112,8 @@ fn dense(d: &Dense, x: ArrayD<f32>, out_dims: &[usize]) -> Result<ArrayD<f32>> {
         .map_err(|e| Error::Input(format!("dense input: {e}")))?;
     let mut y = Array2::<f32>::zeros((rows, d.units));
     gemm::matmul_into(x2.view(), d.kernel.view(), y.view_mut());
-    bias_activation(y.view_mut(), d.bias.as_ref(), d.activation);
+    let data = y.as_slice_mut().expect("a new array is contiguous");
+    bias_activation(data, d.units, d.bias.as_ref(), d.activation);
     y.into_shape_with_order(IxDyn(out_dims))
         .map_err(|e| Error::Input(format!("dense output: {e}")))
 }
@@ -138,51 +139,59 @@ fn embedding(e: &Embedding, ids: &Array2<u32>) -> Array3<f32> {
     out
 }
 
-/// im2col of one image into `cols` (one row per output pixel, columns (kh, kw, c) — the order
-/// of an HWIO kernel flattened to (kh*kw*c, filters)). Out-of-bounds taps are zero padding.
-fn im2col_into(
-    w: &Window2d,
-    channels: usize,
-    img: ArrayView3<f32>,
-    mut cols: ndarray::ArrayViewMut2<f32>,
-) {
+/// im2col of one NHWC image into `cols` (one row per output pixel, columns (kh, kw, c) — the
+/// order of an HWIO kernel flattened to (kh*kw*c, filters)). Out-of-bounds taps are zero
+/// padding. The taps of one kernel row are neighbouring pixels, so each is one contiguous copy.
+fn im2col_image(w: &Window2d, channels: usize, img: &[f32], cols: &mut [f32]) {
     let [kh, kw] = w.kernel;
     let [oh, ow] = w.out_hw;
     let [ih, iw] = w.in_hw;
+    let row_len = kh * kw * channels;
+    let tap_row = kw * channels;
     for oy in 0..oh {
         for ox in 0..ow {
-            let mut row = cols.row_mut(oy * ow + ox);
+            let row = &mut cols[(oy * ow + ox) * row_len..][..row_len];
+            let x0 = (ox * w.strides[1]) as isize - w.pad_top_left[1] as isize;
+            // Taps lo..hi of each kernel row fall inside the image.
+            let lo = (-x0).clamp(0, kw as isize) as usize;
+            let hi = (iw as isize - x0).clamp(lo as isize, kw as isize) as usize;
             for ky in 0..kh {
+                let dst = &mut row[ky * tap_row..][..tap_row];
                 let y = (oy * w.strides[0] + ky) as isize - w.pad_top_left[0] as isize;
-                for kx in 0..kw {
-                    let xx = (ox * w.strides[1] + kx) as isize - w.pad_top_left[1] as isize;
-                    let start = (ky * kw + kx) * channels;
-                    let mut dst = row.slice_mut(s![start..start + channels]);
-                    if y < 0 || y >= ih as isize || xx < 0 || xx >= iw as isize {
-                        dst.fill(0.0);
-                    } else {
-                        dst.assign(&img.slice(s![y as usize, xx as usize, ..]));
-                    }
+                if y < 0 || y >= ih as isize || lo == hi {
+                    dst.fill(0.0);
+                    continue;
                 }
+                dst[..lo * channels].fill(0.0);
+                dst[hi * channels..].fill(0.0);
+                let src_start = (y as usize * iw + (x0 + lo as isize) as usize) * channels;
+                dst[lo * channels..hi * channels]
+                    .copy_from_slice(&img[src_start..src_start + (hi - lo) * channels]);
             }
         }
     }
 }
 
-/// Adds the bias and applies the activation to GEMM output rows, in parallel.
-fn bias_activation(
-    mut y: ndarray::ArrayViewMut2<f32>,
+/// Adds the bias to contiguous rows of `bias.len()` values and applies the activation.
+fn bias_activation_rows(
+    data: &mut [f32],
+    width: usize,
     bias: Option<&Array1<f32>>,
     act: Activation,
 ) {
-    y.axis_chunks_iter_mut(Axis(0), 1024)
-        .into_par_iter()
-        .for_each(|mut rows| {
-            if let Some(b) = bias {
-                rows += b;
-            }
-            activation::apply(act, rows.view_mut().into_dyn());
-        });
+    if let Some(b) = bias {
+        let b = b.as_slice().expect("an owned bias vector is contiguous");
+        for row in data.chunks_exact_mut(width.max(1)) {
+            row.iter_mut().zip(b).for_each(|(v, &bb)| *v += bb);
+        }
+    }
+    activation::apply_rows(act, data, width);
+}
+
+/// Bias + activation over GEMM output rows, in parallel chunks of rows.
+fn bias_activation(data: &mut [f32], width: usize, bias: Option<&Array1<f32>>, act: Activation) {
+    data.par_chunks_mut(1024 * width.max(1))
+        .for_each(|rows| bias_activation_rows(rows, width, bias, act));
 }
 
 /// Convolution: Winograd F(2x2, 3x3) for 3x3 stride-1 layers with enough input channels,
@@ -194,43 +203,46 @@ fn conv2d(c: &Conv2d, x: &Array4<f32>) -> Array4<f32> {
     conv2d_im2col(c, x)
 }
 
-/// Convolution as im2col + one GEMM per chunk of images (M = images x output pixels).
+/// Convolution as im2col + GEMM, threads over groups of images: each group's im2col, GEMM, bias
+/// and activation run on one thread while its rows are still in cache.
 fn conv2d_im2col(c: &Conv2d, x: &Array4<f32>) -> Array4<f32> {
     let n = x.shape()[0];
     let [oh, ow] = c.window.out_hw;
+    let [ih, iw] = c.window.in_hw;
     let pixels = oh * ow;
-    let k = c.kernel.len() / c.filters;
+    let k = c.kernel.len() / c.filters.max(1);
     let kernel = c
         .kernel
         .view()
         .into_shape_with_order((k, c.filters))
         .expect("HWIO kernel is contiguous");
-    let mut out = Array4::<f32>::zeros((n, oh, ow, c.filters));
-    // Bounded scratch: about 8M floats of im2col at a time.
-    let chunk = ((8 << 20) / (pixels * k).max(1)).clamp(1, n.max(1));
-    let mut cols = Array2::<f32>::zeros((chunk * pixels, k));
-    let mut start = 0;
-    while start < n {
-        let end = (start + chunk).min(n);
-        let m = (end - start) * pixels;
-        cols.slice_mut(s![..m, ..])
-            .axis_chunks_iter_mut(Axis(0), pixels)
-            .into_par_iter()
-            .zip(
-                x.slice(s![start..end, .., .., ..])
-                    .axis_iter(Axis(0))
-                    .into_par_iter(),
-            )
-            .for_each(|(dst, img)| im2col_into(&c.window, c.in_channels, img, dst));
-        let mut y = out
-            .slice_mut(s![start..end, .., .., ..])
-            .into_shape_with_order((m, c.filters))
-            .expect("NHWC output is contiguous");
-        gemm::matmul_into(cols.slice(s![..m, ..]), kernel, y.view_mut());
-        bias_activation(y, c.bias.as_ref(), c.activation);
-        start = end;
-    }
-    out
+    let x = x.as_standard_layout();
+    let input = x.as_slice().expect("standard layout is contiguous");
+    let in_image = ih * iw * c.in_channels;
+    let out_image = pixels * c.filters;
+    let mut out = vec![0.0f32; n * out_image];
+    // About 4096 GEMM rows per group; with fewer groups than threads (small batches) the GEMM
+    // itself is threaded instead.
+    let group = (4096 / pixels.max(1)).clamp(1, n.max(1));
+    let threaded_gemm = n.div_ceil(group) < rayon::current_num_threads();
+    out.par_chunks_mut(group * out_image)
+        .zip(input.par_chunks(group * in_image))
+        .for_each(|(y, images)| {
+            let m = y.len() / c.filters.max(1);
+            let mut cols = vec![0.0f32; m * k];
+            for (img, dst) in images
+                .chunks_exact(in_image)
+                .zip(cols.chunks_exact_mut(pixels * k))
+            {
+                im2col_image(&c.window, c.in_channels, img, dst);
+            }
+            let a = ndarray::ArrayView2::from_shape((m, k), &cols).expect("m x k scratch");
+            let yv = ndarray::ArrayViewMut2::from_shape((m, c.filters), &mut *y)
+                .expect("m x filters output");
+            gemm::matmul_into_on(a, kernel, yv, threaded_gemm);
+            bias_activation_rows(y, c.filters, c.bias.as_ref(), c.activation);
+        });
+    Array4::from_shape_vec((n, oh, ow, c.filters), out).expect("NHWC output")
 }
 
 /// Max or average pooling; windows clipped to the input (TensorFlow: padding never wins a
@@ -241,12 +253,12 @@ fn pool2d(p: &Pool2d, x: &Array4<f32>) -> Array4<f32> {
     let [oh, ow] = w.out_hw;
     let [ih, iw] = w.in_hw;
     let ch = p.channels;
-    let mut out = Array4::<f32>::zeros((n, oh, ow, ch));
-    out.axis_iter_mut(Axis(0))
-        .into_par_iter()
-        .zip(x.axis_iter(Axis(0)).into_par_iter())
-        .for_each(|(mut o, img)| {
-            let mut acc = vec![0.0f32; ch];
+    let x = x.as_standard_layout();
+    let input = x.as_slice().expect("standard layout is contiguous");
+    let mut out = vec![0.0f32; n * oh * ow * ch];
+    out.par_chunks_mut(oh * ow * ch)
+        .zip(input.par_chunks(ih * iw * ch))
+        .for_each(|(o, img)| {
             for oy in 0..oh {
                 let y0 = (oy * w.strides[0]) as isize - w.pad_top_left[0] as isize;
                 let ys =
@@ -255,32 +267,30 @@ fn pool2d(p: &Pool2d, x: &Array4<f32>) -> Array4<f32> {
                     let x0 = (ox * w.strides[1]) as isize - w.pad_top_left[1] as isize;
                     let xs =
                         x0.max(0) as usize..((x0 + w.kernel[1] as isize).min(iw as isize)) as usize;
-                    let init = match p.op {
-                        PoolOp::Max => f32::NEG_INFINITY,
-                        PoolOp::Average => 0.0,
-                    };
-                    acc.fill(init);
-                    for yy in ys.clone() {
-                        for xx in xs.clone() {
-                            let px = img.slice(s![yy, xx, ..]);
-                            for (a, &v) in acc.iter_mut().zip(px.iter()) {
-                                match p.op {
-                                    PoolOp::Max => *a = a.max(v),
-                                    PoolOp::Average => *a += v,
-                                }
+                    let acc = &mut o[(oy * ow + ox) * ch..][..ch];
+                    let pixels = ys
+                        .clone()
+                        .flat_map(|yy| xs.clone().map(move |xx| yy * iw + xx));
+                    match p.op {
+                        PoolOp::Max => {
+                            acc.fill(f32::NEG_INFINITY);
+                            for px in pixels {
+                                let src = &img[px * ch..][..ch];
+                                acc.iter_mut().zip(src).for_each(|(a, &v)| *a = a.max(v));
                             }
                         }
+                        PoolOp::Average => {
+                            acc.fill(0.0);
+                            for px in pixels {
+                                let src = &img[px * ch..][..ch];
+                                acc.iter_mut().zip(src).for_each(|(a, &v)| *a += v);
+                            }
+                            let count = (ys.len() * xs.len()) as f32;
+                            acc.iter_mut().for_each(|a| *a /= count);
+                        }
                     }
-                    if p.op == PoolOp::Average {
-                        let count = (ys.len() * xs.len()) as f32;
-                        acc.iter_mut().for_each(|a| *a /= count);
-                    }
-                    o.slice_mut(s![oy, ox, ..])
-                        .iter_mut()
-                        .zip(&acc)
-                        .for_each(|(d, &a)| *d = a);
                 }
             }
         });
-    out
+    Array4::from_shape_vec((n, oh, ow, ch), out).expect("NHWC output")
 }

@@ -71,12 +71,9 @@ fn main(
         k_end = min(p.k, k_begin + p.k_chunk);
     }
 
-    var acc: array<array<f32, 4>, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) {
-            acc[i][j] = 0.0;
-        }
-    }
+    // Row i of the thread's 4x4 block is acc[i]; vectors rather than a nested array, which some
+    // compilers (llvmpipe's) keep in memory instead of registers.
+    var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
 
     for (var k0 = k_begin; k0 < k_end; k0 += TILE_K) {
         for (var e = li; e < TILE_M * TILE_K; e += THREADS) {
@@ -99,17 +96,13 @@ fn main(
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk++) {
-            var av: array<f32, 4>;
-            var bv: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                av[i] = a_tile[kk * TILE_M + lid.y + 16u * i];
-                bv[i] = b_tile[kk * TILE_N + lid.x + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i][j] = fma(av[i], bv[j], acc[i][j]);
-                }
-            }
+            let a_at = kk * TILE_M + lid.y;
+            let b_at = kk * TILE_N + lid.x;
+            let bv = vec4<f32>(b_tile[b_at], b_tile[b_at + 16u], b_tile[b_at + 32u], b_tile[b_at + 48u]);
+            acc[0] = fma(vec4<f32>(a_tile[a_at]), bv, acc[0]);
+            acc[1] = fma(vec4<f32>(a_tile[a_at + 16u]), bv, acc[1]);
+            acc[2] = fma(vec4<f32>(a_tile[a_at + 32u]), bv, acc[2]);
+            acc[3] = fma(vec4<f32>(a_tile[a_at + 48u]), bv, acc[3]);
         }
         workgroupBarrier();
     }

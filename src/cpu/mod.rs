@@ -221,6 +221,9 @@ fn conv2d_im2col(c: &Conv2d, x: &Array4<f32>) -> Array4<f32> {
     let in_image = ih * iw * c.in_channels;
     let out_image = pixels * c.filters;
     let mut out = vec![0.0f32; n * out_image];
+    if in_image == 0 || out_image == 0 {
+        return Array4::from_shape_vec((n, oh, ow, c.filters), out).expect("NHWC output");
+    }
     // About 4096 GEMM rows per group; with fewer groups than threads (small batches) the GEMM
     // itself is threaded instead.
     let group = (4096 / pixels.max(1)).clamp(1, n.max(1));
@@ -256,6 +259,9 @@ fn pool2d(p: &Pool2d, x: &Array4<f32>) -> Array4<f32> {
     let x = x.as_standard_layout();
     let input = x.as_slice().expect("standard layout is contiguous");
     let mut out = vec![0.0f32; n * oh * ow * ch];
+    if out.is_empty() || input.is_empty() {
+        return Array4::from_shape_vec((n, oh, ow, ch), out).expect("NHWC output");
+    }
     out.par_chunks_mut(oh * ow * ch)
         .zip(input.par_chunks(ih * iw * ch))
         .for_each(|(o, img)| {

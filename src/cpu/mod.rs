@@ -172,7 +172,7 @@ fn im2col_image(w: &Window2d, channels: usize, img: &[f32], cols: &mut [f32]) {
     }
 }
 
-/// Adds the bias to contiguous rows of `bias.len()` values and applies the activation.
+/// Adds the bias to contiguous rows of `width` values and applies the activation.
 fn bias_activation_rows(
     data: &mut [f32],
     width: usize,

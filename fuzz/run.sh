@@ -13,7 +13,7 @@ RUSTC_BOOTSTRAP=1 cargo fuzz build -a "$target"
 mkdir -p "corpus-work/$target" "artifacts/$target"
 # -malloc_limit_mb above the rss limit: npyz allocates a header of the declared size (up to
 # 4 GiB) before finding the file is short; with lazy zero pages that is no real memory.
-exec "target/x86_64-unknown-linux-gnu/release/$target" \
+exec "target/$(rustc -vV | sed -n 's/^host: //p')/release/$target" \
     -artifact_prefix="artifacts/$target/" \
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=8192 \
     -print_final_stats=1 "$@" \

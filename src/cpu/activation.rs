@@ -1,7 +1,5 @@
 //! Activation functions with Keras 3's exact formulas. The GPU shaders mirror these.
 
-use ndarray::{ArrayViewMut1, ArrayViewMutD, Axis};
-
 use crate::ir::Activation;
 
 /// Keras 3's selu constants.
@@ -119,20 +117,7 @@ pub fn scalar(act: Activation, x: f32) -> f32 {
     }
 }
 
-/// Numerically stable softmax of one row, in place.
-pub fn softmax_row(mut row: ArrayViewMut1<f32>) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
-    row.mapv_inplace(|v| {
-        let e = (v - max).exp();
-        sum += e;
-        e
-    });
-    row.mapv_inplace(|v| v / sum);
-}
-
-/// Numerically stable softmax of one contiguous row, in place (same arithmetic as
-/// [`softmax_row`]).
+/// Numerically stable softmax of one contiguous row, in place.
 pub fn softmax_slice(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0f32;
@@ -155,20 +140,6 @@ pub fn apply_rows(act: Activation, data: &mut [f32], width: usize) {
         Activation::Sigmoid => data.iter_mut().for_each(|v| *v = sigmoid(*v)),
         Activation::Tanh => data.iter_mut().for_each(|v| *v = tanh(*v)),
         other => data.iter_mut().for_each(|v| *v = scalar(other, *v)),
-    }
-}
-
-/// Applies an activation in place; softmax runs over the last axis.
-pub fn apply(act: Activation, mut x: ArrayViewMutD<f32>) {
-    match act {
-        Activation::Linear => {}
-        Activation::Softmax => {
-            let last = Axis(x.ndim() - 1);
-            for row in x.lanes_mut(last) {
-                softmax_row(row);
-            }
-        }
-        other => x.mapv_inplace(|v| scalar(other, v)),
     }
 }
 

@@ -69,8 +69,10 @@ fn run_layer(
         }
         LayerKind::Dense(d) => dense(d, x, &out_dims)?,
         LayerKind::Activation(a) => {
-            let mut x = x;
-            activation::apply(*a, x.view_mut());
+            let mut x = x.as_standard_layout().into_owned();
+            let width = x.shape().last().copied().unwrap_or(1);
+            let data = x.as_slice_mut().expect("standard layout is contiguous");
+            activation::apply_rows(*a, data, width);
             x
         }
         LayerKind::Rescaling { scale, offset } => rescale(x, scale, offset),

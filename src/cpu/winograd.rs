@@ -16,7 +16,7 @@
 use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 
-use ndarray::{s, Array4, ArrayView3, ArrayViewMut1, ArrayViewMut3};
+use ndarray::{s, Array4, ArrayView3, ArrayViewMut3};
 use rayon::prelude::*;
 
 use super::activation;
@@ -134,7 +134,7 @@ pub(super) fn conv2d(c: &Conv2d, x: &Array4<f32>) -> Option<Array4<f32>> {
         let m = m.into_slice().expect("a standard-layout view of a slice");
         transform_output(m, &bias, fused_relu, &geo, block.out, block.out_rows, work);
         if !fused_relu {
-            activate(c.activation, block.out, cout);
+            activation::apply_rows(c.activation, block.out, cout);
         }
         SCRATCH.set(scratch);
     });
@@ -459,17 +459,6 @@ fn transform_output(
                 output_final(x, bias, relu, &mut out[start..start + cout], o1);
             }
         }
-    }
-}
-
-/// The layer's activation over a block of output pixels (softmax per pixel, over channels).
-fn activate(act: Activation, out: &mut [f32], cout: usize) {
-    match act {
-        Activation::Linear => {}
-        Activation::Softmax => out
-            .chunks_exact_mut(cout)
-            .for_each(|row| activation::softmax_row(ArrayViewMut1::from(row))),
-        other => activation::apply(other, ArrayViewMut1::from(out).into_dyn()),
     }
 }
 

@@ -100,6 +100,27 @@ impl Direction<'_> {
         self.mask.is_none_or(|m| m[[row, t]])
     }
 
+    /// One row's step: with the gate pre-activations `z` (a live step) the cell updates `h`, `c`
+    /// and the output `out`; at a masked step (`None`) the state is kept and `out` repeats (or is
+    /// zero with `zero_masked`). `out` is then written to the sequence `slot`.
+    #[inline(always)]
+    fn advance(
+        &self,
+        z: Option<&[f32]>,
+        h: &mut [f32],
+        c: &mut [f32],
+        out: &mut [f32],
+        slot: &mut [f32],
+    ) {
+        if let Some(z) = z {
+            step_cell(self.cell, z, h, c);
+            out.copy_from_slice(h);
+        } else if self.zero_masked {
+            out.fill(0.0);
+        }
+        slot.copy_from_slice(out);
+    }
+
     /// Rows from `first_row`, all timesteps of one row before the next (few units: the state
     /// stays in registers and `x W` is read in order). `seq` is (rows, T, U), `last` (rows, U).
     fn rows_one_by_one(&self, first_row: usize, seq: &mut [f32], last: &mut [f32]) {
@@ -114,18 +135,16 @@ impl Direction<'_> {
             c.fill(0.0);
             for step in 0..self.t_len {
                 let t = self.timestep(step);
-                if self.live(b, t) {
+                let live = self.live(b, t);
+                if live {
                     // z = x_t W + b + h R, as axpys over the rows of R.
                     z.copy_from_slice(&self.xw[(b * self.t_len + t) * g..][..g]);
                     for (&hj, r_row) in h.iter().zip(self.recurrent_rows.chunks_exact(g)) {
                         z.iter_mut().zip(r_row).for_each(|(zk, &w)| *zk += hj * w);
                     }
-                    step_cell(self.cell, &z, &mut h, &mut c);
-                    out.copy_from_slice(&h);
-                } else if self.zero_masked {
-                    out.fill(0.0);
                 }
-                seq[(r * self.t_len + step) * u..][..u].copy_from_slice(out);
+                let slot = &mut seq[(r * self.t_len + step) * u..][..u];
+                self.advance(live.then_some(&z[..]), &mut h, &mut c, out, slot);
             }
         }
     }
@@ -150,14 +169,10 @@ impl Direction<'_> {
                 ArrayViewMut2::from_shape((rows, g), &mut z).expect("rows x gates"),
             );
             for (r, out) in last.chunks_exact_mut(u).enumerate() {
-                if self.live(first_row + r, t) {
-                    let hr = &mut h[r * u..(r + 1) * u];
-                    step_cell(self.cell, &z[r * g..][..g], hr, &mut c[r * u..(r + 1) * u]);
-                    out.copy_from_slice(hr);
-                } else if self.zero_masked {
-                    out.fill(0.0);
-                }
-                seq[(r * self.t_len + step) * u..][..u].copy_from_slice(out);
+                let z_row = self.live(first_row + r, t).then(|| &z[r * g..][..g]);
+                let (h_row, c_row) = (&mut h[r * u..][..u], &mut c[r * u..][..u]);
+                let slot = &mut seq[(r * self.t_len + step) * u..][..u];
+                self.advance(z_row, h_row, c_row, out, slot);
             }
         }
     }

@@ -32,22 +32,12 @@ const WEIGHTS: [(&str, &[u8]); 5] = [
     ),
 ];
 
-/// Written once per process; the loader only reads them.
-fn weights_paths() -> &'static Vec<PathBuf> {
-    static PATHS: OnceLock<Vec<PathBuf>> = OnceLock::new();
-    PATHS.get_or_init(|| {
-        WEIGHTS
-            .iter()
-            .map(|(tag, bytes)| wgnn_fuzz::write_scratch(tag, bytes))
-            .collect()
-    })
-}
-
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, json)) = data.split_first() else {
         return;
     };
-    let weights = weights_paths();
+    static PATHS: OnceLock<Vec<PathBuf>> = OnceLock::new();
+    let weights = wgnn_fuzz::fixed_scratch_files(&PATHS, &WEIGHTS);
     let weights = &weights[selector as usize % weights.len()];
     let config = wgnn_fuzz::write_scratch("model.json", json);
     if let Ok(model) = wgnn::Model::load_with_weights(&config, weights) {

@@ -43,16 +43,6 @@ const CONFIGS: [(&str, &[u8]); 2] = [
     ),
 ];
 
-fn config_paths() -> &'static Vec<PathBuf> {
-    static PATHS: OnceLock<Vec<PathBuf>> = OnceLock::new();
-    PATHS.get_or_init(|| {
-        CONFIGS
-            .iter()
-            .map(|(tag, bytes)| wgnn_fuzz::write_scratch(tag, bytes))
-            .collect()
-    })
-}
-
 fuzz_target!(|data: &[u8]| {
     let Ok(weights) = H5Weights::from_bytes(Path::new("fuzz.weights.h5"), data.to_vec()) else {
         return;
@@ -64,7 +54,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = source.finish();
 
     let weights_path = wgnn_fuzz::write_scratch("weights.h5", data);
-    for config in config_paths() {
+    static PATHS: OnceLock<Vec<PathBuf>> = OnceLock::new();
+    for config in wgnn_fuzz::fixed_scratch_files(&PATHS, &CONFIGS) {
         if let Ok(model) = wgnn::Model::load_with_weights(config, &weights_path) {
             wgnn_fuzz::exercise(&model);
         }

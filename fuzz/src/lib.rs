@@ -2,6 +2,7 @@
 //! "use the model" step after a successful load.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use wgnn::ir::InputKind;
 use wgnn::{Backend, Model};
@@ -25,6 +26,20 @@ pub fn write_scratch(tag: &str, bytes: &[u8]) -> PathBuf {
         panic!("fuzz harness: cannot write {}: {e}", path.display());
     }
     path
+}
+
+/// Writes fixed `(tag, bytes)` files (fixtures a target loads beside the fuzzed input) to their
+/// scratch paths once per process, keeping the paths in `cell`; the loaders only read them.
+pub fn fixed_scratch_files(
+    cell: &'static OnceLock<Vec<PathBuf>>,
+    files: &[(&str, &[u8])],
+) -> &'static [PathBuf] {
+    cell.get_or_init(|| {
+        files
+            .iter()
+            .map(|(tag, bytes)| write_scratch(tag, bytes))
+            .collect()
+    })
 }
 
 /// Per-item work above which a loaded model is not run (keeps each execution in milliseconds).

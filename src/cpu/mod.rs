@@ -69,7 +69,7 @@ fn run_layer(
         }
         LayerKind::Dense(d) => dense(d, x, &out_dims)?,
         LayerKind::Activation(a) => {
-            let mut x = x.as_standard_layout().into_owned();
+            let mut x = into_standard_layout(x);
             let width = x.shape().last().copied().unwrap_or(1);
             let data = x.as_slice_mut().expect("standard layout is contiguous");
             activation::apply_rows(*a, data, width);
@@ -97,9 +97,18 @@ fn to4(x: ArrayD<f32>, layer: &str) -> Result<Array4<f32>> {
         .map_err(|_| Error::Input(format!("layer '{layer}' expects (N, H, W, C) input")))
 }
 
+/// `x` in row-major layout: itself when it already is (the usual case), else a copy.
+fn into_standard_layout(x: ArrayD<f32>) -> ArrayD<f32> {
+    if x.is_standard_layout() {
+        x
+    } else {
+        x.as_standard_layout().into_owned()
+    }
+}
+
 fn reshape(x: ArrayD<f32>, dims: &[usize]) -> Result<ArrayD<f32>> {
-    let x = x.as_standard_layout().into_owned();
-    x.into_shape_with_order(IxDyn(dims))
+    into_standard_layout(x)
+        .into_shape_with_order(IxDyn(dims))
         .map_err(|e| Error::Input(format!("reshape to {dims:?}: {e}")))
 }
 
@@ -107,9 +116,7 @@ fn reshape(x: ArrayD<f32>, dims: &[usize]) -> Result<ArrayD<f32>> {
 fn dense(d: &Dense, x: ArrayD<f32>, out_dims: &[usize]) -> Result<ArrayD<f32>> {
     let in_dim = d.kernel.nrows();
     let rows = x.len() / in_dim.max(1);
-    let x2 = x
-        .as_standard_layout()
-        .into_owned()
+    let x2 = into_standard_layout(x)
         .into_shape_with_order((rows, in_dim))
         .map_err(|e| Error::Input(format!("dense input: {e}")))?;
     let mut y = Array2::<f32>::zeros((rows, d.units));

@@ -30,13 +30,13 @@ fn run_direction(
     let u = cell.units;
     let g = cell.kind.gates() * u;
     // The input projection for all timesteps at once: (N*T, F) x (F, G), plus the bias.
+    let x = x.as_standard_layout();
     let flat = x
-        .as_standard_layout()
-        .into_owned()
+        .view()
         .into_shape_with_order((n * t_len, features))
-        .expect("contiguous input");
+        .expect("standard layout reshapes without a copy");
     let mut xw = Array2::<f32>::zeros((n * t_len, g));
-    super::gemm::matmul_into(flat.view(), cell.kernel.view(), xw.view_mut());
+    super::gemm::matmul_into(flat, cell.kernel.view(), xw.view_mut());
     if let Some(b) = &cell.bias {
         xw += b;
     }

@@ -37,12 +37,7 @@ fn check(name: &str, backend: Backend, limit: usize) {
         ..Default::default()
     };
     let outcome = match eval_cifar10(&model, &cifar, &opts) {
-        Err(wgnn::Error::Gpu(msg))
-            if wgnn::gpu::is_no_adapter(&msg) && std::env::var_os("CI").is_none() =>
-        {
-            eprintln!("note: no GPU adapter ({msg}); skipping outside CI");
-            return;
-        }
+        Err(e) if common::no_adapter_outside_ci(&e) => return,
         other => other.unwrap(),
     };
     let keras = keras_probs(name);

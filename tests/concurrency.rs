@@ -11,12 +11,7 @@ fn threads_match_sequential(backend: Backend) {
         let fx = fixture(name);
         let model = load_fixture_model(&fx).unwrap();
         let sequential = match predict_fixture(&fx, &model, backend) {
-            Err(wgnn::Error::Gpu(msg))
-                if wgnn::gpu::is_no_adapter(&msg) && std::env::var_os("CI").is_none() =>
-            {
-                eprintln!("note: no GPU adapter ({msg}); skipping outside CI");
-                return;
-            }
+            Err(e) if common::no_adapter_outside_ci(&e) => return,
             other => other.unwrap(),
         };
         std::thread::scope(|scope| {

@@ -57,12 +57,7 @@ fn check_all(backend: Backend) {
     for name in MODELS {
         let model = Model::load(seed.join(format!("{name}.keras"))).unwrap();
         let outcome = match eval_nusax(&model, &examples, Some(&tokenizer), &opts) {
-            Err(wgnn::Error::Gpu(msg))
-                if wgnn::gpu::is_no_adapter(&msg) && std::env::var_os("CI").is_none() =>
-            {
-                eprintln!("note: no GPU adapter ({msg}); skipping outside CI");
-                return;
-            }
+            Err(e) if common::no_adapter_outside_ci(&e) => return,
             other => other.unwrap_or_else(|e| panic!("{name}: {e}")),
         };
         let want = &expected[format!("{name}.keras")];

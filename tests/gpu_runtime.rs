@@ -3,6 +3,7 @@
 //!
 //! Without a GPU adapter these tests fail when env `CI` is set and print a note otherwise.
 
+mod common;
 mod gpu_support;
 
 use gpu_support::*;

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use ndarray::{Array1, Array2, Array4, ArrayD, IxDyn};
-use wgnn::gpu::{is_no_adapter, GpuRuntime};
+use wgnn::gpu::GpuRuntime;
 use wgnn::ir::*;
 use wgnn::PreparedInput;
 
@@ -69,13 +69,7 @@ pub fn model(input_kind: InputKind, input_shape: &[usize], layers: Vec<Layer>) -
 pub fn runtime(ir: &ModelIr) -> Option<GpuRuntime> {
     match GpuRuntime::new(ir, None) {
         Ok(rt) => Some(rt),
-        Err(wgnn::Error::Gpu(msg)) if is_no_adapter(&msg) => {
-            if std::env::var_os("CI").is_some() {
-                panic!("CI is set but there is no GPU adapter: {msg}");
-            }
-            eprintln!("note: skipping GPU test, {msg}");
-            None
-        }
+        Err(e) if crate::common::no_adapter_outside_ci(&e) => None,
         Err(e) => panic!("creating the GPU runtime for '{}' failed: {e}", ir.name),
     }
 }

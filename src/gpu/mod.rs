@@ -192,8 +192,6 @@ fn rank(adapter: &wgpu::Adapter) -> (u8, u8) {
     (kind, u8::from(info.backend == wgpu::Backend::Gl))
 }
 
-/// The adapter named by `wanted` (a case-insensitive substring), else by env `WGNN_ADAPTER`,
-/// else the best one that runs compute shaders.
 /// For `--backend auto`: the name of the adapter that would be chosen when it is a software
 /// rasterizer (llvmpipe, WARP ...), which runs compute shaders far slower than wgnn's CPU path.
 /// `None` when a hardware adapter would be chosen, when one was named explicitly (argument or
@@ -210,6 +208,8 @@ pub fn auto_adapter_is_software(wanted: Option<&str>) -> Option<String> {
     (info.device_type == wgpu::DeviceType::Cpu).then_some(info.name)
 }
 
+/// The adapter named by `wanted` (a case-insensitive substring), else by env `WGNN_ADAPTER`,
+/// else the best one that runs wgnn's kernels.
 fn choose_adapter(wanted: Option<&str>) -> Result<wgpu::Adapter> {
     let from_env = std::env::var("WGNN_ADAPTER")
         .ok()

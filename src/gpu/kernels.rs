@@ -17,6 +17,8 @@ const RECURRENT: &str = include_str!("../../shaders/recurrent.wgsl");
 
 /// Every GEMM workgroup computes a tile this many rows by this many columns.
 pub const GEMM_TILE: u32 = 64;
+/// The depth of the K slices a GEMM workgroup walks (`TILE_K` in gemm.wgsl).
+pub const GEMM_K_SLICE: usize = 16;
 /// Split K only below this many output tiles, so big GEMMs keep one pass.
 pub const SPLIT_K_MAX_TILES: usize = 32;
 /// Aim for about this many workgroups when splitting K.

@@ -16,7 +16,7 @@ use crate::ir::{
 };
 
 use super::kernels::{
-    Kernel, GEMM_TILE, LINEAR_THREADS, SPLIT_K_MAX_TILES, SPLIT_K_MIN_DEPTH,
+    Kernel, GEMM_K_SLICE, GEMM_TILE, LINEAR_THREADS, SPLIT_K_MAX_TILES, SPLIT_K_MIN_DEPTH,
     SPLIT_K_TARGET_WORKGROUPS,
 };
 use super::weights::{weight_specs, WeightKey, WeightRole};
@@ -820,7 +820,7 @@ impl<'a> Builder<'a> {
 }
 
 /// The K range per workgroup when a GEMM has too few output tiles to fill the GPU, or 0 for one
-/// pass over all of K. A multiple of the 16-deep K slice the GEMM walks.
+/// pass over all of K. A multiple of the K slice the GEMM walks.
 fn split_k_chunk(tiles: usize, k: usize) -> usize {
     if tiles >= SPLIT_K_MAX_TILES || k < 2 * SPLIT_K_MIN_DEPTH {
         return 0;
@@ -831,7 +831,7 @@ fn split_k_chunk(tiles: usize, k: usize) -> usize {
     if splits < 2 {
         return 0;
     }
-    k.div_ceil(splits).div_ceil(16) * 16
+    k.div_ceil(splits).div_ceil(GEMM_K_SLICE) * GEMM_K_SLICE
 }
 
 fn pool_name(op: PoolOp) -> &'static str {

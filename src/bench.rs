@@ -6,7 +6,7 @@ use ndarray::{Array2, ArrayD, IxDyn};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::ir::{InputKind, LayerKind};
+use crate::graph::DType;
 use crate::model::{Backend, Model, PreparedInput};
 
 #[derive(Debug, Clone)]
@@ -52,9 +52,10 @@ pub struct BenchReport {
     pub peak_rss_mb: Option<f64>,
 }
 
-/// Deterministic pseudo-random input of the model's shape: pixels in [0, 1) or ids in the vocabulary.
-pub fn synthetic_input(model: &Model, batch: usize) -> Result<PreparedInput> {
-    let ir = model.ir();
+/// Deterministic pseudo-random inputs of the model's shapes, one per model input: pixels in
+/// [0, 1) or ids in the vocabulary.
+pub fn synthetic_inputs(model: &Model, batch: usize) -> Result<Vec<PreparedInput>> {
+    let graph = model.graph();
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut next = move || {
         state ^= state << 13;
@@ -62,29 +63,30 @@ pub fn synthetic_input(model: &Model, batch: usize) -> Result<PreparedInput> {
         state ^= state << 17;
         state
     };
-    match ir.input_kind {
-        InputKind::Float => {
-            let mut dims = vec![batch];
-            dims.extend_from_slice(&ir.input_shape);
-            let x = ArrayD::from_shape_simple_fn(IxDyn(&dims), || {
-                (next() >> 40) as f32 / (1u64 << 24) as f32
-            });
-            model.prepare_float(x.view())
-        }
-        InputKind::TokenIds => {
-            let vocab = ir
-                .layers
-                .iter()
-                .find_map(|l| match &l.kind {
-                    LayerKind::Embedding(e) => Some(e.input_dim as u64),
-                    _ => None,
-                })
-                .ok_or_else(|| Error::Input("token-id model without an Embedding".into()))?;
-            let t = ir.input_shape.first().copied().unwrap_or(1);
-            let ids = Array2::from_shape_simple_fn((batch, t), || (next() % vocab) as i64);
-            model.prepare_ids(ids.view())
-        }
+    let mut inputs = Vec::new();
+    for (index, port) in graph.inputs.iter().enumerate() {
+        let info = graph.value(port.value);
+        let mut dims = vec![batch];
+        dims.extend_from_slice(&info.shape);
+        inputs.push(match info.dtype {
+            DType::F32 => {
+                let x = ArrayD::from_shape_simple_fn(IxDyn(&dims), || {
+                    (next() >> 40) as f32 / (1u64 << 24) as f32
+                });
+                model.prepare_input(index, x.view())?
+            }
+            DType::Ids | DType::Mask => {
+                let (_, vocab) = graph
+                    .embedding_for_input(index)
+                    .ok_or_else(|| Error::Input("token-id model without an Embedding".into()))?;
+                let t = info.shape.first().copied().unwrap_or(1);
+                let ids =
+                    Array2::from_shape_simple_fn((batch, t), || (next() % vocab as u64) as i64);
+                model.prepare_ids_for(index, ids.view())?
+            }
+        });
     }
+    Ok(inputs)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
@@ -105,26 +107,26 @@ pub fn peak_rss_mb() -> Option<f64> {
 
 pub fn run(model: &Model, adapter: &str, opts: &BenchOptions) -> Result<BenchReport> {
     let batch = opts.batch_size.max(1);
-    let input = synthetic_input(model, batch)?;
+    let input = synthetic_inputs(model, batch)?;
     for _ in 0..opts.warmup {
-        model.run(&input, opts.backend)?;
+        model.run_all(&input, opts.backend)?;
     }
     let iters = opts.iters.max(1);
     let start = Instant::now();
     for _ in 0..iters {
-        model.run(&input, opts.backend)?;
+        model.run_all(&input, opts.backend)?;
     }
     let total = start.elapsed().as_secs_f64();
     let items = (batch * iters) as f64;
-    let flops_per_item = model.ir().flops_per_item();
+    let flops_per_item = model.graph().flops_per_item();
 
     let mut latencies = Vec::new();
     if opts.latency_runs > 0 {
-        let one = synthetic_input(model, 1)?;
-        model.run(&one, opts.backend)?;
+        let one = synthetic_inputs(model, 1)?;
+        model.run_all(&one, opts.backend)?;
         for _ in 0..opts.latency_runs {
             let t = Instant::now();
-            model.run(&one, opts.backend)?;
+            model.run_all(&one, opts.backend)?;
             latencies.push(t.elapsed().as_secs_f64() * 1e3);
         }
         latencies.sort_by(f64::total_cmp);

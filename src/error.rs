@@ -48,6 +48,10 @@ pub enum Error {
     #[error("{}: {message}", path.display())]
     Data { path: PathBuf, message: String },
 
+    /// A broken internal invariant: a bug in wgnn, not bad input.
+    #[error("internal error: {0}")]
+    Internal(String),
+
     /// A command-line usage problem found after argument parsing.
     #[error("{0}")]
     Usage(String),

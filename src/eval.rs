@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::data::cifar10::{Cifar10, Split as CifarSplit};
 use crate::data::nusax::Examples;
 use crate::error::{Error, Result};
-use crate::ir::InputKind;
+use crate::graph::DType;
 use crate::metrics::ClassificationReport;
 use crate::model::{Backend, Model, PreparedInput};
 use crate::text::{Side, Tokenizer};
@@ -201,11 +201,12 @@ fn runner<'a>(model: &'a Model, opts: &EvalOptions) -> Result<(Runner<'a>, Strin
 
 /// Classifies the CIFAR-10 test set, streaming `batch_size` images at a time.
 pub fn eval_cifar10(model: &Model, data: &Cifar10, opts: &EvalOptions) -> Result<EvalOutcome> {
-    if model.ir().input_shape != [32, 32, 3] || model.ir().input_kind != InputKind::Float {
+    let input = model.graph().single_input()?;
+    if input.shape != [32, 32, 3] || input.dtype != DType::F32 {
         return Err(Error::Input(format!(
             "{}: a CIFAR-10 model takes (N, 32, 32, 3) float input, this one takes {:?}",
             model.source().display(),
-            model.ir().input_shape
+            input.shape
         )));
     }
     let total = data.len(CifarSplit::Test)?;
@@ -231,11 +232,11 @@ pub fn texts_to_input(
     tokenizer: Option<&Tokenizer>,
     texts: &[&str],
 ) -> Result<PreparedInput> {
-    let ids = match (&model.ir().text_vectorization, tokenizer) {
+    let ids = match (&model.graph().text_vectorization, tokenizer) {
         (Some(tv), _) => tv.vectorize(texts),
         (None, Some(tok)) => {
             let len =
-                *model.ir().input_shape.first().ok_or_else(|| {
+                *model.graph().single_input()?.shape.first().ok_or_else(|| {
                     Error::Input("the model's input has no sequence length".into())
                 })?;
             tok.texts_to_padded(texts, len, Side::Post, Side::Post)

@@ -15,7 +15,8 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod gpu;
-pub mod ir;
+pub mod graph;
+pub mod input;
 pub mod keras;
 pub mod metrics;
 pub mod model;
@@ -23,4 +24,5 @@ pub mod npy;
 pub mod text;
 
 pub use error::{Error, Result};
-pub use model::{Backend, Model, PreparedInput};
+pub use input::PreparedInput;
+pub use model::{Backend, Model};

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use ndarray::{ArrayD, Axis};
 
-use wgnn::ir::LayerKind;
+use wgnn::graph::DType;
 use wgnn::npy::NpyArray;
 use wgnn::{Backend, Error, Model, PreparedInput, Result};
 
@@ -229,9 +229,12 @@ struct InfoArgs {
 struct PredictArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Input .npy: float32 (N, ...input shape), or integer token ids (N, T).
-    input: PathBuf,
-    /// Output .npy (float32).
+    /// Input .npy files, one per model input in the model's input order: float32
+    /// (N, ...input shape), or integer token ids (N, T).
+    #[arg(required = true, num_args = 1..)]
+    inputs: Vec<PathBuf>,
+    /// Output .npy (float32); a model with several outputs writes an .npz with one array per
+    /// output, named after it.
     #[arg(short, long)]
     output: PathBuf,
     #[command(flatten)]
@@ -274,55 +277,6 @@ fn shape_string(shape: &[usize]) -> String {
     format!("({})", dims.join(", "))
 }
 
-fn layer_details(kind: &LayerKind) -> String {
-    match kind {
-        LayerKind::Conv2d(c) => format!(
-            "{}x{} /{}x{} {:?} {}",
-            c.window.kernel[0],
-            c.window.kernel[1],
-            c.window.strides[0],
-            c.window.strides[1],
-            c.window.padding,
-            c.activation.name()
-        ),
-        LayerKind::Pool2d(p) => format!(
-            "{:?} {}x{} /{}x{} {:?}",
-            p.op,
-            p.window.kernel[0],
-            p.window.kernel[1],
-            p.window.strides[0],
-            p.window.strides[1],
-            p.window.padding
-        ),
-        LayerKind::Dense(d) => d.activation.name().to_string(),
-        LayerKind::Activation(a) => a.name().to_string(),
-        LayerKind::Embedding(e) => {
-            if e.mask_zero {
-                "mask_zero".into()
-            } else {
-                String::new()
-            }
-        }
-        LayerKind::Recurrent(r) => {
-            let mut s = format!("{:?} units={}", r.forward.kind, r.units());
-            if r.backward.is_some() {
-                s += &format!(" bidirectional merge={:?}", r.merge_mode);
-            }
-            if r.return_sequences {
-                s += " return_sequences";
-            }
-            if r.forward.go_backwards && r.backward.is_none() {
-                s += " go_backwards";
-            }
-            if r.masked {
-                s += " masked";
-            }
-            s
-        }
-        _ => String::new(),
-    }
-}
-
 fn info(args: InfoArgs) -> Result<()> {
     if args.adapters {
         let adapters = wgnn::gpu::list_adapters();
@@ -344,17 +298,18 @@ fn info(args: InfoArgs) -> Result<()> {
         weights: args.weights,
     }
     .load()?;
-    let ir = model.ir();
-    println!("model: {} ({})", ir.name, model.source().display());
-    println!(
-        "input: {} {}",
-        shape_string(&ir.input_shape),
-        match ir.input_kind {
-            wgnn::ir::InputKind::Float => "float32",
-            wgnn::ir::InputKind::TokenIds => "token ids",
-        }
-    );
-    if let Some(tv) = &ir.text_vectorization {
+    let graph = model.graph();
+    println!("model: {} ({})", graph.name, model.source().display());
+    for port in &graph.inputs {
+        let v = graph.value(port.value);
+        println!(
+            "input '{}': {} {}",
+            port.name,
+            shape_string(&v.shape),
+            v.dtype.name()
+        );
+    }
+    if let Some(tv) = &graph.text_vectorization {
         println!(
             "text: TextVectorization '{}' vocabulary {} tokens, sequence length {:?}",
             tv.name,
@@ -363,51 +318,88 @@ fn info(args: InfoArgs) -> Result<()> {
         );
     }
     println!(
-        "{:<28} {:<20} {:<20} {:>12} {:>14}  details",
-        "layer", "type", "output shape", "params", "FLOPs/item"
+        "{:<28} {:<20} {:<22} {:>12} {:>14}  {:<24} details",
+        "layer", "type", "output shape", "params", "FLOPs/item", "inputs"
     );
-    for l in &ir.layers {
+    for node in &graph.nodes {
+        let outputs = node
+            .outputs
+            .iter()
+            .map(|&v| shape_string(&graph.value(v).shape))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut inputs = node
+            .inputs
+            .iter()
+            .map(|&v| graph.value_name(v))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if let Some(m) = node.mask {
+            inputs += &format!(" mask={}", graph.value_name(m));
+        }
         println!(
-            "{:<28} {:<20} {:<20} {:>12} {:>14}  {}",
-            l.name,
-            l.class,
-            shape_string(&l.output_shape),
-            l.param_count(),
-            l.flops(),
-            layer_details(&l.kind)
+            "{:<28} {:<20} {:<22} {:>12} {:>14}  {:<24} {}",
+            node.name,
+            node.class,
+            outputs,
+            graph.node_param_count(node),
+            graph.node_flops(node),
+            inputs,
+            node.op.detail()
+        );
+    }
+    for port in &graph.outputs {
+        println!(
+            "output '{}': {} from {}",
+            port.name,
+            shape_string(&graph.value(port.value).shape),
+            graph.value_name(port.value)
         );
     }
     println!(
         "total params: {}   FLOPs per item: {} ({:.3} GFLOP)",
-        ir.param_count(),
-        ir.flops_per_item(),
-        ir.flops_per_item() as f64 / 1e9
+        graph.param_count(),
+        graph.flops_per_item(),
+        graph.flops_per_item() as f64 / 1e9
     );
     if args.plan {
         println!();
         print!(
             "{}",
-            wgnn::gpu::describe_plan(ir, args.batch_size, args.adapter.as_deref())?
+            wgnn::gpu::describe_plan(graph, args.batch_size, args.adapter.as_deref())?
         );
     }
     Ok(())
 }
 
 /// Turns an .npy array into the model's input form, with errors naming the file.
-fn prepare(model: &Model, path: &Path, array: NpyArray) -> Result<PreparedInput> {
+fn prepare(model: &Model, index: usize, path: &Path, array: NpyArray) -> Result<PreparedInput> {
     let named = |e: Error| match e {
         Error::Input(m) => Error::Input(format!("{}: {m}", path.display())),
         other => other,
     };
-    match (model.ir().input_kind, array) {
-        (wgnn::ir::InputKind::TokenIds, NpyArray::Int(ids)) => {
+    let graph = model.graph();
+    let dtype = graph
+        .inputs
+        .get(index)
+        .map(|p| graph.value(p.value).dtype)
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "{}: the model has {} input(s), this is input {}",
+                path.display(),
+                graph.inputs.len(),
+                index + 1
+            ))
+        })?;
+    match (dtype, array) {
+        (DType::Ids, NpyArray::Int(ids)) => {
             let ids = ids.into_dimensionality::<ndarray::Ix2>().map_err(|_| {
                 Error::Input(format!("{}: token ids must be 2-D (N, T)", path.display()))
             })?;
-            model.prepare_ids(ids.view()).map_err(named)
+            model.prepare_ids_for(index, ids.view()).map_err(named)
         }
-        (_, NpyArray::Float(x)) => model.prepare_float(x.view()).map_err(named),
-        (wgnn::ir::InputKind::TokenIds, NpyArray::Float64(x)) => {
+        (_, NpyArray::Float(x)) => model.prepare_input(index, x.view()).map_err(named),
+        (DType::Ids, NpyArray::Float64(x)) => {
             // Check integrality in float64, before any rounding to float32.
             if let Some(v) = x
                 .iter()
@@ -424,60 +416,101 @@ fn prepare(model: &Model, path: &Path, array: NpyArray) -> Result<PreparedInput>
                 .map_err(|_| {
                     Error::Input(format!("{}: token ids must be 2-D (N, T)", path.display()))
                 })?;
-            model.prepare_ids(ids.view()).map_err(named)
+            model.prepare_ids_for(index, ids.view()).map_err(named)
         }
-        (wgnn::ir::InputKind::Float, NpyArray::Float64(x)) => model
-            .prepare_float(x.mapv(|v| v as f32).view())
+        (_, NpyArray::Float64(x)) => model
+            .prepare_input(index, x.mapv(|v| v as f32).view())
             .map_err(named),
-        (wgnn::ir::InputKind::Float, NpyArray::Int(_)) => Err(Error::Input(format!(
+        (_, NpyArray::Int(_)) => Err(Error::Input(format!(
             "{}: expected float32 input, found an integer array",
             path.display()
         ))),
     }
 }
 
-/// Runs a prepared batch in chunks of `batch_size`, concatenating the outputs.
+/// Runs prepared batches (one per model input) in chunks of `batch_size`, concatenating each
+/// output's parts.
 fn run_batched(
     model: &Model,
-    input: &PreparedInput,
+    inputs: &[PreparedInput],
     backend: Backend,
     batch_size: usize,
-) -> Result<ArrayD<f32>> {
-    let n = input.batch();
+) -> Result<Vec<ArrayD<f32>>> {
+    let n = wgnn::input::common_batch(inputs)?;
     let size = batch_size.max(1);
-    let mut parts = Vec::new();
+    let outputs = model.graph().outputs.len();
+    let mut parts: Vec<Vec<ArrayD<f32>>> = vec![Vec::new(); outputs];
     let mut start = 0;
     while start < n {
         let end = (start + size).min(n);
-        parts.push(model.run(&input.slice(start, end), backend)?);
+        let chunk: Vec<PreparedInput> = inputs.iter().map(|x| x.slice(start, end)).collect();
+        for (all, part) in parts.iter_mut().zip(model.run_all(&chunk, backend)?) {
+            all.push(part);
+        }
         start = end;
     }
-    if parts.is_empty() {
-        return Ok(ArrayD::zeros(model.output_dim(0)));
-    }
-    let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
-    ndarray::concatenate(Axis(0), &views)
-        .map_err(|e| Error::Input(format!("concatenating outputs: {e}")))
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(k, p)| {
+            if p.is_empty() {
+                return Ok(ArrayD::zeros(model.output_dim_of(k, 0)));
+            }
+            let views: Vec<_> = p.iter().map(|a| a.view()).collect();
+            ndarray::concatenate(Axis(0), &views)
+                .map_err(|e| Error::Input(format!("concatenating outputs: {e}")))
+        })
+        .collect()
 }
 
 fn predict(args: PredictArgs) -> Result<()> {
     let backend = args.device.backend()?;
     let model = args.model.load()?;
+    let graph = model.graph();
+    if args.inputs.len() != graph.inputs.len() {
+        let names: Vec<&str> = graph.inputs.iter().map(|p| p.name.as_str()).collect();
+        return Err(Error::Usage(format!(
+            "the model takes {} input(s) ({}), {} .npy file(s) given",
+            names.len(),
+            names.join(", "),
+            args.inputs.len()
+        )));
+    }
     if let Some(a) = &args.device.adapter {
         if backend != Backend::Cpu {
             model.with_gpu(Some(a), |_| Ok(()))?;
         }
     }
-    let array = wgnn::npy::read(&args.input)?;
-    let input = prepare(&model, &args.input, array)?;
-    let out = run_batched(&model, &input, backend, args.batch_size)?;
-    wgnn::npy::write_f32(&args.output, &out)?;
-    eprintln!(
-        "wrote {} {:?} to {}",
-        out.len(),
-        out.shape(),
-        args.output.display()
-    );
+    let mut inputs = Vec::with_capacity(args.inputs.len());
+    for (index, path) in args.inputs.iter().enumerate() {
+        let array = wgnn::npy::read(path)?;
+        inputs.push(prepare(&model, index, path, array)?);
+    }
+    let outs = run_batched(&model, &inputs, backend, args.batch_size)?;
+    if let [out] = outs.as_slice() {
+        wgnn::npy::write_f32(&args.output, out)?;
+        eprintln!(
+            "wrote {} {:?} to {}",
+            out.len(),
+            out.shape(),
+            args.output.display()
+        );
+        return Ok(());
+    }
+    // Several outputs: one .npz, an array per output named after it.
+    let path = args.output.with_extension("npz");
+    let named: Vec<(&str, &ArrayD<f32>)> = graph
+        .outputs
+        .iter()
+        .map(|p| p.name.as_str())
+        .zip(&outs)
+        .collect();
+    wgnn::npy::write_npz(&path, &named)?;
+    let shapes: Vec<String> = named
+        .iter()
+        .map(|(n, a)| format!("{n} {:?}", a.shape()))
+        .collect();
+    eprintln!("wrote {} to {}", shapes.join(", "), path.display());
     Ok(())
 }
 
@@ -626,7 +659,7 @@ fn load_image(path: &Path, size: (u32, u32)) -> Result<ndarray::Array4<f32>> {
 fn classify(args: ClassifyArgs) -> Result<()> {
     let backend = args.device.backend()?;
     let model = args.model.load()?;
-    let shape = &model.ir().input_shape;
+    let shape = &model.graph().single_input()?.shape;
     if shape.len() != 3 || shape[2] != 3 {
         return Err(Error::Input(format!(
             "{}: classify needs a model taking (N, H, W, 3) RGB images, this one takes {:?}",

@@ -7,7 +7,8 @@ use std::sync::Mutex;
 use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewD, IxDyn};
 
 use crate::error::{Error, Result};
-use crate::ir::{InputKind, LayerKind, ModelIr};
+use crate::graph::{DType, Graph};
+pub use crate::input::PreparedInput;
 
 /// Where a prediction runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -36,40 +37,9 @@ impl std::str::FromStr for Backend {
     }
 }
 
-/// A validated batch, in the form both backends read.
-#[derive(Debug, Clone)]
-pub enum PreparedInput {
-    /// (N, ...model input shape), standard layout.
-    Float(ArrayD<f32>),
-    /// (N, T) token ids, each checked to be < the Embedding's input_dim.
-    Ids(Array2<u32>),
-}
-
-impl PreparedInput {
-    pub fn batch(&self) -> usize {
-        match self {
-            PreparedInput::Float(x) => x.shape()[0],
-            PreparedInput::Ids(x) => x.nrows(),
-        }
-    }
-
-    /// Rows `start..end` of the batch.
-    pub fn slice(&self, start: usize, end: usize) -> PreparedInput {
-        use ndarray::{s, Axis};
-        match self {
-            PreparedInput::Float(x) => PreparedInput::Float(
-                x.slice_axis(Axis(0), (start..end).into())
-                    .as_standard_layout()
-                    .into_owned(),
-            ),
-            PreparedInput::Ids(x) => PreparedInput::Ids(x.slice(s![start..end, ..]).to_owned()),
-        }
-    }
-}
-
 /// A Keras model loaded for inference. `Send + Sync`: share it between threads freely.
 pub struct Model {
-    ir: ModelIr,
+    graph: Graph,
     source: PathBuf,
     gpu: Mutex<Option<crate::gpu::GpuRuntime>>,
     /// For `Backend::Auto`: Some(name) when the only adapter is a software rasterizer.
@@ -80,7 +50,7 @@ impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Model")
             .field("source", &self.source)
-            .field("ir", &self.ir)
+            .field("graph", &self.graph)
             .finish()
     }
 }
@@ -89,8 +59,8 @@ impl Model {
     /// Loads a `.keras` file (Keras 3 zip of config.json + model.weights.h5).
     pub fn load(path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref();
-        let ir = crate::keras::load(path, None)?;
-        Ok(Model::from_ir(ir, path))
+        let graph = crate::keras::load(path, None)?;
+        Ok(Model::from_graph(graph, path))
     }
 
     /// Loads a model JSON (`model.to_json()`) with a weights file: `.weights.h5` (or any HDF5)
@@ -98,30 +68,31 @@ impl Model {
     /// accepted too: its own weights are then replaced.
     pub fn load_with_weights(config: impl AsRef<Path>, weights: impl AsRef<Path>) -> Result<Model> {
         let path = config.as_ref();
-        let ir = crate::keras::load(path, Some(weights.as_ref()))?;
-        Ok(Model::from_ir(ir, path))
+        let graph = crate::keras::load(path, Some(weights.as_ref()))?;
+        Ok(Model::from_graph(graph, path))
     }
 
-    pub fn from_ir(ir: ModelIr, source: &Path) -> Model {
+    pub fn from_graph(graph: Graph, source: &Path) -> Model {
         Model {
-            ir,
+            graph,
             source: source.to_path_buf(),
             gpu: Mutex::new(None),
             auto_software: std::sync::OnceLock::new(),
         }
     }
 
-    pub fn ir(&self) -> &ModelIr {
-        &self.ir
+    pub fn graph(&self) -> &Graph {
+        &self.graph
     }
 
     pub fn source(&self) -> &Path {
         &self.source
     }
 
-    /// Runs the model on a float batch shaped `(N, ...input_shape)`. For token-id models the
-    /// values must be integral (they are taken as ids).
+    /// Runs a single-input model on a float batch shaped `(N, ...input_shape)`, returning its
+    /// (first) output. For token-id models the values must be integral (they are taken as ids).
     pub fn predict(&self, x: ArrayViewD<f32>, backend: Backend) -> Result<ArrayD<f32>> {
+        self.graph.single_input()?;
         let input = self.prepare_float(x)?;
         self.run(&input, backend)
     }
@@ -132,11 +103,43 @@ impl Model {
         self.run(&input, backend)
     }
 
-    /// Runs a prepared batch; the lowest-level entry point.
+    /// Runs a model with any number of inputs (in the model's input order; token ids as
+    /// integral floats) and returns every output, in the model's output order.
+    pub fn predict_many(
+        &self,
+        xs: &[ArrayViewD<f32>],
+        backend: Backend,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        let inputs = xs
+            .iter()
+            .enumerate()
+            .map(|(i, x)| self.prepare_input(i, x.view()))
+            .collect::<Result<Vec<_>>>()?;
+        self.run_all(&inputs, backend)
+    }
+
+    /// Runs a prepared single-input batch and returns the first output.
     pub fn run(&self, input: &PreparedInput, backend: Backend) -> Result<ArrayD<f32>> {
+        let mut outs = self.run_all(std::slice::from_ref(input), backend)?;
+        if outs.is_empty() {
+            return Err(Error::Internal("the model has no outputs".into()));
+        }
+        Ok(outs.swap_remove(0))
+    }
+
+    /// Runs prepared batches, one per model input; the lowest-level entry point.
+    pub fn run_all(&self, inputs: &[PreparedInput], backend: Backend) -> Result<Vec<ArrayD<f32>>> {
+        if inputs.len() != self.graph.inputs.len() {
+            return Err(Error::Input(format!(
+                "the model takes {} input(s), got {}",
+                self.graph.inputs.len(),
+                inputs.len()
+            )));
+        }
+        let graph = &self.graph;
         match backend {
-            Backend::Cpu => crate::cpu::run(&self.ir, input),
-            Backend::Gpu => self.with_gpu(None, |gpu| gpu.run(&self.ir, input)),
+            Backend::Cpu => crate::cpu::run(graph, inputs),
+            Backend::Gpu => self.with_gpu(None, |gpu| gpu.run(graph, inputs)),
             Backend::Auto => {
                 let software = self
                     .auto_software
@@ -145,12 +148,12 @@ impl Model {
                     warn_cpu_fallback(&format!(
                         "the only GPU adapter is a software one ({name}); use --backend gpu to run on it"
                     ));
-                    return crate::cpu::run(&self.ir, input);
+                    return crate::cpu::run(graph, inputs);
                 }
-                match self.with_gpu(None, |gpu| gpu.run(&self.ir, input)) {
+                match self.with_gpu(None, |gpu| gpu.run(graph, inputs)) {
                     Err(Error::Gpu(msg)) if crate::gpu::is_no_adapter(&msg) => {
                         warn_cpu_fallback(&msg);
-                        crate::cpu::run(&self.ir, input)
+                        crate::cpu::run(graph, inputs)
                     }
                     other => other,
                 }
@@ -171,7 +174,7 @@ impl Model {
             .lock()
             .map_err(|_| Error::Gpu("GPU runtime lock poisoned by an earlier panic".into()))?;
         if guard.is_none() {
-            *guard = Some(crate::gpu::GpuRuntime::new(&self.ir, adapter)?);
+            *guard = Some(crate::gpu::GpuRuntime::new(&self.graph, adapter)?);
         }
         match guard.as_ref() {
             Some(gpu) => f(gpu),
@@ -179,18 +182,25 @@ impl Model {
         }
     }
 
-    /// Checks a float batch against the model's input and converts it for the backends.
+    /// Checks a float batch against the single input and converts it for the backends.
     pub fn prepare_float(&self, x: ArrayViewD<f32>) -> Result<PreparedInput> {
-        match self.ir.input_kind {
-            InputKind::Float => {
-                self.check_shape(x.shape())?;
+        self.graph.single_input()?;
+        self.prepare_input(0, x)
+    }
+
+    /// Checks a float batch against input `index` (token ids given as integral floats).
+    pub fn prepare_input(&self, index: usize, x: ArrayViewD<f32>) -> Result<PreparedInput> {
+        let info = self.input_info(index)?;
+        match info.dtype {
+            DType::F32 => {
+                self.check_shape(index, x.shape())?;
                 Ok(PreparedInput::Float(x.as_standard_layout().into_owned()))
             }
-            InputKind::TokenIds => {
+            DType::Ids | DType::Mask => {
                 if x.ndim() != 2 {
                     return Err(Error::Input(format!(
                         "expected token ids shaped (N, {}), found shape {:?}",
-                        self.ir.input_shape[0],
+                        shape_str(&info.shape),
                         x.shape()
                     )));
                 }
@@ -203,28 +213,30 @@ impl Model {
                     }
                     *dst = v as i64;
                 }
-                self.prepare_ids(ids.view())
+                self.prepare_ids_for(index, ids.view())
             }
         }
     }
 
-    /// Checks token ids against the model's input and its Embedding's vocabulary.
+    /// Checks token ids against the single input and its Embedding's vocabulary.
     pub fn prepare_ids(&self, ids: ArrayView2<i64>) -> Result<PreparedInput> {
-        if self.ir.input_kind != InputKind::TokenIds {
+        self.graph.single_input()?;
+        self.prepare_ids_for(0, ids)
+    }
+
+    /// Checks token ids against input `index` and the vocabulary of the Embedding reading it.
+    pub fn prepare_ids_for(&self, index: usize, ids: ArrayView2<i64>) -> Result<PreparedInput> {
+        let info = self.input_info(index)?;
+        if info.dtype != DType::Ids {
             return Err(Error::Input(format!(
                 "this model takes float input shaped (N, {}), not token ids",
-                shape_str(&self.ir.input_shape)
+                shape_str(&info.shape)
             )));
         }
-        self.check_shape(ids.shape())?;
+        self.check_shape(index, ids.shape())?;
         let (name, vocab) = self
-            .ir
-            .layers
-            .iter()
-            .find_map(|l| match &l.kind {
-                LayerKind::Embedding(e) => Some((l.name.as_str(), e.input_dim)),
-                _ => None,
-            })
+            .graph
+            .embedding_for_input(index)
             .ok_or_else(|| Error::Input("model takes token ids but has no Embedding".into()))?;
         let mut out = Array2::<u32>::zeros(ids.raw_dim());
         for ((pos, &id), dst) in ids.indexed_iter().zip(out.iter_mut()) {
@@ -239,11 +251,29 @@ impl Model {
         Ok(PreparedInput::Ids(out))
     }
 
-    fn check_shape(&self, shape: &[usize]) -> Result<()> {
-        let expected = &self.ir.input_shape;
+    fn input_info(&self, index: usize) -> Result<&crate::graph::ValueInfo> {
+        self.graph
+            .inputs
+            .get(index)
+            .map(|p| self.graph.value(p.value))
+            .ok_or_else(|| {
+                Error::Input(format!(
+                    "the model has {} input(s), no input #{index}",
+                    self.graph.inputs.len()
+                ))
+            })
+    }
+
+    fn check_shape(&self, index: usize, shape: &[usize]) -> Result<()> {
+        let expected = &self.input_info(index)?.shape;
         if shape.len() != expected.len() + 1 || &shape[1..] != expected.as_slice() {
+            let which = if self.graph.inputs.len() > 1 {
+                format!("input '{}': ", self.graph.inputs[index].name)
+            } else {
+                String::new()
+            };
             return Err(Error::Input(format!(
-                "expected shape (N, {}), found {:?}",
+                "{which}expected shape (N, {}), found {:?}",
                 shape_str(expected),
                 shape
             )));
@@ -251,11 +281,16 @@ impl Model {
         Ok(())
     }
 
-    /// Output shape for a batch of `n`.
-    pub fn output_dim(&self, n: usize) -> IxDyn {
+    /// Shape of output `index` for a batch of `n`.
+    pub fn output_dim_of(&self, index: usize, n: usize) -> IxDyn {
         let mut dims = vec![n];
-        dims.extend_from_slice(self.ir.output_shape());
+        dims.extend_from_slice(&self.graph.output_info(index).shape);
         IxDyn(&dims)
+    }
+
+    /// Shape of the first output for a batch of `n`.
+    pub fn output_dim(&self, n: usize) -> IxDyn {
+        self.output_dim_of(0, n)
     }
 }
 

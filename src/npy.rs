@@ -1,6 +1,5 @@
 //! `.npy` input and output for the CLI and tests, through npyz.
 
-use std::io::BufWriter;
 use std::path::Path;
 
 use ndarray::{ArrayD, IxDyn};
@@ -184,19 +183,58 @@ fn ints<T: Into<i64>>(
 }
 
 /// Writes a float32 `.npy`.
-pub fn write_f32(path: &Path, array: &ArrayD<f32>) -> Result<()> {
-    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+/// The bytes of an `.npy` file holding `array` (float32, C order).
+pub fn npy_bytes(array: &ArrayD<f32>) -> std::io::Result<Vec<u8>> {
     let shape: Vec<u64> = array.shape().iter().map(|&d| d as u64).collect();
+    let mut bytes = Vec::new();
     let mut writer = npyz::WriteOptions::new()
         .default_dtype()
         .shape(&shape)
-        .writer(BufWriter::new(file))
-        .begin_nd()
-        .map_err(|e| Error::io(path, e))?;
-    writer
-        .extend(array.as_standard_layout().iter().copied())
-        .map_err(|e| Error::io(path, e))?;
-    writer.finish().map_err(|e| Error::io(path, e))?;
+        .writer(&mut bytes)
+        .begin_nd()?;
+    writer.extend(array.as_standard_layout().iter().copied())?;
+    writer.finish()?;
+    Ok(bytes)
+}
+
+/// Writes a float32 `.npy` file. The file appears whole or not at all (a temporary file in the
+/// same folder, renamed into place).
+pub fn write_f32(path: &Path, array: &ArrayD<f32>) -> Result<()> {
+    let bytes = npy_bytes(array).map_err(|e| Error::io(path, e))?;
+    write_atomically(path, &bytes)
+}
+
+/// Writes an `.npz` (as `np.savez(path, name=array, ...)`: stored `name.npy` entries), whole or
+/// not at all.
+pub fn write_npz(path: &Path, arrays: &[(&str, &ArrayD<f32>)]) -> Result<()> {
+    use std::io::Write;
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .large_file(true);
+    let zip_error = |e: zip::result::ZipError| Error::io(path, std::io::Error::other(e));
+    for (name, array) in arrays {
+        zip.start_file(format!("{name}.npy"), options)
+            .map_err(zip_error)?;
+        let bytes = npy_bytes(array).map_err(|e| Error::io(path, e))?;
+        zip.write_all(&bytes).map_err(|e| Error::io(path, e))?;
+    }
+    let bytes = zip.finish().map_err(zip_error)?.into_inner();
+    write_atomically(path, &bytes)
+}
+
+/// `bytes` to `path` through a temporary file in the same folder and a rename, so a crash or
+/// a full disk never leaves a half-written file under the final name.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(path, e))?;
+    tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! Activation functions with Keras 3's exact formulas. The GPU shaders mirror these.
 
-use crate::ir::Activation;
+use crate::graph::Activation;
 
 /// Keras 3's selu constants.
 pub const SELU_ALPHA: f32 = 1.673_263_2;

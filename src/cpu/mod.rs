@@ -1,61 +1,198 @@
-//! CPU reference path on ndarray: the oracle every GPU result is tested against.
-//! Convolutions are Winograd F(2x2,3x3) or im2col + GEMM (the `gemm` crate), threads over images.
+//! CPU reference path on ndarray: the oracle every GPU result is tested against. Runs the graph's
+//! nodes in order and frees each value after its last use. Convolutions are Winograd
+//! F(2x2,3x3) or im2col + GEMM (the `gemm` crate), threads over images.
 
 pub mod activation;
 mod gemm;
 mod recurrent;
 mod winograd;
 
-use ndarray::{Array1, Array2, Array3, Array4, ArrayD, Axis, Ix4, IxDyn, Zip};
+use ndarray::{Array2, Array3, Array4, ArrayD, ArrayView1, ArrayView4, Axis, Ix4, IxDyn, Zip};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::ir::*;
-use crate::model::PreparedInput;
+use crate::graph::*;
+use crate::input::PreparedInput;
 
-/// Runs the whole model on a validated batch.
-pub fn run(ir: &ModelIr, input: &PreparedInput) -> Result<ArrayD<f32>> {
-    let batch = input.batch();
-    let (mut x, ids) = match input {
-        PreparedInput::Float(x) => (x.clone(), None),
-        PreparedInput::Ids(ids) => (ArrayD::zeros(IxDyn(&[batch, 0])), Some(ids)),
-    };
-    // The padding mask (id != 0), when an Embedding(mask_zero=True) asked for one.
-    let mask: Option<Array2<bool>> = match ids {
-        Some(ids) if ir.masks_padding() => Some(ids.mapv(|id| id != 0)),
-        _ => None,
-    };
-    for layer in &ir.layers {
-        x = run_layer(layer, x, ids, mask.as_ref())?;
-        let mut expected = vec![batch];
-        expected.extend_from_slice(&layer.output_shape);
-        if x.shape() != expected.as_slice() {
-            // A bug, not bad input: the IR's shape inference and this backend disagree.
-            return Err(Error::Input(format!(
-                "internal: layer '{}' produced shape {:?}, the IR expects {:?}",
-                layer.name,
-                x.shape(),
-                expected
-            )));
-        }
-    }
-    Ok(x)
+/// A value while the graph runs.
+#[derive(Debug, Clone)]
+enum Tensor {
+    F32(ArrayD<f32>),
+    Ids(Array2<u32>),
+    Mask(Array2<bool>),
 }
 
-fn run_layer(
-    layer: &Layer,
-    x: ArrayD<f32>,
-    ids: Option<&Array2<u32>>,
+impl Tensor {
+    fn kind(&self) -> &'static str {
+        match self {
+            Tensor::F32(_) => "float32",
+            Tensor::Ids(_) => "token ids",
+            Tensor::Mask(_) => "mask",
+        }
+    }
+}
+
+/// A Conv2D with its weights resolved from the parameter store.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConvArgs<'a> {
+    pub filters: usize,
+    pub window: Window2d,
+    pub in_channels: usize,
+    /// HWIO.
+    pub kernel: ArrayView4<'a, f32>,
+    pub bias: Option<ArrayView1<'a, f32>>,
+    pub activation: Activation,
+}
+
+impl<'a> ConvArgs<'a> {
+    fn new(c: &Conv2d, params: &'a ParamStore) -> Self {
+        ConvArgs {
+            filters: c.filters,
+            window: c.window,
+            in_channels: c.in_channels,
+            kernel: params.view4(c.kernel),
+            bias: c.bias.map(|b| params.view1(b)),
+            activation: c.activation,
+        }
+    }
+}
+
+/// Runs the whole graph on validated batches (one per graph input); returns every output.
+pub fn run(graph: &Graph, inputs: &[PreparedInput]) -> Result<Vec<ArrayD<f32>>> {
+    if inputs.len() != graph.inputs.len() {
+        return Err(Error::Input(format!(
+            "the model takes {} input(s), got {}",
+            graph.inputs.len(),
+            inputs.len()
+        )));
+    }
+    let batch = crate::input::common_batch(inputs)?;
+    let last_use = graph.last_uses();
+    let mut values: Vec<Option<Tensor>> = vec![None; graph.values.len()];
+    for (port, input) in graph.inputs.iter().zip(inputs) {
+        values[port.value] = Some(match input {
+            PreparedInput::Float(x) => Tensor::F32(x.clone()),
+            PreparedInput::Ids(ids) => Tensor::Ids(ids.clone()),
+        });
+    }
+    for (i, node) in graph.nodes.iter().enumerate() {
+        // An input read for the last time is moved into the op (activations run in place);
+        // one read again later, or twice by this node, is copied.
+        let mut args = Vec::with_capacity(node.inputs.len());
+        for (k, &v) in node.inputs.iter().enumerate() {
+            let again = node.inputs[k + 1..].contains(&v) || node.mask == Some(v);
+            let t = if last_use[v] == i && !again {
+                values[v].take()
+            } else {
+                values[v].clone()
+            };
+            args.push(t.ok_or_else(|| {
+                Error::Internal(format!(
+                    "node '{}' reads value #{v} before it is computed",
+                    node.name
+                ))
+            })?);
+        }
+        let mask = match node.mask.and_then(|m| values[m].as_ref()) {
+            Some(Tensor::Mask(m)) => Some(m.clone()),
+            Some(other) => {
+                return Err(Error::Internal(format!(
+                    "node '{}': its mask holds {}",
+                    node.name,
+                    other.kind()
+                )))
+            }
+            None => None,
+        };
+        let outs = run_node(graph, node, args, mask.as_ref())?;
+        if outs.len() != node.outputs.len() {
+            return Err(Error::Internal(format!(
+                "node '{}' made {} outputs, the graph expects {}",
+                node.name,
+                outs.len(),
+                node.outputs.len()
+            )));
+        }
+        for (&v, t) in node.outputs.iter().zip(outs) {
+            let info = graph.value(v);
+            let mut expected = vec![batch];
+            expected.extend_from_slice(&info.shape);
+            let shape = match &t {
+                Tensor::F32(x) => x.shape().to_vec(),
+                Tensor::Ids(x) => x.shape().to_vec(),
+                Tensor::Mask(x) => x.shape().to_vec(),
+            };
+            if shape != expected {
+                // A bug, not bad input: the op's shape rule and this backend disagree.
+                return Err(Error::Internal(format!(
+                    "node '{}' produced shape {shape:?}, the graph expects {expected:?}",
+                    node.name
+                )));
+            }
+            values[v] = Some(t);
+        }
+        for &v in node.inputs.iter().chain(node.mask.iter()) {
+            if last_use[v] == i {
+                values[v] = None;
+            }
+        }
+    }
+    graph
+        .outputs
+        .iter()
+        .map(|p| match values[p.value].clone() {
+            Some(Tensor::F32(x)) => Ok(x),
+            Some(other) => Err(Error::Input(format!(
+                "output '{}' holds {}, not float32 values",
+                p.name,
+                other.kind()
+            ))),
+            None => Err(Error::Internal(format!(
+                "output '{}' was never computed",
+                p.name
+            ))),
+        })
+        .collect()
+}
+
+fn float(t: Tensor, node: &Node) -> Result<ArrayD<f32>> {
+    match t {
+        Tensor::F32(x) => Ok(x),
+        other => Err(Error::Internal(format!(
+            "node '{}' expects float32 input, got {}",
+            node.name,
+            other.kind()
+        ))),
+    }
+}
+
+fn run_node(
+    graph: &Graph,
+    node: &Node,
+    mut args: Vec<Tensor>,
     mask: Option<&Array2<bool>>,
-) -> Result<ArrayD<f32>> {
-    let batch = x.shape()[0];
+) -> Result<Vec<Tensor>> {
+    let params = &graph.params;
+    let out_info = graph.value(node.outputs[0]);
+    let first = args
+        .drain(..1)
+        .next()
+        .ok_or_else(|| Error::Internal(format!("node '{}' has no input", node.name)))?;
+    let batch = match &first {
+        Tensor::F32(x) => x.shape()[0],
+        Tensor::Ids(x) => x.nrows(),
+        Tensor::Mask(x) => x.nrows(),
+    };
     let mut out_dims = vec![batch];
-    out_dims.extend_from_slice(&layer.output_shape);
-    Ok(match &layer.kind {
-        LayerKind::Conv2d(c) => conv2d(c, &to4(x, &layer.name)?).into_dyn(),
-        LayerKind::Pool2d(p) => pool2d(p, &to4(x, &layer.name)?).into_dyn(),
-        LayerKind::GlobalPool2d { op, .. } => {
-            let x4 = to4(x, &layer.name)?;
+    out_dims.extend_from_slice(&out_info.shape);
+    let name = node.name.as_str();
+    let y = match &node.op {
+        Op::Conv2d(c) => {
+            conv2d(&ConvArgs::new(c, params), &to4(float(first, node)?, name)?).into_dyn()
+        }
+        Op::Pool2d(p) => pool2d(p, &to4(float(first, node)?, name)?).into_dyn(),
+        Op::GlobalPool2d { op, .. } => {
+            let x4 = to4(float(first, node)?, name)?;
             let pooled = match op {
                 PoolOp::Max => x4
                     .fold_axis(Axis(1), f32::NEG_INFINITY, |a, b| a.max(*b))
@@ -67,29 +204,43 @@ fn run_layer(
             };
             reshape(pooled.into_dyn(), &out_dims)?
         }
-        LayerKind::Dense(d) => dense(d, x, &out_dims)?,
-        LayerKind::Activation(a) => {
-            let mut x = into_standard_layout(x);
+        Op::Dense(d) => dense(d, params, float(first, node)?, &out_dims)?,
+        Op::Activation(a) => {
+            let mut x = into_standard_layout(float(first, node)?);
             let width = x.shape().last().copied().unwrap_or(1);
             let data = x.as_slice_mut().expect("standard layout is contiguous");
             activation::apply_rows(*a, data, width);
             x
         }
-        LayerKind::Rescaling { scale, offset } => rescale(x, scale, offset),
-        LayerKind::Embedding(e) => {
-            let ids = ids.ok_or_else(|| Error::Input("Embedding needs token ids".into()))?;
-            embedding(e, ids).into_dyn()
+        Op::Rescaling { scale, offset } => rescale(float(first, node)?, scale, offset),
+        Op::Embedding(e) => match first {
+            Tensor::Ids(ids) => embedding(e, params, &ids).into_dyn(),
+            other => {
+                return Err(Error::Internal(format!(
+                    "Embedding '{name}' needs token ids, got {}",
+                    other.kind()
+                )))
+            }
+        },
+        Op::Recurrent(r) => {
+            let x3 = float(first, node)?
+                .into_dimensionality::<ndarray::Ix3>()
+                .map_err(|_| Error::Internal(format!("layer '{name}' expects (N, T, F) input")))?;
+            recurrent::run(r, params, &x3, mask).into_dyn()
         }
-        LayerKind::Recurrent(r) => {
-            let x3 = x.into_dimensionality::<ndarray::Ix3>().map_err(|_| {
-                Error::Input(format!("layer '{}' expects (N, T, F) input", layer.name))
-            })?;
-            let m = if r.masked { mask } else { None };
-            recurrent::run(r, &x3, m).into_dyn()
-        }
-        LayerKind::Reshape => reshape(x, &out_dims)?,
-        LayerKind::Identity => x,
-    })
+        Op::Reshape { .. } => reshape(float(first, node)?, &out_dims)?,
+        Op::Identity => return Ok(vec![first]),
+        Op::PaddingMask => match first {
+            Tensor::Ids(ids) => return Ok(vec![Tensor::Mask(ids.mapv(|id| id != 0))]),
+            other => {
+                return Err(Error::Internal(format!(
+                    "padding mask '{name}' needs token ids, got {}",
+                    other.kind()
+                )))
+            }
+        },
+    };
+    Ok(vec![Tensor::F32(y)])
 }
 
 fn to4(x: ArrayD<f32>, layer: &str) -> Result<Array4<f32>> {
@@ -113,16 +264,22 @@ fn reshape(x: ArrayD<f32>, dims: &[usize]) -> Result<ArrayD<f32>> {
 }
 
 /// Dense on the last axis of any rank: one GEMM over all leading rows.
-fn dense(d: &Dense, x: ArrayD<f32>, out_dims: &[usize]) -> Result<ArrayD<f32>> {
-    let in_dim = d.kernel.nrows();
+fn dense(
+    d: &Dense,
+    params: &ParamStore,
+    x: ArrayD<f32>,
+    out_dims: &[usize],
+) -> Result<ArrayD<f32>> {
+    let in_dim = d.in_features;
     let rows = x.len() / in_dim.max(1);
     let x2 = into_standard_layout(x)
         .into_shape_with_order((rows, in_dim))
         .map_err(|e| Error::Input(format!("dense input: {e}")))?;
     let mut y = Array2::<f32>::zeros((rows, d.units));
-    gemm::matmul_into(x2.view(), d.kernel.view(), y.view_mut());
+    gemm::matmul_into(x2.view(), params.view2(d.kernel), y.view_mut());
     let data = y.as_slice_mut().expect("a new array is contiguous");
-    bias_activation(data, d.units, d.bias.as_ref(), d.activation);
+    let bias = d.bias.map(|b| params.view1(b));
+    bias_activation(data, d.units, bias, d.activation);
     y.into_shape_with_order(IxDyn(out_dims))
         .map_err(|e| Error::Input(format!("dense output: {e}")))
 }
@@ -139,12 +296,13 @@ fn rescale(mut x: ArrayD<f32>, scale: &[f32], offset: &[f32]) -> ArrayD<f32> {
     x
 }
 
-fn embedding(e: &Embedding, ids: &Array2<u32>) -> Array3<f32> {
+fn embedding(e: &Embedding, params: &ParamStore, ids: &Array2<u32>) -> Array3<f32> {
     let (n, t) = ids.dim();
+    let table = params.view2(e.table);
     let mut out = Array3::zeros((n, t, e.output_dim));
     Zip::from(out.lanes_mut(Axis(2)))
         .and(ids)
-        .for_each(|mut row, &id| row.assign(&e.table.row(id as usize)));
+        .for_each(|mut row, &id| row.assign(&table.row(id as usize)));
     out
 }
 
@@ -185,11 +343,11 @@ fn im2col_image(w: &Window2d, channels: usize, img: &[f32], cols: &mut [f32]) {
 fn bias_activation_rows(
     data: &mut [f32],
     width: usize,
-    bias: Option<&Array1<f32>>,
+    bias: Option<ArrayView1<f32>>,
     act: Activation,
 ) {
     if let Some(b) = bias {
-        let b = b.as_slice().expect("an owned bias vector is contiguous");
+        let b = b.as_slice().expect("parameters are contiguous");
         for row in data.chunks_exact_mut(width.max(1)) {
             row.iter_mut().zip(b).for_each(|(v, &bb)| *v += bb);
         }
@@ -198,14 +356,14 @@ fn bias_activation_rows(
 }
 
 /// Bias + activation over GEMM output rows, in parallel chunks of rows.
-fn bias_activation(data: &mut [f32], width: usize, bias: Option<&Array1<f32>>, act: Activation) {
+fn bias_activation(data: &mut [f32], width: usize, bias: Option<ArrayView1<f32>>, act: Activation) {
     data.par_chunks_mut(1024 * width.max(1))
         .for_each(|rows| bias_activation_rows(rows, width, bias, act));
 }
 
 /// Convolution: Winograd F(2x2, 3x3) for 3x3 stride-1 layers with enough input channels,
 /// im2col + GEMM for everything else.
-fn conv2d(c: &Conv2d, x: &Array4<f32>) -> Array4<f32> {
+fn conv2d(c: &ConvArgs, x: &Array4<f32>) -> Array4<f32> {
     if let Some(y) = winograd::conv2d(c, x) {
         return y;
     }
@@ -214,7 +372,7 @@ fn conv2d(c: &Conv2d, x: &Array4<f32>) -> Array4<f32> {
 
 /// Convolution as im2col + GEMM, threads over groups of images: each group's im2col, GEMM, bias
 /// and activation run on one thread while its rows are still in cache.
-fn conv2d_im2col(c: &Conv2d, x: &Array4<f32>) -> Array4<f32> {
+fn conv2d_im2col(c: &ConvArgs, x: &Array4<f32>) -> Array4<f32> {
     let n = x.shape()[0];
     let [oh, ow] = c.window.out_hw;
     let [ih, iw] = c.window.in_hw;
@@ -252,7 +410,7 @@ fn conv2d_im2col(c: &Conv2d, x: &Array4<f32>) -> Array4<f32> {
             let yv = ndarray::ArrayViewMut2::from_shape((m, c.filters), &mut *y)
                 .expect("m x filters output");
             gemm::matmul_into_on(a, kernel, yv, threaded_gemm);
-            bias_activation_rows(y, c.filters, c.bias.as_ref(), c.activation);
+            bias_activation_rows(y, c.filters, c.bias, c.activation);
         });
     Array4::from_shape_vec((n, oh, ow, c.filters), out).expect("NHWC output")
 }

@@ -4,7 +4,7 @@ use ndarray::{Array2, Array3, ArrayD, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
 use super::activation::{scalar, sigmoid, tanh};
-use crate::ir::{Activation, CellKind, MergeMode, Recurrent, RecurrentCell};
+use crate::graph::{Activation, CellKind, MergeMode, ParamStore, Recurrent, RecurrentCell};
 
 /// From this many units the per-step `h · R` of a group of rows is one GEMM call; below it,
 /// plain loops (measured on the seed models: LSTM(8) 1.35x faster with loops, SimpleRNN(24)
@@ -22,6 +22,7 @@ struct DirectionOutput {
 /// groups of rows run their step loops on separate threads.
 fn run_direction(
     cell: &RecurrentCell,
+    params: &ParamStore,
     x: &Array3<f32>,
     mask: Option<&Array2<bool>>,
     zero_masked: bool,
@@ -36,15 +37,12 @@ fn run_direction(
         .into_shape_with_order((n * t_len, features))
         .expect("standard layout reshapes without a copy");
     let mut xw = Array2::<f32>::zeros((n * t_len, g));
-    super::gemm::matmul_into(flat, cell.kernel.view(), xw.view_mut());
-    if let Some(b) = &cell.bias {
-        xw += b;
+    super::gemm::matmul_into(flat, params.view2(cell.kernel), xw.view_mut());
+    if let Some(b) = cell.bias {
+        xw += &params.view1(b);
     }
     let xw = xw.as_slice().expect("a new array is contiguous");
-    let recurrent_kernel = cell.recurrent_kernel.as_standard_layout();
-    let recurrent_rows = recurrent_kernel
-        .as_slice()
-        .expect("standard layout is contiguous");
+    let recurrent_rows = params.slice(cell.recurrent_kernel);
 
     let direction = Direction {
         cell,
@@ -229,10 +227,15 @@ fn merge(mode: MergeMode, a: ArrayD<f32>, b: ArrayD<f32>) -> ArrayD<f32> {
     }
 }
 
-pub fn run(r: &Recurrent, x: &Array3<f32>, mask: Option<&Array2<bool>>) -> ArrayD<f32> {
+pub fn run(
+    r: &Recurrent,
+    params: &ParamStore,
+    x: &Array3<f32>,
+    mask: Option<&Array2<bool>>,
+) -> ArrayD<f32> {
     let zero = r.zero_output_for_mask();
     let Some(bcell) = &r.backward else {
-        let fwd = run_direction(&r.forward, x, mask, zero);
+        let fwd = run_direction(&r.forward, params, x, mask, zero);
         return if r.return_sequences {
             fwd.sequence.into_dyn()
         } else {
@@ -240,8 +243,8 @@ pub fn run(r: &Recurrent, x: &Array3<f32>, mask: Option<&Array2<bool>>) -> Array
         };
     };
     let (fwd, bwd) = rayon::join(
-        || run_direction(&r.forward, x, mask, zero),
-        || run_direction(bcell, x, mask, zero),
+        || run_direction(&r.forward, params, x, mask, zero),
+        || run_direction(bcell, params, x, mask, zero),
     );
     if r.return_sequences {
         // Bidirectional flips the backward outputs back into time order.

@@ -21,7 +21,8 @@ use rayon::prelude::*;
 
 use super::activation;
 use super::gemm::matmul_into;
-use crate::ir::{Activation, Conv2d};
+use super::ConvArgs as Conv2d;
+use crate::graph::Activation;
 
 /// Positions in a transformed 4x4 tile: one GEMM each.
 const POSITIONS: usize = 16;
@@ -38,7 +39,7 @@ pub(super) fn supports(c: &Conv2d) -> bool {
         && c.window.strides == [1, 1]
         && c.in_channels >= MIN_IN_CHANNELS
         && c.kernel.shape() == [3, 3, c.in_channels, c.filters]
-        && c.bias.as_ref().is_none_or(|b| b.len() == c.filters)
+        && c.bias.is_none_or(|b| b.len() == c.filters)
 }
 
 /// Where the tiles of a layer lie: input and output sizes, padding and tile counts.
@@ -86,7 +87,7 @@ pub(super) fn conv2d(c: &Conv2d, x: &Array4<f32>) -> Option<Array4<f32>> {
     let input = x.as_slice()?;
     let kernel = c.kernel.as_standard_layout();
     let kernel = kernel.as_slice()?;
-    let bias = match &c.bias {
+    let bias = match c.bias {
         Some(b) => b.to_vec(),
         None => vec![0.0; c.filters],
     };
@@ -465,8 +466,31 @@ fn transform_output(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::{Padding, Window2d};
+    use crate::graph::{Padding, Window2d};
     use ndarray::Array1;
+
+    /// A Conv2D layer that owns its weights; `args()` lends them as the CPU path reads them.
+    struct Layer {
+        window: Window2d,
+        cin: usize,
+        cout: usize,
+        kernel: Array4<f32>,
+        bias: Option<Array1<f32>>,
+        activation: Activation,
+    }
+
+    impl Layer {
+        fn args(&self) -> Conv2d<'_> {
+            Conv2d {
+                filters: self.cout,
+                window: self.window,
+                in_channels: self.cin,
+                kernel: self.kernel.view(),
+                bias: self.bias.as_ref().map(|b| b.view()),
+                activation: self.activation,
+            }
+        }
+    }
 
     /// Deterministic values in [-1, 1) (xorshift), so failures reproduce.
     fn noise(len: usize, seed: u64) -> Vec<f32> {
@@ -488,7 +512,7 @@ mod tests {
         padding: Padding,
         activation: Activation,
         seed: u64,
-    ) -> Conv2d {
+    ) -> Layer {
         // Weights scaled like Keras's initializers (variance 1 / fan_in), so the sums have a
         // trained layer's magnitude rather than growing with the channel count.
         let scale = (3.0 / (9 * cin) as f32).sqrt();
@@ -496,10 +520,10 @@ mod tests {
             .iter()
             .map(|w| w * scale)
             .collect();
-        Conv2d {
-            filters: cout,
+        Layer {
             window: Window2d::new([3, 3], [1, 1], padding, hw),
-            in_channels: cin,
+            cin,
+            cout,
             kernel: Array4::from_shape_vec((3, 3, cin, cout), weights).expect("kernel shape"),
             bias: Some(Array1::from(noise(cout, seed + 1))),
             activation,
@@ -512,7 +536,8 @@ mod tests {
     }
 
     /// Winograd against the im2col reference within 1e-5 * (1 + |ref|).
-    fn assert_matches_im2col(c: &Conv2d, x: &Array4<f32>) {
+    fn assert_matches_im2col(layer: &Layer, x: &Array4<f32>) {
+        let c = &layer.args();
         let got = conv2d(c, x).expect("a 3x3 stride-1 layer takes the Winograd path");
         let want = super::super::conv2d_im2col(c, x);
         assert_eq!(got.shape(), want.shape());
@@ -595,26 +620,26 @@ mod tests {
     fn an_empty_batch_or_output_is_empty() {
         let c = layer([8, 8], 8, 4, Padding::Same, Activation::Linear, 21);
         assert_eq!(
-            conv2d(&c, &input(0, [8, 8], 8, 22)).map(|y| y.len()),
+            conv2d(&c.args(), &input(0, [8, 8], 8, 22)).map(|y| y.len()),
             Some(0)
         );
         let valid_too_small = layer([2, 2], 8, 4, Padding::Valid, Activation::Linear, 23);
-        let y = conv2d(&valid_too_small, &input(1, [2, 2], 8, 24));
+        let y = conv2d(&valid_too_small.args(), &input(1, [2, 2], 8, 24));
         assert_eq!(y.map(|y| y.shape().to_vec()), Some(vec![1, 0, 0, 4]));
     }
 
     #[test]
     fn declines_layers_it_does_not_handle() {
         let few_channels = layer([8, 8], 3, 4, Padding::Same, Activation::Linear, 31);
-        assert!(!supports(&few_channels));
+        assert!(!supports(&few_channels.args()));
         let mut strided = layer([8, 8], 8, 4, Padding::Same, Activation::Linear, 32);
         strided.window = Window2d::new([3, 3], [2, 2], Padding::Same, [8, 8]);
-        assert!(!supports(&strided));
+        assert!(!supports(&strided.args()));
         let mut five_by_five = layer([8, 8], 8, 4, Padding::Same, Activation::Linear, 33);
         five_by_five.window = Window2d::new([5, 5], [1, 1], Padding::Same, [8, 8]);
-        assert!(!supports(&five_by_five));
+        assert!(!supports(&five_by_five.args()));
         // An input whose shape disagrees with the layer goes back to the caller.
         let c = layer([8, 8], 8, 4, Padding::Same, Activation::Linear, 34);
-        assert!(conv2d(&c, &input(1, [8, 7], 8, 35)).is_none());
+        assert!(conv2d(&c.args(), &input(1, [8, 7], 8, 35)).is_none());
     }
 }

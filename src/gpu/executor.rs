@@ -38,7 +38,7 @@ fn padded(bytes: u64) -> u64 {
 /// A plan made concrete for one batch size. Built once, run many times.
 pub struct GpuPlan {
     pub plan: Plan,
-    input: wgpu::Buffer,
+    inputs: Vec<wgpu::Buffer>,
     slots: Vec<wgpu::Buffer>,
     readback: wgpu::Buffer,
     /// One per op (None for clears), built up front.
@@ -55,12 +55,19 @@ impl GpuPlan {
         let storage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_DST
             | wgpu::BufferUsages::COPY_SRC;
-        let input = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("input"),
-            size: padded(plan.input_bytes),
-            usage: storage,
-            mapped_at_creation: false,
-        });
+        let inputs = plan
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(k, input)| {
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(&format!("input{k}")),
+                    size: padded(input.bytes),
+                    usage: storage,
+                    mapped_at_creation: false,
+                })
+            })
+            .collect::<Vec<_>>();
         let slots = plan
             .slots
             .iter()
@@ -76,7 +83,7 @@ impl GpuPlan {
             .collect::<Vec<_>>();
         let readback = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
-            size: padded(plan.output_bytes),
+            size: padded(plan.output_bytes()),
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
@@ -135,15 +142,17 @@ impl GpuPlan {
 
         let resolve = |b: BufRef| -> Result<&wgpu::Buffer> {
             match b {
-                BufRef::Input => Ok(&input),
+                BufRef::Input(k) => inputs
+                    .get(k)
+                    .ok_or_else(|| Error::Internal(format!("plan has no input {k}"))),
                 BufRef::Slot(s) => slots
                     .get(s)
                     .ok_or_else(|| Error::Gpu(format!("internal: plan has no slot{s}"))),
                 BufRef::Weight(key) => ctx.weights.get(&key).ok_or_else(|| {
                     Error::Gpu(format!(
-                        "internal: weight {} of layer #{} was not uploaded",
+                        "internal: weight {} of node #{} was not uploaded",
                         key.role.name(),
-                        key.layer
+                        key.node
                     ))
                 }),
                 BufRef::Dummy => Ok(&ctx.dummy),
@@ -198,7 +207,7 @@ impl GpuPlan {
 
         Ok(GpuPlan {
             plan,
-            input,
+            inputs,
             slots,
             readback,
             bind_groups,
@@ -210,24 +219,38 @@ impl GpuPlan {
 
     fn buffer(&self, b: BufRef) -> Option<&wgpu::Buffer> {
         match b {
-            BufRef::Input => Some(&self.input),
+            BufRef::Input(k) => self.inputs.get(k),
             BufRef::Slot(s) => self.slots.get(s),
             _ => None,
         }
     }
 
-    /// Uploads `input` (exactly `plan.input_bytes`), runs every op in one submit and reads back
-    /// the output.
-    pub fn execute(&self, ctx: &DeviceContext, input: &[u8], stride: u64) -> Result<Vec<f32>> {
-        if input.len() as u64 != self.plan.input_bytes {
-            return Err(Error::Gpu(format!(
-                "internal: input of {} bytes for a plan expecting {}",
-                input.len(),
-                self.plan.input_bytes
+    /// Uploads one byte slice per model input (exactly each `PlanInput::bytes`), runs every op
+    /// in one submit and reads back every output, in the plan's output order.
+    pub fn execute(
+        &self,
+        ctx: &DeviceContext,
+        inputs: &[&[u8]],
+        stride: u64,
+    ) -> Result<Vec<Vec<f32>>> {
+        if inputs.len() != self.plan.inputs.len() {
+            return Err(Error::Internal(format!(
+                "{} inputs for a plan expecting {}",
+                inputs.len(),
+                self.plan.inputs.len()
             )));
         }
-        if !input.is_empty() {
-            ctx.queue.write_buffer(&self.input, 0, input);
+        for ((bytes, want), buffer) in inputs.iter().zip(&self.plan.inputs).zip(&self.inputs) {
+            if bytes.len() as u64 != want.bytes {
+                return Err(Error::Internal(format!(
+                    "input of {} bytes for a plan expecting {}",
+                    bytes.len(),
+                    want.bytes
+                )));
+            }
+            if !bytes.is_empty() {
+                ctx.queue.write_buffer(buffer, 0, bytes);
+            }
         }
         let mut encoder = ctx
             .device
@@ -243,6 +266,22 @@ impl GpuPlan {
                         Error::Gpu("internal: only activation buffers can be cleared".into())
                     })?;
                     encoder.clear_buffer(buffer, 0, None);
+                }
+                (
+                    Op::Copy {
+                        src, dst, bytes, ..
+                    },
+                    _,
+                ) => {
+                    drop(pass.take());
+                    let (Some(src), Some(dst)) = (self.buffer(*src), self.buffer(*dst)) else {
+                        return Err(Error::Internal(
+                            "only activation buffers can be copied".into(),
+                        ));
+                    };
+                    if *bytes > 0 {
+                        encoder.copy_buffer_to_buffer(src, 0, dst, 0, *bytes);
+                    }
                 }
                 (Op::Dispatch(d), Some(bind_group)) => {
                     let pass = pass.get_or_insert_with(|| {
@@ -279,16 +318,31 @@ impl GpuPlan {
             }
         }
         drop(pass);
-        let output = self.buffer(self.plan.output).ok_or_else(|| {
-            Error::Gpu("internal: the plan's output is not an activation buffer".into())
-        })?;
-        let bytes = self.plan.output_bytes;
-        if bytes > 0 {
-            encoder.copy_buffer_to_buffer(output, 0, &self.readback, 0, bytes);
+        // Every output goes into one readback buffer, one after another.
+        let mut at = 0u64;
+        for output in &self.plan.outputs {
+            let buffer = self.buffer(output.buffer).ok_or_else(|| {
+                Error::Internal("a plan output is not an activation buffer".into())
+            })?;
+            if output.bytes > 0 {
+                encoder.copy_buffer_to_buffer(buffer, 0, &self.readback, at, output.bytes);
+            }
+            at += output.bytes;
         }
+        let bytes = at;
         let submission = ctx.queue.submit([encoder.finish()]);
+        let split = |values: Vec<f32>| {
+            let mut parts = Vec::with_capacity(self.plan.outputs.len());
+            let mut start = 0;
+            for o in &self.plan.outputs {
+                let n = (o.bytes / 4) as usize;
+                parts.push(values[start..start + n].to_vec());
+                start += n;
+            }
+            parts
+        };
         if bytes == 0 {
-            return Ok(Vec::new());
+            return Ok(split(Vec::new()));
         }
 
         let slice = self.readback.slice(..bytes);
@@ -315,6 +369,6 @@ impl GpuPlan {
         self.readback.unmap();
         let values =
             values.map_err(|e| Error::Gpu(format!("reading the output back failed: {e}")))?;
-        Ok(values)
+        Ok(split(values))
     }
 }

@@ -4,7 +4,7 @@
 //! - [`GpuRuntime::new`] picks an adapter, creates the device with the adapter's own limits,
 //!   uploads every weight once (`weights.rs`) and compiles the kernels the model uses
 //!   (`kernels.rs`).
-//! - `plan.rs` lowers the `ModelIr` for one batch size into a plain-data `Plan`: an ordered list
+//! - `plan.rs` lowers the `Graph` for one batch size into a plain-data `Plan`: an ordered list
 //!   of dispatches (kernel, bound buffers, uniform parameters, workgroup grid) over pooled
 //!   activation buffers. It needs only the adapter's limits, so `describe_plan` prints it without
 //!   a device.
@@ -26,8 +26,8 @@ use std::sync::{Arc, Mutex};
 use ndarray::{ArrayD, IxDyn};
 
 use crate::error::{Error, Result};
-use crate::ir::{InputKind, ModelIr};
-use crate::model::PreparedInput;
+use crate::graph::{DType, Graph};
+use crate::input::PreparedInput;
 
 use executor::{DeviceContext, GpuPlan};
 use kernels::{Kernel, Pipelines};
@@ -299,7 +299,7 @@ pub struct GpuRuntime {
     /// Items per submit; larger batches are split.
     max_items: usize,
     model_name: String,
-    layer_count: usize,
+    node_count: usize,
     plans: Mutex<HashMap<usize, GpuPlan>>,
     /// Errors reported outside error scopes (device lost, uncaptured validation errors).
     device_errors: Arc<Mutex<Vec<String>>>,
@@ -307,22 +307,22 @@ pub struct GpuRuntime {
 
 impl GpuRuntime {
     /// Creates the device on the chosen adapter, uploads the weights and compiles the kernels.
-    pub fn new(ir: &ModelIr, adapter: Option<&str>) -> Result<Self> {
-        Self::with_limits(ir, adapter, LimitOverrides::default())
+    pub fn new(graph: &Graph, adapter: Option<&str>) -> Result<Self> {
+        Self::with_limits(graph, adapter, LimitOverrides::default())
     }
 
     /// Like `new`, but no buffer may exceed `bytes` (for exercising batch splitting).
-    pub fn with_max_buffer_bytes(ir: &ModelIr, adapter: Option<&str>, bytes: u64) -> Result<Self> {
+    pub fn with_max_buffer_bytes(graph: &Graph, adapter: Option<&str>, bytes: u64) -> Result<Self> {
         let overrides = LimitOverrides {
             max_buffer_bytes: Some(bytes),
             ..LimitOverrides::default()
         };
-        Self::with_limits(ir, adapter, overrides)
+        Self::with_limits(graph, adapter, overrides)
     }
 
     /// Like `new`, with limits capped below the adapter's own.
     pub fn with_limits(
-        ir: &ModelIr,
+        graph: &Graph,
         adapter: Option<&str>,
         overrides: LimitOverrides,
     ) -> Result<Self> {
@@ -331,7 +331,7 @@ impl GpuRuntime {
         let limits = adapter.limits();
         let plan_limits = plan_limits(&limits, overrides);
         // Fails early, naming the layer, if one item does not fit.
-        let max_items = Plan::max_items(ir, plan_limits)?;
+        let max_items = Plan::max_items(graph, plan_limits)?;
 
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("wgnn"),
@@ -361,7 +361,7 @@ impl GpuRuntime {
         }
 
         let scope = ErrorScopes::push(&device);
-        let weights = upload_weights(&device, ir, plan_limits)?;
+        let weights = upload_weights(&device, graph, plan_limits)?;
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("unused binding"),
             size: 16,
@@ -369,7 +369,7 @@ impl GpuRuntime {
             mapped_at_creation: false,
         });
         let mut pipelines = Pipelines::new();
-        for kernel in kernels_used(&Plan::build(ir, 1, plan_limits)?) {
+        for kernel in kernels_used(&Plan::build(graph, 1, plan_limits)?) {
             pipelines.ensure(&device, kernel);
         }
         scope.check("compiling kernels and uploading weights")?;
@@ -387,8 +387,8 @@ impl GpuRuntime {
             limits,
             plan_limits,
             max_items,
-            model_name: ir.name.clone(),
-            layer_count: ir.layers.len(),
+            model_name: graph.name.clone(),
+            node_count: graph.nodes.len(),
             plans: Mutex::new(HashMap::new()),
             device_errors,
         };
@@ -417,10 +417,10 @@ impl GpuRuntime {
     }
 
     /// The plan this runtime would run for `batch` items (one sub-batch), as text.
-    pub fn describe_plan(&self, ir: &ModelIr, batch: usize) -> Result<String> {
+    pub fn describe_plan(&self, graph: &Graph, batch: usize) -> Result<String> {
         let label = adapter_label(&self.adapter);
         describe(
-            ir,
+            graph,
             batch,
             &label,
             &self.limits,
@@ -429,20 +429,22 @@ impl GpuRuntime {
         )
     }
 
-    /// Runs `ir` (the model this runtime was created for) on a prepared batch.
-    pub fn run(&self, ir: &ModelIr, input: &PreparedInput) -> Result<ArrayD<f32>> {
-        if ir.name != self.model_name || ir.layers.len() != self.layer_count {
+    /// Runs `graph` (the model this runtime was created for) on prepared batches, one per
+    /// graph input; returns every output.
+    pub fn run(&self, graph: &Graph, inputs: &[PreparedInput]) -> Result<Vec<ArrayD<f32>>> {
+        if graph.name != self.model_name || graph.nodes.len() != self.node_count {
             return Err(Error::Gpu(format!(
                 "this GPU runtime was created for model '{}', not '{}'",
-                self.model_name, ir.name
+                self.model_name, graph.name
             )));
         }
-        let batch = input.batch();
-        check_input(ir, input)?;
-        let mut shape = vec![batch];
-        shape.extend_from_slice(ir.output_shape());
-        let per_item: usize = ir.output_shape().iter().product();
-        let mut values = Vec::with_capacity(batch * per_item);
+        check_inputs(graph, inputs)?;
+        let batch = crate::input::common_batch(inputs)?;
+        let mut values: Vec<Vec<f32>> = graph
+            .outputs
+            .iter()
+            .map(|p| Vec::with_capacity(batch * graph.value(p.value).elements()))
+            .collect();
 
         let mut plans = self
             .plans
@@ -452,52 +454,71 @@ impl GpuRuntime {
         let mut start = 0;
         while start < batch {
             let end = (start + chunk).min(batch);
-            let part;
+            let parts;
             let sub = if start == 0 && end == batch {
-                input
+                inputs
             } else {
-                part = input.slice(start, end);
-                &part
+                parts = inputs
+                    .iter()
+                    .map(|x| x.slice(start, end))
+                    .collect::<Vec<_>>();
+                &parts[..]
             };
-            let out = self.run_chunk(&mut plans, ir, sub)?;
-            values.extend_from_slice(&out);
+            let outs = self.run_chunk(&mut plans, graph, sub)?;
+            for (all, part) in values.iter_mut().zip(outs) {
+                all.extend_from_slice(&part);
+            }
             start = end;
         }
         drop(plans);
-        ArrayD::from_shape_vec(IxDyn(&shape), values)
-            .map_err(|e| Error::Gpu(format!("internal: output of the wrong size: {e}")))
+        graph
+            .outputs
+            .iter()
+            .zip(values)
+            .map(|(p, v)| {
+                let mut shape = vec![batch];
+                shape.extend_from_slice(&graph.value(p.value).shape);
+                ArrayD::from_shape_vec(IxDyn(&shape), v)
+                    .map_err(|e| Error::Internal(format!("output of the wrong size: {e}")))
+            })
+            .collect()
     }
 
     fn run_chunk(
         &self,
         plans: &mut HashMap<usize, GpuPlan>,
-        ir: &ModelIr,
-        input: &PreparedInput,
-    ) -> Result<Vec<f32>> {
-        let batch = input.batch();
+        graph: &Graph,
+        inputs: &[PreparedInput],
+    ) -> Result<Vec<Vec<f32>>> {
+        let batch = crate::input::common_batch(inputs)?;
         let scope = ErrorScopes::push(&self.ctx.device);
         let plan = match plans.entry(batch) {
             std::collections::hash_map::Entry::Occupied(cached) => cached.into_mut(),
             std::collections::hash_map::Entry::Vacant(slot) => {
-                let plan = Plan::build(ir, batch, self.plan_limits)?;
+                let plan = Plan::build(graph, batch, self.plan_limits)?;
                 slot.insert(GpuPlan::new(&self.ctx, plan)?)
             }
         };
-        let bytes: &[u8] = match input {
-            PreparedInput::Float(x) => {
-                let x = x
-                    .as_slice()
-                    .ok_or_else(|| Error::Input("float input is not in standard layout".into()))?;
-                bytemuck::cast_slice(x)
-            }
-            PreparedInput::Ids(ids) => {
-                let ids = ids
-                    .as_slice()
-                    .ok_or_else(|| Error::Input("token ids are not in standard layout".into()))?;
-                bytemuck::cast_slice(ids)
-            }
-        };
-        let result = plan.execute(&self.ctx, bytes, self.ctx.uniform_stride);
+        let bytes = inputs
+            .iter()
+            .map(|input| -> Result<&[u8]> {
+                Ok(match input {
+                    PreparedInput::Float(x) => {
+                        let x = x.as_slice().ok_or_else(|| {
+                            Error::Input("float input is not in standard layout".into())
+                        })?;
+                        bytemuck::cast_slice(x)
+                    }
+                    PreparedInput::Ids(ids) => {
+                        let ids = ids.as_slice().ok_or_else(|| {
+                            Error::Input("token ids are not in standard layout".into())
+                        })?;
+                        bytemuck::cast_slice(ids)
+                    }
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let result = plan.execute(&self.ctx, &bytes, self.ctx.uniform_stride);
         let scoped = scope.check(&format!("running a batch of {batch}"));
         self.check_device()?;
         scoped?;
@@ -578,7 +599,7 @@ fn kernels_used(plan: &Plan) -> Vec<Kernel> {
         .iter()
         .filter_map(|op| match op {
             Op::Dispatch(d) => Some(d.kernel),
-            Op::Clear { .. } => None,
+            Op::Clear { .. } | Op::Copy { .. } => None,
         })
         .collect();
     kernels.sort();
@@ -588,12 +609,12 @@ fn kernels_used(plan: &Plan) -> Vec<Kernel> {
 
 fn upload_weights(
     device: &wgpu::Device,
-    ir: &ModelIr,
+    graph: &Graph,
     limits: PlanLimits,
 ) -> Result<HashMap<weights::WeightKey, wgpu::Buffer>> {
     let mut buffers = HashMap::new();
-    for spec in weights::weight_specs(ir) {
-        let layer = &ir.layers[spec.key.layer];
+    for spec in weights::weight_specs(graph) {
+        let layer = &graph.nodes[spec.key.node];
         let bytes = 4 * spec.len as u64;
         if bytes > limits.max_binding_bytes {
             return Err(Error::Gpu(format!(
@@ -605,7 +626,7 @@ fn upload_weights(
                 bytes_text(limits.max_binding_bytes)
             )));
         }
-        let values = weights::weight_values(ir, spec.key)?;
+        let values = weights::weight_values(graph, spec.key)?;
         let mut contents: Vec<u8> = bytemuck::cast_slice(&values).to_vec();
         // Empty or tiny arrays still need a valid 16-byte binding.
         contents.resize(contents.len().max(16).div_ceil(16) * 16, 0);
@@ -623,32 +644,37 @@ fn upload_weights(
     Ok(buffers)
 }
 
-fn check_input(ir: &ModelIr, input: &PreparedInput) -> Result<()> {
-    let (shape, kind) = match input {
-        PreparedInput::Float(x) => (x.shape().to_vec(), InputKind::Float),
-        PreparedInput::Ids(ids) => (ids.shape().to_vec(), InputKind::TokenIds),
-    };
-    if kind != ir.input_kind || shape.get(1..) != Some(ir.input_shape.as_slice()) {
+fn check_inputs(graph: &Graph, inputs: &[PreparedInput]) -> Result<()> {
+    if inputs.len() != graph.inputs.len() {
         return Err(Error::Input(format!(
-            "model '{}' expects {} shaped (N, {:?}), found {} shaped {shape:?}",
-            ir.name,
-            kind_name(ir.input_kind),
-            ir.input_shape,
-            kind_name(kind)
+            "model '{}' takes {} input(s), got {}",
+            graph.name,
+            graph.inputs.len(),
+            inputs.len()
         )));
+    }
+    for (port, input) in graph.inputs.iter().zip(inputs) {
+        let info = graph.value(port.value);
+        let (shape, dtype) = match input {
+            PreparedInput::Float(x) => (x.shape(), DType::F32),
+            PreparedInput::Ids(ids) => (ids.shape(), DType::Ids),
+        };
+        if dtype != info.dtype || shape.get(1..) != Some(info.shape.as_slice()) {
+            return Err(Error::Input(format!(
+                "model '{}' input '{}' expects {} shaped (N, {:?}), found {} shaped {shape:?}",
+                graph.name,
+                port.name,
+                info.dtype.name(),
+                info.shape,
+                dtype.name()
+            )));
+        }
     }
     Ok(())
 }
 
-fn kind_name(kind: InputKind) -> &'static str {
-    match kind {
-        InputKind::Float => "float values",
-        InputKind::TokenIds => "token ids",
-    }
-}
-
 fn describe(
-    ir: &ModelIr,
+    graph: &Graph,
     batch: usize,
     adapter: &str,
     limits: &wgpu::Limits,
@@ -657,11 +683,11 @@ fn describe(
 ) -> Result<String> {
     let batch = batch.max(1);
     let per_submit = batch.min(max_items.max(1));
-    let plan = Plan::build(ir, per_submit, plan_limits)?;
+    let plan = Plan::build(graph, per_submit, plan_limits)?;
     let submits = batch.div_ceil(per_submit);
     let header = format!(
         "GPU plan for model '{}', batch {batch}{}\nadapter: {adapter}; max storage binding {}, {} workgroups/dim; up to {} items per submit",
-        ir.name,
+        graph.name,
         if submits > 1 {
             format!(" as {submits} submits of up to {per_submit} items")
         } else {
@@ -671,13 +697,13 @@ fn describe(
         plan_limits.max_workgroups_per_dim,
         max_items
     );
-    Ok(plan.describe(ir, &header, executor::uniform_stride(limits)))
+    Ok(plan.describe(graph, &header, executor::uniform_stride(limits)))
 }
 
 /// The plan `wgnn info MODEL --plan` prints: per layer the kernels, workgroup grids and buffers,
 /// then buffer sizes and total GPU memory. Uses the chosen adapter's limits (no device is
 /// created); without an adapter, WebGPU's default limits.
-pub fn describe_plan(ir: &ModelIr, batch: usize, adapter: Option<&str>) -> Result<String> {
+pub fn describe_plan(graph: &Graph, batch: usize, adapter: Option<&str>) -> Result<String> {
     let (label, limits) = match choose_adapter(adapter) {
         Ok(a) => (adapter_label(&a.get_info()), a.limits()),
         Err(Error::Gpu(msg)) if is_no_adapter(&msg) && adapter.is_none() => (
@@ -687,6 +713,6 @@ pub fn describe_plan(ir: &ModelIr, batch: usize, adapter: Option<&str>) -> Resul
         Err(e) => return Err(e),
     };
     let plan_limits = plan_limits(&limits, LimitOverrides::default());
-    let max_items = Plan::max_items(ir, plan_limits)?;
-    describe(ir, batch, &label, &limits, plan_limits, max_items)
+    let max_items = Plan::max_items(graph, plan_limits)?;
+    describe(graph, batch, &label, &limits, plan_limits, max_items)
 }

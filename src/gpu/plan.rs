@@ -1,18 +1,20 @@
-//! The dispatch plan: `ModelIr` + batch size -> the list of kernel dispatches, the buffers they
+//! The dispatch plan: `Graph` + batch size -> the list of kernel dispatches, the buffers they
 //! read and write, and each dispatch's uniform parameters. Plain data with no wgpu objects, so
 //! `wgnn info --plan` can print it without a device; `executor::GpuPlan` turns it into buffers and
 //! bind groups once, then replays it for every batch of that size.
 //!
-//! Activation buffers are pooled: each layer output (or recurrent scratch) takes a free slot that
-//! fits, and a slot is freed once the layer after it has run, so a chain of layers ping-pongs
-//! between a few buffers. Elementwise layers run in place; Reshape/Flatten/Dropout cost nothing.
+//! Activation buffers are pooled: each node output (or recurrent scratch) takes a free slot that
+//! fits, and a slot is freed after the last node that reads a value in it (liveness), so a chain
+//! ping-pongs between a few buffers and a branch keeps its value only as long as needed.
+//! Elementwise layers run in place on a value nobody reads later (else on a copy);
+//! Reshape/Flatten/Dropout alias their input and cost nothing.
 
 use std::fmt::Write as _;
 
 use crate::error::{Error, Result};
-use crate::ir::{
-    Activation, CellKind, Conv2d, Dense, InputKind, Layer, LayerKind, MergeMode, ModelIr, PoolOp,
-    Recurrent, Window2d,
+use crate::graph::{
+    Activation, CellKind, Conv2d, DType, Dense, Graph, MergeMode, Node, Op as GraphOp, PoolOp,
+    Recurrent, ValueId, Window2d,
 };
 
 use super::kernels::{
@@ -34,8 +36,8 @@ pub struct PlanLimits {
 /// A buffer a dispatch binds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BufRef {
-    /// The batch input: f32 values or u32 token ids.
-    Input,
+    /// Graph input `i`'s batch: f32 values or u32 token ids.
+    Input(usize),
     /// A pooled activation buffer.
     Slot(usize),
     Weight(WeightKey),
@@ -45,7 +47,8 @@ pub enum BufRef {
 
 #[derive(Debug, Clone)]
 pub struct Dispatch {
-    pub layer: usize,
+    /// The graph node this dispatch belongs to.
+    pub node: usize,
     pub kernel: Kernel,
     /// Storage bindings in the kernel's binding order.
     pub buffers: Vec<BufRef>,
@@ -64,8 +67,15 @@ pub struct Dispatch {
 pub enum Op {
     /// Zero a buffer (recurrent state) before the layer's first step.
     Clear {
-        layer: usize,
+        node: usize,
         buffer: BufRef,
+    },
+    /// Copy `bytes` from one buffer to another (an in-place op whose input is still needed).
+    Copy {
+        node: usize,
+        src: BufRef,
+        dst: BufRef,
+        bytes: u64,
     },
     Dispatch(Dispatch),
 }
@@ -73,33 +83,45 @@ pub enum Op {
 /// A buffer whose size grows with the batch, and who needed it: what batch splitting sizes by.
 #[derive(Debug, Clone)]
 pub struct BatchTensor {
-    /// None for the model input.
-    pub layer: Option<usize>,
+    /// The node that needs it; None for a model input.
+    pub node: Option<usize>,
     pub what: &'static str,
     pub bytes: u64,
 }
 
 #[derive(Debug, Clone)]
+pub struct PlanInput {
+    pub bytes: u64,
+    pub is_ids: bool,
+    /// Shape including the batch axis.
+    pub shape: Vec<usize>,
+}
+
+/// One model output: where it ends up and how it is read back.
+#[derive(Debug, Clone)]
+pub struct PlanOutput {
+    pub buffer: BufRef,
+    pub bytes: u64,
+    /// Shape including the batch axis.
+    pub shape: Vec<usize>,
+}
+
+#[derive(Debug, Clone)]
 pub struct Plan {
-    pub batch: usize,
-    pub input_bytes: u64,
-    pub input_is_ids: bool,
+    pub inputs: Vec<PlanInput>,
     /// Size of each pooled activation buffer.
     pub slots: Vec<u64>,
     /// Which tensors share each slot, for printing.
     pub slot_users: Vec<Vec<String>>,
     pub ops: Vec<Op>,
-    pub output: BufRef,
-    pub output_bytes: u64,
-    /// Output shape including the batch axis.
-    pub output_shape: Vec<usize>,
+    pub outputs: Vec<PlanOutput>,
     /// Longest recurrent time loop (entries of the step-index uniform buffer).
     pub max_steps: u32,
     pub tensors: Vec<BatchTensor>,
 }
 
 /// Activation code and parameters as `common.wgsl`'s `Act` struct reads them.
-fn act_words(layer: &Layer, activation: &Activation) -> Result<[u32; 4]> {
+fn act_words(layer: &Node, activation: &Activation) -> Result<[u32; 4]> {
     let f = f32::to_bits;
     Ok(match *activation {
         Activation::Linear => [0, 0, 0, 0],
@@ -132,14 +154,14 @@ fn act_words(layer: &Layer, activation: &Activation) -> Result<[u32; 4]> {
     })
 }
 
-fn layer_error(layer: &Layer, field: &str, message: impl std::fmt::Display) -> Error {
+fn layer_error(layer: &Node, field: &str, message: impl std::fmt::Display) -> Error {
     Error::Gpu(format!(
         "layer '{}' ({}): {field}: {message}",
         layer.name, layer.class
     ))
 }
 
-fn to_u32(layer: &Layer, what: &str, value: usize) -> Result<u32> {
+fn to_u32(layer: &Node, what: &str, value: usize) -> Result<u32> {
     u32::try_from(value).map_err(|_| {
         layer_error(
             layer,
@@ -164,7 +186,7 @@ pub fn fold_grid(count: u64, max_dim: u32) -> Option<[u32; 3]> {
 }
 
 struct Builder<'a> {
-    ir: &'a ModelIr,
+    graph: &'a Graph,
     batch: usize,
     limits: PlanLimits,
     slots: Vec<u64>,
@@ -174,11 +196,31 @@ struct Builder<'a> {
     tensors: Vec<BatchTensor>,
     max_steps: u32,
     weights: Vec<WeightKey>,
+    /// The buffer holding each value, once computed.
+    value_buf: Vec<Option<BufRef>>,
+    /// Index of the last node reading each value (`usize::MAX` for graph outputs).
+    last_use: Vec<usize>,
 }
 
 impl<'a> Builder<'a> {
-    fn layer(&self, index: usize) -> &'a Layer {
-        &self.ir.layers[index]
+    fn layer(&self, index: usize) -> &'a Node {
+        &self.graph.nodes[index]
+    }
+
+    /// Shape of node `index`'s first input, without the batch axis.
+    fn in_shape(&self, index: usize) -> &'a [usize] {
+        &self.graph.value(self.graph.nodes[index].inputs[0]).shape
+    }
+
+    /// Whether the buffer of value `v` may be overwritten by node `index`: nothing reads the
+    /// value (or any value sharing its buffer) after this node, and it is not a model input.
+    fn reusable(&self, index: usize, v: ValueId) -> bool {
+        // A model input is uploaded again for every batch, so it too may be overwritten.
+        let Some(buf @ (BufRef::Slot(_) | BufRef::Input(_))) = self.value_buf[v] else {
+            return false;
+        };
+        (0..self.value_buf.len())
+            .all(|w| self.value_buf[w] != Some(buf) || self.last_use[w] <= index)
     }
 
     /// A pooled buffer of `floats` f32s: the smallest free slot that fits, else the largest free
@@ -186,7 +228,7 @@ impl<'a> Builder<'a> {
     fn alloc(&mut self, layer: usize, what: &'static str, floats: usize) -> BufRef {
         let bytes = 4 * floats as u64;
         self.tensors.push(BatchTensor {
-            layer: Some(layer),
+            node: Some(layer),
             what,
             bytes,
         });
@@ -207,7 +249,7 @@ impl<'a> Builder<'a> {
             }
         };
         self.slot_free[slot] = false;
-        let user = format!("{} {what}", self.ir.layers[layer].name);
+        let user = format!("{} {what}", self.graph.nodes[layer].name);
         self.slot_users[slot].push(user);
         BufRef::Slot(slot)
     }
@@ -219,7 +261,7 @@ impl<'a> Builder<'a> {
     }
 
     fn weight(&self, layer: usize, role: WeightRole) -> BufRef {
-        let key = WeightKey { layer, role };
+        let key = WeightKey { node: layer, role };
         if self.weights.contains(&key) {
             BufRef::Weight(key)
         } else {
@@ -257,7 +299,7 @@ impl<'a> Builder<'a> {
             ));
         }
         self.ops.push(Op::Dispatch(Dispatch {
-            layer,
+            node: layer,
             kernel,
             buffers,
             params,
@@ -401,23 +443,7 @@ impl<'a> Builder<'a> {
     }
 
     fn conv2d(&mut self, i: usize, c: &Conv2d, x: BufRef) -> Result<BufRef> {
-        let l = self.layer(i);
         let w = &c.window;
-        if l.input_shape != [w.in_hw[0], w.in_hw[1], c.in_channels] {
-            return Err(layer_error(
-                l,
-                "input_shape",
-                format!("{:?} does not match the kernel geometry", l.input_shape),
-            ));
-        }
-        let expected_kernel = [w.kernel[0], w.kernel[1], c.in_channels, c.filters];
-        if c.kernel.shape() != expected_kernel {
-            return Err(layer_error(
-                l,
-                "kernel",
-                format!("shape {:?}, expected {expected_kernel:?}", c.kernel.shape()),
-            ));
-        }
         let m = self.batch * w.out_hw[0] * w.out_hw[1];
         let out = self.alloc(i, "output", m * c.filters);
         let k = w.kernel[0] * w.kernel[1] * c.in_channels;
@@ -437,16 +463,8 @@ impl<'a> Builder<'a> {
     }
 
     fn dense(&mut self, i: usize, d: &Dense, x: BufRef) -> Result<BufRef> {
-        let l = self.layer(i);
-        let k = l.input_shape.last().copied().unwrap_or(1);
-        if d.kernel.nrows() != k || d.kernel.ncols() != d.units {
-            return Err(layer_error(
-                l,
-                "kernel",
-                format!("shape {:?}, expected [{k}, {}]", d.kernel.shape(), d.units),
-            ));
-        }
-        let rows = self.batch * l.input_shape.iter().product::<usize>() / k.max(1);
+        let k = d.in_features;
+        let rows = self.batch * self.in_shape(i).iter().product::<usize>() / k.max(1);
         let out = self.alloc(i, "output", rows * d.units);
         let kernel = self.weight(i, WeightRole::Kernel);
         let bias = self.weight(i, WeightRole::Bias);
@@ -510,7 +528,7 @@ impl<'a> Builder<'a> {
 
     fn global_pool2d(&mut self, i: usize, op: PoolOp, x: BufRef) -> Result<BufRef> {
         let l = self.layer(i);
-        let [h, w, c] = match l.input_shape.as_slice() {
+        let [h, w, c] = match self.in_shape(i) {
             &[h, w, c] => [h, w, c],
             other => {
                 return Err(layer_error(
@@ -544,8 +562,8 @@ impl<'a> Builder<'a> {
     /// A standalone activation layer, in place.
     fn activation(&mut self, i: usize, activation: &Activation, x: BufRef) -> Result<()> {
         let l = self.layer(i);
-        let per_item = l.input_shape.iter().product::<usize>();
-        let cols = l.input_shape.last().copied().unwrap_or(1);
+        let per_item = self.in_shape(i).iter().product::<usize>();
+        let cols = self.in_shape(i).last().copied().unwrap_or(1);
         let len = self.batch * per_item;
         match activation {
             Activation::Linear => Ok(()),
@@ -569,7 +587,7 @@ impl<'a> Builder<'a> {
 
     fn rescale(&mut self, i: usize, scale: &[f32], offset: &[f32], x: BufRef) -> Result<()> {
         let l = self.layer(i);
-        let channels = l.input_shape.last().copied().unwrap_or(1);
+        let channels = self.in_shape(i).last().copied().unwrap_or(1);
         for (field, len) in [("scale", scale.len()), ("offset", offset.len())] {
             if len != 1 && len != channels {
                 return Err(layer_error(
@@ -579,7 +597,7 @@ impl<'a> Builder<'a> {
                 ));
             }
         }
-        let len = self.batch * l.input_shape.iter().product::<usize>();
+        let len = self.batch * self.in_shape(i).iter().product::<usize>();
         let params = vec![
             0,
             0,
@@ -614,14 +632,15 @@ impl<'a> Builder<'a> {
 
     fn embedding(&mut self, i: usize, input_dim: usize, dim: usize, x: BufRef) -> Result<BufRef> {
         let l = self.layer(i);
-        if x != BufRef::Input || self.ir.input_kind != InputKind::TokenIds {
+        let ids_input = self.graph.value(l.inputs[0]).dtype == DType::Ids;
+        if !matches!(x, BufRef::Input(_)) || !ids_input {
             return Err(layer_error(
                 l,
                 "input",
                 "the GPU backend reads token ids only as the model input",
             ));
         }
-        let tokens = self.batch * l.input_shape.iter().product::<usize>();
+        let tokens = self.batch * self.in_shape(i).iter().product::<usize>();
         let params = vec![
             to_u32(l, "tokens", tokens)?,
             to_u32(l, "output_dim", dim)?,
@@ -646,16 +665,6 @@ impl<'a> Builder<'a> {
     fn recurrent(&mut self, i: usize, r: &Recurrent, x: BufRef) -> Result<BufRef> {
         let l = self.layer(i);
         let (t, features) = (r.timesteps, r.input_features);
-        if l.input_shape != [t, features] || t == 0 {
-            return Err(layer_error(
-                l,
-                "input_shape",
-                format!(
-                    "{:?}, expected [{t}, {features}] with at least one step",
-                    l.input_shape
-                ),
-            ));
-        }
         let cell = &r.forward;
         let (units, gates) = (cell.units, cell.kind.gates());
         for other in r.cells() {
@@ -670,20 +679,6 @@ impl<'a> Builder<'a> {
                     "both directions must share cell type, units and activations",
                 ));
             }
-            if other.kernel.shape() != [features, gates * units]
-                || other.recurrent_kernel.shape() != [units, gates * units]
-            {
-                return Err(layer_error(
-                    l,
-                    "kernel",
-                    format!(
-                        "shapes {:?} and {:?}, expected [{features}, {g}] and [{units}, {g}]",
-                        other.kernel.shape(),
-                        other.recurrent_kernel.shape(),
-                        g = gates * units
-                    ),
-                ));
-            }
         }
         let dirs = r.cells().count();
         let act = act_words(l, &cell.activation)?;
@@ -691,17 +686,20 @@ impl<'a> Builder<'a> {
             CellKind::SimpleRnn => [0; 4],
             CellKind::Lstm => act_words(l, &cell.recurrent_activation)?,
         };
-        let ids = if r.masked {
-            if self.ir.input_kind != InputKind::TokenIds || self.ir.input_shape != [t] {
-                return Err(layer_error(
-                    l,
-                    "mask",
-                    "masking needs the model input to be token ids of the same length",
-                ));
-            }
-            BufRef::Input
-        } else {
-            BufRef::Dummy
+        // A padding mask is read as the token ids it was computed from (`id != 0`).
+        let masked = l.mask.is_some();
+        let ids = match l.mask {
+            Some(m) => match self.value_buf[m] {
+                Some(b @ BufRef::Input(_)) if self.graph.value(m).shape == [t] => b,
+                _ => {
+                    return Err(layer_error(
+                        l,
+                        "mask",
+                        "masking needs the model's token-id input of the same length",
+                    ))
+                }
+            },
+            None => BufRef::Dummy,
         };
 
         // One GEMM projects every timestep of both directions before the time loop.
@@ -723,7 +721,7 @@ impl<'a> Builder<'a> {
 
         let state = self.alloc(i, "state", 3 * dirs * self.batch * units);
         self.ops.push(Op::Clear {
-            layer: i,
+            node: i,
             buffer: state,
         });
         let out_rows = if r.return_sequences { rows } else { self.batch };
@@ -745,7 +743,7 @@ impl<'a> Builder<'a> {
             to_u32(l, "units", units)?,
             gates as u32,
             dirs as u32,
-            u32::from(r.masked),
+            u32::from(masked),
             u32::from(r.zero_output_for_mask()),
             u32::from(r.return_sequences),
             backwards_bits,
@@ -762,7 +760,7 @@ impl<'a> Builder<'a> {
                 CellKind::Lstm => "LSTM",
             }
         );
-        if r.masked {
+        if masked {
             detail.push_str(", masked by token id 0");
         }
         if r.return_sequences {
@@ -849,20 +847,95 @@ fn window_text(w: &Window2d) -> String {
         w.strides[0],
         w.strides[1],
         match w.padding {
-            crate::ir::Padding::Same => "same",
-            crate::ir::Padding::Valid => "valid",
+            crate::graph::Padding::Same => "same",
+            crate::graph::Padding::Valid => "valid",
         },
         w.pad_top_left[0],
         w.pad_top_left[1]
     )
 }
 
+impl Builder<'_> {
+    /// The buffer an in-place op on value `v` may write: its own when nothing reads it later,
+    /// else a fresh copy.
+    fn in_place(&mut self, i: usize, v: ValueId) -> Result<BufRef> {
+        let src = self.value_buf[v].ok_or_else(|| {
+            Error::Internal(format!("value #{v} has no buffer when node #{i} runs"))
+        })?;
+        if self.reusable(i, v) {
+            return Ok(src);
+        }
+        let floats = self.batch * self.graph.value(v).elements();
+        let dst = self.alloc(i, "copy for an in-place op", floats);
+        self.ops.push(Op::Copy {
+            node: i,
+            src,
+            dst,
+            bytes: 4 * floats as u64,
+        });
+        Ok(dst)
+    }
+
+    /// Frees the slots whose values are all dead after node `i`.
+    fn release_dead(&mut self, i: usize) {
+        let node = &self.graph.nodes[i];
+        for &v in node
+            .inputs
+            .iter()
+            .chain(node.mask.iter())
+            .chain(&node.outputs)
+        {
+            if let Some(buf) = self.value_buf[v] {
+                let live = (0..self.value_buf.len())
+                    .any(|w| self.value_buf[w] == Some(buf) && self.last_use[w] > i);
+                if !live {
+                    self.release(buf);
+                }
+            }
+        }
+    }
+
+    /// Lowers node `i`; returns the buffers of its outputs.
+    fn node(&mut self, i: usize) -> Result<Vec<BufRef>> {
+        let node = self.layer(i);
+        let x_value = node.inputs[0];
+        let x = self.value_buf[x_value].ok_or_else(|| {
+            Error::Internal(format!("node '{}' reads a value with no buffer", node.name))
+        })?;
+        let out = match &node.op {
+            GraphOp::Conv2d(c) => self.conv2d(i, c, x)?,
+            GraphOp::Pool2d(p) => self.pool2d(i, p.op, &p.window, p.channels, x)?,
+            GraphOp::GlobalPool2d { op, .. } => self.global_pool2d(i, *op, x)?,
+            GraphOp::Dense(d) => self.dense(i, d, x)?,
+            GraphOp::Activation(a) => {
+                if *a == Activation::Linear {
+                    x
+                } else {
+                    let y = self.in_place(i, x_value)?;
+                    self.activation(i, a, y)?;
+                    y
+                }
+            }
+            GraphOp::Rescaling { scale, offset } => {
+                let y = self.in_place(i, x_value)?;
+                self.rescale(i, scale, offset, y)?;
+                y
+            }
+            GraphOp::Embedding(e) => self.embedding(i, e.input_dim, e.output_dim, x)?,
+            GraphOp::Recurrent(r) => self.recurrent(i, r, x)?,
+            // A mask is read as the ids it comes from; these only rename a buffer.
+            GraphOp::Reshape { .. } | GraphOp::Identity | GraphOp::PaddingMask => x,
+        };
+        Ok(vec![out])
+    }
+}
+
 impl Plan {
-    /// Lowers `ir` for `batch` items. Sizes are not checked against the binding limit here;
+    /// Lowers `graph` for `batch` items. Sizes are not checked against the binding limit here;
     /// `max_items` decides the batch that fits.
-    pub fn build(ir: &ModelIr, batch: usize, limits: PlanLimits) -> Result<Plan> {
+    pub fn build(graph: &Graph, batch: usize, limits: PlanLimits) -> Result<Plan> {
         let mut b = Builder {
-            ir,
+            graph,
             batch,
             limits,
             slots: Vec::new(),
@@ -871,63 +944,61 @@ impl Plan {
             ops: Vec::new(),
             tensors: Vec::new(),
             max_steps: 0,
-            weights: weight_specs(ir).iter().map(|s| s.key).collect(),
+            weights: weight_specs(graph).iter().map(|s| s.key).collect(),
+            value_buf: vec![None; graph.values.len()],
+            last_use: graph.last_uses(),
         };
-        let input_len = ir.input_shape.iter().product::<usize>();
-        b.tensors.push(BatchTensor {
-            layer: None,
-            what: "input",
-            bytes: 4 * (batch * input_len) as u64,
-        });
-        let mut x = BufRef::Input;
-        let mut x_len = input_len;
-        for (i, layer) in ir.layers.iter().enumerate() {
-            let in_len = layer.input_shape.iter().product::<usize>();
-            if in_len != x_len {
-                return Err(layer_error(
-                    layer,
-                    "input_shape",
-                    format!(
-                        "{:?} holds {in_len} values but the previous layer gives {x_len}",
-                        layer.input_shape
-                    ),
-                ));
-            }
-            let out = match &layer.kind {
-                LayerKind::Conv2d(c) => b.conv2d(i, c, x)?,
-                LayerKind::Pool2d(p) => b.pool2d(i, p.op, &p.window, p.channels, x)?,
-                LayerKind::GlobalPool2d { op, .. } => b.global_pool2d(i, *op, x)?,
-                LayerKind::Dense(d) => b.dense(i, d, x)?,
-                LayerKind::Activation(a) => {
-                    b.activation(i, a, x)?;
-                    x
-                }
-                LayerKind::Rescaling { scale, offset } => {
-                    b.rescale(i, scale, offset, x)?;
-                    x
-                }
-                LayerKind::Embedding(e) => b.embedding(i, e.input_dim, e.output_dim, x)?,
-                LayerKind::Recurrent(r) => b.recurrent(i, r, x)?,
-                LayerKind::Reshape | LayerKind::Identity => x,
-            };
-            if out != x {
-                b.release(x);
-            }
-            x = out;
-            x_len = layer.output_shape.iter().product::<usize>();
+        let mut inputs = Vec::new();
+        for (k, port) in graph.inputs.iter().enumerate() {
+            let info = graph.value(port.value);
+            let bytes = 4 * (batch * info.elements()) as u64;
+            b.tensors.push(BatchTensor {
+                node: None,
+                what: "input",
+                bytes,
+            });
+            b.value_buf[port.value] = Some(BufRef::Input(k));
+            let mut shape = vec![batch];
+            shape.extend_from_slice(&info.shape);
+            inputs.push(PlanInput {
+                bytes,
+                is_ids: info.dtype == DType::Ids,
+                shape,
+            });
         }
-        let mut output_shape = vec![batch];
-        output_shape.extend_from_slice(ir.output_shape());
+        for (i, node) in graph.nodes.iter().enumerate() {
+            let outs = b.node(i)?;
+            for (&v, buf) in node.outputs.iter().zip(outs) {
+                b.value_buf[v] = Some(buf);
+            }
+            b.release_dead(i);
+        }
+        let mut outputs = Vec::new();
+        for port in &graph.outputs {
+            let info = graph.value(port.value);
+            let buffer = b.value_buf[port.value]
+                .ok_or_else(|| Error::Internal(format!("output '{}' has no buffer", port.name)))?;
+            if info.dtype != DType::F32 {
+                return Err(Error::Input(format!(
+                    "output '{}' holds {}, not float32 values",
+                    port.name,
+                    info.dtype.name()
+                )));
+            }
+            let mut shape = vec![batch];
+            shape.extend_from_slice(&info.shape);
+            outputs.push(PlanOutput {
+                buffer,
+                bytes: 4 * (batch * info.elements()) as u64,
+                shape,
+            });
+        }
         Ok(Plan {
-            batch,
-            input_bytes: 4 * (batch * input_len) as u64,
-            input_is_ids: ir.input_kind == InputKind::TokenIds,
+            inputs,
             slots: b.slots,
             slot_users: b.slot_users,
             ops: b.ops,
-            output: x,
-            output_bytes: 4 * (batch * x_len) as u64,
-            output_shape,
+            outputs,
             max_steps: b.max_steps,
             tensors: b.tensors,
         })
@@ -935,14 +1006,16 @@ impl Plan {
 
     /// The largest batch one submit can hold under `limits` (buffer sizes and dispatch grids), or
     /// an error naming the layer and buffer that does not fit even one item.
-    pub fn max_items(ir: &ModelIr, limits: PlanLimits) -> Result<usize> {
-        let one = Plan::build(ir, 1, limits)?;
+    pub fn max_items(graph: &Graph, limits: PlanLimits) -> Result<usize> {
+        let one = Plan::build(graph, 1, limits)?;
         let limit = limits.max_binding_bytes;
         let mut max_items = usize::MAX;
         for t in &one.tensors {
             if t.bytes > limit {
-                let owner = match t.layer {
-                    Some(i) => format!("layer '{}' ({})", ir.layers[i].name, ir.layers[i].class),
+                let owner = match t.node {
+                    Some(i) => {
+                        format!("layer '{}' ({})", graph.nodes[i].name, graph.nodes[i].class)
+                    }
                     None => "the model input".to_string(),
                 };
                 return Err(Error::Gpu(format!(
@@ -974,42 +1047,58 @@ impl Plan {
             .iter()
             .map(|op| match op {
                 Op::Dispatch(d) => u64::from(d.repeat),
-                Op::Clear { .. } => 0,
+                Op::Clear { .. } | Op::Copy { .. } => 0,
             })
             .sum()
     }
 
     pub fn activation_bytes(&self) -> u64 {
-        self.input_bytes + self.slots.iter().sum::<u64>()
+        self.inputs.iter().map(|i| i.bytes).sum::<u64>() + self.slots.iter().sum::<u64>()
     }
 
-    /// The plan as text, like wonnx's compiled step list: per layer its dispatches with
-    /// workgroup grids and buffers, then the buffers and the total GPU memory.
-    pub fn describe(&self, ir: &ModelIr, header: &str, uniform_stride: u64) -> String {
+    pub fn output_bytes(&self) -> u64 {
+        self.outputs.iter().map(|o| o.bytes).sum()
+    }
+
+    /// The plan as text, like wonnx's compiled step list: per node its inputs and dispatches
+    /// with workgroup grids and buffers, then the buffers and the total GPU memory.
+    pub fn describe(&self, graph: &Graph, header: &str, uniform_stride: u64) -> String {
         let mut out = String::new();
         let weight_names =
-            |key: WeightKey| format!("{}.{}", ir.layers[key.layer].name, key.role.name());
+            |key: WeightKey| format!("{}.{}", graph.nodes[key.node].name, key.role.name());
         let buf_name = |b: BufRef| match b {
-            BufRef::Input => "input".to_string(),
+            BufRef::Input(k) => format!("input:{}", graph.inputs[k].name),
             BufRef::Slot(s) => format!("slot{s}"),
             BufRef::Weight(k) => weight_names(k),
             BufRef::Dummy => "-".to_string(),
         };
         writeln!(out, "{header}").ok();
         writeln!(out, "steps:").ok();
-        for (index, l) in ir.layers.iter().enumerate() {
+        for (index, node) in graph.nodes.iter().enumerate() {
+            let ins = node
+                .inputs
+                .iter()
+                .map(|&v| format!("{} {:?}", graph.value_name(v), graph.value(v).shape))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let outs = node
+                .outputs
+                .iter()
+                .map(|&v| format!("{:?}", graph.value(v).shape))
+                .collect::<Vec<_>>()
+                .join(", ");
             writeln!(
                 out,
-                "  [{index}] {} ({}) {:?} -> {:?}",
-                l.name, l.class, l.input_shape, l.output_shape
+                "  [{index}] {} ({}) {ins} -> {outs}",
+                node.name, node.class
             )
             .ok();
             let mut ops = self
                 .ops
                 .iter()
                 .filter(|op| match op {
-                    Op::Clear { layer, .. } => *layer == index,
-                    Op::Dispatch(d) => d.layer == index,
+                    Op::Clear { node, .. } | Op::Copy { node, .. } => *node == index,
+                    Op::Dispatch(d) => d.node == index,
                 })
                 .peekable();
             if ops.peek().is_none() {
@@ -1019,6 +1108,18 @@ impl Plan {
                 match op {
                     Op::Clear { buffer, .. } => {
                         writeln!(out, "      clear         {}", buf_name(*buffer)).ok();
+                    }
+                    Op::Copy {
+                        src, dst, bytes, ..
+                    } => {
+                        writeln!(
+                            out,
+                            "      copy          {} -> {} ({}), the input is read again later",
+                            buf_name(*src),
+                            buf_name(*dst),
+                            bytes_text(*bytes)
+                        )
+                        .ok();
                     }
                     Op::Dispatch(d) => {
                         let bindings = d
@@ -1052,24 +1153,22 @@ impl Plan {
                 }
             }
         }
-        if ir.layers.is_empty() {
+        if graph.nodes.is_empty() {
             writeln!(out, "  (no layers: the output is the input)").ok();
         }
 
         writeln!(out, "buffers:").ok();
-        let kind = if self.input_is_ids {
-            "u32 token ids"
-        } else {
-            "f32"
-        };
-        let mut input_shape = vec![self.batch];
-        input_shape.extend_from_slice(&ir.input_shape);
-        writeln!(
-            out,
-            "  input      {:>10}  {kind} {input_shape:?}",
-            bytes_text(self.input_bytes)
-        )
-        .ok();
+        for (k, input) in self.inputs.iter().enumerate() {
+            let kind = if input.is_ids { "u32 token ids" } else { "f32" };
+            writeln!(
+                out,
+                "  input:{:<4} {:>10}  {kind} {:?}",
+                graph.inputs[k].name,
+                bytes_text(input.bytes),
+                input.shape
+            )
+            .ok();
+        }
         for (s, bytes) in self.slots.iter().enumerate() {
             writeln!(
                 out,
@@ -1079,7 +1178,7 @@ impl Plan {
             )
             .ok();
         }
-        let specs = weight_specs(ir);
+        let specs = weight_specs(graph);
         let weight_bytes: u64 = specs.iter().map(|s| 4 * s.len as u64).sum();
         writeln!(
             out,
@@ -1101,14 +1200,18 @@ impl Plan {
             }
         )
         .ok();
-        writeln!(
-            out,
-            "  readback   {:>10}  output {:?}",
-            bytes_text(self.output_bytes),
-            self.output_shape
-        )
-        .ok();
-        let total = weight_bytes + self.activation_bytes() + uniform_bytes + self.output_bytes;
+        for (k, o) in self.outputs.iter().enumerate() {
+            writeln!(
+                out,
+                "  readback   {:>10}  output '{}' {:?} from {}",
+                bytes_text(o.bytes),
+                graph.outputs[k].name,
+                o.shape,
+                buf_name(o.buffer)
+            )
+            .ok();
+        }
+        let total = weight_bytes + self.activation_bytes() + uniform_bytes + self.output_bytes();
         writeln!(
             out,
             "total GPU memory: {} ({} dispatches in one submit)",

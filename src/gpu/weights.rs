@@ -2,7 +2,7 @@
 //! per runtime and shared by the plans of every batch size.
 
 use crate::error::{Error, Result};
-use crate::ir::{Layer, LayerKind, ModelIr, Recurrent};
+use crate::graph::{Conv2d, Dense, Graph, Op, ParamStore, Recurrent};
 
 /// What a weight buffer holds for its layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -36,7 +36,8 @@ impl WeightRole {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WeightKey {
-    pub layer: usize,
+    /// The graph node whose kernels read the buffer.
+    pub node: usize,
     pub role: WeightRole,
 }
 
@@ -47,81 +48,88 @@ pub struct WeightSpec {
     pub len: usize,
 }
 
-/// The weight buffers a model needs, in layer order.
-pub fn weight_specs(ir: &ModelIr) -> Vec<WeightSpec> {
+/// The weight buffers a graph needs, in node order.
+pub fn weight_specs(graph: &Graph) -> Vec<WeightSpec> {
+    let p = &graph.params;
     let mut specs = Vec::new();
-    for (layer, l) in ir.layers.iter().enumerate() {
+    for (node, n) in graph.nodes.iter().enumerate() {
         let mut add = |role, len| {
             specs.push(WeightSpec {
-                key: WeightKey { layer, role },
+                key: WeightKey { node, role },
                 len,
             })
         };
-        match &l.kind {
-            LayerKind::Conv2d(c) => {
-                add(WeightRole::Kernel, c.kernel.len());
-                if let Some(b) = &c.bias {
-                    add(WeightRole::Bias, b.len());
+        match &n.op {
+            Op::Conv2d(Conv2d { kernel, bias, .. }) | Op::Dense(Dense { kernel, bias, .. }) => {
+                add(WeightRole::Kernel, p.len_of(*kernel));
+                if let Some(b) = bias {
+                    add(WeightRole::Bias, p.len_of(*b));
                 }
             }
-            LayerKind::Dense(d) => {
-                add(WeightRole::Kernel, d.kernel.len());
-                if let Some(b) = &d.bias {
-                    add(WeightRole::Bias, b.len());
-                }
-            }
-            LayerKind::Embedding(e) => add(WeightRole::Table, e.table.len()),
-            LayerKind::Rescaling { scale, offset } => {
+            Op::Embedding(e) => add(WeightRole::Table, p.len_of(e.table)),
+            Op::Rescaling { scale, offset } => {
                 add(WeightRole::Scale, scale.len());
                 add(WeightRole::Offset, offset.len());
             }
-            LayerKind::Recurrent(r) => {
-                add(WeightRole::Kernel, r.cells().map(|c| c.kernel.len()).sum());
+            Op::Recurrent(r) => {
+                add(
+                    WeightRole::Kernel,
+                    r.cells().map(|c| p.len_of(c.kernel)).sum(),
+                );
                 if r.cells().any(|c| c.bias.is_some()) {
-                    add(WeightRole::Bias, r.cells().map(|c| c.kernel.ncols()).sum());
+                    add(WeightRole::Bias, r.cells().map(|c| c.gate_columns()).sum());
                 }
-                let recurrent = r.cells().map(|c| c.recurrent_kernel.len()).sum();
+                let recurrent = r.cells().map(|c| p.len_of(c.recurrent_kernel)).sum();
                 add(WeightRole::RecurrentKernel, recurrent);
             }
-            _ => {}
+            Op::Pool2d(_)
+            | Op::GlobalPool2d { .. }
+            | Op::Activation(_)
+            | Op::Reshape { .. }
+            | Op::Identity
+            | Op::PaddingMask => {}
         }
     }
     specs
 }
 
 /// The values of one weight buffer, row-major in the layout `WeightRole` describes.
-pub fn weight_values(ir: &ModelIr, key: WeightKey) -> Result<Vec<f32>> {
-    let layer = ir
-        .layers
-        .get(key.layer)
-        .ok_or_else(|| Error::Gpu(format!("internal: no layer #{}", key.layer)))?;
+pub fn weight_values(graph: &Graph, key: WeightKey) -> Result<Vec<f32>> {
+    let node = graph
+        .nodes
+        .get(key.node)
+        .ok_or_else(|| Error::Internal(format!("no node #{}", key.node)))?;
+    let p = &graph.params;
     let missing = || {
-        Error::Gpu(format!(
+        Error::Internal(format!(
             "layer '{}' ({}): weights: no {} for the GPU",
-            layer.name,
-            layer.class,
+            node.name,
+            node.class,
             key.role.name()
         ))
     };
-    let values = match (&layer.kind, key.role) {
-        (LayerKind::Conv2d(c), WeightRole::Kernel) => c.kernel.iter().copied().collect(),
-        (LayerKind::Conv2d(c), WeightRole::Bias) => c.bias.as_ref().ok_or_else(missing)?.to_vec(),
-        (LayerKind::Dense(d), WeightRole::Kernel) => d.kernel.iter().copied().collect(),
-        (LayerKind::Dense(d), WeightRole::Bias) => d.bias.as_ref().ok_or_else(missing)?.to_vec(),
-        (LayerKind::Embedding(e), WeightRole::Table) => e.table.iter().copied().collect(),
-        (LayerKind::Rescaling { scale, .. }, WeightRole::Scale) => scale.clone(),
-        (LayerKind::Rescaling { offset, .. }, WeightRole::Offset) => offset.clone(),
-        (LayerKind::Recurrent(r), WeightRole::Kernel) => recurrent_input_kernel(layer, r)?,
-        (LayerKind::Recurrent(r), WeightRole::Bias) => r
+    let values = match (&node.op, key.role) {
+        (
+            Op::Conv2d(Conv2d { kernel, .. }) | Op::Dense(Dense { kernel, .. }),
+            WeightRole::Kernel,
+        ) => p.slice(*kernel).to_vec(),
+        (Op::Conv2d(Conv2d { bias, .. }) | Op::Dense(Dense { bias, .. }), WeightRole::Bias) => {
+            p.slice(bias.ok_or_else(missing)?).to_vec()
+        }
+        (Op::Embedding(e), WeightRole::Table) => p.slice(e.table).to_vec(),
+        (Op::Rescaling { scale, .. }, WeightRole::Scale) => scale.clone(),
+        (Op::Rescaling { offset, .. }, WeightRole::Offset) => offset.clone(),
+        (Op::Recurrent(r), WeightRole::Kernel) => recurrent_input_kernel(p, r),
+        (Op::Recurrent(r), WeightRole::Bias) => r
             .cells()
-            .flat_map(|c| match &c.bias {
-                Some(b) => b.to_vec(),
-                None => vec![0.0; c.kernel.ncols()],
+            .flat_map(|c| match c.bias {
+                Some(b) => p.slice(b).to_vec(),
+                None => vec![0.0; c.gate_columns()],
             })
             .collect(),
-        (LayerKind::Recurrent(r), WeightRole::RecurrentKernel) => r
+        (Op::Recurrent(r), WeightRole::RecurrentKernel) => r
             .cells()
-            .flat_map(|c| c.recurrent_kernel.iter().copied())
+            .flat_map(|c| p.slice(c.recurrent_kernel).iter().copied())
             .collect(),
         _ => return Err(missing()),
     };
@@ -129,19 +137,14 @@ pub fn weight_values(ir: &ModelIr, key: WeightKey) -> Result<Vec<f32>> {
 }
 
 /// [W_forward | W_backward] along columns, so one GEMM projects the input for both directions.
-fn recurrent_input_kernel(layer: &Layer, r: &Recurrent) -> Result<Vec<f32>> {
-    let features = r.forward.kernel.nrows();
-    if r.cells().any(|c| c.kernel.nrows() != features) {
-        return Err(Error::Gpu(format!(
-            "layer '{}' ({}): kernel: directions disagree on the input features",
-            layer.name, layer.class
-        )));
-    }
-    let mut out = Vec::with_capacity(r.cells().map(|c| c.kernel.len()).sum());
+fn recurrent_input_kernel(p: &ParamStore, r: &Recurrent) -> Vec<f32> {
+    let features = r.input_features;
+    let mut out = Vec::with_capacity(r.cells().map(|c| p.len_of(c.kernel)).sum());
     for row in 0..features {
         for cell in r.cells() {
-            out.extend(cell.kernel.row(row).iter().copied());
+            let g = cell.gate_columns();
+            out.extend_from_slice(&p.slice(cell.kernel)[row * g..(row + 1) * g]);
         }
     }
-    Ok(out)
+    out
 }

@@ -1,15 +1,17 @@
-//! Keras config (Sequential, or Functional as a single chain) + weights -> `ModelIr`, with every
-//! shape resolved and every option checked at load.
+//! Keras config + weights -> `Graph`: Sequential models as chains, Functional models as graphs
+//! of any shape (several inputs and outputs, shared layers, Keras 2 and Keras 3 inbound-node
+//! forms, Keras 3's operator nodes). Layers become ops in `layers/`; their shapes come from the
+//! ops' own shape rules as each node is added.
 
+use std::collections::HashMap;
 use std::path::Path;
 
-use ndarray::{Array1, Array2, Array4};
 use serde_json::Value;
 
 use super::fields::{as_usize, LayerConfig};
-use super::weights::{RawWeight, WeightSource};
+use super::weights::WeightSource;
 use crate::error::{Error, Result};
-use crate::ir::*;
+use crate::graph::*;
 
 pub fn build_model(
     path: &Path,
@@ -17,7 +19,7 @@ pub fn build_model(
     config: &Value,
     mut weights: WeightSource,
     assets: &[(String, Vec<u8>)],
-) -> Result<ModelIr> {
+) -> Result<Graph> {
     let class = config
         .get("class_name")
         .and_then(Value::as_str)
@@ -35,9 +37,19 @@ pub fn build_model(
         .and_then(Value::as_str)
         .unwrap_or("model")
         .to_string();
-    let (input_shape, entries) = match class {
-        "Sequential" => sequential_layers(path, inner)?,
-        "Functional" | "Model" => functional_chain(path, inner)?,
+    let mut builder = Builder {
+        path,
+        weights_path,
+        weights: &mut weights,
+        assets,
+        graph: Graph::new(name),
+        taken: HashMap::new(),
+        masks: HashMap::new(),
+        group: String::new(),
+    };
+    let outputs = match class {
+        "Sequential" => builder.sequential(inner, None)?,
+        "Functional" | "Model" => builder.functional(inner, None)?,
         other => {
             return Err(Error::format(
                 path,
@@ -45,61 +57,21 @@ pub fn build_model(
             ))
         }
     };
-
-    let mut builder = Builder {
-        weights_path,
-        weights: &mut weights,
-        shape: input_shape.clone(),
-        mask_alive: false,
-        layers: Vec::new(),
-        group: String::new(),
-        group_counts: Default::default(),
-    };
-    let mut model_input_shape = input_shape;
-    let mut text_spec = None;
-    for (i, entry) in entries.iter().enumerate() {
-        let cfg = LayerConfig::new(path, entry)?;
-        if cfg.class == "TextVectorization" {
-            if i != 0 {
-                return Err(cfg.error(
-                    "class_name",
-                    "TextVectorization must be the model's first layer",
-                ));
-            }
-            let spec =
-                crate::text::text_vectorization_from_keras(path, &cfg.name, cfg.config, assets)?;
-            let length = spec.output_sequence_length.ok_or_else(|| {
-                cfg.error(
-                    "output_sequence_length",
-                    "must be set: wgnn needs a fixed sequence length",
-                )
-            })?;
-            builder.shape = vec![length];
-            model_input_shape = vec![length];
-            text_spec = Some(spec);
-            continue;
+    let mut graph = builder.graph;
+    if graph.outputs.is_empty() {
+        for (i, v) in outputs.into_iter().enumerate() {
+            let name = graph.value_name(v);
+            let name = if graph.outputs.iter().any(|p| p.name == name) {
+                format!("{name}_{i}")
+            } else {
+                name
+            };
+            graph.add_output(name, v);
         }
-        builder.add(&cfg)?;
     }
-    let layers = builder.layers;
-    let input_kind = match layers.first().map(|l| &l.kind) {
-        Some(LayerKind::Embedding(_)) => InputKind::TokenIds,
-        _ if text_spec.is_some() => {
-            return Err(Error::format(
-                path,
-                "TextVectorization must be followed by an Embedding",
-            ))
-        }
-        _ => InputKind::Float,
-    };
     weights.finish()?;
-    Ok(ModelIr {
-        name,
-        input_kind,
-        input_shape: model_input_shape,
-        layers,
-        text_vectorization: text_spec,
-    })
+    graph.verify()?;
+    Ok(graph)
 }
 
 /// Input shape without the batch axis, from `batch_shape` (Keras 3) or `batch_input_shape` (Keras 2).
@@ -132,354 +104,256 @@ fn shape_from_json(path: &Path, shape: &Value) -> Result<Vec<usize>> {
         .collect()
 }
 
-fn sequential_layers(path: &Path, inner: &Value) -> Result<(Shape, Vec<Value>)> {
-    let layers = inner
-        .get("layers")
-        .and_then(Value::as_array)
-        .ok_or_else(|| Error::format(path, "Sequential config has no 'layers' list"))?;
-    let mut entries: Vec<Value> = layers.clone();
-    let mut input_shape = None;
-    if let Some(first) = entries.first() {
-        let cfg = first.get("config").unwrap_or(&Value::Null);
-        if first.get("class_name").and_then(Value::as_str) == Some("InputLayer") {
-            input_shape = batch_shape_of(path, cfg)?;
-            entries.remove(0);
-        } else {
-            input_shape = batch_shape_of(path, cfg)?;
-        }
+/// What an InputLayer's dtype makes of its values.
+fn input_dtype(cfg: &Value) -> DType {
+    match cfg.get("dtype").and_then(Value::as_str) {
+        Some(d) if d.starts_with("int") || d.starts_with("uint") => DType::Ids,
+        _ => DType::F32,
     }
-    if input_shape.is_none() {
-        if let Some(shape) = inner.get("build_input_shape").filter(|v| !v.is_null()) {
-            input_shape = Some(shape_from_json(path, shape)?);
-        }
-    }
-    let input_shape = input_shape.ok_or_else(|| {
-        Error::format(
-            path,
-            "Sequential model has no input shape (no InputLayer, batch_shape or build_input_shape)",
-        )
-    })?;
-    Ok((input_shape, entries))
 }
 
-/// Names of the layers feeding one inbound node, in Keras 3 (`keras_history`) or Keras 2
-/// (`[[name, i, j, kwargs], ...]`) form.
-fn inbound_layer_names(node: &Value, out: &mut Vec<String>) {
+/// A reference to one output of one call of a layer: Keras's `keras_history`
+/// (layer name, node index, tensor index).
+type TensorRef = (String, usize, usize);
+
+/// The tensors in one inbound node's arguments, in order: Keras 3 `keras_history` objects or
+/// Keras 2 `[name, node_index, tensor_index, kwargs]` lists.
+fn tensor_refs(node: &Value, out: &mut Vec<TensorRef>) {
     match node {
         Value::Object(map) => {
             if let Some(Value::Array(h)) = map.get("keras_history") {
-                if let Some(Value::String(n)) = h.first() {
-                    out.push(n.clone());
+                if let (Some(name), Some(n), Some(t)) = (
+                    h.first().and_then(Value::as_str),
+                    h.get(1).and_then(as_usize),
+                    h.get(2).and_then(as_usize),
+                ) {
+                    out.push((name.to_string(), n, t));
                     return;
                 }
             }
             for v in map.values() {
-                inbound_layer_names(v, out);
+                tensor_refs(v, out);
             }
         }
         Value::Array(items) => {
-            // Keras 2: [name, node_index, tensor_index, kwargs]
-            if items.len() >= 3
-                && items[0].is_string()
-                && items[1].is_number()
-                && items[2].is_number()
-            {
-                if let Some(n) = items[0].as_str() {
-                    out.push(n.to_string());
-                }
+            if let Some(r) = keras2_ref(items) {
+                out.push(r);
                 return;
             }
             for v in items {
-                inbound_layer_names(v, out);
+                tensor_refs(v, out);
             }
         }
         _ => {}
     }
 }
 
-/// A Functional model whose graph is one chain from its single input to its single output.
-fn functional_chain(path: &Path, inner: &Value) -> Result<(Shape, Vec<Value>)> {
-    let layers = inner
-        .get("layers")
-        .and_then(Value::as_array)
-        .ok_or_else(|| Error::format(path, "Functional config has no 'layers' list"))?;
-    let name_of = |l: &Value| -> String {
-        l.get("name")
-            .or_else(|| l.get("config").and_then(|c| c.get("name")))
-            .and_then(Value::as_str)
-            .unwrap_or("?")
-            .to_string()
+/// Keras 2's `[name, node_index, tensor_index(, kwargs)]`.
+fn keras2_ref(items: &[Value]) -> Option<TensorRef> {
+    if items.len() >= 3 && items.len() <= 4 {
+        if let (Some(name), Some(n), Some(t)) = (
+            items[0].as_str(),
+            items[1].as_u64().filter(|_| items[1].is_u64()),
+            items[2].as_u64().filter(|_| items[2].is_u64()),
+        ) {
+            return Some((name.to_string(), n as usize, t as usize));
+        }
+    }
+    None
+}
+
+/// One call of a layer as the config records it: the tensors it reads, the mask it is given
+/// explicitly (`mask=` in Keras 3 kwargs), the non-tensor positional arguments, and the
+/// other keyword arguments.
+struct Call {
+    inputs: Vec<TensorRef>,
+    mask: Vec<TensorRef>,
+    /// Keras 3's `args` verbatim (operator nodes read constants from them).
+    args: Value,
+    kwargs: Value,
+}
+
+fn parse_calls(layer: &Value) -> Vec<Call> {
+    let Some(nodes) = layer.get("inbound_nodes").and_then(Value::as_array) else {
+        return Vec::new();
     };
-    let unsupported = |layer: &Value, what: &str| Error::Layer {
-        path: path.to_path_buf(),
-        layer: name_of(layer),
-        class: layer
-            .get("class_name")
-            .and_then(Value::as_str)
-            .unwrap_or("?")
-            .to_string(),
-        field: "inbound_nodes".into(),
-        message: format!(
-            "unsupported: {what} (wgnn runs Functional models that are a single chain)"
-        ),
-    };
-    let mut inputs = Vec::new();
-    let mut parent: Vec<Option<String>> = Vec::new();
-    // Keras 3 writes `Embedding(mask_zero=True)`'s mask into the graph as a `NotEqual(ids, 0)`
-    // op passed to the next layers as `mask=`. It is the same mask wgnn derives from the ids, so
-    // such ops are left out of the chain; any other mask source is unsupported.
-    let mut mask_ops = Vec::new();
-    let mut mask_uses = Vec::new();
-    for layer in layers {
-        let mut names = Vec::new();
-        if let Some(nodes) = layer.get("inbound_nodes").and_then(Value::as_array) {
-            if nodes.len() > 1 {
-                return Err(unsupported(
-                    layer,
-                    "the layer is called more than once (shared layer)",
-                ));
-            }
-            for n in nodes {
-                match (n.get("args"), n.get("kwargs")) {
-                    (Some(args), kwargs) => {
-                        inbound_layer_names(args, &mut names);
-                        if let Some(mask) = kwargs.and_then(|k| k.get("mask")) {
-                            let mut sources = Vec::new();
-                            inbound_layer_names(mask, &mut sources);
-                            mask_uses.extend(sources.into_iter().map(|s| (s, layer)));
-                        }
-                    }
-                    _ => inbound_layer_names(n, &mut names),
+    nodes
+        .iter()
+        .map(|n| match (n.get("args"), n.get("kwargs")) {
+            (Some(args), kwargs) => {
+                let mut inputs = Vec::new();
+                tensor_refs(args, &mut inputs);
+                let mut mask = Vec::new();
+                let mut rest = kwargs.cloned().unwrap_or(Value::Null);
+                if let Some(m) = rest.as_object_mut().and_then(|k| k.remove("mask")) {
+                    tensor_refs(&m, &mut mask);
+                }
+                Call {
+                    inputs,
+                    mask,
+                    args: args.clone(),
+                    kwargs: rest,
                 }
             }
-        }
-        if layer.get("class_name").and_then(Value::as_str) == Some("NotEqual") {
-            let compares_with_zero = layer
-                .pointer("/inbound_nodes/0/args/1")
-                .and_then(Value::as_f64)
-                == Some(0.0);
-            if !compares_with_zero {
-                return Err(unsupported(
-                    layer,
-                    "a NotEqual op that is not a padding mask (ids != 0)",
-                ));
+            _ => {
+                // Keras 2: a list of [name, node_index, tensor_index, kwargs].
+                let mut inputs = Vec::new();
+                tensor_refs(n, &mut inputs);
+                Call {
+                    inputs,
+                    mask: Vec::new(),
+                    args: Value::Null,
+                    kwargs: Value::Null,
+                }
             }
-            mask_ops.push(name_of(layer));
-            parent.push(None);
+        })
+        .collect()
+}
+
+/// `input_layers` / `output_layers`: one `[name, node, tensor]` triple or a list of them.
+fn port_refs(path: &Path, v: Option<&Value>, what: &str) -> Result<Vec<TensorRef>> {
+    let bad = || Error::format(path, format!("Functional config has a malformed '{what}'"));
+    let items = v.and_then(Value::as_array).ok_or_else(bad)?;
+    if let Some(r) = keras2_ref(items) {
+        return Ok(vec![r]);
+    }
+    items
+        .iter()
+        .map(|i| i.as_array().and_then(|a| keras2_ref(a)).ok_or_else(bad))
+        .collect()
+}
+
+pub(crate) struct Builder<'a> {
+    pub(crate) path: &'a Path,
+    pub(crate) weights_path: &'a Path,
+    weights: &'a mut WeightSource,
+    pub(crate) assets: &'a [(String, Vec<u8>)],
+    pub(crate) graph: Graph,
+    /// Parameters already taken, by (layer name, sub-object path): a shared layer called again
+    /// reuses its weights.
+    taken: HashMap<(String, String), Vec<ParamId>>,
+    /// Each value's Keras mask, where one reaches it.
+    pub(crate) masks: HashMap<ValueId, ValueId>,
+    /// The h5 group of the layer being built.
+    group: String,
+}
+
+/// Keras's h5 group for each layer of one container, in its layer order: snake_case class
+/// name, then `_1`, `_2` for later layers of the same class (keras.src.saving.saving_lib).
+fn h5_groups(layers: &[Value]) -> HashMap<String, String> {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    let mut groups = HashMap::new();
+    for l in layers {
+        let class = l.get("class_name").and_then(Value::as_str).unwrap_or("");
+        // Keras operators (NotEqual ...) are not layers and have no group.
+        if l.get("module")
+            .and_then(Value::as_str)
+            .is_some_and(|m| m.starts_with("keras.src.ops"))
+        {
             continue;
         }
-        match names.len() {
-            0 => {
-                if layer.get("class_name").and_then(Value::as_str) != Some("InputLayer") {
-                    return Err(unsupported(layer, "a layer without inputs"));
-                }
-                inputs.push(layer);
-                parent.push(None);
-            }
-            1 => parent.push(names.pop()),
-            _ => return Err(unsupported(layer, "the layer merges several inputs")),
-        }
-    }
-    for (source, layer) in &mask_uses {
-        if !mask_ops.contains(source) {
-            return Err(unsupported(
-                layer,
-                &format!("a mask computed by '{source}'"),
-            ));
-        }
-    }
-    if inputs.len() != 1 {
-        return Err(Error::format(
-            path,
-            format!(
-                "unsupported: the model has {} inputs (wgnn runs single-input chains)",
-                inputs.len()
-            ),
-        ));
-    }
-    let input = inputs[0];
-    let input_shape = batch_shape_of(path, input.get("config").unwrap_or(&Value::Null))?
-        .ok_or_else(|| Error::format(path, "the InputLayer has no batch_shape"))?;
-    // Walk the chain from the input, one consumer at a time.
-    let mut order = Vec::new();
-    let mut current = name_of(input);
-    loop {
-        let consumers: Vec<usize> = (0..layers.len())
-            .filter(|&i| parent[i].as_deref() == Some(current.as_str()))
-            .collect();
-        match consumers.as_slice() {
-            [] => break,
-            [next] => {
-                order.push(layers[*next].clone());
-                current = name_of(&layers[*next]);
-            }
-            [_, second, ..] => {
-                return Err(unsupported(
-                    &layers[*second],
-                    &format!("the output of '{current}' branches"),
-                ));
-            }
-        }
-    }
-    if order.len() + 1 + mask_ops.len() != layers.len() {
-        return Err(Error::format(
-            path,
-            "unsupported: the model graph is not a single chain",
-        ));
-    }
-    Ok((input_shape, order))
-}
-
-struct Builder<'a> {
-    weights_path: &'a Path,
-    weights: &'a mut WeightSource,
-    /// The current tensor shape (no batch axis).
-    shape: Shape,
-    /// An Embedding(mask_zero=True) mask still reaches the current tensor.
-    mask_alive: bool,
-    layers: Vec<Layer>,
-    /// The current layer's h5 group, and how often each group stem was used so far.
-    group: String,
-    group_counts: std::collections::HashMap<String, usize>,
-}
-
-impl Builder<'_> {
-    fn add(&mut self, cfg: &LayerConfig) -> Result<()> {
-        self.group = self.next_group(&cfg.class);
-        let input_shape = self.shape.clone();
-        let kind = self.layer_kind(cfg)?;
-        let output_shape = self.shape.clone();
-        self.layers.push(Layer {
-            name: cfg.name.clone(),
-            class: cfg.class.clone(),
-            kind,
-            input_shape,
-            output_shape,
-        });
-        Ok(())
-    }
-
-    /// Builds one layer and updates `self.shape` to its output shape.
-    fn layer_kind(&mut self, cfg: &LayerConfig) -> Result<LayerKind> {
-        let mask_passes = matches!(
-            cfg.class.as_str(),
-            "Dropout"
-                | "SpatialDropout1D"
-                | "Activation"
-                | "Dense"
-                | "GaussianNoise"
-                | "GaussianDropout"
-        );
-        let kind = match cfg.class.as_str() {
-            "InputLayer" => {
-                return Err(cfg.error("class_name", "an InputLayer in the middle of the model"))
-            }
-            "Conv2D" | "Convolution2D" => self.conv2d(cfg)?,
-            "MaxPooling2D" | "MaxPool2D" => self.pool2d(cfg, PoolOp::Max)?,
-            "AveragePooling2D" | "AvgPool2D" => self.pool2d(cfg, PoolOp::Average)?,
-            "GlobalMaxPooling2D" | "GlobalMaxPool2D" => self.global_pool2d(cfg, PoolOp::Max)?,
-            "GlobalAveragePooling2D" | "GlobalAvgPool2D" => {
-                self.global_pool2d(cfg, PoolOp::Average)?
-            }
-            "Flatten" => {
-                cfg.require_channels_last()?;
-                self.shape = vec![self.shape.iter().product()];
-                LayerKind::Reshape
-            }
-            "Reshape" => self.reshape(cfg)?,
-            "Dense" => self.dense(cfg)?,
-            "Dropout"
-            | "SpatialDropout1D"
-            | "SpatialDropout2D"
-            | "SpatialDropout3D"
-            | "GaussianNoise"
-            | "GaussianDropout"
-            | "AlphaDropout"
-            | "ActivityRegularization" => LayerKind::Identity,
-            "Rescaling" => self.rescaling(cfg)?,
-            "Activation" => LayerKind::Activation(cfg.activation("activation")?),
-            "ReLU" => {
-                let max_value = match cfg.get("max_value") {
-                    None => None,
-                    Some(_) => Some(cfg.f32_or("max_value", 0.0)?),
-                };
-                LayerKind::Activation(Activation::Relu {
-                    negative_slope: cfg.f32_or("negative_slope", 0.0)?,
-                    max_value,
-                    threshold: cfg.f32_or("threshold", 0.0)?,
-                })
-            }
-            "LeakyReLU" => {
-                // Keras 3 calls it negative_slope (default 0.3); Keras 2 called it alpha.
-                let slope = match cfg.get("negative_slope") {
-                    Some(_) => cfg.f32_or("negative_slope", 0.3)?,
-                    None => cfg.f32_or("alpha", 0.3)?,
-                };
-                LayerKind::Activation(Activation::Relu {
-                    negative_slope: slope,
-                    max_value: None,
-                    threshold: 0.0,
-                })
-            }
-            "ELU" => LayerKind::Activation(Activation::Elu {
-                alpha: cfg.f32_or("alpha", 1.0)?,
-            }),
-            "Softmax" => {
-                let axis = cfg.get("axis").cloned().unwrap_or(Value::from(-1));
-                let last = self.shape.len() as i64;
-                let ok = match &axis {
-                    Value::Number(n) => n.as_i64() == Some(-1) || n.as_i64() == Some(last),
-                    Value::Array(a) if a.len() == 1 => {
-                        a[0].as_i64() == Some(-1) || a[0].as_i64() == Some(last)
-                    }
-                    _ => false,
-                };
-                if !ok {
-                    return Err(cfg.unsupported("axis", &axis, "only the last axis is supported"));
-                }
-                LayerKind::Activation(Activation::Softmax)
-            }
-            "Embedding" => self.embedding(cfg)?,
-            "SimpleRNN" | "LSTM" => self.recurrent(cfg)?,
-            "Bidirectional" => self.bidirectional(cfg)?,
-            "GRU" | "ConvLSTM2D" | "Conv1D" | "Conv3D" | "DepthwiseConv2D" | "SeparableConv2D"
-            | "Conv2DTranspose" | "BatchNormalization" | "LayerNormalization" | "Masking"
-            | "Attention" | "MultiHeadAttention" | "Add" | "Concatenate" | "Multiply"
-            | "TimeDistributed" | "RNN" | "Sequential" | "Functional" | "Model" => {
-                return Err(cfg.error(
-                    "class_name",
-                    format!("layer class '{}' is not supported by wgnn", cfg.class),
-                ))
-            }
-            other => {
-                return Err(cfg.error("class_name", format!("unknown layer class '{other}'")));
-            }
-        };
-        if !mask_passes && !matches!(kind, LayerKind::Embedding(_) | LayerKind::Recurrent(_)) {
-            self.mask_alive = false;
-        }
-        Ok(kind)
-    }
-
-    /// Keras's h5 group for the next layer of `class`: snake_case class name, then `_1`, `_2`
-    /// for later layers of the same class (keras.src.saving.saving_lib).
-    fn next_group(&mut self, class: &str) -> String {
         let stem = snake_case(class);
-        let count = self.group_counts.entry(stem.clone()).or_insert(0);
+        let count = counts.entry(stem.clone()).or_insert(0);
         let group = if *count == 0 {
             stem.clone()
         } else {
             format!("{stem}_{count}")
         };
         *count += 1;
-        group
+        groups.insert(layer_name(l), group);
+    }
+    groups
+}
+
+fn layer_name(l: &Value) -> String {
+    l.get("name")
+        .or_else(|| l.get("config").and_then(|c| c.get("name")))
+        .and_then(Value::as_str)
+        .unwrap_or("?")
+        .to_string()
+}
+
+impl<'a> Builder<'a> {
+    pub(crate) fn info(&self, v: ValueId) -> &ValueInfo {
+        self.graph.value(v)
     }
 
-    fn take(&mut self, cfg: &LayerConfig, sub: &[&str], count: usize) -> Result<Vec<RawWeight>> {
-        self.weights.take(&cfg.name, &self.group, sub, count)
+    /// Adds a node for `cfg`'s layer; shape-rule failures become errors naming the layer.
+    pub(crate) fn add(
+        &mut self,
+        cfg: &LayerConfig,
+        op: Op,
+        inputs: &[ValueId],
+        mask: Option<ValueId>,
+    ) -> Result<Vec<ValueId>> {
+        self.graph
+            .add_node(&cfg.name, &cfg.class, op, inputs, mask)
+            .map_err(|m| cfg.error("input_shape", m))
     }
 
-    fn weight_error(&self, cfg: &LayerConfig, message: String) -> Error {
+    /// Adds a node with one output.
+    pub(crate) fn add1(
+        &mut self,
+        cfg: &LayerConfig,
+        op: Op,
+        inputs: &[ValueId],
+        mask: Option<ValueId>,
+    ) -> Result<ValueId> {
+        let outs = self.add(cfg, op, inputs, mask)?;
+        outs.first()
+            .copied()
+            .ok_or_else(|| Error::Internal(format!("op of layer '{}' has no output", cfg.name)))
+    }
+
+    /// The weights of `cfg`'s layer (or of its sub-object `sub`, e.g. `["forward_layer",
+    /// "cell"]`), checked against the shapes the config implies, as parameters named
+    /// `layer/sub/name`. A layer called again gets the same parameters back.
+    pub(crate) fn params(
+        &mut self,
+        cfg: &LayerConfig,
+        sub: &[&str],
+        specs: &[(&str, Vec<usize>)],
+    ) -> Result<Vec<ParamId>> {
+        let key = (cfg.name.clone(), sub.join("/"));
+        if let Some(ids) = self.taken.get(&key) {
+            for (&id, (what, shape)) in ids.iter().zip(specs) {
+                if self.graph.params.get(id).shape() != shape.as_slice() {
+                    return Err(self.weight_error(
+                        cfg,
+                        format!(
+                            "{what}: a second call needs shape {shape:?}, the layer's weights are {:?}",
+                            self.graph.params.get(id).shape()
+                        ),
+                    ));
+                }
+            }
+            return Ok(ids.clone());
+        }
+        let raw = self
+            .weights
+            .take(&cfg.name, &self.group, sub, specs.len())?;
+        let mut ids = Vec::with_capacity(specs.len());
+        for (w, (what, shape)) in raw.into_iter().zip(specs) {
+            let label = match sub.first() {
+                Some(first) if sub.len() > 1 => format!("{first}/{what}"),
+                _ => what.to_string(),
+            };
+            if w.shape != *shape {
+                return Err(self.weight_error(
+                    cfg,
+                    format!("{label}: expected shape {shape:?}, found {:?}", w.shape),
+                ));
+            }
+            let array = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), w.values)
+                .map_err(|e| self.weight_error(cfg, format!("{label}: {e}")))?;
+            let name = format!("{}/{label}", cfg.name);
+            ids.push(self.graph.params.add(name, array, true));
+        }
+        self.taken.insert(key, ids.clone());
+        Ok(ids)
+    }
+
+    pub(crate) fn weight_error(&self, cfg: &LayerConfig, message: String) -> Error {
         Error::Weights {
             path: self.weights_path.to_path_buf(),
             layer: cfg.name.clone(),
@@ -487,466 +361,343 @@ impl Builder<'_> {
         }
     }
 
-    /// Checks a weight's shape against what the config implies.
-    fn check_shape(
-        &self,
-        cfg: &LayerConfig,
-        what: &str,
-        raw: &RawWeight,
-        expected: &[usize],
-    ) -> Result<()> {
-        if raw.shape != expected {
-            return Err(self.weight_error(
-                cfg,
-                format!("{what}: expected shape {expected:?}, found {:?}", raw.shape),
-            ));
-        }
-        Ok(())
-    }
-
-    fn require_rank(&self, cfg: &LayerConfig, rank: usize, what: &str) -> Result<()> {
-        if self.shape.len() != rank {
-            return Err(cfg.error(
-                "input_shape",
-                format!(
-                    "expects {what} input, got shape {:?} (without the batch axis)",
-                    self.shape
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    fn conv2d(&mut self, cfg: &LayerConfig) -> Result<LayerKind> {
-        cfg.require_channels_last()?;
-        self.require_rank(cfg, 3, "(H, W, C)")?;
-        let dilation = cfg.pair_or("dilation_rate", [1, 1])?;
-        if dilation != [1, 1] {
-            return Err(cfg.unsupported(
-                "dilation_rate",
-                &cfg.get("dilation_rate").cloned().unwrap_or_default(),
-                "only 1 is supported",
-            ));
-        }
-        cfg.require_absent_or("groups", &[Value::from(1)], "only groups=1 is supported")?;
-        cfg.require_absent_or("lora_rank", &[], "LoRA layers are not supported")?;
-        let filters = cfg.usize("filters")?;
-        let kernel_size = cfg.pair("kernel_size")?;
-        let strides = cfg.pair_or("strides", [1, 1])?;
-        let padding = cfg.padding()?;
-        let use_bias = cfg.bool_or("use_bias", true)?;
-        let activation = cfg.activation("activation")?;
-        let in_channels = self.shape[2];
-        let window = Window2d::new(
-            kernel_size,
-            strides,
-            padding,
-            [self.shape[0], self.shape[1]],
-        );
-        if window.out_hw.contains(&0) {
-            return Err(cfg.error(
-                "kernel_size",
-                format!(
-                    "kernel {kernel_size:?} does not fit the input {:?} with 'valid' padding",
-                    self.shape
-                ),
-            ));
-        }
-        let w = self.take(cfg, &[], 1 + use_bias as usize)?;
-        let kshape = [kernel_size[0], kernel_size[1], in_channels, filters];
-        self.check_shape(cfg, "kernel", &w[0], &kshape)?;
-        let kernel = Array4::from_shape_vec(kshape, w[0].values.clone())
-            .map_err(|e| self.weight_error(cfg, format!("kernel: {e}")))?;
-        let bias = if use_bias {
-            self.check_shape(cfg, "bias", &w[1], &[filters])?;
-            Some(Array1::from(w[1].values.clone()))
-        } else {
-            None
-        };
-        self.shape = vec![window.out_hw[0], window.out_hw[1], filters];
-        Ok(LayerKind::Conv2d(Conv2d {
-            filters,
-            window,
-            in_channels,
-            kernel,
-            bias,
-            activation,
-        }))
-    }
-
-    fn pool2d(&mut self, cfg: &LayerConfig, op: PoolOp) -> Result<LayerKind> {
-        cfg.require_channels_last()?;
-        self.require_rank(cfg, 3, "(H, W, C)")?;
-        let pool = cfg.pair_or("pool_size", [2, 2])?;
-        let strides = cfg.pair_or("strides", pool)?;
-        let padding = cfg.padding()?;
-        let window = Window2d::new(pool, strides, padding, [self.shape[0], self.shape[1]]);
-        if window.out_hw.contains(&0) {
-            return Err(cfg.error(
-                "pool_size",
-                format!(
-                    "pool {pool:?} does not fit the input {:?} with 'valid' padding",
-                    self.shape
-                ),
-            ));
-        }
-        let channels = self.shape[2];
-        self.shape = vec![window.out_hw[0], window.out_hw[1], channels];
-        Ok(LayerKind::Pool2d(Pool2d {
-            op,
-            window,
-            channels,
-        }))
-    }
-
-    fn global_pool2d(&mut self, cfg: &LayerConfig, op: PoolOp) -> Result<LayerKind> {
-        cfg.require_channels_last()?;
-        self.require_rank(cfg, 3, "(H, W, C)")?;
-        let keepdims = cfg.bool_or("keepdims", false)?;
-        let c = self.shape[2];
-        self.shape = if keepdims { vec![1, 1, c] } else { vec![c] };
-        Ok(LayerKind::GlobalPool2d { op, keepdims })
-    }
-
-    fn reshape(&mut self, cfg: &LayerConfig) -> Result<LayerKind> {
-        let target = cfg
-            .get("target_shape")
+    /// A Sequential model's layers as a chain. `feeds` is the input when the model is nested in
+    /// another; else the model's own input shape makes the graph input.
+    fn sequential(&mut self, inner: &Value, feeds: Option<&[ValueId]>) -> Result<Vec<ValueId>> {
+        let path = self.path;
+        let layers = inner
+            .get("layers")
             .and_then(Value::as_array)
-            .ok_or_else(|| cfg.error("target_shape", "missing"))?;
-        let total: usize = self.shape.iter().product();
-        let mut dims = Vec::new();
-        let mut free = None;
-        for (i, d) in target.iter().enumerate() {
-            match d.as_i64() {
-                Some(-1) if free.is_none() => {
-                    free = Some(i);
-                    dims.push(1);
-                }
-                Some(n) if n > 0 => dims.push(n as usize),
+            .ok_or_else(|| Error::format(path, "Sequential config has no 'layers' list"))?;
+        let mut entries: &[Value] = layers;
+        let mut input_shape = None;
+        let mut dtype = DType::F32;
+        let mut input_name = "input".to_string();
+        if let Some(first) = entries.first() {
+            let cfg = first.get("config").unwrap_or(&Value::Null);
+            input_shape = batch_shape_of(path, cfg)?;
+            if first.get("class_name").and_then(Value::as_str) == Some("InputLayer") {
+                dtype = input_dtype(cfg);
+                input_name = layer_name(first);
+                entries = &entries[1..];
+            }
+        }
+        if input_shape.is_none() {
+            if let Some(shape) = inner.get("build_input_shape").filter(|v| !v.is_null()) {
+                input_shape = Some(shape_from_json(path, shape)?);
+            }
+        }
+        let mut x = match feeds {
+            Some([x]) => *x,
+            Some(other) => {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "a nested Sequential model is called on {} inputs",
+                        other.len()
+                    ),
+                ))
+            }
+            None => {
+                let shape = match (input_shape, entries.first()) {
+                    (Some(shape), _) => shape,
+                    // TextVectorization sets the input itself.
+                    (None, Some(l)) if l.get("class_name").and_then(Value::as_str) == Some("TextVectorization") => Vec::new(),
+                    _ => {
+                        return Err(Error::format(
+                            path,
+                            "Sequential model has no input shape (no InputLayer, batch_shape or build_input_shape)",
+                        ))
+                    }
+                };
+                self.graph.add_input(input_name, shape, dtype)
+            }
+        };
+        let groups = h5_groups(entries);
+        for entry in entries {
+            let cfg = LayerConfig::new(path, entry)?;
+            self.group = groups.get(&cfg.name).cloned().unwrap_or_default();
+            let outs = self.call_layer(&cfg, &[x], None, &Value::Null)?;
+            x = match outs.as_slice() {
+                [y] => *y,
                 _ => {
-                    return Err(cfg.unsupported(
-                        "target_shape",
-                        &Value::Array(target.clone()),
-                        "positive sizes and at most one -1",
+                    return Err(cfg.error(
+                        "class_name",
+                        format!("gives {} outputs; a Sequential model needs one", outs.len()),
                     ))
                 }
-            }
+            };
         }
-        let known: usize = dims.iter().product();
-        if let Some(i) = free {
-            if known == 0 || !total.is_multiple_of(known) {
-                return Err(cfg.error(
-                    "target_shape",
-                    format!("cannot reshape {:?} to {target:?}", self.shape),
+        Ok(vec![x])
+    }
+
+    /// A Functional model: every call of every layer, in an order where each call's inputs are
+    /// ready. `feeds` bind the input layers when the model is nested in another.
+    fn functional(&mut self, inner: &Value, feeds: Option<&[ValueId]>) -> Result<Vec<ValueId>> {
+        let path = self.path;
+        let layers = inner
+            .get("layers")
+            .and_then(Value::as_array)
+            .ok_or_else(|| Error::format(path, "Functional config has no 'layers' list"))?;
+        let input_refs = port_refs(path, inner.get("input_layers"), "input_layers")?;
+        let output_refs = port_refs(path, inner.get("output_layers"), "output_layers")?;
+        if let Some(f) = feeds {
+            if f.len() != input_refs.len() {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "nested model '{}' takes {} inputs, called with {}",
+                        inner.get("name").and_then(Value::as_str).unwrap_or("?"),
+                        input_refs.len(),
+                        f.len()
+                    ),
                 ));
             }
-            dims[i] = total / known;
         }
-        if dims.iter().product::<usize>() != total {
-            return Err(cfg.error(
-                "target_shape",
-                format!("cannot reshape {:?} to {target:?}", self.shape),
-            ));
-        }
-        self.shape = dims;
-        Ok(LayerKind::Reshape)
-    }
-
-    fn dense(&mut self, cfg: &LayerConfig) -> Result<LayerKind> {
-        cfg.require_absent_or("lora_rank", &[], "LoRA layers are not supported")?;
-        let units = cfg.usize("units")?;
-        let use_bias = cfg.bool_or("use_bias", true)?;
-        let activation = cfg.activation("activation")?;
-        let Some(&input_dim) = self.shape.last() else {
-            return Err(cfg.error(
-                "input_shape",
-                "Dense needs an input with at least one feature axis",
-            ));
-        };
-        let w = self.take(cfg, &[], 1 + use_bias as usize)?;
-        self.check_shape(cfg, "kernel", &w[0], &[input_dim, units])?;
-        let kernel = Array2::from_shape_vec((input_dim, units), w[0].values.clone())
-            .map_err(|e| self.weight_error(cfg, format!("kernel: {e}")))?;
-        let bias = if use_bias {
-            self.check_shape(cfg, "bias", &w[1], &[units])?;
-            Some(Array1::from(w[1].values.clone()))
-        } else {
-            None
-        };
-        if let Some(last) = self.shape.last_mut() {
-            *last = units;
-        }
-        Ok(LayerKind::Dense(Dense {
-            units,
-            kernel,
-            bias,
-            activation,
-        }))
-    }
-
-    fn rescaling(&mut self, cfg: &LayerConfig) -> Result<LayerKind> {
-        let channels = self.shape.last().copied().unwrap_or(1);
-        let read = |field: &str, default: f32| -> Result<Vec<f32>> {
-            match cfg.get(field) {
-                None => Ok(vec![default]),
-                Some(Value::Array(items)) => {
-                    let vals: Option<Vec<f32>> =
-                        items.iter().map(|v| v.as_f64().map(|x| x as f32)).collect();
-                    let vals = vals.ok_or_else(|| cfg.error(field, "expected numbers"))?;
-                    if vals.len() != 1 && vals.len() != channels {
-                        return Err(cfg.error(
-                            field,
-                            format!(
-                                "has {} values; expected 1 or one per channel ({channels})",
-                                vals.len()
-                            ),
-                        ));
-                    }
-                    Ok(vals)
+        let groups = h5_groups(layers);
+        let mut tensors: HashMap<TensorRef, ValueId> = HashMap::new();
+        // Input layers first, in the model's input order.
+        for (i, r) in input_refs.iter().enumerate() {
+            let layer = layers
+                .iter()
+                .find(|l| layer_name(l) == r.0)
+                .ok_or_else(|| {
+                    Error::format(
+                        path,
+                        format!("input layer '{}' is not among the layers", r.0),
+                    )
+                })?;
+            let cfg = layer.get("config").unwrap_or(&Value::Null);
+            let v = match feeds {
+                Some(f) => f[i],
+                None => {
+                    let shape = batch_shape_of(path, cfg)?.ok_or_else(|| {
+                        Error::format(path, format!("input layer '{}' has no batch_shape", r.0))
+                    })?;
+                    self.graph.add_input(r.0.clone(), shape, input_dtype(cfg))
                 }
-                Some(_) => Ok(vec![cfg.f32_or(field, default)?]),
+            };
+            tensors.insert(r.clone(), v);
+        }
+        let calls: Vec<Vec<Call>> = layers.iter().map(parse_calls).collect();
+        let mut done: Vec<Vec<bool>> = calls.iter().map(|c| vec![false; c.len()]).collect();
+        loop {
+            let mut progressed = false;
+            let mut pending = None;
+            for (li, layer) in layers.iter().enumerate() {
+                let name = layer_name(layer);
+                for (ni, call) in calls[li].iter().enumerate() {
+                    if done[li][ni] {
+                        continue;
+                    }
+                    let ready = call
+                        .inputs
+                        .iter()
+                        .chain(&call.mask)
+                        .all(|r| tensors.contains_key(r));
+                    if !ready {
+                        pending.get_or_insert((li, ni));
+                        continue;
+                    }
+                    let inputs: Vec<ValueId> = call.inputs.iter().map(|r| tensors[r]).collect();
+                    let mask = call.mask.first().map(|r| tensors[r]);
+                    let cfg = LayerConfig::new(path, layer)?;
+                    self.group = groups.get(&name).cloned().unwrap_or_default();
+                    let outs = if cfg.class == "InputLayer" {
+                        inputs.clone()
+                    } else {
+                        self.call_layer_in(&cfg, layer, &inputs, mask, call)?
+                    };
+                    for (ti, v) in outs.into_iter().enumerate() {
+                        tensors.insert((name.clone(), ni, ti), v);
+                    }
+                    done[li][ni] = true;
+                    progressed = true;
+                }
             }
-        };
-        Ok(LayerKind::Rescaling {
-            scale: read("scale", 1.0)?,
-            offset: read("offset", 0.0)?,
-        })
+            match pending {
+                None => break,
+                Some((li, ni)) if !progressed => {
+                    let missing: Vec<String> = calls[li][ni]
+                        .inputs
+                        .iter()
+                        .chain(&calls[li][ni].mask)
+                        .filter(|r| !tensors.contains_key(*r))
+                        .map(|r| r.0.clone())
+                        .collect();
+                    let layer = &layers[li];
+                    return Err(Error::Layer {
+                        path: path.to_path_buf(),
+                        layer: layer_name(layer),
+                        class: layer
+                            .get("class_name")
+                            .and_then(Value::as_str)
+                            .unwrap_or("?")
+                            .to_string(),
+                        field: "inbound_nodes".into(),
+                        message: format!(
+                            "reads {} which no layer of the model computes (or the graph has a cycle)",
+                            missing.join(", ")
+                        ),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        output_refs
+            .iter()
+            .map(|r| {
+                tensors.get(r).copied().ok_or_else(|| {
+                    Error::format(
+                        path,
+                        format!(
+                            "output '{}' (node {}, tensor {}) is never computed",
+                            r.0, r.1, r.2
+                        ),
+                    )
+                })
+            })
+            .collect()
     }
 
-    fn embedding(&mut self, cfg: &LayerConfig) -> Result<LayerKind> {
-        if !self.layers.is_empty() {
-            return Err(cfg.error("class_name", "Embedding must be the model's first layer"));
-        }
-        self.require_rank(cfg, 1, "token ids (T,)")?;
-        cfg.require_absent_or("lora_rank", &[], "LoRA layers are not supported")?;
-        let input_dim = cfg.usize("input_dim")?;
-        let output_dim = cfg.usize("output_dim")?;
-        let mask_zero = cfg.bool_or("mask_zero", false)?;
-        let w = self.take(cfg, &[], 1)?;
-        self.check_shape(cfg, "embeddings", &w[0], &[input_dim, output_dim])?;
-        let table = Array2::from_shape_vec((input_dim, output_dim), w[0].values.clone())
-            .map_err(|e| self.weight_error(cfg, format!("embeddings: {e}")))?;
-        self.shape.push(output_dim);
-        self.mask_alive = mask_zero;
-        Ok(LayerKind::Embedding(Embedding {
-            input_dim,
-            output_dim,
-            table,
-            mask_zero,
-        }))
-    }
-
-    /// Options every recurrent layer config must satisfy.
-    fn check_rnn_options(cfg: &LayerConfig) -> Result<()> {
-        if cfg.bool_or("stateful", false)? {
-            return Err(cfg.unsupported(
-                "stateful",
-                &Value::Bool(true),
-                "stateful RNNs are not supported",
-            ));
-        }
-        if cfg.bool_or("return_state", false)? {
-            return Err(cfg.unsupported(
-                "return_state",
-                &Value::Bool(true),
-                "return_state is not supported",
-            ));
-        }
-        if cfg.bool_or("time_major", false)? {
-            return Err(cfg.unsupported(
-                "time_major",
-                &Value::Bool(true),
-                "time_major is not supported",
-            ));
-        }
-        Ok(())
-    }
-
-    /// One direction's cell: options from `cfg`, weights from `sub` of the layer named `owner`.
-    fn cell(
+    /// One call of a layer in a Functional graph: nested models are inlined, operators
+    /// (`keras.src.ops.*`) read their constant arguments, everything else is a layer.
+    fn call_layer_in(
         &mut self,
-        owner: &LayerConfig,
         cfg: &LayerConfig,
-        sub: &[&str],
-        input_features: usize,
-    ) -> Result<RecurrentCell> {
-        Self::check_rnn_options(cfg)?;
-        let kind = match cfg.class.as_str() {
-            "SimpleRNN" => CellKind::SimpleRnn,
-            "LSTM" => CellKind::Lstm,
-            other => {
+        entry: &Value,
+        inputs: &[ValueId],
+        mask: Option<ValueId>,
+        call: &Call,
+    ) -> Result<Vec<ValueId>> {
+        let is_op = entry
+            .get("module")
+            .and_then(Value::as_str)
+            .is_some_and(|m| m.starts_with("keras.src.ops"));
+        if is_op {
+            return self.operator(cfg, inputs, &call.args);
+        }
+        let _ = &call.kwargs;
+        self.call_layer(cfg, inputs, mask, &call.kwargs)
+    }
+
+    /// Keras 3 operator nodes in a Functional config.
+    fn operator(
+        &mut self,
+        cfg: &LayerConfig,
+        inputs: &[ValueId],
+        args: &Value,
+    ) -> Result<Vec<ValueId>> {
+        match cfg.class.as_str() {
+            "NotEqual" => {
+                let compares_with_zero = args.get(1).and_then(Value::as_f64) == Some(0.0);
+                if !compares_with_zero || inputs.len() != 1 {
+                    return Err(cfg.error(
+                        "args",
+                        "unsupported: a NotEqual op that is not a padding mask (ids != 0)",
+                    ));
+                }
+                let ids = self.as_ids(cfg, inputs[0])?;
+                self.add(cfg, Op::PaddingMask, &[ids], None)
+            }
+            other => Err(cfg.error(
+                "class_name",
+                format!("Keras operator '{other}' is not supported by wgnn"),
+            )),
+        }
+    }
+
+    /// `v` as token ids: a float graph input that nothing has read yet becomes an id input
+    /// (Keras casts to int in Embedding); anything else must already hold ids.
+    pub(crate) fn as_ids(&mut self, cfg: &LayerConfig, v: ValueId) -> Result<ValueId> {
+        let info = self.graph.value(v);
+        if info.dtype == DType::Ids {
+            return Ok(v);
+        }
+        let is_input = self.graph.inputs.iter().any(|p| p.value == v);
+        let read = self
+            .graph
+            .nodes
+            .iter()
+            .any(|n| n.inputs.contains(&v) || n.mask == Some(v));
+        if info.dtype == DType::F32 && is_input && !read {
+            self.graph.values[v].dtype = DType::Ids;
+            return Ok(v);
+        }
+        Err(cfg.error(
+            "input",
+            "token ids must come straight from a model input (wgnn reads ids only as model inputs)",
+        ))
+    }
+
+    /// One call of one layer on `inputs`: its op(s), then Keras's mask propagation.
+    pub(crate) fn call_layer(
+        &mut self,
+        cfg: &LayerConfig,
+        inputs: &[ValueId],
+        explicit_mask: Option<ValueId>,
+        _kwargs: &Value,
+    ) -> Result<Vec<ValueId>> {
+        let in_mask =
+            explicit_mask.or_else(|| inputs.first().and_then(|v| self.masks.get(v).copied()));
+        match cfg.class.as_str() {
+            "Sequential" | "Functional" | "Model" => {
                 return Err(cfg.error(
                     "class_name",
+                    "a model nested in a model is not supported yet",
+                ))
+            }
+            "TextVectorization" => return self.text_vectorization(cfg, inputs),
+            _ => {}
+        }
+        let x = match inputs {
+            [x] => *x,
+            _ => {
+                return Err(cfg.error(
+                    "inbound_nodes",
                     format!(
-                        "recurrent layer class '{other}' is not supported (SimpleRNN and LSTM are)"
+                        "layer class '{}' takes one input, got {}",
+                        cfg.class,
+                        inputs.len()
                     ),
                 ))
             }
         };
-        let units = cfg.usize("units")?;
-        if units == 0 {
-            return Err(cfg.error("units", "must be positive"));
-        }
-        let activation = match cfg.get("activation") {
-            None => Activation::Tanh,
-            Some(_) => cfg.activation("activation")?,
-        };
-        let recurrent_activation = match cfg.get("recurrent_activation") {
-            None => Activation::Sigmoid,
-            Some(_) => cfg.activation("recurrent_activation")?,
-        };
-        if activation == Activation::Softmax || recurrent_activation == Activation::Softmax {
-            return Err(cfg.error(
-                "activation",
-                "softmax is not supported inside a recurrent cell",
-            ));
-        }
-        let use_bias = cfg.bool_or("use_bias", true)?;
-        let go_backwards = cfg.bool_or("go_backwards", false)?;
-        let g = kind.gates() * units;
-        let w = self.take(owner, sub, 2 + use_bias as usize)?;
-        let what = |n: &str| {
-            if sub.len() > 1 {
-                format!("{}/{n}", sub[0])
-            } else {
-                n.to_string()
-            }
-        };
-        self.check_shape(owner, &what("kernel"), &w[0], &[input_features, g])?;
-        self.check_shape(owner, &what("recurrent_kernel"), &w[1], &[units, g])?;
-        let kernel = Array2::from_shape_vec((input_features, g), w[0].values.clone())
-            .map_err(|e| self.weight_error(owner, format!("kernel: {e}")))?;
-        let recurrent_kernel = Array2::from_shape_vec((units, g), w[1].values.clone())
-            .map_err(|e| self.weight_error(owner, format!("recurrent_kernel: {e}")))?;
-        let bias = if use_bias {
-            self.check_shape(owner, &what("bias"), &w[2], &[g])?;
-            Some(Array1::from(w[2].values.clone()))
-        } else {
-            None
-        };
-        Ok(RecurrentCell {
-            kind,
-            units,
-            activation,
-            recurrent_activation,
-            kernel,
-            recurrent_kernel,
-            bias,
-            go_backwards,
-        })
+        let outs = self.single_input_layer(cfg, x, in_mask)?;
+        Ok(outs)
     }
 
-    fn recurrent(&mut self, cfg: &LayerConfig) -> Result<LayerKind> {
-        self.require_rank(cfg, 2, "(timesteps, features)")?;
-        let (timesteps, features) = (self.shape[0], self.shape[1]);
-        let return_sequences = cfg.bool_or("return_sequences", false)?;
-        let zero_masked = cfg.bool_or("zero_output_for_mask", false)?;
-        let forward = self.cell(cfg, cfg, &["cell"], features)?;
-        self.finish_recurrent(
-            forward,
-            None,
-            MergeMode::Concat,
-            return_sequences,
-            zero_masked,
-            timesteps,
-            features,
-        )
-    }
-
-    fn bidirectional(&mut self, cfg: &LayerConfig) -> Result<LayerKind> {
-        self.require_rank(cfg, 2, "(timesteps, features)")?;
-        let (timesteps, features) = (self.shape[0], self.shape[1]);
-        let merge_mode = match cfg.get("merge_mode") {
-            None => {
-                return Err(cfg.unsupported(
-                    "merge_mode",
-                    &Value::Null,
-                    "merge_mode None returns two outputs; use concat, sum, ave or mul",
-                ))
-            }
-            Some(Value::String(s)) => match s.as_str() {
-                "concat" => MergeMode::Concat,
-                "sum" => MergeMode::Sum,
-                "ave" => MergeMode::Average,
-                "mul" => MergeMode::Multiply,
-                _ => {
-                    return Err(cfg.unsupported(
-                        "merge_mode",
-                        &Value::from(s.as_str()),
-                        "concat, sum, ave or mul",
-                    ))
-                }
-            },
-            Some(v) => return Err(cfg.unsupported("merge_mode", v, "concat, sum, ave or mul")),
-        };
-        let layer_entry = cfg
-            .get("layer")
-            .ok_or_else(|| cfg.error("layer", "missing"))?;
-        let fwd_cfg = LayerConfig::new(cfg.path, layer_entry)?;
-        let forward = self.cell(cfg, &fwd_cfg, &["forward_layer", "cell"], features)?;
-        let backward = match cfg.get("backward_layer") {
-            Some(entry) => {
-                let bwd_cfg = LayerConfig::new(cfg.path, entry)?;
-                self.cell(cfg, &bwd_cfg, &["backward_layer", "cell"], features)?
-            }
-            // Without an explicit backward layer Keras clones the forward one, reversed.
-            None => {
-                let mut b = self.cell(cfg, &fwd_cfg, &["backward_layer", "cell"], features)?;
-                b.go_backwards = !forward.go_backwards;
-                b
-            }
-        };
-        if forward.units != backward.units && merge_mode != MergeMode::Concat {
-            return Err(cfg.error("backward_layer", "units differ between directions"));
-        }
-        if forward.units != backward.units {
-            return Err(cfg.error(
-                "backward_layer",
-                "directions with different units are not supported",
-            ));
-        }
-        let return_sequences = fwd_cfg.bool_or("return_sequences", false)?;
-        // Bidirectional forces zero_output_for_mask = return_sequences on both directions.
-        self.finish_recurrent(
-            forward,
-            Some(backward),
-            merge_mode,
-            return_sequences,
-            return_sequences,
-            timesteps,
-            features,
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn finish_recurrent(
+    /// A leading TextVectorization: the model input becomes the token ids it would produce.
+    fn text_vectorization(
         &mut self,
-        forward: RecurrentCell,
-        backward: Option<RecurrentCell>,
-        merge_mode: MergeMode,
-        return_sequences: bool,
-        zero_masked_outputs: bool,
-        timesteps: usize,
-        input_features: usize,
-    ) -> Result<LayerKind> {
-        let r = Recurrent {
-            forward,
-            backward,
-            merge_mode,
-            return_sequences,
-            timesteps,
-            input_features,
-            masked: self.mask_alive,
-            zero_masked_outputs,
+        cfg: &LayerConfig,
+        inputs: &[ValueId],
+    ) -> Result<Vec<ValueId>> {
+        let [x] = inputs else {
+            return Err(cfg.error("inbound_nodes", "takes one input"));
         };
-        self.shape = if return_sequences {
-            vec![timesteps, r.output_features()]
-        } else {
-            vec![r.output_features()]
-        };
-        // The mask follows the sequence: it survives return_sequences and ends otherwise.
-        self.mask_alive = self.mask_alive && return_sequences;
-        Ok(LayerKind::Recurrent(Box::new(r)))
+        let is_input = self.graph.inputs.iter().any(|p| p.value == *x);
+        if !is_input || self.graph.text_vectorization.is_some() {
+            return Err(cfg.error(
+                "class_name",
+                "TextVectorization must be the model's first layer",
+            ));
+        }
+        let spec = crate::text::text_vectorization_from_keras(
+            self.path,
+            &cfg.name,
+            cfg.config,
+            self.assets,
+        )?;
+        let length = spec.output_sequence_length.ok_or_else(|| {
+            cfg.error(
+                "output_sequence_length",
+                "must be set: wgnn needs a fixed sequence length",
+            )
+        })?;
+        self.graph.values[*x] = ValueInfo::new(vec![length], DType::Ids);
+        self.graph.text_vectorization = Some(spec);
+        Ok(vec![*x])
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::ir::{Activation, Padding};
+use crate::graph::{Activation, Padding};
 
 /// One layer's entry in a Keras config: `{"class_name": ..., "config": {...}}`.
 pub struct LayerConfig<'a> {

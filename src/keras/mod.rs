@@ -3,6 +3,7 @@
 
 mod build;
 mod fields;
+mod layers;
 pub mod weights;
 
 use std::io::Read;
@@ -11,7 +12,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::ir::ModelIr;
+use crate::graph::Graph;
 use weights::{H5Weights, WeightSource};
 
 /// Everything read from the model file before layers are built.
@@ -24,7 +25,7 @@ struct ModelFile {
 }
 
 /// Loads a model. `weights` overrides (or, for a JSON config, provides) the weights.
-pub fn load(path: &Path, weights: Option<&Path>) -> Result<ModelIr> {
+pub fn load(path: &Path, weights: Option<&Path>) -> Result<Graph> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     if bytes.is_empty() {
         return Err(Error::format(path, "file is empty"));

@@ -15,7 +15,7 @@ use ndarray::Array2;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::ir::TextVectorizationSpec;
+use crate::graph::TextVectorizationSpec;
 
 /// The padding token, id 0.
 pub const MASK_TOKEN: &str = "";

@@ -1,0 +1,104 @@
+//! The parameter store: every weight array of a model, keyed by `ParamId`. Ops hold ids, never
+//! arrays, so that backends, training and saving all address one weight the same way.
+
+use ndarray::{ArrayD, ArrayView1, ArrayView2, ArrayView4, ArrayViewD, Ix1, Ix2, Ix4};
+
+use crate::error::{Error, Result};
+
+/// Index of one weight array in its graph's `ParamStore`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ParamId(pub usize);
+
+/// One weight array: Keras's path for it (`dense_1/kernel`), its values, and whether an
+/// optimizer updates it (BatchNormalization's moving statistics are not trainable).
+#[derive(Debug, Clone)]
+pub struct Param {
+    pub name: String,
+    pub value: ArrayD<f32>,
+    pub trainable: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ParamStore {
+    params: Vec<Param>,
+}
+
+impl ParamStore {
+    pub fn add(&mut self, name: impl Into<String>, value: ArrayD<f32>, trainable: bool) -> ParamId {
+        self.params.push(Param {
+            name: name.into(),
+            value: value.as_standard_layout().into_owned(),
+            trainable,
+        });
+        ParamId(self.params.len() - 1)
+    }
+
+    pub fn len(&self) -> usize {
+        self.params.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.params.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (ParamId, &Param)> {
+        self.params.iter().enumerate().map(|(i, p)| (ParamId(i), p))
+    }
+
+    pub fn param(&self, id: ParamId) -> &Param {
+        &self.params[id.0]
+    }
+
+    pub fn get(&self, id: ParamId) -> ArrayViewD<'_, f32> {
+        self.params[id.0].value.view()
+    }
+
+    pub fn get_mut(&mut self, id: ParamId) -> &mut ArrayD<f32> {
+        &mut self.params[id.0].value
+    }
+
+    /// The values in row-major order (every stored array is in standard layout).
+    pub fn slice(&self, id: ParamId) -> &[f32] {
+        self.params[id.0]
+            .value
+            .as_slice()
+            .expect("parameters are stored in standard layout")
+    }
+
+    pub fn len_of(&self, id: ParamId) -> usize {
+        self.params[id.0].value.len()
+    }
+
+    pub fn view1(&self, id: ParamId) -> ArrayView1<'_, f32> {
+        self.typed::<Ix1>(id)
+    }
+
+    pub fn view2(&self, id: ParamId) -> ArrayView2<'_, f32> {
+        self.typed::<Ix2>(id)
+    }
+
+    pub fn view4(&self, id: ParamId) -> ArrayView4<'_, f32> {
+        self.typed::<Ix4>(id)
+    }
+
+    fn typed<D: ndarray::Dimension>(&self, id: ParamId) -> ndarray::ArrayView<'_, f32, D> {
+        let p = &self.params[id.0];
+        p.value
+            .view()
+            .into_dimensionality::<D>()
+            .unwrap_or_else(|_| panic!("parameter '{}' has shape {:?}", p.name, p.value.shape()))
+    }
+
+    /// Checks that `id` has `shape`: an internal invariant the shape rules rely on.
+    pub fn expect_shape(&self, id: ParamId, shape: &[usize]) -> Result<()> {
+        let p = &self.params[id.0];
+        if p.value.shape() != shape {
+            return Err(Error::Internal(format!(
+                "parameter '{}' has shape {:?}, its op expects {shape:?}",
+                p.name,
+                p.value.shape()
+            )));
+        }
+        Ok(())
+    }
+}

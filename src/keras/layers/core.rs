@@ -1,0 +1,189 @@
+//! Dense, Reshape, Rescaling, the activation layers and Embedding.
+
+use serde_json::Value;
+
+use crate::error::Result;
+use crate::graph::*;
+use crate::keras::build::Builder;
+use crate::keras::fields::LayerConfig;
+
+impl Builder<'_> {
+    pub(super) fn reshape(&mut self, cfg: &LayerConfig, x: &ValueInfo) -> Result<Op> {
+        let target = cfg
+            .get("target_shape")
+            .and_then(Value::as_array)
+            .ok_or_else(|| cfg.error("target_shape", "missing"))?;
+        let total = x.elements();
+        let mut dims = Vec::new();
+        let mut free = None;
+        for (i, d) in target.iter().enumerate() {
+            match d.as_i64() {
+                Some(-1) if free.is_none() => {
+                    free = Some(i);
+                    dims.push(1);
+                }
+                Some(n) if n > 0 => dims.push(n as usize),
+                _ => {
+                    return Err(cfg.unsupported(
+                        "target_shape",
+                        &Value::Array(target.clone()),
+                        "positive sizes and at most one -1",
+                    ))
+                }
+            }
+        }
+        let known: usize = dims.iter().product();
+        if let Some(i) = free {
+            if known == 0 || !total.is_multiple_of(known) {
+                return Err(cfg.error(
+                    "target_shape",
+                    format!("cannot reshape {:?} to {target:?}", x.shape),
+                ));
+            }
+            dims[i] = total / known;
+        }
+        if dims.iter().product::<usize>() != total {
+            return Err(cfg.error(
+                "target_shape",
+                format!("cannot reshape {:?} to {target:?}", x.shape),
+            ));
+        }
+        Ok(Op::Reshape { shape: dims })
+    }
+
+    pub(super) fn dense(&mut self, cfg: &LayerConfig, x: &ValueInfo) -> Result<Op> {
+        cfg.require_absent_or("lora_rank", &[], "LoRA layers are not supported")?;
+        let units = cfg.usize("units")?;
+        let use_bias = cfg.bool_or("use_bias", true)?;
+        let activation = cfg.activation("activation")?;
+        let Some(&in_features) = x.shape.last() else {
+            return Err(cfg.error(
+                "input_shape",
+                "Dense needs an input with at least one feature axis",
+            ));
+        };
+        let mut specs = vec![("kernel", vec![in_features, units])];
+        if use_bias {
+            specs.push(("bias", vec![units]));
+        }
+        let p = self.params(cfg, &[], &specs)?;
+        Ok(Op::Dense(Dense {
+            units,
+            in_features,
+            kernel: p[0],
+            bias: p.get(1).copied(),
+            activation,
+        }))
+    }
+
+    pub(super) fn rescaling(&mut self, cfg: &LayerConfig) -> Result<Op> {
+        let read = |field: &str, default: f32| -> Result<Vec<f32>> {
+            match cfg.get(field) {
+                None => Ok(vec![default]),
+                Some(Value::Array(items)) => {
+                    let vals: Option<Vec<f32>> =
+                        items.iter().map(|v| v.as_f64().map(|x| x as f32)).collect();
+                    vals.ok_or_else(|| cfg.error(field, "expected numbers"))
+                }
+                Some(_) => Ok(vec![cfg.f32_or(field, default)?]),
+            }
+        };
+        Ok(Op::Rescaling {
+            scale: read("scale", 1.0)?,
+            offset: read("offset", 0.0)?,
+        })
+    }
+
+    /// Activation, ReLU, LeakyReLU, ELU and Softmax layers.
+    pub(super) fn activation_layer(
+        &mut self,
+        cfg: &LayerConfig,
+        x: &ValueInfo,
+    ) -> Result<Activation> {
+        Ok(match cfg.class.as_str() {
+            "ReLU" => {
+                let max_value = match cfg.get("max_value") {
+                    None => None,
+                    Some(_) => Some(cfg.f32_or("max_value", 0.0)?),
+                };
+                Activation::Relu {
+                    negative_slope: cfg.f32_or("negative_slope", 0.0)?,
+                    max_value,
+                    threshold: cfg.f32_or("threshold", 0.0)?,
+                }
+            }
+            "LeakyReLU" => {
+                // Keras 3 calls it negative_slope (default 0.3); Keras 2 called it alpha.
+                let slope = match cfg.get("negative_slope") {
+                    Some(_) => cfg.f32_or("negative_slope", 0.3)?,
+                    None => cfg.f32_or("alpha", 0.3)?,
+                };
+                Activation::Relu {
+                    negative_slope: slope,
+                    max_value: None,
+                    threshold: 0.0,
+                }
+            }
+            "ELU" => Activation::Elu {
+                alpha: cfg.f32_or("alpha", 1.0)?,
+            },
+            "Softmax" => {
+                let axis = cfg.get("axis").cloned().unwrap_or(Value::from(-1));
+                let last = x.shape.len() as i64;
+                let ok = match &axis {
+                    Value::Number(n) => n.as_i64() == Some(-1) || n.as_i64() == Some(last),
+                    Value::Array(a) if a.len() == 1 => {
+                        a[0].as_i64() == Some(-1) || a[0].as_i64() == Some(last)
+                    }
+                    _ => false,
+                };
+                if !ok {
+                    return Err(cfg.unsupported("axis", &axis, "only the last axis is supported"));
+                }
+                Activation::Softmax
+            }
+            _ => cfg.activation("activation")?,
+        })
+    }
+
+    /// Embedding reads token ids from a model input; with `mask_zero` its output carries the
+    /// padding mask `ids != 0`.
+    pub(super) fn embedding(&mut self, cfg: &LayerConfig, x: ValueId) -> Result<Vec<ValueId>> {
+        cfg.require_absent_or("lora_rank", &[], "LoRA layers are not supported")?;
+        let ids = self.as_ids(cfg, x)?;
+        if self.info(ids).shape.len() != 1 {
+            return Err(cfg.error(
+                "input_shape",
+                format!(
+                    "expects token ids (T,) input, got shape {:?} (without the batch axis)",
+                    self.info(ids).shape
+                ),
+            ));
+        }
+        let input_dim = cfg.usize("input_dim")?;
+        let output_dim = cfg.usize("output_dim")?;
+        let mask_zero = cfg.bool_or("mask_zero", false)?;
+        let p = self.params(cfg, &[], &[("embeddings", vec![input_dim, output_dim])])?;
+        let op = Op::Embedding(Embedding {
+            input_dim,
+            output_dim,
+            table: p[0],
+            mask_zero,
+        });
+        let y = self.add1(cfg, op, &[ids], None)?;
+        if mask_zero {
+            let mask = self
+                .graph
+                .add_node(
+                    &format!("{}_mask", cfg.name),
+                    "NotEqual",
+                    Op::PaddingMask,
+                    &[ids],
+                    None,
+                )
+                .map_err(|m| cfg.error("mask_zero", m))?;
+            self.masks.insert(y, mask[0]);
+        }
+        Ok(vec![y])
+    }
+}

@@ -1,0 +1,187 @@
+//! SimpleRNN, LSTM and Bidirectional.
+
+use serde_json::Value;
+
+use crate::error::Result;
+use crate::graph::*;
+use crate::keras::build::Builder;
+use crate::keras::fields::LayerConfig;
+
+impl Builder<'_> {
+    /// Options every recurrent layer config must satisfy.
+    fn check_rnn_options(cfg: &LayerConfig) -> Result<()> {
+        if cfg.bool_or("stateful", false)? {
+            return Err(cfg.unsupported(
+                "stateful",
+                &Value::Bool(true),
+                "stateful RNNs are not supported",
+            ));
+        }
+        if cfg.bool_or("return_state", false)? {
+            return Err(cfg.unsupported(
+                "return_state",
+                &Value::Bool(true),
+                "return_state is not supported",
+            ));
+        }
+        if cfg.bool_or("time_major", false)? {
+            return Err(cfg.unsupported(
+                "time_major",
+                &Value::Bool(true),
+                "time_major is not supported",
+            ));
+        }
+        Ok(())
+    }
+
+    fn sequence_shape(cfg: &LayerConfig, x: &ValueInfo) -> Result<(usize, usize)> {
+        match x.shape.as_slice() {
+            [t, f] => Ok((*t, *f)),
+            other => Err(cfg.error(
+                "input_shape",
+                format!(
+                    "expects (timesteps, features) input, got shape {other:?} (without the batch axis)"
+                ),
+            )),
+        }
+    }
+
+    /// One direction's cell: options from `cfg`, weights from `sub` of the layer `owner`.
+    fn cell(
+        &mut self,
+        owner: &LayerConfig,
+        cfg: &LayerConfig,
+        sub: &[&str],
+        input_features: usize,
+    ) -> Result<RecurrentCell> {
+        Self::check_rnn_options(cfg)?;
+        let kind = match cfg.class.as_str() {
+            "SimpleRNN" => CellKind::SimpleRnn,
+            "LSTM" => CellKind::Lstm,
+            other => {
+                return Err(cfg.error(
+                    "class_name",
+                    format!(
+                        "recurrent layer class '{other}' is not supported (SimpleRNN and LSTM are)"
+                    ),
+                ))
+            }
+        };
+        let units = cfg.usize("units")?;
+        if units == 0 {
+            return Err(cfg.error("units", "must be positive"));
+        }
+        let activation = match cfg.get("activation") {
+            None => Activation::Tanh,
+            Some(_) => cfg.activation("activation")?,
+        };
+        let recurrent_activation = match cfg.get("recurrent_activation") {
+            None => Activation::Sigmoid,
+            Some(_) => cfg.activation("recurrent_activation")?,
+        };
+        if activation == Activation::Softmax || recurrent_activation == Activation::Softmax {
+            return Err(cfg.error(
+                "activation",
+                "softmax is not supported inside a recurrent cell",
+            ));
+        }
+        let use_bias = cfg.bool_or("use_bias", true)?;
+        let go_backwards = cfg.bool_or("go_backwards", false)?;
+        let g = kind.gates() * units;
+        let mut specs = vec![
+            ("kernel", vec![input_features, g]),
+            ("recurrent_kernel", vec![units, g]),
+        ];
+        if use_bias {
+            specs.push(("bias", vec![g]));
+        }
+        let p = self.params(owner, sub, &specs)?;
+        Ok(RecurrentCell {
+            kind,
+            units,
+            activation,
+            recurrent_activation,
+            kernel: p[0],
+            recurrent_kernel: p[1],
+            bias: p.get(2).copied(),
+            go_backwards,
+        })
+    }
+
+    pub(super) fn recurrent(&mut self, cfg: &LayerConfig, x: &ValueInfo) -> Result<Op> {
+        let (timesteps, features) = Self::sequence_shape(cfg, x)?;
+        let return_sequences = cfg.bool_or("return_sequences", false)?;
+        let zero_masked_outputs = cfg.bool_or("zero_output_for_mask", false)?;
+        let forward = self.cell(cfg, cfg, &["cell"], features)?;
+        Ok(Op::Recurrent(Box::new(Recurrent {
+            forward,
+            backward: None,
+            merge_mode: MergeMode::Concat,
+            return_sequences,
+            timesteps,
+            input_features: features,
+            zero_masked_outputs,
+        })))
+    }
+
+    pub(super) fn bidirectional(&mut self, cfg: &LayerConfig, x: &ValueInfo) -> Result<Op> {
+        let (timesteps, features) = Self::sequence_shape(cfg, x)?;
+        let merge_mode = match cfg.get("merge_mode") {
+            None => {
+                return Err(cfg.unsupported(
+                    "merge_mode",
+                    &Value::Null,
+                    "merge_mode None returns two outputs; use concat, sum, ave or mul",
+                ))
+            }
+            Some(Value::String(s)) => match s.as_str() {
+                "concat" => MergeMode::Concat,
+                "sum" => MergeMode::Sum,
+                "ave" => MergeMode::Average,
+                "mul" => MergeMode::Multiply,
+                _ => {
+                    return Err(cfg.unsupported(
+                        "merge_mode",
+                        &Value::from(s.as_str()),
+                        "concat, sum, ave or mul",
+                    ))
+                }
+            },
+            Some(v) => return Err(cfg.unsupported("merge_mode", v, "concat, sum, ave or mul")),
+        };
+        let layer_entry = cfg
+            .get("layer")
+            .ok_or_else(|| cfg.error("layer", "missing"))?;
+        let fwd_cfg = LayerConfig::new(cfg.path, layer_entry)?;
+        let forward = self.cell(cfg, &fwd_cfg, &["forward_layer", "cell"], features)?;
+        let backward = match cfg.get("backward_layer") {
+            Some(entry) => {
+                let bwd_cfg = LayerConfig::new(cfg.path, entry)?;
+                self.cell(cfg, &bwd_cfg, &["backward_layer", "cell"], features)?
+            }
+            // Without an explicit backward layer Keras clones the forward one, reversed.
+            None => {
+                let mut b = self.cell(cfg, &fwd_cfg, &["backward_layer", "cell"], features)?;
+                b.go_backwards = !forward.go_backwards;
+                b
+            }
+        };
+        if forward.units != backward.units {
+            return Err(cfg.error(
+                "backward_layer",
+                "directions with different units are not supported",
+            ));
+        }
+        let return_sequences = fwd_cfg.bool_or("return_sequences", false)?;
+        // Bidirectional forces zero_output_for_mask = return_sequences on both directions.
+        Ok(Op::Recurrent(Box::new(Recurrent {
+            forward,
+            backward: Some(backward),
+            merge_mode,
+            return_sequences,
+            timesteps,
+            input_features: features,
+            zero_masked_outputs: return_sequences,
+        })))
+    }
+}

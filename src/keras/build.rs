@@ -46,6 +46,7 @@ pub fn build_model(
         taken: HashMap::new(),
         masks: HashMap::new(),
         group: String::new(),
+        group_prefix: String::new(),
     };
     let outputs = match class {
         "Sequential" => builder.sequential(inner, None)?,
@@ -58,16 +59,14 @@ pub fn build_model(
         }
     };
     let mut graph = builder.graph;
-    if graph.outputs.is_empty() {
-        for (i, v) in outputs.into_iter().enumerate() {
-            let name = graph.value_name(v);
-            let name = if graph.outputs.iter().any(|p| p.name == name) {
-                format!("{name}_{i}")
-            } else {
-                name
-            };
-            graph.add_output(name, v);
-        }
+    for (i, (name, v)) in outputs.into_iter().enumerate() {
+        // Keras names outputs after their layers; a layer giving two of them gets a suffix.
+        let name = if graph.outputs.iter().any(|p| p.name == name) {
+            format!("{name}_{i}")
+        } else {
+            name
+        };
+        graph.add_output(name, v);
     }
     weights.finish()?;
     graph.verify()?;
@@ -236,6 +235,9 @@ pub(crate) struct Builder<'a> {
     pub(crate) masks: HashMap<ValueId, ValueId>,
     /// The h5 group of the layer being built.
     group: String,
+    /// Where the current container's layer groups live: empty at the top, `sequential/layers/`
+    /// inside a nested model (keras.src.saving.saving_lib nests containers this way).
+    group_prefix: String,
 }
 
 /// Keras's h5 group for each layer of one container, in its layer order: snake_case class
@@ -363,7 +365,11 @@ impl<'a> Builder<'a> {
 
     /// A Sequential model's layers as a chain. `feeds` is the input when the model is nested in
     /// another; else the model's own input shape makes the graph input.
-    fn sequential(&mut self, inner: &Value, feeds: Option<&[ValueId]>) -> Result<Vec<ValueId>> {
+    fn sequential(
+        &mut self,
+        inner: &Value,
+        feeds: Option<&[ValueId]>,
+    ) -> Result<Vec<(String, ValueId)>> {
         let path = self.path;
         let layers = inner
             .get("layers")
@@ -414,9 +420,11 @@ impl<'a> Builder<'a> {
             }
         };
         let groups = h5_groups(entries);
+        let mut last_name = self.graph.value_name(x);
         for entry in entries {
             let cfg = LayerConfig::new(path, entry)?;
-            self.group = groups.get(&cfg.name).cloned().unwrap_or_default();
+            self.group = self.group_of(&groups, &cfg.name);
+            last_name = cfg.name.clone();
             let outs = self.call_layer(&cfg, &[x], None, &Value::Null)?;
             x = match outs.as_slice() {
                 [y] => *y,
@@ -428,12 +436,36 @@ impl<'a> Builder<'a> {
                 }
             };
         }
-        Ok(vec![x])
+        Ok(vec![(last_name, x)])
+    }
+
+    fn group_of(&self, groups: &HashMap<String, String>, layer: &str) -> String {
+        format!(
+            "{}{}",
+            self.group_prefix,
+            groups.get(layer).map(String::as_str).unwrap_or_default()
+        )
+    }
+
+    /// A model used as a layer: its graph is inlined on `inputs`; its layers' weights live in
+    /// its own h5 group.
+    fn nested_model(&mut self, cfg: &LayerConfig, inputs: &[ValueId]) -> Result<Vec<ValueId>> {
+        let saved = std::mem::replace(&mut self.group_prefix, format!("{}/layers/", self.group));
+        let outs = match cfg.class.as_str() {
+            "Sequential" => self.sequential(cfg.config, Some(inputs)),
+            _ => self.functional(cfg.config, Some(inputs)),
+        };
+        self.group_prefix = saved;
+        Ok(outs?.into_iter().map(|(_, v)| v).collect())
     }
 
     /// A Functional model: every call of every layer, in an order where each call's inputs are
     /// ready. `feeds` bind the input layers when the model is nested in another.
-    fn functional(&mut self, inner: &Value, feeds: Option<&[ValueId]>) -> Result<Vec<ValueId>> {
+    fn functional(
+        &mut self,
+        inner: &Value,
+        feeds: Option<&[ValueId]>,
+    ) -> Result<Vec<(String, ValueId)>> {
         let path = self.path;
         let layers = inner
             .get("layers")
@@ -502,7 +534,7 @@ impl<'a> Builder<'a> {
                     let inputs: Vec<ValueId> = call.inputs.iter().map(|r| tensors[r]).collect();
                     let mask = call.mask.first().map(|r| tensors[r]);
                     let cfg = LayerConfig::new(path, layer)?;
-                    self.group = groups.get(&name).cloned().unwrap_or_default();
+                    self.group = self.group_of(&groups, &name);
                     let outs = if cfg.class == "InputLayer" {
                         inputs.clone()
                     } else {
@@ -547,7 +579,7 @@ impl<'a> Builder<'a> {
         output_refs
             .iter()
             .map(|r| {
-                tensors.get(r).copied().ok_or_else(|| {
+                tensors.get(r).map(|&v| (r.0.clone(), v)).ok_or_else(|| {
                     Error::format(
                         path,
                         format!(
@@ -641,12 +673,7 @@ impl<'a> Builder<'a> {
         let in_mask =
             explicit_mask.or_else(|| inputs.first().and_then(|v| self.masks.get(v).copied()));
         match cfg.class.as_str() {
-            "Sequential" | "Functional" | "Model" => {
-                return Err(cfg.error(
-                    "class_name",
-                    "a model nested in a model is not supported yet",
-                ))
-            }
+            "Sequential" | "Functional" | "Model" => return self.nested_model(cfg, inputs),
             "TextVectorization" => return self.text_vectorization(cfg, inputs),
             _ => {}
         }

@@ -128,7 +128,9 @@ impl H5Weights {
         sub: &[&str],
         count: usize,
     ) -> Result<Vec<RawWeight>> {
-        let found = if self.groups.contains_key(group) {
+        // A layer of a nested model lives under its container: `sequential/layers/dense`.
+        let nested = group.contains('/') && self.file.group(&format!("layers/{group}")).is_ok();
+        let found = if self.groups.contains_key(group) || nested {
             Some(group.to_string())
         } else {
             self.groups
@@ -148,7 +150,10 @@ impl H5Weights {
                 ),
             });
         };
-        self.taken.insert(group.clone());
+        // The top-level group counts as taken; a nested model's inner groups are checked by
+        // the count of arrays each inner layer takes.
+        let top = group.split('/').next().unwrap_or(&group).to_string();
+        self.taken.insert(top);
         let mut vars_path = format!("layers/{group}");
         for s in sub {
             vars_path.push('/');

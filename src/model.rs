@@ -72,6 +72,21 @@ impl Model {
         Ok(Model::from_graph(graph, path))
     }
 
+    /// Loads a model config (JSON or `.keras`) with its weights given as arrays in
+    /// `model.get_weights()` order: (shape, row-major values).
+    pub fn load_with_weight_arrays(
+        config: impl AsRef<Path>,
+        arrays: Vec<(Vec<usize>, Vec<f32>)>,
+    ) -> Result<Model> {
+        let path = config.as_ref();
+        let arrays = arrays
+            .into_iter()
+            .map(|(shape, values)| crate::keras::weights::RawWeight { shape, values })
+            .collect();
+        let graph = crate::keras::load_with_arrays(path, arrays)?;
+        Ok(Model::from_graph(graph, path))
+    }
+
     pub fn from_graph(graph: Graph, source: &Path) -> Model {
         Model {
             graph,

@@ -56,6 +56,26 @@ pub fn load(path: &Path, weights: Option<&Path>) -> Result<Graph> {
     build::build_model(path, weights_path, &file.config, source, &file.assets)
 }
 
+/// Loads a model config (JSON, or the config of a `.keras` file) with weights given in memory,
+/// in `model.get_weights()` order.
+pub fn load_with_arrays(path: &Path, arrays: Vec<weights::RawWeight>) -> Result<Graph> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if bytes.is_empty() {
+        return Err(Error::format(path, "file is empty"));
+    }
+    let file = if bytes.starts_with(b"PK") {
+        read_keras_zip(path, bytes)?
+    } else {
+        ModelFile {
+            config: parse_json(path, &bytes)?,
+            weights: None,
+            assets: Vec::new(),
+        }
+    };
+    let source = WeightSource::Npz(weights::NpzWeights::from_arrays(path, arrays));
+    build::build_model(path, path, &file.config, source, &file.assets)
+}
+
 fn parse_json(path: &Path, bytes: &[u8]) -> Result<Value> {
     let text = std::str::from_utf8(bytes)
         .map_err(|_| Error::format(path, "not a .keras zip and not UTF-8 JSON"))?;

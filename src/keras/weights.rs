@@ -266,6 +266,15 @@ pub struct NpzWeights {
 }
 
 impl NpzWeights {
+    /// Weights already in memory, in `model.get_weights()` order; `path` names them in errors.
+    pub fn from_arrays(path: &Path, arrays: Vec<RawWeight>) -> Self {
+        NpzWeights {
+            path: path.to_path_buf(),
+            arrays,
+            next: 0,
+        }
+    }
+
     pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self> {
         let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
             .map_err(|e| Error::format(path, format!("not a valid npz (zip) file: {e}")))?;

@@ -245,6 +245,7 @@ struct PredictArgs {
 }
 
 fn main() -> ExitCode {
+    quiet_mesa_device_select();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(args) => info(args),
@@ -268,6 +269,28 @@ fn main() -> ExitCode {
             ExitCode::from(if matches!(e, Error::Usage(_)) { 2 } else { 1 })
         }
     }
+}
+
+/// Mesa's Vulkan device-select layer (implicit, so on wherever Mesa's Vulkan drivers are
+/// installed) asks a Wayland compositor for the default GPU, and without `XDG_RUNTIME_DIR`
+/// libwayland prints "error: XDG_RUNTIME_DIR is invalid or not set in the environment." on every
+/// enumeration, which reads as wgnn's own error. With neither that variable nor an absolute
+/// `WAYLAND_DISPLAY` there is no compositor to ask, so the layer is switched off by its own
+/// `NODEVICE_SELECT=1`, unless the user set that or picked a device with
+/// `MESA_VK_DEVICE_SELECT`; wgnn ranks adapters itself. Runs first in `main`, before any thread.
+fn quiet_mesa_device_select() {
+    let absolute = |name: &str| {
+        std::env::var_os(name).is_some_and(|v| v.as_encoded_bytes().first() == Some(&b'/'))
+    };
+    let user_chose = |name: &str| std::env::var_os(name).is_some();
+    if absolute("XDG_RUNTIME_DIR")
+        || absolute("WAYLAND_DISPLAY")
+        || user_chose("NODEVICE_SELECT")
+        || user_chose("MESA_VK_DEVICE_SELECT")
+    {
+        return;
+    }
+    std::env::set_var("NODEVICE_SELECT", "1");
 }
 
 fn shape_string(shape: &[usize]) -> String {

@@ -336,3 +336,36 @@ fn float64_token_ids_are_checked_before_rounding_and_fortran_order_is_read() {
     let (_, expected) = read_f32(&fixtures().join(format!("{name}.expected.npy")));
     assert_close(&got, &expected);
 }
+
+/// Where Mesa's Vulkan drivers are installed, their implicit device-select layer asks a Wayland
+/// compositor for the default GPU, and libwayland prints "error: XDG_RUNTIME_DIR is invalid or
+/// not set in the environment." (once per enumeration) when the variable is unset: on a
+/// headless machine that read as wgnn's own error. wgnn turns the layer off then.
+#[test]
+fn gpu_probing_without_xdg_runtime_dir_prints_no_wayland_error() {
+    let dir = temp_dir("xdg");
+    let name = "conv2d_same_stride2";
+    let out_path = dir.join(format!("{name}.out.npy"));
+    let out = Command::new(env!("CARGO_BIN_EXE_wgnn"))
+        .args([
+            "predict",
+            &fixture(&format!("{name}.keras")),
+            &fixture(&format!("{name}.input.npy")),
+            "-o",
+            &out_path.display().to_string(),
+            "--backend",
+            "auto",
+        ])
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("NODEVICE_SELECT")
+        .env_remove("MESA_VK_DEVICE_SELECT")
+        .output()
+        .expect("run wgnn");
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("XDG_RUNTIME_DIR"), "stderr: {err}");
+    let (_, got) = read_f32(&out_path);
+    let (_, expected) = read_f32(&fixtures().join(format!("{name}.expected.npy")));
+    assert_close(&got, &expected);
+}

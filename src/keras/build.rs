@@ -248,10 +248,7 @@ fn h5_groups(layers: &[Value]) -> HashMap<String, String> {
     for l in layers {
         let class = l.get("class_name").and_then(Value::as_str).unwrap_or("");
         // Keras operators (NotEqual ...) are not layers and have no group.
-        if l.get("module")
-            .and_then(Value::as_str)
-            .is_some_and(|m| m.starts_with("keras.src.ops"))
-        {
+        if is_operator(l) {
             continue;
         }
         let stem = snake_case(class);
@@ -265,6 +262,19 @@ fn h5_groups(layers: &[Value]) -> HashMap<String, String> {
         groups.insert(layer_name(l), group);
     }
     groups
+}
+
+/// A Keras 3 operator node (`keras.ops.not_equal`, `a + b` ...) rather than a layer: its module
+/// is `keras.src.ops.*`, or, in files that record no module (legacy `.h5`), its config holds
+/// nothing but a name.
+fn is_operator(entry: &Value) -> bool {
+    match entry.get("module").and_then(Value::as_str) {
+        Some(m) => m.starts_with("keras.src.ops"),
+        None => entry
+            .get("config")
+            .and_then(Value::as_object)
+            .is_some_and(|c| c.keys().all(|k| k == "name")),
+    }
 }
 
 fn layer_name(l: &Value) -> String {
@@ -602,14 +612,9 @@ impl<'a> Builder<'a> {
         mask: Option<ValueId>,
         call: &Call,
     ) -> Result<Vec<ValueId>> {
-        let is_op = entry
-            .get("module")
-            .and_then(Value::as_str)
-            .is_some_and(|m| m.starts_with("keras.src.ops"));
-        if is_op {
+        if is_operator(entry) {
             return self.operator(cfg, inputs, &call.args);
         }
-        let _ = &call.kwargs;
         self.call_layer(cfg, inputs, mask, &call.kwargs)
     }
 

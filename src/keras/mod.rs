@@ -1,9 +1,16 @@
 //! Keras model files to the IR: `.keras` (zip of config.json + model.weights.h5 + assets/),
-//! model JSON + `.weights.h5`, model JSON + `.npz`. Pure Rust: zip, hdf5-pure, npyz.
+//! model JSON + `.weights.h5`, model JSON + `.npz`, legacy Keras 2 `.h5` (a whole model, or
+//! weights only with a model JSON). Pure Rust: zip, hdf5-pure, npyz.
+//!
+//! The model file's kind is told by its content: a zip is a `.keras`; HDF5 with a root
+//! `model_config` attribute is a legacy model file; other HDF5 (Keras 3 or legacy weights) is
+//! refused as a model with a note saying to pass it as `--weights`; anything else is JSON. A
+//! folder is refused, naming the SavedModel it holds if it holds one.
 
 mod build;
 mod fields;
 mod layers;
+pub mod legacy_h5;
 pub mod weights;
 
 use std::io::Read;
@@ -26,13 +33,22 @@ struct ModelFile {
 
 /// Loads a model. `weights` overrides (or, for a JSON config, provides) the weights.
 pub fn load(path: &Path, weights: Option<&Path>) -> Result<Graph> {
+    refuse_folder_or_saved_model(path)?;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     if bytes.is_empty() {
         return Err(Error::format(path, "file is empty"));
     }
     let is_zip = bytes.starts_with(b"PK");
+    let is_hdf5 = bytes.starts_with(legacy_h5::HDF5_SIGNATURE);
     let mut file = if is_zip {
         read_keras_zip(path, bytes)?
+    } else if is_hdf5 {
+        let legacy = legacy_h5::read_model_file(path, bytes)?;
+        ModelFile {
+            config: legacy.config,
+            weights: legacy.weights.map(WeightSource::Legacy),
+            assets: Vec::new(),
+        }
     } else {
         let config = parse_json(path, &bytes)?;
         ModelFile {
@@ -48,6 +64,8 @@ pub fn load(path: &Path, weights: Option<&Path>) -> Result<Graph> {
     let source = file.weights.ok_or_else(|| {
         let why = if is_zip {
             "the .keras file has no model.weights.h5 (pass --weights FILE)"
+        } else if is_hdf5 {
+            "the legacy .h5 model file has no 'model_weights' group (pass --weights FILE)"
         } else {
             "a model JSON carries no weights: pass --weights FILE.weights.h5 or FILE.npz"
         };
@@ -74,6 +92,36 @@ pub fn load_with_arrays(path: &Path, arrays: Vec<weights::RawWeight>) -> Result<
     };
     let source = WeightSource::Npz(weights::NpzWeights::from_arrays(path, arrays));
     build::build_model(path, path, &file.config, source, &file.assets)
+}
+
+/// The name TensorFlow gives a SavedModel's graph file.
+const SAVED_MODEL_PB: &str = "saved_model.pb";
+
+/// A folder, or a SavedModel's graph file, is an error saying what was found.
+fn refuse_folder_or_saved_model(path: &Path) -> Result<()> {
+    const RESAVE: &str = "in Python, save the model with model.save(\"model.keras\") instead";
+    if path.is_dir() {
+        let pb = path.join(SAVED_MODEL_PB);
+        let message = if pb.is_file() {
+            format!(
+                "a TensorFlow SavedModel folder (found {}), which wgnn does not read: {RESAVE}",
+                pb.display()
+            )
+        } else {
+            format!(
+                "a folder, not a model file (and no {SAVED_MODEL_PB} in it): pass a .keras \
+                 file, a legacy .h5 model file, or a model JSON with --weights"
+            )
+        };
+        return Err(Error::format(path, message));
+    }
+    if path.file_name().and_then(|n| n.to_str()) == Some(SAVED_MODEL_PB) {
+        return Err(Error::format(
+            path,
+            format!("a TensorFlow SavedModel graph, which wgnn does not read: {RESAVE}"),
+        ));
+    }
+    Ok(())
 }
 
 fn parse_json(path: &Path, bytes: &[u8]) -> Result<Value> {

@@ -1,5 +1,6 @@
-//! Weight files: Keras 3 `.weights.h5` (inside a `.keras` or alone) and `.npz` holding
-//! `model.get_weights()` in order.
+//! Weight files: Keras 3 `.weights.h5` (inside a `.keras` or alone), legacy Keras 2 HDF5
+//! weights (`save_weights("w.h5")`, or the `model_weights` of a legacy model file; see
+//! [`super::legacy_h5`]) and `.npz` holding `model.get_weights()` in order.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -7,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use hdf5_pure::AttrValue;
 
+use super::legacy_h5::{self, Hdf5Kind, LegacyWeights};
 use crate::error::{Error, Result};
 
 /// One weight array as stored: shape and row-major f32 values.
@@ -19,15 +21,36 @@ pub struct RawWeight {
 /// Where the loader takes each layer's weights from.
 pub enum WeightSource {
     H5(H5Weights),
+    /// Legacy Keras 2 HDF5 weights, found by layer name.
+    Legacy(LegacyWeights),
     Npz(NpzWeights),
 }
 
 impl WeightSource {
-    /// Opens a standalone weights file, choosing the reader by content (HDF5 or zip/npz).
+    /// Opens a standalone weights file, choosing the reader by content: HDF5 with a `layers`
+    /// group (Keras 3), HDF5 with a root `layer_names` attribute or a legacy model file's
+    /// `model_weights` (legacy Keras 2), or zip (npz).
     pub fn open(path: &Path) -> Result<WeightSource> {
+        if path.is_dir() {
+            return Err(Error::format(
+                path,
+                "a folder, not a weights file (expected a .weights.h5, a legacy .h5 or an .npz)",
+            ));
+        }
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        if bytes.starts_with(b"\x89HDF\r\n\x1a\n") {
-            Ok(WeightSource::H5(H5Weights::from_bytes(path, bytes)?))
+        if bytes.starts_with(legacy_h5::HDF5_SIGNATURE) {
+            let file = legacy_h5::open(path, bytes)?;
+            match legacy_h5::classify(&file) {
+                Hdf5Kind::LegacyModel | Hdf5Kind::LegacyWeights => Ok(WeightSource::Legacy(
+                    LegacyWeights::from_opened(path, file)?,
+                )),
+                Hdf5Kind::Keras3Weights => Ok(WeightSource::H5(H5Weights::from_file(path, file)?)),
+                Hdf5Kind::Unknown => Err(Error::format(
+                    path,
+                    "not a Keras weights file: an HDF5 file with neither a 'layers' group (Keras 3 \
+                     .weights.h5) nor a 'layer_names' attribute (legacy Keras 2 weights)",
+                )),
+            }
         } else if bytes.starts_with(b"PK") {
             Ok(WeightSource::Npz(NpzWeights::from_bytes(path, bytes)?))
         } else if bytes.is_empty() {
@@ -41,8 +64,9 @@ impl WeightSource {
     }
 
     /// The weights of one layer, or of a sub-object of it (`sub` like `["forward_layer", "cell"]`
-    /// for h5; ignored for npz, which is purely positional). `group` is the layer's h5 group
-    /// (see [`H5Weights`]); `count` is how many arrays Keras stores there.
+    /// for h5; ignored for npz, which is purely positional, and for legacy h5, which hands out a
+    /// layer's arrays in order). `group` is the layer's h5 group (see [`H5Weights`]); `count`
+    /// is how many arrays Keras stores there.
     pub fn take(
         &mut self,
         layer: &str,
@@ -52,6 +76,7 @@ impl WeightSource {
     ) -> Result<Vec<RawWeight>> {
         match self {
             WeightSource::H5(h) => h.take(layer, group, sub, count),
+            WeightSource::Legacy(l) => l.take(layer, count),
             WeightSource::Npz(n) => n.take(layer, count),
         }
     }
@@ -60,6 +85,7 @@ impl WeightSource {
     pub fn finish(self) -> Result<()> {
         match self {
             WeightSource::H5(h) => h.finish(),
+            WeightSource::Legacy(l) => l.finish(),
             WeightSource::Npz(n) => n.finish(),
         }
     }
@@ -87,10 +113,17 @@ impl H5Weights {
         let corrupt =
             |e: hdf5_pure::Error| Error::format(path, format!("corrupt HDF5 weights: {e}"));
         let file = hdf5_pure::File::from_bytes(bytes).map_err(corrupt)?;
+        Self::from_file(path, file)
+    }
+
+    /// Like [`from_bytes`](Self::from_bytes), for a file already opened.
+    pub fn from_file(path: &Path, file: hdf5_pure::File) -> Result<Self> {
+        let corrupt =
+            |e: hdf5_pure::Error| Error::format(path, format!("corrupt HDF5 weights: {e}"));
         let layers = file.group("layers").map_err(|_| {
             Error::format(
                 path,
-                "not a Keras 3 weights file: no 'layers' group (legacy Keras 2 .h5 is not supported)",
+                "not a Keras 3 weights file: no 'layers' group (nor the 'layer_names' of legacy Keras 2 weights)",
             )
         })?;
         let mut groups = BTreeMap::new();

@@ -51,7 +51,7 @@ from keras.src.legacy.saving import legacy_h5_format  # noqa: E402
 try:
     import tf_keras  # noqa: E402  (Keras 2)
 except ImportError:
-    sys.exit("tf_keras is missing: .venv-keras/bin/pip install tf-keras==2.21.0")
+    sys.exit("tf_keras is missing: .venv-keras/bin/pip install --no-deps -r tools/requirements-legacy.txt")
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "fixtures" / "legacy"

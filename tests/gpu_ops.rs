@@ -1,4 +1,4 @@
-//! GPU kernels against the CPU reference path (`wgnn::cpu::run`), op by op, on `ModelIr` values
+//! GPU kernels against the CPU reference path (`wgnn::cpu::run`), op by op, on `Graph`s
 //! built here with random weights: sizes that do not divide the 64-wide tiles, batch 1 and 33,
 //! every activation, same/valid padding, strides, non-square windows, both recurrent directions,
 //! masking with mixed lengths. Tolerance: |gpu - cpu| <= 1e-4 * (1 + |cpu|).
@@ -9,7 +9,7 @@ mod common;
 mod gpu_support;
 
 use gpu_support::*;
-use wgnn::ir::*;
+use wgnn::graph::*;
 use wgnn::PreparedInput;
 
 #[test]
@@ -22,19 +22,11 @@ fn dense_matches_cpu_for_odd_sizes_and_batches() {
         (5, 64, 64),
         (1, 200, 129),
     ] {
-        let ir = model(
-            InputKind::Float,
-            &[k],
-            vec![dense_layer(
-                &mut rng,
-                "dense",
-                &[k],
-                units,
-                Activation::Linear,
-            )],
-        );
+        let graph = Chain::float(&[k])
+            .dense(&mut rng, "dense", units, Activation::Linear)
+            .build();
         let input = float_input(&mut rng, batch, &[k], 1.0);
-        check(&format!("dense {k}->{units} batch {batch}"), &ir, &input);
+        check(&format!("dense {k}->{units} batch {batch}"), &graph, &input);
     }
 }
 
@@ -47,36 +39,35 @@ fn deep_gemms_with_few_tiles_split_k_and_still_match_cpu() {
         (33, 1000, 13, Activation::Softmax),
         (2, 777, 70, Activation::Tanh),
     ] {
-        let ir = model(
-            InputKind::Float,
-            &[k],
-            vec![dense_layer(&mut rng, "dense", &[k], units, act)],
-        );
+        let graph = Chain::float(&[k])
+            .dense(&mut rng, "dense", units, act)
+            .build();
         let input = float_input(&mut rng, batch, &[k], 1.0);
         check(
             &format!("split-K dense {k}->{units} batch {batch}"),
-            &ir,
+            &graph,
             &input,
         );
     }
     // A late conv: 4x4 positions, K = 3*3*64 = 576.
-    let conv = conv_layer(
-        &mut rng,
-        [4, 4, 64],
-        10,
-        [3, 3],
-        [1, 1],
-        Padding::Same,
-        Activation::RELU,
-        true,
-    );
-    let ir = model(InputKind::Float, &[4, 4, 64], vec![conv]);
+    let graph = Chain::float(&[4, 4, 64])
+        .conv(
+            &mut rng,
+            "conv",
+            10,
+            [3, 3],
+            [1, 1],
+            Padding::Same,
+            Activation::RELU,
+            true,
+        )
+        .build();
     check(
         "split-K conv",
-        &ir,
+        &graph,
         &float_input(&mut rng, 1, &[4, 4, 64], 1.0),
     );
-    let plan = wgnn::gpu::describe_plan(&ir, 1, None).unwrap();
+    let plan = wgnn::gpu::describe_plan(&graph, 1, None).unwrap();
     assert!(plan.contains("splitk_reduce"), "{plan}");
 }
 
@@ -85,33 +76,27 @@ fn dense_applies_every_activation_in_its_epilogue() {
     let mut rng = Rng::new(2);
     for (i, act) in ALL_ACTIVATIONS.iter().enumerate() {
         let batch = if i % 2 == 0 { 1 } else { 33 };
-        let ir = model(
-            InputKind::Float,
-            &[19],
-            vec![dense_layer(&mut rng, "dense", &[19], 11, *act)],
-        );
+        let graph = Chain::float(&[19])
+            .dense(&mut rng, "dense", 11, *act)
+            .build();
         let input = float_input(&mut rng, batch, &[19], 3.0);
-        check(&format!("dense {} batch {batch}", act.name()), &ir, &input);
+        check(
+            &format!("dense {} batch {batch}", act.name()),
+            &graph,
+            &input,
+        );
     }
 }
 
 #[test]
 fn dense_on_sequences_multiplies_every_timestep() {
     let mut rng = Rng::new(3);
-    let ir = model(
-        InputKind::Float,
-        &[7, 10],
-        vec![dense_layer(
-            &mut rng,
-            "td",
-            &[7, 10],
-            5,
-            Activation::Softmax,
-        )],
-    );
+    let graph = Chain::float(&[7, 10])
+        .dense(&mut rng, "td", 5, Activation::Softmax)
+        .build();
     check(
         "dense over (7, 10)",
-        &ir,
+        &graph,
         &float_input(&mut rng, 3, &[7, 10], 1.0),
     );
 }
@@ -135,19 +120,20 @@ fn conv2d_matches_cpu_for_padding_strides_and_odd_shapes() {
         } else {
             Activation::Linear
         };
-        let conv = conv_layer(
-            &mut rng,
-            hwc,
-            filters,
-            kernel,
-            strides,
-            padding,
-            act,
-            i != 3,
-        );
-        let ir = model(InputKind::Float, &hwc, vec![conv]);
+        let graph = Chain::float(&hwc)
+            .conv(
+                &mut rng,
+                "conv",
+                filters,
+                kernel,
+                strides,
+                padding,
+                act,
+                i != 3,
+            )
+            .build();
         let what = format!("conv {hwc:?} x{filters} k{kernel:?} s{strides:?} {padding:?} b{batch}");
-        check(&what, &ir, &float_input(&mut rng, batch, &hwc, 1.0));
+        check(&what, &graph, &float_input(&mut rng, batch, &hwc, 1.0));
     }
 }
 
@@ -155,19 +141,20 @@ fn conv2d_matches_cpu_for_padding_strides_and_odd_shapes() {
 fn conv2d_applies_every_activation() {
     let mut rng = Rng::new(5);
     for act in ALL_ACTIVATIONS {
-        let conv = conv_layer(
-            &mut rng,
-            [5, 4, 3],
-            6,
-            [3, 3],
-            [1, 1],
-            Padding::Same,
-            act,
-            true,
-        );
-        let ir = model(InputKind::Float, &[5, 4, 3], vec![conv]);
+        let graph = Chain::float(&[5, 4, 3])
+            .conv(
+                &mut rng,
+                "conv",
+                6,
+                [3, 3],
+                [1, 1],
+                Padding::Same,
+                act,
+                true,
+            )
+            .build();
         let what = format!("conv {}", act.name());
-        check(&what, &ir, &float_input(&mut rng, 2, &[5, 4, 3], 2.0));
+        check(&what, &graph, &float_input(&mut rng, 2, &[5, 4, 3], 2.0));
     }
 }
 
@@ -184,13 +171,11 @@ fn pooling_matches_cpu_with_same_padding_counting_only_inside_cells() {
     ];
     for (hwc, pool, strides, padding, batch) in cases {
         for op in [PoolOp::Max, PoolOp::Average] {
-            let ir = model(
-                InputKind::Float,
-                &hwc,
-                vec![pool_layer(op, hwc, pool, strides, padding)],
-            );
+            let graph = Chain::float(&hwc)
+                .pool("pool", op, pool, strides, padding)
+                .build();
             let what = format!("{op:?} pool {hwc:?} p{pool:?} s{strides:?} {padding:?} b{batch}");
-            check(&what, &ir, &float_input(&mut rng, batch, &hwc, 4.0));
+            check(&what, &graph, &float_input(&mut rng, batch, &hwc, 4.0));
         }
     }
 }
@@ -201,14 +186,12 @@ fn global_pooling_matches_cpu() {
     for op in [PoolOp::Max, PoolOp::Average] {
         for keepdims in [false, true] {
             let out: Vec<usize> = if keepdims { vec![1, 1, 67] } else { vec![67] };
-            let kind = LayerKind::GlobalPool2d { op, keepdims };
-            let ir = model(
-                InputKind::Float,
-                &[5, 3, 67],
-                vec![layer("gp", "GlobalPooling2D", kind, &[5, 3, 67], &out)],
-            );
+            let graph = Chain::float(&[5, 3, 67])
+                .op("gp", "GlobalPooling2D", Op::GlobalPool2d { op, keepdims })
+                .build();
+            assert_eq!(graph.output_info(0).shape, out);
             let what = format!("global {op:?} keepdims {keepdims}");
-            check(&what, &ir, &float_input(&mut rng, 33, &[5, 3, 67], 4.0));
+            check(&what, &graph, &float_input(&mut rng, 33, &[5, 3, 67], 4.0));
         }
     }
 }
@@ -218,19 +201,11 @@ fn activation_layers_match_cpu_for_every_variant() {
     let mut rng = Rng::new(8);
     for act in ALL_ACTIVATIONS {
         let shape = [3, 70];
-        let ir = model(
-            InputKind::Float,
-            &shape,
-            vec![layer(
-                "act",
-                "Activation",
-                LayerKind::Activation(act),
-                &shape,
-                &shape,
-            )],
-        );
+        let graph = Chain::float(&shape)
+            .op("act", "Activation", Op::Activation(act))
+            .build();
         let what = format!("activation {}", act.name());
-        check(&what, &ir, &float_input(&mut rng, 5, &shape, 6.0));
+        check(&what, &graph, &float_input(&mut rng, 5, &shape, 6.0));
     }
 }
 
@@ -238,20 +213,12 @@ fn activation_layers_match_cpu_for_every_variant() {
 fn softmax_is_stable_for_large_logits_and_long_rows() {
     let mut rng = Rng::new(9);
     for cols in [1, 10, 64, 65, 1000] {
-        let ir = model(
-            InputKind::Float,
-            &[cols],
-            vec![layer(
-                "sm",
-                "Softmax",
-                LayerKind::Activation(Activation::Softmax),
-                &[cols],
-                &[cols],
-            )],
-        );
+        let graph = Chain::float(&[cols])
+            .op("sm", "Softmax", Op::Activation(Activation::Softmax))
+            .build();
         // Logits around +-80 overflow exp() without the max subtraction.
         let input = float_input(&mut rng, 4, &[cols], 80.0);
-        check(&format!("softmax over {cols}"), &ir, &input);
+        check(&format!("softmax over {cols}"), &graph, &input);
     }
 }
 
@@ -264,50 +231,46 @@ fn rescaling_matches_cpu_with_scalar_and_per_channel_factors() {
         (vec![0.5, 2.0, -1.0], vec![-1.0]),
         (vec![2.0], vec![0.1, 0.2, 0.3]),
     ] {
-        let kind = LayerKind::Rescaling {
+        let op = Op::Rescaling {
             scale: scale.clone(),
             offset: offset.clone(),
         };
-        let ir = model(
-            InputKind::Float,
-            &shape,
-            vec![layer("rescale", "Rescaling", kind, &shape, &shape)],
-        );
+        let graph = Chain::float(&shape).op("rescale", "Rescaling", op).build();
         let what = format!("rescaling {scale:?} {offset:?}");
-        check(&what, &ir, &float_input(&mut rng, 2, &shape, 255.0));
+        check(&what, &graph, &float_input(&mut rng, 2, &shape, 255.0));
     }
 }
 
 #[test]
 fn small_cnn_matches_cpu_end_to_end() {
     let mut rng = Rng::new(11);
-    let ir = small_cnn(&mut rng);
-    let Some(gpu) = runtime(&ir) else { return };
+    let graph = small_cnn(&mut rng);
+    let Some(gpu) = runtime(&graph) else { return };
     for batch in [1, 33] {
         let input = PreparedInput::Float(rng.array(&[batch, 12, 12, 3], 255.0).mapv(f32::abs));
-        check_with(&format!("small cnn batch {batch}"), &gpu, &ir, &input);
+        check_with(&format!("small cnn batch {batch}"), &gpu, &graph, &input);
     }
 }
 
 #[test]
 fn embedding_gathers_rows_of_the_table() {
     let mut rng = Rng::new(12);
-    let ir = model(
-        InputKind::TokenIds,
-        &[9],
-        vec![embedding_layer(&mut rng, 50, 7, 9, false)],
-    );
-    check("embedding", &ir, &padded_ids(&mut rng, 33, 9, 50));
+    let graph = Chain::ids(9)
+        .embedding(&mut rng, "embedding", 50, 7, false)
+        .build();
+    check("embedding", &graph, &padded_ids(&mut rng, 33, 9, 50));
 }
 
 fn check_rnn(rng: &mut Rng, spec: &RnnSpec, batch: usize) {
-    let ir = model(
-        InputKind::Float,
-        &[spec.timesteps, spec.features],
-        vec![spec.layer(rng, false)],
-    );
+    let graph = Chain::float(&[spec.timesteps, spec.features])
+        .rnn(rng, "rnn", spec)
+        .build();
     let input = float_input(rng, batch, &[spec.timesteps, spec.features], 1.0);
-    check(&format!("{} batch {batch}", spec.describe()), &ir, &input);
+    check(
+        &format!("{} batch {batch}", spec.describe()),
+        &graph,
+        &input,
+    );
 }
 
 #[test]
@@ -380,18 +343,19 @@ fn bidirectional_matches_cpu_for_every_merge_mode() {
 
 fn check_masked(rng: &mut Rng, spec: &RnnSpec, batch: usize) {
     let vocab = 30;
-    let ir = model(
-        InputKind::TokenIds,
-        &[spec.timesteps],
-        vec![
-            embedding_layer(rng, vocab, spec.features, spec.timesteps, true),
-            spec.layer(rng, true),
-        ],
+    let graph = Chain::ids(spec.timesteps)
+        .embedding(rng, "embedding", vocab, spec.features, true)
+        .rnn(rng, "rnn", spec)
+        .build();
+    let rnn = graph.nodes.last().unwrap();
+    assert!(
+        rnn.mask.is_some(),
+        "the recurrent node reads the padding mask"
     );
     let ids = padded_ids(rng, batch, spec.timesteps, vocab);
     check(
         &format!("masked {} batch {batch}", spec.describe()),
-        &ir,
+        &graph,
         &ids,
     );
 }
@@ -438,10 +402,10 @@ fn masking_writes_zeros_at_padding_inside_bidirectional() {
 #[test]
 fn stacked_bilstm_classifier_matches_cpu_end_to_end() {
     let mut rng = Rng::new(19);
-    let ir = small_bilstm(&mut rng, 20);
-    let Some(gpu) = runtime(&ir) else { return };
+    let graph = small_bilstm(&mut rng, 20);
+    let Some(gpu) = runtime(&graph) else { return };
     for batch in [1, 33] {
         let ids = padded_ids(&mut rng, batch, 20, 100);
-        check_with(&format!("bilstm batch {batch}"), &gpu, &ir, &ids);
+        check_with(&format!("bilstm batch {batch}"), &gpu, &graph, &ids);
     }
 }

@@ -9,20 +9,22 @@ mod gpu_support;
 use gpu_support::*;
 use ndarray::ArrayD;
 use wgnn::gpu::{describe_plan, is_no_adapter, list_adapters, GpuRuntime, LimitOverrides};
-use wgnn::ir::*;
+use wgnn::graph::*;
 use wgnn::{Error, PreparedInput};
 
-fn two_layer_mlp(rng: &mut Rng) -> ModelIr {
-    let mut ir = model(
-        InputKind::Float,
-        &[40],
-        vec![
-            dense_layer(rng, "hidden", &[40], 30, Activation::RELU),
-            dense_layer(rng, "probs", &[30], 7, Activation::Softmax),
-        ],
-    );
-    ir.name = "mlp".into();
-    ir
+fn two_layer_mlp(rng: &mut Rng) -> Graph {
+    Chain::float(&[40])
+        .named("mlp")
+        .dense(rng, "hidden", 30, Activation::RELU)
+        .dense(rng, "probs", 7, Activation::Softmax)
+        .build()
+}
+
+/// The only output of a single-input model run on the GPU.
+fn run1(gpu: &GpuRuntime, graph: &Graph, input: &PreparedInput) -> wgnn::Result<ArrayD<f32>> {
+    let mut outs = gpu.run(graph, std::slice::from_ref(input))?;
+    assert_eq!(outs.len(), 1);
+    Ok(outs.remove(0))
 }
 
 #[test]
@@ -34,11 +36,11 @@ fn runtime_is_send_and_sync() {
 #[test]
 fn repeated_predictions_reuse_one_plan_per_batch_size() {
     let mut rng = Rng::new(100);
-    let ir = two_layer_mlp(&mut rng);
-    let Some(gpu) = runtime(&ir) else { return };
+    let graph = two_layer_mlp(&mut rng);
+    let Some(gpu) = runtime(&graph) else { return };
     let input = float_input(&mut rng, 5, &[40], 1.0);
-    let first = gpu.run(&ir, &input).unwrap();
-    let second = gpu.run(&ir, &input).unwrap();
+    let first = run1(&gpu, &graph, &input).unwrap();
+    let second = run1(&gpu, &graph, &input).unwrap();
     assert_eq!(
         first, second,
         "the same input must give bit-identical output"
@@ -46,7 +48,7 @@ fn repeated_predictions_reuse_one_plan_per_batch_size() {
     check_with(
         "mlp batch 3",
         &gpu,
-        &ir,
+        &graph,
         &float_input(&mut rng, 3, &[40], 1.0),
     );
     assert_eq!(gpu.cached_batch_sizes(), vec![3, 5]);
@@ -55,31 +57,36 @@ fn repeated_predictions_reuse_one_plan_per_batch_size() {
 #[test]
 fn batches_beyond_the_buffer_limit_are_split_transparently() {
     let mut rng = Rng::new(101);
-    let ir = small_cnn(&mut rng);
+    let graph = small_cnn(&mut rng);
     // conv1's output is the largest per-item buffer: 12*12*8 floats = 4608 bytes.
     let limit = 4 * 4608 + 100;
-    let Some(_) = runtime(&ir) else { return };
-    let gpu = GpuRuntime::with_max_buffer_bytes(&ir, None, limit).unwrap();
+    let Some(_) = runtime(&graph) else { return };
+    let gpu = GpuRuntime::with_max_buffer_bytes(&graph, None, limit).unwrap();
     assert_eq!(gpu.max_batch_per_submit(), 4);
     let input = PreparedInput::Float(rng.array(&[33, 12, 12, 3], 255.0).mapv(f32::abs));
-    check_with("small cnn batch 33 in sub-batches of 4", &gpu, &ir, &input);
+    check_with(
+        "small cnn batch 33 in sub-batches of 4",
+        &gpu,
+        &graph,
+        &input,
+    );
     // 8 full sub-batches of 4 and one of 1.
     assert_eq!(gpu.cached_batch_sizes(), vec![1, 4]);
-    let plan = gpu.describe_plan(&ir, 33).unwrap();
+    let plan = gpu.describe_plan(&graph, 33).unwrap();
     assert!(plan.contains("as 9 submits of up to 4 items"), "{plan}");
 }
 
 #[test]
 fn recurrent_batches_split_too() {
     let mut rng = Rng::new(102);
-    let ir = small_bilstm(&mut rng, 20);
-    let Some(_) = runtime(&ir) else { return };
+    let graph = small_bilstm(&mut rng, 20);
+    let Some(_) = runtime(&graph) else { return };
     // The Bi-LSTM input projection holds 20 steps x 2 directions x 4 gates x 12 units per item.
     let per_item = 4 * 20 * 2 * 4 * 12;
-    let gpu = GpuRuntime::with_max_buffer_bytes(&ir, None, 5 * per_item).unwrap();
+    let gpu = GpuRuntime::with_max_buffer_bytes(&graph, None, 5 * per_item).unwrap();
     assert_eq!(gpu.max_batch_per_submit(), 5);
     let ids = padded_ids(&mut rng, 17, 20, 100);
-    check_with("bilstm batch 17 in sub-batches of 5", &gpu, &ir, &ids);
+    check_with("bilstm batch 17 in sub-batches of 5", &gpu, &graph, &ids);
 }
 
 #[test]
@@ -108,9 +115,9 @@ fn dispatches_fold_into_3d_grids_under_a_small_per_dimension_limit() {
 #[test]
 fn a_model_that_cannot_fit_one_item_names_the_layer_and_size() {
     let mut rng = Rng::new(103);
-    let ir = small_cnn(&mut rng);
-    let Some(_) = runtime(&ir) else { return };
-    let err = match GpuRuntime::with_max_buffer_bytes(&ir, None, 2000) {
+    let graph = small_cnn(&mut rng);
+    let Some(_) = runtime(&graph) else { return };
+    let err = match GpuRuntime::with_max_buffer_bytes(&graph, None, 2000) {
         Ok(_) => panic!("a 2000-byte buffer limit cannot hold a 12x12x3 input"),
         Err(e) => e.to_string(),
     };
@@ -119,7 +126,7 @@ fn a_model_that_cannot_fit_one_item_names_the_layer_and_size() {
         "{err}"
     );
     assert!(err.contains("KiB") && err.contains("per buffer"), "{err}");
-    let err = match GpuRuntime::with_max_buffer_bytes(&ir, None, 4000) {
+    let err = match GpuRuntime::with_max_buffer_bytes(&graph, None, 4000) {
         Ok(_) => panic!("conv1's 4.5 KiB output cannot fit a 4000-byte limit"),
         Err(e) => e.to_string(),
     };
@@ -132,40 +139,43 @@ fn a_model_that_cannot_fit_one_item_names_the_layer_and_size() {
 #[test]
 fn an_empty_batch_gives_an_empty_output() {
     let mut rng = Rng::new(104);
-    let ir = two_layer_mlp(&mut rng);
-    let Some(gpu) = runtime(&ir) else { return };
-    let out = gpu
-        .run(
-            &ir,
-            &PreparedInput::Float(ArrayD::zeros(ndarray::IxDyn(&[0, 40]))),
-        )
-        .unwrap();
+    let graph = two_layer_mlp(&mut rng);
+    let Some(gpu) = runtime(&graph) else { return };
+    let out = run1(
+        &gpu,
+        &graph,
+        &PreparedInput::Float(ArrayD::zeros(ndarray::IxDyn(&[0, 40]))),
+    )
+    .unwrap();
     assert_eq!(out.shape(), &[0, 7]);
 }
 
 #[test]
 fn input_of_the_wrong_kind_or_shape_is_an_input_error() {
     let mut rng = Rng::new(105);
-    let ir = two_layer_mlp(&mut rng);
-    let Some(gpu) = runtime(&ir) else { return };
+    let graph = two_layer_mlp(&mut rng);
+    let Some(gpu) = runtime(&graph) else { return };
     let wrong_shape = float_input(&mut rng, 2, &[41], 1.0);
-    assert!(matches!(gpu.run(&ir, &wrong_shape), Err(Error::Input(_))));
+    assert!(matches!(
+        run1(&gpu, &graph, &wrong_shape),
+        Err(Error::Input(_))
+    ));
     let ids = PreparedInput::Ids(ndarray::Array2::zeros((2, 40)));
-    assert!(matches!(gpu.run(&ir, &ids), Err(Error::Input(_))));
+    assert!(matches!(run1(&gpu, &graph, &ids), Err(Error::Input(_))));
 }
 
 #[test]
 fn runs_from_several_threads_share_one_runtime() {
     let mut rng = Rng::new(106);
-    let ir = two_layer_mlp(&mut rng);
-    let Some(gpu) = runtime(&ir) else { return };
+    let graph = two_layer_mlp(&mut rng);
+    let Some(gpu) = runtime(&graph) else { return };
     let inputs: Vec<PreparedInput> = (1..=4)
         .map(|b| float_input(&mut rng, b, &[40], 1.0))
         .collect();
     std::thread::scope(|scope| {
         for (i, input) in inputs.iter().enumerate() {
-            let (gpu, ir) = (&gpu, &ir);
-            scope.spawn(move || check_with(&format!("thread {i}"), gpu, ir, input));
+            let (gpu, graph) = (&gpu, &graph);
+            scope.spawn(move || check_with(&format!("thread {i}"), gpu, graph, input));
         }
     });
 }
@@ -173,8 +183,8 @@ fn runs_from_several_threads_share_one_runtime() {
 #[test]
 fn adapters_are_listed_and_named() {
     let mut rng = Rng::new(107);
-    let ir = two_layer_mlp(&mut rng);
-    let Some(gpu) = runtime(&ir) else { return };
+    let graph = two_layer_mlp(&mut rng);
+    let Some(gpu) = runtime(&graph) else { return };
     let adapters = list_adapters();
     assert!(!adapters.is_empty());
     let name = gpu.adapter_name();
@@ -186,7 +196,7 @@ fn adapters_are_listed_and_named() {
     assert!(line.contains("max storage binding"), "{line}");
     // Choosing by a case-insensitive substring of the name.
     let wanted = adapters[0].name.to_uppercase();
-    let chosen = GpuRuntime::new(&ir, Some(&wanted[..wanted.len().min(6)])).unwrap();
+    let chosen = GpuRuntime::new(&graph, Some(&wanted[..wanted.len().min(6)])).unwrap();
     assert!(chosen
         .adapter_name()
         .starts_with(&adapters[0].name[..wanted.len().min(6)]));
@@ -195,9 +205,9 @@ fn adapters_are_listed_and_named() {
 #[test]
 fn an_unknown_adapter_name_is_a_no_adapter_error_listing_the_others() {
     let mut rng = Rng::new(108);
-    let ir = two_layer_mlp(&mut rng);
-    let Some(_) = runtime(&ir) else { return };
-    let err = match GpuRuntime::new(&ir, Some("no-such-adapter-42")) {
+    let graph = two_layer_mlp(&mut rng);
+    let Some(_) = runtime(&graph) else { return };
+    let err = match GpuRuntime::new(&graph, Some("no-such-adapter-42")) {
         Ok(_) => panic!("no adapter is called no-such-adapter-42"),
         Err(Error::Gpu(msg)) => msg,
         Err(e) => panic!("expected a GPU error, got {e}"),
@@ -228,14 +238,14 @@ fn plans_print_kernels_workgroups_buffers_and_memory() {
     println!("{text}");
     for needle in [
         "GPU plan for model 'small_cnn', batch 2",
-        "[1] conv1 (Conv2D) [12, 12, 3] -> [12, 12, 8]",
+        "[1] conv1 (Conv2D) rescaling [12, 12, 3] -> [12, 12, 8]",
         "conv2d",
         "rescale",
         "pool2d",
         "matmul",
         "softmax",
-        "a=input b=conv1.kernel bias=conv1.bias c=slot0",
-        "[5] flatten (Flatten) [2, 2, 16] -> [64]\n      no kernel",
+        "a=input:input b=conv1.kernel bias=conv1.bias c=slot0",
+        "[5] flatten (Flatten) pool2 [2, 2, 16] -> [64]\n      no kernel",
         "total GPU memory:",
     ] {
         assert!(text.contains(needle), "plan lacks '{needle}':\n{text}");

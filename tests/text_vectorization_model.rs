@@ -103,7 +103,7 @@ fn fixture_logits_are_not_near_uniform() {
 fn model_text_vectorization_gives_keras_ids() {
     let model = Model::load(fixture_path("nusax_textvec_bilstm.keras")).unwrap();
     let tv = model
-        .ir()
+        .graph()
         .text_vectorization
         .as_ref()
         .expect("the fixture starts with TextVectorization");

@@ -1,12 +1,12 @@
-//! Shared by the GPU test binaries: reproducible random values, `ModelIr` builders for every
-//! layer kind, and the GPU-vs-CPU comparison at |gpu - cpu| <= 1e-4 * (1 + |cpu|).
+//! Shared by the GPU test binaries: reproducible random values, a `Chain` builder of hand-made
+//! `Graph`s for every op, and the GPU-vs-CPU comparison at |gpu - cpu| <= 1e-4 * (1 + |cpu|).
 
 // Each test binary uses a different subset.
 #![allow(dead_code)]
 
-use ndarray::{Array1, Array2, Array4, ArrayD, IxDyn};
+use ndarray::{Array2, ArrayD, IxDyn};
 use wgnn::gpu::GpuRuntime;
-use wgnn::ir::*;
+use wgnn::graph::*;
 use wgnn::PreparedInput;
 
 /// xorshift64*: reproducible values without a dependency.
@@ -44,33 +44,220 @@ impl Rng {
     }
 }
 
-pub fn layer(name: &str, class: &str, kind: LayerKind, input: &[usize], output: &[usize]) -> Layer {
-    Layer {
-        name: name.into(),
-        class: class.into(),
-        kind,
-        input_shape: input.to_vec(),
-        output_shape: output.to_vec(),
+/// A hand-made model built as a chain: each method adds one node reading the previous value
+/// (and, for recurrent ops, the padding mask that reaches it, as Keras propagates it).
+pub struct Chain {
+    pub graph: Graph,
+    /// The value the next node reads.
+    pub x: ValueId,
+    /// The padding mask attached to `x`, if an `Embedding(mask_zero)` made one.
+    pub mask: Option<ValueId>,
+}
+
+impl Chain {
+    pub fn new(name: &str, shape: &[usize], dtype: DType) -> Chain {
+        let mut graph = Graph::new(name);
+        let x = graph.add_input("input", shape.to_vec(), dtype);
+        Chain {
+            graph,
+            x,
+            mask: None,
+        }
+    }
+
+    /// A float input named `input`, in a model named `gpu_ops`.
+    pub fn float(shape: &[usize]) -> Chain {
+        Chain::new("gpu_ops", shape, DType::F32)
+    }
+
+    /// A token-id input of `timesteps` ids.
+    pub fn ids(timesteps: usize) -> Chain {
+        Chain::new("gpu_ops", &[timesteps], DType::Ids)
+    }
+
+    pub fn named(mut self, name: &str) -> Chain {
+        self.graph.name = name.into();
+        self
+    }
+
+    /// The shape of the value the next node reads.
+    pub fn shape(&self) -> Vec<usize> {
+        self.graph.value(self.x).shape.clone()
+    }
+
+    pub fn param(&mut self, name: &str, value: ArrayD<f32>) -> ParamId {
+        self.graph.params.add(name, value, true)
+    }
+
+    /// Adds `op` on the current value; panics with the shape rule's message if it does not fit.
+    pub fn op(mut self, name: &str, class: &str, op: Op) -> Chain {
+        let mask = if op.takes_mask() { self.mask } else { None };
+        let outs = self
+            .graph
+            .add_node(name, class, op, &[self.x], mask)
+            .unwrap_or_else(|e| panic!("layer '{name}' ({class}): {e}"));
+        self.x = outs[0];
+        self
+    }
+
+    /// Makes the current value the (only) output and checks the graph.
+    pub fn build(mut self) -> Graph {
+        self.graph.add_output("output", self.x);
+        self.graph.verify().unwrap();
+        self.graph
+    }
+
+    pub fn dense(mut self, rng: &mut Rng, name: &str, units: usize, act: Activation) -> Chain {
+        let k = *self.shape().last().unwrap();
+        let scale = 1.0 / (k as f32).sqrt();
+        let kernel = self.param(&format!("{name}/kernel"), rng.array(&[k, units], scale));
+        let bias = self.param(&format!("{name}/bias"), rng.array(&[units], 0.5));
+        let op = Op::Dense(Dense {
+            units,
+            in_features: k,
+            kernel,
+            bias: Some(bias),
+            activation: act,
+        });
+        self.op(name, "Dense", op)
+    }
+
+    // Every argument is a knob the conv tests turn.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv(
+        mut self,
+        rng: &mut Rng,
+        name: &str,
+        filters: usize,
+        kernel: [usize; 2],
+        strides: [usize; 2],
+        padding: Padding,
+        activation: Activation,
+        bias: bool,
+    ) -> Chain {
+        let [h, w, c] = self.shape()[..] else {
+            panic!(
+                "conv '{name}' needs an (H, W, C) input, got {:?}",
+                self.shape()
+            )
+        };
+        let window = Window2d::new(kernel, strides, padding, [h, w]);
+        let fan_in = kernel[0] * kernel[1] * c;
+        let weights = rng.array(
+            &[kernel[0], kernel[1], c, filters],
+            1.0 / (fan_in as f32).sqrt(),
+        );
+        let kernel = self.param(&format!("{name}/kernel"), weights);
+        let bias = bias.then(|| {
+            let b = rng.array(&[filters], 0.3);
+            self.param(&format!("{name}/bias"), b)
+        });
+        let op = Op::Conv2d(Conv2d {
+            filters,
+            window,
+            in_channels: c,
+            kernel,
+            bias,
+            activation,
+        });
+        self.op(name, "Conv2D", op)
+    }
+
+    pub fn pool(
+        self,
+        name: &str,
+        op: PoolOp,
+        pool: [usize; 2],
+        strides: [usize; 2],
+        padding: Padding,
+    ) -> Chain {
+        let [h, w, c] = self.shape()[..] else {
+            panic!(
+                "pool '{name}' needs an (H, W, C) input, got {:?}",
+                self.shape()
+            )
+        };
+        let window = Window2d::new(pool, strides, padding, [h, w]);
+        let op = Op::Pool2d(Pool2d {
+            op,
+            window,
+            channels: c,
+        });
+        self.op(name, "Pooling2D", op)
+    }
+
+    /// Embedding of the token ids; with `mask_zero`, a `PaddingMask` node on the ids makes the
+    /// mask that the recurrent nodes after it read.
+    pub fn embedding(
+        mut self,
+        rng: &mut Rng,
+        name: &str,
+        vocab: usize,
+        dim: usize,
+        mask_zero: bool,
+    ) -> Chain {
+        let ids = self.x;
+        let table = self.param(&format!("{name}/embeddings"), rng.array(&[vocab, dim], 1.0));
+        let op = Op::Embedding(Embedding {
+            input_dim: vocab,
+            output_dim: dim,
+            table,
+            mask_zero,
+        });
+        let mut chain = self.op(name, "Embedding", op);
+        if mask_zero {
+            let mask = chain
+                .graph
+                .add_node(
+                    &format!("{name}_mask"),
+                    "NotEqual",
+                    Op::PaddingMask,
+                    &[ids],
+                    None,
+                )
+                .unwrap();
+            chain.mask = Some(mask[0]);
+        }
+        chain
+    }
+
+    /// A recurrent layer as `spec` describes it; it reads the chain's mask, and passes it on
+    /// only with return_sequences (as Keras).
+    pub fn rnn(mut self, rng: &mut Rng, name: &str, spec: &RnnSpec) -> Chain {
+        let forward = spec.cell(rng, &mut self.graph.params, name, spec.go_backwards);
+        let backward = spec
+            .bidirectional
+            .then(|| spec.cell(rng, &mut self.graph.params, name, !spec.go_backwards));
+        let r = Recurrent {
+            forward,
+            backward,
+            merge_mode: spec.merge,
+            return_sequences: spec.return_sequences,
+            timesteps: spec.timesteps,
+            input_features: spec.features,
+            // As Keras: Bidirectional forces zero_output_for_mask = return_sequences.
+            zero_masked_outputs: spec.zero_masked_outputs
+                || (spec.bidirectional && spec.return_sequences),
+        };
+        let class = if spec.bidirectional {
+            "Bidirectional"
+        } else {
+            "RNN"
+        };
+        let mask = self.mask;
+        let mut chain = self.op(name, class, Op::Recurrent(Box::new(r)));
+        chain.mask = if spec.return_sequences { mask } else { None };
+        chain
     }
 }
 
-pub fn model(input_kind: InputKind, input_shape: &[usize], layers: Vec<Layer>) -> ModelIr {
-    ModelIr {
-        name: "gpu_ops".into(),
-        input_kind,
-        input_shape: input_shape.to_vec(),
-        layers,
-        text_vectorization: None,
-    }
-}
-
-/// The runtime for `ir`, or None (with a note) when this machine has no GPU adapter and `CI`
+/// The runtime for `graph`, or None (with a note) when this machine has no GPU adapter and `CI`
 /// is unset.
-pub fn runtime(ir: &ModelIr) -> Option<GpuRuntime> {
-    match GpuRuntime::new(ir, None) {
+pub fn runtime(graph: &Graph) -> Option<GpuRuntime> {
+    match GpuRuntime::new(graph, None) {
         Ok(rt) => Some(rt),
         Err(e) if crate::common::no_adapter_outside_ci(&e) => None,
-        Err(e) => panic!("creating the GPU runtime for '{}' failed: {e}", ir.name),
+        Err(e) => panic!("creating the GPU runtime for '{}' failed: {e}", graph.name),
     }
 }
 
@@ -96,44 +283,45 @@ pub fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
     index
 }
 
-/// Runs `ir` on both backends and compares.
-pub fn check(what: &str, ir: &ModelIr, input: &PreparedInput) {
-    let Some(gpu) = runtime(ir) else { return };
-    check_with(what, &gpu, ir, input);
+/// Runs a single-input `graph` on both backends and compares.
+pub fn check(what: &str, graph: &Graph, input: &PreparedInput) {
+    let Some(gpu) = runtime(graph) else { return };
+    check_with(what, &gpu, graph, input);
 }
 
-pub fn check_with(what: &str, gpu: &GpuRuntime, ir: &ModelIr, input: &PreparedInput) {
-    let cpu_out = wgnn::cpu::run(ir, input).unwrap_or_else(|e| panic!("{what}: cpu: {e}"));
+pub fn check_with(what: &str, gpu: &GpuRuntime, graph: &Graph, input: &PreparedInput) {
+    check_all_with(what, gpu, graph, std::slice::from_ref(input));
+}
+
+/// Runs `graph` on both backends with one batch per graph input and compares every output;
+/// returns the CPU outputs.
+pub fn check_all_with(
+    what: &str,
+    gpu: &GpuRuntime,
+    graph: &Graph,
+    inputs: &[PreparedInput],
+) -> Vec<ArrayD<f32>> {
+    let cpu_out = wgnn::cpu::run(graph, inputs).unwrap_or_else(|e| panic!("{what}: cpu: {e}"));
     let gpu_out = gpu
-        .run(ir, input)
+        .run(graph, inputs)
         .unwrap_or_else(|e| panic!("{what}: gpu: {e}"));
-    assert_close(what, &gpu_out, &cpu_out);
+    assert_eq!(
+        gpu_out.len(),
+        cpu_out.len(),
+        "{what}: the backends return different numbers of outputs"
+    );
+    assert_eq!(cpu_out.len(), graph.outputs.len(), "{what}: output count");
+    for (k, (g, c)) in gpu_out.iter().zip(&cpu_out).enumerate() {
+        let name = &graph.outputs[k].name;
+        assert_close(&format!("{what}, output '{name}'"), g, c);
+    }
+    cpu_out
 }
 
 pub fn float_input(rng: &mut Rng, batch: usize, shape: &[usize], scale: f32) -> PreparedInput {
     let mut full = vec![batch];
     full.extend_from_slice(shape);
     PreparedInput::Float(rng.array(&full, scale))
-}
-
-pub fn dense_layer(
-    rng: &mut Rng,
-    name: &str,
-    input: &[usize],
-    units: usize,
-    act: Activation,
-) -> Layer {
-    let k = *input.last().unwrap();
-    let mut output = input.to_vec();
-    *output.last_mut().unwrap() = units;
-    let scale = 1.0 / (k as f32).sqrt();
-    let kind = LayerKind::Dense(Dense {
-        units,
-        kernel: Array2::from_shape_vec((k, units), rng.vec(k * units, scale)).unwrap(),
-        bias: Some(Array1::from(rng.vec(units, 0.5))),
-        activation: act,
-    });
-    layer(name, "Dense", kind, input, &output)
 }
 
 pub const ALL_ACTIVATIONS: [Activation; 15] = [
@@ -166,98 +354,41 @@ pub const ALL_ACTIVATIONS: [Activation; 15] = [
     Activation::Exponential,
 ];
 
-// Every argument is a knob the conv tests turn.
-#[allow(clippy::too_many_arguments)]
-pub fn conv_layer(
-    rng: &mut Rng,
-    in_hwc: [usize; 3],
-    filters: usize,
-    kernel: [usize; 2],
-    strides: [usize; 2],
-    padding: Padding,
-    activation: Activation,
-    bias: bool,
-) -> Layer {
-    let [h, w, c] = in_hwc;
-    let window = Window2d::new(kernel, strides, padding, [h, w]);
-    let fan_in = kernel[0] * kernel[1] * c;
-    let weights = rng.vec(fan_in * filters, 1.0 / (fan_in as f32).sqrt());
-    let kind = LayerKind::Conv2d(Conv2d {
-        filters,
-        window,
-        in_channels: c,
-        kernel: Array4::from_shape_vec((kernel[0], kernel[1], c, filters), weights).unwrap(),
-        bias: bias.then(|| Array1::from(rng.vec(filters, 0.3))),
-        activation,
-    });
-    let out = [window.out_hw[0], window.out_hw[1], filters];
-    layer("conv", "Conv2D", kind, &in_hwc, &out)
-}
-
-pub fn pool_layer(
-    op: PoolOp,
-    in_hwc: [usize; 3],
-    pool: [usize; 2],
-    strides: [usize; 2],
-    padding: Padding,
-) -> Layer {
-    let window = Window2d::new(pool, strides, padding, [in_hwc[0], in_hwc[1]]);
-    let out = [window.out_hw[0], window.out_hw[1], in_hwc[2]];
-    let kind = LayerKind::Pool2d(Pool2d {
-        op,
-        window,
-        channels: in_hwc[2],
-    });
-    layer("pool", "Pooling2D", kind, &in_hwc, &out)
-}
-
 /// A small CNN end to end: rescaling, conv stack, pooling, flatten, dropout, dense softmax.
-pub fn small_cnn(rng: &mut Rng) -> ModelIr {
-    let rescale = layer(
-        "rescaling",
-        "Rescaling",
-        LayerKind::Rescaling {
-            scale: vec![1.0 / 255.0],
-            offset: vec![0.0],
-        },
-        &[12, 12, 3],
-        &[12, 12, 3],
-    );
-    let mut conv1 = conv_layer(
-        rng,
-        [12, 12, 3],
-        8,
-        [3, 3],
-        [1, 1],
-        Padding::Same,
-        Activation::RELU,
-        true,
-    );
-    conv1.name = "conv1".into();
-    let pool1 = pool_layer(PoolOp::Max, [12, 12, 8], [2, 2], [2, 2], Padding::Valid);
-    let mut conv2 = conv_layer(
-        rng,
-        [6, 6, 8],
-        16,
-        [3, 3],
-        [1, 1],
-        Padding::Valid,
-        Activation::RELU,
-        true,
-    );
-    conv2.name = "conv2".into();
-    let mut pool2 = pool_layer(PoolOp::Average, [4, 4, 16], [2, 2], [2, 2], Padding::Same);
-    pool2.name = "pool2".into();
-    let flatten = layer("flatten", "Flatten", LayerKind::Reshape, &[2, 2, 16], &[64]);
-    let dropout = layer("dropout", "Dropout", LayerKind::Identity, &[64], &[64]);
-    let dense = dense_layer(rng, "dense", &[64], 10, Activation::Softmax);
-    let mut ir = model(
-        InputKind::Float,
-        &[12, 12, 3],
-        vec![rescale, conv1, pool1, conv2, pool2, flatten, dropout, dense],
-    );
-    ir.name = "small_cnn".into();
-    ir
+pub fn small_cnn(rng: &mut Rng) -> Graph {
+    let rescale = Op::Rescaling {
+        scale: vec![1.0 / 255.0],
+        offset: vec![0.0],
+    };
+    Chain::float(&[12, 12, 3])
+        .named("small_cnn")
+        .op("rescaling", "Rescaling", rescale)
+        .conv(
+            rng,
+            "conv1",
+            8,
+            [3, 3],
+            [1, 1],
+            Padding::Same,
+            Activation::RELU,
+            true,
+        )
+        .pool("pool", PoolOp::Max, [2, 2], [2, 2], Padding::Valid)
+        .conv(
+            rng,
+            "conv2",
+            16,
+            [3, 3],
+            [1, 1],
+            Padding::Valid,
+            Activation::RELU,
+            true,
+        )
+        .pool("pool2", PoolOp::Average, [2, 2], [2, 2], Padding::Same)
+        .op("flatten", "Flatten", Op::Reshape { shape: vec![64] })
+        .op("dropout", "Dropout", Op::Identity)
+        .dense(rng, "dense", 10, Activation::Softmax)
+        .build()
 }
 
 pub struct RnnSpec {
@@ -319,87 +450,43 @@ impl RnnSpec {
         )
     }
 
-    pub fn cell(&self, rng: &mut Rng, go_backwards: bool) -> RecurrentCell {
+    /// One direction's cell, its weights added to `params` under `layer/forward|backward/...`.
+    pub fn cell(
+        &self,
+        rng: &mut Rng,
+        params: &mut ParamStore,
+        layer: &str,
+        go_backwards: bool,
+    ) -> RecurrentCell {
         let cols = self.kind.gates() * self.units;
         let scale = 1.0 / (self.units as f32).sqrt();
+        let dir = if go_backwards { "backward" } else { "forward" };
+        let prefix = format!("{layer}/{dir}");
+        let kernel = params.add(
+            format!("{prefix}/kernel"),
+            rng.array(&[self.features, cols], scale),
+            true,
+        );
+        let recurrent_kernel = params.add(
+            format!("{prefix}/recurrent_kernel"),
+            rng.array(&[self.units, cols], scale),
+            true,
+        );
+        let bias = self.bias.then(|| {
+            let b = rng.array(&[cols], 0.5);
+            params.add(format!("{prefix}/bias"), b, true)
+        });
         RecurrentCell {
             kind: self.kind,
             units: self.units,
             activation: self.activation,
             recurrent_activation: self.recurrent_activation,
-            kernel: Array2::from_shape_vec(
-                (self.features, cols),
-                rng.vec(self.features * cols, scale),
-            )
-            .unwrap(),
-            recurrent_kernel: Array2::from_shape_vec(
-                (self.units, cols),
-                rng.vec(self.units * cols, scale),
-            )
-            .unwrap(),
-            bias: self.bias.then(|| Array1::from(rng.vec(cols, 0.5))),
+            kernel,
+            recurrent_kernel,
+            bias,
             go_backwards,
         }
     }
-
-    pub fn layer(&self, rng: &mut Rng, masked: bool) -> Layer {
-        let forward = self.cell(rng, self.go_backwards);
-        let backward = self
-            .bidirectional
-            .then(|| self.cell(rng, !self.go_backwards));
-        let r = Recurrent {
-            forward,
-            backward,
-            merge_mode: self.merge,
-            return_sequences: self.return_sequences,
-            timesteps: self.timesteps,
-            input_features: self.features,
-            masked,
-            // As Keras: Bidirectional forces zero_output_for_mask = return_sequences.
-            zero_masked_outputs: self.zero_masked_outputs
-                || (self.bidirectional && self.return_sequences),
-        };
-        let out_features = r.output_features();
-        let output: Vec<usize> = if self.return_sequences {
-            vec![self.timesteps, out_features]
-        } else {
-            vec![out_features]
-        };
-        let class = if self.bidirectional {
-            "Bidirectional"
-        } else {
-            "RNN"
-        };
-        layer(
-            "rnn",
-            class,
-            LayerKind::Recurrent(Box::new(r)),
-            &[self.timesteps, self.features],
-            &output,
-        )
-    }
-}
-
-pub fn embedding_layer(
-    rng: &mut Rng,
-    vocab: usize,
-    dim: usize,
-    timesteps: usize,
-    mask_zero: bool,
-) -> Layer {
-    let kind = LayerKind::Embedding(Embedding {
-        input_dim: vocab,
-        output_dim: dim,
-        table: Array2::from_shape_vec((vocab, dim), rng.vec(vocab * dim, 1.0)).unwrap(),
-        mask_zero,
-    });
-    layer(
-        "embedding",
-        "Embedding",
-        kind,
-        &[timesteps],
-        &[timesteps, dim],
-    )
 }
 
 /// Token ids with mixed lengths: rows padded with id 0 at the end, at the start, not at all,
@@ -422,26 +509,16 @@ pub fn padded_ids(rng: &mut Rng, batch: usize, timesteps: usize, vocab: usize) -
 }
 
 /// Embedding(mask_zero) -> Bidirectional(LSTM, sequences) -> LSTM -> Dense softmax.
-pub fn small_bilstm(rng: &mut Rng, timesteps: usize) -> ModelIr {
+pub fn small_bilstm(rng: &mut Rng, timesteps: usize) -> Graph {
     let mut bi = RnnSpec::new(CellKind::Lstm, timesteps, 16, 12);
     bi.bidirectional = true;
     bi.return_sequences = true;
-    let mut bi_layer = bi.layer(rng, true);
-    bi_layer.name = "bidirectional".into();
     let top = RnnSpec::new(CellKind::Lstm, timesteps, 24, 10);
-    let mut top_layer = top.layer(rng, true);
-    top_layer.name = "lstm".into();
-    let dense = dense_layer(rng, "dense", &[10], 3, Activation::Softmax);
-    let mut ir = model(
-        InputKind::TokenIds,
-        &[timesteps],
-        vec![
-            embedding_layer(rng, 100, 16, timesteps, true),
-            bi_layer,
-            top_layer,
-            dense,
-        ],
-    );
-    ir.name = "small_bilstm".into();
-    ir
+    Chain::ids(timesteps)
+        .named("small_bilstm")
+        .embedding(rng, "embedding", 100, 16, true)
+        .rnn(rng, "bidirectional", &bi)
+        .rnn(rng, "lstm", &top)
+        .dense(rng, "dense", 3, Activation::Softmax)
+        .build()
 }

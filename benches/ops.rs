@@ -5,121 +5,107 @@
 //! cargo bench --bench ops        (GPU rows only where wgpu finds an adapter)
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ndarray::{Array1, Array2, Array4};
-use wgnn::ir::*;
+use ndarray::{ArrayD, IxDyn};
+use wgnn::graph::*;
 use wgnn::{Backend, Model};
 
-fn values(n: usize, seed: u32) -> Vec<f32> {
-    (0..n)
+fn values(shape: &[usize], seed: u32) -> ArrayD<f32> {
+    let n: usize = shape.iter().product();
+    let v = (0..n)
         .map(|i| {
             (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2001) as f32 / 1000.0
                 - 1.0
         })
         .map(|v| v * 0.2)
-        .collect()
+        .collect();
+    ArrayD::from_shape_vec(IxDyn(shape), v).unwrap()
 }
 
-fn model(
-    name: &str,
-    input_kind: InputKind,
-    input_shape: Shape,
-    kind: LayerKind,
-    output_shape: Shape,
-) -> Model {
-    let ir = ModelIr {
-        name: name.into(),
-        input_kind,
-        input_shape: input_shape.clone(),
-        layers: vec![Layer {
-            name: name.into(),
-            class: name.into(),
-            kind,
-            input_shape,
-            output_shape,
-        }],
-        text_vectorization: None,
-    };
-    Model::from_ir(ir, std::path::Path::new(name))
+/// A one-node model: `op` (made with the graph's parameter store) on one float input.
+fn model(name: &str, input_shape: Shape, op: impl FnOnce(&mut ParamStore) -> Op) -> Model {
+    let mut g = Graph::new(name);
+    let x = g.add_input("input", input_shape, DType::F32);
+    let op = op(&mut g.params);
+    let y = g.add_node(name, name, op, &[x], None).unwrap()[0];
+    g.add_output("output", y);
+    g.verify().unwrap();
+    Model::from_graph(g, std::path::Path::new(name))
 }
 
 fn dense() -> Model {
-    let kind = LayerKind::Dense(Dense {
-        units: 512,
-        kernel: Array2::from_shape_vec((4096, 512), values(4096 * 512, 1)).unwrap(),
-        bias: Some(Array1::from(values(512, 2))),
-        activation: Activation::RELU,
-    });
-    model("dense", InputKind::Float, vec![4096], kind, vec![512])
+    model("dense", vec![4096], |p| {
+        Op::Dense(Dense {
+            units: 512,
+            in_features: 4096,
+            kernel: p.add("dense/kernel", values(&[4096, 512], 1), true),
+            bias: Some(p.add("dense/bias", values(&[512], 2), true)),
+            activation: Activation::RELU,
+        })
+    })
 }
 
 fn conv() -> Model {
     let window = Window2d::new([3, 3], [1, 1], Padding::Same, [32, 32]);
-    let kind = LayerKind::Conv2d(Conv2d {
-        filters: 64,
-        window,
-        in_channels: 64,
-        kernel: Array4::from_shape_vec((3, 3, 64, 64), values(9 * 64 * 64, 3)).unwrap(),
-        bias: Some(Array1::from(values(64, 4))),
-        activation: Activation::RELU,
-    });
-    model(
-        "conv2d",
-        InputKind::Float,
-        vec![32, 32, 64],
-        kind,
-        vec![32, 32, 64],
-    )
+    model("conv2d", vec![32, 32, 64], |p| {
+        Op::Conv2d(Conv2d {
+            filters: 64,
+            window,
+            in_channels: 64,
+            kernel: p.add("conv2d/kernel", values(&[3, 3, 64, 64], 3), true),
+            bias: Some(p.add("conv2d/bias", values(&[64], 4), true)),
+            activation: Activation::RELU,
+        })
+    })
 }
 
 fn pool() -> Model {
     let window = Window2d::new([2, 2], [2, 2], Padding::Valid, [32, 32]);
-    let kind = LayerKind::Pool2d(Pool2d {
-        op: PoolOp::Max,
-        window,
-        channels: 64,
-    });
-    model(
-        "max_pooling2d",
-        InputKind::Float,
-        vec![32, 32, 64],
-        kind,
-        vec![16, 16, 64],
-    )
+    model("max_pooling2d", vec![32, 32, 64], |_| {
+        Op::Pool2d(Pool2d {
+            op: PoolOp::Max,
+            window,
+            channels: 64,
+        })
+    })
 }
 
-fn cell(kind: CellKind, units: usize, features: usize, go_backwards: bool) -> RecurrentCell {
+fn cell(
+    p: &mut ParamStore,
+    kind: CellKind,
+    units: usize,
+    features: usize,
+    go_backwards: bool,
+) -> RecurrentCell {
     let g = kind.gates() * units;
+    let dir = if go_backwards { "backward" } else { "forward" };
     RecurrentCell {
         kind,
         units,
         activation: Activation::Tanh,
         recurrent_activation: Activation::Sigmoid,
-        kernel: Array2::from_shape_vec((features, g), values(features * g, 5)).unwrap(),
-        recurrent_kernel: Array2::from_shape_vec((units, g), values(units * g, 6)).unwrap(),
-        bias: Some(Array1::from(values(g, 7))),
+        kernel: p.add(format!("{dir}/kernel"), values(&[features, g], 5), true),
+        recurrent_kernel: p.add(
+            format!("{dir}/recurrent_kernel"),
+            values(&[units, g], 6),
+            true,
+        ),
+        bias: Some(p.add(format!("{dir}/bias"), values(&[g], 7), true)),
         go_backwards,
     }
 }
 
 fn recurrent(name: &str, kind: CellKind, units: usize, bidirectional: bool) -> Model {
-    let r = Recurrent {
-        forward: cell(kind, units, 50, false),
-        backward: bidirectional.then(|| cell(kind, units, 50, true)),
-        merge_mode: MergeMode::Concat,
-        return_sequences: false,
-        timesteps: 60,
-        input_features: 50,
-        masked: false,
-        zero_masked_outputs: false,
-    };
-    let out = r.output_features();
-    model(
-        name,
-        InputKind::Float,
-        vec![60, 50],
-        LayerKind::Recurrent(Box::new(r)),
-        vec![out],
-    )
+    model(name, vec![60, 50], |p| {
+        Op::Recurrent(Box::new(Recurrent {
+            forward: cell(p, kind, units, 50, false),
+            backward: bidirectional.then(|| cell(p, kind, units, 50, true)),
+            merge_mode: MergeMode::Concat,
+            return_sequences: false,
+            timesteps: 60,
+            input_features: 50,
+            zero_masked_outputs: false,
+        }))
+    })
 }
 
 fn bench_ops(c: &mut Criterion) {
@@ -131,18 +117,18 @@ fn bench_ops(c: &mut Criterion) {
         (recurrent("bi_rnn24", CellKind::SimpleRnn, 24, true), 400),
     ];
     for (model, batch) in &cases {
-        let name = model.ir().name.clone();
-        let input = wgnn::bench::synthetic_input(model, *batch).unwrap();
+        let name = model.graph().name.clone();
+        let input = wgnn::bench::synthetic_inputs(model, *batch).unwrap();
         let mut group = c.benchmark_group(&name);
         group.sample_size(10);
         group.throughput(Throughput::Elements(*batch as u64));
         for (label, backend) in [("cpu", Backend::Cpu), ("gpu", Backend::Gpu)] {
-            if let Err(e) = model.run(&input, backend) {
+            if let Err(e) = model.run_all(&input, backend) {
                 eprintln!("{name} on {label}: {e}; skipped");
                 continue;
             }
             group.bench_with_input(BenchmarkId::new(label, batch), &input, |b, input| {
-                b.iter(|| model.run(input, backend).unwrap())
+                b.iter(|| model.run_all(input, backend).unwrap())
             });
         }
         group.finish();

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use hdf5_pure::AttrValue;
 use serde_json::Value;
 
-use super::weights::RawWeight;
+use super::weights::{read_dataset, RawWeight};
 use crate::error::{Error, Result};
 
 /// The 8-byte signature every HDF5 file Keras writes starts with.
@@ -292,26 +292,7 @@ impl LegacyWeights {
         let mut out = Vec::with_capacity(count);
         for name in &entry.weight_names[start..end] {
             let ds_path = format!("{group}/{name}");
-            let ds = self
-                .file
-                .dataset(&ds_path)
-                .map_err(|e| err(format!("cannot open '{ds_path}': {e}")))?;
-            let shape: Vec<usize> = ds
-                .shape()
-                .map_err(|e| err(format!("corrupt '{ds_path}': {e}")))?
-                .into_iter()
-                .map(|d| d as usize)
-                .collect();
-            let values = ds
-                .read_f32()
-                .map_err(|e| err(format!("cannot read '{ds_path}' as float32: {e}")))?;
-            if values.len() != shape.iter().product::<usize>() {
-                return Err(err(format!(
-                    "'{ds_path}' holds {} values for shape {shape:?}",
-                    values.len()
-                )));
-            }
-            out.push(RawWeight { shape, values });
+            out.push(read_dataset(&self.file, &ds_path).map_err(&err)?);
         }
         self.layers[index].taken = end;
         Ok(out)

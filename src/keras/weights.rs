@@ -223,26 +223,7 @@ impl H5Weights {
         let mut out = Vec::with_capacity(count);
         for (_, n) in numbered {
             let ds_path = format!("{vars_path}/{n}");
-            let ds = self
-                .file
-                .dataset(&ds_path)
-                .map_err(|e| err(format!("cannot open '{ds_path}': {e}")))?;
-            let shape: Vec<usize> = ds
-                .shape()
-                .map_err(|e| err(format!("corrupt '{ds_path}': {e}")))?
-                .into_iter()
-                .map(|d| d as usize)
-                .collect();
-            let values = ds
-                .read_f32()
-                .map_err(|e| err(format!("cannot read '{ds_path}' as float32: {e}")))?;
-            if values.len() != shape.iter().product::<usize>() {
-                return Err(err(format!(
-                    "'{ds_path}' holds {} values for shape {shape:?}",
-                    values.len()
-                )));
-            }
-            out.push(RawWeight { shape, values });
+            out.push(read_dataset(&self.file, &ds_path).map_err(&err)?);
         }
         Ok(out)
     }
@@ -388,6 +369,29 @@ impl NpzWeights {
         }
         Ok(())
     }
+}
+
+/// One HDF5 dataset as f32 values with its shape; the message says what is wrong with it.
+pub(crate) fn read_dataset(file: &hdf5_pure::File, ds_path: &str) -> Result<RawWeight, String> {
+    let ds = file
+        .dataset(ds_path)
+        .map_err(|e| format!("cannot open '{ds_path}': {e}"))?;
+    let shape: Vec<usize> = ds
+        .shape()
+        .map_err(|e| format!("corrupt '{ds_path}': {e}"))?
+        .into_iter()
+        .map(|d| d as usize)
+        .collect();
+    let values = ds
+        .read_f32()
+        .map_err(|e| format!("cannot read '{ds_path}' as float32: {e}"))?;
+    if values.len() != shape.iter().product::<usize>() {
+        return Err(format!(
+            "'{ds_path}' holds {} values for shape {shape:?}",
+            values.len()
+        ));
+    }
+    Ok(RawWeight { shape, values })
 }
 
 /// Reads an `.npy` payload of any float or integer dtype as f32.

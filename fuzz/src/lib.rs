@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use wgnn::ir::InputKind;
 use wgnn::{Backend, Model};
 
 /// A per-process scratch path (on tmpfs when there is one): the loaders that take a path get the
@@ -50,31 +49,48 @@ const MAX_INPUT_ELEMENTS: usize = 1 << 14;
 /// figures, and (when small) one CPU prediction on zeros, which must not panic either. A model
 /// that loaded is a promise that its shapes and weights fit together.
 pub fn exercise(model: &Model) {
-    let ir = model.ir();
-    let _ = ir.param_count();
-    let flops = ir.flops_per_item();
-    let _ = ir.output_shape();
-    if let Some(tv) = &ir.text_vectorization {
+    let graph = model.graph();
+    let _ = graph.param_count();
+    let flops = graph.flops_per_item();
+    for index in 0..graph.outputs.len() {
+        let _ = graph.output_info(index);
+    }
+    for node in &graph.nodes {
+        let _ = node.op.detail();
+        let _ = graph.node_param_count(node);
+    }
+    if let Some(tv) = &graph.text_vectorization {
         // Bounded: a huge output_sequence_length is an allocation, not a logic error.
         if tv.output_sequence_length.is_none_or(|n| n <= 4096) {
             let _ = tv.vectorize(&["", "Enak sekali, murah!", "a  b\tc [UNK]"]);
         }
     }
-    let elements = ir
-        .input_shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    let mut elements = Some(0usize);
+    for index in 0..graph.inputs.len() {
+        let n = graph
+            .input_info(index)
+            .shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        elements = match (elements, n) {
+            (Some(total), Some(n)) if n > 0 => total.checked_add(n),
+            _ => None,
+        };
+    }
     let small = matches!(elements, Some(n) if n > 0 && n <= MAX_INPUT_ELEMENTS);
     if !small || flops > MAX_FLOPS_PER_ITEM {
         return;
     }
-    let mut shape = vec![1usize];
-    shape.extend_from_slice(&ir.input_shape);
-    let x = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&shape));
-    let prepared = match ir.input_kind {
-        InputKind::Float | InputKind::TokenIds => model.prepare_float(x.view()),
-    };
-    if let Ok(input) = prepared {
-        let _ = model.run(&input, Backend::Cpu);
+    // Zeros are valid floats and valid token ids (0 is padding) alike.
+    let prepared: Result<Vec<_>, _> = (0..graph.inputs.len())
+        .map(|index| {
+            let mut shape = vec![1usize];
+            shape.extend_from_slice(&graph.input_info(index).shape);
+            let x = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&shape));
+            model.prepare_input(index, x.view())
+        })
+        .collect();
+    if let Ok(inputs) = prepared {
+        let _ = model.run_all(&inputs, Backend::Cpu);
     }
 }

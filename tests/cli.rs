@@ -369,3 +369,86 @@ fn gpu_probing_without_xdg_runtime_dir_prints_no_wayland_error() {
     let (_, expected) = read_f32(&fixtures().join(format!("{name}.expected.npy")));
     assert_close(&got, &expected);
 }
+
+/// The arrays of an `.npz`, by entry name (without `.npy`), in the archive's order.
+fn read_npz(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    use std::io::Read;
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
+    (0..zip.len())
+        .map(|i| {
+            let mut entry = zip.by_index(i).unwrap();
+            let name = entry.name().unwrap().trim_end_matches(".npy").to_string();
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).unwrap();
+            let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+            let shape = npy.shape().iter().map(|&d| d as usize).collect();
+            (name, shape, npy.into_vec::<f32>().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn predict_two_inputs_two_outputs_writes_an_npz_named_after_the_outputs() {
+    // tests/fixtures/graph/ir (tools/graph_fixtures_ir.py): inputs [vector, image], outputs
+    // [reg, cls], from independent branches.
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("graph/ir/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let fx = &manifest["fixtures"][0];
+    assert_eq!(fx["name"], "two_branches");
+    let file = |v: &serde_json::Value| fixture(&format!("graph/ir/{}", v.as_str().unwrap()));
+    let inputs: Vec<String> = fx["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| file(&i["file"]))
+        .collect();
+    let dir = temp_dir("two_outputs");
+    for backend in ["cpu", "gpu"] {
+        let out_path = dir.join(format!("out_{backend}.npz"));
+        let out_arg = out_path.display().to_string();
+        let model = file(&fx["model"]);
+        let mut args = vec!["predict", model.as_str()];
+        args.extend(inputs.iter().map(String::as_str));
+        args.extend(["-o", &out_arg, "--backend", backend]);
+        let out = wgnn(&args);
+        let err = stderr(&out);
+        if backend == "gpu" && !out.status.success() && err.contains("no GPU adapter found") {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but there is no GPU adapter: {err}"
+            );
+            eprintln!("note: no GPU adapter; skipping the GPU run outside CI");
+            continue;
+        }
+        assert!(out.status.success(), "{backend}: {err}");
+        assert!(err.contains("wrote reg [3, 2], cls [3, 4]"), "{err}");
+        let arrays = read_npz(&out_path);
+        let names: Vec<&str> = arrays.iter().map(|(n, _, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["reg", "cls"],
+            "{backend}: entries in the model's output order"
+        );
+        for (expected, (name, shape, got)) in fx["outputs"].as_array().unwrap().iter().zip(&arrays)
+        {
+            assert_eq!(expected["name"].as_str().unwrap(), name);
+            let (eshape, want) = read_f32(Path::new(&file(&expected["file"])));
+            assert_eq!(shape, &eshape, "{backend} {name}");
+            assert_close(got, &want);
+        }
+    }
+
+    // One .npy for a two-input model is a usage error (exit 2) naming the inputs.
+    let o = dir.join("o.npz").display().to_string();
+    let model = file(&fx["model"]);
+    let out = wgnn(&["predict", &model, &inputs[0], "-o", &o, "--backend", "cpu"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("error: the model takes 2 input(s) (vector, image), 1 .npy file(s) given"),
+        "{err}"
+    );
+    assert!(!Path::new(&o).exists(), "no output on a usage error");
+}

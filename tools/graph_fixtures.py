@@ -32,12 +32,13 @@ files; adding a fixture changes no other). Every output is checked to depend on 
 """
 
 import argparse
-import struct
 import json
 import os
+import struct
 import sys
+import zipfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -1422,8 +1423,6 @@ def write_bad(stem, word, description, build):
     randomize(model, rng_for(stem))
     path = BAD / f"{stem}.keras"
     save_keras(model, path)
-    import zipfile
-
     config = zipfile.ZipFile(path).read("config.json").decode()
     assert word in config, f"bad/{stem}: '{word}' does not appear in its config"
     return {"file": f"bad/{stem}.keras", "word": word, "description": description}

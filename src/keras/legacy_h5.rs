@@ -257,7 +257,17 @@ impl LegacyWeights {
             layer: layer.to_string(),
             message,
         };
-        let Some(&index) = self.by_name.get(layer) else {
+        // A layer of a nested model has no entry of its own: its arrays sit in the container's
+        // entry as `container/layer/var`, next in line since layers are taken in order.
+        let nested = || {
+            self.layers.iter().position(|l| {
+                l.weight_names.get(l.taken).is_some_and(|w| {
+                    let parts: Vec<&str> = w.split('/').collect();
+                    parts.len() > 2 && parts[..parts.len() - 1].contains(&layer)
+                })
+            })
+        };
+        let Some(index) = self.by_name.get(layer).copied().or_else(nested) else {
             if count == 0 {
                 return Ok(Vec::new());
             }

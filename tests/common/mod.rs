@@ -7,6 +7,8 @@
 // Each test binary that includes this module uses a different subset of it.
 #![allow(dead_code)]
 
+pub mod graph_fixtures;
+
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};

@@ -4,6 +4,7 @@
 
 pub mod activation;
 mod gemm;
+mod merge;
 mod recurrent;
 mod winograd;
 
@@ -239,6 +240,34 @@ fn run_node(
                 )))
             }
         },
+        Op::Scalar(s) => merge::scalar(s, float(first, node)?),
+        Op::Upsample {
+            interpolation: Interpolation::Bilinear,
+            ..
+        } => merge::bilinear(&float(first, node)?, &out_dims),
+        Op::Merge(_)
+        | Op::Concat { .. }
+        | Op::Dot(_)
+        | Op::Pad { .. }
+        | Op::Crop { .. }
+        | Op::Permute { .. }
+        | Op::RepeatVector { .. }
+        | Op::Upsample { .. } => {
+            let mut all = vec![float(first, node)?];
+            for t in args {
+                all.push(float(t, node)?);
+            }
+            match &node.op {
+                Op::Merge(m) => merge::merge(m, &all, &out_dims),
+                Op::Dot(d) => match all.as_slice() {
+                    [x, y] => merge::dot(d, x, y, &out_dims),
+                    _ => return Err(Error::Internal(format!("Dot '{name}' needs two inputs"))),
+                },
+                op => merge::copy_op(op, &all, &out_info.shape).ok_or_else(|| {
+                    Error::Internal(format!("node '{name}': {} is not a copy op", op.name()))
+                })?,
+            }
+        }
     };
     Ok(vec![Tensor::F32(y)])
 }

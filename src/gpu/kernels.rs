@@ -14,6 +14,8 @@ const ELEMENTWISE: &str = include_str!("../../shaders/elementwise.wgsl");
 const SOFTMAX: &str = include_str!("../../shaders/softmax.wgsl");
 const EMBEDDING: &str = include_str!("../../shaders/embedding.wgsl");
 const RECURRENT: &str = include_str!("../../shaders/recurrent.wgsl");
+const MERGE: &str = include_str!("../../shaders/merge.wgsl");
+const COPY: &str = include_str!("../../shaders/copy.wgsl");
 
 /// Every GEMM workgroup computes a tile this many rows by this many columns.
 pub const GEMM_TILE: u32 = 64;
@@ -43,6 +45,16 @@ pub enum Kernel {
     Embedding,
     RnnStep,
     RnnMerge,
+    /// Broadcast elementwise binary op (merges, operator nodes), or one tensor with a constant.
+    Binary,
+    /// Rows scaled to unit L2 norm, in place (Dot's normalize).
+    NormalizeRows,
+    /// y[t] = a[t] . b[t]^T per item (Dot).
+    BatchedDot,
+    /// Strided copy: concatenate, pad, crop, permute, repeat, nearest upsampling.
+    StridedCopy,
+    /// Half-pixel bilinear resize (UpSampling2D).
+    Bilinear,
 }
 
 /// How a kernel reads one storage binding.
@@ -66,6 +78,11 @@ impl Kernel {
             Kernel::Embedding => "embedding",
             Kernel::RnnStep => "rnn_step",
             Kernel::RnnMerge => "rnn_merge",
+            Kernel::Binary => "binary",
+            Kernel::NormalizeRows => "normalize_rows",
+            Kernel::BatchedDot => "batched_dot",
+            Kernel::StridedCopy => "strided_copy",
+            Kernel::Bilinear => "bilinear",
         }
     }
 
@@ -89,6 +106,8 @@ impl Kernel {
             Kernel::Softmax => &[SOFTMAX],
             Kernel::Embedding => &[EMBEDDING],
             Kernel::RnnStep | Kernel::RnnMerge => &[RECURRENT],
+            Kernel::Binary | Kernel::NormalizeRows | Kernel::BatchedDot => &[MERGE],
+            Kernel::StridedCopy | Kernel::Bilinear => &[COPY],
         };
         let mut source = String::from(COMMON);
         for part in parts {
@@ -111,6 +130,10 @@ impl Kernel {
             Kernel::Embedding => &[Read, Read, ReadWrite],
             Kernel::RnnStep => &[Read, Read, ReadWrite, ReadWrite, Read],
             Kernel::RnnMerge => &[Read, ReadWrite],
+            Kernel::Binary | Kernel::NormalizeRows | Kernel::BatchedDot => {
+                &[Read, Read, ReadWrite]
+            }
+            Kernel::StridedCopy | Kernel::Bilinear => &[Read, ReadWrite],
         }
     }
 
@@ -125,6 +148,9 @@ impl Kernel {
             Kernel::Embedding => &["ids", "table", "y"],
             Kernel::RnnStep => &["xproj", "recurrent_kernel", "state", "y", "ids"],
             Kernel::RnnMerge => &["both", "merged"],
+            Kernel::Binary | Kernel::BatchedDot => &["a", "b", "y"],
+            Kernel::NormalizeRows => &["-", "-", "y"],
+            Kernel::StridedCopy | Kernel::Bilinear => &["x", "y"],
         }
     }
 

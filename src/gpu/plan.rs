@@ -9,6 +9,8 @@
 //! Elementwise layers run in place on a value nobody reads later (else on a copy);
 //! Reshape/Flatten/Dropout alias their input and cost nothing.
 
+mod merge;
+
 use std::fmt::Write as _;
 
 use crate::error::{Error, Result};
@@ -925,6 +927,15 @@ impl Builder<'_> {
             GraphOp::Recurrent(r) => self.recurrent(i, r, x)?,
             // A mask is read as the ids it comes from; these only rename a buffer.
             GraphOp::Reshape { .. } | GraphOp::Identity | GraphOp::PaddingMask => x,
+            GraphOp::Merge(_)
+            | GraphOp::Scalar(_)
+            | GraphOp::Concat { .. }
+            | GraphOp::Dot(_)
+            | GraphOp::Pad { .. }
+            | GraphOp::Crop { .. }
+            | GraphOp::Permute { .. }
+            | GraphOp::RepeatVector { .. }
+            | GraphOp::Upsample { .. } => self.merge_node(i)?,
         };
         Ok(vec![out])
     }

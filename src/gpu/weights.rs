@@ -87,7 +87,16 @@ pub fn weight_specs(graph: &Graph) -> Vec<WeightSpec> {
             | Op::Activation(_)
             | Op::Reshape { .. }
             | Op::Identity
-            | Op::PaddingMask => {}
+            | Op::PaddingMask
+            | Op::Merge(_)
+            | Op::Scalar(_)
+            | Op::Concat { .. }
+            | Op::Dot(_)
+            | Op::Pad { .. }
+            | Op::Crop { .. }
+            | Op::Permute { .. }
+            | Op::RepeatVector { .. }
+            | Op::Upsample { .. } => {}
         }
     }
     specs

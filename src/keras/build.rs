@@ -45,6 +45,7 @@ pub fn build_model(
         graph: Graph::new(name),
         taken: HashMap::new(),
         masks: HashMap::new(),
+        mask_exprs: HashMap::new(),
         group: String::new(),
         group_prefix: String::new(),
     };
@@ -233,6 +234,9 @@ pub(crate) struct Builder<'a> {
     taken: HashMap<(String, String), Vec<ParamId>>,
     /// Each value's Keras mask, where one reaches it.
     pub(crate) masks: HashMap<ValueId, ValueId>,
+    /// Mask tensors of Keras 3 mask-arithmetic operator nodes (ExpandDims, ZerosLike, LogicalOr,
+    /// Concatenate, Any) that stand for a mask without being computed.
+    pub(crate) mask_exprs: HashMap<ValueId, super::layers::MaskExpr>,
     /// The h5 group of the layer being built.
     group: String,
     /// Where the current container's layer groups live: empty at the top, `sequential/layers/`
@@ -625,6 +629,9 @@ impl<'a> Builder<'a> {
         inputs: &[ValueId],
         args: &Value,
     ) -> Result<Vec<ValueId>> {
+        if let Some(outs) = self.arithmetic_operator(cfg, inputs, args)? {
+            return Ok(outs);
+        }
         match cfg.class.as_str() {
             "NotEqual" => {
                 let compares_with_zero = args.get(1).and_then(Value::as_f64) == Some(0.0);
@@ -675,11 +682,15 @@ impl<'a> Builder<'a> {
         explicit_mask: Option<ValueId>,
         _kwargs: &Value,
     ) -> Result<Vec<ValueId>> {
+        let explicit_mask = self.resolve_mask(cfg, explicit_mask)?;
         let in_mask =
             explicit_mask.or_else(|| inputs.first().and_then(|v| self.masks.get(v).copied()));
         match cfg.class.as_str() {
             "Sequential" | "Functional" | "Model" => return self.nested_model(cfg, inputs),
             "TextVectorization" => return self.text_vectorization(cfg, inputs),
+            class if super::layers::is_merge_layer(class) => {
+                return self.merge_layer(cfg, inputs, explicit_mask)
+            }
             _ => {}
         }
         let x = match inputs {

@@ -7,6 +7,7 @@ pub mod activation;
 pub mod conv;
 pub mod dense;
 pub mod embedding;
+pub mod merge;
 pub mod pool;
 pub mod recurrent;
 
@@ -14,6 +15,7 @@ pub use activation::Activation;
 pub use conv::{window_output, Conv2d, Padding, Window2d};
 pub use dense::Dense;
 pub use embedding::Embedding;
+pub use merge::{BinaryOp, Dot, Interpolation, Merge, ScalarOp, StridedCopy};
 pub use pool::{Pool2d, PoolOp};
 pub use recurrent::{CellKind, MergeMode, Recurrent, RecurrentCell};
 
@@ -51,6 +53,37 @@ pub enum Op {
     /// Keras's padding mask of `Embedding(mask_zero=True)` (and of a `NotEqual(ids, 0)` op):
     /// token ids in, `id != 0` out.
     PaddingMask,
+    /// Add, Subtract, Multiply, Average, Maximum, Minimum layers and tensor-tensor operator
+    /// nodes: two or more inputs, broadcast.
+    Merge(Merge),
+    /// An operator node with one tensor and a constant (`x * 0.5`, `2.0 - x`).
+    Scalar(ScalarOp),
+    /// Concatenate along an item axis (0-based, without the batch).
+    Concat {
+        axis: usize,
+    },
+    Dot(Dot),
+    /// ZeroPadding1D/2D/3D: `[before, after]` zeros per item axis.
+    Pad {
+        pads: Vec<[usize; 2]>,
+    },
+    /// Cropping1D/2D/3D: `[start, end]` values dropped per item axis.
+    Crop {
+        crops: Vec<[usize; 2]>,
+    },
+    /// Permute: output item axis i is input item axis `perm[i]` (0-based).
+    Permute {
+        perm: Vec<usize>,
+    },
+    /// RepeatVector: (features) -> (n, features).
+    RepeatVector {
+        n: usize,
+    },
+    /// UpSampling1D/2D/3D: one factor per item axis (1 on channels).
+    Upsample {
+        factors: Vec<usize>,
+        interpolation: Interpolation,
+    },
 }
 
 impl Op {
@@ -68,6 +101,15 @@ impl Op {
             Op::Reshape { .. } => "reshape",
             Op::Identity => "identity",
             Op::PaddingMask => "padding_mask",
+            Op::Merge(_) => "merge",
+            Op::Scalar(_) => "scalar",
+            Op::Concat { .. } => "concat",
+            Op::Dot(_) => "dot",
+            Op::Pad { .. } => "pad",
+            Op::Crop { .. } => "crop",
+            Op::Permute { .. } => "permute",
+            Op::RepeatVector { .. } => "repeat_vector",
+            Op::Upsample { .. } => "upsample",
         }
     }
 
@@ -181,6 +223,49 @@ impl Op {
                 let x = one(DType::Ids)?;
                 Ok(vec![ValueInfo::new(x.shape.clone(), DType::Mask)])
             }
+            Op::Merge(_) | Op::Concat { .. } | Op::Dot(_) => {
+                if let Some(x) = inputs.iter().find(|x| x.dtype != DType::F32) {
+                    return Err(format!("expects float32 inputs, got {}", x.dtype.name()));
+                }
+                let shapes: Vec<&[usize]> = inputs.iter().map(|x| x.shape.as_slice()).collect();
+                match self {
+                    Op::Merge(_) => {
+                        if shapes.len() < 2 {
+                            return Err(format!(
+                                "a merge needs at least two inputs, got {}",
+                                shapes.len()
+                            ));
+                        }
+                        let mut out = shapes[0].to_vec();
+                        for s in &shapes[1..] {
+                            out = merge::broadcast_shapes(&out, s)?;
+                        }
+                        float(out)
+                    }
+                    Op::Concat { axis } => float(merge::concat_shape(*axis, &shapes)?),
+                    Op::Dot(d) => match shapes.as_slice() {
+                        [x, y] => float(d.output_shape(x, y)?),
+                        _ => Err(format!("Dot takes two inputs, got {}", shapes.len())),
+                    },
+                    _ => unreachable!("matched above"),
+                }
+            }
+            Op::Scalar(_) => float(one(DType::F32)?.shape.clone()),
+            Op::Pad { pads } => float(merge::pad_shape(pads, &one(DType::F32)?.shape)?),
+            Op::Crop { crops } => float(merge::crop_shape(crops, &one(DType::F32)?.shape)?),
+            Op::Permute { perm } => float(merge::permute_shape(perm, &one(DType::F32)?.shape)?),
+            Op::RepeatVector { n } => match one(DType::F32)?.shape.as_slice() {
+                [f] => float(vec![*n, *f]),
+                other => Err(format!("RepeatVector needs (features) input, got {other:?}")),
+            },
+            Op::Upsample {
+                factors,
+                interpolation,
+            } => float(merge::upsample_shape(
+                factors,
+                *interpolation,
+                &one(DType::F32)?.shape,
+            )?),
         }
     }
 
@@ -206,7 +291,16 @@ impl Op {
             | Op::Rescaling { .. }
             | Op::Reshape { .. }
             | Op::Identity
-            | Op::PaddingMask => Vec::new(),
+            | Op::PaddingMask
+            | Op::Merge(_)
+            | Op::Scalar(_)
+            | Op::Concat { .. }
+            | Op::Dot(_)
+            | Op::Pad { .. }
+            | Op::Crop { .. }
+            | Op::Permute { .. }
+            | Op::RepeatVector { .. }
+            | Op::Upsample { .. } => Vec::new(),
         }
     }
 
@@ -228,6 +322,22 @@ impl Op {
                 .sum(),
             Op::Pool2d(p) => out * (p.window.kernel[0] * p.window.kernel[1]) as u64,
             Op::GlobalPool2d { .. } => inputs.iter().map(|v| v.elements() as u64).sum(),
+            Op::Merge(_) => out * inputs.len().saturating_sub(1) as u64,
+            Op::Scalar(_) => out,
+            Op::Dot(d) => match inputs {
+                [x, y] => 2 * d.layout(&x.shape, &y.shape).k as u64 * out,
+                _ => 0,
+            },
+            Op::Upsample {
+                interpolation: Interpolation::Bilinear,
+                ..
+            } => 6 * out,
+            Op::Concat { .. }
+            | Op::Pad { .. }
+            | Op::Crop { .. }
+            | Op::Permute { .. }
+            | Op::RepeatVector { .. }
+            | Op::Upsample { .. } => 0,
             Op::Activation(_)
             | Op::Rescaling { .. }
             | Op::Embedding(_)
@@ -275,6 +385,30 @@ impl Op {
                 }
                 s
             }
+            Op::Merge(m) => {
+                if m.average {
+                    "average".into()
+                } else {
+                    m.op.name().into()
+                }
+            }
+            Op::Scalar(s) if s.scalar_first => format!("{} {} x", s.value, s.op.name()),
+            Op::Scalar(s) => format!("x {} {}", s.op.name(), s.value),
+            Op::Concat { axis } => format!("axis {}", axis + 1),
+            Op::Dot(d) => format!(
+                "axes ({}, {}){}",
+                d.axes[0] + 1,
+                d.axes[1] + 1,
+                if d.normalize { " normalize" } else { "" }
+            ),
+            Op::Pad { pads } => format!("{pads:?}"),
+            Op::Crop { crops } => format!("{crops:?}"),
+            Op::Permute { perm } => format!("{:?}", perm.iter().map(|a| a + 1).collect::<Vec<_>>()),
+            Op::RepeatVector { n } => format!("n={n}"),
+            Op::Upsample {
+                factors,
+                interpolation,
+            } => format!("{factors:?} {interpolation:?}").to_lowercase(),
             Op::Rescaling { .. }
             | Op::Embedding(_)
             | Op::Reshape { .. }

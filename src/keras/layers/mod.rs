@@ -4,7 +4,10 @@
 
 mod conv;
 mod core;
+mod merge;
 mod recurrent;
+
+pub(crate) use merge::{is_merge_layer, MaskExpr};
 
 use super::build::Builder;
 use super::fields::LayerConfig;
@@ -68,10 +71,12 @@ impl Builder<'_> {
             "Embedding" => return self.embedding(cfg, x),
             "SimpleRNN" | "LSTM" => self.recurrent(cfg, &info)?,
             "Bidirectional" => self.bidirectional(cfg, &info)?,
+            "ZeroPadding1D" | "ZeroPadding2D" | "ZeroPadding3D" | "Cropping1D" | "Cropping2D"
+            | "Cropping3D" | "UpSampling1D" | "UpSampling2D" | "UpSampling3D" | "Permute"
+            | "RepeatVector" => self.shape_layer(cfg, &info)?,
             "GRU" | "ConvLSTM2D" | "Conv1D" | "Conv3D" | "DepthwiseConv2D" | "SeparableConv2D"
             | "Conv2DTranspose" | "BatchNormalization" | "LayerNormalization" | "Masking"
-            | "Attention" | "MultiHeadAttention" | "Add" | "Concatenate" | "Multiply"
-            | "TimeDistributed" | "RNN" => {
+            | "Attention" | "MultiHeadAttention" | "TimeDistributed" | "RNN" => {
                 return Err(cfg.error(
                     "class_name",
                     format!("layer class '{}' is not supported by wgnn", cfg.class),

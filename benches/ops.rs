@@ -45,12 +45,13 @@ fn dense() -> Model {
 }
 
 fn conv() -> Model {
-    let window = Window2d::new([3, 3], [1, 1], Padding::Same, [32, 32]);
+    let window = Window::new(&[3, 3], &[1, 1], &[1, 1], Padding::Same, &[32, 32]);
     model("conv2d", vec![32, 32, 64], |p| {
-        Op::Conv2d(Conv2d {
+        Op::Conv(Conv {
             filters: 64,
             window,
             in_channels: 64,
+            groups: 1,
             kernel: p.add("conv2d/kernel", values(&[3, 3, 64, 64], 3), true),
             bias: Some(p.add("conv2d/bias", values(&[64], 4), true)),
             activation: Activation::RELU,
@@ -59,9 +60,9 @@ fn conv() -> Model {
 }
 
 fn pool() -> Model {
-    let window = Window2d::new([2, 2], [2, 2], Padding::Valid, [32, 32]);
+    let window = Window::new(&[2, 2], &[2, 2], &[1, 1], Padding::Valid, &[32, 32]);
     model("max_pooling2d", vec![32, 32, 64], |_| {
-        Op::Pool2d(Pool2d {
+        Op::Pool(Pool {
             op: PoolOp::Max,
             window,
             channels: 64,

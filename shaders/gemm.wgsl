@@ -1,6 +1,11 @@
 // Tiled GEMM core shared by matmul.wgsl (Dense, recurrent input projection) and conv2d.wgsl
 // (implicit GEMM). C[M, N] = act(A[M, K] * B[K, N] + bias[N]); the including file defines
-// `load_a(row, col)`, which reads A (a plain matrix or an im2col view of an NHWC image).
+// `load_a(row, col, group)`, which reads A (a plain matrix or an im2col view of a channels-last
+// image; `group` selects the input channels of a grouped convolution).
+//
+// Groups (conv only, groups > 1): workgroups also walk the groups; group g multiplies its A
+// columns by B's columns g*n..(g+1)*n and writes C's columns g*n.. (B and C rows hold
+// n * groups values). Never combined with split-K.
 //
 // A workgroup of 16x16 threads computes a 64x64 tile of C; each thread owns a 4x4 register
 // block at rows lid.y + 16*i and columns lid.x + 16*j, so shared-memory reads are conflict-free
@@ -30,6 +35,19 @@ struct GemmParams {
     pad_left: u32,
     // 0: one workgroup per tile walks all of K. Else the K range of each split (a multiple of 16).
     k_chunk: u32,
+    // 1 for Dense; conv: channel groups (in_c is then the channels of one group).
+    groups: u32,
+    // Conv: channels of the whole input (the pixel stride of A).
+    in_c_total: u32,
+    // Conv depth axis (1 for 1-D and 2-D convs) and dilations.
+    in_d: u32,
+    out_d: u32,
+    k_d: u32,
+    stride_d: u32,
+    pad_front: u32,
+    dil_d: u32,
+    dil_h: u32,
+    dil_w: u32,
 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
@@ -57,11 +75,16 @@ fn main(
     let m_tiles = (p.m + TILE_M - 1u) / TILE_M;
     let tiles = n_tiles * m_tiles;
     let linear = linear_workgroup(wg, nwg);
-    if (linear >= tiles * split_count()) {
+    let groups = max(p.groups, 1u);
+    if (linear >= tiles * split_count() * groups) {
         return;
     }
     let tile = linear % tiles;
-    let split = linear / tiles;
+    let split = (linear / tiles) % split_count();
+    let group = linear / (tiles * split_count());
+    // Row stride of B and C, and this group's first column in them.
+    let ld = p.n * groups;
+    let col_base = group * p.n;
     let row0 = (tile / n_tiles) * TILE_M;
     let col0 = (tile % n_tiles) * TILE_N;
     var k_begin = 0u;
@@ -81,7 +104,7 @@ fn main(
             let kk = e % TILE_K;
             var v = 0.0;
             if (row0 + r < p.m && k0 + kk < k_end) {
-                v = load_a(row0 + r, k0 + kk);
+                v = load_a(row0 + r, k0 + kk, group);
             }
             a_tile[kk * TILE_M + r] = v;
         }
@@ -90,7 +113,7 @@ fn main(
             let cc = e % TILE_N;
             var v = 0.0;
             if (k0 + kk < k_end && col0 + cc < p.n) {
-                v = b[(k0 + kk) * p.n + col0 + cc];
+                v = b[(k0 + kk) * ld + col_base + col0 + cc];
             }
             b_tile[kk * TILE_N + cc] = v;
         }
@@ -115,7 +138,7 @@ fn main(
                 if (p.k_chunk > 0u) {
                     c[(split * p.m + row) * p.n + col] = acc[i][j];
                 } else {
-                    c[row * p.n + col] = finish(acc[i][j], col);
+                    c[row * ld + col_base + col] = finish(acc[i][j], col_base + col);
                 }
             }
         }

@@ -1,4 +1,6 @@
-// Max and average pooling over NHWC, plus global pooling (concatenated after common.wgsl).
+// Max and average pooling over channels-last tensors with up to three spatial axes (D, H, W;
+// 1-D and 2-D pools have leading axes of 1), plus global pooling (concatenated after
+// common.wgsl). Global pooling reads in_h * in_w positions (the plan folds all spatial axes in).
 // Windows follow TensorFlow: `same` pads are not values; max ignores them and average divides by
 // the number of in-bounds taps.
 
@@ -16,9 +18,13 @@ struct PoolParams {
     pad_top: u32,
     pad_left: u32,
     is_max: u32,
+    in_d: u32,
+    out_d: u32,
+    k_d: u32,
+    stride_d: u32,
+    pad_front: u32,
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
@@ -35,30 +41,38 @@ fn pool2d(
     @builtin(local_invocation_index) li: u32,
 ) {
     let idx = linear_workgroup(wg, nwg) * 64u + li;
-    if (idx >= p.batch * p.out_h * p.out_w * p.channels) {
+    if (idx >= p.batch * p.out_d * p.out_h * p.out_w * p.channels) {
         return;
     }
     let c = idx % p.channels;
     let ox = (idx / p.channels) % p.out_w;
     let oy = (idx / (p.channels * p.out_w)) % p.out_h;
-    let n = idx / (p.channels * p.out_w * p.out_h);
+    let oz = (idx / (p.channels * p.out_w * p.out_h)) % p.out_d;
+    let n = idx / (p.channels * p.out_w * p.out_h * p.out_d);
     var best = NEG_INF;
     var sum = 0.0;
     var count = 0u;
-    for (var ky = 0u; ky < p.k_h; ky++) {
-        let iy = i32(oy * p.stride_h + ky) - i32(p.pad_top);
-        if (iy < 0 || iy >= i32(p.in_h)) {
+    for (var kz = 0u; kz < p.k_d; kz++) {
+        let iz = i32(oz * p.stride_d + kz) - i32(p.pad_front);
+        if (iz < 0 || iz >= i32(p.in_d)) {
             continue;
         }
-        for (var kx = 0u; kx < p.k_w; kx++) {
-            let ix = i32(ox * p.stride_w + kx) - i32(p.pad_left);
-            if (ix < 0 || ix >= i32(p.in_w)) {
+        for (var ky = 0u; ky < p.k_h; ky++) {
+            let iy = i32(oy * p.stride_h + ky) - i32(p.pad_top);
+            if (iy < 0 || iy >= i32(p.in_h)) {
                 continue;
             }
-            let v = x[((n * p.in_h + u32(iy)) * p.in_w + u32(ix)) * p.channels + c];
-            best = max(best, v);
-            sum += v;
-            count += 1u;
+            for (var kx = 0u; kx < p.k_w; kx++) {
+                let ix = i32(ox * p.stride_w + kx) - i32(p.pad_left);
+                if (ix < 0 || ix >= i32(p.in_w)) {
+                    continue;
+                }
+                let pixel = ((n * p.in_d + u32(iz)) * p.in_h + u32(iy)) * p.in_w + u32(ix);
+                let v = x[pixel * p.channels + c];
+                best = max(best, v);
+                sum += v;
+                count += 1u;
+            }
         }
     }
     if (p.is_max != 0u) {

@@ -3,12 +3,13 @@
 //! F(2x2,3x3) or im2col + GEMM (the `gemm` crate), threads over images.
 
 pub mod activation;
+mod conv;
 mod gemm;
 mod merge;
 mod recurrent;
 mod winograd;
 
-use ndarray::{Array2, Array3, Array4, ArrayD, ArrayView1, ArrayView4, Axis, Ix4, IxDyn, Zip};
+use ndarray::{Array2, Array3, Array4, ArrayD, ArrayView1, ArrayView4, Axis, IxDyn, Zip};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -43,19 +44,6 @@ pub(crate) struct ConvArgs<'a> {
     pub kernel: ArrayView4<'a, f32>,
     pub bias: Option<ArrayView1<'a, f32>>,
     pub activation: Activation,
-}
-
-impl<'a> ConvArgs<'a> {
-    fn new(c: &Conv2d, params: &'a ParamStore) -> Self {
-        ConvArgs {
-            filters: c.filters,
-            window: c.window,
-            in_channels: c.in_channels,
-            kernel: params.view4(c.kernel),
-            bias: c.bias.map(|b| params.view1(b)),
-            activation: c.activation,
-        }
-    }
 }
 
 /// Runs the whole graph on validated batches (one per graph input); returns every output.
@@ -188,23 +176,11 @@ fn run_node(
     out_dims.extend_from_slice(&out_info.shape);
     let name = node.name.as_str();
     let y = match &node.op {
-        Op::Conv2d(c) => {
-            conv2d(&ConvArgs::new(c, params), &to4(float(first, node)?, name)?).into_dyn()
-        }
-        Op::Pool2d(p) => pool2d(p, &to4(float(first, node)?, name)?).into_dyn(),
-        Op::GlobalPool2d { op, .. } => {
-            let x4 = to4(float(first, node)?, name)?;
-            let pooled = match op {
-                PoolOp::Max => x4
-                    .fold_axis(Axis(1), f32::NEG_INFINITY, |a, b| a.max(*b))
-                    .fold_axis(Axis(1), f32::NEG_INFINITY, |a, b| a.max(*b)),
-                PoolOp::Average => {
-                    let hw = (x4.shape()[1] * x4.shape()[2]) as f32;
-                    x4.sum_axis(Axis(1)).sum_axis(Axis(1)) / hw
-                }
-            };
-            reshape(pooled.into_dyn(), &out_dims)?
-        }
+        Op::Conv(c) => conv::conv(c, params, float(first, node)?, &out_dims)?,
+        Op::DepthwiseConv(c) => conv::depthwise(c, params, float(first, node)?, &out_dims)?,
+        Op::ConvTranspose(c) => conv::conv_transpose(c, params, float(first, node)?, &out_dims)?,
+        Op::Pool(p) => conv::pool(p, float(first, node)?, &out_dims)?,
+        Op::GlobalPool { op, .. } => conv::global_pool(*op, float(first, node)?, mask, &out_dims)?,
         Op::Dense(d) => dense(d, params, float(first, node)?, &out_dims)?,
         Op::Activation(a) => {
             let mut x = into_standard_layout(float(first, node)?);
@@ -270,11 +246,6 @@ fn run_node(
         }
     };
     Ok(vec![Tensor::F32(y)])
-}
-
-fn to4(x: ArrayD<f32>, layer: &str) -> Result<Array4<f32>> {
-    x.into_dimensionality::<Ix4>()
-        .map_err(|_| Error::Input(format!("layer '{layer}' expects (N, H, W, C) input")))
 }
 
 /// `x` in row-major layout: itself when it already is (the usual case), else a copy.
@@ -442,57 +413,4 @@ fn conv2d_im2col(c: &ConvArgs, x: &Array4<f32>) -> Array4<f32> {
             bias_activation_rows(y, c.filters, c.bias, c.activation);
         });
     Array4::from_shape_vec((n, oh, ow, c.filters), out).expect("NHWC output")
-}
-
-/// Max or average pooling; windows clipped to the input (TensorFlow: padding never wins a
-/// max, and `same` averages divide by the in-bounds count).
-fn pool2d(p: &Pool2d, x: &Array4<f32>) -> Array4<f32> {
-    let w = &p.window;
-    let n = x.shape()[0];
-    let [oh, ow] = w.out_hw;
-    let [ih, iw] = w.in_hw;
-    let ch = p.channels;
-    let x = x.as_standard_layout();
-    let input = x.as_slice().expect("standard layout is contiguous");
-    let mut out = vec![0.0f32; n * oh * ow * ch];
-    if out.is_empty() || input.is_empty() {
-        return Array4::from_shape_vec((n, oh, ow, ch), out).expect("NHWC output");
-    }
-    out.par_chunks_mut(oh * ow * ch)
-        .zip(input.par_chunks(ih * iw * ch))
-        .for_each(|(o, img)| {
-            for oy in 0..oh {
-                let y0 = (oy * w.strides[0]) as isize - w.pad_top_left[0] as isize;
-                let ys =
-                    y0.max(0) as usize..((y0 + w.kernel[0] as isize).min(ih as isize)) as usize;
-                for ox in 0..ow {
-                    let x0 = (ox * w.strides[1]) as isize - w.pad_top_left[1] as isize;
-                    let xs =
-                        x0.max(0) as usize..((x0 + w.kernel[1] as isize).min(iw as isize)) as usize;
-                    let acc = &mut o[(oy * ow + ox) * ch..][..ch];
-                    let pixels = ys
-                        .clone()
-                        .flat_map(|yy| xs.clone().map(move |xx| yy * iw + xx));
-                    match p.op {
-                        PoolOp::Max => {
-                            acc.fill(f32::NEG_INFINITY);
-                            for px in pixels {
-                                let src = &img[px * ch..][..ch];
-                                acc.iter_mut().zip(src).for_each(|(a, &v)| *a = a.max(v));
-                            }
-                        }
-                        PoolOp::Average => {
-                            acc.fill(0.0);
-                            for px in pixels {
-                                let src = &img[px * ch..][..ch];
-                                acc.iter_mut().zip(src).for_each(|(a, &v)| *a += v);
-                            }
-                            let count = (ys.len() * xs.len()) as f32;
-                            acc.iter_mut().for_each(|a| *a /= count);
-                        }
-                    }
-                }
-            }
-        });
-    Array4::from_shape_vec((n, oh, ow, ch), out).expect("NHWC output")
 }

@@ -10,6 +10,7 @@ const GEMM: &str = include_str!("../../shaders/gemm.wgsl");
 const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
 const CONV2D: &str = include_str!("../../shaders/conv2d.wgsl");
 const POOL: &str = include_str!("../../shaders/pool.wgsl");
+const CONV: &str = include_str!("../../shaders/conv.wgsl");
 const ELEMENTWISE: &str = include_str!("../../shaders/elementwise.wgsl");
 const SOFTMAX: &str = include_str!("../../shaders/softmax.wgsl");
 const EMBEDDING: &str = include_str!("../../shaders/embedding.wgsl");
@@ -39,6 +40,10 @@ pub enum Kernel {
     SplitKReduce,
     Pool2d,
     GlobalPool2d,
+    /// DepthwiseConv1D/2D, direct.
+    DepthwiseConv,
+    /// Conv1D/2D/3DTranspose as a gather over input taps.
+    ConvTranspose,
     Activation,
     Rescale,
     Softmax,
@@ -72,6 +77,8 @@ impl Kernel {
             Kernel::SplitKReduce => "splitk_reduce",
             Kernel::Pool2d => "pool2d",
             Kernel::GlobalPool2d => "global_pool2d",
+            Kernel::DepthwiseConv => "depthwise",
+            Kernel::ConvTranspose => "conv_transpose",
             Kernel::Activation => "activation",
             Kernel::Rescale => "rescale",
             Kernel::Softmax => "softmax",
@@ -102,6 +109,7 @@ impl Kernel {
             Kernel::Matmul | Kernel::SplitKReduce => &[GEMM, MATMUL],
             Kernel::Conv2d => &[GEMM, CONV2D],
             Kernel::Pool2d | Kernel::GlobalPool2d => &[POOL],
+            Kernel::DepthwiseConv | Kernel::ConvTranspose => &[CONV],
             Kernel::Activation | Kernel::Rescale => &[ELEMENTWISE],
             Kernel::Softmax => &[SOFTMAX],
             Kernel::Embedding => &[EMBEDDING],
@@ -121,9 +129,11 @@ impl Kernel {
     pub fn storage(self) -> &'static [Access] {
         use Access::{Read, ReadWrite};
         match self {
-            Kernel::Matmul | Kernel::Conv2d | Kernel::SplitKReduce => {
-                &[Read, Read, Read, ReadWrite]
-            }
+            Kernel::Matmul
+            | Kernel::Conv2d
+            | Kernel::SplitKReduce
+            | Kernel::DepthwiseConv
+            | Kernel::ConvTranspose => &[Read, Read, Read, ReadWrite],
             Kernel::Pool2d | Kernel::GlobalPool2d => &[Read, ReadWrite],
             Kernel::Activation | Kernel::Rescale => &[ReadWrite, Read, Read],
             Kernel::Softmax => &[ReadWrite],
@@ -143,6 +153,7 @@ impl Kernel {
             Kernel::Matmul | Kernel::Conv2d => &["a", "b", "bias", "c"],
             Kernel::SplitKReduce => &["partials", "-", "bias", "c"],
             Kernel::Pool2d | Kernel::GlobalPool2d => &["x", "y"],
+            Kernel::DepthwiseConv | Kernel::ConvTranspose => &["x", "kernel", "bias", "y"],
             Kernel::Activation | Kernel::Rescale => &["x", "scale", "offset"],
             Kernel::Softmax => &["x"],
             Kernel::Embedding => &["ids", "table", "y"],

@@ -15,8 +15,8 @@ use std::fmt::Write as _;
 
 use crate::error::{Error, Result};
 use crate::graph::{
-    Activation, CellKind, Conv2d, DType, Dense, Graph, MergeMode, Node, Op as GraphOp, PoolOp,
-    Recurrent, ValueId, Window2d,
+    Activation, CellKind, Conv, DType, Dense, Graph, MergeMode, Node, Op as GraphOp, Recurrent,
+    ValueId,
 };
 
 use super::kernels::{
@@ -24,6 +24,8 @@ use super::kernels::{
     SPLIT_K_TARGET_WORKGROUPS,
 };
 use super::weights::{weight_specs, WeightKey, WeightRole};
+
+mod conv;
 
 /// The device limits a plan must respect.
 #[derive(Debug, Clone, Copy)]
@@ -313,7 +315,8 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
-    /// Tiled GEMM (Dense, recurrent input projection, or Conv2D with `conv` geometry).
+    /// Tiled GEMM (Dense, recurrent input projection, or a convolution with `conv` geometry:
+    /// then n is the filters of one group and k the depth of one group).
     #[allow(clippy::too_many_arguments)]
     fn gemm(
         &mut self,
@@ -324,7 +327,7 @@ impl<'a> Builder<'a> {
         c: BufRef,
         [m, n, k]: [usize; 3],
         activation: &Activation,
-        conv: Option<&Conv2d>,
+        conv: Option<&Conv>,
     ) -> Result<()> {
         let l = self.layer(layer);
         let softmax = *activation == Activation::Softmax;
@@ -341,34 +344,63 @@ impl<'a> Builder<'a> {
             u32::from(bias != BufRef::Dummy),
         ]);
         let mut detail = String::new();
+        // Words after k_chunk: groups, in_c_total, depth axis, dilations.
+        let mut tail = vec![1u32, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let groups = conv.map_or(1, |c| c.groups.max(1));
         match conv {
             Some(c) => {
                 let w = &c.window;
                 params.extend(
                     [
-                        w.in_hw[0],
-                        w.in_hw[1],
-                        c.in_channels,
-                        w.out_hw[0],
-                        w.out_hw[1],
-                        w.kernel[0],
+                        w.input[1],
+                        w.input[2],
+                        c.in_channels / groups,
+                        w.output[1],
+                        w.output[2],
                         w.kernel[1],
-                        w.strides[0],
+                        w.kernel[2],
                         w.strides[1],
-                        w.pad_top_left[0],
-                        w.pad_top_left[1],
+                        w.strides[2],
+                        w.pad_before[1],
+                        w.pad_before[2],
                     ]
-                    .map(|v| v as u32),
+                    .iter()
+                    .map(|&v| to_u32(l, "conv geometry", v))
+                    .collect::<Result<Vec<_>>>()?,
                 );
-                write!(detail, "{}; ", window_text(w)).ok();
+                tail = [
+                    groups,
+                    c.in_channels,
+                    w.input[0],
+                    w.output[0],
+                    w.kernel[0],
+                    w.strides[0],
+                    w.pad_before[0],
+                    w.dilation[0],
+                    w.dilation[1],
+                    w.dilation[2],
+                ]
+                .iter()
+                .map(|&v| to_u32(l, "conv geometry", v))
+                .collect::<Result<Vec<_>>>()?;
+                write!(detail, "{}; ", w.text()).ok();
+                if groups > 1 {
+                    write!(detail, "{groups} groups of ").ok();
+                }
             }
             None => params.extend([0; 11]),
         }
         let tiles_m = m.div_ceil(GEMM_TILE as usize);
         let tiles_n = n.div_ceil(GEMM_TILE as usize);
-        let k_chunk = split_k_chunk(tiles_m * tiles_n, k);
+        // Groups walk their own columns; their partial sums would collide, so no split-K.
+        let k_chunk = if groups > 1 {
+            0
+        } else {
+            split_k_chunk(tiles_m * tiles_n, k)
+        };
         let splits = if k_chunk > 0 { k.div_ceil(k_chunk) } else { 1 };
         params.push(to_u32(l, "depth", k_chunk)?);
+        params.extend(tail);
         write!(
             detail,
             "M={m} N={n} K={k} in {tiles_m}x{tiles_n} tiles of {GEMM_TILE}x{GEMM_TILE}"
@@ -387,7 +419,7 @@ impl<'a> Builder<'a> {
         } else {
             Kernel::Matmul
         };
-        let tiles = (tiles_m * tiles_n) as u64;
+        let tiles = (tiles_m * tiles_n * groups) as u64;
         if splits == 1 {
             detail.push_str(&epilogue);
             self.dispatch(layer, kernel, vec![a, b, bias, c], params, tiles, 1, detail)?;
@@ -444,26 +476,6 @@ impl<'a> Builder<'a> {
         (elements as u64).div_ceil(u64::from(LINEAR_THREADS))
     }
 
-    fn conv2d(&mut self, i: usize, c: &Conv2d, x: BufRef) -> Result<BufRef> {
-        let w = &c.window;
-        let m = self.batch * w.out_hw[0] * w.out_hw[1];
-        let out = self.alloc(i, "output", m * c.filters);
-        let k = w.kernel[0] * w.kernel[1] * c.in_channels;
-        let kernel = self.weight(i, WeightRole::Kernel);
-        let bias = self.weight(i, WeightRole::Bias);
-        self.gemm(
-            i,
-            x,
-            kernel,
-            bias,
-            out,
-            [m, c.filters, k],
-            &c.activation,
-            Some(c),
-        )?;
-        Ok(out)
-    }
-
     fn dense(&mut self, i: usize, d: &Dense, x: BufRef) -> Result<BufRef> {
         let k = d.in_features;
         let rows = self.batch * self.in_shape(i).iter().product::<usize>() / k.max(1);
@@ -479,84 +491,6 @@ impl<'a> Builder<'a> {
             [rows, d.units, k],
             &d.activation,
             None,
-        )?;
-        Ok(out)
-    }
-
-    fn pool2d(
-        &mut self,
-        i: usize,
-        op: PoolOp,
-        w: &Window2d,
-        channels: usize,
-        x: BufRef,
-    ) -> Result<BufRef> {
-        let l = self.layer(i);
-        let out_len = self.batch * w.out_hw[0] * w.out_hw[1] * channels;
-        let params = [
-            self.batch,
-            w.in_hw[0],
-            w.in_hw[1],
-            channels,
-            w.out_hw[0],
-            w.out_hw[1],
-            w.kernel[0],
-            w.kernel[1],
-            w.strides[0],
-            w.strides[1],
-            w.pad_top_left[0],
-            w.pad_top_left[1],
-            usize::from(op == PoolOp::Max),
-            0,
-            0,
-            0,
-        ]
-        .iter()
-        .map(|&v| to_u32(l, "pool", v))
-        .collect::<Result<Vec<_>>>()?;
-        let out = self.alloc(i, "output", out_len);
-        let detail = format!("{} {}", pool_name(op), window_text(w));
-        self.dispatch(
-            i,
-            Kernel::Pool2d,
-            vec![x, out],
-            params,
-            Self::linear_workgroups(out_len),
-            1,
-            detail,
-        )?;
-        Ok(out)
-    }
-
-    fn global_pool2d(&mut self, i: usize, op: PoolOp, x: BufRef) -> Result<BufRef> {
-        let l = self.layer(i);
-        let [h, w, c] = match self.in_shape(i) {
-            &[h, w, c] => [h, w, c],
-            other => {
-                return Err(layer_error(
-                    l,
-                    "input_shape",
-                    format!("{other:?} is not (height, width, channels)"),
-                ))
-            }
-        };
-        let mut params = vec![0u32; 16];
-        params[0] = to_u32(l, "batch", self.batch)?;
-        params[1] = to_u32(l, "height", h)?;
-        params[2] = to_u32(l, "width", w)?;
-        params[3] = to_u32(l, "channels", c)?;
-        params[12] = u32::from(op == PoolOp::Max);
-        let out_len = self.batch * c;
-        let out = self.alloc(i, "output", out_len);
-        let detail = format!("{} over {h}x{w} positions", pool_name(op));
-        self.dispatch(
-            i,
-            Kernel::GlobalPool2d,
-            vec![x, out],
-            params,
-            Self::linear_workgroups(out_len),
-            1,
-            detail,
         )?;
         Ok(out)
     }
@@ -834,29 +768,6 @@ fn split_k_chunk(tiles: usize, k: usize) -> usize {
     k.div_ceil(splits).div_ceil(GEMM_K_SLICE) * GEMM_K_SLICE
 }
 
-fn pool_name(op: PoolOp) -> &'static str {
-    match op {
-        PoolOp::Max => "max",
-        PoolOp::Average => "average",
-    }
-}
-
-fn window_text(w: &Window2d) -> String {
-    format!(
-        "{}x{} stride {}x{} {} pad {},{}",
-        w.kernel[0],
-        w.kernel[1],
-        w.strides[0],
-        w.strides[1],
-        match w.padding {
-            crate::graph::Padding::Same => "same",
-            crate::graph::Padding::Valid => "valid",
-        },
-        w.pad_top_left[0],
-        w.pad_top_left[1]
-    )
-}
-
 impl Builder<'_> {
     /// The buffer an in-place op on value `v` may write: its own when nothing reads it later,
     /// else a fresh copy.
@@ -905,9 +816,11 @@ impl Builder<'_> {
             Error::Internal(format!("node '{}' reads a value with no buffer", node.name))
         })?;
         let out = match &node.op {
-            GraphOp::Conv2d(c) => self.conv2d(i, c, x)?,
-            GraphOp::Pool2d(p) => self.pool2d(i, p.op, &p.window, p.channels, x)?,
-            GraphOp::GlobalPool2d { op, .. } => self.global_pool2d(i, *op, x)?,
+            GraphOp::Conv(c) => self.conv(i, c, x)?,
+            GraphOp::DepthwiseConv(c) => self.depthwise_conv(i, c, x)?,
+            GraphOp::ConvTranspose(c) => self.conv_transpose(i, c, x)?,
+            GraphOp::Pool(p) => self.pool(i, p, x)?,
+            GraphOp::GlobalPool { op, rank, .. } => self.global_pool(i, *op, *rank, x)?,
             GraphOp::Dense(d) => self.dense(i, d, x)?,
             GraphOp::Activation(a) => {
                 if *a == Activation::Linear {

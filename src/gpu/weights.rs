@@ -2,12 +2,13 @@
 //! per runtime and shared by the plans of every batch size.
 
 use crate::error::{Error, Result};
-use crate::graph::{Conv2d, Dense, Graph, Op, ParamStore, Recurrent};
+use crate::graph::{Conv, ConvTranspose, Dense, DepthwiseConv, Graph, Op, ParamStore, Recurrent};
 
 /// What a weight buffer holds for its layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum WeightRole {
-    /// Dense (in, out); Conv2D HWIO, which is already the (kh*kw*in, out) GEMM matrix;
+    /// Dense (in, out); Conv (k..., in/groups, out), which is already the (taps*in/groups, out)
+    /// GEMM matrix; depthwise (k..., C, M) and transposed (k..., out, in) as Keras stores them;
     /// recurrent: the input kernels of all directions side by side, (features, dirs*gates*units).
     Kernel,
     /// Dense/Conv2D bias; recurrent: the biases of all directions, concatenated.
@@ -60,7 +61,10 @@ pub fn weight_specs(graph: &Graph) -> Vec<WeightSpec> {
             })
         };
         match &n.op {
-            Op::Conv2d(Conv2d { kernel, bias, .. }) | Op::Dense(Dense { kernel, bias, .. }) => {
+            Op::Conv(Conv { kernel, bias, .. })
+            | Op::DepthwiseConv(DepthwiseConv { kernel, bias, .. })
+            | Op::ConvTranspose(ConvTranspose { kernel, bias, .. })
+            | Op::Dense(Dense { kernel, bias, .. }) => {
                 add(WeightRole::Kernel, p.len_of(*kernel));
                 if let Some(b) = bias {
                     add(WeightRole::Bias, p.len_of(*b));
@@ -82,8 +86,8 @@ pub fn weight_specs(graph: &Graph) -> Vec<WeightSpec> {
                 let recurrent = r.cells().map(|c| p.len_of(c.recurrent_kernel)).sum();
                 add(WeightRole::RecurrentKernel, recurrent);
             }
-            Op::Pool2d(_)
-            | Op::GlobalPool2d { .. }
+            Op::Pool(_)
+            | Op::GlobalPool { .. }
             | Op::Activation(_)
             | Op::Reshape { .. }
             | Op::Identity
@@ -119,12 +123,19 @@ pub fn weight_values(graph: &Graph, key: WeightKey) -> Result<Vec<f32>> {
     };
     let values = match (&node.op, key.role) {
         (
-            Op::Conv2d(Conv2d { kernel, .. }) | Op::Dense(Dense { kernel, .. }),
+            Op::Conv(Conv { kernel, .. })
+            | Op::DepthwiseConv(DepthwiseConv { kernel, .. })
+            | Op::ConvTranspose(ConvTranspose { kernel, .. })
+            | Op::Dense(Dense { kernel, .. }),
             WeightRole::Kernel,
         ) => p.slice(*kernel).to_vec(),
-        (Op::Conv2d(Conv2d { bias, .. }) | Op::Dense(Dense { bias, .. }), WeightRole::Bias) => {
-            p.slice(bias.ok_or_else(missing)?).to_vec()
-        }
+        (
+            Op::Conv(Conv { bias, .. })
+            | Op::DepthwiseConv(DepthwiseConv { bias, .. })
+            | Op::ConvTranspose(ConvTranspose { bias, .. })
+            | Op::Dense(Dense { bias, .. }),
+            WeightRole::Bias,
+        ) => p.slice(bias.ok_or_else(missing)?).to_vec(),
         (Op::Embedding(e), WeightRole::Table) => p.slice(e.table).to_vec(),
         (Op::Rescaling { scale, .. }, WeightRole::Scale) => scale.clone(),
         (Op::Rescaling { offset, .. }, WeightRole::Offset) => offset.clone(),

@@ -98,6 +98,7 @@ impl<'a> LayerConfig<'a> {
     }
 
     /// A 2-tuple like `kernel_size`, given as `[a, b]` or a single integer.
+    #[allow(dead_code)] // for 2-D layers of other families (padding, cropping, upsampling)
     pub fn pair(&self, field: &str) -> Result<[usize; 2]> {
         let v = self
             .get(field)
@@ -105,6 +106,7 @@ impl<'a> LayerConfig<'a> {
         self.pair_value(field, v)
     }
 
+    #[allow(dead_code)]
     pub fn pair_or(&self, field: &str, default: [usize; 2]) -> Result<[usize; 2]> {
         match self.get(field) {
             None => Ok(default),
@@ -128,6 +130,49 @@ impl<'a> LayerConfig<'a> {
             return Err(bad());
         }
         Ok(pair)
+    }
+
+    /// An n-tuple like Conv3D's `kernel_size`, given as a list of n positive integers or a single
+    /// integer; `default` when absent.
+    pub fn tuple_or(&self, field: &str, n: usize, default: Option<usize>) -> Result<Vec<usize>> {
+        let v = match (self.get(field), default) {
+            (Some(v), _) => v,
+            (None, Some(d)) => return Ok(vec![d; n]),
+            (None, None) => return Err(self.error(field, "missing")),
+        };
+        self.tuple_value(field, n, v, 1)
+    }
+
+    /// Like [`Self::tuple_or`] but zeros are allowed (`output_padding`); None when absent.
+    pub fn tuple0(&self, field: &str, n: usize) -> Result<Option<Vec<usize>>> {
+        self.get(field)
+            .map(|v| self.tuple_value(field, n, v, 0))
+            .transpose()
+    }
+
+    fn tuple_value(&self, field: &str, n: usize, v: &Value, min: usize) -> Result<Vec<usize>> {
+        let what = if min == 0 { "non-negative" } else { "positive" };
+        let bad = || self.error(field, format!("expected {n} {what} integer(s), found {v}"));
+        let items = match v {
+            Value::Array(items) if items.len() == n => items
+                .iter()
+                .map(|x| as_usize(x).ok_or_else(bad))
+                .collect::<Result<Vec<_>>>()?,
+            Value::Array(_) => return Err(bad()),
+            other => vec![as_usize(other).ok_or_else(bad)?; n],
+        };
+        if items.iter().any(|&x| x < min) {
+            return Err(bad());
+        }
+        Ok(items)
+    }
+
+    /// `padding` where Conv1D's `causal` is allowed too.
+    pub fn padding_or_causal(&self) -> Result<Padding> {
+        match self.str_or("padding", "valid")? {
+            "causal" => Ok(Padding::Causal),
+            _ => self.padding(),
+        }
     }
 
     pub fn padding(&self) -> Result<Padding> {

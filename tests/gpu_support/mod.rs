@@ -141,7 +141,7 @@ impl Chain {
                 self.shape()
             )
         };
-        let window = Window2d::new(kernel, strides, padding, [h, w]);
+        let window = Window::new(&kernel, &strides, &[1, 1], padding, &[h, w]);
         let fan_in = kernel[0] * kernel[1] * c;
         let weights = rng.array(
             &[kernel[0], kernel[1], c, filters],
@@ -152,10 +152,11 @@ impl Chain {
             let b = rng.array(&[filters], 0.3);
             self.param(&format!("{name}/bias"), b)
         });
-        let op = Op::Conv2d(Conv2d {
+        let op = Op::Conv(Conv {
             filters,
             window,
             in_channels: c,
+            groups: 1,
             kernel,
             bias,
             activation,
@@ -177,8 +178,8 @@ impl Chain {
                 self.shape()
             )
         };
-        let window = Window2d::new(pool, strides, padding, [h, w]);
-        let op = Op::Pool2d(Pool2d {
+        let window = Window::new(&pool, &strides, &[1, 1], padding, &[h, w]);
+        let op = Op::Pool(Pool {
             op,
             window,
             channels: c,

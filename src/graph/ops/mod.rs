@@ -12,11 +12,14 @@ pub mod pool;
 pub mod recurrent;
 
 pub use activation::Activation;
-pub use conv::{window_output, Conv2d, Padding, Window2d};
+pub use conv::{
+    axis_output, to_dhw, transpose_axis, window_output, Conv, ConvTranspose, DepthwiseConv,
+    Padding, Window, Window2d,
+};
 pub use dense::Dense;
 pub use embedding::Embedding;
 pub use merge::{BinaryOp, Dot, Interpolation, Merge, ScalarOp, StridedCopy};
-pub use pool::{Pool2d, PoolOp};
+pub use pool::{Pool, PoolOp};
 pub use recurrent::{CellKind, MergeMode, Recurrent, RecurrentCell};
 
 use super::params::{ParamId, ParamStore};
@@ -27,12 +30,18 @@ pub type ShapeResult<T> = std::result::Result<T, String>;
 
 #[derive(Debug, Clone)]
 pub enum Op {
-    Conv2d(Conv2d),
-    Pool2d(Pool2d),
-    /// Over H and W of NHWC.
-    GlobalPool2d {
+    /// Conv1D/2D/3D, with groups and dilation.
+    Conv(Conv),
+    DepthwiseConv(DepthwiseConv),
+    ConvTranspose(ConvTranspose),
+    /// Max and average pooling, 1-D to 3-D.
+    Pool(Pool),
+    /// Over the `rank` spatial axes of a channels-last tensor. A 1-D average reads the padding
+    /// mask when one reaches it (Keras averages over the unmasked steps).
+    GlobalPool {
         op: PoolOp,
         keepdims: bool,
+        rank: usize,
     },
     Dense(Dense),
     Activation(Activation),
@@ -90,9 +99,11 @@ impl Op {
     /// Short name for plans and messages.
     pub fn name(&self) -> &'static str {
         match self {
-            Op::Conv2d(_) => "conv2d",
-            Op::Pool2d(_) => "pool2d",
-            Op::GlobalPool2d { .. } => "global_pool2d",
+            Op::Conv(_) => "conv",
+            Op::DepthwiseConv(_) => "depthwise_conv",
+            Op::ConvTranspose(_) => "conv_transpose",
+            Op::Pool(_) => "pool",
+            Op::GlobalPool { .. } => "global_pool",
             Op::Dense(_) => "dense",
             Op::Activation(_) => "activation",
             Op::Rescaling { .. } => "rescaling",
@@ -140,21 +151,35 @@ impl Op {
             Ok(())
         };
         match self {
-            Op::Conv2d(c) => {
+            Op::Conv(c) => {
                 let x = one(DType::F32)?;
-                let w = &c.window;
-                check_param(
-                    c.kernel,
-                    &[w.kernel[0], w.kernel[1], c.in_channels, c.filters],
-                )?;
+                let shape = c.output_shape(&x.shape)?;
+                check_param(c.kernel, &c.kernel_shape())?;
+                if let Some(b) = c.bias {
+                    check_param(b, &[c.filters])?;
+                }
+                float(shape)
+            }
+            Op::DepthwiseConv(c) => {
+                let x = one(DType::F32)?;
+                check_param(c.kernel, &c.kernel_shape())?;
+                if let Some(b) = c.bias {
+                    check_param(b, &[c.out_channels()])?;
+                }
+                float(c.output_shape(&x.shape)?)
+            }
+            Op::ConvTranspose(c) => {
+                let x = one(DType::F32)?;
+                check_param(c.kernel, &c.kernel_shape())?;
                 if let Some(b) = c.bias {
                     check_param(b, &[c.filters])?;
                 }
                 float(c.output_shape(&x.shape)?)
             }
-            Op::Pool2d(p) => float(p.output_shape(&one(DType::F32)?.shape)?),
-            Op::GlobalPool2d { keepdims, .. } => float(pool::global_pool2d_shape(
+            Op::Pool(p) => float(p.output_shape(&one(DType::F32)?.shape)?),
+            Op::GlobalPool { keepdims, rank, .. } => float(pool::global_pool_shape(
                 &one(DType::F32)?.shape,
+                *rank,
                 *keepdims,
             )?),
             Op::Dense(d) => {
@@ -271,13 +296,25 @@ impl Op {
 
     /// Whether the op reads a mask when one reaches its input.
     pub fn takes_mask(&self) -> bool {
-        matches!(self, Op::Recurrent(_))
+        matches!(
+            self,
+            Op::Recurrent(_)
+                | Op::GlobalPool {
+                    op: PoolOp::Average,
+                    rank: 1,
+                    ..
+                }
+        )
     }
 
     /// The parameters the op reads, in Keras's weight order.
     pub fn params(&self) -> Vec<ParamId> {
         match self {
-            Op::Conv2d(c) => std::iter::once(c.kernel).chain(c.bias).collect(),
+            Op::Conv(Conv { kernel, bias, .. })
+            | Op::DepthwiseConv(DepthwiseConv { kernel, bias, .. })
+            | Op::ConvTranspose(ConvTranspose { kernel, bias, .. }) => {
+                std::iter::once(*kernel).chain(*bias).collect()
+            }
             Op::Dense(d) => std::iter::once(d.kernel).chain(d.bias).collect(),
             Op::Embedding(e) => vec![e.table],
             Op::Recurrent(r) => r
@@ -285,8 +322,8 @@ impl Op {
                 .flat_map(|c| [Some(c.kernel), Some(c.recurrent_kernel), c.bias])
                 .flatten()
                 .collect(),
-            Op::Pool2d(_)
-            | Op::GlobalPool2d { .. }
+            Op::Pool(_)
+            | Op::GlobalPool { .. }
             | Op::Activation(_)
             | Op::Rescaling { .. }
             | Op::Reshape { .. }
@@ -308,9 +345,14 @@ impl Op {
     pub fn flops(&self, inputs: &[&ValueInfo], outputs: &[&ValueInfo], params: &ParamStore) -> u64 {
         let out: u64 = outputs.iter().map(|v| v.elements() as u64).sum();
         match self {
-            Op::Conv2d(c) => {
-                let k = (c.window.kernel[0] * c.window.kernel[1] * c.in_channels) as u64;
+            Op::Conv(c) => {
+                let k = (c.window.taps() * c.in_channels / c.groups.max(1)) as u64;
                 2 * out * k
+            }
+            Op::DepthwiseConv(c) => 2 * out * c.window.taps() as u64,
+            Op::ConvTranspose(c) => {
+                let x: u64 = inputs.iter().map(|v| v.elements() as u64).sum();
+                2 * x * (c.taps() * c.filters) as u64
             }
             Op::Dense(d) => 2 * out * d.in_features as u64,
             Op::Recurrent(r) => r
@@ -320,8 +362,8 @@ impl Op {
                     2 * r.timesteps as u64 * weights as u64
                 })
                 .sum(),
-            Op::Pool2d(p) => out * (p.window.kernel[0] * p.window.kernel[1]) as u64,
-            Op::GlobalPool2d { .. } => inputs.iter().map(|v| v.elements() as u64).sum(),
+            Op::Pool(p) => out * p.window.taps() as u64,
+            Op::GlobalPool { .. } => inputs.iter().map(|v| v.elements() as u64).sum(),
             Op::Merge(_) => out * inputs.len().saturating_sub(1) as u64,
             Op::Scalar(_) => out,
             Op::Dot(d) => match inputs {
@@ -350,25 +392,33 @@ impl Op {
     /// The op's options in a few words, for `wgnn info`.
     pub fn detail(&self) -> String {
         match self {
-            Op::Conv2d(c) => format!(
-                "{}x{} /{}x{} {:?} {}",
-                c.window.kernel[0],
-                c.window.kernel[1],
-                c.window.strides[0],
-                c.window.strides[1],
-                c.window.padding,
+            Op::Conv(c) => {
+                let mut s = format!("{} {}", c.window.text(), c.activation.name());
+                if c.groups > 1 {
+                    s += &format!(" groups={}", c.groups);
+                }
+                s
+            }
+            Op::DepthwiseConv(c) => format!(
+                "{} x{} {}",
+                c.window.text(),
+                c.multiplier,
                 c.activation.name()
             ),
-            Op::Pool2d(p) => format!(
-                "{:?} {}x{} /{}x{} {:?}",
-                p.op,
-                p.window.kernel[0],
-                p.window.kernel[1],
-                p.window.strides[0],
-                p.window.strides[1],
-                p.window.padding
-            ),
-            Op::GlobalPool2d { op, .. } => op.name().to_string(),
+            Op::ConvTranspose(c) => {
+                let r = 3 - c.rank;
+                format!(
+                    "{:?} /{:?} dil {:?} {:?} -> {:?} {}",
+                    &c.kernel_size[r..],
+                    &c.strides[r..],
+                    &c.dilation[r..],
+                    c.padding,
+                    &c.output[r..],
+                    c.activation.name()
+                )
+            }
+            Op::Pool(p) => format!("{:?} {}", p.op, p.window.text()),
+            Op::GlobalPool { op, .. } => op.name().to_string(),
             Op::Dense(d) => d.activation.name().to_string(),
             Op::Activation(a) => a.name().to_string(),
             Op::Embedding(e) if e.mask_zero => "mask_zero".into(),

@@ -1,6 +1,6 @@
-//! Max and average pooling over 2-D windows, and global pooling.
+//! Max and average pooling over 1-, 2- and 3-D windows, and global pooling.
 
-use super::conv::Window2d;
+use super::conv::Window;
 use super::ShapeResult;
 use crate::graph::Shape;
 
@@ -19,29 +19,35 @@ impl PoolOp {
     }
 }
 
+/// MaxPooling1D/2D/3D and AveragePooling1D/2D/3D. Windows are clipped to the input like
+/// TensorFlow's: padding never wins a max, and averages divide by the in-bounds count.
 #[derive(Debug, Clone)]
-pub struct Pool2d {
+pub struct Pool {
     pub op: PoolOp,
-    pub window: Window2d,
+    pub window: Window,
     pub channels: usize,
 }
 
-impl Pool2d {
+impl Pool {
     pub fn output_shape(&self, input: &[usize]) -> ShapeResult<Shape> {
-        if input.last() != Some(&self.channels) {
-            return Err(format!(
-                "input {input:?} does not have {} channels",
-                self.channels
-            ));
-        }
-        self.window.output_shape(input, self.channels)
+        self.window
+            .output_shape(input, self.channels, self.channels)
     }
 }
 
-/// Global pooling over H and W of an (H, W, C) tensor.
-pub fn global_pool2d_shape(input: &[usize], keepdims: bool) -> ShapeResult<Shape> {
-    match input {
-        [_, _, c] => Ok(if keepdims { vec![1, 1, *c] } else { vec![*c] }),
-        _ => Err(format!("expects (H, W, C) input, got {input:?}")),
+/// Global pooling over the `rank` spatial axes of a (spatial..., C) tensor.
+pub fn global_pool_shape(input: &[usize], rank: usize, keepdims: bool) -> ShapeResult<Shape> {
+    if input.len() != rank + 1 || input[..rank].contains(&0) {
+        return Err(format!(
+            "expects {rank} spatial axes and channels, got {input:?}"
+        ));
     }
+    let c = input[rank];
+    Ok(if keepdims {
+        let mut s = vec![1; rank];
+        s.push(c);
+        s
+    } else {
+        vec![c]
+    })
 }

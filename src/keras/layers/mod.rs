@@ -41,12 +41,39 @@ impl Builder<'_> {
             "InputLayer" => {
                 return Err(cfg.error("class_name", "an InputLayer in the middle of the model"))
             }
-            "Conv2D" | "Convolution2D" => self.conv2d(cfg, &info)?,
-            "MaxPooling2D" | "MaxPool2D" => self.pool2d(cfg, &info, PoolOp::Max)?,
-            "AveragePooling2D" | "AvgPool2D" => self.pool2d(cfg, &info, PoolOp::Average)?,
-            "GlobalMaxPooling2D" | "GlobalMaxPool2D" => self.global_pool2d(cfg, PoolOp::Max)?,
+            "Conv1D" | "Convolution1D" => self.conv(cfg, &info, 1)?,
+            "Conv2D" | "Convolution2D" => self.conv(cfg, &info, 2)?,
+            "Conv3D" | "Convolution3D" => self.conv(cfg, &info, 3)?,
+            "DepthwiseConv1D" => self.depthwise_conv(cfg, &info, 1)?,
+            "DepthwiseConv2D" => self.depthwise_conv(cfg, &info, 2)?,
+            "SeparableConv1D" | "SeparableConvolution1D" => return self.separable_conv(cfg, x, 1),
+            "SeparableConv2D" | "SeparableConvolution2D" => return self.separable_conv(cfg, x, 2),
+            "Conv1DTranspose" | "Convolution1DTranspose" => self.conv_transpose(cfg, &info, 1)?,
+            "Conv2DTranspose" | "Convolution2DTranspose" => self.conv_transpose(cfg, &info, 2)?,
+            "Conv3DTranspose" | "Convolution3DTranspose" => self.conv_transpose(cfg, &info, 3)?,
+            "MaxPooling1D" | "MaxPool1D" => self.pool(cfg, &info, 1, PoolOp::Max)?,
+            "MaxPooling2D" | "MaxPool2D" => self.pool(cfg, &info, 2, PoolOp::Max)?,
+            "MaxPooling3D" | "MaxPool3D" => self.pool(cfg, &info, 3, PoolOp::Max)?,
+            "AveragePooling1D" | "AvgPool1D" => self.pool(cfg, &info, 1, PoolOp::Average)?,
+            "AveragePooling2D" | "AvgPool2D" => self.pool(cfg, &info, 2, PoolOp::Average)?,
+            "AveragePooling3D" | "AvgPool3D" => self.pool(cfg, &info, 3, PoolOp::Average)?,
+            "GlobalMaxPooling1D" | "GlobalMaxPool1D" => {
+                self.global_pool(cfg, &info, 1, PoolOp::Max)?
+            }
+            "GlobalMaxPooling2D" | "GlobalMaxPool2D" => {
+                self.global_pool(cfg, &info, 2, PoolOp::Max)?
+            }
+            "GlobalMaxPooling3D" | "GlobalMaxPool3D" => {
+                self.global_pool(cfg, &info, 3, PoolOp::Max)?
+            }
+            "GlobalAveragePooling1D" | "GlobalAvgPool1D" => {
+                self.global_pool(cfg, &info, 1, PoolOp::Average)?
+            }
             "GlobalAveragePooling2D" | "GlobalAvgPool2D" => {
-                self.global_pool2d(cfg, PoolOp::Average)?
+                self.global_pool(cfg, &info, 2, PoolOp::Average)?
+            }
+            "GlobalAveragePooling3D" | "GlobalAvgPool3D" => {
+                self.global_pool(cfg, &info, 3, PoolOp::Average)?
             }
             "Flatten" => {
                 cfg.require_channels_last()?;
@@ -74,8 +101,7 @@ impl Builder<'_> {
             "ZeroPadding1D" | "ZeroPadding2D" | "ZeroPadding3D" | "Cropping1D" | "Cropping2D"
             | "Cropping3D" | "UpSampling1D" | "UpSampling2D" | "UpSampling3D" | "Permute"
             | "RepeatVector" => self.shape_layer(cfg, &info)?,
-            "GRU" | "ConvLSTM2D" | "Conv1D" | "Conv3D" | "DepthwiseConv2D" | "SeparableConv2D"
-            | "Conv2DTranspose" | "BatchNormalization" | "LayerNormalization" | "Masking"
+            "GRU" | "ConvLSTM2D" | "BatchNormalization" | "LayerNormalization" | "Masking"
             | "Attention" | "MultiHeadAttention" | "TimeDistributed" | "RNN" => {
                 return Err(cfg.error(
                     "class_name",

@@ -130,9 +130,7 @@ impl Kernel {
             Kernel::Embedding => &[Read, Read, ReadWrite],
             Kernel::RnnStep => &[Read, Read, ReadWrite, ReadWrite, Read],
             Kernel::RnnMerge => &[Read, ReadWrite],
-            Kernel::Binary | Kernel::NormalizeRows | Kernel::BatchedDot => {
-                &[Read, Read, ReadWrite]
-            }
+            Kernel::Binary | Kernel::NormalizeRows | Kernel::BatchedDot => &[Read, Read, ReadWrite],
             Kernel::StridedCopy | Kernel::Bilinear => &[Read, ReadWrite],
         }
     }

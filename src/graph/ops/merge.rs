@@ -251,8 +251,7 @@ impl StridedCopy {
     /// The same copy with size-1 axes dropped and neighbouring axes merged where both sides
     /// walk them as one (fewer, longer axes: what the GPU kernel's fixed rank needs).
     pub fn coalesced(&self) -> StridedCopy {
-        let (shape, mut strides) =
-            coalesce(&self.shape, &[&self.src_strides, &self.dst_strides]);
+        let (shape, mut strides) = coalesce(&self.shape, &[&self.src_strides, &self.dst_strides]);
         let dst_strides = strides.pop().expect("two stride sets");
         let src_strides = strides.pop().expect("two stride sets");
         StridedCopy {
@@ -416,7 +415,12 @@ pub fn concat_shape(axis: usize, inputs: &[&[usize]]) -> ShapeResult<Shape> {
 }
 
 /// The copies that concatenate `inputs` along item axis `axis` into a tensor of item shape `out`.
-pub fn concat_copies(axis: usize, inputs: &[&[usize]], out: &[usize], batch: usize) -> Vec<StridedCopy> {
+pub fn concat_copies(
+    axis: usize,
+    inputs: &[&[usize]],
+    out: &[usize],
+    batch: usize,
+) -> Vec<StridedCopy> {
     let out_strides = contiguous_strides(out);
     let mut offset = 0;
     inputs

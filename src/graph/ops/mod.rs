@@ -256,7 +256,9 @@ impl Op {
             Op::Permute { perm } => float(merge::permute_shape(perm, &one(DType::F32)?.shape)?),
             Op::RepeatVector { n } => match one(DType::F32)?.shape.as_slice() {
                 [f] => float(vec![*n, *f]),
-                other => Err(format!("RepeatVector needs (features) input, got {other:?}")),
+                other => Err(format!(
+                    "RepeatVector needs (features) input, got {other:?}"
+                )),
             },
             Op::Upsample {
                 factors,

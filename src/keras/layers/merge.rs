@@ -26,7 +26,11 @@ fn item_axis(cfg: &LayerConfig, field: &str, axis: i64, rank: usize) -> Result<u
             field,
             format!(
                 "axis {axis} is {} for inputs of rank {rank} (with the batch)",
-                if full == 0 { "the batch axis" } else { "out of range" }
+                if full == 0 {
+                    "the batch axis"
+                } else {
+                    "out of range"
+                }
             ),
         ));
     }
@@ -57,10 +61,15 @@ impl Builder<'_> {
         if inputs.len() < 2 && cfg.class != "Concatenate" {
             return Err(cfg.error(
                 "inbound_nodes",
-                format!("a {} layer needs a list of at least two inputs, got {}", cfg.class, inputs.len()),
+                format!(
+                    "a {} layer needs a list of at least two inputs, got {}",
+                    cfg.class,
+                    inputs.len()
+                ),
             ));
         }
-        let masks: Vec<Option<ValueId>> = inputs.iter().map(|v| self.masks.get(v).copied()).collect();
+        let masks: Vec<Option<ValueId>> =
+            inputs.iter().map(|v| self.masks.get(v).copied()).collect();
         let any_mask = masks.iter().any(Option::is_some);
         let op = match cfg.class.as_str() {
             "Concatenate" => {
@@ -80,7 +89,9 @@ impl Builder<'_> {
                     "Maximum" => (BinaryOp::Maximum, false),
                     "Minimum" => (BinaryOp::Minimum, false),
                     other => {
-                        return Err(cfg.error("class_name", format!("'{other}' is not a merge layer")))
+                        return Err(
+                            cfg.error("class_name", format!("'{other}' is not a merge layer"))
+                        )
                     }
                 };
                 if class == "Subtract" && inputs.len() != 2 {
@@ -163,7 +174,9 @@ impl Builder<'_> {
             ));
         };
         let ranks = [self.info(*x).shape.len() + 1, self.info(*y).shape.len() + 1];
-        let axes_value = cfg.get("axes").ok_or_else(|| cfg.error("axes", "missing"))?;
+        let axes_value = cfg
+            .get("axes")
+            .ok_or_else(|| cfg.error("axes", "missing"))?;
         let axes = int_list(axes_value).ok_or_else(|| {
             cfg.unsupported("axes", axes_value, "an integer or a pair of integers")
         })?;
@@ -171,11 +184,7 @@ impl Builder<'_> {
             [a] => [*a, *a],
             [a, b] => [*a, *b],
             _ => {
-                return Err(cfg.unsupported(
-                    "axes",
-                    axes_value,
-                    "an integer or a pair of integers",
-                ))
+                return Err(cfg.unsupported("axes", axes_value, "an integer or a pair of integers"))
             }
         };
         Ok(Dot {
@@ -220,7 +229,10 @@ impl Builder<'_> {
         };
         let items = args.as_array().map(Vec::as_slice).unwrap_or(&[]);
         if items.len() != 2 {
-            return Err(cfg.error("args", format!("expects two arguments, got {}", items.len())));
+            return Err(cfg.error(
+                "args",
+                format!("expects two arguments, got {}", items.len()),
+            ));
         }
         let is_tensor = |v: &Value| v.is_object() || v.is_array();
         let y = match (&items[0], &items[1], inputs) {
@@ -264,11 +276,23 @@ impl Builder<'_> {
 
     /// `[before, after]` pairs for `n` spatial axes from a padding/cropping field: an int (all
     /// sides), `n` ints (symmetric per axis; for n = 1 the pair is before/after), or `n` pairs.
-    fn spatial_pairs(&self, cfg: &LayerConfig, field: &str, n: usize, default: usize) -> Result<Vec<[usize; 2]>> {
+    fn spatial_pairs(
+        &self,
+        cfg: &LayerConfig,
+        field: &str,
+        n: usize,
+        default: usize,
+    ) -> Result<Vec<[usize; 2]>> {
         let Some(v) = cfg.get(field) else {
             return Ok(vec![[default, default]; n]);
         };
-        let bad = || cfg.unsupported(field, v, "an integer, a tuple of integers, or a tuple of (before, after) pairs");
+        let bad = || {
+            cfg.unsupported(
+                field,
+                v,
+                "an integer, a tuple of integers, or a tuple of (before, after) pairs",
+            )
+        };
         let pair_of = |p: &Value| -> Option<[usize; 2]> {
             match p {
                 Value::Array(ab) if ab.len() == 2 => Some([as_usize(&ab[0])?, as_usize(&ab[1])?]),
@@ -276,7 +300,9 @@ impl Builder<'_> {
             }
         };
         match v {
-            Value::Array(items) if n == 1 && items.len() == 2 && items.iter().all(|i| !i.is_array()) => {
+            Value::Array(items)
+                if n == 1 && items.len() == 2 && items.iter().all(|i| !i.is_array()) =>
+            {
                 Ok(vec![pair_of(v).ok_or_else(bad)?])
             }
             Value::Array(items) if items.len() == n => {
@@ -368,7 +394,9 @@ impl Builder<'_> {
                 }
             }
             "Permute" => {
-                let v = cfg.get("dims").ok_or_else(|| cfg.error("dims", "missing"))?;
+                let v = cfg
+                    .get("dims")
+                    .ok_or_else(|| cfg.error("dims", "missing"))?;
                 let dims = int_list(v)
                     .filter(|d| d.iter().all(|&a| a >= 1))
                     .ok_or_else(|| cfg.unsupported("dims", v, "a permutation of 1..rank"))?;
@@ -376,9 +404,7 @@ impl Builder<'_> {
                 Op::Permute { perm }
             }
             "RepeatVector" => Op::RepeatVector { n: cfg.usize("n")? },
-            other => {
-                return Err(cfg.error("class_name", format!("'{other}' is not a shape layer")))
-            }
+            other => return Err(cfg.error("class_name", format!("'{other}' is not a shape layer"))),
         };
         Ok(op)
     }
@@ -477,7 +503,10 @@ impl Builder<'_> {
             }
             ("ZerosLike" | "OnesLike", [x]) => {
                 if cfg.str_or("dtype", "")? != "bool" {
-                    return Err(cfg.error("dtype", format!("{} is supported only as a boolean mask", cfg.class)));
+                    return Err(cfg.error(
+                        "dtype",
+                        format!("{} is supported only as a boolean mask", cfg.class),
+                    ));
                 }
                 let shape = self.info(*x).shape.clone();
                 self.new_mask_expr(shape, MaskExpr::Const(cfg.class == "OnesLike"))
@@ -507,9 +536,13 @@ impl Builder<'_> {
                 self.term_value(term, shape)
             }
             ("Concatenate", _) if inputs.iter().any(|&v| self.mask_term(v).is_some()) => {
-                let terms: Option<Vec<MaskTerm>> = inputs.iter().map(|&v| self.mask_term(v)).collect();
+                let terms: Option<Vec<MaskTerm>> =
+                    inputs.iter().map(|&v| self.mask_term(v)).collect();
                 let terms = terms.ok_or_else(|| unsupported("Concatenate of masks and values"))?;
-                let shapes: Vec<&[usize]> = inputs.iter().map(|&v| self.info(v).shape.as_slice()).collect();
+                let shapes: Vec<&[usize]> = inputs
+                    .iter()
+                    .map(|&v| self.info(v).shape.as_slice())
+                    .collect();
                 let rank = shapes[0].len() + 1;
                 let axis = cfg.get("axis").and_then(Value::as_i64).unwrap_or(0);
                 let axis = item_axis(cfg, "axis", axis, rank)?;
@@ -533,7 +566,9 @@ impl Builder<'_> {
                 } else if terms.iter().all(|t| {
                     matches!(
                         t,
-                        MaskTerm::Expr(MaskExpr::Steps(_) | MaskExpr::Const(true) | MaskExpr::RowsWithTrue)
+                        MaskTerm::Expr(
+                            MaskExpr::Steps(_) | MaskExpr::Const(true) | MaskExpr::RowsWithTrue
+                        )
                     )
                 }) {
                     MaskExpr::RowsWithTrue
@@ -541,9 +576,16 @@ impl Builder<'_> {
                     return Err(unsupported("Concatenate of masks"));
                 };
                 let any_true = terms.iter().any(|t| {
-                    matches!(t, MaskTerm::Expr(MaskExpr::Const(true) | MaskExpr::RowsWithTrue))
+                    matches!(
+                        t,
+                        MaskTerm::Expr(MaskExpr::Const(true) | MaskExpr::RowsWithTrue)
+                    )
                 });
-                let expr = if any_true { MaskExpr::RowsWithTrue } else { expr };
+                let expr = if any_true {
+                    MaskExpr::RowsWithTrue
+                } else {
+                    expr
+                };
                 self.new_mask_expr(shape, expr)
             }
             ("Any", [x]) => {

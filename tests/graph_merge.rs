@@ -219,6 +219,8 @@ fixture_tests!(
     permute_repeat,
     flatten_reshape_mid,
     masked_merges,
+    sequential_shape_layers,
+    merge_single_input,
 );
 
 #[test]

@@ -382,6 +382,36 @@ def _(rng):
     return keras.Model(i, [o1, o2]), [normal(rng, 2, *IMG)]
 
 
+@fixture("sequential_shape_layers", "Sequential: ZeroPadding2D((1,2)) Conv2D Cropping2D(((0,1),(2,1))) UpSampling2D(2, bilinear) Permute((2,1,3)) UpSampling2D((1,2)) Flatten Dense RepeatVector(3) Permute((2,1)) ZeroPadding1D(1) Cropping1D((0,2)) UpSampling1D(2) Dense")
+def _(rng):
+    m = keras.Sequential([
+        keras.Input(IMG),
+        layers.ZeroPadding2D((1, 2)),
+        layers.Conv2D(4, 3),
+        layers.Cropping2D(((0, 1), (2, 1))),
+        layers.UpSampling2D(2, interpolation="bilinear"),
+        layers.Permute((2, 1, 3)),
+        layers.UpSampling2D((1, 2)),
+        layers.Flatten(),
+        layers.Dense(5, activation="tanh"),
+        layers.RepeatVector(3),
+        layers.Permute((2, 1)),
+        layers.ZeroPadding1D(1),
+        layers.Cropping1D((0, 2)),
+        layers.UpSampling1D(2),
+        layers.Dense(3),
+    ])
+    return m, [normal(rng, 3, *IMG)]
+
+
+@fixture("merge_single_input", "Add, Average, Maximum and Concatenate called on a list of one tensor", JSON_NPZ)
+def _(rng):
+    x = inp((6,))
+    h = layers.Dense(4)(x)
+    s = layers.Concatenate()([layers.Add()([h]), layers.Average()([h]), layers.Maximum()([h])])
+    return keras.Model(x, [layers.Concatenate()([s]), layers.Dense(2)(s)]), [normal(rng, 3, 6)]
+
+
 # ---------------------------------------------------------------- masks
 
 

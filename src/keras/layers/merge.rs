@@ -58,11 +58,13 @@ impl Builder<'_> {
                 "an explicit mask argument to a merge layer is not supported",
             ));
         }
-        if inputs.len() < 2 && cfg.class != "Concatenate" {
+        if inputs.is_empty()
+            || (inputs.len() < 2 && matches!(cfg.class.as_str(), "Subtract" | "Dot"))
+        {
             return Err(cfg.error(
                 "inbound_nodes",
                 format!(
-                    "a {} layer needs a list of at least two inputs, got {}",
+                    "a {} layer needs a list of two inputs, got {}",
                     cfg.class,
                     inputs.len()
                 ),
@@ -108,7 +110,12 @@ impl Builder<'_> {
                         format!("{class} on masked inputs is not supported (Keras substitutes masked steps)"),
                     ));
                 }
-                Op::Merge(Merge { op, average })
+                if inputs.len() == 1 {
+                    // Keras merges one input into itself (Average divides by 1).
+                    Op::Identity
+                } else {
+                    Op::Merge(Merge { op, average })
+                }
             }
         };
         // Keras's output mask: Dot has none; the elementwise merges OR the masks when every input
@@ -116,7 +123,7 @@ impl Builder<'_> {
         let out_mask = match &op {
             Op::Dot(_) => None,
             _ if !any_mask => None,
-            Op::Merge(_) => {
+            Op::Merge(_) | Op::Identity => {
                 if masks.iter().all(Option::is_some) {
                     Some(self.same_mask(cfg, &masks)?)
                 } else {

@@ -221,6 +221,7 @@ fixture_tests!(
     masked_merges,
     sequential_shape_layers,
     merge_single_input,
+    ops_broadcast,
 );
 
 #[test]

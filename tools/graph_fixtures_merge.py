@@ -425,7 +425,12 @@ def _(rng):
     c = layers.LSTM(3)(layers.Concatenate()([e, d2]))
     plain = layers.Embedding(13, 4)(ids)
     un = layers.LSTM(3)(layers.Add()([e, plain]))
-    return keras.Model(ids, [a, av, c, un]), [padded_ids(rng)]
+    # Concatenating with an unmasked tensor makes every step true: Keras's LSTM runs unmasked.
+    cu = layers.LSTM(2)(layers.Concatenate()([e, plain]))
+    # A second Embedding(mask_zero) on the same ids gives an equal mask.
+    e2 = layers.Embedding(13, 4, mask_zero=True)(ids)
+    two = layers.LSTM(2)(layers.Add()([e, e2]))
+    return keras.Model(ids, [a, av, c, un, cu, two]), [padded_ids(rng)]
 
 
 # ---------------------------------------------------------------- files the loader must reject
@@ -453,6 +458,21 @@ def _():
     ids = inp((8,), "ids", dtype="int32")
     e = layers.Embedding(13, 4, mask_zero=True)(ids)
     return keras.Model(ids, layers.LSTM(2)(layers.Concatenate(axis=1)([e, e])))
+
+
+@bad("bad_two_masks", "mask", "Add of sequences masked by two different id inputs (Keras ORs the masks)")
+def _():
+    i1, i2 = inp((8,), "i1", dtype="int32"), inp((8,), "i2", dtype="int32")
+    e1 = layers.Embedding(13, 4, mask_zero=True)(i1)
+    e2 = layers.Embedding(13, 4, mask_zero=True)(i2)
+    return keras.Model([i1, i2], layers.LSTM(2)(layers.Add()([e1, e2])))
+
+
+@fixture("ops_broadcast", "Operator nodes on equal-rank tensors with size-1 axes: (N,4,5)+(N,1,5), (N,4,5)*(N,4,1), maximum, x - y")
+def _(rng):
+    x, y = inp((4, 5), "x"), inp((1, 5), "y")
+    w = layers.Dense(1)(x)
+    return keras.Model([x, y], [x + y, x * w, ops.maximum(y, w), y - x]), [normal(rng, 3, 4, 5), normal(rng, 3, 1, 5)]
 
 
 @bad("bad_concat_batch_axis_op", "batch", "keras.ops.concatenate along axis 0 (the batch axis)")

@@ -162,8 +162,11 @@ impl Builder<'_> {
     /// The one mask all inputs share; different masks (whose OR wgnn cannot represent) are an
     /// error.
     fn same_mask(&self, cfg: &LayerConfig, masks: &[Option<ValueId>]) -> Result<ValueId> {
-        let first = masks[0].expect("checked by the caller");
-        if masks.iter().all(|m| *m == Some(first)) {
+        let first = self.canonical_mask(masks[0].expect("checked by the caller"));
+        if masks
+            .iter()
+            .all(|m| m.map(|m| self.canonical_mask(m)) == Some(first))
+        {
             Ok(first)
         } else {
             Err(cfg.error(
@@ -441,7 +444,24 @@ impl Builder<'_> {
         if let Some(e) = self.mask_exprs.get(&v) {
             return Some(MaskTerm::Expr(*e));
         }
-        (self.info(v).dtype == DType::Mask).then_some(MaskTerm::Real(v))
+        (self.info(v).dtype == DType::Mask).then(|| MaskTerm::Real(self.canonical_mask(v)))
+    }
+
+    /// The first padding mask computed from the same token ids as mask `m` (two
+    /// `Embedding(mask_zero=True)` on one input give equal masks), else `m`.
+    pub(crate) fn canonical_mask(&self, m: ValueId) -> ValueId {
+        let nodes = &self.graph.nodes;
+        let Some(ids) = nodes
+            .iter()
+            .find(|n| n.outputs.contains(&m) && matches!(n.op, Op::PaddingMask))
+            .map(|n| n.inputs[0])
+        else {
+            return m;
+        };
+        nodes
+            .iter()
+            .find(|n| matches!(n.op, Op::PaddingMask) && n.inputs[0] == ids)
+            .map_or(m, |n| n.outputs[0])
     }
 
     fn new_mask_expr(&mut self, shape: Shape, expr: MaskExpr) -> ValueId {
@@ -557,41 +577,31 @@ impl Builder<'_> {
                 if axis + 1 != shape.len() {
                     return Err(unsupported("Concatenate of masks along the steps"));
                 }
-                let steps: Vec<Option<ValueId>> = terms
-                    .iter()
-                    .map(|t| match t {
-                        MaskTerm::Expr(MaskExpr::Steps(m)) => Some(*m),
-                        _ => None,
-                    })
-                    .collect();
-                let expr = if let Some(Some(m)) = steps.first() {
-                    if steps.iter().all(|s| *s == Some(*m)) {
-                        MaskExpr::Steps(*m)
-                    } else {
-                        return Err(unsupported("Concatenate of different masks"));
-                    }
-                } else if terms.iter().all(|t| {
+                let allowed = terms.iter().all(|t| {
                     matches!(
                         t,
                         MaskTerm::Expr(
                             MaskExpr::Steps(_) | MaskExpr::Const(true) | MaskExpr::RowsWithTrue
                         )
                     )
-                }) {
-                    MaskExpr::RowsWithTrue
-                } else {
-                    return Err(unsupported("Concatenate of masks"));
-                };
-                let any_true = terms.iter().any(|t| {
-                    matches!(
-                        t,
-                        MaskTerm::Expr(MaskExpr::Const(true) | MaskExpr::RowsWithTrue)
-                    )
                 });
-                let expr = if any_true {
+                if !allowed {
+                    return Err(unsupported("Concatenate of masks"));
+                }
+                let steps: Vec<ValueId> = terms
+                    .iter()
+                    .filter_map(|t| match t {
+                        MaskTerm::Expr(MaskExpr::Steps(m)) => Some(*m),
+                        _ => None,
+                    })
+                    .collect();
+                let expr = if steps.len() < terms.len() {
+                    // A true part in every row: Any over the last axis is all true.
                     MaskExpr::RowsWithTrue
+                } else if steps.iter().all(|&m| m == steps[0]) {
+                    MaskExpr::Steps(steps[0])
                 } else {
-                    expr
+                    return Err(unsupported("Concatenate of different masks"));
                 };
                 self.new_mask_expr(shape, expr)
             }

@@ -430,7 +430,11 @@ def _(rng):
     # A second Embedding(mask_zero) on the same ids gives an equal mask.
     e2 = layers.Embedding(13, 4, mask_zero=True)(ids)
     two = layers.LSTM(2)(layers.Add()([e, e2]))
-    return keras.Model(ids, [a, av, c, un, cu, two]), [padded_ids(rng)]
+    # Multiply zeroes masked steps; Maximum/Minimum keep the first input there.
+    mul = layers.LSTM(2, return_sequences=True)(layers.Multiply()([e, d1]))
+    mx = layers.Maximum()([d1, e, e2])
+    mn = layers.Minimum()([e, d1])
+    return keras.Model(ids, [a, av, c, un, cu, two, mul, mx, mn]), [padded_ids(rng)]
 
 
 # ---------------------------------------------------------------- files the loader must reject
@@ -446,11 +450,12 @@ def _():
     return keras.Sequential([keras.Input(IMG), layers.UpSampling2D(2, interpolation="bicubic")])
 
 
-@bad("bad_masked_multiply", "mask", "Multiply of masked sequences (Keras substitutes masked steps)")
+@bad("bad_masked_multiply", "mask", "Multiply of a masked and an unmasked sequence (Keras substitutes 1 at the masked steps)")
 def _():
     ids = inp((8,), "ids", dtype="int32")
     e = layers.Embedding(13, 4, mask_zero=True)(ids)
-    return keras.Model(ids, layers.LSTM(2)(layers.Multiply()([e, layers.Dense(4)(e)])))
+    plain = layers.Embedding(13, 4)(ids)
+    return keras.Model(ids, layers.LSTM(2)(layers.Multiply()([e, plain])))
 
 
 @bad("bad_masked_concat_time", "mask", "Concatenate(axis=1) of masked sequences (the mask would be concatenated)")

@@ -109,7 +109,12 @@ fn with_rank(x: &ArrayD<f32>, rank: usize) -> ndarray::ArrayViewD<'_, f32> {
 }
 
 /// Folds `m.op` over the inputs with broadcasting; Average divides by the count.
-pub(crate) fn merge(m: &Merge, inputs: &[ArrayD<f32>], out_dims: &[usize]) -> ArrayD<f32> {
+pub(crate) fn merge(
+    m: &Merge,
+    inputs: &[ArrayD<f32>],
+    out_dims: &[usize],
+    mask: Option<&ndarray::Array2<bool>>,
+) -> ArrayD<f32> {
     let rank = out_dims.len() - 1;
     let op = m.op;
     let same = inputs.iter().all(|x| x.shape() == out_dims);
@@ -142,6 +147,26 @@ pub(crate) fn merge(m: &Merge, inputs: &[ArrayD<f32>], out_dims: &[usize]) -> Ar
     if m.average {
         let n = inputs.len() as f32;
         y.mapv_inplace(|v| v / n);
+    }
+    if let (true, Some(mask)) = (m.masked, mask) {
+        // Steps the mask drops: 0 for Multiply, the first input for Maximum/Minimum.
+        let (t, width) = (out_dims[1], out_dims[2..].iter().product::<usize>());
+        let first = contiguous(&inputs[0]);
+        let data = y.as_slice_mut().expect("a new array is contiguous");
+        for ((row, dst), &keep) in data
+            .chunks_exact_mut(width.max(1))
+            .enumerate()
+            .zip(mask.iter())
+        {
+            if !keep {
+                if m.masked_step_is_zero() {
+                    dst.fill(0.0);
+                } else {
+                    dst.copy_from_slice(&first[row * width..(row + 1) * width]);
+                }
+            }
+        }
+        debug_assert_eq!(mask.len(), data.len() / (t * width).max(1) * t);
     }
     y
 }

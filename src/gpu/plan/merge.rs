@@ -174,7 +174,55 @@ impl Builder<'_> {
                 detail,
             )?;
         }
+        if m.masked {
+            self.mask_select(i, m, x0, y)?;
+        }
         Ok(y)
+    }
+
+    /// Keras's masked Multiply/Maximum/Minimum: the padded steps (token id 0 in the id input the
+    /// mask comes from) become 0 or the first input's values.
+    fn mask_select(&mut self, i: usize, m: &Merge, first: BufRef, y: BufRef) -> Result<()> {
+        let l = self.layer(i);
+        let out = self.out_shape(i).to_vec();
+        let ids = match l
+            .mask
+            .map(|v| (self.value_buf[v], &self.graph.value(v).shape))
+        {
+            Some((Some(b @ BufRef::Input(_)), shape))
+                if out.len() == 2 && shape[..] == out[..1] =>
+            {
+                b
+            }
+            _ => {
+                return Err(layer_error(
+                    l,
+                    "mask",
+                    "a masked merge needs the model's token-id input of the same length",
+                ))
+            }
+        };
+        let total = self.out_len(i);
+        let params = vec![
+            to_u32(l, "length", total)?,
+            to_u32(l, "steps", out[0])?,
+            to_u32(l, "width", out[1])?,
+            u32::from(!m.masked_step_is_zero()),
+        ];
+        let what = if m.masked_step_is_zero() {
+            "zero"
+        } else {
+            "first input"
+        };
+        self.dispatch(
+            i,
+            Kernel::MaskSelect,
+            vec![ids, first, y],
+            params,
+            Self::linear_workgroups(total),
+            1,
+            format!("padded steps (id 0) -> {what}"),
+        )
     }
 
     fn scalar(&mut self, i: usize, s: &ScalarOp) -> Result<BufRef> {

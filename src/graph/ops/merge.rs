@@ -73,10 +73,22 @@ impl BinaryOp {
 /// broadcasting: shapes aligned at the end (a lower-rank input gets leading size-1 axes, as
 /// Keras's `expand_dims(x, 1)` gives it) and size-1 axes stretched. `average` divides the folded
 /// sum by the number of inputs (Keras's Average).
+///
+/// `masked`: the node's mask (a step mask over (T, features) inputs that all carry it) applies
+/// Keras's rule for masked Multiply, Maximum and Minimum: steps the mask drops are 0 (Multiply)
+/// or the first input's values (Maximum, Minimum).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Merge {
     pub op: BinaryOp,
     pub average: bool,
+    pub masked: bool,
+}
+
+impl Merge {
+    /// What a masked-out step holds: zero (Multiply), or the first input's value.
+    pub fn masked_step_is_zero(&self) -> bool {
+        self.op == BinaryOp::Multiply
+    }
 }
 
 /// One tensor with a constant: `x op value`, or `value op x` with `scalar_first`.

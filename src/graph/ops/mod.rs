@@ -273,7 +273,7 @@ impl Op {
 
     /// Whether the op reads a mask when one reaches its input.
     pub fn takes_mask(&self) -> bool {
-        matches!(self, Op::Recurrent(_))
+        matches!(self, Op::Recurrent(_)) || matches!(self, Op::Merge(m) if m.masked)
     }
 
     /// The parameters the op reads, in Keras's weight order.

@@ -73,6 +73,7 @@ impl Builder<'_> {
         let masks: Vec<Option<ValueId>> =
             inputs.iter().map(|v| self.masks.get(v).copied()).collect();
         let any_mask = masks.iter().any(Option::is_some);
+        let mut node_mask = None;
         let op = match cfg.class.as_str() {
             "Concatenate" => {
                 let rank = self.info(inputs[0]).shape.len() + 1;
@@ -102,19 +103,39 @@ impl Builder<'_> {
                         format!("Subtract takes exactly two inputs, got {}", inputs.len()),
                     ));
                 }
-                if any_mask && matches!(class, "Multiply" | "Maximum" | "Minimum") {
-                    // Keras replaces masked steps of these (by 1, or by the other input) before
-                    // merging; wgnn does not implement that rule.
-                    return Err(cfg.error(
-                        "mask",
-                        format!("{class} on masked inputs is not supported (Keras substitutes masked steps)"),
-                    ));
+                let masked = any_mask && matches!(class, "Multiply" | "Maximum" | "Minimum");
+                if masked {
+                    // Keras substitutes masked steps of these before merging (1 for Multiply,
+                    // the running result for Maximum/Minimum), then zeroes Multiply's masked
+                    // steps. wgnn implements the case of one step mask on every input.
+                    if !masks.iter().all(Option::is_some) {
+                        return Err(cfg.error(
+                            "mask",
+                            format!("{class} of masked and unmasked inputs is not supported (Keras substitutes masked steps)"),
+                        ));
+                    }
+                    let m = self.same_mask(cfg, &masks)?;
+                    let shape = self.info(inputs[0]).shape.clone();
+                    let fits = shape.len() == 2
+                        && inputs.iter().all(|&v| self.info(v).shape == shape)
+                        && self.info(m).shape == shape[..1];
+                    if !fits || (inputs.len() == 1 && class == "Multiply") {
+                        return Err(cfg.error(
+                            "mask",
+                            format!("{class} on masked inputs is supported for two or more (steps, features) inputs of one shape"),
+                        ));
+                    }
+                    node_mask = Some(m);
                 }
                 if inputs.len() == 1 {
                     // Keras merges one input into itself (Average divides by 1).
                     Op::Identity
                 } else {
-                    Op::Merge(Merge { op, average })
+                    Op::Merge(Merge {
+                        op,
+                        average,
+                        masked,
+                    })
                 }
             }
         };
@@ -152,7 +173,7 @@ impl Builder<'_> {
             }
             _ => None,
         };
-        let y = self.add1(cfg, op, inputs, None)?;
+        let y = self.add1(cfg, op, inputs, node_mask)?;
         if let Some(m) = out_mask {
             self.masks.insert(y, m);
         }
@@ -254,7 +275,16 @@ impl Builder<'_> {
                         format!("operands of rank {} and {} (with the batch): broadcasting across the batch axis is not supported", r0 + 1, r1 + 1),
                     ));
                 }
-                self.add1(cfg, Op::Merge(Merge { op, average: false }), inputs, None)?
+                self.add1(
+                    cfg,
+                    Op::Merge(Merge {
+                        op,
+                        average: false,
+                        masked: false,
+                    }),
+                    inputs,
+                    None,
+                )?
             }
             (a, Value::Number(c), [x]) if is_tensor(a) => {
                 let value = c.as_f64().unwrap_or(f64::NAN) as f32;

@@ -59,7 +59,9 @@ fn fixture(name: &str) -> Fixture {
         .fixtures
         .into_iter()
         .find(|f| f.name == name)
-        .unwrap_or_else(|| panic!("no fixture '{name}' in tests/fixtures/graph/merge/manifest.json"))
+        .unwrap_or_else(|| {
+            panic!("no fixture '{name}' in tests/fixtures/graph/merge/manifest.json")
+        })
 }
 
 fn load(model: &str, weights: Option<&str>) -> wgnn::Result<Model> {
@@ -78,12 +80,20 @@ fn read_input(port: &Port) -> ArrayD<f32> {
 }
 
 /// Runs `fx` on `backend`; None when the GPU is absent outside CI.
-fn run(fx: &Fixture, model: &Model, xs: &[ArrayD<f32>], backend: Backend) -> Option<Vec<ArrayD<f32>>> {
+fn run(
+    fx: &Fixture,
+    model: &Model,
+    xs: &[ArrayD<f32>],
+    backend: Backend,
+) -> Option<Vec<ArrayD<f32>>> {
     let views: Vec<_> = xs.iter().map(|x| x.view()).collect();
     match model.predict_many(&views, backend) {
         Ok(outs) => Some(outs),
         Err(e) if backend == Backend::Gpu && common::no_adapter_outside_ci(&e) => None,
-        Err(e) => panic!("fixture '{}' ({}): predict on {backend:?} failed: {e}", fx.name, fx.description),
+        Err(e) => panic!(
+            "fixture '{}' ({}): predict on {backend:?} failed: {e}",
+            fx.name, fx.description
+        ),
     }
 }
 
@@ -158,7 +168,12 @@ fn check_gpu_vs_cpu(name: &str, batch: usize) {
     };
     let cpu = run(&fx, &model, &xs, Backend::Cpu).expect("the CPU always runs");
     for (k, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
-        common::assert_matches_keras(&format!("{name} output {k} at batch {batch}, GPU vs CPU"), Backend::Gpu, g, c);
+        common::assert_matches_keras(
+            &format!("{name} output {k} at batch {batch}, GPU vs CPU"),
+            Backend::Gpu,
+            g,
+            c,
+        );
     }
 }
 
@@ -204,16 +219,28 @@ fixture_tests!(
     permute_repeat,
     flatten_reshape_mid,
     masked_merges,
+    sequential_shape_layers,
+    merge_single_input,
+    ops_broadcast,
 );
 
 #[test]
 fn bad_files_are_rejected_with_a_reason() {
     for b in manifest().bad {
         match load(&b.file, b.weights.as_deref()) {
-            Ok(_) => panic!("{} ({}): loaded, but must be rejected", b.file, b.description),
+            Ok(_) => panic!(
+                "{} ({}): loaded, but must be rejected",
+                b.file, b.description
+            ),
             Err(e) => {
                 let msg = e.to_string();
-                assert!(msg.contains(&b.word), "{} ({}): error must mention '{}', got: {msg}", b.file, b.description, b.word);
+                assert!(
+                    msg.contains(&b.word),
+                    "{} ({}): error must mention '{}', got: {msg}",
+                    b.file,
+                    b.description,
+                    b.word
+                );
             }
         }
     }

@@ -382,6 +382,36 @@ def _(rng):
     return keras.Model(i, [o1, o2]), [normal(rng, 2, *IMG)]
 
 
+@fixture("sequential_shape_layers", "Sequential: ZeroPadding2D((1,2)) Conv2D Cropping2D(((0,1),(2,1))) UpSampling2D(2, bilinear) Permute((2,1,3)) UpSampling2D((1,2)) Flatten Dense RepeatVector(3) Permute((2,1)) ZeroPadding1D(1) Cropping1D((0,2)) UpSampling1D(2) Dense")
+def _(rng):
+    m = keras.Sequential([
+        keras.Input(IMG),
+        layers.ZeroPadding2D((1, 2)),
+        layers.Conv2D(4, 3),
+        layers.Cropping2D(((0, 1), (2, 1))),
+        layers.UpSampling2D(2, interpolation="bilinear"),
+        layers.Permute((2, 1, 3)),
+        layers.UpSampling2D((1, 2)),
+        layers.Flatten(),
+        layers.Dense(5, activation="tanh"),
+        layers.RepeatVector(3),
+        layers.Permute((2, 1)),
+        layers.ZeroPadding1D(1),
+        layers.Cropping1D((0, 2)),
+        layers.UpSampling1D(2),
+        layers.Dense(3),
+    ])
+    return m, [normal(rng, 3, *IMG)]
+
+
+@fixture("merge_single_input", "Add, Average, Maximum and Concatenate called on a list of one tensor", JSON_NPZ)
+def _(rng):
+    x = inp((6,))
+    h = layers.Dense(4)(x)
+    s = layers.Concatenate()([layers.Add()([h]), layers.Average()([h]), layers.Maximum()([h])])
+    return keras.Model(x, [layers.Concatenate()([s]), layers.Dense(2)(s)]), [normal(rng, 3, 6)]
+
+
 # ---------------------------------------------------------------- masks
 
 
@@ -395,7 +425,16 @@ def _(rng):
     c = layers.LSTM(3)(layers.Concatenate()([e, d2]))
     plain = layers.Embedding(13, 4)(ids)
     un = layers.LSTM(3)(layers.Add()([e, plain]))
-    return keras.Model(ids, [a, av, c, un]), [padded_ids(rng)]
+    # Concatenating with an unmasked tensor makes every step true: Keras's LSTM runs unmasked.
+    cu = layers.LSTM(2)(layers.Concatenate()([e, plain]))
+    # A second Embedding(mask_zero) on the same ids gives an equal mask.
+    e2 = layers.Embedding(13, 4, mask_zero=True)(ids)
+    two = layers.LSTM(2)(layers.Add()([e, e2]))
+    # Multiply zeroes masked steps; Maximum/Minimum keep the first input there.
+    mul = layers.LSTM(2, return_sequences=True)(layers.Multiply()([e, d1]))
+    mx = layers.Maximum()([d1, e, e2])
+    mn = layers.Minimum()([e, d1])
+    return keras.Model(ids, [a, av, c, un, cu, two, mul, mx, mn]), [padded_ids(rng)]
 
 
 # ---------------------------------------------------------------- files the loader must reject
@@ -411,11 +450,12 @@ def _():
     return keras.Sequential([keras.Input(IMG), layers.UpSampling2D(2, interpolation="bicubic")])
 
 
-@bad("bad_masked_multiply", "mask", "Multiply of masked sequences (Keras substitutes masked steps)")
+@bad("bad_masked_multiply", "mask", "Multiply of a masked and an unmasked sequence (Keras substitutes 1 at the masked steps)")
 def _():
     ids = inp((8,), "ids", dtype="int32")
     e = layers.Embedding(13, 4, mask_zero=True)(ids)
-    return keras.Model(ids, layers.LSTM(2)(layers.Multiply()([e, layers.Dense(4)(e)])))
+    plain = layers.Embedding(13, 4)(ids)
+    return keras.Model(ids, layers.LSTM(2)(layers.Multiply()([e, plain])))
 
 
 @bad("bad_masked_concat_time", "mask", "Concatenate(axis=1) of masked sequences (the mask would be concatenated)")
@@ -423,6 +463,21 @@ def _():
     ids = inp((8,), "ids", dtype="int32")
     e = layers.Embedding(13, 4, mask_zero=True)(ids)
     return keras.Model(ids, layers.LSTM(2)(layers.Concatenate(axis=1)([e, e])))
+
+
+@bad("bad_two_masks", "mask", "Add of sequences masked by two different id inputs (Keras ORs the masks)")
+def _():
+    i1, i2 = inp((8,), "i1", dtype="int32"), inp((8,), "i2", dtype="int32")
+    e1 = layers.Embedding(13, 4, mask_zero=True)(i1)
+    e2 = layers.Embedding(13, 4, mask_zero=True)(i2)
+    return keras.Model([i1, i2], layers.LSTM(2)(layers.Add()([e1, e2])))
+
+
+@fixture("ops_broadcast", "Operator nodes on equal-rank tensors with size-1 axes: (N,4,5)+(N,1,5), (N,4,5)*(N,4,1), maximum, x - y")
+def _(rng):
+    x, y = inp((4, 5), "x"), inp((1, 5), "y")
+    w = layers.Dense(1)(x)
+    return keras.Model([x, y], [x + y, x * w, ops.maximum(y, w), y - x]), [normal(rng, 3, 4, 5), normal(rng, 3, 1, 5)]
 
 
 @bad("bad_concat_batch_axis_op", "batch", "keras.ops.concatenate along axis 0 (the batch axis)")

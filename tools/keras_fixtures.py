@@ -722,14 +722,6 @@ def _():
     return seq((6,), layers.Dense(4), layers.LayerNormalization())
 
 
-@bad("branching_add", "Add", "Functional model with two Dense branches merged by Add (not a chain)")
-def _():
-    inp = keras.Input((6,))
-    a = layers.Dense(4, name="branch_a")(inp)
-    b = layers.Dense(4, name="branch_b")(inp)
-    return keras.Model(inp, layers.Add(name="merge")([a, b]))
-
-
 # ---------------------------------------------------------------- writing
 
 

@@ -7,8 +7,8 @@ use rayon::prelude::*;
 
 use super::gemm;
 use crate::graph::merge::{
-    bilinear_scale, bilinear_tap, concat_copies, crop_copy, pad_copy, permute_copy,
-    repeat_copy, upsample_nearest_copy, NORMALIZE_EPSILON,
+    bilinear_scale, bilinear_tap, concat_copies, crop_copy, pad_copy, permute_copy, repeat_copy,
+    upsample_nearest_copy, NORMALIZE_EPSILON,
 };
 use crate::graph::*;
 
@@ -109,7 +109,12 @@ fn with_rank(x: &ArrayD<f32>, rank: usize) -> ndarray::ArrayViewD<'_, f32> {
 }
 
 /// Folds `m.op` over the inputs with broadcasting; Average divides by the count.
-pub(crate) fn merge(m: &Merge, inputs: &[ArrayD<f32>], out_dims: &[usize]) -> ArrayD<f32> {
+pub(crate) fn merge(
+    m: &Merge,
+    inputs: &[ArrayD<f32>],
+    out_dims: &[usize],
+    mask: Option<&ndarray::Array2<bool>>,
+) -> ArrayD<f32> {
     let rank = out_dims.len() - 1;
     let op = m.op;
     let same = inputs.iter().all(|x| x.shape() == out_dims);
@@ -133,13 +138,35 @@ pub(crate) fn merge(m: &Merge, inputs: &[ArrayD<f32>], out_dims: &[usize]) -> Ar
         for x in &inputs[1..] {
             let v = with_rank(x, rank);
             let b = v.broadcast(IxDyn(out_dims)).expect("checked broadcasting");
-            Zip::from(&mut y).and(&b).for_each(|a, &b| *a = op.apply(*a, b));
+            Zip::from(&mut y)
+                .and(&b)
+                .for_each(|a, &b| *a = op.apply(*a, b));
         }
         y
     };
     if m.average {
         let n = inputs.len() as f32;
         y.mapv_inplace(|v| v / n);
+    }
+    if let (true, Some(mask)) = (m.masked, mask) {
+        // Steps the mask drops: 0 for Multiply, the first input for Maximum/Minimum.
+        let (t, width) = (out_dims[1], out_dims[2..].iter().product::<usize>());
+        let first = contiguous(&inputs[0]);
+        let data = y.as_slice_mut().expect("a new array is contiguous");
+        for ((row, dst), &keep) in data
+            .chunks_exact_mut(width.max(1))
+            .enumerate()
+            .zip(mask.iter())
+        {
+            if !keep {
+                if m.masked_step_is_zero() {
+                    dst.fill(0.0);
+                } else {
+                    dst.copy_from_slice(&first[row * width..(row + 1) * width]);
+                }
+            }
+        }
+        debug_assert_eq!(mask.len(), data.len() / (t * width).max(1) * t);
     }
     y
 }
@@ -165,8 +192,16 @@ pub(crate) fn dot(d: &Dot, x: &ArrayD<f32>, y: &ArrayD<f32>, out_dims: &[usize])
     let (m, n, k) = (l.m, l.n, l.k);
     let mut a = vec![0.0f32; batch * m * k];
     let mut b = vec![0.0f32; batch * n * k];
-    strided_copy(&permute_copy(item_shape(x), &l.x_order, batch), &contiguous(x), &mut a);
-    strided_copy(&permute_copy(item_shape(y), &l.y_order, batch), &contiguous(y), &mut b);
+    strided_copy(
+        &permute_copy(item_shape(x), &l.x_order, batch),
+        &contiguous(x),
+        &mut a,
+    );
+    strided_copy(
+        &permute_copy(item_shape(y), &l.y_order, batch),
+        &contiguous(y),
+        &mut b,
+    );
     if d.normalize {
         normalize_rows(&mut a, k);
         normalize_rows(&mut b, k);
@@ -197,19 +232,21 @@ pub(crate) fn bilinear(x: &ArrayD<f32>, out_dims: &[usize]) -> ArrayD<f32> {
     let src = contiguous(x);
     let mut out = vec![0.0f32; out_dims.iter().product()];
     if !out.is_empty() {
-        out.par_chunks_mut(ow * c).enumerate().for_each(|(row, dst)| {
-            let (n, oy) = (row / oh, row % oh);
-            let (y0, y1, yl) = bilinear_tap(oy, ih, sy);
-            let img = &src[n * ih * iw * c..];
-            for (ox, &(x0, x1, xl)) in xs.iter().enumerate() {
-                for ch in 0..c {
-                    let at = |yy: usize, xx: usize| img[(yy * iw + xx) * c + ch];
-                    let top = at(y0, x0) + (at(y0, x1) - at(y0, x0)) * xl;
-                    let bottom = at(y1, x0) + (at(y1, x1) - at(y1, x0)) * xl;
-                    dst[ox * c + ch] = top + (bottom - top) * yl;
+        out.par_chunks_mut(ow * c)
+            .enumerate()
+            .for_each(|(row, dst)| {
+                let (n, oy) = (row / oh, row % oh);
+                let (y0, y1, yl) = bilinear_tap(oy, ih, sy);
+                let img = &src[n * ih * iw * c..];
+                for (ox, &(x0, x1, xl)) in xs.iter().enumerate() {
+                    for ch in 0..c {
+                        let at = |yy: usize, xx: usize| img[(yy * iw + xx) * c + ch];
+                        let top = at(y0, x0) + (at(y0, x1) - at(y0, x0)) * xl;
+                        let bottom = at(y1, x0) + (at(y1, x1) - at(y1, x0)) * xl;
+                        dst[ox * c + ch] = top + (bottom - top) * yl;
+                    }
                 }
-            }
-        });
+            });
     }
     ArrayD::from_shape_vec(IxDyn(out_dims), out).expect("bilinear output matches its shape")
 }

@@ -234,7 +234,7 @@ fn run_node(
                 all.push(float(t, node)?);
             }
             match &node.op {
-                Op::Merge(m) => merge::merge(m, &all, &out_dims),
+                Op::Merge(m) => merge::merge(m, &all, &out_dims, mask),
                 Op::Dot(d) => match all.as_slice() {
                     [x, y] => merge::dot(d, x, y, &out_dims),
                     _ => return Err(Error::Internal(format!("Dot '{name}' needs two inputs"))),

@@ -17,6 +17,7 @@ const EMBEDDING: &str = include_str!("../../shaders/embedding.wgsl");
 const RECURRENT: &str = include_str!("../../shaders/recurrent.wgsl");
 const MERGE: &str = include_str!("../../shaders/merge.wgsl");
 const COPY: &str = include_str!("../../shaders/copy.wgsl");
+const MASK: &str = include_str!("../../shaders/mask.wgsl");
 
 /// Every GEMM workgroup computes a tile this many rows by this many columns.
 pub const GEMM_TILE: u32 = 64;
@@ -60,6 +61,8 @@ pub enum Kernel {
     StridedCopy,
     /// Half-pixel bilinear resize (UpSampling2D).
     Bilinear,
+    /// Masked Multiply/Maximum/Minimum: padded steps become 0 or the first input.
+    MaskSelect,
 }
 
 /// How a kernel reads one storage binding.
@@ -90,6 +93,7 @@ impl Kernel {
             Kernel::BatchedDot => "batched_dot",
             Kernel::StridedCopy => "strided_copy",
             Kernel::Bilinear => "bilinear",
+            Kernel::MaskSelect => "mask_select",
         }
     }
 
@@ -116,6 +120,7 @@ impl Kernel {
             Kernel::RnnStep | Kernel::RnnMerge => &[RECURRENT],
             Kernel::Binary | Kernel::NormalizeRows | Kernel::BatchedDot => &[MERGE],
             Kernel::StridedCopy | Kernel::Bilinear => &[COPY],
+            Kernel::MaskSelect => &[MASK],
         };
         let mut source = String::from(COMMON);
         for part in parts {
@@ -140,7 +145,7 @@ impl Kernel {
             Kernel::Embedding => &[Read, Read, ReadWrite],
             Kernel::RnnStep => &[Read, Read, ReadWrite, ReadWrite, Read],
             Kernel::RnnMerge => &[Read, ReadWrite],
-            Kernel::Binary | Kernel::NormalizeRows | Kernel::BatchedDot => {
+            Kernel::Binary | Kernel::NormalizeRows | Kernel::BatchedDot | Kernel::MaskSelect => {
                 &[Read, Read, ReadWrite]
             }
             Kernel::StridedCopy | Kernel::Bilinear => &[Read, ReadWrite],
@@ -162,6 +167,7 @@ impl Kernel {
             Kernel::Binary | Kernel::BatchedDot => &["a", "b", "y"],
             Kernel::NormalizeRows => &["-", "-", "y"],
             Kernel::StridedCopy | Kernel::Bilinear => &["x", "y"],
+            Kernel::MaskSelect => &["ids", "first", "y"],
         }
     }
 

@@ -5,12 +5,12 @@
 
 use super::{layer_error, to_u32, BufRef, Builder, Op as PlanOp};
 use crate::error::{Error, Result};
+use crate::gpu::kernels::Kernel;
 use crate::graph::merge::{
     bilinear_scale, broadcast_strides, coalesce, concat_copies, contiguous_strides, crop_copy,
     pad_copy, permute_copy, repeat_copy, upsample_nearest_copy, NORMALIZE_EPSILON,
 };
 use crate::graph::{BinaryOp, Dot, Interpolation, Merge, Op as GraphOp, ScalarOp, StridedCopy};
-use crate::gpu::kernels::Kernel;
 
 /// Axes the strided kernels walk (merge.wgsl and copy.wgsl hold 8 per stride set).
 const MAX_RANK: usize = 8;
@@ -49,7 +49,10 @@ impl Builder<'_> {
             return Err(layer_error(
                 l,
                 "input_shape",
-                format!("needs {} axes, the GPU kernels walk at most {MAX_RANK}", shape.len()),
+                format!(
+                    "needs {} axes, the GPU kernels walk at most {MAX_RANK}",
+                    shape.len()
+                ),
             ));
         }
         let mut words = Vec::with_capacity(32);
@@ -133,7 +136,16 @@ impl Builder<'_> {
         let x0 = self.buffer_of(i, 0)?;
         let x1 = self.buffer_of(i, 1)?;
         let detail = format!("{} of 2 inputs into {out:?}", m.op.name());
-        self.binary(i, m.op, [x0, x1, y], &strides[0], &strides[1], 0, 0.0, detail)?;
+        self.binary(
+            i,
+            m.op,
+            [x0, x1, y],
+            &strides[0],
+            &strides[1],
+            0,
+            0.0,
+            detail,
+        )?;
         for (k, s) in strides.iter().enumerate().skip(2) {
             let xk = self.buffer_of(i, k)?;
             let detail = format!("{} input {} in place", m.op.name(), k + 1);
@@ -162,7 +174,55 @@ impl Builder<'_> {
                 detail,
             )?;
         }
+        if m.masked {
+            self.mask_select(i, m, x0, y)?;
+        }
         Ok(y)
+    }
+
+    /// Keras's masked Multiply/Maximum/Minimum: the padded steps (token id 0 in the id input the
+    /// mask comes from) become 0 or the first input's values.
+    fn mask_select(&mut self, i: usize, m: &Merge, first: BufRef, y: BufRef) -> Result<()> {
+        let l = self.layer(i);
+        let out = self.out_shape(i).to_vec();
+        let ids = match l
+            .mask
+            .map(|v| (self.value_buf[v], &self.graph.value(v).shape))
+        {
+            Some((Some(b @ BufRef::Input(_)), shape))
+                if out.len() == 2 && shape[..] == out[..1] =>
+            {
+                b
+            }
+            _ => {
+                return Err(layer_error(
+                    l,
+                    "mask",
+                    "a masked merge needs the model's token-id input of the same length",
+                ))
+            }
+        };
+        let total = self.out_len(i);
+        let params = vec![
+            to_u32(l, "length", total)?,
+            to_u32(l, "steps", out[0])?,
+            to_u32(l, "width", out[1])?,
+            u32::from(!m.masked_step_is_zero()),
+        ];
+        let what = if m.masked_step_is_zero() {
+            "zero"
+        } else {
+            "first input"
+        };
+        self.dispatch(
+            i,
+            Kernel::MaskSelect,
+            vec![ids, first, y],
+            params,
+            Self::linear_workgroups(total),
+            1,
+            format!("padded steps (id 0) -> {what}"),
+        )
     }
 
     fn scalar(&mut self, i: usize, s: &ScalarOp) -> Result<BufRef> {
@@ -191,7 +251,14 @@ impl Builder<'_> {
         Ok(y)
     }
 
-    fn strided_copy(&mut self, i: usize, c: &StridedCopy, x: BufRef, y: BufRef, detail: String) -> Result<()> {
+    fn strided_copy(
+        &mut self,
+        i: usize,
+        c: &StridedCopy,
+        x: BufRef,
+        y: BufRef,
+        detail: String,
+    ) -> Result<()> {
         let l = self.layer(i);
         let c = c.coalesced();
         let total = c.len();
@@ -230,15 +297,17 @@ impl Builder<'_> {
             GraphOp::Concat { axis } => {
                 let shapes: Vec<&[usize]> =
                     (0..l.inputs.len()).map(|k| self.item_shape(i, k)).collect();
-                (concat_copies(*axis, &shapes, &out, batch), "concatenate input")
+                (
+                    concat_copies(*axis, &shapes, &out, batch),
+                    "concatenate input",
+                )
             }
             GraphOp::Pad { pads } => (vec![pad_copy(pads, &x, &out, batch)], "pad: copy inside"),
             GraphOp::Crop { crops } => (vec![crop_copy(crops, &x, &out, batch)], "crop"),
             GraphOp::Permute { perm } => (vec![permute_copy(&x, perm, batch)], "permute"),
-            GraphOp::RepeatVector { n } => (
-                vec![repeat_copy(*n, x.iter().product(), batch)],
-                "repeat",
-            ),
+            GraphOp::RepeatVector { n } => {
+                (vec![repeat_copy(*n, x.iter().product(), batch)], "repeat")
+            }
             GraphOp::Upsample { factors, .. } => (
                 vec![upsample_nearest_copy(factors, &x, batch)],
                 "nearest upsampling",
@@ -258,7 +327,13 @@ impl Builder<'_> {
         for (k, c) in copies.iter().enumerate() {
             let src = self.buffer_of(i, k)?;
             let detail = if copies.len() > 1 {
-                format!("{what} {} of {}: {:?} at offset {}", k + 1, copies.len(), c.shape, c.dst_offset)
+                format!(
+                    "{what} {} of {}: {:?} at offset {}",
+                    k + 1,
+                    copies.len(),
+                    c.shape,
+                    c.dst_offset
+                )
             } else {
                 format!("{what} {:?} -> {out:?}", x)
             };
@@ -272,7 +347,10 @@ impl Builder<'_> {
     fn dot(&mut self, i: usize, d: &Dot) -> Result<BufRef> {
         let l = self.layer(i);
         let batch = self.batch;
-        let shapes = [self.item_shape(i, 0).to_vec(), self.item_shape(i, 1).to_vec()];
+        let shapes = [
+            self.item_shape(i, 0).to_vec(),
+            self.item_shape(i, 1).to_vec(),
+        ];
         let layout = d.layout(&shapes[0], &shapes[1]);
         let (m, n, k) = (layout.m, layout.n, layout.k);
         let mut operands = Vec::new();
@@ -348,7 +426,11 @@ impl Builder<'_> {
         let l = self.layer(i);
         let (x_shape, out) = (self.item_shape(i, 0).to_vec(), self.out_shape(i).to_vec());
         let (&[ih, iw, c], &[oh, ow, _]) = (x_shape.as_slice(), out.as_slice()) else {
-            return Err(layer_error(l, "input_shape", "bilinear upsampling needs (height, width, channels)"));
+            return Err(layer_error(
+                l,
+                "input_shape",
+                "bilinear upsampling needs (height, width, channels)",
+            ));
         };
         let x = self.buffer_of(i, 0)?;
         let total = self.out_len(i);

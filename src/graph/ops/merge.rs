@@ -73,10 +73,22 @@ impl BinaryOp {
 /// broadcasting: shapes aligned at the end (a lower-rank input gets leading size-1 axes, as
 /// Keras's `expand_dims(x, 1)` gives it) and size-1 axes stretched. `average` divides the folded
 /// sum by the number of inputs (Keras's Average).
+///
+/// `masked`: the node's mask (a step mask over (T, features) inputs that all carry it) applies
+/// Keras's rule for masked Multiply, Maximum and Minimum: steps the mask drops are 0 (Multiply)
+/// or the first input's values (Maximum, Minimum).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Merge {
     pub op: BinaryOp,
     pub average: bool,
+    pub masked: bool,
+}
+
+impl Merge {
+    /// What a masked-out step holds: zero (Multiply), or the first input's value.
+    pub fn masked_step_is_zero(&self) -> bool {
+        self.op == BinaryOp::Multiply
+    }
 }
 
 /// One tensor with a constant: `x op value`, or `value op x` with `scalar_first`.
@@ -251,8 +263,7 @@ impl StridedCopy {
     /// The same copy with size-1 axes dropped and neighbouring axes merged where both sides
     /// walk them as one (fewer, longer axes: what the GPU kernel's fixed rank needs).
     pub fn coalesced(&self) -> StridedCopy {
-        let (shape, mut strides) =
-            coalesce(&self.shape, &[&self.src_strides, &self.dst_strides]);
+        let (shape, mut strides) = coalesce(&self.shape, &[&self.src_strides, &self.dst_strides]);
         let dst_strides = strides.pop().expect("two stride sets");
         let src_strides = strides.pop().expect("two stride sets");
         StridedCopy {
@@ -416,7 +427,12 @@ pub fn concat_shape(axis: usize, inputs: &[&[usize]]) -> ShapeResult<Shape> {
 }
 
 /// The copies that concatenate `inputs` along item axis `axis` into a tensor of item shape `out`.
-pub fn concat_copies(axis: usize, inputs: &[&[usize]], out: &[usize], batch: usize) -> Vec<StridedCopy> {
+pub fn concat_copies(
+    axis: usize,
+    inputs: &[&[usize]],
+    out: &[usize],
+    batch: usize,
+) -> Vec<StridedCopy> {
     let out_strides = contiguous_strides(out);
     let mut offset = 0;
     inputs

@@ -281,7 +281,9 @@ impl Op {
             Op::Permute { perm } => float(merge::permute_shape(perm, &one(DType::F32)?.shape)?),
             Op::RepeatVector { n } => match one(DType::F32)?.shape.as_slice() {
                 [f] => float(vec![*n, *f]),
-                other => Err(format!("RepeatVector needs (features) input, got {other:?}")),
+                other => Err(format!(
+                    "RepeatVector needs (features) input, got {other:?}"
+                )),
             },
             Op::Upsample {
                 factors,
@@ -304,7 +306,7 @@ impl Op {
                     rank: 1,
                     ..
                 }
-        )
+        ) || matches!(self, Op::Merge(m) if m.masked)
     }
 
     /// The parameters the op reads, in Keras's weight order.

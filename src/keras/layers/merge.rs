@@ -26,7 +26,11 @@ fn item_axis(cfg: &LayerConfig, field: &str, axis: i64, rank: usize) -> Result<u
             field,
             format!(
                 "axis {axis} is {} for inputs of rank {rank} (with the batch)",
-                if full == 0 { "the batch axis" } else { "out of range" }
+                if full == 0 {
+                    "the batch axis"
+                } else {
+                    "out of range"
+                }
             ),
         ));
     }
@@ -54,14 +58,22 @@ impl Builder<'_> {
                 "an explicit mask argument to a merge layer is not supported",
             ));
         }
-        if inputs.len() < 2 && cfg.class != "Concatenate" {
+        if inputs.is_empty()
+            || (inputs.len() < 2 && matches!(cfg.class.as_str(), "Subtract" | "Dot"))
+        {
             return Err(cfg.error(
                 "inbound_nodes",
-                format!("a {} layer needs a list of at least two inputs, got {}", cfg.class, inputs.len()),
+                format!(
+                    "a {} layer needs a list of two inputs, got {}",
+                    cfg.class,
+                    inputs.len()
+                ),
             ));
         }
-        let masks: Vec<Option<ValueId>> = inputs.iter().map(|v| self.masks.get(v).copied()).collect();
+        let masks: Vec<Option<ValueId>> =
+            inputs.iter().map(|v| self.masks.get(v).copied()).collect();
         let any_mask = masks.iter().any(Option::is_some);
+        let mut node_mask = None;
         let op = match cfg.class.as_str() {
             "Concatenate" => {
                 let rank = self.info(inputs[0]).shape.len() + 1;
@@ -80,7 +92,9 @@ impl Builder<'_> {
                     "Maximum" => (BinaryOp::Maximum, false),
                     "Minimum" => (BinaryOp::Minimum, false),
                     other => {
-                        return Err(cfg.error("class_name", format!("'{other}' is not a merge layer")))
+                        return Err(
+                            cfg.error("class_name", format!("'{other}' is not a merge layer"))
+                        )
                     }
                 };
                 if class == "Subtract" && inputs.len() != 2 {
@@ -89,15 +103,40 @@ impl Builder<'_> {
                         format!("Subtract takes exactly two inputs, got {}", inputs.len()),
                     ));
                 }
-                if any_mask && matches!(class, "Multiply" | "Maximum" | "Minimum") {
-                    // Keras replaces masked steps of these (by 1, or by the other input) before
-                    // merging; wgnn does not implement that rule.
-                    return Err(cfg.error(
-                        "mask",
-                        format!("{class} on masked inputs is not supported (Keras substitutes masked steps)"),
-                    ));
+                let masked = any_mask && matches!(class, "Multiply" | "Maximum" | "Minimum");
+                if masked {
+                    // Keras substitutes masked steps of these before merging (1 for Multiply,
+                    // the running result for Maximum/Minimum), then zeroes Multiply's masked
+                    // steps. wgnn implements the case of one step mask on every input.
+                    if !masks.iter().all(Option::is_some) {
+                        return Err(cfg.error(
+                            "mask",
+                            format!("{class} of masked and unmasked inputs is not supported (Keras substitutes masked steps)"),
+                        ));
+                    }
+                    let m = self.same_mask(cfg, &masks)?;
+                    let shape = self.info(inputs[0]).shape.clone();
+                    let fits = shape.len() == 2
+                        && inputs.iter().all(|&v| self.info(v).shape == shape)
+                        && self.info(m).shape == shape[..1];
+                    if !fits || (inputs.len() == 1 && class == "Multiply") {
+                        return Err(cfg.error(
+                            "mask",
+                            format!("{class} on masked inputs is supported for two or more (steps, features) inputs of one shape"),
+                        ));
+                    }
+                    node_mask = Some(m);
                 }
-                Op::Merge(Merge { op, average })
+                if inputs.len() == 1 {
+                    // Keras merges one input into itself (Average divides by 1).
+                    Op::Identity
+                } else {
+                    Op::Merge(Merge {
+                        op,
+                        average,
+                        masked,
+                    })
+                }
             }
         };
         // Keras's output mask: Dot has none; the elementwise merges OR the masks when every input
@@ -105,7 +144,7 @@ impl Builder<'_> {
         let out_mask = match &op {
             Op::Dot(_) => None,
             _ if !any_mask => None,
-            Op::Merge(_) => {
+            Op::Merge(_) | Op::Identity => {
                 if masks.iter().all(Option::is_some) {
                     Some(self.same_mask(cfg, &masks)?)
                 } else {
@@ -134,7 +173,7 @@ impl Builder<'_> {
             }
             _ => None,
         };
-        let y = self.add1(cfg, op, inputs, None)?;
+        let y = self.add1(cfg, op, inputs, node_mask)?;
         if let Some(m) = out_mask {
             self.masks.insert(y, m);
         }
@@ -144,8 +183,11 @@ impl Builder<'_> {
     /// The one mask all inputs share; different masks (whose OR wgnn cannot represent) are an
     /// error.
     fn same_mask(&self, cfg: &LayerConfig, masks: &[Option<ValueId>]) -> Result<ValueId> {
-        let first = masks[0].expect("checked by the caller");
-        if masks.iter().all(|m| *m == Some(first)) {
+        let first = self.canonical_mask(masks[0].expect("checked by the caller"));
+        if masks
+            .iter()
+            .all(|m| m.map(|m| self.canonical_mask(m)) == Some(first))
+        {
             Ok(first)
         } else {
             Err(cfg.error(
@@ -163,7 +205,9 @@ impl Builder<'_> {
             ));
         };
         let ranks = [self.info(*x).shape.len() + 1, self.info(*y).shape.len() + 1];
-        let axes_value = cfg.get("axes").ok_or_else(|| cfg.error("axes", "missing"))?;
+        let axes_value = cfg
+            .get("axes")
+            .ok_or_else(|| cfg.error("axes", "missing"))?;
         let axes = int_list(axes_value).ok_or_else(|| {
             cfg.unsupported("axes", axes_value, "an integer or a pair of integers")
         })?;
@@ -171,11 +215,7 @@ impl Builder<'_> {
             [a] => [*a, *a],
             [a, b] => [*a, *b],
             _ => {
-                return Err(cfg.unsupported(
-                    "axes",
-                    axes_value,
-                    "an integer or a pair of integers",
-                ))
+                return Err(cfg.unsupported("axes", axes_value, "an integer or a pair of integers"))
             }
         };
         Ok(Dot {
@@ -220,7 +260,10 @@ impl Builder<'_> {
         };
         let items = args.as_array().map(Vec::as_slice).unwrap_or(&[]);
         if items.len() != 2 {
-            return Err(cfg.error("args", format!("expects two arguments, got {}", items.len())));
+            return Err(cfg.error(
+                "args",
+                format!("expects two arguments, got {}", items.len()),
+            ));
         }
         let is_tensor = |v: &Value| v.is_object() || v.is_array();
         let y = match (&items[0], &items[1], inputs) {
@@ -232,7 +275,16 @@ impl Builder<'_> {
                         format!("operands of rank {} and {} (with the batch): broadcasting across the batch axis is not supported", r0 + 1, r1 + 1),
                     ));
                 }
-                self.add1(cfg, Op::Merge(Merge { op, average: false }), inputs, None)?
+                self.add1(
+                    cfg,
+                    Op::Merge(Merge {
+                        op,
+                        average: false,
+                        masked: false,
+                    }),
+                    inputs,
+                    None,
+                )?
             }
             (a, Value::Number(c), [x]) if is_tensor(a) => {
                 let value = c.as_f64().unwrap_or(f64::NAN) as f32;
@@ -264,11 +316,23 @@ impl Builder<'_> {
 
     /// `[before, after]` pairs for `n` spatial axes from a padding/cropping field: an int (all
     /// sides), `n` ints (symmetric per axis; for n = 1 the pair is before/after), or `n` pairs.
-    fn spatial_pairs(&self, cfg: &LayerConfig, field: &str, n: usize, default: usize) -> Result<Vec<[usize; 2]>> {
+    fn spatial_pairs(
+        &self,
+        cfg: &LayerConfig,
+        field: &str,
+        n: usize,
+        default: usize,
+    ) -> Result<Vec<[usize; 2]>> {
         let Some(v) = cfg.get(field) else {
             return Ok(vec![[default, default]; n]);
         };
-        let bad = || cfg.unsupported(field, v, "an integer, a tuple of integers, or a tuple of (before, after) pairs");
+        let bad = || {
+            cfg.unsupported(
+                field,
+                v,
+                "an integer, a tuple of integers, or a tuple of (before, after) pairs",
+            )
+        };
         let pair_of = |p: &Value| -> Option<[usize; 2]> {
             match p {
                 Value::Array(ab) if ab.len() == 2 => Some([as_usize(&ab[0])?, as_usize(&ab[1])?]),
@@ -276,7 +340,9 @@ impl Builder<'_> {
             }
         };
         match v {
-            Value::Array(items) if n == 1 && items.len() == 2 && items.iter().all(|i| !i.is_array()) => {
+            Value::Array(items)
+                if n == 1 && items.len() == 2 && items.iter().all(|i| !i.is_array()) =>
+            {
                 Ok(vec![pair_of(v).ok_or_else(bad)?])
             }
             Value::Array(items) if items.len() == n => {
@@ -368,7 +434,9 @@ impl Builder<'_> {
                 }
             }
             "Permute" => {
-                let v = cfg.get("dims").ok_or_else(|| cfg.error("dims", "missing"))?;
+                let v = cfg
+                    .get("dims")
+                    .ok_or_else(|| cfg.error("dims", "missing"))?;
                 let dims = int_list(v)
                     .filter(|d| d.iter().all(|&a| a >= 1))
                     .ok_or_else(|| cfg.unsupported("dims", v, "a permutation of 1..rank"))?;
@@ -376,9 +444,7 @@ impl Builder<'_> {
                 Op::Permute { perm }
             }
             "RepeatVector" => Op::RepeatVector { n: cfg.usize("n")? },
-            other => {
-                return Err(cfg.error("class_name", format!("'{other}' is not a shape layer")))
-            }
+            other => return Err(cfg.error("class_name", format!("'{other}' is not a shape layer"))),
         };
         Ok(op)
     }
@@ -408,7 +474,24 @@ impl Builder<'_> {
         if let Some(e) = self.mask_exprs.get(&v) {
             return Some(MaskTerm::Expr(*e));
         }
-        (self.info(v).dtype == DType::Mask).then_some(MaskTerm::Real(v))
+        (self.info(v).dtype == DType::Mask).then(|| MaskTerm::Real(self.canonical_mask(v)))
+    }
+
+    /// The first padding mask computed from the same token ids as mask `m` (two
+    /// `Embedding(mask_zero=True)` on one input give equal masks), else `m`.
+    pub(crate) fn canonical_mask(&self, m: ValueId) -> ValueId {
+        let nodes = &self.graph.nodes;
+        let Some(ids) = nodes
+            .iter()
+            .find(|n| n.outputs.contains(&m) && matches!(n.op, Op::PaddingMask))
+            .map(|n| n.inputs[0])
+        else {
+            return m;
+        };
+        nodes
+            .iter()
+            .find(|n| matches!(n.op, Op::PaddingMask) && n.inputs[0] == ids)
+            .map_or(m, |n| n.outputs[0])
     }
 
     fn new_mask_expr(&mut self, shape: Shape, expr: MaskExpr) -> ValueId {
@@ -477,7 +560,10 @@ impl Builder<'_> {
             }
             ("ZerosLike" | "OnesLike", [x]) => {
                 if cfg.str_or("dtype", "")? != "bool" {
-                    return Err(cfg.error("dtype", format!("{} is supported only as a boolean mask", cfg.class)));
+                    return Err(cfg.error(
+                        "dtype",
+                        format!("{} is supported only as a boolean mask", cfg.class),
+                    ));
                 }
                 let shape = self.info(*x).shape.clone();
                 self.new_mask_expr(shape, MaskExpr::Const(cfg.class == "OnesLike"))
@@ -507,9 +593,13 @@ impl Builder<'_> {
                 self.term_value(term, shape)
             }
             ("Concatenate", _) if inputs.iter().any(|&v| self.mask_term(v).is_some()) => {
-                let terms: Option<Vec<MaskTerm>> = inputs.iter().map(|&v| self.mask_term(v)).collect();
+                let terms: Option<Vec<MaskTerm>> =
+                    inputs.iter().map(|&v| self.mask_term(v)).collect();
                 let terms = terms.ok_or_else(|| unsupported("Concatenate of masks and values"))?;
-                let shapes: Vec<&[usize]> = inputs.iter().map(|&v| self.info(v).shape.as_slice()).collect();
+                let shapes: Vec<&[usize]> = inputs
+                    .iter()
+                    .map(|&v| self.info(v).shape.as_slice())
+                    .collect();
                 let rank = shapes[0].len() + 1;
                 let axis = cfg.get("axis").and_then(Value::as_i64).unwrap_or(0);
                 let axis = item_axis(cfg, "axis", axis, rank)?;
@@ -517,33 +607,32 @@ impl Builder<'_> {
                 if axis + 1 != shape.len() {
                     return Err(unsupported("Concatenate of masks along the steps"));
                 }
-                let steps: Vec<Option<ValueId>> = terms
+                let allowed = terms.iter().all(|t| {
+                    matches!(
+                        t,
+                        MaskTerm::Expr(
+                            MaskExpr::Steps(_) | MaskExpr::Const(true) | MaskExpr::RowsWithTrue
+                        )
+                    )
+                });
+                if !allowed {
+                    return Err(unsupported("Concatenate of masks"));
+                }
+                let steps: Vec<ValueId> = terms
                     .iter()
-                    .map(|t| match t {
+                    .filter_map(|t| match t {
                         MaskTerm::Expr(MaskExpr::Steps(m)) => Some(*m),
                         _ => None,
                     })
                     .collect();
-                let expr = if let Some(Some(m)) = steps.first() {
-                    if steps.iter().all(|s| *s == Some(*m)) {
-                        MaskExpr::Steps(*m)
-                    } else {
-                        return Err(unsupported("Concatenate of different masks"));
-                    }
-                } else if terms.iter().all(|t| {
-                    matches!(
-                        t,
-                        MaskTerm::Expr(MaskExpr::Steps(_) | MaskExpr::Const(true) | MaskExpr::RowsWithTrue)
-                    )
-                }) {
+                let expr = if steps.len() < terms.len() {
+                    // A true part in every row: Any over the last axis is all true.
                     MaskExpr::RowsWithTrue
+                } else if steps.iter().all(|&m| m == steps[0]) {
+                    MaskExpr::Steps(steps[0])
                 } else {
-                    return Err(unsupported("Concatenate of masks"));
+                    return Err(unsupported("Concatenate of different masks"));
                 };
-                let any_true = terms.iter().any(|t| {
-                    matches!(t, MaskTerm::Expr(MaskExpr::Const(true) | MaskExpr::RowsWithTrue))
-                });
-                let expr = if any_true { MaskExpr::RowsWithTrue } else { expr };
                 self.new_mask_expr(shape, expr)
             }
             ("Any", [x]) => {

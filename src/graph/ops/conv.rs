@@ -266,8 +266,8 @@ impl Conv {
 
     pub fn output_shape(&self, input: &[usize]) -> ShapeResult<Shape> {
         if self.groups == 0
-            || self.in_channels % self.groups != 0
-            || self.filters % self.groups != 0
+            || !self.in_channels.is_multiple_of(self.groups)
+            || !self.filters.is_multiple_of(self.groups)
         {
             return Err(format!(
                 "{} groups do not divide {} input channels and {} filters",
@@ -454,9 +454,10 @@ mod tests {
             transpose_axis(11, 3, 3, 1, Padding::Valid, Some(2)),
             Ok((35, 0))
         );
+        // same with output_padding: (in - 1) * s + k % 2 + output_padding = 12 + 0 + 1.
         assert_eq!(
             transpose_axis(7, 4, 2, 1, Padding::Same, Some(1)),
-            Ok((14, 1))
+            Ok((13, 1))
         );
         assert_eq!(transpose_axis(7, 3, 2, 1, Padding::Same, None), Ok((14, 0)));
     }

@@ -491,3 +491,55 @@ fn cpu_general_conv_matches_a_direct_loop() {
         }
     }
 }
+
+/// Options wgnn does not implement are load errors naming the layer and the field, never
+/// silently ignored: a fixture's JSON with one field changed.
+#[test]
+fn unsupported_conv_options_are_errors_naming_the_field() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let cases = [
+        // (fixture, text to replace, replacement, word the error must contain)
+        (
+            "conv1d_same_even_kernel",
+            "\"data_format\": \"channels_last\"",
+            "\"data_format\": \"channels_first\"",
+            "data_format",
+        ),
+        (
+            "conv2d_groups3_stride2",
+            "\"padding\": \"valid\"",
+            "\"padding\": \"causal\"",
+            "padding",
+        ),
+        (
+            "conv2d_groups3_stride2",
+            "\"groups\": 3",
+            "\"groups\": 4",
+            "groups",
+        ),
+        (
+            "conv1d_same_even_kernel",
+            "\"groups\": 1",
+            "\"groups\": 1, \"lora_rank\": 2",
+            "lora_rank",
+        ),
+    ];
+    for (name, from, to, word) in cases {
+        let fx = fixture(name);
+        let json = std::fs::read_to_string(dir().join(&fx.model)).expect("model json");
+        assert!(json.contains(from), "{name}: no {from} in its config");
+        let path = tmp.path().join(format!("{name}_{word}.json"));
+        std::fs::write(&path, json.replacen(from, to, 1)).expect("write");
+        let weights = dir().join(fx.weights.as_deref().expect("a JSON fixture has weights"));
+        match Model::load_with_weights(&path, &weights) {
+            Ok(_) => panic!("{name} with {to}: loaded, but must be rejected"),
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(word),
+                    "{name} with {to}: error must name '{word}': {msg}"
+                );
+            }
+        }
+    }
+}

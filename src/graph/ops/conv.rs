@@ -171,10 +171,6 @@ impl Window {
         if self.input[0] != 1 || self.kernel[0] != 1 || self.dilation != [1, 1, 1] {
             return None;
         }
-        // Causal padding is 'valid' after a left pad, which Window2d cannot say.
-        if self.padding == Padding::Causal && self.pad_before[2] > 0 {
-            return None;
-        }
         Some(Window2d {
             kernel: [self.kernel[1], self.kernel[2]],
             strides: [self.strides[1], self.strides[2]],

@@ -23,13 +23,17 @@ struct PoolParams {
     k_d: u32,
     stride_d: u32,
     pad_front: u32,
-    _pad0: u32,
+    // Global average only: 1 when token id 0 at (n, position) masks that step (Keras's
+    // GlobalAveragePooling1D after Embedding(mask_zero=True)).
+    masked: u32,
     _pad1: u32,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
-@group(0) @binding(2) var<uniform> p: PoolParams;
+// The model's token ids (global average with a mask only; else a dummy binding).
+@group(0) @binding(2) var<storage, read> ids: array<u32>;
+@group(0) @binding(3) var<uniform> p: PoolParams;
 
 const NEG_INF: f32 = -3.4028235e38;
 
@@ -98,14 +102,22 @@ fn global_pool2d(
     let positions = p.in_h * p.in_w;
     var best = NEG_INF;
     var sum = 0.0;
+    var count = 0u;
     for (var i = 0u; i < positions; i++) {
+        if (p.masked != 0u && ids[n * positions + i] == 0u) {
+            continue;
+        }
         let v = x[(n * positions + i) * p.channels + c];
         best = max(best, v);
         sum += v;
+        count += 1u;
     }
     if (p.is_max != 0u) {
         y[idx] = best;
+    } else if (count == 0u) {
+        // Keras divides by the mask's sum, 0 when every step is masked: 0 / 0.
+        y[idx] = bitcast<f32>(0x7fc00000u);
     } else {
-        y[idx] = sum / f32(max(positions, 1u));
+        y[idx] = sum / f32(count);
     }
 }

@@ -135,7 +135,7 @@ fn bad_model_files_give_one_line_errors() {
         ("/nonexistent/model.keras".to_string(), vec!["model.keras"]),
         (empty.display().to_string(), vec!["empty.keras", "empty"]),
         (not_zip.display().to_string(), vec!["notzip.keras"]),
-        (fixture("bad/conv2d_dilation.keras"), vec!["dilation_rate"]),
+        (fixture("bad/conv2d_lora.keras"), vec!["lora_rank"]),
         (fixture("bad/lstm_stateful.keras"), vec!["stateful"]),
     ] {
         let out = wgnn(&["predict", &model, &input, "-o", &o, "--backend", "cpu"]);

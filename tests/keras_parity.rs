@@ -187,7 +187,7 @@ macro_rules! rejected_with_named_cause {
 }
 
 rejected_with_named_cause! {
-    conv2d_dilation_rate_is_rejected => "bad/conv2d_dilation.keras",
+    conv2d_lora_rank_is_rejected => "bad/conv2d_lora.keras",
     conv2d_channels_first_is_rejected => "bad/conv2d_channels_first.keras",
     stateful_lstm_is_rejected => "bad/lstm_stateful.keras",
     bidirectional_merge_mode_none_is_rejected => "bad/bilstm_merge_none.keras",

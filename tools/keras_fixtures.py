@@ -689,9 +689,9 @@ def bad(stem, word, description):
     return register
 
 
-@bad("conv2d_dilation", "dilation_rate", "Conv2D with dilation_rate=2")
+@bad("conv2d_lora", "lora_rank", "Conv2D with lora_rank=2 (LoRA layers are not supported)")
 def _():
-    return seq(IMG, layers.Conv2D(4, 3, dilation_rate=2))
+    return seq(IMG, layers.Conv2D(4, 3, lora_rank=2))
 
 
 @bad("conv2d_channels_first", "channels_first", "Conv2D with data_format='channels_first'")

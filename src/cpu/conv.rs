@@ -316,40 +316,47 @@ pub(super) fn pool(p: &Pool, x: ArrayD<f32>, out_dims: &[usize]) -> Result<Array
         let end = (start + w.kernel[a] as isize).min(size as isize);
         start.max(0) as usize..end.max(0) as usize
     };
-    out.par_chunks_mut(ow * ch).enumerate().for_each(|(r, o)| {
-        let oy = r % oh;
-        let oz = (r / oh) % od;
-        let img = &input[(r / (oh * od)) * in_image..][..in_image];
-        let zs = range(oz, 0, id);
-        let ys = range(oy, 1, ih);
-        for ox in 0..ow {
-            let xs = range(ox, 2, iw);
-            let acc = &mut o[ox * ch..][..ch];
-            let pixels = zs.clone().flat_map(|z| {
-                let xs = xs.clone();
-                ys.clone()
-                    .flat_map(move |yy| xs.clone().map(move |xx| (z * ih + yy) * iw + xx))
-            });
-            match p.op {
-                PoolOp::Max => {
-                    acc.fill(f32::NEG_INFINITY);
-                    for px in pixels {
-                        let src = &img[px * ch..][..ch];
-                        acc.iter_mut().zip(src).for_each(|(a, &v)| *a = a.max(v));
+    // One task per image, as plain nested loops (the shipped CNNs' 2x2 pools run here).
+    out.par_chunks_mut(od * oh * ow * ch)
+        .zip(input.par_chunks(in_image))
+        .for_each(|(o, img)| {
+            let mut at = 0;
+            for oz in 0..od {
+                let zs = range(oz, 0, id);
+                for oy in 0..oh {
+                    let ys = range(oy, 1, ih);
+                    for ox in 0..ow {
+                        let xs = range(ox, 2, iw);
+                        let acc = &mut o[at..at + ch];
+                        at += ch;
+                        let count = (zs.len() * ys.len() * xs.len()) as f32;
+                        match p.op {
+                            PoolOp::Max => acc.fill(f32::NEG_INFINITY),
+                            PoolOp::Average => acc.fill(0.0),
+                        }
+                        for z in zs.clone() {
+                            for yy in ys.clone() {
+                                for xx in xs.clone() {
+                                    let src = &img[((z * ih + yy) * iw + xx) * ch..][..ch];
+                                    match p.op {
+                                        PoolOp::Max => acc
+                                            .iter_mut()
+                                            .zip(src)
+                                            .for_each(|(a, &v)| *a = a.max(v)),
+                                        PoolOp::Average => {
+                                            acc.iter_mut().zip(src).for_each(|(a, &v)| *a += v)
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        if p.op == PoolOp::Average {
+                            acc.iter_mut().for_each(|a| *a /= count);
+                        }
                     }
-                }
-                PoolOp::Average => {
-                    acc.fill(0.0);
-                    for px in pixels {
-                        let src = &img[px * ch..][..ch];
-                        acc.iter_mut().zip(src).for_each(|(a, &v)| *a += v);
-                    }
-                    let count = (zs.len() * ys.len() * xs.len()) as f32;
-                    acc.iter_mut().for_each(|a| *a /= count);
                 }
             }
-        }
-    });
+        });
     shaped(out, out_dims)
 }
 
@@ -365,11 +372,7 @@ pub(super) fn global_pool(
     let ch = *x.shape().last().unwrap_or(&1);
     let x = super::into_standard_layout(x);
     let input = contiguous(&x);
-    let positions = if n * ch == 0 {
-        0
-    } else {
-        input.len() / (n * ch)
-    };
+    let positions = input.len().checked_div(n * ch).unwrap_or(0);
     if let Some(m) = mask {
         if m.dim() != (n, positions) {
             return Err(Error::Input(format!(

@@ -139,7 +139,7 @@ impl Kernel {
             | Kernel::SplitKReduce
             | Kernel::DepthwiseConv
             | Kernel::ConvTranspose => &[Read, Read, Read, ReadWrite],
-            Kernel::Pool2d | Kernel::GlobalPool2d => &[Read, ReadWrite],
+            Kernel::Pool2d | Kernel::GlobalPool2d => &[Read, ReadWrite, Read],
             Kernel::Activation | Kernel::Rescale => &[ReadWrite, Read, Read],
             Kernel::Softmax => &[ReadWrite],
             Kernel::Embedding => &[Read, Read, ReadWrite],
@@ -157,7 +157,7 @@ impl Kernel {
         match self {
             Kernel::Matmul | Kernel::Conv2d => &["a", "b", "bias", "c"],
             Kernel::SplitKReduce => &["partials", "-", "bias", "c"],
-            Kernel::Pool2d | Kernel::GlobalPool2d => &["x", "y"],
+            Kernel::Pool2d | Kernel::GlobalPool2d => &["x", "y", "ids"],
             Kernel::DepthwiseConv | Kernel::ConvTranspose => &["x", "kernel", "bias", "y"],
             Kernel::Activation | Kernel::Rescale => &["x", "scale", "offset"],
             Kernel::Softmax => &["x"],

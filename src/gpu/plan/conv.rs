@@ -191,7 +191,7 @@ impl Builder<'_> {
         self.dispatch(
             i,
             Kernel::Pool2d,
-            vec![x, out],
+            vec![x, out, BufRef::Dummy],
             params,
             Self::linear_workgroups(out_len),
             1,
@@ -208,13 +208,6 @@ impl Builder<'_> {
         x: BufRef,
     ) -> Result<BufRef> {
         let l = self.layer(i);
-        if l.mask.is_some() {
-            return Err(layer_error(
-                l,
-                "mask",
-                "a masked GlobalAveragePooling1D is not supported on the GPU (the CPU backend runs it)",
-            ));
-        }
         let shape = self.in_shape(i);
         if shape.len() != rank + 1 {
             return Err(layer_error(
@@ -225,19 +218,37 @@ impl Builder<'_> {
         }
         let positions: usize = shape[..rank].iter().product();
         let c = shape[rank];
+        // A padding mask is read as the token ids it was computed from (`id != 0`).
+        let ids = match l.mask {
+            Some(m) => match self.value_buf[m] {
+                Some(b @ BufRef::Input(_)) if self.graph.value(m).shape == [positions] => b,
+                _ => {
+                    return Err(layer_error(
+                        l,
+                        "mask",
+                        "masking needs the model's token-id input of the same length",
+                    ))
+                }
+            },
+            None => BufRef::Dummy,
+        };
         let mut params = vec![0u32; 20];
         params[0] = to_u32(l, "batch", self.batch)?;
         params[1] = to_u32(l, "positions", positions)?;
         params[2] = 1;
         params[3] = to_u32(l, "channels", c)?;
         params[12] = u32::from(op == PoolOp::Max);
+        params[18] = u32::from(ids != BufRef::Dummy);
         let out_len = self.batch * c;
         let out = self.alloc(i, "output", out_len);
-        let detail = format!("{} over {:?} positions", pool_name(op), &shape[..rank]);
+        let mut detail = format!("{} over {:?} positions", pool_name(op), &shape[..rank]);
+        if ids != BufRef::Dummy {
+            detail.push_str(", masked by token id 0");
+        }
         self.dispatch(
             i,
             Kernel::GlobalPool2d,
-            vec![x, out],
+            vec![x, out, ids],
             params,
             Self::linear_workgroups(out_len),
             1,

@@ -171,10 +171,6 @@ impl Window {
         if self.input[0] != 1 || self.kernel[0] != 1 || self.dilation != [1, 1, 1] {
             return None;
         }
-        // Causal padding is 'valid' after a left pad, which Window2d cannot say.
-        if self.padding == Padding::Causal && self.pad_before[2] > 0 {
-            return None;
-        }
         Some(Window2d {
             kernel: [self.kernel[1], self.kernel[2]],
             strides: [self.strides[1], self.strides[2]],
@@ -266,8 +262,8 @@ impl Conv {
 
     pub fn output_shape(&self, input: &[usize]) -> ShapeResult<Shape> {
         if self.groups == 0
-            || self.in_channels % self.groups != 0
-            || self.filters % self.groups != 0
+            || !self.in_channels.is_multiple_of(self.groups)
+            || !self.filters.is_multiple_of(self.groups)
         {
             return Err(format!(
                 "{} groups do not divide {} input channels and {} filters",
@@ -454,9 +450,10 @@ mod tests {
             transpose_axis(11, 3, 3, 1, Padding::Valid, Some(2)),
             Ok((35, 0))
         );
+        // same with output_padding: (in - 1) * s + k % 2 + output_padding = 12 + 0 + 1.
         assert_eq!(
             transpose_axis(7, 4, 2, 1, Padding::Same, Some(1)),
-            Ok((14, 1))
+            Ok((13, 1))
         );
         assert_eq!(transpose_axis(7, 3, 2, 1, Padding::Same, None), Ok((14, 0)));
     }

@@ -95,7 +95,7 @@ impl Builder<'_> {
             Some(_) => cfg.usize("groups")?,
         };
         let in_channels = x.shape[rank];
-        if groups == 0 || in_channels % groups != 0 || filters % groups != 0 {
+        if groups == 0 || !in_channels.is_multiple_of(groups) || !filters.is_multiple_of(groups) {
             return Err(cfg.error(
                 "groups",
                 format!("{groups} groups must divide the {in_channels} input channels and {filters} filters"),

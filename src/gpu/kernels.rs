@@ -14,6 +14,7 @@ const ELEMENTWISE: &str = include_str!("../../shaders/elementwise.wgsl");
 const SOFTMAX: &str = include_str!("../../shaders/softmax.wgsl");
 const EMBEDDING: &str = include_str!("../../shaders/embedding.wgsl");
 const RECURRENT: &str = include_str!("../../shaders/recurrent.wgsl");
+const NORM: &str = include_str!("../../shaders/norm.wgsl");
 
 /// Every GEMM workgroup computes a tile this many rows by this many columns.
 pub const GEMM_TILE: u32 = 64;
@@ -43,6 +44,12 @@ pub enum Kernel {
     Embedding,
     RnnStep,
     RnnMerge,
+    /// x * scale + shift with broadcast weights (BatchNormalization, Normalization).
+    Affine,
+    PRelu,
+    LayerNorm,
+    /// Softmax or log_softmax over strided groups (any contiguous axes).
+    SoftmaxAxes,
 }
 
 /// How a kernel reads one storage binding.
@@ -66,6 +73,10 @@ impl Kernel {
             Kernel::Embedding => "embedding",
             Kernel::RnnStep => "rnn_step",
             Kernel::RnnMerge => "rnn_merge",
+            Kernel::Affine => "affine",
+            Kernel::PRelu => "prelu",
+            Kernel::LayerNorm => "layer_norm",
+            Kernel::SoftmaxAxes => "softmax_axes",
         }
     }
 
@@ -89,6 +100,7 @@ impl Kernel {
             Kernel::Softmax => &[SOFTMAX],
             Kernel::Embedding => &[EMBEDDING],
             Kernel::RnnStep | Kernel::RnnMerge => &[RECURRENT],
+            Kernel::Affine | Kernel::PRelu | Kernel::LayerNorm | Kernel::SoftmaxAxes => &[NORM],
         };
         let mut source = String::from(COMMON);
         for part in parts {
@@ -111,6 +123,9 @@ impl Kernel {
             Kernel::Embedding => &[Read, Read, ReadWrite],
             Kernel::RnnStep => &[Read, Read, ReadWrite, ReadWrite, Read],
             Kernel::RnnMerge => &[Read, ReadWrite],
+            Kernel::Affine | Kernel::PRelu | Kernel::LayerNorm | Kernel::SoftmaxAxes => {
+                &[ReadWrite, Read, Read]
+            }
         }
     }
 
@@ -125,6 +140,10 @@ impl Kernel {
             Kernel::Embedding => &["ids", "table", "y"],
             Kernel::RnnStep => &["xproj", "recurrent_kernel", "state", "y", "ids"],
             Kernel::RnnMerge => &["both", "merged"],
+            Kernel::Affine => &["x", "scale", "shift"],
+            Kernel::PRelu => &["x", "alpha", "-"],
+            Kernel::LayerNorm => &["x", "gamma", "beta"],
+            Kernel::SoftmaxAxes => &["x", "-", "-"],
         }
     }
 

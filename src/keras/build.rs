@@ -588,6 +588,9 @@ impl<'a> Builder<'a> {
         inputs: &[ValueId],
         args: &Value,
     ) -> Result<Vec<ValueId>> {
+        if let Some(outs) = self.activation_operator(cfg, inputs) {
+            return outs;
+        }
         match cfg.class.as_str() {
             "NotEqual" => {
                 let compares_with_zero = args.get(1).and_then(Value::as_f64) == Some(0.0);

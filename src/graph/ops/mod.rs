@@ -7,6 +7,7 @@ pub mod activation;
 pub mod conv;
 pub mod dense;
 pub mod embedding;
+pub mod norm;
 pub mod pool;
 pub mod recurrent;
 
@@ -14,6 +15,10 @@ pub use activation::Activation;
 pub use conv::{window_output, Conv2d, Padding, Window2d};
 pub use dense::Dense;
 pub use embedding::Embedding;
+pub use norm::{
+    axis_layout, broadcast_strides, keep_axes, AxisLayout, BatchNorm, LayerNorm, LayerNormKind,
+    Normalization, PRelu, Softmax, NORMALIZATION_EPSILON,
+};
 pub use pool::{Pool2d, PoolOp};
 pub use recurrent::{CellKind, MergeMode, Recurrent, RecurrentCell};
 
@@ -51,6 +56,12 @@ pub enum Op {
     /// Keras's padding mask of `Embedding(mask_zero=True)` (and of a `NotEqual(ids, 0)` op):
     /// token ids in, `id != 0` out.
     PaddingMask,
+    BatchNorm(BatchNorm),
+    LayerNorm(LayerNorm),
+    Normalization(Normalization),
+    PRelu(PRelu),
+    /// Softmax or log_softmax over any contiguous axes (the last axis is `Activation`).
+    Softmax(Softmax),
 }
 
 impl Op {
@@ -68,6 +79,11 @@ impl Op {
             Op::Reshape { .. } => "reshape",
             Op::Identity => "identity",
             Op::PaddingMask => "padding_mask",
+            Op::BatchNorm(_) => "batch_norm",
+            Op::LayerNorm(_) => "layer_norm",
+            Op::Normalization(_) => "normalization",
+            Op::PRelu(_) => "prelu",
+            Op::Softmax(_) => "softmax_axes",
         }
     }
 
@@ -125,8 +141,8 @@ impl Op {
             }
             Op::Activation(a) => {
                 let x = one(DType::F32)?;
-                if *a == Activation::Softmax && x.shape.is_empty() {
-                    return Err("softmax needs at least one axis".into());
+                if a.is_row_wise() && x.shape.is_empty() {
+                    return Err(format!("{} needs at least one axis", a.name()));
                 }
                 float(x.shape.clone())
             }
@@ -181,6 +197,31 @@ impl Op {
                 let x = one(DType::Ids)?;
                 Ok(vec![ValueInfo::new(x.shape.clone(), DType::Mask)])
             }
+            Op::BatchNorm(b) => {
+                let x = one(DType::F32)?;
+                b.check(&x.shape, params)?;
+                float(x.shape.clone())
+            }
+            Op::LayerNorm(l) => {
+                let x = one(DType::F32)?;
+                l.check(&x.shape, params)?;
+                float(x.shape.clone())
+            }
+            Op::Normalization(n) => {
+                let x = one(DType::F32)?;
+                n.check(&x.shape, params)?;
+                float(x.shape.clone())
+            }
+            Op::PRelu(p) => {
+                let x = one(DType::F32)?;
+                broadcast_strides(&x.shape, params.get(p.alpha).shape())?;
+                float(x.shape.clone())
+            }
+            Op::Softmax(s) => {
+                let x = one(DType::F32)?;
+                axis_layout(&x.shape, &s.axes)?;
+                float(x.shape.clone())
+            }
         }
     }
 
@@ -200,13 +241,26 @@ impl Op {
                 .flat_map(|c| [Some(c.kernel), Some(c.recurrent_kernel), c.bias])
                 .flatten()
                 .collect(),
+            Op::BatchNorm(b) => [b.gamma, b.beta]
+                .into_iter()
+                .flatten()
+                .chain([b.moving_mean, b.moving_variance])
+                .chain(b.unused.iter().copied())
+                .collect(),
+            Op::LayerNorm(l) => [l.gamma, l.beta].into_iter().flatten().collect(),
+            Op::Normalization(n) => std::iter::once(n.mean)
+                .chain([n.variance])
+                .chain(n.count)
+                .collect(),
+            Op::PRelu(p) => vec![p.alpha],
             Op::Pool2d(_)
             | Op::GlobalPool2d { .. }
             | Op::Activation(_)
             | Op::Rescaling { .. }
             | Op::Reshape { .. }
             | Op::Identity
-            | Op::PaddingMask => Vec::new(),
+            | Op::PaddingMask
+            | Op::Softmax(_) => Vec::new(),
         }
     }
 
@@ -228,6 +282,10 @@ impl Op {
                 .sum(),
             Op::Pool2d(p) => out * (p.window.kernel[0] * p.window.kernel[1]) as u64,
             Op::GlobalPool2d { .. } => inputs.iter().map(|v| v.elements() as u64).sum(),
+            // A multiply-add per value; statistics read each value a few times more.
+            Op::BatchNorm(_) | Op::Normalization(_) | Op::PRelu(_) => 2 * out,
+            Op::LayerNorm(_) => 6 * out,
+            Op::Softmax(_) => 0,
             Op::Activation(_)
             | Op::Rescaling { .. }
             | Op::Embedding(_)
@@ -275,11 +333,21 @@ impl Op {
                 }
                 s
             }
+            Op::BatchNorm(b) => format!("axes {:?} epsilon {}", b.axes, b.epsilon),
+            Op::LayerNorm(l) => format!("{:?} axes {:?} epsilon {}", l.kind, l.axes, l.epsilon),
+            Op::Normalization(n) if n.invert => "invert".into(),
+            Op::Softmax(s) => format!(
+                "{} over axes {:?}",
+                if s.log { "log_softmax" } else { "softmax" },
+                s.axes
+            ),
             Op::Rescaling { .. }
             | Op::Embedding(_)
             | Op::Reshape { .. }
             | Op::Identity
-            | Op::PaddingMask => String::new(),
+            | Op::PaddingMask
+            | Op::Normalization(_)
+            | Op::PRelu(_) => String::new(),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod conv;
 mod core;
+mod norm;
 mod recurrent;
 
 use super::build::Builder;
@@ -22,6 +23,14 @@ fn passes_mask(class: &str) -> bool {
             | "Dense"
             | "GaussianNoise"
             | "GaussianDropout"
+            | "BatchNormalization"
+            | "LayerNormalization"
+            | "RMSNormalization"
+            | "Normalization"
+            | "PReLU"
+            | "ReLU"
+            | "LeakyReLU"
+            | "ELU"
     )
 }
 
@@ -62,16 +71,21 @@ impl Builder<'_> {
             | "AlphaDropout"
             | "ActivityRegularization" => Op::Identity,
             "Rescaling" => self.rescaling(cfg)?,
-            "Activation" | "ReLU" | "LeakyReLU" | "ELU" | "Softmax" => {
+            "BatchNormalization" => self.batch_normalization(cfg, &info)?,
+            "LayerNormalization" => self.layer_normalization(cfg, &info, false)?,
+            "RMSNormalization" => self.layer_normalization(cfg, &info, true)?,
+            "Normalization" => self.normalization(cfg, &info)?,
+            "PReLU" => self.prelu(cfg, &info)?,
+            "Softmax" => self.softmax_layer(cfg, &info, mask)?,
+            "Activation" | "ReLU" | "LeakyReLU" | "ELU" => {
                 Op::Activation(self.activation_layer(cfg, &info)?)
             }
             "Embedding" => return self.embedding(cfg, x),
             "SimpleRNN" | "LSTM" => self.recurrent(cfg, &info)?,
             "Bidirectional" => self.bidirectional(cfg, &info)?,
             "GRU" | "ConvLSTM2D" | "Conv1D" | "Conv3D" | "DepthwiseConv2D" | "SeparableConv2D"
-            | "Conv2DTranspose" | "BatchNormalization" | "LayerNormalization" | "Masking"
-            | "Attention" | "MultiHeadAttention" | "Add" | "Concatenate" | "Multiply"
-            | "TimeDistributed" | "RNN" => {
+            | "Conv2DTranspose" | "Masking" | "Attention" | "MultiHeadAttention" | "Add"
+            | "Concatenate" | "Multiply" | "TimeDistributed" | "RNN" => {
                 return Err(cfg.error(
                     "class_name",
                     format!("layer class '{}' is not supported by wgnn", cfg.class),

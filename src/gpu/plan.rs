@@ -1145,7 +1145,11 @@ impl Plan {
                 })
                 .peekable();
             if ops.peek().is_none() {
-                writeln!(out, "      no kernel: same buffer, new shape").ok();
+                writeln!(
+                    out,
+                    "      no kernel: same buffer (a new shape, an identity, or folded into the layer before)"
+                )
+                .ok();
             }
             for op in ops {
                 match op {

@@ -333,13 +333,18 @@ impl Op {
                 }
                 s
             }
-            Op::BatchNorm(b) => format!("axes {:?} epsilon {}", b.axes, b.epsilon),
-            Op::LayerNorm(l) => format!("{:?} axes {:?} epsilon {}", l.kind, l.axes, l.epsilon),
+            Op::BatchNorm(b) => format!("axis {:?} epsilon {}", keras_axes(&b.axes), b.epsilon),
+            Op::LayerNorm(l) => format!(
+                "{:?} axis {:?} epsilon {}",
+                l.kind,
+                keras_axes(&l.axes),
+                l.epsilon
+            ),
             Op::Normalization(n) if n.invert => "invert".into(),
             Op::Softmax(s) => format!(
-                "{} over axes {:?}",
+                "{} over axis {:?}",
                 if s.log { "log_softmax" } else { "softmax" },
-                s.axes
+                keras_axes(&s.axes)
             ),
             Op::Rescaling { .. }
             | Op::Embedding(_)
@@ -350,4 +355,9 @@ impl Op {
             | Op::PRelu(_) => String::new(),
         }
     }
+}
+
+/// Axes of a value's shape without the batch axis as Keras numbers them (batch axis 0).
+fn keras_axes(axes: &[usize]) -> Vec<usize> {
+    axes.iter().map(|a| a + 1).collect()
 }

@@ -43,6 +43,13 @@ fn item_axes(cfg: &LayerConfig, field: &str, v: &Value, rank: usize) -> Result<V
     Ok(axes)
 }
 
+fn contains_negative(v: &Value) -> bool {
+    match v {
+        Value::Array(a) => a.iter().any(contains_negative),
+        other => other.as_i64().is_some_and(|a| a < 0),
+    }
+}
+
 /// Checks that `axes` are contiguous (what the kernels support), naming the field.
 fn contiguous(cfg: &LayerConfig, field: &str, shape: &[usize], axes: &[usize]) -> Result<()> {
     axis_layout(shape, axes)
@@ -280,6 +287,11 @@ impl Builder<'_> {
     pub(super) fn prelu(&mut self, cfg: &LayerConfig, x: &ValueInfo) -> Result<Op> {
         let shared = match cfg.get("shared_axes") {
             None => Vec::new(),
+            // Keras indexes the weight shape with `axis - 1`, so a negative axis would mean
+            // something else there than elsewhere: only positive axes are accepted.
+            Some(v) if contains_negative(v) => {
+                return Err(cfg.unsupported("shared_axes", v, "negative axes are not supported"))
+            }
             Some(v) => item_axes(cfg, "shared_axes", v, x.shape.len())?,
         };
         let alpha_shape: Vec<usize> = x

@@ -553,3 +553,33 @@ fn gpu_matches_keras_for_every_fixture() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// (N, 11, 5): softmax and LayerNormalization over axis 1 (time, per feature: strided groups),
+/// BatchNormalization over the 5 features, at batch 1 and 33.
+#[test]
+fn gpu_matches_cpu_over_axis_1_of_a_3d_tensor() {
+    let mut g = Graph::new("axis1_3d");
+    let x = g.add_input("x", vec![11, 5], DType::F32);
+    let bn = batch_norm(&mut g, vec![1], &[5], 3);
+    let b = add(&mut g, bn, x);
+    let sm = Op::Softmax(Softmax {
+        axes: vec![0],
+        log: false,
+    });
+    let s = add(&mut g, sm, b);
+    let ln = Op::LayerNorm(LayerNorm {
+        axes: vec![0],
+        gamma: Some(param(&mut g, "g", &[11], 4, 1.0, 0.3)),
+        beta: Some(param(&mut g, "b", &[11], 5, 0.0, 0.3)),
+        epsilon: 1e-3,
+        kind: LayerNormKind::Standard,
+    });
+    let l = add(&mut g, ln, b);
+    g.add_output("softmax", s);
+    g.add_output("layer_norm", l);
+    for batch in [1, 33] {
+        if !gpu_matches_cpu("axis 1 of (N, 11, 5)", &g, batch, 200 + batch as u64) {
+            return;
+        }
+    }
+}

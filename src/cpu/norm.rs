@@ -22,6 +22,15 @@ pub fn batch_norm(b: &BatchNorm, params: &ParamStore, x: &mut ArrayD<f32>) {
     let layout = axis_layout(&x.shape()[1..], &b.axes).expect("checked by the shape rule");
     let (scale, shift) = b.affine(params);
     per_item(x, |item| {
+        if layout.inner == 1 {
+            // Channels last: one contiguous row of channels per position.
+            for row in item.chunks_exact_mut(layout.reduced) {
+                for ((v, &s), &t) in row.iter_mut().zip(&scale).zip(&shift) {
+                    *v = *v * s + t;
+                }
+            }
+            return;
+        }
         for block in item.chunks_exact_mut(layout.reduced * layout.inner) {
             for (c, run) in block.chunks_exact_mut(layout.inner).enumerate() {
                 let (s, t) = (scale[c], shift[c]);
@@ -31,64 +40,78 @@ pub fn batch_norm(b: &BatchNorm, params: &ParamStore, x: &mut ArrayD<f32>) {
     });
 }
 
+/// One value of LayerNormalization / RMSNormalization given its group's mean and
+/// inv = 1 / sqrt(statistic + eps), with Keras's term order.
+#[inline]
+fn layer_norm_value(
+    kind: LayerNormKind,
+    v: f32,
+    mean: f32,
+    inv: f32,
+    g: Option<f32>,
+    b: Option<f32>,
+) -> f32 {
+    match kind {
+        LayerNormKind::Standard => {
+            // Keras: inv = rsqrt(var + eps) * gamma; x * inv + (beta - mean * inv).
+            let k = g.map_or(inv, |g| inv * g);
+            let res = -mean * k;
+            v * k + b.map_or(res, |b| res + b)
+        }
+        LayerNormKind::RmsScaling | LayerNormKind::Rms => {
+            let y = v * inv;
+            g.map_or(y, |g| y * g)
+        }
+    }
+}
+
+/// (mean, 1 / sqrt(statistic + eps)) of one contiguous group: the variance about the mean, or
+/// for RMSNormalization the mean square (mean is then 0, unused).
+fn layer_norm_stats(kind: LayerNormKind, epsilon: f32, row: &[f32]) -> (f32, f32) {
+    let n = row.len() as f64;
+    if kind == LayerNormKind::Rms {
+        let sq: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        return (0.0, 1.0 / ((sq / n) as f32 + epsilon).sqrt());
+    }
+    let mean = (row.iter().map(|&v| f64::from(v)).sum::<f64>() / n) as f32;
+    let var: f64 = row
+        .iter()
+        .map(|&v| {
+            let d = f64::from(v - mean);
+            d * d
+        })
+        .sum();
+    (mean, 1.0 / ((var / n) as f32 + epsilon).sqrt())
+}
+
 pub fn layer_norm(l: &LayerNorm, params: &ParamStore, x: &mut ArrayD<f32>) {
     let AxisLayout { reduced, inner, .. } =
         axis_layout(&x.shape()[1..], &l.axes).expect("checked by the shape rule");
     let gamma = l.gamma.map(|g| params.slice(g));
     let beta = l.beta.map(|g| params.slice(g));
-    let n = reduced as f64;
+    let weights = |r: usize| (gamma.map(|g| g[r]), beta.map(|b| b[r]));
     per_item(x, |item| {
-        let mut acc = vec![0f64; inner];
-        let mut mean = vec![0f32; inner];
-        let mut inv = vec![0f32; inner];
-        for block in item.chunks_exact_mut(reduced * inner) {
-            // Statistics of the `inner` groups of this block, side by side.
-            acc.fill(0.0);
-            if l.kind == LayerNormKind::Rms {
-                for run in block.chunks_exact(inner) {
-                    acc.iter_mut()
-                        .zip(run)
-                        .for_each(|(a, &v)| *a += f64::from(v) * f64::from(v));
-                }
-                for (i, a) in acc.iter().enumerate() {
-                    inv[i] = 1.0 / ((*a / n) as f32 + l.epsilon).sqrt();
-                }
-            } else {
-                for run in block.chunks_exact(inner) {
-                    acc.iter_mut()
-                        .zip(run)
-                        .for_each(|(a, &v)| *a += f64::from(v));
-                }
-                for (m, a) in mean.iter_mut().zip(&acc) {
-                    *m = (*a / n) as f32;
-                }
-                acc.fill(0.0);
-                for run in block.chunks_exact(inner) {
-                    for ((a, &v), &m) in acc.iter_mut().zip(run).zip(&mean) {
-                        let d = f64::from(v - m);
-                        *a += d * d;
-                    }
-                }
-                for (i, a) in acc.iter().enumerate() {
-                    inv[i] = 1.0 / ((*a / n) as f32 + l.epsilon).sqrt();
+        if inner == 1 {
+            for row in item.chunks_exact_mut(reduced) {
+                let (mean, inv) = layer_norm_stats(l.kind, l.epsilon, row);
+                for (r, v) in row.iter_mut().enumerate() {
+                    let (g, b) = weights(r);
+                    *v = layer_norm_value(l.kind, *v, mean, inv, g, b);
                 }
             }
-            for (r, run) in block.chunks_exact_mut(inner).enumerate() {
-                let g = gamma.map(|g| g[r]);
-                let bt = beta.map(|b| b[r]);
-                for (i, v) in run.iter_mut().enumerate() {
-                    *v = match l.kind {
-                        LayerNormKind::Standard => {
-                            // Keras: inv = rsqrt(var + eps) * gamma; x * inv + (beta - mean * inv).
-                            let k = g.map_or(inv[i], |g| inv[i] * g);
-                            let res = -mean[i] * k;
-                            *v * k + bt.map_or(res, |b| res + b)
-                        }
-                        LayerNormKind::RmsScaling | LayerNormKind::Rms => {
-                            let y = *v * inv[i];
-                            g.map_or(y, |g| y * g)
-                        }
-                    };
+            return;
+        }
+        // Groups `inner` apart: gather each into a row, normalize, scatter back.
+        let mut row = vec![0f32; reduced];
+        for block in item.chunks_exact_mut(reduced * inner) {
+            for i in 0..inner {
+                for (r, v) in row.iter_mut().enumerate() {
+                    *v = block[r * inner + i];
+                }
+                let (mean, inv) = layer_norm_stats(l.kind, l.epsilon, &row);
+                for (r, &v) in row.iter().enumerate() {
+                    let (g, b) = weights(r);
+                    block[r * inner + i] = layer_norm_value(l.kind, v, mean, inv, g, b);
                 }
             }
         }

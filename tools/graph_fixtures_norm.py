@@ -314,6 +314,37 @@ def write_bad():
         seq((8,), layers.Activation("sparsemax")))
 
 
+def keras2_bn_axis_list():
+    """BatchNormalization(axis=[1, 2]) as Keras 2 wrote it: weights in broadcast form over the
+    whole input (1, 3, 4, 1). Keras 3 takes only an int axis, so the expected output is
+    tf.nn.batch_normalization's formula in float32 (x * inv + (beta - mean * inv))."""
+    name = "bn_keras2_axis_list"
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    model = seq((3, 4, 5), layers.BatchNormalization(axis=2))
+    config = json.loads(model.to_json())
+    config["config"]["layers"][-1]["config"]["axis"] = [1, 2]
+    shape = (1, 3, 4, 1)
+    gamma = rng.uniform(0.6, 1.4, shape).astype(np.float32)
+    beta = rng.normal(0, 0.2, shape).astype(np.float32)
+    mean = rng.normal(0, 0.4, shape).astype(np.float32)
+    var = rng.uniform(0.3, 2.0, shape).astype(np.float32)
+    x = rng.normal(0, 2.0, (2, 3, 4, 5)).astype(np.float32)
+    inv = (np.float32(1) / np.sqrt(var + np.float32(1e-3))) * gamma
+    y = (x * inv + (beta - mean * inv)).astype(np.float32)
+    (OUT / f"{name}.json").write_text(json.dumps(config))
+    np.savez(OUT / f"{name}.npz", gamma, beta, mean, var)
+    np.save(OUT / f"{name}.input0.npy", x)
+    np.save(OUT / f"{name}.expected0.npy", y)
+    return {
+        "name": name,
+        "description": keras2_bn_axis_list.__doc__.split(".")[0] + " (expected from the formula)",
+        "model": f"{name}.json", "weights": f"{name}.npz", "form": "json_npz",
+        "inputs": [{"file": f"{name}.input0.npy", "kind": "float", "shape": list(x.shape)}],
+        "outputs": [{"name": "batch_normalization", "file": f"{name}.expected0.npy",
+                     "shape": list(y.shape), "std": round(float(y.std()), 4)}],
+    }
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     manifest = {
@@ -361,6 +392,7 @@ def main():
                                      "shape": list(y.shape), "std": round(std, 4)})
         manifest["fixtures"].append(entry)
         print(f"{name:40s} {form:9s} {[list(np.shape(y)) for y in ys]}")
+    manifest["fixtures"].append(keras2_bn_axis_list())
     write_bad()
     manifest["bad"] = BAD
     (OUT / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")

@@ -192,7 +192,6 @@ rejected_with_named_cause! {
     stateful_lstm_is_rejected => "bad/lstm_stateful.keras",
     bidirectional_merge_mode_none_is_rejected => "bad/bilstm_merge_none.keras",
     gru_layer_is_rejected_by_class_name => "bad/gru.keras",
-    layer_normalization_is_rejected_by_class_name => "bad/layer_normalization.keras",
 }
 
 /// Subfolders of tests/fixtures that hold this manifest's files. Others (e.g. `text/`) belong

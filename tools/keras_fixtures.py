@@ -717,11 +717,6 @@ def _():
     return seq(SEQ, layers.GRU(4))
 
 
-@bad("layer_normalization", "LayerNormalization", "LayerNormalization, an unsupported layer class")
-def _():
-    return seq((6,), layers.Dense(4), layers.LayerNormalization())
-
-
 # ---------------------------------------------------------------- writing
 
 

@@ -6,6 +6,7 @@ pub mod activation;
 mod conv;
 mod gemm;
 mod merge;
+mod norm;
 mod recurrent;
 mod winograd;
 
@@ -190,6 +191,31 @@ fn run_node(
             x
         }
         Op::Rescaling { scale, offset } => rescale(float(first, node)?, scale, offset),
+        Op::BatchNorm(b) => {
+            let mut x = into_standard_layout(float(first, node)?);
+            norm::batch_norm(b, params, &mut x);
+            x
+        }
+        Op::LayerNorm(l) => {
+            let mut x = into_standard_layout(float(first, node)?);
+            norm::layer_norm(l, params, &mut x);
+            x
+        }
+        Op::Normalization(n) => {
+            let mut x = float(first, node)?;
+            norm::normalization(n, params, &mut x);
+            x
+        }
+        Op::PRelu(p) => {
+            let mut x = float(first, node)?;
+            norm::prelu(p, params, &mut x);
+            x
+        }
+        Op::Softmax(s) => {
+            let mut x = into_standard_layout(float(first, node)?);
+            norm::softmax(s, &mut x);
+            x
+        }
         Op::Embedding(e) => match first {
             Tensor::Ids(ids) => embedding(e, params, &ids).into_dyn(),
             other => {

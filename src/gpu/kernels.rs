@@ -18,6 +18,7 @@ const RECURRENT: &str = include_str!("../../shaders/recurrent.wgsl");
 const MERGE: &str = include_str!("../../shaders/merge.wgsl");
 const COPY: &str = include_str!("../../shaders/copy.wgsl");
 const MASK: &str = include_str!("../../shaders/mask.wgsl");
+const NORM: &str = include_str!("../../shaders/norm.wgsl");
 
 /// Every GEMM workgroup computes a tile this many rows by this many columns.
 pub const GEMM_TILE: u32 = 64;
@@ -63,6 +64,12 @@ pub enum Kernel {
     Bilinear,
     /// Masked Multiply/Maximum/Minimum: padded steps become 0 or the first input.
     MaskSelect,
+    /// x * scale + shift with broadcast weights (BatchNormalization, Normalization).
+    Affine,
+    PRelu,
+    LayerNorm,
+    /// Softmax or log_softmax over strided groups (any contiguous axes).
+    SoftmaxAxes,
 }
 
 /// How a kernel reads one storage binding.
@@ -94,6 +101,10 @@ impl Kernel {
             Kernel::StridedCopy => "strided_copy",
             Kernel::Bilinear => "bilinear",
             Kernel::MaskSelect => "mask_select",
+            Kernel::Affine => "affine",
+            Kernel::PRelu => "prelu",
+            Kernel::LayerNorm => "layer_norm",
+            Kernel::SoftmaxAxes => "softmax_axes",
         }
     }
 
@@ -121,6 +132,7 @@ impl Kernel {
             Kernel::Binary | Kernel::NormalizeRows | Kernel::BatchedDot => &[MERGE],
             Kernel::StridedCopy | Kernel::Bilinear => &[COPY],
             Kernel::MaskSelect => &[MASK],
+            Kernel::Affine | Kernel::PRelu | Kernel::LayerNorm | Kernel::SoftmaxAxes => &[NORM],
         };
         let mut source = String::from(COMMON);
         for part in parts {
@@ -149,6 +161,9 @@ impl Kernel {
                 &[Read, Read, ReadWrite]
             }
             Kernel::StridedCopy | Kernel::Bilinear => &[Read, ReadWrite],
+            Kernel::Affine | Kernel::PRelu | Kernel::LayerNorm | Kernel::SoftmaxAxes => {
+                &[ReadWrite, Read, Read]
+            }
         }
     }
 
@@ -168,6 +183,10 @@ impl Kernel {
             Kernel::NormalizeRows => &["-", "-", "y"],
             Kernel::StridedCopy | Kernel::Bilinear => &["x", "y"],
             Kernel::MaskSelect => &["ids", "first", "y"],
+            Kernel::Affine => &["x", "scale", "shift"],
+            Kernel::PRelu => &["x", "alpha", "-"],
+            Kernel::LayerNorm => &["x", "gamma", "beta"],
+            Kernel::SoftmaxAxes => &["x", "-", "-"],
         }
     }
 

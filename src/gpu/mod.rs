@@ -256,6 +256,8 @@ pub struct LimitOverrides {
     pub max_buffer_bytes: Option<u64>,
     /// Largest workgroup count per dispatch dimension.
     pub max_workgroups_per_dimension: Option<u32>,
+    /// Keep every BatchNormalization as its own kernel (tests compare both ways).
+    pub no_batch_norm_folding: bool,
 }
 
 fn plan_limits(limits: &wgpu::Limits, overrides: LimitOverrides) -> PlanLimits {
@@ -275,6 +277,7 @@ fn plan_limits(limits: &wgpu::Limits, overrides: LimitOverrides) -> PlanLimits {
         max_binding_bytes: max_binding,
         max_workgroups_per_dim: max_workgroups,
         max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
+        fold_batch_norm: !overrides.no_batch_norm_folding,
     }
 }
 
@@ -613,7 +616,7 @@ fn upload_weights(
     limits: PlanLimits,
 ) -> Result<HashMap<weights::WeightKey, wgpu::Buffer>> {
     let mut buffers = HashMap::new();
-    for spec in weights::weight_specs(graph) {
+    for spec in weights::weight_specs(graph, limits.fold_batch_norm) {
         let layer = &graph.nodes[spec.key.node];
         let bytes = 4 * spec.len as u64;
         if bytes > limits.max_binding_bytes {
@@ -626,7 +629,7 @@ fn upload_weights(
                 bytes_text(limits.max_binding_bytes)
             )));
         }
-        let values = weights::weight_values(graph, spec.key)?;
+        let values = weights::weight_values(graph, spec.key, limits.fold_batch_norm)?;
         let mut contents: Vec<u8> = bytemuck::cast_slice(&values).to_vec();
         // Empty or tiny arrays still need a valid 16-byte binding.
         contents.resize(contents.len().max(16).div_ceil(16) * 16, 0);

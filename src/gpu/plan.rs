@@ -26,6 +26,8 @@ use super::kernels::{
 use super::weights::{weight_specs, WeightKey, WeightRole};
 
 mod conv;
+mod norm;
+pub(crate) use norm::{batch_norm_folds, folded_weights};
 
 /// The device limits a plan must respect.
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +37,9 @@ pub struct PlanLimits {
     pub max_binding_bytes: u64,
     pub max_workgroups_per_dim: u32,
     pub max_storage_buffers_per_stage: u32,
+    /// Fold a BatchNormalization into the Conv2D or Dense before it where that is exact
+    /// (`plan/norm.rs`); off only to test the unfolded kernels.
+    pub fold_batch_norm: bool,
 }
 
 /// A buffer a dispatch binds.
@@ -122,6 +127,8 @@ pub struct Plan {
     /// Longest recurrent time loop (entries of the step-index uniform buffer).
     pub max_steps: u32,
     pub tensors: Vec<BatchTensor>,
+    /// Whether BatchNormalization was folded (the weight buffers depend on it).
+    pub fold_batch_norm: bool,
 }
 
 /// Activation code and parameters as `common.wgsl`'s `Act` struct reads them.
@@ -148,11 +155,27 @@ fn act_words(layer: &Node, activation: &Activation) -> Result<[u32; 4]> {
         Activation::Softplus => [9, 0, 0, 0],
         Activation::Softsign => [10, 0, 0, 0],
         Activation::Exponential => [11, 0, 0, 0],
-        Activation::Softmax => {
+        Activation::Gelu { approximate: false } => [12, 0, 0, 0],
+        Activation::Gelu { approximate: true } => [13, 0, 0, 0],
+        Activation::Mish => [14, 0, 0, 0],
+        Activation::Celu { alpha } => [15, f(alpha), 0, 0],
+        Activation::HardSilu => [16, 0, 0, 0],
+        Activation::HardTanh => [17, 0, 0, 0],
+        Activation::HardShrink { threshold } => [18, f(threshold), 0, 0],
+        Activation::SoftShrink { threshold } => [19, f(threshold), 0, 0],
+        Activation::TanhShrink => [20, 0, 0, 0],
+        Activation::SparsePlus => [21, 0, 0, 0],
+        Activation::SparseSigmoid => [22, 0, 0, 0],
+        Activation::Squareplus { b } => [23, f(b), 0, 0],
+        Activation::LogSigmoid => [24, 0, 0, 0],
+        Activation::Softmax | Activation::LogSoftmax => {
             return Err(layer_error(
                 layer,
                 "activation",
-                "softmax is only supported as a layer's output activation",
+                format!(
+                    "{} is only supported as a layer's output activation",
+                    activation.name()
+                ),
             ))
         }
     })
@@ -204,6 +227,8 @@ struct Builder<'a> {
     value_buf: Vec<Option<BufRef>>,
     /// Index of the last node reading each value (`usize::MAX` for graph outputs).
     last_use: Vec<usize>,
+    /// For each Conv2D / Dense node, the BatchNormalization folded into it.
+    bn_folds: Vec<Option<usize>>,
 }
 
 impl<'a> Builder<'a> {
@@ -330,7 +355,7 @@ impl<'a> Builder<'a> {
         conv: Option<&Conv>,
     ) -> Result<()> {
         let l = self.layer(layer);
-        let softmax = *activation == Activation::Softmax;
+        let softmax = activation.is_row_wise();
         let act = if softmax {
             [0; 4]
         } else {
@@ -411,7 +436,7 @@ impl<'a> Builder<'a> {
         if bias != BufRef::Dummy {
             epilogue.push_str(" + bias");
         }
-        if !matches!(activation, Activation::Linear | Activation::Softmax) {
+        if !matches!(activation, Activation::Linear) && !softmax {
             write!(epilogue, ", {}", activation.name()).ok();
         }
         let kernel = if conv.is_some() {
@@ -451,8 +476,10 @@ impl<'a> Builder<'a> {
             )?;
             self.release(partials);
         }
-        if softmax {
-            self.softmax(layer, c, m, n)?;
+        match activation {
+            Activation::Softmax => self.softmax(layer, c, m, n)?,
+            Activation::LogSoftmax => self.log_softmax_rows(layer, c, m, n)?,
+            _ => {}
         }
         Ok(())
     }
@@ -504,6 +531,7 @@ impl<'a> Builder<'a> {
         match activation {
             Activation::Linear => Ok(()),
             Activation::Softmax => self.softmax(i, x, len / cols.max(1), cols),
+            Activation::LogSoftmax => self.log_softmax_rows(i, x, len / cols.max(1), cols),
             other => {
                 let mut params = act_words(l, other)?.to_vec();
                 params.extend([to_u32(l, "length", len)?, 1, 0, 0]);
@@ -849,6 +877,11 @@ impl Builder<'_> {
             | GraphOp::Permute { .. }
             | GraphOp::RepeatVector { .. }
             | GraphOp::Upsample { .. } => self.merge_node(i)?,
+            GraphOp::BatchNorm(b) => self.batch_norm(i, b, x_value)?,
+            GraphOp::LayerNorm(l) => self.layer_norm(i, l, x_value)?,
+            GraphOp::Normalization(n) => self.normalization(i, n, x_value)?,
+            GraphOp::PRelu(p) => self.prelu(i, p, x_value)?,
+            GraphOp::Softmax(s) => self.softmax_axes(i, s, x_value)?,
         };
         Ok(vec![out])
     }
@@ -868,9 +901,17 @@ impl Plan {
             ops: Vec::new(),
             tensors: Vec::new(),
             max_steps: 0,
-            weights: weight_specs(graph).iter().map(|s| s.key).collect(),
+            weights: weight_specs(graph, limits.fold_batch_norm)
+                .iter()
+                .map(|s| s.key)
+                .collect(),
             value_buf: vec![None; graph.values.len()],
             last_use: graph.last_uses(),
+            bn_folds: if limits.fold_batch_norm {
+                batch_norm_folds(graph)
+            } else {
+                vec![None; graph.nodes.len()]
+            },
         };
         let mut inputs = Vec::new();
         for (k, port) in graph.inputs.iter().enumerate() {
@@ -925,6 +966,7 @@ impl Plan {
             outputs,
             max_steps: b.max_steps,
             tensors: b.tensors,
+            fold_batch_norm: limits.fold_batch_norm,
         })
     }
 
@@ -1026,7 +1068,11 @@ impl Plan {
                 })
                 .peekable();
             if ops.peek().is_none() {
-                writeln!(out, "      no kernel: same buffer, new shape").ok();
+                writeln!(
+                    out,
+                    "      no kernel: same buffer (a new shape, an identity, or folded into the layer before)"
+                )
+                .ok();
             }
             for op in ops {
                 match op {
@@ -1102,7 +1148,7 @@ impl Plan {
             )
             .ok();
         }
-        let specs = weight_specs(graph);
+        let specs = weight_specs(graph, self.fold_batch_norm);
         let weight_bytes: u64 = specs.iter().map(|s| 4 * s.len as u64).sum();
         writeln!(
             out,

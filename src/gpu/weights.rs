@@ -1,6 +1,7 @@
 //! Weight buffers: which arrays each layer uploads, in the layout its kernels read. Uploaded once
 //! per runtime and shared by the plans of every batch size.
 
+use super::plan::{batch_norm_folds, folded_weights};
 use crate::error::{Error, Result};
 use crate::graph::{Conv, ConvTranspose, Dense, DepthwiseConv, Graph, Op, ParamStore, Recurrent};
 
@@ -15,7 +16,8 @@ pub enum WeightRole {
     Bias,
     /// Embedding table (input_dim, output_dim).
     Table,
-    /// Rescaling scale and offset.
+    /// Rescaling scale and offset; BatchNormalization and Normalization as x * scale + offset;
+    /// LayerNormalization's gamma and beta; PReLU's alpha (scale).
     Scale,
     Offset,
     /// Recurrent kernels of all directions stacked: (dirs*units, gates*units).
@@ -49,9 +51,21 @@ pub struct WeightSpec {
     pub len: usize,
 }
 
-/// The weight buffers a graph needs, in node order.
-pub fn weight_specs(graph: &Graph) -> Vec<WeightSpec> {
+/// Which BatchNormalization each node folds, with folding on or off.
+fn folds(graph: &Graph, fold_batch_norm: bool) -> Vec<Option<usize>> {
+    if fold_batch_norm {
+        batch_norm_folds(graph)
+    } else {
+        vec![None; graph.nodes.len()]
+    }
+}
+
+/// The weight buffers a graph needs, in node order. With `fold_batch_norm`, a Conv2D or Dense
+/// followed by a foldable BatchNormalization has folded weights (and always a bias), and the
+/// BatchNormalization none.
+pub fn weight_specs(graph: &Graph, fold_batch_norm: bool) -> Vec<WeightSpec> {
     let p = &graph.params;
+    let folds = folds(graph, fold_batch_norm);
     let mut specs = Vec::new();
     for (node, n) in graph.nodes.iter().enumerate() {
         let mut add = |role, len| {
@@ -66,7 +80,9 @@ pub fn weight_specs(graph: &Graph) -> Vec<WeightSpec> {
             | Op::ConvTranspose(ConvTranspose { kernel, bias, .. })
             | Op::Dense(Dense { kernel, bias, .. }) => {
                 add(WeightRole::Kernel, p.len_of(*kernel));
-                if let Some(b) = bias {
+                if let Some(bn) = folds[node] {
+                    add(WeightRole::Bias, bn_channels(graph, bn));
+                } else if let Some(b) = bias {
                     add(WeightRole::Bias, p.len_of(*b));
                 }
             }
@@ -86,6 +102,23 @@ pub fn weight_specs(graph: &Graph) -> Vec<WeightSpec> {
                 let recurrent = r.cells().map(|c| p.len_of(c.recurrent_kernel)).sum();
                 add(WeightRole::RecurrentKernel, recurrent);
             }
+            Op::BatchNorm(b) if !folds.contains(&Some(node)) => {
+                add(WeightRole::Scale, p.len_of(b.moving_mean));
+                add(WeightRole::Offset, p.len_of(b.moving_mean));
+            }
+            Op::LayerNorm(l) => {
+                if let Some(g) = l.gamma {
+                    add(WeightRole::Scale, p.len_of(g));
+                }
+                if let Some(b) = l.beta {
+                    add(WeightRole::Offset, p.len_of(b));
+                }
+            }
+            Op::Normalization(n) => {
+                add(WeightRole::Scale, p.len_of(n.mean));
+                add(WeightRole::Offset, p.len_of(n.mean));
+            }
+            Op::PRelu(a) => add(WeightRole::Scale, p.len_of(a.alpha)),
             Op::Pool(_)
             | Op::GlobalPool { .. }
             | Op::Activation(_)
@@ -100,14 +133,23 @@ pub fn weight_specs(graph: &Graph) -> Vec<WeightSpec> {
             | Op::Crop { .. }
             | Op::Permute { .. }
             | Op::RepeatVector { .. }
-            | Op::Upsample { .. } => {}
+            | Op::Upsample { .. }
+            | Op::BatchNorm(_)
+            | Op::Softmax(_) => {}
         }
     }
     specs
 }
 
+fn bn_channels(graph: &Graph, bn: usize) -> usize {
+    match &graph.nodes[bn].op {
+        Op::BatchNorm(b) => graph.params.len_of(b.moving_mean),
+        _ => 0,
+    }
+}
+
 /// The values of one weight buffer, row-major in the layout `WeightRole` describes.
-pub fn weight_values(graph: &Graph, key: WeightKey) -> Result<Vec<f32>> {
+pub fn weight_values(graph: &Graph, key: WeightKey, fold_batch_norm: bool) -> Result<Vec<f32>> {
     let node = graph
         .nodes
         .get(key.node)
@@ -121,6 +163,16 @@ pub fn weight_values(graph: &Graph, key: WeightKey) -> Result<Vec<f32>> {
             key.role.name()
         ))
     };
+    if let (Op::Conv(_) | Op::Dense(_), Some(bn)) =
+        (&node.op, folds(graph, fold_batch_norm)[key.node])
+    {
+        let (kernel, bias) = folded_weights(graph, key.node, bn)?;
+        return match key.role {
+            WeightRole::Kernel => Ok(kernel),
+            WeightRole::Bias => Ok(bias),
+            _ => Err(missing()),
+        };
+    }
     let values = match (&node.op, key.role) {
         (
             Op::Conv(Conv { kernel, .. })
@@ -139,6 +191,13 @@ pub fn weight_values(graph: &Graph, key: WeightKey) -> Result<Vec<f32>> {
         (Op::Embedding(e), WeightRole::Table) => p.slice(e.table).to_vec(),
         (Op::Rescaling { scale, .. }, WeightRole::Scale) => scale.clone(),
         (Op::Rescaling { offset, .. }, WeightRole::Offset) => offset.clone(),
+        (Op::BatchNorm(b), WeightRole::Scale) => b.affine(p).0,
+        (Op::BatchNorm(b), WeightRole::Offset) => b.affine(p).1,
+        (Op::LayerNorm(l), WeightRole::Scale) => p.slice(l.gamma.ok_or_else(missing)?).to_vec(),
+        (Op::LayerNorm(l), WeightRole::Offset) => p.slice(l.beta.ok_or_else(missing)?).to_vec(),
+        (Op::Normalization(n), WeightRole::Scale) => n.affine(p).0,
+        (Op::Normalization(n), WeightRole::Offset) => n.affine(p).1,
+        (Op::PRelu(a), WeightRole::Scale) => p.slice(a.alpha).to_vec(),
         (Op::Recurrent(r), WeightRole::Kernel) => recurrent_input_kernel(p, r),
         (Op::Recurrent(r), WeightRole::Bias) => r
             .cells()

@@ -65,6 +65,11 @@ impl ParamStore {
             .expect("parameters are stored in standard layout")
     }
 
+    /// Marks a weight as (not) updated by optimizers, e.g. moving statistics.
+    pub fn set_trainable(&mut self, id: ParamId, trainable: bool) {
+        self.params[id.0].trainable = trainable;
+    }
+
     pub fn len_of(&self, id: ParamId) -> usize {
         self.params[id.0].value.len()
     }

@@ -629,6 +629,9 @@ impl<'a> Builder<'a> {
         inputs: &[ValueId],
         args: &Value,
     ) -> Result<Vec<ValueId>> {
+        if let Some(outs) = self.activation_operator(cfg, inputs) {
+            return outs;
+        }
         if let Some(outs) = self.arithmetic_operator(cfg, inputs, args)? {
             return Ok(outs);
         }

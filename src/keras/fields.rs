@@ -251,6 +251,21 @@ pub fn activation_by_name(name: &str) -> Option<Activation> {
         "softplus" => Activation::Softplus,
         "softsign" => Activation::Softsign,
         "exponential" => Activation::Exponential,
+        // Keras 3 names not listed here (glu halves an axis, sparsemax sorts, threshold has no
+        // defaults) stay unknown.
+        "gelu" => Activation::Gelu { approximate: false },
+        "mish" => Activation::Mish,
+        "celu" => Activation::Celu { alpha: 1.0 },
+        "hard_silu" | "hard_swish" => Activation::HardSilu,
+        "hard_tanh" => Activation::HardTanh,
+        "hard_shrink" => Activation::HardShrink { threshold: 0.5 },
+        "soft_shrink" => Activation::SoftShrink { threshold: 0.5 },
+        "tanh_shrink" => Activation::TanhShrink,
+        "sparse_plus" => Activation::SparsePlus,
+        "sparse_sigmoid" => Activation::SparseSigmoid,
+        "squareplus" => Activation::Squareplus { b: 4.0 },
+        "log_sigmoid" => Activation::LogSigmoid,
+        "log_softmax" => Activation::LogSoftmax,
         _ => return None,
     })
 }

@@ -1,6 +1,6 @@
 //! Activation functions with Keras's parameters, shared by every op that has one.
 
-/// Elementwise (or, for softmax, last-axis) activation functions, with Keras's parameters.
+/// Elementwise (or, for softmax and log_softmax, last-axis) activation functions, with Keras's parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Activation {
     Linear,
@@ -26,6 +26,42 @@ pub enum Activation {
     Softplus,
     Softsign,
     Exponential,
+    /// 0.5 x (1 + erf(x / sqrt 2)); `approximate`: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+    Gelu {
+        approximate: bool,
+    },
+    /// x * tanh(softplus(x)).
+    Mish,
+    /// max(x, 0) + alpha * expm1(min(x, 0) / alpha).
+    Celu {
+        alpha: f32,
+    },
+    /// hard_swish: x * hard_sigmoid(x).
+    HardSilu,
+    /// clip(x, -1, 1).
+    HardTanh,
+    /// x where |x| > threshold, else 0.
+    HardShrink {
+        threshold: f32,
+    },
+    /// x - threshold above threshold, x + threshold below -threshold, else 0.
+    SoftShrink {
+        threshold: f32,
+    },
+    /// x - tanh(x).
+    TanhShrink,
+    /// 0 for x <= -1, (x + 1)^2 / 4 for x < 1, else x.
+    SparsePlus,
+    /// 0 for x <= -1, 1 for x >= 1, else (x + 1) / 2.
+    SparseSigmoid,
+    /// (x + sqrt(x^2 + b)) / 2.
+    Squareplus {
+        b: f32,
+    },
+    /// log(sigmoid(x)) = -softplus(-x).
+    LogSigmoid,
+    /// x - logsumexp(x) over the last axis.
+    LogSoftmax,
 }
 
 impl Activation {
@@ -50,6 +86,25 @@ impl Activation {
             Activation::Softplus => "softplus",
             Activation::Softsign => "softsign",
             Activation::Exponential => "exponential",
+            Activation::Gelu { approximate: false } => "gelu",
+            Activation::Gelu { approximate: true } => "gelu_tanh",
+            Activation::Mish => "mish",
+            Activation::Celu { .. } => "celu",
+            Activation::HardSilu => "hard_silu",
+            Activation::HardTanh => "hard_tanh",
+            Activation::HardShrink { .. } => "hard_shrink",
+            Activation::SoftShrink { .. } => "soft_shrink",
+            Activation::TanhShrink => "tanh_shrink",
+            Activation::SparsePlus => "sparse_plus",
+            Activation::SparseSigmoid => "sparse_sigmoid",
+            Activation::Squareplus { .. } => "squareplus",
+            Activation::LogSigmoid => "log_sigmoid",
+            Activation::LogSoftmax => "log_softmax",
         }
+    }
+
+    /// Softmax and log_softmax: they read a whole last-axis row, not one element.
+    pub fn is_row_wise(&self) -> bool {
+        matches!(self, Activation::Softmax | Activation::LogSoftmax)
     }
 }

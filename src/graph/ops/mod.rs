@@ -8,6 +8,7 @@ pub mod conv;
 pub mod dense;
 pub mod embedding;
 pub mod merge;
+pub mod norm;
 pub mod pool;
 pub mod recurrent;
 
@@ -19,6 +20,10 @@ pub use conv::{
 pub use dense::Dense;
 pub use embedding::Embedding;
 pub use merge::{BinaryOp, Dot, Interpolation, Merge, ScalarOp, StridedCopy};
+pub use norm::{
+    axis_layout, broadcast_strides, keep_axes, AxisLayout, BatchNorm, LayerNorm, LayerNormKind,
+    Normalization, PRelu, Softmax, NORMALIZATION_EPSILON,
+};
 pub use pool::{Pool, PoolOp};
 pub use recurrent::{CellKind, MergeMode, Recurrent, RecurrentCell};
 
@@ -93,6 +98,12 @@ pub enum Op {
         factors: Vec<usize>,
         interpolation: Interpolation,
     },
+    BatchNorm(BatchNorm),
+    LayerNorm(LayerNorm),
+    Normalization(Normalization),
+    PRelu(PRelu),
+    /// Softmax or log_softmax over any contiguous axes (the last axis is `Activation`).
+    Softmax(Softmax),
 }
 
 impl Op {
@@ -121,6 +132,11 @@ impl Op {
             Op::Permute { .. } => "permute",
             Op::RepeatVector { .. } => "repeat_vector",
             Op::Upsample { .. } => "upsample",
+            Op::BatchNorm(_) => "batch_norm",
+            Op::LayerNorm(_) => "layer_norm",
+            Op::Normalization(_) => "normalization",
+            Op::PRelu(_) => "prelu",
+            Op::Softmax(_) => "softmax_axes",
         }
     }
 
@@ -192,8 +208,8 @@ impl Op {
             }
             Op::Activation(a) => {
                 let x = one(DType::F32)?;
-                if *a == Activation::Softmax && x.shape.is_empty() {
-                    return Err("softmax needs at least one axis".into());
+                if a.is_row_wise() && x.shape.is_empty() {
+                    return Err(format!("{} needs at least one axis", a.name()));
                 }
                 float(x.shape.clone())
             }
@@ -293,6 +309,31 @@ impl Op {
                 *interpolation,
                 &one(DType::F32)?.shape,
             )?),
+            Op::BatchNorm(b) => {
+                let x = one(DType::F32)?;
+                b.check(&x.shape, params)?;
+                float(x.shape.clone())
+            }
+            Op::LayerNorm(l) => {
+                let x = one(DType::F32)?;
+                l.check(&x.shape, params)?;
+                float(x.shape.clone())
+            }
+            Op::Normalization(n) => {
+                let x = one(DType::F32)?;
+                n.check(&x.shape, params)?;
+                float(x.shape.clone())
+            }
+            Op::PRelu(p) => {
+                let x = one(DType::F32)?;
+                broadcast_strides(&x.shape, params.get(p.alpha).shape())?;
+                float(x.shape.clone())
+            }
+            Op::Softmax(s) => {
+                let x = one(DType::F32)?;
+                axis_layout(&x.shape, &s.axes)?;
+                float(x.shape.clone())
+            }
         }
     }
 
@@ -324,6 +365,18 @@ impl Op {
                 .flat_map(|c| [Some(c.kernel), Some(c.recurrent_kernel), c.bias])
                 .flatten()
                 .collect(),
+            Op::BatchNorm(b) => [b.gamma, b.beta]
+                .into_iter()
+                .flatten()
+                .chain([b.moving_mean, b.moving_variance])
+                .chain(b.unused.iter().copied())
+                .collect(),
+            Op::LayerNorm(l) => [l.gamma, l.beta].into_iter().flatten().collect(),
+            Op::Normalization(n) => std::iter::once(n.mean)
+                .chain([n.variance])
+                .chain(n.count)
+                .collect(),
+            Op::PRelu(p) => vec![p.alpha],
             Op::Pool(_)
             | Op::GlobalPool { .. }
             | Op::Activation(_)
@@ -339,7 +392,8 @@ impl Op {
             | Op::Crop { .. }
             | Op::Permute { .. }
             | Op::RepeatVector { .. }
-            | Op::Upsample { .. } => Vec::new(),
+            | Op::Upsample { .. }
+            | Op::Softmax(_) => Vec::new(),
         }
     }
 
@@ -382,6 +436,10 @@ impl Op {
             | Op::Permute { .. }
             | Op::RepeatVector { .. }
             | Op::Upsample { .. } => 0,
+            // A multiply-add per value; statistics read each value a few times more.
+            Op::BatchNorm(_) | Op::Normalization(_) | Op::PRelu(_) => 2 * out,
+            Op::LayerNorm(_) => 6 * out,
+            Op::Softmax(_) => 0,
             Op::Activation(_)
             | Op::Rescaling { .. }
             | Op::Embedding(_)
@@ -461,11 +519,31 @@ impl Op {
                 factors,
                 interpolation,
             } => format!("{factors:?} {interpolation:?}").to_lowercase(),
+            Op::BatchNorm(b) => format!("axis {:?} epsilon {}", keras_axes(&b.axes), b.epsilon),
+            Op::LayerNorm(l) => format!(
+                "{:?} axis {:?} epsilon {}",
+                l.kind,
+                keras_axes(&l.axes),
+                l.epsilon
+            ),
+            Op::Normalization(n) if n.invert => "invert".into(),
+            Op::Softmax(s) => format!(
+                "{} over axis {:?}",
+                if s.log { "log_softmax" } else { "softmax" },
+                keras_axes(&s.axes)
+            ),
             Op::Rescaling { .. }
             | Op::Embedding(_)
             | Op::Reshape { .. }
             | Op::Identity
-            | Op::PaddingMask => String::new(),
+            | Op::PaddingMask
+            | Op::Normalization(_)
+            | Op::PRelu(_) => String::new(),
         }
     }
+}
+
+/// Axes of a value's shape without the batch axis as Keras numbers them (batch axis 0).
+fn keras_axes(axes: &[usize]) -> Vec<usize> {
+    axes.iter().map(|a| a + 1).collect()
 }

@@ -94,11 +94,11 @@ impl Builder<'_> {
         })
     }
 
-    /// Activation, ReLU, LeakyReLU, ELU and Softmax layers.
+    /// Activation, ReLU, LeakyReLU and ELU layers (Softmax is in `norm.rs`).
     pub(super) fn activation_layer(
         &mut self,
         cfg: &LayerConfig,
-        x: &ValueInfo,
+        _x: &ValueInfo,
     ) -> Result<Activation> {
         Ok(match cfg.class.as_str() {
             "ReLU" => {
@@ -127,21 +127,6 @@ impl Builder<'_> {
             "ELU" => Activation::Elu {
                 alpha: cfg.f32_or("alpha", 1.0)?,
             },
-            "Softmax" => {
-                let axis = cfg.get("axis").cloned().unwrap_or(Value::from(-1));
-                let last = x.shape.len() as i64;
-                let ok = match &axis {
-                    Value::Number(n) => n.as_i64() == Some(-1) || n.as_i64() == Some(last),
-                    Value::Array(a) if a.len() == 1 => {
-                        a[0].as_i64() == Some(-1) || a[0].as_i64() == Some(last)
-                    }
-                    _ => false,
-                };
-                if !ok {
-                    return Err(cfg.unsupported("axis", &axis, "only the last axis is supported"));
-                }
-                Activation::Softmax
-            }
             _ => cfg.activation("activation")?,
         })
     }

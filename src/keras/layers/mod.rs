@@ -5,6 +5,7 @@
 mod conv;
 mod core;
 mod merge;
+mod norm;
 mod recurrent;
 
 pub(crate) use merge::{is_merge_layer, MaskExpr};
@@ -25,6 +26,14 @@ fn passes_mask(class: &str) -> bool {
             | "Dense"
             | "GaussianNoise"
             | "GaussianDropout"
+            | "BatchNormalization"
+            | "LayerNormalization"
+            | "RMSNormalization"
+            | "Normalization"
+            | "PReLU"
+            | "ReLU"
+            | "LeakyReLU"
+            | "ELU"
     )
 }
 
@@ -92,7 +101,13 @@ impl Builder<'_> {
             | "AlphaDropout"
             | "ActivityRegularization" => Op::Identity,
             "Rescaling" => self.rescaling(cfg)?,
-            "Activation" | "ReLU" | "LeakyReLU" | "ELU" | "Softmax" => {
+            "BatchNormalization" => self.batch_normalization(cfg, &info)?,
+            "LayerNormalization" => self.layer_normalization(cfg, &info, false)?,
+            "RMSNormalization" => self.layer_normalization(cfg, &info, true)?,
+            "Normalization" => self.normalization(cfg, &info)?,
+            "PReLU" => self.prelu(cfg, &info)?,
+            "Softmax" => self.softmax_layer(cfg, &info, mask)?,
+            "Activation" | "ReLU" | "LeakyReLU" | "ELU" => {
                 Op::Activation(self.activation_layer(cfg, &info)?)
             }
             "Embedding" => return self.embedding(cfg, x),
@@ -101,8 +116,8 @@ impl Builder<'_> {
             "ZeroPadding1D" | "ZeroPadding2D" | "ZeroPadding3D" | "Cropping1D" | "Cropping2D"
             | "Cropping3D" | "UpSampling1D" | "UpSampling2D" | "UpSampling3D" | "Permute"
             | "RepeatVector" => self.shape_layer(cfg, &info)?,
-            "GRU" | "ConvLSTM2D" | "BatchNormalization" | "LayerNormalization" | "Masking"
-            | "Attention" | "MultiHeadAttention" | "TimeDistributed" | "RNN" => {
+            "GRU" | "ConvLSTM2D" | "Masking" | "Attention" | "MultiHeadAttention"
+            | "TimeDistributed" | "RNN" => {
                 return Err(cfg.error(
                     "class_name",
                     format!("layer class '{}' is not supported by wgnn", cfg.class),

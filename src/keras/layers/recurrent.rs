@@ -79,10 +79,10 @@ impl Builder<'_> {
             None => Activation::Sigmoid,
             Some(_) => cfg.activation("recurrent_activation")?,
         };
-        if activation == Activation::Softmax || recurrent_activation == Activation::Softmax {
+        if activation.is_row_wise() || recurrent_activation.is_row_wise() {
             return Err(cfg.error(
                 "activation",
-                "softmax is not supported inside a recurrent cell",
+                "softmax and log_softmax are not supported inside a recurrent cell",
             ));
         }
         let use_bias = cfg.bool_or("use_bias", true)?;

@@ -226,7 +226,17 @@ fn run_node(
             let x3 = float(first, node)?
                 .into_dimensionality::<ndarray::Ix3>()
                 .map_err(|_| Error::Internal(format!("layer '{name}' expects (N, T, F) input")))?;
-            recurrent::run(r, params, &x3, mask).into_dyn()
+            let mut initial = Vec::with_capacity(args.len());
+            for t in args {
+                let s = float(t, node)?
+                    .into_dimensionality::<ndarray::Ix2>()
+                    .map_err(|_| {
+                        Error::Internal(format!("layer '{name}': a state is not (N, U)"))
+                    })?;
+                initial.push(s.as_standard_layout().into_owned());
+            }
+            let outs = recurrent::run(r, params, &x3, mask, &initial);
+            return Ok(outs.into_iter().map(Tensor::F32).collect());
         }
         Op::Reshape { .. } => reshape(float(first, node)?, &out_dims)?,
         Op::Identity => return Ok(vec![first]),

@@ -43,6 +43,8 @@ pub enum Kernel {
     Embedding,
     RnnStep,
     RnnMerge,
+    /// Copies a state into or out of the recurrent state buffer.
+    RnnCopy,
 }
 
 /// How a kernel reads one storage binding.
@@ -66,6 +68,7 @@ impl Kernel {
             Kernel::Embedding => "embedding",
             Kernel::RnnStep => "rnn_step",
             Kernel::RnnMerge => "rnn_merge",
+            Kernel::RnnCopy => "rnn_copy",
         }
     }
 
@@ -75,6 +78,7 @@ impl Kernel {
             Kernel::SplitKReduce => "reduce_split_k",
             Kernel::RnnStep => "step",
             Kernel::RnnMerge => "merge",
+            Kernel::RnnCopy => "copy_state",
             other => other.name(),
         }
     }
@@ -88,7 +92,7 @@ impl Kernel {
             Kernel::Activation | Kernel::Rescale => &[ELEMENTWISE],
             Kernel::Softmax => &[SOFTMAX],
             Kernel::Embedding => &[EMBEDDING],
-            Kernel::RnnStep | Kernel::RnnMerge => &[RECURRENT],
+            Kernel::RnnStep | Kernel::RnnMerge | Kernel::RnnCopy => &[RECURRENT],
         };
         let mut source = String::from(COMMON);
         for part in parts {
@@ -110,7 +114,7 @@ impl Kernel {
             Kernel::Softmax => &[ReadWrite],
             Kernel::Embedding => &[Read, Read, ReadWrite],
             Kernel::RnnStep => &[Read, Read, ReadWrite, ReadWrite, Read],
-            Kernel::RnnMerge => &[Read, ReadWrite],
+            Kernel::RnnMerge | Kernel::RnnCopy => &[Read, ReadWrite],
         }
     }
 
@@ -125,6 +129,7 @@ impl Kernel {
             Kernel::Embedding => &["ids", "table", "y"],
             Kernel::RnnStep => &["xproj", "recurrent_kernel", "state", "y", "ids"],
             Kernel::RnnMerge => &["both", "merged"],
+            Kernel::RnnCopy => &["src", "dst"],
         }
     }
 

@@ -2,7 +2,7 @@
 //! per runtime and shared by the plans of every batch size.
 
 use crate::error::{Error, Result};
-use crate::graph::{Conv2d, Dense, Graph, Op, ParamStore, Recurrent};
+use crate::graph::{CellKind, Conv2d, Dense, Graph, Op, ParamStore, Recurrent};
 
 /// What a weight buffer holds for its layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -79,8 +79,11 @@ pub fn weight_specs(graph: &Graph) -> Vec<WeightSpec> {
                 if r.cells().any(|c| c.bias.is_some()) {
                     add(WeightRole::Bias, r.cells().map(|c| c.gate_columns()).sum());
                 }
-                let recurrent = r.cells().map(|c| p.len_of(c.recurrent_kernel)).sum();
-                add(WeightRole::RecurrentKernel, recurrent);
+                let recurrent: usize = r.cells().map(|c| p.len_of(c.recurrent_kernel)).sum();
+                add(
+                    WeightRole::RecurrentKernel,
+                    recurrent + recurrent_bias_len(r),
+                );
             }
             Op::Pool2d(_)
             | Op::GlobalPool2d { .. }
@@ -120,17 +123,30 @@ pub fn weight_values(graph: &Graph, key: WeightKey) -> Result<Vec<f32>> {
         (Op::Rescaling { scale, .. }, WeightRole::Scale) => scale.clone(),
         (Op::Rescaling { offset, .. }, WeightRole::Offset) => offset.clone(),
         (Op::Recurrent(r), WeightRole::Kernel) => recurrent_input_kernel(p, r),
+        // A reset_after GRU's bias is (input bias, recurrent bias): the input half here.
         (Op::Recurrent(r), WeightRole::Bias) => r
             .cells()
             .flat_map(|c| match c.bias {
-                Some(b) => p.slice(b).to_vec(),
+                Some(b) => p.slice(b)[..c.gate_columns()].to_vec(),
                 None => vec![0.0; c.gate_columns()],
             })
             .collect(),
-        (Op::Recurrent(r), WeightRole::RecurrentKernel) => r
-            .cells()
-            .flat_map(|c| p.slice(c.recurrent_kernel).iter().copied())
-            .collect(),
+        // The recurrent kernels, then the recurrent biases of a reset_after GRU.
+        (Op::Recurrent(r), WeightRole::RecurrentKernel) => {
+            let mut v: Vec<f32> = r
+                .cells()
+                .flat_map(|c| p.slice(c.recurrent_kernel).iter().copied())
+                .collect();
+            if recurrent_bias_len(r) > 0 {
+                for c in r.cells() {
+                    match c.bias {
+                        Some(b) => v.extend_from_slice(&p.slice(b)[c.gate_columns()..]),
+                        None => v.extend(std::iter::repeat_n(0.0, c.gate_columns())),
+                    }
+                }
+            }
+            v
+        }
         _ => return Err(missing()),
     };
     Ok(values)
@@ -147,4 +163,17 @@ fn recurrent_input_kernel(p: &ParamStore, r: &Recurrent) -> Vec<f32> {
         }
     }
     out
+}
+
+/// Floats of recurrent bias after the recurrent kernels: a reset_after GRU with a bias keeps one
+/// (gates * units) row per direction there.
+pub fn recurrent_bias_len(r: &Recurrent) -> usize {
+    let has = r
+        .cells()
+        .any(|c| matches!(c.kind, CellKind::Gru { reset_after: true }) && c.bias.is_some());
+    if has {
+        r.cells().map(|c| c.gate_columns()).sum()
+    } else {
+        0
+    }
 }

@@ -188,6 +188,10 @@ fn parse_calls(layer: &Value) -> Vec<Call> {
                 if let Some(m) = rest.as_object_mut().and_then(|k| k.remove("mask")) {
                     tensor_refs(&m, &mut mask);
                 }
+                // A recurrent layer's `initial_state=` tensors follow its sequence input.
+                if let Some(s) = rest.as_object_mut().and_then(|k| k.remove("initial_state")) {
+                    tensor_refs(&s, &mut inputs);
+                }
                 Call {
                     inputs,
                     mask,
@@ -648,6 +652,17 @@ impl<'a> Builder<'a> {
                 ))
             }
             "TextVectorization" => return self.text_vectorization(cfg, inputs),
+            // The sequence, then any initial states. Keras 3 fills in the implicit mask only
+            // for a call with one tensor argument: with initial states the layer runs unmasked
+            // (unless given mask=), though its output still carries the sequence's mask.
+            "SimpleRNN" | "LSTM" | "GRU" | "Bidirectional" => {
+                let node_mask = if inputs.len() > 1 {
+                    explicit_mask
+                } else {
+                    in_mask
+                };
+                return self.recurrent_layer(cfg, inputs, node_mask, in_mask);
+            }
             _ => {}
         }
         let x = match inputs {

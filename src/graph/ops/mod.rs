@@ -148,19 +148,15 @@ impl Op {
                 float(e.output_shape(&x.shape)?)
             }
             Op::Recurrent(r) => {
-                let x = one(DType::F32)?;
                 for cell in r.cells() {
                     let g = cell.gate_columns();
                     check_param(cell.kernel, &[r.input_features, g])?;
                     check_param(cell.recurrent_kernel, &[cell.units, g])?;
                     if let Some(b) = cell.bias {
-                        check_param(b, &[g])?;
+                        check_param(b, &cell.bias_shape())?;
                     }
                 }
-                if r.timesteps == 0 {
-                    return Err("a recurrent layer needs at least one timestep".into());
-                }
-                float(r.output_shape(&x.shape)?)
+                r.infer(inputs)
             }
             Op::Reshape { shape } => {
                 let x = one(DType::F32)?;
@@ -272,6 +268,15 @@ impl Op {
                 }
                 if r.forward.go_backwards && r.backward.is_none() {
                     s += " go_backwards";
+                }
+                if matches!(r.forward.kind, CellKind::Gru { reset_after: false }) {
+                    s += " reset_after=False";
+                }
+                if r.return_state {
+                    s += " return_state";
+                }
+                if r.initial_state {
+                    s += " initial_state";
                 }
                 s
             }

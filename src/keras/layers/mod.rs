@@ -66,9 +66,10 @@ impl Builder<'_> {
                 Op::Activation(self.activation_layer(cfg, &info)?)
             }
             "Embedding" => return self.embedding(cfg, x),
-            "SimpleRNN" | "LSTM" => self.recurrent(cfg, &info)?,
-            "Bidirectional" => self.bidirectional(cfg, &info)?,
-            "GRU" | "ConvLSTM2D" | "Conv1D" | "Conv3D" | "DepthwiseConv2D" | "SeparableConv2D"
+            "SimpleRNN" | "LSTM" | "GRU" | "Bidirectional" => {
+                return self.recurrent_layer(cfg, &[x], mask, mask)
+            }
+            "ConvLSTM2D" | "Conv1D" | "Conv3D" | "DepthwiseConv2D" | "SeparableConv2D"
             | "Conv2DTranspose" | "BatchNormalization" | "LayerNormalization" | "Masking"
             | "Attention" | "MultiHeadAttention" | "Add" | "Concatenate" | "Multiply"
             | "TimeDistributed" | "RNN" => {

@@ -166,7 +166,63 @@ cpu_fixtures!(
     seq2seq_masked_decoder,
     seq2seq_bidirectional,
     seq2seq_wide_lstm,
+    free_time_len9,
+    free_time_len1,
+    free_time_len4,
+    free_time_functional_len11,
+    free_time_functional_len3,
+    free_time_masked_ids,
 );
+
+/// One model with a free time axis runs at several lengths in turn (each length builds its own
+/// graph once), and the lengths in between do not disturb each other.
+#[test]
+fn free_time_axis_lengths_interleave() {
+    for _ in 0..2 {
+        for name in ["free_time_len4", "free_time_len9", "free_time_len1"] {
+            check_cpu(name);
+        }
+    }
+    let fx = fixture("free_time_len9");
+    let model = load(&fx);
+    let xs = inputs(&fx);
+    let first = run(&model, &xs, Backend::Cpu).expect("length 9");
+    let short = xs[0].slice(ndarray::s![.., ..3, ..]).to_owned().into_dyn();
+    let y3 = run(&model, &[short], Backend::Cpu).expect("length 3");
+    assert_eq!(y3[0].shape(), &[2, 3, 2]);
+    // A causal GRU: the first 3 steps of the length-9 run are the length-3 run.
+    let head = first[0]
+        .slice(ndarray::s![.., ..3, ..])
+        .to_owned()
+        .into_dyn();
+    common::assert_matches_keras("free_time_len9 prefix", Backend::Cpu, &y3[0], &head);
+    let again = run(&model, &xs, Backend::Cpu).expect("length 9 again");
+    assert_eq!(again[0], first[0]);
+}
+
+/// Only the time axis may be free: a `None` feature axis, or a wrong feature count, is an error.
+#[test]
+fn free_dimension_outside_the_time_axis_is_an_error() {
+    let fx = fixture("free_time_len9");
+    let text = std::fs::read_to_string(dir().join(&fx.model)).expect("config");
+    assert!(text.contains("\"batch_shape\": [null, null, 5]"));
+    let bad = text.replace(
+        "\"batch_shape\": [null, null, 5]",
+        "\"batch_shape\": [null, 9, null]",
+    );
+    let tmp =
+        std::env::temp_dir().join(format!("wgnn_rnn_free_feature_{}.json", std::process::id()));
+    std::fs::write(&tmp, bad).expect("write");
+    let err = Model::load_with_weights(&tmp, dir().join(fx.weights.as_deref().expect("weights")))
+        .expect_err("a free feature axis must be rejected");
+    let _ = std::fs::remove_file(&tmp);
+    assert!(err.to_string().contains("free dimension"), "{err}");
+
+    let model = load(&fx);
+    let wrong = ArrayD::<f32>::zeros(IxDyn(&[2, 9, 4]));
+    let err = run(&model, &[wrong], Backend::Cpu).expect_err("4 features where 5 are expected");
+    assert!(err.to_string().contains("None, 5"), "{err}");
+}
 
 /// Every output of `model` on the GPU against the CPU at the parity tolerance; false when the
 /// test should skip (no adapter outside CI).
@@ -238,6 +294,7 @@ fn gpu_matches_cpu_at_batch_1_and_33() {
         "bilstm_return_state",
         "seq2seq_masked_decoder",
         "seq2seq_wide_lstm",
+        "free_time_functional_len3",
     ] {
         let fx = fixture(name);
         let model = load(&fx);

@@ -172,7 +172,26 @@ cpu_fixtures!(
     free_time_functional_len11,
     free_time_functional_len3,
     free_time_masked_ids,
+    td_dense,
+    td_conv2d_gmp_lstm,
+    td_conv_pool_flatten_gru,
+    masked_td_dense_lstm,
 );
+
+/// TimeDistributed around a layer it cannot fold is an error naming the layer, not a guess.
+#[test]
+fn time_distributed_of_an_unsupported_layer_is_an_error() {
+    let fx = fixture("td_conv_pool_flatten_gru");
+    let text = std::fs::read_to_string(dir().join(&fx.model)).expect("config");
+    assert!(text.contains("\"MaxPooling2D\""));
+    let bad = text.replace("\"MaxPooling2D\"", "\"UpSampling2D\"");
+    let tmp = std::env::temp_dir().join(format!("wgnn_rnn_td_{}.json", std::process::id()));
+    std::fs::write(&tmp, bad).expect("write");
+    let err = Model::load_with_weights(&tmp, dir().join(fx.weights.as_deref().expect("weights")))
+        .expect_err("TimeDistributed(UpSampling2D) must be rejected");
+    let _ = std::fs::remove_file(&tmp);
+    assert!(err.to_string().contains("UpSampling2D"), "{err}");
+}
 
 /// One model with a free time axis runs at several lengths in turn (each length builds its own
 /// graph once), and the lengths in between do not disturb each other.
@@ -295,6 +314,8 @@ fn gpu_matches_cpu_at_batch_1_and_33() {
         "seq2seq_masked_decoder",
         "seq2seq_wide_lstm",
         "free_time_functional_len3",
+        "td_conv_pool_flatten_gru",
+        "td_conv2d_gmp_lstm",
     ] {
         let fx = fixture(name);
         let model = load(&fx);

@@ -5,6 +5,7 @@
 pub mod activation;
 mod gemm;
 mod recurrent;
+mod time_distributed;
 mod winograd;
 
 use ndarray::{Array2, Array3, Array4, ArrayD, ArrayView1, ArrayView4, Axis, Ix4, IxDyn, Zip};
@@ -239,6 +240,9 @@ fn run_node(
             return Ok(outs.into_iter().map(Tensor::F32).collect());
         }
         Op::Reshape { .. } => reshape(float(first, node)?, &out_dims)?,
+        Op::TimeDistributed { inner } => {
+            time_distributed::run(inner, params, float(first, node)?, &out_dims, name)?
+        }
         Op::Identity => return Ok(vec![first]),
         Op::PaddingMask => match first {
             Tensor::Ids(ids) => return Ok(vec![Tensor::Mask(ids.mapv(|id| id != 0))]),

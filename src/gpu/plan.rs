@@ -23,6 +23,7 @@ use super::kernels::{
 use super::weights::{weight_specs, WeightKey, WeightRole};
 
 mod recurrent;
+mod time_distributed;
 
 /// The device limits a plan must respect.
 #[derive(Debug, Clone, Copy)]
@@ -770,6 +771,7 @@ impl Builder<'_> {
             }
             GraphOp::Embedding(e) => self.embedding(i, e.input_dim, e.output_dim, x)?,
             GraphOp::Recurrent(r) => return self.recurrent(i, r, x),
+            GraphOp::TimeDistributed { inner } => self.time_distributed(i, inner, x)?,
             // A mask is read as the ids it comes from; these only rename a buffer.
             GraphOp::Reshape { .. } | GraphOp::Identity | GraphOp::PaddingMask => x,
         };

@@ -85,6 +85,14 @@ pub fn weight_specs(graph: &Graph) -> Vec<WeightSpec> {
                     recurrent + recurrent_bias_len(r),
                 );
             }
+            Op::TimeDistributed { inner } => {
+                if let Op::Conv2d(Conv2d { kernel, bias, .. }) = inner.as_ref() {
+                    add(WeightRole::Kernel, p.len_of(*kernel));
+                    if let Some(b) = bias {
+                        add(WeightRole::Bias, p.len_of(*b));
+                    }
+                }
+            }
             Op::Pool2d(_)
             | Op::GlobalPool2d { .. }
             | Op::Activation(_)
@@ -147,6 +155,14 @@ pub fn weight_values(graph: &Graph, key: WeightKey) -> Result<Vec<f32>> {
             }
             v
         }
+        (Op::TimeDistributed { inner }, WeightRole::Kernel) => match inner.as_ref() {
+            Op::Conv2d(c) => p.slice(c.kernel).to_vec(),
+            _ => return Err(missing()),
+        },
+        (Op::TimeDistributed { inner }, WeightRole::Bias) => match inner.as_ref() {
+            Op::Conv2d(Conv2d { bias: Some(b), .. }) => p.slice(*b).to_vec(),
+            _ => return Err(missing()),
+        },
         _ => return Err(missing()),
     };
     Ok(values)

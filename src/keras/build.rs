@@ -52,6 +52,7 @@ pub fn build_model(
         group: String::new(),
         time_lengths,
         free_inputs: Vec::new(),
+        weights_owner: None,
     };
     let outputs = match class {
         "Sequential" => builder.sequential(inner, None)?,
@@ -265,6 +266,9 @@ pub(crate) struct Builder<'a> {
     time_lengths: &'a [usize],
     /// Graph inputs whose time axis was free in the config.
     free_inputs: Vec<usize>,
+    /// While a wrapper builds its inner layer: the wrapper's name and the sub-object path its
+    /// weights are under (TimeDistributed: `layer`).
+    pub(crate) weights_owner: Option<(String, Vec<String>)>,
 }
 
 /// Keras's h5 group for each layer of one container, in its layer order: snake_case class
@@ -351,7 +355,20 @@ impl<'a> Builder<'a> {
         sub: &[&str],
         specs: &[(&str, Vec<usize>)],
     ) -> Result<Vec<ParamId>> {
-        let key = (cfg.name.clone(), sub.join("/"));
+        // A wrapped layer's weights belong to its wrapper, under the wrapper's sub-object.
+        let (owner, full_sub): (String, Vec<&str>) = match &self.weights_owner {
+            Some((name, prefix)) => (
+                name.clone(),
+                prefix
+                    .iter()
+                    .map(String::as_str)
+                    .chain(sub.iter().copied())
+                    .collect(),
+            ),
+            None => (cfg.name.clone(), sub.to_vec()),
+        };
+        let sub = full_sub.as_slice();
+        let key = (owner.clone(), sub.join("/"));
         if let Some(ids) = self.taken.get(&key) {
             for (&id, (what, shape)) in ids.iter().zip(specs) {
                 if self.graph.params.get(id).shape() != shape.as_slice() {
@@ -366,9 +383,7 @@ impl<'a> Builder<'a> {
             }
             return Ok(ids.clone());
         }
-        let raw = self
-            .weights
-            .take(&cfg.name, &self.group, sub, specs.len())?;
+        let raw = self.weights.take(&owner, &self.group, sub, specs.len())?;
         let mut ids = Vec::with_capacity(specs.len());
         for (w, (what, shape)) in raw.into_iter().zip(specs) {
             let label = match sub.first() {

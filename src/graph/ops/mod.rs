@@ -9,6 +9,7 @@ pub mod dense;
 pub mod embedding;
 pub mod pool;
 pub mod recurrent;
+pub mod time_distributed;
 
 pub use activation::Activation;
 pub use conv::{window_output, Conv2d, Padding, Window2d};
@@ -51,6 +52,11 @@ pub enum Op {
     /// Keras's padding mask of `Embedding(mask_zero=True)` (and of a `NotEqual(ids, 0)` op):
     /// token ids in, `id != 0` out.
     PaddingMask,
+    /// TimeDistributed(Conv2D / pooling): `inner` runs on every timestep's item, (T, ...) in,
+    /// (T, ...) out (`time_distributed::supported` lists the inner ops).
+    TimeDistributed {
+        inner: Box<Op>,
+    },
 }
 
 impl Op {
@@ -68,6 +74,7 @@ impl Op {
             Op::Reshape { .. } => "reshape",
             Op::Identity => "identity",
             Op::PaddingMask => "padding_mask",
+            Op::TimeDistributed { .. } => "time_distributed",
         }
     }
 
@@ -177,6 +184,11 @@ impl Op {
                 let x = one(DType::Ids)?;
                 Ok(vec![ValueInfo::new(x.shape.clone(), DType::Mask)])
             }
+            Op::TimeDistributed { inner } => {
+                let x = one(DType::F32)?;
+                let (steps, item) = time_distributed::infer(inner, x, params)?;
+                float(time_distributed::output_shape(steps, &item.shape))
+            }
         }
     }
 
@@ -203,6 +215,7 @@ impl Op {
             | Op::Reshape { .. }
             | Op::Identity
             | Op::PaddingMask => Vec::new(),
+            Op::TimeDistributed { inner } => inner.params(),
         }
     }
 
@@ -230,6 +243,18 @@ impl Op {
             | Op::Reshape { .. }
             | Op::Identity
             | Op::PaddingMask => 0,
+            Op::TimeDistributed { inner } => {
+                // The inner op's cost per item, times the steps.
+                let item = |v: &ValueInfo| {
+                    ValueInfo::new(v.shape.get(1..).unwrap_or(&[]).to_vec(), v.dtype)
+                };
+                let steps = inputs.first().and_then(|v| v.shape.first()).copied();
+                let ins: Vec<ValueInfo> = inputs.iter().map(|v| item(v)).collect();
+                let outs: Vec<ValueInfo> = outputs.iter().map(|v| item(v)).collect();
+                let ins: Vec<&ValueInfo> = ins.iter().collect();
+                let outs: Vec<&ValueInfo> = outs.iter().collect();
+                steps.unwrap_or(0) as u64 * inner.flops(&ins, &outs, params)
+            }
         }
     }
 
@@ -279,6 +304,9 @@ impl Op {
                     s += " initial_state";
                 }
                 s
+            }
+            Op::TimeDistributed { inner } => {
+                format!("per step: {} {}", inner.name(), inner.detail())
             }
             Op::Rescaling { .. }
             | Op::Embedding(_)

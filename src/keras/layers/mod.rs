@@ -5,6 +5,7 @@
 mod conv;
 mod core;
 mod recurrent;
+mod time_distributed;
 
 use super::build::Builder;
 use super::fields::LayerConfig;
@@ -66,13 +67,13 @@ impl Builder<'_> {
                 Op::Activation(self.activation_layer(cfg, &info)?)
             }
             "Embedding" => return self.embedding(cfg, x),
+            "TimeDistributed" => return self.time_distributed(cfg, x, mask),
             "SimpleRNN" | "LSTM" | "GRU" | "Bidirectional" => {
                 return self.recurrent_layer(cfg, &[x], mask, mask)
             }
             "ConvLSTM2D" | "Conv1D" | "Conv3D" | "DepthwiseConv2D" | "SeparableConv2D"
             | "Conv2DTranspose" | "BatchNormalization" | "LayerNormalization" | "Masking"
-            | "Attention" | "MultiHeadAttention" | "Add" | "Concatenate" | "Multiply"
-            | "TimeDistributed" | "RNN" => {
+            | "Attention" | "MultiHeadAttention" | "Add" | "Concatenate" | "Multiply" | "RNN" => {
                 return Err(cfg.error(
                     "class_name",
                     format!("layer class '{}' is not supported by wgnn", cfg.class),

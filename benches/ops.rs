@@ -105,6 +105,8 @@ fn recurrent(name: &str, kind: CellKind, units: usize, bidirectional: bool) -> M
             timesteps: 60,
             input_features: 50,
             zero_masked_outputs: false,
+            return_state: false,
+            initial_state: false,
         }))
     })
 }

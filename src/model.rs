@@ -1,8 +1,9 @@
 //! `Model`: the public face of the crate. Loads a Keras model into the IR, validates inputs once,
 //! and hands them to the chosen backend.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewD, IxDyn};
 
@@ -44,7 +45,25 @@ pub struct Model {
     gpu: Mutex<Option<crate::gpu::GpuRuntime>>,
     /// For `Backend::Auto`: Some(name) when the only adapter is a software rasterizer.
     auto_software: std::sync::OnceLock<Option<String>>,
+    /// Set when an input's time axis is free (`keras.Input((None, F))`).
+    free_time: Option<FreeTime>,
 }
+
+/// A model whose graph depends on its inputs' lengths: `graph` is built for a placeholder
+/// length; each set of lengths actually given gets its own graph, rebuilt from the model files
+/// (and, on the GPU, its own runtime), cached.
+struct FreeTime {
+    config: PathBuf,
+    weights: Option<PathBuf>,
+    /// The graph inputs whose axis 1 (after the batch) is free.
+    inputs: Vec<usize>,
+    /// Keyed by the lengths of `inputs`, in order.
+    graphs: Mutex<HashMap<Vec<usize>, Arc<Graph>>>,
+    gpus: Mutex<HashMap<Vec<usize>, Arc<crate::gpu::GpuRuntime>>>,
+}
+
+/// Each set of lengths keeps its graph (and GPU runtime); past this many, the caches start over.
+const FREE_TIME_CACHE: usize = 16;
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -58,18 +77,29 @@ impl std::fmt::Debug for Model {
 impl Model {
     /// Loads a `.keras` file (Keras 3 zip of config.json + model.weights.h5).
     pub fn load(path: impl AsRef<Path>) -> Result<Model> {
-        let path = path.as_ref();
-        let graph = crate::keras::load(path, None)?;
-        Ok(Model::from_graph(graph, path))
+        Model::load_files(path.as_ref(), None)
+    }
+
+    fn load_files(path: &Path, weights: Option<&Path>) -> Result<Model> {
+        let (graph, free_inputs) = crate::keras::load_for_lengths(path, weights, &[])?;
+        let mut model = Model::from_graph(graph, path);
+        if !free_inputs.is_empty() {
+            model.free_time = Some(FreeTime {
+                config: path.to_path_buf(),
+                weights: weights.map(Path::to_path_buf),
+                inputs: free_inputs,
+                graphs: Mutex::new(HashMap::new()),
+                gpus: Mutex::new(HashMap::new()),
+            });
+        }
+        Ok(model)
     }
 
     /// Loads a model JSON (`model.to_json()`) with a weights file: `.weights.h5` (or any HDF5)
     /// or `.npz` holding `model.get_weights()` in order. A `.keras` file with separate weights is
     /// accepted too: its own weights are then replaced.
     pub fn load_with_weights(config: impl AsRef<Path>, weights: impl AsRef<Path>) -> Result<Model> {
-        let path = config.as_ref();
-        let graph = crate::keras::load(path, Some(weights.as_ref()))?;
-        Ok(Model::from_graph(graph, path))
+        Model::load_files(config.as_ref(), Some(weights.as_ref()))
     }
 
     /// Loads a model config (JSON or `.keras`) with its weights given as arrays in
@@ -93,6 +123,7 @@ impl Model {
             source: source.to_path_buf(),
             gpu: Mutex::new(None),
             auto_software: std::sync::OnceLock::new(),
+            free_time: None,
         }
     }
 
@@ -151,10 +182,87 @@ impl Model {
                 inputs.len()
             )));
         }
+        if let Some(free) = &self.free_time {
+            let lengths: Vec<usize> = free
+                .inputs
+                .iter()
+                .map(|&i| match &inputs[i] {
+                    PreparedInput::Float(x) => x.shape().get(1).copied().unwrap_or(0),
+                    PreparedInput::Ids(ids) => ids.ncols(),
+                })
+                .collect();
+            let graph = self.graph_for(free, &lengths)?;
+            return self.run_graph(&graph, inputs, backend, |g| {
+                self.free_time_gpu(free, &lengths, g)?.run(g, inputs)
+            });
+        }
         let graph = &self.graph;
+        self.run_graph(graph, inputs, backend, |g| {
+            self.with_gpu(None, |gpu| gpu.run(g, inputs))
+        })
+    }
+
+    /// The graph for inputs of these free-axis lengths: built once per set of lengths.
+    fn graph_for(&self, free: &FreeTime, lengths: &[usize]) -> Result<Arc<Graph>> {
+        let mut graphs = free
+            .graphs
+            .lock()
+            .map_err(|_| Error::Internal("graph cache lock poisoned".into()))?;
+        if let Some(g) = graphs.get(lengths) {
+            return Ok(Arc::clone(g));
+        }
+        if let Some(&bad) = lengths.iter().find(|&&t| t == 0) {
+            return Err(Error::Input(format!(
+                "a sequence of length {bad}: the time axis needs at least one step"
+            )));
+        }
+        let mut by_input = vec![0; self.graph.inputs.len()];
+        for (&i, &t) in free.inputs.iter().zip(lengths) {
+            by_input[i] = t;
+        }
+        let (graph, _) =
+            crate::keras::load_for_lengths(&free.config, free.weights.as_deref(), &by_input)?;
+        if graphs.len() >= FREE_TIME_CACHE {
+            graphs.clear();
+        }
+        let graph = Arc::new(graph);
+        graphs.insert(lengths.to_vec(), Arc::clone(&graph));
+        Ok(graph)
+    }
+
+    /// The GPU runtime for the graph of these free-axis lengths.
+    fn free_time_gpu(
+        &self,
+        free: &FreeTime,
+        lengths: &[usize],
+        graph: &Graph,
+    ) -> Result<Arc<crate::gpu::GpuRuntime>> {
+        let mut gpus = free
+            .gpus
+            .lock()
+            .map_err(|_| Error::Gpu("GPU runtime lock poisoned by an earlier panic".into()))?;
+        if let Some(g) = gpus.get(lengths) {
+            return Ok(Arc::clone(g));
+        }
+        let gpu = Arc::new(crate::gpu::GpuRuntime::new(graph, None)?);
+        if gpus.len() >= FREE_TIME_CACHE {
+            gpus.clear();
+        }
+        gpus.insert(lengths.to_vec(), Arc::clone(&gpu));
+        Ok(gpu)
+    }
+
+    /// Runs `graph` on `backend`; `gpu` runs it on the GPU runtime that belongs to it.
+    fn run_graph(
+        &self,
+        graph: &Graph,
+        inputs: &[PreparedInput],
+        backend: Backend,
+        gpu: impl FnOnce(&Graph) -> Result<Vec<ArrayD<f32>>>,
+    ) -> Result<Vec<ArrayD<f32>>> {
         match backend {
             Backend::Cpu => crate::cpu::run(graph, inputs),
-            Backend::Gpu => self.with_gpu(None, |gpu| gpu.run(graph, inputs)),
+            Backend::Gpu => gpu(graph),
             Backend::Auto => {
                 let software = self
                     .auto_software
@@ -165,7 +273,7 @@ impl Model {
                     ));
                     return crate::cpu::run(graph, inputs);
                 }
-                match self.with_gpu(None, |gpu| gpu.run(graph, inputs)) {
+                match gpu(graph) {
                     Err(Error::Gpu(msg)) if crate::gpu::is_no_adapter(&msg) => {
                         warn_cpu_fallback(&msg);
                         crate::cpu::run(graph, inputs)
@@ -281,6 +389,23 @@ impl Model {
 
     fn check_shape(&self, index: usize, shape: &[usize]) -> Result<()> {
         let expected = &self.input_info(index)?.shape;
+        let free = self
+            .free_time
+            .as_ref()
+            .is_some_and(|f| f.inputs.contains(&index));
+        if free {
+            // Any length along the free time axis; every other axis as the config says.
+            if shape.len() != expected.len() + 1 || shape[2..] != expected[1..] {
+                let mut dims = vec!["None".to_string()];
+                dims.extend(expected[1..].iter().map(|d| d.to_string()));
+                return Err(Error::Input(format!(
+                    "{}expected shape (N, {}), found {shape:?}",
+                    self.input_label(index),
+                    dims.join(", ")
+                )));
+            }
+            return Ok(());
+        }
         if shape.len() != expected.len() + 1 || &shape[1..] != expected.as_slice() {
             let which = if self.graph.inputs.len() > 1 {
                 format!("input '{}': ", self.graph.inputs[index].name)
@@ -294,6 +419,14 @@ impl Model {
             )));
         }
         Ok(())
+    }
+
+    fn input_label(&self, index: usize) -> String {
+        if self.graph.inputs.len() > 1 {
+            format!("input '{}': ", self.graph.inputs[index].name)
+        } else {
+            String::new()
+        }
     }
 
     /// Shape of output `index` for a batch of `n`.

@@ -187,11 +187,15 @@ fn global_pooling_matches_cpu() {
         for keepdims in [false, true] {
             let out: Vec<usize> = if keepdims { vec![1, 1, 67] } else { vec![67] };
             let graph = Chain::float(&[5, 3, 67])
-                .op("gp", "GlobalPooling2D", Op::GlobalPool {
-                    op,
-                    keepdims,
-                    rank: 2,
-                })
+                .op(
+                    "gp",
+                    "GlobalPooling2D",
+                    Op::GlobalPool {
+                        op,
+                        keepdims,
+                        rank: 2,
+                    },
+                )
                 .build();
             assert_eq!(graph.output_info(0).shape, out);
             let what = format!("global {op:?} keepdims {keepdims}");

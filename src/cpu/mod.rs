@@ -8,6 +8,7 @@ mod gemm;
 mod merge;
 mod norm;
 mod recurrent;
+mod time_distributed;
 mod winograd;
 
 use ndarray::{Array2, Array3, Array4, ArrayD, ArrayView1, ArrayView4, Axis, IxDyn, Zip};
@@ -229,9 +230,22 @@ fn run_node(
             let x3 = float(first, node)?
                 .into_dimensionality::<ndarray::Ix3>()
                 .map_err(|_| Error::Internal(format!("layer '{name}' expects (N, T, F) input")))?;
-            recurrent::run(r, params, &x3, mask).into_dyn()
+            let mut initial = Vec::with_capacity(args.len());
+            for t in args {
+                let s = float(t, node)?
+                    .into_dimensionality::<ndarray::Ix2>()
+                    .map_err(|_| {
+                        Error::Internal(format!("layer '{name}': a state is not (N, U)"))
+                    })?;
+                initial.push(s.as_standard_layout().into_owned());
+            }
+            let outs = recurrent::run(r, params, &x3, mask, &initial);
+            return Ok(outs.into_iter().map(Tensor::F32).collect());
         }
         Op::Reshape { .. } => reshape(float(first, node)?, &out_dims)?,
+        Op::TimeDistributed { inner } => {
+            time_distributed::run(inner, params, float(first, node)?, &out_dims, name)?
+        }
         Op::Identity => return Ok(vec![first]),
         Op::PaddingMask => match first {
             Tensor::Ids(ids) => return Ok(vec![Tensor::Mask(ids.mapv(|id| id != 0))]),

@@ -70,6 +70,8 @@ pub enum Kernel {
     LayerNorm,
     /// Softmax or log_softmax over strided groups (any contiguous axes).
     SoftmaxAxes,
+    /// Copies a state into or out of the recurrent state buffer.
+    RnnCopy,
 }
 
 /// How a kernel reads one storage binding.
@@ -105,6 +107,7 @@ impl Kernel {
             Kernel::PRelu => "prelu",
             Kernel::LayerNorm => "layer_norm",
             Kernel::SoftmaxAxes => "softmax_axes",
+            Kernel::RnnCopy => "rnn_copy",
         }
     }
 
@@ -114,6 +117,7 @@ impl Kernel {
             Kernel::SplitKReduce => "reduce_split_k",
             Kernel::RnnStep => "step",
             Kernel::RnnMerge => "merge",
+            Kernel::RnnCopy => "copy_state",
             other => other.name(),
         }
     }
@@ -128,7 +132,7 @@ impl Kernel {
             Kernel::Activation | Kernel::Rescale => &[ELEMENTWISE],
             Kernel::Softmax => &[SOFTMAX],
             Kernel::Embedding => &[EMBEDDING],
-            Kernel::RnnStep | Kernel::RnnMerge => &[RECURRENT],
+            Kernel::RnnStep | Kernel::RnnMerge | Kernel::RnnCopy => &[RECURRENT],
             Kernel::Binary | Kernel::NormalizeRows | Kernel::BatchedDot => &[MERGE],
             Kernel::StridedCopy | Kernel::Bilinear => &[COPY],
             Kernel::MaskSelect => &[MASK],
@@ -156,7 +160,7 @@ impl Kernel {
             Kernel::Softmax => &[ReadWrite],
             Kernel::Embedding => &[Read, Read, ReadWrite],
             Kernel::RnnStep => &[Read, Read, ReadWrite, ReadWrite, Read],
-            Kernel::RnnMerge => &[Read, ReadWrite],
+            Kernel::RnnMerge | Kernel::RnnCopy => &[Read, ReadWrite],
             Kernel::Binary | Kernel::NormalizeRows | Kernel::BatchedDot | Kernel::MaskSelect => {
                 &[Read, Read, ReadWrite]
             }
@@ -187,6 +191,7 @@ impl Kernel {
             Kernel::PRelu => &["x", "alpha", "-"],
             Kernel::LayerNorm => &["x", "gamma", "beta"],
             Kernel::SoftmaxAxes => &["x", "-", "-"],
+            Kernel::RnnCopy => &["src", "dst"],
         }
     }
 

@@ -14,10 +14,7 @@ mod merge;
 use std::fmt::Write as _;
 
 use crate::error::{Error, Result};
-use crate::graph::{
-    Activation, CellKind, Conv, DType, Dense, Graph, MergeMode, Node, Op as GraphOp, Recurrent,
-    ValueId,
-};
+use crate::graph::{Activation, Conv, DType, Dense, Graph, Node, Op as GraphOp, ValueId};
 
 use super::kernels::{
     Kernel, GEMM_K_SLICE, GEMM_TILE, LINEAR_THREADS, SPLIT_K_MAX_TILES, SPLIT_K_MIN_DEPTH,
@@ -28,6 +25,8 @@ use super::weights::{weight_specs, WeightKey, WeightRole};
 mod conv;
 mod norm;
 pub(crate) use norm::{batch_norm_folds, folded_weights};
+mod recurrent;
+mod time_distributed;
 
 /// The device limits a plan must respect.
 #[derive(Debug, Clone, Copy)]
@@ -625,160 +624,6 @@ impl<'a> Builder<'a> {
         )?;
         Ok(out)
     }
-
-    fn recurrent(&mut self, i: usize, r: &Recurrent, x: BufRef) -> Result<BufRef> {
-        let l = self.layer(i);
-        let (t, features) = (r.timesteps, r.input_features);
-        let cell = &r.forward;
-        let (units, gates) = (cell.units, cell.kind.gates());
-        for other in r.cells() {
-            let same = other.kind == cell.kind
-                && other.units == units
-                && other.activation == cell.activation
-                && other.recurrent_activation == cell.recurrent_activation;
-            if !same {
-                return Err(layer_error(
-                    l,
-                    "backward_layer",
-                    "both directions must share cell type, units and activations",
-                ));
-            }
-        }
-        let dirs = r.cells().count();
-        let act = act_words(l, &cell.activation)?;
-        let recurrent_act = match cell.kind {
-            CellKind::SimpleRnn => [0; 4],
-            CellKind::Lstm => act_words(l, &cell.recurrent_activation)?,
-        };
-        // A padding mask is read as the token ids it was computed from (`id != 0`).
-        let masked = l.mask.is_some();
-        let ids = match l.mask {
-            Some(m) => match self.value_buf[m] {
-                Some(b @ BufRef::Input(_)) if self.graph.value(m).shape == [t] => b,
-                _ => {
-                    return Err(layer_error(
-                        l,
-                        "mask",
-                        "masking needs the model's token-id input of the same length",
-                    ))
-                }
-            },
-            None => BufRef::Dummy,
-        };
-
-        // One GEMM projects every timestep of both directions before the time loop.
-        let rows = self.batch * t;
-        let cols = dirs * gates * units;
-        let xproj = self.alloc(i, "input projection", rows * cols);
-        let kernel = self.weight(i, WeightRole::Kernel);
-        let bias = self.weight(i, WeightRole::Bias);
-        self.gemm(
-            i,
-            x,
-            kernel,
-            bias,
-            xproj,
-            [rows, cols, features],
-            &Activation::Linear,
-            None,
-        )?;
-
-        let state = self.alloc(i, "state", 3 * dirs * self.batch * units);
-        self.ops.push(Op::Clear {
-            node: i,
-            buffer: state,
-        });
-        let out_rows = if r.return_sequences { rows } else { self.batch };
-        let merge = dirs == 2 && r.merge_mode != MergeMode::Concat;
-        let y_what = if merge { "both directions" } else { "output" };
-        let y = self.alloc(i, y_what, out_rows * dirs * units);
-
-        let backwards_bits = r
-            .cells()
-            .enumerate()
-            .fold(0u32, |bits, (d, c)| bits | (u32::from(c.go_backwards) << d));
-        // Bidirectional puts the backward direction's outputs back in time order.
-        let reverse_output_bits = if dirs == 2 { 0b10 } else { 0 };
-        let mut params = act.to_vec();
-        params.extend(recurrent_act);
-        params.extend([
-            to_u32(l, "batch", self.batch)?,
-            to_u32(l, "timesteps", t)?,
-            to_u32(l, "units", units)?,
-            gates as u32,
-            dirs as u32,
-            u32::from(masked),
-            u32::from(r.zero_output_for_mask()),
-            u32::from(r.return_sequences),
-            backwards_bits,
-            reverse_output_bits,
-            0,
-            0,
-        ]);
-        let steps = to_u32(l, "timesteps", t)?;
-        self.max_steps = self.max_steps.max(steps);
-        let mut detail = format!(
-            "{} {units} units x {dirs} direction(s), {t} steps",
-            match cell.kind {
-                CellKind::SimpleRnn => "SimpleRNN",
-                CellKind::Lstm => "LSTM",
-            }
-        );
-        if masked {
-            detail.push_str(", masked by token id 0");
-        }
-        if r.return_sequences {
-            detail.push_str(", sequences");
-        }
-        let workgroups = (units.div_ceil(LINEAR_THREADS as usize) * self.batch * dirs) as u64;
-        let buffers = vec![
-            xproj,
-            self.weight(i, WeightRole::RecurrentKernel),
-            state,
-            y,
-            ids,
-        ];
-        self.dispatch(
-            i,
-            Kernel::RnnStep,
-            buffers,
-            params,
-            workgroups,
-            steps,
-            detail,
-        )?;
-        self.release(xproj);
-        self.release(state);
-        if !merge {
-            return Ok(y);
-        }
-
-        let out = self.alloc(i, "output", out_rows * units);
-        let mode = match r.merge_mode {
-            MergeMode::Sum => 1,
-            MergeMode::Average => 2,
-            _ => 3,
-        };
-        let params = vec![
-            to_u32(l, "rows", out_rows)?,
-            to_u32(l, "units", units)?,
-            mode,
-            0,
-        ];
-        let detail = format!("merge_mode {:?} over {out_rows} rows", r.merge_mode).to_lowercase();
-        let workgroups = Self::linear_workgroups(out_rows * units);
-        self.dispatch(
-            i,
-            Kernel::RnnMerge,
-            vec![y, out],
-            params,
-            workgroups,
-            1,
-            detail,
-        )?;
-        self.release(y);
-        Ok(out)
-    }
 }
 
 /// The K range per workgroup when a GEMM has too few output tiles to fill the GPU, or 0 for one
@@ -865,7 +710,8 @@ impl Builder<'_> {
                 y
             }
             GraphOp::Embedding(e) => self.embedding(i, e.input_dim, e.output_dim, x)?,
-            GraphOp::Recurrent(r) => self.recurrent(i, r, x)?,
+            GraphOp::Recurrent(r) => return self.recurrent(i, r, x),
+            GraphOp::TimeDistributed { inner } => self.time_distributed(i, inner, x)?,
             // A mask is read as the ids it comes from; these only rename a buffer.
             GraphOp::Reshape { .. } | GraphOp::Identity | GraphOp::PaddingMask => x,
             GraphOp::Merge(_)

@@ -3,7 +3,9 @@
 
 use super::plan::{batch_norm_folds, folded_weights};
 use crate::error::{Error, Result};
-use crate::graph::{Conv, ConvTranspose, Dense, DepthwiseConv, Graph, Op, ParamStore, Recurrent};
+use crate::graph::{
+    CellKind, Conv, ConvTranspose, Dense, DepthwiseConv, Graph, Op, ParamStore, Recurrent,
+};
 
 /// What a weight buffer holds for its layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -99,8 +101,19 @@ pub fn weight_specs(graph: &Graph, fold_batch_norm: bool) -> Vec<WeightSpec> {
                 if r.cells().any(|c| c.bias.is_some()) {
                     add(WeightRole::Bias, r.cells().map(|c| c.gate_columns()).sum());
                 }
-                let recurrent = r.cells().map(|c| p.len_of(c.recurrent_kernel)).sum();
-                add(WeightRole::RecurrentKernel, recurrent);
+                let recurrent: usize = r.cells().map(|c| p.len_of(c.recurrent_kernel)).sum();
+                add(
+                    WeightRole::RecurrentKernel,
+                    recurrent + recurrent_bias_len(r),
+                );
+            }
+            Op::TimeDistributed { inner } => {
+                if let Op::Conv(Conv { kernel, bias, .. }) = inner.as_ref() {
+                    add(WeightRole::Kernel, p.len_of(*kernel));
+                    if let Some(b) = bias {
+                        add(WeightRole::Bias, p.len_of(*b));
+                    }
+                }
             }
             Op::BatchNorm(b) if !folds.contains(&Some(node)) => {
                 add(WeightRole::Scale, p.len_of(b.moving_mean));
@@ -199,17 +212,38 @@ pub fn weight_values(graph: &Graph, key: WeightKey, fold_batch_norm: bool) -> Re
         (Op::Normalization(n), WeightRole::Offset) => n.affine(p).1,
         (Op::PRelu(a), WeightRole::Scale) => p.slice(a.alpha).to_vec(),
         (Op::Recurrent(r), WeightRole::Kernel) => recurrent_input_kernel(p, r),
+        // A reset_after GRU's bias is (input bias, recurrent bias): the input half here.
         (Op::Recurrent(r), WeightRole::Bias) => r
             .cells()
             .flat_map(|c| match c.bias {
-                Some(b) => p.slice(b).to_vec(),
+                Some(b) => p.slice(b)[..c.gate_columns()].to_vec(),
                 None => vec![0.0; c.gate_columns()],
             })
             .collect(),
-        (Op::Recurrent(r), WeightRole::RecurrentKernel) => r
-            .cells()
-            .flat_map(|c| p.slice(c.recurrent_kernel).iter().copied())
-            .collect(),
+        // The recurrent kernels, then the recurrent biases of a reset_after GRU.
+        (Op::Recurrent(r), WeightRole::RecurrentKernel) => {
+            let mut v: Vec<f32> = r
+                .cells()
+                .flat_map(|c| p.slice(c.recurrent_kernel).iter().copied())
+                .collect();
+            if recurrent_bias_len(r) > 0 {
+                for c in r.cells() {
+                    match c.bias {
+                        Some(b) => v.extend_from_slice(&p.slice(b)[c.gate_columns()..]),
+                        None => v.extend(std::iter::repeat_n(0.0, c.gate_columns())),
+                    }
+                }
+            }
+            v
+        }
+        (Op::TimeDistributed { inner }, WeightRole::Kernel) => match inner.as_ref() {
+            Op::Conv(c) => p.slice(c.kernel).to_vec(),
+            _ => return Err(missing()),
+        },
+        (Op::TimeDistributed { inner }, WeightRole::Bias) => match inner.as_ref() {
+            Op::Conv(Conv { bias: Some(b), .. }) => p.slice(*b).to_vec(),
+            _ => return Err(missing()),
+        },
         _ => return Err(missing()),
     };
     Ok(values)
@@ -226,4 +260,17 @@ fn recurrent_input_kernel(p: &ParamStore, r: &Recurrent) -> Vec<f32> {
         }
     }
     out
+}
+
+/// Floats of recurrent bias after the recurrent kernels: a reset_after GRU with a bias keeps one
+/// (gates * units) row per direction there.
+pub fn recurrent_bias_len(r: &Recurrent) -> usize {
+    let has = r
+        .cells()
+        .any(|c| matches!(c.kind, CellKind::Gru { reset_after: true }) && c.bias.is_some());
+    if has {
+        r.cells().map(|c| c.gate_columns()).sum()
+    } else {
+        0
+    }
 }

@@ -13,13 +13,17 @@ use super::weights::WeightSource;
 use crate::error::{Error, Result};
 use crate::graph::*;
 
+/// Builds the graph. An input whose time axis (its first axis after the batch) is `None` in the
+/// config gets the length `time_lengths[input index]`, else `FREE_TIME_PLACEHOLDER`; the
+/// indices of such inputs come back with the graph.
 pub fn build_model(
     path: &Path,
     weights_path: &Path,
     config: &Value,
     mut weights: WeightSource,
     assets: &[(String, Vec<u8>)],
-) -> Result<Graph> {
+    time_lengths: &[usize],
+) -> Result<(Graph, Vec<usize>)> {
     let class = config
         .get("class_name")
         .and_then(Value::as_str)
@@ -48,6 +52,9 @@ pub fn build_model(
         mask_exprs: HashMap::new(),
         group: String::new(),
         group_prefix: String::new(),
+        time_lengths,
+        free_inputs: Vec::new(),
+        weights_owner: None,
     };
     let outputs = match class {
         "Sequential" => builder.sequential(inner, None)?,
@@ -59,6 +66,7 @@ pub fn build_model(
             ))
         }
     };
+    let free_inputs = std::mem::take(&mut builder.free_inputs);
     let mut graph = builder.graph;
     for (i, (name, v)) in outputs.into_iter().enumerate() {
         // Keras names outputs after their layers; a layer giving two of them gets a suffix.
@@ -71,11 +79,16 @@ pub fn build_model(
     }
     weights.finish()?;
     graph.verify()?;
-    Ok(graph)
+    Ok((graph, free_inputs))
 }
 
-/// Input shape without the batch axis, from `batch_shape` (Keras 3) or `batch_input_shape` (Keras 2).
-fn batch_shape_of(path: &Path, cfg: &Value) -> Result<Option<Vec<usize>>> {
+/// The length a free time axis gets when the model is loaded before any input is seen (the
+/// graph is rebuilt for each length actually given).
+pub const FREE_TIME_PLACEHOLDER: usize = 16;
+
+/// Input shape without the batch axis, from `batch_shape` (Keras 3) or `batch_input_shape`
+/// (Keras 2), with a `None` time axis set to `time` (and `true` when it was `None`).
+fn batch_shape_of(path: &Path, cfg: &Value, time: usize) -> Result<Option<(Vec<usize>, bool)>> {
     let Some(shape) = cfg
         .get("batch_shape")
         .or_else(|| cfg.get("batch_input_shape"))
@@ -83,25 +96,34 @@ fn batch_shape_of(path: &Path, cfg: &Value) -> Result<Option<Vec<usize>>> {
     else {
         return Ok(None);
     };
-    shape_from_json(path, shape).map(Some)
+    shape_from_json(path, shape, time).map(Some)
 }
 
-fn shape_from_json(path: &Path, shape: &Value) -> Result<Vec<usize>> {
+/// A `None` right after the batch axis is a free time axis: it becomes `time`. Any other free
+/// dimension is an error.
+fn shape_from_json(path: &Path, shape: &Value, time: usize) -> Result<(Vec<usize>, bool)> {
     let items = shape
         .as_array()
         .filter(|a| !a.is_empty())
         .ok_or_else(|| Error::format(path, format!("bad input shape {shape}")))?;
-    items[1..]
+    let mut free = false;
+    let dims = items[1..]
         .iter()
-        .map(|d| {
+        .enumerate()
+        .map(|(k, d)| {
+            if k == 0 && d.is_null() {
+                free = true;
+                return Ok(time);
+            }
             as_usize(d).filter(|&n| n > 0).ok_or_else(|| {
                 Error::format(
                     path,
-                    format!("input shape {shape} has a free dimension: wgnn needs static shapes (besides the batch)"),
+                    format!("input shape {shape} has a free dimension: wgnn needs static shapes (besides the batch and the time axis of a sequence)"),
                 )
             })
         })
-        .collect()
+        .collect::<Result<Vec<usize>>>()?;
+    Ok((dims, free))
 }
 
 /// What an InputLayer's dtype makes of its values.
@@ -188,6 +210,10 @@ fn parse_calls(layer: &Value) -> Vec<Call> {
                 if let Some(m) = rest.as_object_mut().and_then(|k| k.remove("mask")) {
                     tensor_refs(&m, &mut mask);
                 }
+                // A recurrent layer's `initial_state=` tensors follow its sequence input.
+                if let Some(s) = rest.as_object_mut().and_then(|k| k.remove("initial_state")) {
+                    tensor_refs(&s, &mut inputs);
+                }
                 Call {
                     inputs,
                     mask,
@@ -242,6 +268,13 @@ pub(crate) struct Builder<'a> {
     /// Where the current container's layer groups live: empty at the top, `sequential/layers/`
     /// inside a nested model (keras.src.saving.saving_lib nests containers this way).
     group_prefix: String,
+    /// Lengths for free time axes, by graph input index (missing: FREE_TIME_PLACEHOLDER).
+    time_lengths: &'a [usize],
+    /// Graph inputs whose time axis was free in the config.
+    free_inputs: Vec<usize>,
+    /// While a wrapper builds its inner layer: the wrapper's name and the sub-object path its
+    /// weights are under (TimeDistributed: `layer`).
+    pub(crate) weights_owner: Option<(String, Vec<String>)>,
 }
 
 /// Keras's h5 group for each layer of one container, in its layer order: snake_case class
@@ -290,6 +323,14 @@ fn layer_name(l: &Value) -> String {
 }
 
 impl<'a> Builder<'a> {
+    /// The length of graph input `index`'s time axis, if the config leaves it free.
+    fn time_length(&self, index: usize) -> usize {
+        self.time_lengths
+            .get(index)
+            .copied()
+            .unwrap_or(FREE_TIME_PLACEHOLDER)
+    }
+
     pub(crate) fn info(&self, v: ValueId) -> &ValueInfo {
         self.graph.value(v)
     }
@@ -330,7 +371,20 @@ impl<'a> Builder<'a> {
         sub: &[&str],
         specs: &[(&str, Vec<usize>)],
     ) -> Result<Vec<ParamId>> {
-        let key = (cfg.name.clone(), sub.join("/"));
+        // A wrapped layer's weights belong to its wrapper, under the wrapper's sub-object.
+        let (owner, full_sub): (String, Vec<&str>) = match &self.weights_owner {
+            Some((name, prefix)) => (
+                name.clone(),
+                prefix
+                    .iter()
+                    .map(String::as_str)
+                    .chain(sub.iter().copied())
+                    .collect(),
+            ),
+            None => (cfg.name.clone(), sub.to_vec()),
+        };
+        let sub = full_sub.as_slice();
+        let key = (owner.clone(), sub.join("/"));
         if let Some(ids) = self.taken.get(&key) {
             for (&id, (what, shape)) in ids.iter().zip(specs) {
                 if self.graph.params.get(id).shape() != shape.as_slice() {
@@ -345,9 +399,7 @@ impl<'a> Builder<'a> {
             }
             return Ok(ids.clone());
         }
-        let raw = self
-            .weights
-            .take(&cfg.name, &self.group, sub, specs.len())?;
+        let raw = self.weights.take(&owner, &self.group, sub, specs.len())?;
         let mut ids = Vec::with_capacity(specs.len());
         for (w, (what, shape)) in raw.into_iter().zip(specs) {
             let label = match sub.first() {
@@ -393,9 +445,10 @@ impl<'a> Builder<'a> {
         let mut input_shape = None;
         let mut dtype = DType::F32;
         let mut input_name = "input".to_string();
+        let time = self.time_length(0);
         if let Some(first) = entries.first() {
             let cfg = first.get("config").unwrap_or(&Value::Null);
-            input_shape = batch_shape_of(path, cfg)?;
+            input_shape = batch_shape_of(path, cfg, time)?;
             if first.get("class_name").and_then(Value::as_str) == Some("InputLayer") {
                 dtype = input_dtype(cfg);
                 input_name = layer_name(first);
@@ -404,7 +457,7 @@ impl<'a> Builder<'a> {
         }
         if input_shape.is_none() {
             if let Some(shape) = inner.get("build_input_shape").filter(|v| !v.is_null()) {
-                input_shape = Some(shape_from_json(path, shape)?);
+                input_shape = Some(shape_from_json(path, shape, time)?);
             }
         }
         let mut x = match feeds {
@@ -420,7 +473,12 @@ impl<'a> Builder<'a> {
             }
             None => {
                 let shape = match (input_shape, entries.first()) {
-                    (Some(shape), _) => shape,
+                    (Some((shape, free)), _) => {
+                        if free {
+                            self.free_inputs.push(0);
+                        }
+                        shape
+                    }
                     // TextVectorization sets the input itself.
                     (None, Some(l)) if l.get("class_name").and_then(Value::as_str) == Some("TextVectorization") => Vec::new(),
                     _ => {
@@ -517,9 +575,13 @@ impl<'a> Builder<'a> {
             let v = match feeds {
                 Some(f) => f[i],
                 None => {
-                    let shape = batch_shape_of(path, cfg)?.ok_or_else(|| {
-                        Error::format(path, format!("input layer '{}' has no batch_shape", r.0))
-                    })?;
+                    let (shape, free) = batch_shape_of(path, cfg, self.time_length(i))?
+                        .ok_or_else(|| {
+                            Error::format(path, format!("input layer '{}' has no batch_shape", r.0))
+                        })?;
+                    if free {
+                        self.free_inputs.push(i);
+                    }
                     self.graph.add_input(r.0.clone(), shape, input_dtype(cfg))
                 }
             };
@@ -693,6 +755,17 @@ impl<'a> Builder<'a> {
             "TextVectorization" => return self.text_vectorization(cfg, inputs),
             class if super::layers::is_merge_layer(class) => {
                 return self.merge_layer(cfg, inputs, explicit_mask)
+            }
+            // The sequence, then any initial states. Keras 3 fills in the implicit mask only
+            // for a call with one tensor argument: with initial states the layer runs unmasked
+            // (unless given mask=), though its output still carries the sequence's mask.
+            "SimpleRNN" | "LSTM" | "GRU" | "Bidirectional" => {
+                let node_mask = if inputs.len() > 1 {
+                    explicit_mask
+                } else {
+                    in_mask
+                };
+                return self.recurrent_layer(cfg, inputs, node_mask, in_mask);
             }
             _ => {}
         }

@@ -31,8 +31,20 @@ struct ModelFile {
     assets: Vec<(String, Vec<u8>)>,
 }
 
-/// Loads a model. `weights` overrides (or, for a JSON config, provides) the weights.
+/// Loads a model. `weights` overrides (or, for a JSON config, provides) the weights. A free
+/// time axis gets a placeholder length (see `load_for_lengths`).
 pub fn load(path: &Path, weights: Option<&Path>) -> Result<Graph> {
+    load_for_lengths(path, weights, &[]).map(|(graph, _)| graph)
+}
+
+/// Loads a model with each input whose time axis is `None` in the config built for length
+/// `time_lengths[input index]` (missing entries: a placeholder length). Returns the graph and
+/// the indices of the inputs with a free time axis.
+pub fn load_for_lengths(
+    path: &Path,
+    weights: Option<&Path>,
+    time_lengths: &[usize],
+) -> Result<(Graph, Vec<usize>)> {
     refuse_folder_or_saved_model(path)?;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     if bytes.is_empty() {
@@ -71,7 +83,14 @@ pub fn load(path: &Path, weights: Option<&Path>) -> Result<Graph> {
         };
         Error::format(path, why)
     })?;
-    build::build_model(path, weights_path, &file.config, source, &file.assets)
+    build::build_model(
+        path,
+        weights_path,
+        &file.config,
+        source,
+        &file.assets,
+        time_lengths,
+    )
 }
 
 /// Loads a model config (JSON, or the config of a `.keras` file) with weights given in memory,
@@ -91,7 +110,7 @@ pub fn load_with_arrays(path: &Path, arrays: Vec<weights::RawWeight>) -> Result<
         }
     };
     let source = WeightSource::Npz(weights::NpzWeights::from_arrays(path, arrays));
-    build::build_model(path, path, &file.config, source, &file.assets)
+    build::build_model(path, path, &file.config, source, &file.assets, &[]).map(|(graph, _)| graph)
 }
 
 /// The name TensorFlow gives a SavedModel's graph file.

@@ -239,6 +239,8 @@ impl Chain {
             // As Keras: Bidirectional forces zero_output_for_mask = return_sequences.
             zero_masked_outputs: spec.zero_masked_outputs
                 || (spec.bidirectional && spec.return_sequences),
+            return_state: false,
+            initial_state: false,
         };
         let class = if spec.bidirectional {
             "Bidirectional"

@@ -208,7 +208,10 @@ impl Builder<'_> {
         x: BufRef,
     ) -> Result<BufRef> {
         let l = self.layer(i);
-        let shape = self.in_shape(i);
+        // Under TimeDistributed the value is (T, spatial..., C) with T folded into the batch:
+        // the item is the trailing spatial axes and channels.
+        let full = self.in_shape(i);
+        let shape = &full[full.len().saturating_sub(rank + 1)..];
         if shape.len() != rank + 1 {
             return Err(layer_error(
                 l,

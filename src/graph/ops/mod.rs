@@ -11,6 +11,7 @@ pub mod merge;
 pub mod norm;
 pub mod pool;
 pub mod recurrent;
+pub mod time_distributed;
 
 pub use activation::Activation;
 pub use conv::{
@@ -104,6 +105,11 @@ pub enum Op {
     PRelu(PRelu),
     /// Softmax or log_softmax over any contiguous axes (the last axis is `Activation`).
     Softmax(Softmax),
+    /// TimeDistributed(Conv2D / pooling): `inner` runs on every timestep's item, (T, ...) in,
+    /// (T, ...) out (`time_distributed::supported` lists the inner ops).
+    TimeDistributed {
+        inner: Box<Op>,
+    },
 }
 
 impl Op {
@@ -137,6 +143,7 @@ impl Op {
             Op::Normalization(_) => "normalization",
             Op::PRelu(_) => "prelu",
             Op::Softmax(_) => "softmax_axes",
+            Op::TimeDistributed { .. } => "time_distributed",
         }
     }
 
@@ -231,19 +238,15 @@ impl Op {
                 float(e.output_shape(&x.shape)?)
             }
             Op::Recurrent(r) => {
-                let x = one(DType::F32)?;
                 for cell in r.cells() {
                     let g = cell.gate_columns();
                     check_param(cell.kernel, &[r.input_features, g])?;
                     check_param(cell.recurrent_kernel, &[cell.units, g])?;
                     if let Some(b) = cell.bias {
-                        check_param(b, &[g])?;
+                        check_param(b, &cell.bias_shape())?;
                     }
                 }
-                if r.timesteps == 0 {
-                    return Err("a recurrent layer needs at least one timestep".into());
-                }
-                float(r.output_shape(&x.shape)?)
+                r.infer(inputs)
             }
             Op::Reshape { shape } => {
                 let x = one(DType::F32)?;
@@ -334,6 +337,11 @@ impl Op {
                 axis_layout(&x.shape, &s.axes)?;
                 float(x.shape.clone())
             }
+            Op::TimeDistributed { inner } => {
+                let x = one(DType::F32)?;
+                let (steps, item) = time_distributed::infer(inner, x, params)?;
+                float(time_distributed::output_shape(steps, &item.shape))
+            }
         }
     }
 
@@ -394,6 +402,7 @@ impl Op {
             | Op::RepeatVector { .. }
             | Op::Upsample { .. }
             | Op::Softmax(_) => Vec::new(),
+            Op::TimeDistributed { inner } => inner.params(),
         }
     }
 
@@ -446,6 +455,18 @@ impl Op {
             | Op::Reshape { .. }
             | Op::Identity
             | Op::PaddingMask => 0,
+            Op::TimeDistributed { inner } => {
+                // The inner op's cost per item, times the steps.
+                let item = |v: &ValueInfo| {
+                    ValueInfo::new(v.shape.get(1..).unwrap_or(&[]).to_vec(), v.dtype)
+                };
+                let steps = inputs.first().and_then(|v| v.shape.first()).copied();
+                let ins: Vec<ValueInfo> = inputs.iter().map(|v| item(v)).collect();
+                let outs: Vec<ValueInfo> = outputs.iter().map(|v| item(v)).collect();
+                let ins: Vec<&ValueInfo> = ins.iter().collect();
+                let outs: Vec<&ValueInfo> = outs.iter().collect();
+                steps.unwrap_or(0) as u64 * inner.flops(&ins, &outs, params)
+            }
         }
     }
 
@@ -493,6 +514,15 @@ impl Op {
                 if r.forward.go_backwards && r.backward.is_none() {
                     s += " go_backwards";
                 }
+                if matches!(r.forward.kind, CellKind::Gru { reset_after: false }) {
+                    s += " reset_after=False";
+                }
+                if r.return_state {
+                    s += " return_state";
+                }
+                if r.initial_state {
+                    s += " initial_state";
+                }
                 s
             }
             Op::Merge(m) => {
@@ -532,6 +562,9 @@ impl Op {
                 if s.log { "log_softmax" } else { "softmax" },
                 keras_axes(&s.axes)
             ),
+            Op::TimeDistributed { inner } => {
+                format!("per step: {} {}", inner.name(), inner.detail())
+            }
             Op::Rescaling { .. }
             | Op::Embedding(_)
             | Op::Reshape { .. }

@@ -1,12 +1,18 @@
-//! SimpleRNN, LSTM and Bidirectional(either): cells, directions and the output shape.
+//! SimpleRNN, GRU, LSTM and Bidirectional(any): cells, directions, states and the output shape.
 
 use super::{Activation, ShapeResult};
 use crate::graph::params::ParamId;
-use crate::graph::Shape;
+use crate::graph::{DType, Shape, ValueInfo};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CellKind {
     SimpleRnn,
+    /// Gates in Keras order z, r, h. `reset_after` (Keras 3's default): the bias is (2, 3*units)
+    /// (input bias, recurrent bias) and the reset gate multiplies `h R_h + b_rh`; else the bias
+    /// is (3*units,) and the reset gate multiplies `h` before `R_h`.
+    Gru {
+        reset_after: bool,
+    },
     /// Gates in Keras order i, f, c, o.
     Lstm,
 }
@@ -16,13 +22,23 @@ impl CellKind {
     pub fn gates(&self) -> usize {
         match self {
             CellKind::SimpleRnn => 1,
+            CellKind::Gru { .. } => 3,
             CellKind::Lstm => 4,
+        }
+    }
+
+    /// State tensors per direction: h (and c for LSTM).
+    pub fn states(&self) -> usize {
+        match self {
+            CellKind::SimpleRnn | CellKind::Gru { .. } => 1,
+            CellKind::Lstm => 2,
         }
     }
 
     pub fn name(&self) -> &'static str {
         match self {
             CellKind::SimpleRnn => "SimpleRNN",
+            CellKind::Gru { .. } => "GRU",
             CellKind::Lstm => "LSTM",
         }
     }
@@ -34,13 +50,13 @@ pub struct RecurrentCell {
     pub kind: CellKind,
     pub units: usize,
     pub activation: Activation,
-    /// LSTM only (sigmoid by default).
+    /// LSTM and GRU gates (sigmoid by default).
     pub recurrent_activation: Activation,
     /// (input_features, gates * units).
     pub kernel: ParamId,
     /// (units, gates * units).
     pub recurrent_kernel: ParamId,
-    /// (gates * units).
+    /// `bias_shape()`: (gates * units), or (2, 3 * units) for a GRU with reset_after.
     pub bias: Option<ParamId>,
     /// Reads the sequence from the end. With return_sequences, outputs stay in processing order
     /// (as Keras), except inside Bidirectional, which puts the backward outputs back in time order.
@@ -50,6 +66,14 @@ pub struct RecurrentCell {
 impl RecurrentCell {
     pub fn gate_columns(&self) -> usize {
         self.kind.gates() * self.units
+    }
+
+    /// The shape of Keras's bias weight.
+    pub fn bias_shape(&self) -> Vec<usize> {
+        match self.kind {
+            CellKind::Gru { reset_after: true } => vec![2, self.gate_columns()],
+            _ => vec![self.gate_columns()],
+        }
     }
 }
 
@@ -61,8 +85,10 @@ pub enum MergeMode {
     Multiply,
 }
 
-/// SimpleRNN, LSTM or Bidirectional(either). A node running it may take a mask as its second
-/// input (Keras's propagated padding mask).
+/// SimpleRNN, GRU, LSTM or Bidirectional(any). A node running it may take Keras's propagated
+/// padding mask. Inputs: the sequence, then (with `initial_state`) one (units,) value per state
+/// in `state_order`. Outputs: the output, then (with `return_state`) the final states in the
+/// same order.
 #[derive(Debug, Clone)]
 pub struct Recurrent {
     pub forward: RecurrentCell,
@@ -70,10 +96,16 @@ pub struct Recurrent {
     pub backward: Option<RecurrentCell>,
     pub merge_mode: MergeMode,
     pub return_sequences: bool,
+    /// Outputs the final states after the output: [h (, c)] per direction, forward first
+    /// (Keras's order, also inside Bidirectional).
+    pub return_state: bool,
+    /// The node's inputs after the sequence are the initial states, in the same order.
+    pub initial_state: bool,
     pub timesteps: usize,
     pub input_features: usize,
-    /// With return_sequences: zeros at masked steps instead of repeating the previous output.
-    /// Keras forces it on inside Bidirectional; a plain layer reads its `zero_output_for_mask`.
+    /// With a mask: zeros at masked steps instead of repeating the previous output.
+    /// Keras forces it to return_sequences inside Bidirectional; a plain layer reads its
+    /// `zero_output_for_mask`.
     pub zero_masked_outputs: bool,
 }
 
@@ -100,6 +132,12 @@ impl Recurrent {
         std::iter::once(&self.forward).chain(self.backward.as_ref())
     }
 
+    /// How many state tensors the layer has in all (initial_state inputs, return_state outputs).
+    pub fn state_count(&self) -> usize {
+        self.cells().map(|c| c.kind.states()).sum()
+    }
+
+    /// The output's shape, from the sequence's.
     pub fn output_shape(&self, input: &[usize]) -> ShapeResult<Shape> {
         if input != [self.timesteps, self.input_features] {
             return Err(format!(
@@ -112,5 +150,49 @@ impl Recurrent {
         } else {
             vec![self.output_features()]
         })
+    }
+
+    /// The shape rule over all inputs: sequence (+ initial states) -> output (+ final states).
+    pub fn infer(&self, inputs: &[&ValueInfo]) -> ShapeResult<Vec<ValueInfo>> {
+        let states = self.state_count();
+        let expected = 1 + if self.initial_state { states } else { 0 };
+        if inputs.len() != expected {
+            return Err(format!(
+                "expects {expected} input(s) (the sequence{}), got {}",
+                if self.initial_state {
+                    format!(" and {states} initial state(s)")
+                } else {
+                    String::new()
+                },
+                inputs.len()
+            ));
+        }
+        if let Some(bad) = inputs.iter().find(|v| v.dtype != DType::F32) {
+            return Err(format!("expects float32 inputs, got {}", bad.dtype.name()));
+        }
+        if self.timesteps == 0 {
+            return Err("a recurrent layer needs at least one timestep".into());
+        }
+        let mut outs = vec![ValueInfo::new(
+            self.output_shape(&inputs[0].shape)?,
+            DType::F32,
+        )];
+        for (k, s) in inputs[1..].iter().enumerate() {
+            if s.shape != [self.units()] {
+                return Err(format!(
+                    "initial state #{k} has shape {:?}, expected ({},)",
+                    s.shape,
+                    self.units()
+                ));
+            }
+        }
+        if self.return_state {
+            for cell in self.cells() {
+                for _ in 0..cell.kind.states() {
+                    outs.push(ValueInfo::new(vec![cell.units], DType::F32));
+                }
+            }
+        }
+        Ok(outs)
     }
 }

@@ -7,6 +7,7 @@ mod core;
 mod merge;
 mod norm;
 mod recurrent;
+mod time_distributed;
 
 pub(crate) use merge::{is_merge_layer, MaskExpr};
 
@@ -111,13 +112,14 @@ impl Builder<'_> {
                 Op::Activation(self.activation_layer(cfg, &info)?)
             }
             "Embedding" => return self.embedding(cfg, x),
-            "SimpleRNN" | "LSTM" => self.recurrent(cfg, &info)?,
-            "Bidirectional" => self.bidirectional(cfg, &info)?,
+            "TimeDistributed" => return self.time_distributed(cfg, x, mask),
+            "SimpleRNN" | "LSTM" | "GRU" | "Bidirectional" => {
+                return self.recurrent_layer(cfg, &[x], mask, mask)
+            }
             "ZeroPadding1D" | "ZeroPadding2D" | "ZeroPadding3D" | "Cropping1D" | "Cropping2D"
             | "Cropping3D" | "UpSampling1D" | "UpSampling2D" | "UpSampling3D" | "Permute"
             | "RepeatVector" => self.shape_layer(cfg, &info)?,
-            "GRU" | "ConvLSTM2D" | "Masking" | "Attention" | "MultiHeadAttention"
-            | "TimeDistributed" | "RNN" => {
+            "ConvLSTM2D" | "Masking" | "Attention" | "MultiHeadAttention" | "RNN" => {
                 return Err(cfg.error(
                     "class_name",
                     format!("layer class '{}' is not supported by wgnn", cfg.class),

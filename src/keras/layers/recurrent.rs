@@ -1,4 +1,4 @@
-//! SimpleRNN, LSTM and Bidirectional.
+//! SimpleRNN, GRU, LSTM and Bidirectional, with return_state and initial_state.
 
 use serde_json::Value;
 
@@ -15,13 +15,6 @@ impl Builder<'_> {
                 "stateful",
                 &Value::Bool(true),
                 "stateful RNNs are not supported",
-            ));
-        }
-        if cfg.bool_or("return_state", false)? {
-            return Err(cfg.unsupported(
-                "return_state",
-                &Value::Bool(true),
-                "return_state is not supported",
             ));
         }
         if cfg.bool_or("time_major", false)? {
@@ -58,11 +51,14 @@ impl Builder<'_> {
         let kind = match cfg.class.as_str() {
             "SimpleRNN" => CellKind::SimpleRnn,
             "LSTM" => CellKind::Lstm,
+            "GRU" => CellKind::Gru {
+                reset_after: cfg.bool_or("reset_after", true)?,
+            },
             other => {
                 return Err(cfg.error(
                     "class_name",
                     format!(
-                        "recurrent layer class '{other}' is not supported (SimpleRNN and LSTM are)"
+                        "recurrent layer class '{other}' is not supported (SimpleRNN, GRU and LSTM are)"
                     ),
                 ))
             }
@@ -93,7 +89,11 @@ impl Builder<'_> {
             ("recurrent_kernel", vec![units, g]),
         ];
         if use_bias {
-            specs.push(("bias", vec![g]));
+            let bias = match kind {
+                CellKind::Gru { reset_after: true } => vec![2, g],
+                _ => vec![g],
+            };
+            specs.push(("bias", bias));
         }
         let p = self.params(owner, sub, &specs)?;
         Ok(RecurrentCell {
@@ -108,23 +108,67 @@ impl Builder<'_> {
         })
     }
 
-    pub(super) fn recurrent(&mut self, cfg: &LayerConfig, x: &ValueInfo) -> Result<Op> {
+    /// One call of SimpleRNN / GRU / LSTM / Bidirectional: `inputs` are the sequence and then
+    /// the initial states (Keras 3's `initial_state` kwarg, or Keras 2's extra inbound tensors).
+    /// Outputs: the output, then the final states with `return_state`. `mask` is the mask the
+    /// layer applies, `out_mask` the one its output sequence carries (return_sequences).
+    pub(crate) fn recurrent_layer(
+        &mut self,
+        cfg: &LayerConfig,
+        inputs: &[ValueId],
+        mask: Option<ValueId>,
+        out_mask: Option<ValueId>,
+    ) -> Result<Vec<ValueId>> {
+        let Some((&x, states)) = inputs.split_first() else {
+            return Err(cfg.error("inbound_nodes", "a recurrent layer needs an input"));
+        };
+        let info = self.info(x).clone();
+        let mut r = if cfg.class == "Bidirectional" {
+            self.bidirectional(cfg, &info)?
+        } else {
+            self.recurrent(cfg, &info)?
+        };
+        if !states.is_empty() {
+            if states.len() != r.state_count() {
+                return Err(cfg.error(
+                    "initial_state",
+                    format!(
+                        "got {} initial state tensor(s); this layer has {} state(s)",
+                        states.len(),
+                        r.state_count()
+                    ),
+                ));
+            }
+            r.initial_state = true;
+        }
+        let keeps_mask = r.return_sequences;
+        let outs = self.add(cfg, Op::Recurrent(Box::new(r)), inputs, mask)?;
+        if let (Some(m), true) = (out_mask, keeps_mask) {
+            self.masks.insert(outs[0], m);
+        }
+        Ok(outs)
+    }
+
+    fn recurrent(&mut self, cfg: &LayerConfig, x: &ValueInfo) -> Result<Recurrent> {
         let (timesteps, features) = Self::sequence_shape(cfg, x)?;
         let return_sequences = cfg.bool_or("return_sequences", false)?;
         let zero_masked_outputs = cfg.bool_or("zero_output_for_mask", false)?;
+        let return_state = cfg.bool_or("return_state", false)?;
         let forward = self.cell(cfg, cfg, &["cell"], features)?;
-        Ok(Op::Recurrent(Box::new(Recurrent {
+        Ok(Recurrent {
             forward,
             backward: None,
             merge_mode: MergeMode::Concat,
             return_sequences,
+            return_state,
+            initial_state: false,
             timesteps,
             input_features: features,
             zero_masked_outputs,
-        })))
+        })
     }
 
-    pub(super) fn bidirectional(&mut self, cfg: &LayerConfig, x: &ValueInfo) -> Result<Op> {
+    fn bidirectional(&mut self, cfg: &LayerConfig, x: &ValueInfo) -> Result<Recurrent> {
         let (timesteps, features) = Self::sequence_shape(cfg, x)?;
         let merge_mode = match cfg.get("merge_mode") {
             None => {
@@ -172,16 +216,25 @@ impl Builder<'_> {
                 "directions with different units are not supported",
             ));
         }
+        if forward.kind != backward.kind {
+            return Err(cfg.error(
+                "backward_layer",
+                "directions of different layer classes are not supported",
+            ));
+        }
         let return_sequences = fwd_cfg.bool_or("return_sequences", false)?;
+        let return_state = fwd_cfg.bool_or("return_state", false)?;
         // Bidirectional forces zero_output_for_mask = return_sequences on both directions.
-        Ok(Op::Recurrent(Box::new(Recurrent {
+        Ok(Recurrent {
             forward,
             backward: Some(backward),
             merge_mode,
             return_sequences,
+            return_state,
+            initial_state: false,
             timesteps,
             input_features: features,
             zero_masked_outputs: return_sequences,
-        })))
+        })
     }
 }

@@ -228,7 +228,6 @@ rejected! {
     bad_gru_stateful_is_rejected => "bad/gru_stateful.keras",
     bad_lambda_layer_is_rejected => "bad/lambda_layer.keras",
     bad_upsampling2d_bicubic_is_rejected => "bad/upsampling2d_bicubic.keras",
-    bad_conv2d_transpose_dilation_is_rejected => "bad/conv2d_transpose_dilation.keras",
     bad_ops_cumsum_is_rejected => "bad/ops_cumsum.keras",
 }
 

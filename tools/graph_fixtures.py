@@ -1275,11 +1275,6 @@ def _():
     return seq(IMG, layers.UpSampling2D(2, interpolation="bicubic"))
 
 
-@bad("conv2d_transpose_dilation", "dilation_rate", "Conv2DTranspose with dilation_rate=2")
-def _():
-    return seq(IMG, layers.Conv2DTranspose(3, 3, dilation_rate=2))
-
-
 @bad("ops_cumsum", "Cumsum", "An operator node keras.ops.cumsum in a Functional model")
 def _():
     inp = keras.Input((6,))

@@ -698,6 +698,39 @@ impl<'a> Builder<'a> {
             return Ok(outs);
         }
         match cfg.class.as_str() {
+            // keras.ops.mean over every axis of an item but the channels is global average
+            // pooling; other axis sets are not supported.
+            "Mean" => {
+                let [x] = inputs else {
+                    return Err(cfg.error("args", "mean takes one tensor"));
+                };
+                let rank = self.info(*x).shape.len();
+                let axes: Vec<i64> = match cfg.get("axis") {
+                    Some(Value::Array(a)) => a.iter().filter_map(Value::as_i64).collect(),
+                    Some(v) => v.as_i64().into_iter().collect(),
+                    None => Vec::new(),
+                };
+                // Keras axes count the batch as 0; negative ones count from the end.
+                let mut item_axes: Vec<i64> = axes
+                    .iter()
+                    .map(|&a| if a < 0 { a + rank as i64 + 1 } else { a } - 1)
+                    .collect();
+                item_axes.sort_unstable();
+                let spatial: Vec<i64> = (0..rank.saturating_sub(1) as i64).collect();
+                if rank < 2 || item_axes != spatial {
+                    return Err(cfg.unsupported(
+                        "axis",
+                        &cfg.get("axis").cloned().unwrap_or_default(),
+                        "mean over all axes but the batch and the channels (global average pooling) only",
+                    ));
+                }
+                let op = Op::GlobalPool {
+                    op: PoolOp::Average,
+                    keepdims: cfg.bool_or("keepdims", false)?,
+                    rank: rank - 1,
+                };
+                self.add(cfg, op, &[*x], None)
+            }
             "NotEqual" => {
                 let compares_with_zero = args.get(1).and_then(Value::as_f64) == Some(0.0);
                 if !compares_with_zero || inputs.len() != 1 {

@@ -14,8 +14,21 @@ struct CopyParams {
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
 @group(0) @binding(2) var<uniform> p: CopyParams;
 
-fn word(v: array<vec4<u32>, 2>, i: u32) -> u32 {
-    return v[i / 4u][i % 4u];
+// Element i of one 8-word field of the uniform block (read in place, not copied).
+fn shape_at(i: u32) -> u32 {
+    return p.shape[i / 4u][i % 4u];
+}
+
+fn src_strides_at(i: u32) -> u32 {
+    return p.src_strides[i / 4u][i % 4u];
+}
+
+fn dst_strides_at(i: u32) -> u32 {
+    return p.dst_strides[i / 4u][i % 4u];
+}
+
+fn w_at(i: u32) -> u32 {
+    return p.w[i / 4u][i % 4u];
 }
 
 // w: rank, total, src_offset, dst_offset. One thread per copied element.
@@ -26,19 +39,19 @@ fn strided_copy(
     @builtin(local_invocation_index) li: u32,
 ) {
     let i = linear_workgroup(wg, nwg) * 64u + li;
-    let rank = word(p.w, 0u);
-    if (i >= word(p.w, 1u)) {
+    let rank = w_at(0u);
+    if (i >= w_at(1u)) {
         return;
     }
     var rem = i;
-    var s = word(p.w, 2u);
-    var d = word(p.w, 3u);
+    var s = w_at(2u);
+    var d = w_at(3u);
     for (var k = i32(rank) - 1; k >= 0; k = k - 1) {
-        let n = word(p.shape, u32(k));
+        let n = shape_at(u32(k));
         let c = rem % n;
         rem = rem / n;
-        s = s + c * word(p.src_strides, u32(k));
-        d = d + c * word(p.dst_strides, u32(k));
+        s = s + c * src_strides_at(u32(k));
+        d = d + c * dst_strides_at(u32(k));
     }
     y[d] = x[s];
 }
@@ -60,12 +73,12 @@ fn bilinear(
     @builtin(local_invocation_index) li: u32,
 ) {
     let i = linear_workgroup(wg, nwg) * 64u + li;
-    let batch = word(p.w, 0u);
-    let ih = word(p.w, 1u);
-    let iw = word(p.w, 2u);
-    let c = word(p.w, 3u);
-    let oh = word(p.w, 4u);
-    let ow = word(p.w, 5u);
+    let batch = w_at(0u);
+    let ih = w_at(1u);
+    let iw = w_at(2u);
+    let c = w_at(3u);
+    let oh = w_at(4u);
+    let ow = w_at(5u);
     if (i >= batch * oh * ow * c) {
         return;
     }
@@ -73,8 +86,8 @@ fn bilinear(
     let ox = (i / c) % ow;
     let oy = (i / (c * ow)) % oh;
     let n = i / (c * ow * oh);
-    let ty = tap(oy, ih, bitcast<f32>(word(p.w, 6u)));
-    let tx = tap(ox, iw, bitcast<f32>(word(p.w, 7u)));
+    let ty = tap(oy, ih, bitcast<f32>(w_at(6u)));
+    let tx = tap(ox, iw, bitcast<f32>(w_at(7u)));
     let y0 = u32(ty.x);
     let y1 = u32(ty.y);
     let x0 = u32(tx.x);

@@ -15,8 +15,21 @@ struct MergeParams {
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<uniform> p: MergeParams;
 
-fn word(v: array<vec4<u32>, 2>, i: u32) -> u32 {
-    return v[i / 4u][i % 4u];
+// Element i of one 8-word field of the uniform block (read in place, not copied).
+fn shape_at(i: u32) -> u32 {
+    return p.shape[i / 4u][i % 4u];
+}
+
+fn a_strides_at(i: u32) -> u32 {
+    return p.a_strides[i / 4u][i % 4u];
+}
+
+fn b_strides_at(i: u32) -> u32 {
+    return p.b_strides[i / 4u][i % 4u];
+}
+
+fn w_at(i: u32) -> u32 {
+    return p.w[i / 4u][i % 4u];
 }
 
 const FLAG_A_IS_Y: u32 = 1u;      // read the first operand from y itself (a fold step, in place)
@@ -42,22 +55,22 @@ fn binary(
     @builtin(local_invocation_index) li: u32,
 ) {
     let i = linear_workgroup(wg, nwg) * 64u + li;
-    let rank = word(p.w, 0u);
-    let total = word(p.w, 1u);
+    let rank = w_at(0u);
+    let total = w_at(1u);
     if (i >= total) {
         return;
     }
-    let op = word(p.w, 2u);
-    let flags = word(p.w, 3u);
+    let op = w_at(2u);
+    let flags = w_at(3u);
     var rem = i;
     var ia = 0u;
     var ib = 0u;
     for (var d = i32(rank) - 1; d >= 0; d = d - 1) {
-        let n = word(p.shape, u32(d));
+        let n = shape_at(u32(d));
         let c = rem % n;
         rem = rem / n;
-        ia = ia + c * word(p.a_strides, u32(d));
-        ib = ib + c * word(p.b_strides, u32(d));
+        ia = ia + c * a_strides_at(u32(d));
+        ib = ib + c * b_strides_at(u32(d));
     }
     var l: f32;
     if ((flags & FLAG_A_IS_Y) != 0u) {
@@ -66,7 +79,7 @@ fn binary(
         l = a[ia];
     }
     if ((flags & FLAG_B_SCALAR) != 0u) {
-        let s = bitcast<f32>(word(p.w, 4u));
+        let s = bitcast<f32>(w_at(4u));
         if ((flags & FLAG_SCALAR_FIRST) != 0u) {
             y[i] = apply(op, s, l);
         } else {
@@ -86,8 +99,8 @@ fn normalize_rows(
     @builtin(local_invocation_index) li: u32,
 ) {
     let row = linear_workgroup(wg, nwg) * 64u + li;
-    let rows = word(p.w, 0u);
-    let k = word(p.w, 1u);
+    let rows = w_at(0u);
+    let k = w_at(1u);
     if (row >= rows) {
         return;
     }
@@ -97,7 +110,7 @@ fn normalize_rows(
         let v = y[base + j];
         ss = ss + v * v;
     }
-    let inv = min(1.0 / sqrt(ss), bitcast<f32>(word(p.w, 2u)));
+    let inv = min(1.0 / sqrt(ss), bitcast<f32>(w_at(2u)));
     for (var j = 0u; j < k; j = j + 1u) {
         y[base + j] = y[base + j] * inv;
     }
@@ -111,10 +124,10 @@ fn batched_dot(
     @builtin(local_invocation_index) li: u32,
 ) {
     let idx = linear_workgroup(wg, nwg) * 64u + li;
-    let batch = word(p.w, 0u);
-    let m = word(p.w, 1u);
-    let n = word(p.w, 2u);
-    let k = word(p.w, 3u);
+    let batch = w_at(0u);
+    let m = w_at(1u);
+    let n = w_at(2u);
+    let k = w_at(3u);
     if (idx >= batch * m * n) {
         return;
     }

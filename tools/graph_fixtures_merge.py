@@ -473,11 +473,12 @@ def _():
     return keras.Model([i1, i2], layers.LSTM(2)(layers.Add()([e1, e2])))
 
 
-@fixture("ops_broadcast", "Operator nodes on equal-rank tensors with size-1 axes: (N,4,5)+(N,1,5), (N,4,5)*(N,4,1), maximum, x - y")
+@fixture("ops_broadcast", "Operator nodes on equal-rank tensors with size-1 axes: (N,4,5)+(N,1,5), (N,4,5)*(N,4,1), maximum, x - y; ops.expand_dims at axis 2 and -1")
 def _(rng):
     x, y = inp((4, 5), "x"), inp((1, 5), "y")
     w = layers.Dense(1)(x)
-    return keras.Model([x, y], [x + y, x * w, ops.maximum(y, w), y - x]), [normal(rng, 3, 4, 5), normal(rng, 3, 1, 5)]
+    outs = [x + y, x * w, ops.maximum(y, w), y - x, ops.expand_dims(x, 2) * 2.0, layers.Dense(2)(ops.expand_dims(x, -1))]
+    return keras.Model([x, y], outs), [normal(rng, 3, 4, 5), normal(rng, 3, 1, 5)]
 
 
 @bad("bad_concat_batch_axis_op", "batch", "keras.ops.concatenate along axis 0 (the batch axis)")

@@ -12,8 +12,32 @@ use crate::graph::merge::{
 };
 use crate::graph::*;
 
-/// Runs `copy` from `src` into `dst` (both row-major buffers of the whole batch).
+/// Runs `copy` from `src` into `dst` (row-major buffers of the whole batch), items in parallel
+/// when each item reads and writes only its own slice (as every copy of this family does: the
+/// batch strides are the item sizes and the offsets lie inside one item).
 pub(crate) fn strided_copy(copy: &StridedCopy, src: &[f32], dst: &mut [f32]) {
+    let batch = copy.shape.first().copied().unwrap_or(1);
+    let (src_item, dst_item) = (
+        copy.src_strides.first().copied().unwrap_or(0),
+        copy.dst_strides.first().copied().unwrap_or(0),
+    );
+    let per_item = copy.len() / batch.max(1);
+    let separable = batch > 1
+        && src_item * batch == src.len()
+        && dst_item * batch == dst.len()
+        && per_item >= 1024;
+    if separable {
+        let mut one = copy.clone();
+        one.shape[0] = 1;
+        dst.par_chunks_mut(dst_item)
+            .zip(src.par_chunks(src_item))
+            .for_each(|(d, s)| copy_serial(&one, s, d));
+        return;
+    }
+    copy_serial(copy, src, dst);
+}
+
+fn copy_serial(copy: &StridedCopy, src: &[f32], dst: &mut [f32]) {
     let c = copy.coalesced();
     if c.is_empty() {
         return;
@@ -140,7 +164,7 @@ pub(crate) fn merge(
             let b = v.broadcast(IxDyn(out_dims)).expect("checked broadcasting");
             Zip::from(&mut y)
                 .and(&b)
-                .for_each(|a, &b| *a = op.apply(*a, b));
+                .par_for_each(|a, &b| *a = op.apply(*a, b));
         }
         y
     };

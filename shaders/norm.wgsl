@@ -6,6 +6,7 @@
 //  - layer_norm:   one workgroup per group of `reduced` values `inner` apart: statistics, then
 //                  mode 0 (x - mean) / sqrt(var + eps) * gamma + beta, mode 1 x / sqrt(var + eps)
 //                  * gamma (rms_scaling), mode 2 x / sqrt(mean(x^2) + eps) * gamma (RMSNormalization).
+//  - group_norm:   GroupNormalization, one workgroup per group of channels (see group_at).
 //  - softmax_axes: one workgroup per group: softmax (mode 0) or log_softmax (mode 1).
 
 struct NormParams {
@@ -164,6 +165,55 @@ fn layer_norm(
             }
             x[at] = y;
         }
+    }
+}
+
+// GroupNormalization: group g of an item covers channels (g % G) * inner .. + inner at every
+// position; `rank` values per group, `inner` channels per group, dims[0][0] channels per position.
+fn group_at(g: u32, r: u32) -> u32 {
+    let channels = p.dims[0][0];
+    let per_item = channels / p.inner;
+    let item = g / per_item;
+    let first = (g % per_item) * p.inner;
+    return item * p.rank * per_item + (r / p.inner) * channels + first + r % p.inner;
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn group_norm(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let g = linear_workgroup(wg, nwg);
+    if (g >= p.len) {
+        return;
+    }
+    let n = p.rank;
+    let count = f32(n);
+    var s = 0.0;
+    for (var r = li; r < n; r += THREADS) {
+        s += x[group_at(g, r)];
+    }
+    let mean = reduce_sum(li, s) / count;
+    var q = 0.0;
+    for (var r = li; r < n; r += THREADS) {
+        let d = x[group_at(g, r)] - mean;
+        q += d * d;
+    }
+    let inv = 1.0 / sqrt(reduce_sum(li, q) / count + p.epsilon);
+    let first = (g % (p.dims[0][0] / p.inner)) * p.inner;
+    for (var r = li; r < n; r += THREADS) {
+        let at = group_at(g, r);
+        let c = first + r % p.inner;
+        var k = inv;
+        if ((p.flags & 1u) != 0u) {
+            k = k * w0[c];
+        }
+        var res = -mean * k;
+        if ((p.flags & 2u) != 0u) {
+            res = res + w1[c];
+        }
+        x[at] = x[at] * k + res;
     }
 }
 

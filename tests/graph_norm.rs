@@ -588,3 +588,32 @@ fn gpu_matches_cpu_over_axis_1_of_a_3d_tensor() {
         }
     }
 }
+
+/// GroupNormalization with groups of 2 channels at 9x10 positions (180 values a group: more
+/// than a workgroup), and one group per channel, at batch 1 and 33.
+#[test]
+fn gpu_matches_cpu_for_group_norm() {
+    let mut g = Graph::new("group_norm");
+    let x = g.add_input("x", vec![9, 10, 6], DType::F32);
+    let gn = Op::GroupNorm(GroupNorm {
+        groups: 3,
+        gamma: Some(param(&mut g, "g", &[6], 1, 1.0, 0.3)),
+        beta: Some(param(&mut g, "b", &[6], 2, 0.0, 0.3)),
+        epsilon: 1e-3,
+    });
+    let y = add(&mut g, gn, x);
+    let instance = Op::GroupNorm(GroupNorm {
+        groups: 6,
+        gamma: None,
+        beta: Some(param(&mut g, "b2", &[6], 3, 0.0, 0.3)),
+        epsilon: 1e-2,
+    });
+    let z = add(&mut g, instance, y);
+    g.add_output("y", y);
+    g.add_output("z", z);
+    for batch in [1, 33] {
+        if !gpu_matches_cpu("group norm", &g, batch, 300 + batch as u64) {
+            return;
+        }
+    }
+}

@@ -118,6 +118,31 @@ pub fn layer_norm(l: &LayerNorm, params: &ParamStore, x: &mut ArrayD<f32>) {
     });
 }
 
+pub fn group_norm(gn: &GroupNorm, params: &ParamStore, x: &mut ArrayD<f32>) {
+    let channels = x.shape().last().copied().unwrap_or(1).max(1);
+    let run = channels / gn.groups.max(1);
+    let gamma = gn.gamma.map(|g| params.slice(g));
+    let beta = gn.beta.map(|g| params.slice(g));
+    per_item(x, |item| {
+        // Group g: channels g*run..(g+1)*run at every position, gathered into one row.
+        let mut row = Vec::with_capacity(item.len() / gn.groups.max(1));
+        for g in 0..gn.groups {
+            row.clear();
+            for pixel in item.chunks_exact(channels) {
+                row.extend_from_slice(&pixel[g * run..(g + 1) * run]);
+            }
+            let (mean, inv) = layer_norm_stats(LayerNormKind::Standard, gn.epsilon, &row);
+            for pixel in item.chunks_exact_mut(channels) {
+                for (j, v) in pixel[g * run..(g + 1) * run].iter_mut().enumerate() {
+                    let c = g * run + j;
+                    let (ga, be) = (gamma.map(|w| w[c]), beta.map(|w| w[c]));
+                    *v = layer_norm_value(LayerNormKind::Standard, *v, mean, inv, ga, be);
+                }
+            }
+        }
+    });
+}
+
 /// `w` (broadcast form over one item) with a batch axis of 1, to broadcast over a batch.
 fn with_batch_axis(w: ArrayViewD<'_, f32>) -> ArrayViewD<'_, f32> {
     w.insert_axis(Axis(0))

@@ -48,6 +48,7 @@ pub enum Kernel {
     Affine,
     PRelu,
     LayerNorm,
+    GroupNorm,
     /// Softmax or log_softmax over strided groups (any contiguous axes).
     SoftmaxAxes,
 }
@@ -76,6 +77,7 @@ impl Kernel {
             Kernel::Affine => "affine",
             Kernel::PRelu => "prelu",
             Kernel::LayerNorm => "layer_norm",
+            Kernel::GroupNorm => "group_norm",
             Kernel::SoftmaxAxes => "softmax_axes",
         }
     }
@@ -100,7 +102,11 @@ impl Kernel {
             Kernel::Softmax => &[SOFTMAX],
             Kernel::Embedding => &[EMBEDDING],
             Kernel::RnnStep | Kernel::RnnMerge => &[RECURRENT],
-            Kernel::Affine | Kernel::PRelu | Kernel::LayerNorm | Kernel::SoftmaxAxes => &[NORM],
+            Kernel::Affine
+            | Kernel::PRelu
+            | Kernel::LayerNorm
+            | Kernel::GroupNorm
+            | Kernel::SoftmaxAxes => &[NORM],
         };
         let mut source = String::from(COMMON);
         for part in parts {
@@ -123,9 +129,11 @@ impl Kernel {
             Kernel::Embedding => &[Read, Read, ReadWrite],
             Kernel::RnnStep => &[Read, Read, ReadWrite, ReadWrite, Read],
             Kernel::RnnMerge => &[Read, ReadWrite],
-            Kernel::Affine | Kernel::PRelu | Kernel::LayerNorm | Kernel::SoftmaxAxes => {
-                &[ReadWrite, Read, Read]
-            }
+            Kernel::Affine
+            | Kernel::PRelu
+            | Kernel::LayerNorm
+            | Kernel::GroupNorm
+            | Kernel::SoftmaxAxes => &[ReadWrite, Read, Read],
         }
     }
 
@@ -142,7 +150,7 @@ impl Kernel {
             Kernel::RnnMerge => &["both", "merged"],
             Kernel::Affine => &["x", "scale", "shift"],
             Kernel::PRelu => &["x", "alpha", "-"],
-            Kernel::LayerNorm => &["x", "gamma", "beta"],
+            Kernel::LayerNorm | Kernel::GroupNorm => &["x", "gamma", "beta"],
             Kernel::SoftmaxAxes => &["x", "-", "-"],
         }
     }

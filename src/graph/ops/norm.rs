@@ -172,6 +172,36 @@ impl LayerNorm {
     }
 }
 
+/// GroupNormalization over the last (channel) axis: the channels split into `groups` runs of
+/// channels / groups; each run's statistics cover every position of the item.
+/// y = x * inv + (beta - mean * inv), inv = gamma / sqrt(var + eps), per channel.
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    pub groups: usize,
+    /// Shaped (channels,).
+    pub gamma: Option<ParamId>,
+    pub beta: Option<ParamId>,
+    pub epsilon: f32,
+}
+
+impl GroupNorm {
+    pub fn check(&self, input: &[usize], params: &ParamStore) -> ShapeResult<()> {
+        let Some(&c) = input.last() else {
+            return Err("needs a channel axis".into());
+        };
+        if self.groups == 0 || !c.is_multiple_of(self.groups) {
+            return Err(format!(
+                "{c} channels do not split into {} groups",
+                self.groups
+            ));
+        }
+        for id in [self.gamma, self.beta].into_iter().flatten() {
+            check_shape(params, id, &[c])?;
+        }
+        Ok(())
+    }
+}
+
 /// Keras's Normalization layer: y = (x - mean) / max(sqrt(variance), 1e-7), or with `invert`
 /// y = mean + x * max(sqrt(variance), 1e-7). `mean` and `variance` are in broadcast form.
 #[derive(Debug, Clone)]

@@ -26,6 +26,7 @@ fn passes_mask(class: &str) -> bool {
             | "BatchNormalization"
             | "LayerNormalization"
             | "RMSNormalization"
+            | "GroupNormalization"
             | "Normalization"
             | "PReLU"
             | "ReLU"
@@ -74,6 +75,7 @@ impl Builder<'_> {
             "BatchNormalization" => self.batch_normalization(cfg, &info)?,
             "LayerNormalization" => self.layer_normalization(cfg, &info, false)?,
             "RMSNormalization" => self.layer_normalization(cfg, &info, true)?,
+            "GroupNormalization" => self.group_normalization(cfg, &info)?,
             "Normalization" => self.normalization(cfg, &info)?,
             "PReLU" => self.prelu(cfg, &info)?,
             "Softmax" => self.softmax_layer(cfg, &info, mask)?,

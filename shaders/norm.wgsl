@@ -5,7 +5,8 @@
 //  - prelu:        x = max(x, 0) + w0[k] * min(x, 0) (Keras: relu(x) - alpha * relu(-x)).
 //  - layer_norm:   one workgroup per group of `reduced` values `inner` apart: statistics, then
 //                  mode 0 (x - mean) / sqrt(var + eps) * gamma + beta, mode 1 x / sqrt(var + eps)
-//                  * gamma (rms_scaling), mode 2 x / sqrt(mean(x^2) + eps) * gamma (RMSNormalization).
+//                  * gamma (rms_scaling), mode 2 x / sqrt(mean(x^2) + eps) * gamma (RMSNormalization),
+//                  mode 3 x * min(1 / sqrt(sum(x^2)), 1e12) (UnitNormalization).
 //  - group_norm:   GroupNormalization, one workgroup per group of channels (see group_at).
 //  - softmax_axes: one workgroup per group: softmax (mode 0) or log_softmax (mode 1).
 
@@ -122,13 +123,19 @@ fn layer_norm(
     let count = f32(n);
     var mean = 0.0;
     var inv: f32;
-    if (p.mode == 2u) {
+    if (p.mode >= 2u) {
         var s = 0.0;
         for (var r = li; r < n; r += THREADS) {
             let v = x[base + r * p.inner];
             s += v * v;
         }
-        inv = 1.0 / sqrt(reduce_sum(li, s) / count + p.epsilon);
+        let total = reduce_sum(li, s);
+        if (p.mode == 2u) {
+            inv = 1.0 / sqrt(total / count + p.epsilon);
+        } else {
+            // UnitNormalization: min(1 / norm, 1e12); a zero norm gives 1e12 (and y = 0).
+            inv = select(min(1.0 / sqrt(total), 1e12), 1e12, total == 0.0);
+        }
     } else {
         var s = 0.0;
         for (var r = li; r < n; r += THREADS) {

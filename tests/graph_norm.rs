@@ -617,3 +617,37 @@ fn gpu_matches_cpu_for_group_norm() {
         }
     }
 }
+
+/// UnitNormalization over 150 values (several strides of a workgroup) and over a strided axis,
+/// with a zero row (1 / norm capped at 1e12, output 0).
+#[test]
+fn gpu_matches_cpu_for_unit_norm() {
+    let mut g = Graph::new("unit_norm");
+    let x = g.add_input("x", vec![150, 3], DType::F32);
+    let unit = |axes| {
+        Op::LayerNorm(LayerNorm {
+            axes,
+            gamma: None,
+            beta: None,
+            epsilon: 0.0,
+            kind: LayerNormKind::Unit,
+        })
+    };
+    let a = add(&mut g, unit(vec![0, 1]), x);
+    let b = add(&mut g, unit(vec![0]), x);
+    g.add_output("a", a);
+    g.add_output("b", b);
+    let mut xs = random(&[33, 150, 3], 400, 2.0);
+    xs.index_axis_mut(ndarray::Axis(0), 5).fill(0.0);
+    let input = [PreparedInput::Float(xs)];
+    let cpu = wgnn::cpu::run(&g, &input).expect("cpu");
+    assert!(cpu[0]
+        .index_axis(ndarray::Axis(0), 5)
+        .iter()
+        .all(|&v| v == 0.0));
+    let Some(rt) = runtime(&g, true) else { return };
+    let gpu = rt.run(&g, &input).expect("gpu");
+    for (k, (gv, cv)) in gpu.iter().zip(&cpu).enumerate() {
+        assert_close(&format!("unit norm output {k}"), gv, cv);
+    }
+}

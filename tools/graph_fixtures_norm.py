@@ -192,6 +192,16 @@ def _(rng):
     return seq((6,), layers.Dense(9), layers.GroupNormalization(groups=3, center=False)), (3, 6)
 
 
+@fixture("unit_norm_last", "Dense(6) -> UnitNormalization(axis=-1) on (N,4,5)", "json_h5")
+def _(rng):
+    return seq((4, 5), layers.Dense(6), layers.UnitNormalization()), (3, 4, 5)
+
+
+@fixture("unit_norm_axes", "UnitNormalization(axis=[1,2]) on (N,3,4,5)")
+def _(rng):
+    return seq((3, 4, 5), layers.UnitNormalization(axis=[1, 2])), (2, 3, 4, 5)
+
+
 # ---------------------------------------------------------------- Normalization
 def adapted(rng, shape, **kw):
     layer = layers.Normalization(**kw)

@@ -58,7 +58,7 @@ fn layer_norm_value(
             let res = -mean * k;
             v * k + b.map_or(res, |b| res + b)
         }
-        LayerNormKind::RmsScaling | LayerNormKind::Rms => {
+        LayerNormKind::RmsScaling | LayerNormKind::Rms | LayerNormKind::Unit => {
             let y = v * inv;
             g.map_or(y, |g| y * g)
         }
@@ -69,6 +69,10 @@ fn layer_norm_value(
 /// for RMSNormalization the mean square (mean is then 0, unused).
 fn layer_norm_stats(kind: LayerNormKind, epsilon: f32, row: &[f32]) -> (f32, f32) {
     let n = row.len() as f64;
+    if kind == LayerNormKind::Unit {
+        let sq: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        return (0.0, (1.0 / (sq as f32).sqrt()).min(UNIT_NORM_MAX_INV));
+    }
     if kind == LayerNormKind::Rms {
         let sq: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
         return (0.0, 1.0 / ((sq / n) as f32 + epsilon).sqrt());

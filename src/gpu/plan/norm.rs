@@ -237,6 +237,7 @@ impl Builder<'_> {
             LayerNormKind::Standard => 0,
             LayerNormKind::RmsScaling => 1,
             LayerNormKind::Rms => 2,
+            LayerNormKind::Unit => 3,
         };
         let flags = u32::from(n.gamma.is_some()) | (u32::from(n.beta.is_some()) << 1);
         let words = NormWords::reduction(groups, reduced, inner, mode, n.epsilon, flags);

@@ -17,7 +17,7 @@ pub use dense::Dense;
 pub use embedding::Embedding;
 pub use norm::{
     axis_layout, broadcast_strides, keep_axes, AxisLayout, BatchNorm, GroupNorm, LayerNorm,
-    LayerNormKind, Normalization, PRelu, Softmax, NORMALIZATION_EPSILON,
+    LayerNormKind, Normalization, PRelu, Softmax, NORMALIZATION_EPSILON, UNIT_NORM_MAX_INV,
 };
 pub use pool::{Pool2d, PoolOp};
 pub use recurrent::{CellKind, MergeMode, Recurrent, RecurrentCell};

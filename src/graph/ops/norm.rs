@@ -147,7 +147,12 @@ pub enum LayerNormKind {
     RmsScaling,
     /// RMSNormalization: x / sqrt(mean(x^2) + eps) * scale.
     Rms,
+    /// UnitNormalization: x * min(1 / sqrt(sum(x^2)), 1e12) (`keras.ops.normalize`, order 2).
+    Unit,
 }
+
+/// UnitNormalization's bound on 1 / norm (Keras passes epsilon 1e-12).
+pub const UNIT_NORM_MAX_INV: f32 = 1e12;
 
 /// LayerNormalization and RMSNormalization: statistics over `axes` of each item.
 #[derive(Debug, Clone)]

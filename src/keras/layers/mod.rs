@@ -27,6 +27,7 @@ fn passes_mask(class: &str) -> bool {
             | "LayerNormalization"
             | "RMSNormalization"
             | "GroupNormalization"
+            | "UnitNormalization"
             | "Normalization"
             | "PReLU"
             | "ReLU"
@@ -76,6 +77,7 @@ impl Builder<'_> {
             "LayerNormalization" => self.layer_normalization(cfg, &info, false)?,
             "RMSNormalization" => self.layer_normalization(cfg, &info, true)?,
             "GroupNormalization" => self.group_normalization(cfg, &info)?,
+            "UnitNormalization" => self.unit_normalization(cfg, &info)?,
             "Normalization" => self.normalization(cfg, &info)?,
             "PReLU" => self.prelu(cfg, &info)?,
             "Softmax" => self.softmax_layer(cfg, &info, mask)?,

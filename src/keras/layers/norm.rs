@@ -222,6 +222,20 @@ impl Builder<'_> {
         }))
     }
 
+    /// UnitNormalization: L2 normalization over `axis`, no weights.
+    pub(super) fn unit_normalization(&mut self, cfg: &LayerConfig, x: &ValueInfo) -> Result<Op> {
+        let axis = cfg.get("axis").cloned().unwrap_or(Value::from(-1));
+        let axes = item_axes(cfg, "axis", &axis, x.shape.len())?;
+        contiguous(cfg, "axis", &x.shape, &axes)?;
+        Ok(Op::LayerNorm(LayerNorm {
+            axes,
+            gamma: None,
+            beta: None,
+            epsilon: 0.0,
+            kind: LayerNormKind::Unit,
+        }))
+    }
+
     /// GroupNormalization over the last axis (`groups=-1`: one group per channel).
     pub(super) fn group_normalization(&mut self, cfg: &LayerConfig, x: &ValueInfo) -> Result<Op> {
         let axis = cfg.get("axis").cloned().unwrap_or(Value::from(-1));

@@ -5,7 +5,9 @@
 //  - prelu:        x = max(x, 0) + w0[k] * min(x, 0) (Keras: relu(x) - alpha * relu(-x)).
 //  - layer_norm:   one workgroup per group of `reduced` values `inner` apart: statistics, then
 //                  mode 0 (x - mean) / sqrt(var + eps) * gamma + beta, mode 1 x / sqrt(var + eps)
-//                  * gamma (rms_scaling), mode 2 x / sqrt(mean(x^2) + eps) * gamma (RMSNormalization).
+//                  * gamma (rms_scaling), mode 2 x / sqrt(mean(x^2) + eps) * gamma (RMSNormalization),
+//                  mode 3 x * min(1 / sqrt(sum(x^2)), 1e12) (UnitNormalization).
+//  - group_norm:   GroupNormalization, one workgroup per group of channels (see group_at).
 //  - softmax_axes: one workgroup per group: softmax (mode 0) or log_softmax (mode 1).
 
 struct NormParams {
@@ -121,13 +123,19 @@ fn layer_norm(
     let count = f32(n);
     var mean = 0.0;
     var inv: f32;
-    if (p.mode == 2u) {
+    if (p.mode >= 2u) {
         var s = 0.0;
         for (var r = li; r < n; r += THREADS) {
             let v = x[base + r * p.inner];
             s += v * v;
         }
-        inv = 1.0 / sqrt(reduce_sum(li, s) / count + p.epsilon);
+        let total = reduce_sum(li, s);
+        if (p.mode == 2u) {
+            inv = 1.0 / sqrt(total / count + p.epsilon);
+        } else {
+            // UnitNormalization: min(1 / norm, 1e12); a zero norm gives 1e12 (and y = 0).
+            inv = select(min(1.0 / sqrt(total), 1e12), 1e12, total == 0.0);
+        }
     } else {
         var s = 0.0;
         for (var r = li; r < n; r += THREADS) {
@@ -164,6 +172,55 @@ fn layer_norm(
             }
             x[at] = y;
         }
+    }
+}
+
+// GroupNormalization: group g of an item covers channels (g % G) * inner .. + inner at every
+// position; `rank` values per group, `inner` channels per group, dims[0][0] channels per position.
+fn group_at(g: u32, r: u32) -> u32 {
+    let channels = p.dims[0][0];
+    let per_item = channels / p.inner;
+    let item = g / per_item;
+    let first = (g % per_item) * p.inner;
+    return item * p.rank * per_item + (r / p.inner) * channels + first + r % p.inner;
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn group_norm(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let g = linear_workgroup(wg, nwg);
+    if (g >= p.len) {
+        return;
+    }
+    let n = p.rank;
+    let count = f32(n);
+    var s = 0.0;
+    for (var r = li; r < n; r += THREADS) {
+        s += x[group_at(g, r)];
+    }
+    let mean = reduce_sum(li, s) / count;
+    var q = 0.0;
+    for (var r = li; r < n; r += THREADS) {
+        let d = x[group_at(g, r)] - mean;
+        q += d * d;
+    }
+    let inv = 1.0 / sqrt(reduce_sum(li, q) / count + p.epsilon);
+    let first = (g % (p.dims[0][0] / p.inner)) * p.inner;
+    for (var r = li; r < n; r += THREADS) {
+        let at = group_at(g, r);
+        let c = first + r % p.inner;
+        var k = inv;
+        if ((p.flags & 1u) != 0u) {
+            k = k * w0[c];
+        }
+        var res = -mean * k;
+        if ((p.flags & 2u) != 0u) {
+            res = res + w1[c];
+        }
+        x[at] = x[at] * k + res;
     }
 }
 

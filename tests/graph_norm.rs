@@ -590,3 +590,66 @@ fn gpu_matches_cpu_over_axis_1_of_a_3d_tensor() {
         }
     }
 }
+
+/// GroupNormalization with groups of 2 channels at 9x10 positions (180 values a group: more
+/// than a workgroup), and one group per channel, at batch 1 and 33.
+#[test]
+fn gpu_matches_cpu_for_group_norm() {
+    let mut g = Graph::new("group_norm");
+    let x = g.add_input("x", vec![9, 10, 6], DType::F32);
+    let gn = Op::GroupNorm(GroupNorm {
+        groups: 3,
+        gamma: Some(param(&mut g, "g", &[6], 1, 1.0, 0.3)),
+        beta: Some(param(&mut g, "b", &[6], 2, 0.0, 0.3)),
+        epsilon: 1e-3,
+    });
+    let y = add(&mut g, gn, x);
+    let instance = Op::GroupNorm(GroupNorm {
+        groups: 6,
+        gamma: None,
+        beta: Some(param(&mut g, "b2", &[6], 3, 0.0, 0.3)),
+        epsilon: 1e-2,
+    });
+    let z = add(&mut g, instance, y);
+    g.add_output("y", y);
+    g.add_output("z", z);
+    for batch in [1, 33] {
+        if !gpu_matches_cpu("group norm", &g, batch, 300 + batch as u64) {
+            return;
+        }
+    }
+}
+
+/// UnitNormalization over 150 values (several strides of a workgroup) and over a strided axis,
+/// with a zero row (1 / norm capped at 1e12, output 0).
+#[test]
+fn gpu_matches_cpu_for_unit_norm() {
+    let mut g = Graph::new("unit_norm");
+    let x = g.add_input("x", vec![150, 3], DType::F32);
+    let unit = |axes| {
+        Op::LayerNorm(LayerNorm {
+            axes,
+            gamma: None,
+            beta: None,
+            epsilon: 0.0,
+            kind: LayerNormKind::Unit,
+        })
+    };
+    let a = add(&mut g, unit(vec![0, 1]), x);
+    let b = add(&mut g, unit(vec![0]), x);
+    g.add_output("a", a);
+    g.add_output("b", b);
+    let mut xs = random(&[33, 150, 3], 400, 2.0);
+    xs.index_axis_mut(ndarray::Axis(0), 5).fill(0.0);
+    let input = [PreparedInput::Float(xs)];
+    let cpu = wgnn::cpu::run(&g, &input).expect("cpu");
+    assert!(cpu[0]
+        .index_axis(ndarray::Axis(0), 5)
+        .iter()
+        .all(|&v| v == 0.0));
+    let Some(rt) = runtime(&g, true) else { return };
+    let gpu = rt.run(&g, &input).expect("gpu");
+    for (k, (gv, cv)) in gpu.iter().zip(&cpu).enumerate() {
+        assert_close(&format!("unit norm output {k}"), gv, cv);
+    }
+}

@@ -172,6 +172,36 @@ def _(rng):
     return seq((3, 4, 5), layers.RMSNormalization(axis=[2, 3], epsilon=1e-3)), (2, 3, 4, 5)
 
 
+@fixture("gn_groups2_conv", "Conv2D(6, 3) -> GroupNormalization(groups=2) on 5x6x3")
+def _(rng):
+    return seq((5, 6, 3), layers.Conv2D(6, 3, padding="same"), layers.GroupNormalization(groups=2)), (3, 5, 6, 3)
+
+
+@fixture("gn_instance_eps", "GroupNormalization(groups=-1, epsilon=1e-2) on (N,7,3): one group per channel", "json_h5")
+def _(rng):
+    return seq((7, 3), layers.GroupNormalization(groups=-1, epsilon=1e-2)), (3, 7, 3)
+
+
+@fixture("gn_one_group_bare", "GroupNormalization(groups=1, center=False, scale=False) on (N,4,5,4): no weights", "json_npz")
+def _(rng):
+    return seq((4, 5, 4), layers.GroupNormalization(groups=1, center=False, scale=False)), (2, 4, 5, 4)
+
+
+@fixture("gn_dense_groups3", "Dense(9) -> GroupNormalization(groups=3, center=False) on (N, 9)")
+def _(rng):
+    return seq((6,), layers.Dense(9), layers.GroupNormalization(groups=3, center=False)), (3, 6)
+
+
+@fixture("unit_norm_last", "Dense(6) -> UnitNormalization(axis=-1) on (N,4,5)", "json_h5")
+def _(rng):
+    return seq((4, 5), layers.Dense(6), layers.UnitNormalization()), (3, 4, 5)
+
+
+@fixture("unit_norm_axes", "UnitNormalization(axis=[1,2]) on (N,3,4,5)")
+def _(rng):
+    return seq((3, 4, 5), layers.UnitNormalization(axis=[1, 2])), (2, 3, 4, 5)
+
+
 # ---------------------------------------------------------------- Normalization
 def adapted(rng, shape, **kw):
     layer = layers.Normalization(**kw)

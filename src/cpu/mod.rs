@@ -202,6 +202,11 @@ fn run_node(
             norm::layer_norm(l, params, &mut x);
             x
         }
+        Op::GroupNorm(gn) => {
+            let mut x = into_standard_layout(float(first, node)?);
+            norm::group_norm(gn, params, &mut x);
+            x
+        }
         Op::Normalization(n) => {
             let mut x = float(first, node)?;
             norm::normalization(n, params, &mut x);

@@ -58,7 +58,7 @@ fn layer_norm_value(
             let res = -mean * k;
             v * k + b.map_or(res, |b| res + b)
         }
-        LayerNormKind::RmsScaling | LayerNormKind::Rms => {
+        LayerNormKind::RmsScaling | LayerNormKind::Rms | LayerNormKind::Unit => {
             let y = v * inv;
             g.map_or(y, |g| y * g)
         }
@@ -69,6 +69,10 @@ fn layer_norm_value(
 /// for RMSNormalization the mean square (mean is then 0, unused).
 fn layer_norm_stats(kind: LayerNormKind, epsilon: f32, row: &[f32]) -> (f32, f32) {
     let n = row.len() as f64;
+    if kind == LayerNormKind::Unit {
+        let sq: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        return (0.0, (1.0 / (sq as f32).sqrt()).min(UNIT_NORM_MAX_INV));
+    }
     if kind == LayerNormKind::Rms {
         let sq: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
         return (0.0, 1.0 / ((sq / n) as f32 + epsilon).sqrt());
@@ -112,6 +116,31 @@ pub fn layer_norm(l: &LayerNorm, params: &ParamStore, x: &mut ArrayD<f32>) {
                 for (r, &v) in row.iter().enumerate() {
                     let (g, b) = weights(r);
                     block[r * inner + i] = layer_norm_value(l.kind, v, mean, inv, g, b);
+                }
+            }
+        }
+    });
+}
+
+pub fn group_norm(gn: &GroupNorm, params: &ParamStore, x: &mut ArrayD<f32>) {
+    let channels = x.shape().last().copied().unwrap_or(1).max(1);
+    let run = channels / gn.groups.max(1);
+    let gamma = gn.gamma.map(|g| params.slice(g));
+    let beta = gn.beta.map(|g| params.slice(g));
+    per_item(x, |item| {
+        // Group g: channels g*run..(g+1)*run at every position, gathered into one row.
+        let mut row = Vec::with_capacity(item.len() / gn.groups.max(1));
+        for g in 0..gn.groups {
+            row.clear();
+            for pixel in item.chunks_exact(channels) {
+                row.extend_from_slice(&pixel[g * run..(g + 1) * run]);
+            }
+            let (mean, inv) = layer_norm_stats(LayerNormKind::Standard, gn.epsilon, &row);
+            for pixel in item.chunks_exact_mut(channels) {
+                for (j, v) in pixel[g * run..(g + 1) * run].iter_mut().enumerate() {
+                    let c = g * run + j;
+                    let (ga, be) = (gamma.map(|w| w[c]), beta.map(|w| w[c]));
+                    *v = layer_norm_value(LayerNormKind::Standard, *v, mean, inv, ga, be);
                 }
             }
         }

@@ -68,6 +68,7 @@ pub enum Kernel {
     Affine,
     PRelu,
     LayerNorm,
+    GroupNorm,
     /// Softmax or log_softmax over strided groups (any contiguous axes).
     SoftmaxAxes,
     /// Copies a state into or out of the recurrent state buffer.
@@ -106,6 +107,7 @@ impl Kernel {
             Kernel::Affine => "affine",
             Kernel::PRelu => "prelu",
             Kernel::LayerNorm => "layer_norm",
+            Kernel::GroupNorm => "group_norm",
             Kernel::SoftmaxAxes => "softmax_axes",
             Kernel::RnnCopy => "rnn_copy",
         }
@@ -136,7 +138,11 @@ impl Kernel {
             Kernel::Binary | Kernel::NormalizeRows | Kernel::BatchedDot => &[MERGE],
             Kernel::StridedCopy | Kernel::Bilinear => &[COPY],
             Kernel::MaskSelect => &[MASK],
-            Kernel::Affine | Kernel::PRelu | Kernel::LayerNorm | Kernel::SoftmaxAxes => &[NORM],
+            Kernel::Affine
+            | Kernel::PRelu
+            | Kernel::LayerNorm
+            | Kernel::GroupNorm
+            | Kernel::SoftmaxAxes => &[NORM],
         };
         let mut source = String::from(COMMON);
         for part in parts {
@@ -165,9 +171,11 @@ impl Kernel {
                 &[Read, Read, ReadWrite]
             }
             Kernel::StridedCopy | Kernel::Bilinear => &[Read, ReadWrite],
-            Kernel::Affine | Kernel::PRelu | Kernel::LayerNorm | Kernel::SoftmaxAxes => {
-                &[ReadWrite, Read, Read]
-            }
+            Kernel::Affine
+            | Kernel::PRelu
+            | Kernel::LayerNorm
+            | Kernel::GroupNorm
+            | Kernel::SoftmaxAxes => &[ReadWrite, Read, Read],
         }
     }
 
@@ -189,7 +197,7 @@ impl Kernel {
             Kernel::MaskSelect => &["ids", "first", "y"],
             Kernel::Affine => &["x", "scale", "shift"],
             Kernel::PRelu => &["x", "alpha", "-"],
-            Kernel::LayerNorm => &["x", "gamma", "beta"],
+            Kernel::LayerNorm | Kernel::GroupNorm => &["x", "gamma", "beta"],
             Kernel::SoftmaxAxes => &["x", "-", "-"],
             Kernel::RnnCopy => &["src", "dst"],
         }

@@ -725,6 +725,7 @@ impl Builder<'_> {
             | GraphOp::Upsample { .. } => self.merge_node(i)?,
             GraphOp::BatchNorm(b) => self.batch_norm(i, b, x_value)?,
             GraphOp::LayerNorm(l) => self.layer_norm(i, l, x_value)?,
+            GraphOp::GroupNorm(gn) => self.group_norm(i, gn, x_value)?,
             GraphOp::Normalization(n) => self.normalization(i, n, x_value)?,
             GraphOp::PRelu(p) => self.prelu(i, p, x_value)?,
             GraphOp::Softmax(s) => self.softmax_axes(i, s, x_value)?,

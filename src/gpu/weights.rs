@@ -127,6 +127,14 @@ pub fn weight_specs(graph: &Graph, fold_batch_norm: bool) -> Vec<WeightSpec> {
                     add(WeightRole::Offset, p.len_of(b));
                 }
             }
+            Op::GroupNorm(gn) => {
+                if let Some(g) = gn.gamma {
+                    add(WeightRole::Scale, p.len_of(g));
+                }
+                if let Some(b) = gn.beta {
+                    add(WeightRole::Offset, p.len_of(b));
+                }
+            }
             Op::Normalization(n) => {
                 add(WeightRole::Scale, p.len_of(n.mean));
                 add(WeightRole::Offset, p.len_of(n.mean));
@@ -208,6 +216,8 @@ pub fn weight_values(graph: &Graph, key: WeightKey, fold_batch_norm: bool) -> Re
         (Op::BatchNorm(b), WeightRole::Offset) => b.affine(p).1,
         (Op::LayerNorm(l), WeightRole::Scale) => p.slice(l.gamma.ok_or_else(missing)?).to_vec(),
         (Op::LayerNorm(l), WeightRole::Offset) => p.slice(l.beta.ok_or_else(missing)?).to_vec(),
+        (Op::GroupNorm(gn), WeightRole::Scale) => p.slice(gn.gamma.ok_or_else(missing)?).to_vec(),
+        (Op::GroupNorm(gn), WeightRole::Offset) => p.slice(gn.beta.ok_or_else(missing)?).to_vec(),
         (Op::Normalization(n), WeightRole::Scale) => n.affine(p).0,
         (Op::Normalization(n), WeightRole::Offset) => n.affine(p).1,
         (Op::PRelu(a), WeightRole::Scale) => p.slice(a.alpha).to_vec(),

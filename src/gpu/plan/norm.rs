@@ -12,8 +12,8 @@
 
 use super::*;
 use crate::graph::{
-    axis_layout, broadcast_strides, keep_axes, BatchNorm, LayerNorm, LayerNormKind, Normalization,
-    PRelu, Softmax,
+    axis_layout, broadcast_strides, keep_axes, BatchNorm, GroupNorm, LayerNorm, LayerNormKind,
+    Normalization, PRelu, Softmax,
 };
 
 /// For each node, the BatchNormalization node folded into it (see the module comment).
@@ -237,6 +237,7 @@ impl Builder<'_> {
             LayerNormKind::Standard => 0,
             LayerNormKind::RmsScaling => 1,
             LayerNormKind::Rms => 2,
+            LayerNormKind::Unit => 3,
         };
         let flags = u32::from(n.gamma.is_some()) | (u32::from(n.beta.is_some()) << 1);
         let words = NormWords::reduction(groups, reduced, inner, mode, n.epsilon, flags);
@@ -252,6 +253,41 @@ impl Builder<'_> {
         self.dispatch(
             i,
             Kernel::LayerNorm,
+            buffers,
+            words.words(),
+            u64::from(groups),
+            1,
+            detail,
+        )?;
+        Ok(y)
+    }
+
+    pub(super) fn group_norm(&mut self, i: usize, gn: &GroupNorm, x: ValueId) -> Result<BufRef> {
+        let l = self.layer(i);
+        let shape = self.in_shape(i);
+        let channels = shape.last().copied().unwrap_or(1).max(1);
+        let run = channels / gn.groups.max(1);
+        let item: usize = shape.iter().product();
+        let groups = to_u32(l, "groups", self.batch * gn.groups)?;
+        let values = to_u32(l, "group size", item / gn.groups.max(1))?;
+        let flags = u32::from(gn.gamma.is_some()) | (u32::from(gn.beta.is_some()) << 1);
+        let mut words =
+            NormWords::reduction(groups, values, to_u32(l, "run", run)?, 0, gn.epsilon, flags);
+        // group_norm reads the channel count from the first dims word.
+        words.dims[0] = to_u32(l, "channels", channels)?;
+        let y = self.in_place(i, x)?;
+        let detail = format!(
+            "{groups} groups of {values} values ({run} channels at each of {} positions), in place",
+            item / channels
+        );
+        let buffers = vec![
+            y,
+            self.weight(i, WeightRole::Scale),
+            self.weight(i, WeightRole::Offset),
+        ];
+        self.dispatch(
+            i,
+            Kernel::GroupNorm,
             buffers,
             words.words(),
             u64::from(groups),

@@ -22,8 +22,8 @@ pub use dense::Dense;
 pub use embedding::Embedding;
 pub use merge::{BinaryOp, Dot, Interpolation, Merge, ScalarOp, StridedCopy};
 pub use norm::{
-    axis_layout, broadcast_strides, keep_axes, AxisLayout, BatchNorm, LayerNorm, LayerNormKind,
-    Normalization, PRelu, Softmax, NORMALIZATION_EPSILON,
+    axis_layout, broadcast_strides, keep_axes, AxisLayout, BatchNorm, GroupNorm, LayerNorm,
+    LayerNormKind, Normalization, PRelu, Softmax, NORMALIZATION_EPSILON, UNIT_NORM_MAX_INV,
 };
 pub use pool::{Pool, PoolOp};
 pub use recurrent::{CellKind, MergeMode, Recurrent, RecurrentCell};
@@ -101,6 +101,7 @@ pub enum Op {
     },
     BatchNorm(BatchNorm),
     LayerNorm(LayerNorm),
+    GroupNorm(GroupNorm),
     Normalization(Normalization),
     PRelu(PRelu),
     /// Softmax or log_softmax over any contiguous axes (the last axis is `Activation`).
@@ -140,6 +141,7 @@ impl Op {
             Op::Upsample { .. } => "upsample",
             Op::BatchNorm(_) => "batch_norm",
             Op::LayerNorm(_) => "layer_norm",
+            Op::GroupNorm(_) => "group_norm",
             Op::Normalization(_) => "normalization",
             Op::PRelu(_) => "prelu",
             Op::Softmax(_) => "softmax_axes",
@@ -322,6 +324,11 @@ impl Op {
                 l.check(&x.shape, params)?;
                 float(x.shape.clone())
             }
+            Op::GroupNorm(gn) => {
+                let x = one(DType::F32)?;
+                gn.check(&x.shape, params)?;
+                float(x.shape.clone())
+            }
             Op::Normalization(n) => {
                 let x = one(DType::F32)?;
                 n.check(&x.shape, params)?;
@@ -380,6 +387,7 @@ impl Op {
                 .chain(b.unused.iter().copied())
                 .collect(),
             Op::LayerNorm(l) => [l.gamma, l.beta].into_iter().flatten().collect(),
+            Op::GroupNorm(gn) => [gn.gamma, gn.beta].into_iter().flatten().collect(),
             Op::Normalization(n) => std::iter::once(n.mean)
                 .chain([n.variance])
                 .chain(n.count)
@@ -447,7 +455,7 @@ impl Op {
             | Op::Upsample { .. } => 0,
             // A multiply-add per value; statistics read each value a few times more.
             Op::BatchNorm(_) | Op::Normalization(_) | Op::PRelu(_) => 2 * out,
-            Op::LayerNorm(_) => 6 * out,
+            Op::LayerNorm(_) | Op::GroupNorm(_) => 6 * out,
             Op::Softmax(_) => 0,
             Op::Activation(_)
             | Op::Rescaling { .. }
@@ -556,6 +564,7 @@ impl Op {
                 keras_axes(&l.axes),
                 l.epsilon
             ),
+            Op::GroupNorm(gn) => format!("groups {} epsilon {}", gn.groups, gn.epsilon),
             Op::Normalization(n) if n.invert => "invert".into(),
             Op::Softmax(s) => format!(
                 "{} over axis {:?}",

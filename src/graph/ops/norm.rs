@@ -147,7 +147,12 @@ pub enum LayerNormKind {
     RmsScaling,
     /// RMSNormalization: x / sqrt(mean(x^2) + eps) * scale.
     Rms,
+    /// UnitNormalization: x * min(1 / sqrt(sum(x^2)), 1e12) (`keras.ops.normalize`, order 2).
+    Unit,
 }
+
+/// UnitNormalization's bound on 1 / norm (Keras passes epsilon 1e-12).
+pub const UNIT_NORM_MAX_INV: f32 = 1e12;
 
 /// LayerNormalization and RMSNormalization: statistics over `axes` of each item.
 #[derive(Debug, Clone)]
@@ -169,6 +174,36 @@ impl LayerNorm {
             check_shape(params, id, &shape)?;
         }
         Ok(layout)
+    }
+}
+
+/// GroupNormalization over the last (channel) axis: the channels split into `groups` runs of
+/// channels / groups; each run's statistics cover every position of the item.
+/// y = x * inv + (beta - mean * inv), inv = gamma / sqrt(var + eps), per channel.
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    pub groups: usize,
+    /// Shaped (channels,).
+    pub gamma: Option<ParamId>,
+    pub beta: Option<ParamId>,
+    pub epsilon: f32,
+}
+
+impl GroupNorm {
+    pub fn check(&self, input: &[usize], params: &ParamStore) -> ShapeResult<()> {
+        let Some(&c) = input.last() else {
+            return Err("needs a channel axis".into());
+        };
+        if self.groups == 0 || !c.is_multiple_of(self.groups) {
+            return Err(format!(
+                "{c} channels do not split into {} groups",
+                self.groups
+            ));
+        }
+        for id in [self.gamma, self.beta].into_iter().flatten() {
+            check_shape(params, id, &[c])?;
+        }
+        Ok(())
     }
 }
 

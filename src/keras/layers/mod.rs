@@ -30,6 +30,8 @@ fn passes_mask(class: &str) -> bool {
             | "BatchNormalization"
             | "LayerNormalization"
             | "RMSNormalization"
+            | "GroupNormalization"
+            | "UnitNormalization"
             | "Normalization"
             | "PReLU"
             | "ReLU"
@@ -105,6 +107,8 @@ impl Builder<'_> {
             "BatchNormalization" => self.batch_normalization(cfg, &info)?,
             "LayerNormalization" => self.layer_normalization(cfg, &info, false)?,
             "RMSNormalization" => self.layer_normalization(cfg, &info, true)?,
+            "GroupNormalization" => self.group_normalization(cfg, &info)?,
+            "UnitNormalization" => self.unit_normalization(cfg, &info)?,
             "Normalization" => self.normalization(cfg, &info)?,
             "PReLU" => self.prelu(cfg, &info)?,
             "Softmax" => self.softmax_layer(cfg, &info, mask)?,

@@ -222,6 +222,57 @@ impl Builder<'_> {
         }))
     }
 
+    /// UnitNormalization: L2 normalization over `axis`, no weights.
+    pub(super) fn unit_normalization(&mut self, cfg: &LayerConfig, x: &ValueInfo) -> Result<Op> {
+        let axis = cfg.get("axis").cloned().unwrap_or(Value::from(-1));
+        let axes = item_axes(cfg, "axis", &axis, x.shape.len())?;
+        contiguous(cfg, "axis", &x.shape, &axes)?;
+        Ok(Op::LayerNorm(LayerNorm {
+            axes,
+            gamma: None,
+            beta: None,
+            epsilon: 0.0,
+            kind: LayerNormKind::Unit,
+        }))
+    }
+
+    /// GroupNormalization over the last axis (`groups=-1`: one group per channel).
+    pub(super) fn group_normalization(&mut self, cfg: &LayerConfig, x: &ValueInfo) -> Result<Op> {
+        let axis = cfg.get("axis").cloned().unwrap_or(Value::from(-1));
+        let axes = item_axes(cfg, "axis", &axis, x.shape.len())?;
+        if axes != [x.shape.len() - 1] {
+            return Err(cfg.unsupported("axis", &axis, "only the last (channel) axis"));
+        }
+        let channels = x.shape[x.shape.len() - 1];
+        let groups = match cfg.get("groups").and_then(Value::as_i64) {
+            None => 32,
+            Some(-1) => channels as i64,
+            Some(g) => g,
+        };
+        if groups <= 0 || !channels.is_multiple_of(groups as usize) {
+            return Err(cfg.error(
+                "groups",
+                format!("{channels} channels do not split into {groups} groups"),
+            ));
+        }
+        let center = cfg.bool_or("center", true)?;
+        let scale = cfg.bool_or("scale", true)?;
+        let mut specs = Vec::new();
+        if scale {
+            specs.push(("gamma", vec![channels]));
+        }
+        if center {
+            specs.push(("beta", vec![channels]));
+        }
+        let p = self.params(cfg, &[], &specs)?;
+        Ok(Op::GroupNorm(GroupNorm {
+            groups: groups as usize,
+            gamma: scale.then(|| p[0]),
+            beta: center.then(|| p[usize::from(scale)]),
+            epsilon: cfg.f32_or("epsilon", 1e-3)?,
+        }))
+    }
+
     /// Normalization with its mean and variance from the config or from its (adapted) weights.
     pub(super) fn normalization(&mut self, cfg: &LayerConfig, x: &ValueInfo) -> Result<Op> {
         let kept = match cfg.get("axis") {

@@ -1321,7 +1321,7 @@ def load_back(form, files):
     weights_path = OUT / files["weights"]
     if form == JSON_NPZ:
         with np.load(weights_path) as npz:
-            model.set_weights([npz[f"arr_{i}"] for i in range(len(npz.files))])
+            set_weights_finalized(model, [npz[f"arr_{i}"] for i in range(len(npz.files))])
     else:  # .weights.h5 and the legacy .h5: Keras picks the reader by the file name
         model.load_weights(weights_path)
     return model
@@ -1569,6 +1569,16 @@ def app_weights(entry):
     return [recipe_values(w["seed"], w["offset"], w["scale"], w["shape"], w["dtype"]) for w in entry["weights_recipe"]]
 
 
+def set_weights_finalized(model, weights):
+    """model.set_weights, then what loading from a file does after it: layers with derived
+    state (an adapted Normalization's mean and variance) recompute it. Keras's set_weights
+    alone leaves Normalization at mean 0, variance 1, which no saved file reproduces."""
+    model.set_weights(weights)
+    for layer in model._flatten_layers():
+        if hasattr(layer, "finalize_state") and layer.built:
+            layer.finalize_state()
+
+
 def write_app(name):
     cls_name, gain, head_gain, (in_off, in_scale), calibrate = APP_SPECS[name]
     keras.backend.clear_session()
@@ -1583,7 +1593,7 @@ def write_app(name):
         entry = {"path": v.path, "shape": shape, "dtype": dtype, "kind": kind, "offset": off, "scale": scale,
                  "seed": seed_for(v.path)}  # fmt: skip
         recipe.append(entry)
-    model.set_weights(app_weights({"weights_recipe": recipe}))
+    set_weights_finalized(model, app_weights({"weights_recipe": recipe}))
 
     in_shape = [APP_BATCH, 32, 32, 3]
     in_seed = seed_for(f"input:{name}")
@@ -1594,13 +1604,13 @@ def write_app(name):
     for w, arr in zip(recipe, weights):
         flat = arr.reshape(-1)
         w["check"] = {"first": [float(t) for t in flat[:4]], "sum": float(np.sum(flat.astype(np.float64)))}
-    model.set_weights(weights)
+    set_weights_finalized(model, weights)
 
     APPS.mkdir(parents=True, exist_ok=True)
     config_file = f"apps/{name}.json"
     (OUT / config_file).write_text(model.to_json() + "\n")
     reloaded = keras.models.model_from_json((OUT / config_file).read_text())
-    reloaded.set_weights(app_weights({"weights_recipe": recipe}))
+    set_weights_finalized(reloaded, app_weights({"weights_recipe": recipe}))
     (probs,) = predict(reloaded, [x])
     (mem,) = predict(model, [x])
     assert float(np.max(np.abs(probs - mem))) < 1e-6, f"{name}: reload differs"
@@ -1704,7 +1714,7 @@ def check_recipes(manifest):
         x = recipe_values(r["seed"], r["offset"], r["scale"], e["inputs"][0]["shape"])
         assert np.array_equal(x, np.load(OUT / e["inputs"][0]["file"])), f"{e['name']}: input differs"
         model = keras.models.model_from_json((OUT / e["model"]).read_text())
-        model.set_weights(weights)
+        set_weights_finalized(model, weights)
         (probs,) = predict(model, [x])
         expected = np.load(OUT / e["outputs"][0]["file"])
         diff = float(np.max(np.abs(probs - expected)))

@@ -5,7 +5,28 @@
 // (Conv1D is a one-row image). Taps are `dil_*` apart; out-of-image taps read zero (TensorFlow
 // `same` or causal padding, with the pads before already resolved by the IR).
 
+// The plain case (one group, no depth axis, no dilation): the 2-D index arithmetic only.
+// `CONV_GENERAL` is a constant the host puts before this file (false for Kernel::Conv2d, true
+// for Kernel::ConvNd), so each pipeline compiles one of the two paths.
 fn load_a(row: u32, col: u32, group: u32) -> f32 {
+    if (CONV_GENERAL) {
+        return load_a_general(row, col, group);
+    }
+    let ox = row % p.out_w;
+    let oy = (row / p.out_w) % p.out_h;
+    let n = row / (p.out_w * p.out_h);
+    let ci = col % p.in_c;
+    let kx = (col / p.in_c) % p.k_w;
+    let ky = col / (p.in_c * p.k_w);
+    let iy = i32(oy * p.stride_h + ky) - i32(p.pad_top);
+    let ix = i32(ox * p.stride_w + kx) - i32(p.pad_left);
+    if (iy < 0 || ix < 0 || iy >= i32(p.in_h) || ix >= i32(p.in_w)) {
+        return 0.0;
+    }
+    return a[((n * p.in_h + u32(iy)) * p.in_w + u32(ix)) * p.in_c + ci];
+}
+
+fn load_a_general(row: u32, col: u32, group: u32) -> f32 {
     let ox = row % p.out_w;
     let oy = (row / p.out_w) % p.out_h;
     let oz = (row / (p.out_w * p.out_h)) % p.out_d;

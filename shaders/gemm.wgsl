@@ -75,13 +75,22 @@ fn main(
     let m_tiles = (p.m + TILE_M - 1u) / TILE_M;
     let tiles = n_tiles * m_tiles;
     let linear = linear_workgroup(wg, nwg);
-    let groups = max(p.groups, 1u);
+    // `GROUPED` is a constant the host puts before this file (true only for Kernel::ConvNd),
+    // so Dense and the plain conv compile none of the group arithmetic.
+    var groups = 1u;
+    if (GROUPED) {
+        groups = max(p.groups, 1u);
+    }
     if (linear >= tiles * split_count() * groups) {
         return;
     }
     let tile = linear % tiles;
-    let split = (linear / tiles) % split_count();
-    let group = linear / (tiles * split_count());
+    var split = linear / tiles;
+    var group = 0u;
+    if (GROUPED) {
+        split = split % split_count();
+        group = linear / (tiles * split_count());
+    }
     // Row stride of B and C, and this group's first column in them.
     let ld = p.n * groups;
     let col_base = group * p.n;

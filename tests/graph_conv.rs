@@ -399,6 +399,19 @@ fn gpu_matches_cpu_on_grouped_dilated_and_3d_convs() {
             activation: Activation::Linear,
         })
     });
+    // The same, dilated: the general kernel (ConvNd) with split-K.
+    let deep_dilated = one_op_model(&[7, 70], |g| {
+        let window = Window::new(&[9], &[1], &[2], Padding::Same, &[7]);
+        Op::Conv(Conv {
+            filters: 3,
+            window,
+            in_channels: 70,
+            groups: 1,
+            kernel: param(g, "k", &[9, 70, 3], 13),
+            bias: Some(param(g, "b", &[3], 14)),
+            activation: Activation::Linear,
+        })
+    });
     // Depthwise 2-D with multiplier 3 and dilation; transposed 2-D with dilation.
     let depthwise = one_op_model(&[9, 10, 5], |g| {
         let window = Window::new(&[3, 2], &[1, 1], &[2, 3], Padding::Same, &[9, 10]);
@@ -442,6 +455,7 @@ fn gpu_matches_cpu_on_grouped_dilated_and_3d_convs() {
         ("strided conv3d", &conv3d),
         ("causal grouped conv1d", &causal),
         ("deep conv1d (split-K)", &deep),
+        ("deep dilated conv1d (split-K)", &deep_dilated),
         ("dilated depthwise x3", &depthwise),
         ("dilated transpose", &transpose),
     ] {

@@ -1,6 +1,7 @@
 //! CPU reference path on ndarray: the oracle every GPU result is tested against. Runs the graph's
 //! nodes in order and frees each value after its last use. Convolutions are Winograd
-//! F(2x2,3x3) or im2col + GEMM (the `gemm` crate), threads over images.
+//! F(2x2,3x3) or im2col + GEMM (the `gemm` crate), threads over images; `conv.rs` adds the
+//! other ranks, dilation, groups, depthwise and transposed convolutions and the poolings.
 
 pub mod activation;
 mod conv;

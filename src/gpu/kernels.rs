@@ -11,6 +11,8 @@ const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
 const CONV2D: &str = include_str!("../../shaders/conv2d.wgsl");
 const POOL: &str = include_str!("../../shaders/pool.wgsl");
 const CONV: &str = include_str!("../../shaders/conv.wgsl");
+/// gemm.wgsl's `GROUPED` switch for every GEMM but the general convolution's.
+const UNGROUPED: &str = "const GROUPED: bool = false;";
 const ELEMENTWISE: &str = include_str!("../../shaders/elementwise.wgsl");
 const SOFTMAX: &str = include_str!("../../shaders/softmax.wgsl");
 const EMBEDDING: &str = include_str!("../../shaders/embedding.wgsl");
@@ -37,7 +39,10 @@ pub const LINEAR_THREADS: u32 = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kernel {
     Matmul,
+    /// The implicit-GEMM convolution, plain 2-D case (Conv1D as one-row images included).
     Conv2d,
+    /// The implicit-GEMM convolution with a depth axis, dilation or groups.
+    ConvNd,
     /// Sums split-K partial products, then bias and activation.
     SplitKReduce,
     Pool2d,
@@ -87,6 +92,7 @@ impl Kernel {
         match self {
             Kernel::Matmul => "matmul",
             Kernel::Conv2d => "conv2d",
+            Kernel::ConvNd => "conv_nd",
             Kernel::SplitKReduce => "splitk_reduce",
             Kernel::Pool2d => "pool2d",
             Kernel::GlobalPool2d => "global_pool2d",
@@ -115,7 +121,7 @@ impl Kernel {
 
     fn entry_point(self) -> &'static str {
         match self {
-            Kernel::Matmul | Kernel::Conv2d => "main",
+            Kernel::Matmul | Kernel::Conv2d | Kernel::ConvNd => "main",
             Kernel::SplitKReduce => "reduce_split_k",
             Kernel::RnnStep => "step",
             Kernel::RnnMerge => "merge",
@@ -127,8 +133,14 @@ impl Kernel {
     /// The shader source: common.wgsl first, then the kernel's own files.
     fn source(self) -> String {
         let parts: &[&str] = match self {
-            Kernel::Matmul | Kernel::SplitKReduce => &[GEMM, MATMUL],
-            Kernel::Conv2d => &[GEMM, CONV2D],
+            Kernel::Matmul | Kernel::SplitKReduce => &[UNGROUPED, GEMM, MATMUL],
+            Kernel::Conv2d => &[UNGROUPED, GEMM, "const CONV_GENERAL: bool = false;", CONV2D],
+            Kernel::ConvNd => &[
+                "const GROUPED: bool = true;",
+                GEMM,
+                "const CONV_GENERAL: bool = true;",
+                CONV2D,
+            ],
             Kernel::Pool2d | Kernel::GlobalPool2d => &[POOL],
             Kernel::DepthwiseConv | Kernel::ConvTranspose => &[CONV],
             Kernel::Activation | Kernel::Rescale => &[ELEMENTWISE],
@@ -158,6 +170,7 @@ impl Kernel {
         match self {
             Kernel::Matmul
             | Kernel::Conv2d
+            | Kernel::ConvNd
             | Kernel::SplitKReduce
             | Kernel::DepthwiseConv
             | Kernel::ConvTranspose => &[Read, Read, Read, ReadWrite],
@@ -182,7 +195,7 @@ impl Kernel {
     /// What each storage binding holds, for plans.
     pub fn binding_names(self) -> &'static [&'static str] {
         match self {
-            Kernel::Matmul | Kernel::Conv2d => &["a", "b", "bias", "c"],
+            Kernel::Matmul | Kernel::Conv2d | Kernel::ConvNd => &["a", "b", "bias", "c"],
             Kernel::SplitKReduce => &["partials", "-", "bias", "c"],
             Kernel::Pool2d | Kernel::GlobalPool2d => &["x", "y", "ids"],
             Kernel::DepthwiseConv | Kernel::ConvTranspose => &["x", "kernel", "bias", "y"],
@@ -206,7 +219,7 @@ impl Kernel {
     /// Threads per workgroup.
     pub fn threads(self) -> u32 {
         match self {
-            Kernel::Matmul | Kernel::Conv2d => 256,
+            Kernel::Matmul | Kernel::Conv2d | Kernel::ConvNd => 256,
             _ => LINEAR_THREADS,
         }
     }

@@ -438,10 +438,10 @@ impl<'a> Builder<'a> {
         if !matches!(activation, Activation::Linear) && !softmax {
             write!(epilogue, ", {}", activation.name()).ok();
         }
-        let kernel = if conv.is_some() {
-            Kernel::Conv2d
-        } else {
-            Kernel::Matmul
+        let kernel = match conv {
+            Some(c) if c.plane().is_some() => Kernel::Conv2d,
+            Some(_) => Kernel::ConvNd,
+            None => Kernel::Matmul,
         };
         let tiles = (tiles_m * tiles_n * groups) as u64;
         if splits == 1 {

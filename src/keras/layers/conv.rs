@@ -227,15 +227,6 @@ impl Builder<'_> {
     ) -> Result<Op> {
         let o = Self::conv_options(cfg, x, rank, false)?;
         cfg.require_absent_or("groups", &[Value::from(1)], "only groups=1 is supported")?;
-        // TensorFlow's CPU kernels refuse dilated transposed convolutions, so there is no Keras
-        // result to match: refuse them too rather than guess.
-        if o.dilation.iter().any(|&d| d != 1) {
-            return Err(cfg.unsupported(
-                "dilation_rate",
-                &cfg.get("dilation_rate").cloned().unwrap_or_default(),
-                "transposed convolutions support dilation_rate 1 only",
-            ));
-        }
         let filters = cfg.usize("filters")?;
         let output_padding = cfg.tuple0("output_padding", rank)?;
         let in_channels = x.shape[rank];

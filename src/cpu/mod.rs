@@ -3,6 +3,7 @@
 //! F(2x2,3x3) or im2col + GEMM (the `gemm` crate), threads over images.
 
 pub mod activation;
+mod conv_lstm;
 mod gemm;
 mod recurrent;
 mod time_distributed;
@@ -240,6 +241,7 @@ fn run_node(
             return Ok(outs.into_iter().map(Tensor::F32).collect());
         }
         Op::Reshape { .. } => reshape(float(first, node)?, &out_dims)?,
+        Op::ConvLstm(c) => conv_lstm::run(c, params, float(first, node)?, &out_dims, name)?,
         Op::TimeDistributed { inner } => {
             time_distributed::run(inner, params, float(first, node)?, &out_dims, name)?
         }

@@ -5,6 +5,7 @@
 
 pub mod activation;
 pub mod conv;
+pub mod conv_lstm;
 pub mod dense;
 pub mod embedding;
 pub mod pool;
@@ -13,6 +14,7 @@ pub mod time_distributed;
 
 pub use activation::Activation;
 pub use conv::{window_output, Conv2d, Padding, Window2d};
+pub use conv_lstm::ConvLstm;
 pub use dense::Dense;
 pub use embedding::Embedding;
 pub use pool::{Pool2d, PoolOp};
@@ -57,6 +59,8 @@ pub enum Op {
     TimeDistributed {
         inner: Box<Op>,
     },
+    /// ConvLSTM1D / ConvLSTM2D (inference, no mask).
+    ConvLstm(Box<ConvLstm>),
 }
 
 impl Op {
@@ -75,6 +79,7 @@ impl Op {
             Op::Identity => "identity",
             Op::PaddingMask => "padding_mask",
             Op::TimeDistributed { .. } => "time_distributed",
+            Op::ConvLstm(_) => "conv_lstm",
         }
     }
 
@@ -184,6 +189,7 @@ impl Op {
                 let x = one(DType::Ids)?;
                 Ok(vec![ValueInfo::new(x.shape.clone(), DType::Mask)])
             }
+            Op::ConvLstm(c) => c.infer(inputs, params),
             Op::TimeDistributed { inner } => {
                 let x = one(DType::F32)?;
                 let (steps, item) = time_distributed::infer(inner, x, params)?;
@@ -216,6 +222,10 @@ impl Op {
             | Op::Identity
             | Op::PaddingMask => Vec::new(),
             Op::TimeDistributed { inner } => inner.params(),
+            Op::ConvLstm(c) => std::iter::once(c.kernel)
+                .chain([c.recurrent_kernel])
+                .chain(c.bias)
+                .collect(),
         }
     }
 
@@ -254,6 +264,12 @@ impl Op {
                 let ins: Vec<&ValueInfo> = ins.iter().collect();
                 let outs: Vec<&ValueInfo> = outs.iter().collect();
                 steps.unwrap_or(0) as u64 * inner.flops(&ins, &outs, params)
+            }
+            Op::ConvLstm(c) => {
+                let [oh, ow] = c.window.out_hw;
+                let [kh, kw] = c.window.kernel;
+                let per_position = kh * kw * (c.in_channels + c.filters) * 4 * c.filters;
+                2 * (c.timesteps * oh * ow * per_position) as u64
             }
         }
     }
@@ -308,6 +324,21 @@ impl Op {
             Op::TimeDistributed { inner } => {
                 format!("per step: {} {}", inner.name(), inner.detail())
             }
+            Op::ConvLstm(c) => format!(
+                "{} filters {}x{} /{}x{} {:?}{}{}",
+                c.filters,
+                c.window.kernel[0],
+                c.window.kernel[1],
+                c.window.strides[0],
+                c.window.strides[1],
+                c.window.padding,
+                if c.return_sequences {
+                    " return_sequences"
+                } else {
+                    ""
+                },
+                if c.go_backwards { " go_backwards" } else { "" }
+            ),
             Op::Rescaling { .. }
             | Op::Embedding(_)
             | Op::Reshape { .. }

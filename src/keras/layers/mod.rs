@@ -3,6 +3,7 @@
 //! and adds its node(s); the ops' shape rules give the output shapes.
 
 mod conv;
+mod conv_lstm;
 mod core;
 mod recurrent;
 mod time_distributed;
@@ -68,12 +69,13 @@ impl Builder<'_> {
             }
             "Embedding" => return self.embedding(cfg, x),
             "TimeDistributed" => return self.time_distributed(cfg, x, mask),
+            "ConvLSTM1D" | "ConvLSTM2D" => self.conv_lstm(cfg, &info, mask)?,
             "SimpleRNN" | "LSTM" | "GRU" | "Bidirectional" => {
                 return self.recurrent_layer(cfg, &[x], mask, mask)
             }
-            "ConvLSTM2D" | "Conv1D" | "Conv3D" | "DepthwiseConv2D" | "SeparableConv2D"
-            | "Conv2DTranspose" | "BatchNormalization" | "LayerNormalization" | "Masking"
-            | "Attention" | "MultiHeadAttention" | "Add" | "Concatenate" | "Multiply" | "RNN" => {
+            "Conv1D" | "Conv3D" | "DepthwiseConv2D" | "SeparableConv2D" | "Conv2DTranspose"
+            | "BatchNormalization" | "LayerNormalization" | "Masking" | "Attention"
+            | "MultiHeadAttention" | "Add" | "Concatenate" | "Multiply" | "RNN" => {
                 return Err(cfg.error(
                     "class_name",
                     format!("layer class '{}' is not supported by wgnn", cfg.class),

@@ -205,6 +205,25 @@ def _(rng):
     return keras.Model(inp, list(outs)), [padded_ids(rng, MIXED)]
 
 
+@fixture("bilstm_merge_none_sequences", "Bidirectional(LSTM(4, return_sequences), merge_mode=None) -> [forward, backward]")
+def _(rng):
+    inp = keras.Input(SEQ, name="x")
+    fw, bw = layers.Bidirectional(layers.LSTM(4, return_sequences=True), merge_mode=None, name="bi")(inp)
+    return keras.Model(inp, [fw, bw]), [normal(rng, 3, *SEQ)]
+
+
+@fixture(
+    "masked_bigru_merge_none_return_state",
+    "Embedding(mask_zero) -> Bidirectional(GRU(3, return_state), merge_mode=None) -> [fw, bw, h_fw, h_bw]",
+    form=JSON_H5,
+)
+def _(rng):
+    inp = keras.Input((8,), dtype="int32", name="ids")
+    x = layers.Embedding(VOCAB, 4, mask_zero=True)(inp)
+    outs = layers.Bidirectional(layers.GRU(3, return_state=True), merge_mode=None, name="bi")(x)
+    return keras.Model(inp, list(outs)), [padded_ids(rng, MIXED)]
+
+
 # ---------------------------------------------------------------- initial_state (seq2seq)
 
 

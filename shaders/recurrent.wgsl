@@ -200,7 +200,7 @@ fn step(
 struct MergeParams {
     rows: u32,
     units: u32,
-    mode: u32,  // 1 sum, 2 average, 3 multiply
+    mode: u32,  // 1 sum, 2 average, 3 multiply, 4 forward only, 5 backward only
     _pad: u32,
 }
 
@@ -226,6 +226,8 @@ fn merge(
     switch mp.mode {
         case 1u: { merged[i] = fw + bw; }
         case 2u: { merged[i] = (fw + bw) * 0.5; }
+        case 4u: { merged[i] = fw; }
+        case 5u: { merged[i] = bw; }
         default: { merged[i] = fw * bw; }
     }
 }

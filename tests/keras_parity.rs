@@ -190,17 +190,20 @@ rejected_with_named_cause! {
     conv2d_lora_rank_is_rejected => "bad/conv2d_lora.keras",
     conv2d_channels_first_is_rejected => "bad/conv2d_channels_first.keras",
     stateful_lstm_is_rejected => "bad/lstm_stateful.keras",
-    bidirectional_merge_mode_none_is_rejected => "bad/bilstm_merge_none.keras",
 }
 
-/// The manifest still lists `former_bad_gru_file_now_loads => "bad/gru.keras",` among the bad
-/// files: it was written when GRU was unsupported. GRU loads now (tests/graph_rnn.rs checks it
-/// against Keras); tools/keras_fixtures.py should drop it on its next run.
+/// The manifest still lists `former_bad_files_now_load => "bad/gru.keras",` and
+/// `former_bad_files_now_load => "bad/bilstm_merge_none.keras",` among the bad files: they were
+/// written when GRU and Bidirectional(merge_mode=None) were unsupported. Both load now
+/// (tests/graph_rnn.rs checks them against Keras); tools/keras_fixtures.py should drop them on
+/// its next run.
 #[test]
-fn former_bad_gru_file_now_loads() {
-    let bad = common::bad_file("bad/gru.keras");
-    common::load_model_files(&bad.file, bad.weights.as_deref())
-        .unwrap_or_else(|e| panic!("bad/gru.keras: GRU should load now: {e}"));
+fn former_bad_files_now_load() {
+    for file in ["bad/gru.keras", "bad/bilstm_merge_none.keras"] {
+        let bad = common::bad_file(file);
+        common::load_model_files(&bad.file, bad.weights.as_deref())
+            .unwrap_or_else(|e| panic!("{file} should load now: {e}"));
+    }
 }
 
 /// Subfolders of tests/fixtures that hold this manifest's files. Others (e.g. `text/`) belong

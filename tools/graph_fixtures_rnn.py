@@ -70,7 +70,7 @@ def randomize(model, rng):
     weights = []
     for v in model.weights:
         shape = tuple(int(d) for d in v.shape)
-        gain = 2.0 if "lstm_cell" in v.path else 1.5 if "gru_cell" in v.path else 1.0
+        gain = 1.5 if "conv_lstm_cell" in v.path else 2.0 if "lstm_cell" in v.path else 1.5 if "gru_cell" in v.path else 1.0
         if v.name == "embeddings":
             std = 1.0
         elif v.name == "bias":
@@ -205,6 +205,25 @@ def _(rng):
     return keras.Model(inp, list(outs)), [padded_ids(rng, MIXED)]
 
 
+@fixture("bilstm_merge_none_sequences", "Bidirectional(LSTM(4, return_sequences), merge_mode=None) -> [forward, backward]")
+def _(rng):
+    inp = keras.Input(SEQ, name="x")
+    fw, bw = layers.Bidirectional(layers.LSTM(4, return_sequences=True), merge_mode=None, name="bi")(inp)
+    return keras.Model(inp, [fw, bw]), [normal(rng, 3, *SEQ)]
+
+
+@fixture(
+    "masked_bigru_merge_none_return_state",
+    "Embedding(mask_zero) -> Bidirectional(GRU(3, return_state), merge_mode=None) -> [fw, bw, h_fw, h_bw]",
+    form=JSON_H5,
+)
+def _(rng):
+    inp = keras.Input((8,), dtype="int32", name="ids")
+    x = layers.Embedding(VOCAB, 4, mask_zero=True)(inp)
+    outs = layers.Bidirectional(layers.GRU(3, return_state=True), merge_mode=None, name="bi")(x)
+    return keras.Model(inp, list(outs)), [padded_ids(rng, MIXED)]
+
+
 # ---------------------------------------------------------------- initial_state (seq2seq)
 
 
@@ -330,6 +349,24 @@ def _(rng):
 @fixture("masked_td_dense_lstm", "Embedding(mask_zero) -> TimeDistributed(Dense(4)) -> LSTM(3) (the mask passes through)")
 def _(rng):
     return masked(layers.TimeDistributed(layers.Dense(4)), layers.LSTM(3)), [padded_ids(rng, MIXED)]
+
+
+# ---------------------------------------------------------------- ConvLSTM
+
+for _name, _cls, _shape, _kw, _form in [
+    ("convlstm1d_same_sequences", "1D", (4, 7, 3), dict(filters=4, kernel_size=3, padding="same", return_sequences=True), KERAS),
+    ("convlstm1d_valid_last", "1D", (4, 7, 3), dict(filters=3, kernel_size=3), JSON_NPZ),
+    ("convlstm1d_stride2_backwards", "1D", (5, 9, 2), dict(filters=5, kernel_size=2, strides=2, go_backwards=True, return_sequences=True), KERAS),
+    ("convlstm2d_same_last", "2D", (3, 5, 6, 2), dict(filters=3, kernel_size=3, padding="same"), KERAS),
+    ("convlstm2d_valid_sequences", "2D", (3, 5, 6, 2), dict(filters=4, kernel_size=(3, 2), return_sequences=True), JSON_H5),
+    ("convlstm2d_stride2_go_backwards", "2D", (3, 5, 6, 2), dict(filters=3, kernel_size=3, strides=2, padding="same", go_backwards=True), KERAS),
+    ("convlstm2d_no_bias_relu_t1", "2D", (1, 4, 5, 3), dict(filters=2, kernel_size=2, use_bias=False, activation="relu", recurrent_activation="hard_sigmoid", return_sequences=True), KERAS),
+]:
+
+    @fixture(_name, f"ConvLSTM{_cls}({_kw}) on (N,{_shape})", form=_form)
+    def _(rng, cls=_cls, shape=_shape, kw=_kw):
+        layer = layers.ConvLSTM1D if cls == "1D" else layers.ConvLSTM2D
+        return seq(shape, layer(**kw)), [normal(rng, 3, *shape)]
 
 
 # ---------------------------------------------------------------- writing

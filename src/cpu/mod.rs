@@ -5,6 +5,7 @@
 
 pub mod activation;
 mod conv;
+mod conv_lstm;
 mod gemm;
 mod merge;
 mod norm;
@@ -249,6 +250,7 @@ fn run_node(
             return Ok(outs.into_iter().map(Tensor::F32).collect());
         }
         Op::Reshape { .. } => reshape(float(first, node)?, &out_dims)?,
+        Op::ConvLstm(c) => conv_lstm::run(c, params, float(first, node)?, &out_dims, name)?,
         Op::TimeDistributed { inner } => {
             time_distributed::run(inner, params, float(first, node)?, &out_dims, name)?
         }

@@ -378,6 +378,8 @@ fn merge(mode: MergeMode, a: ArrayD<f32>, b: ArrayD<f32>) -> ArrayD<f32> {
         MergeMode::Sum => a + b,
         MergeMode::Average => (a + b) * 0.5,
         MergeMode::Multiply => a * b,
+        // Two outputs: `run` returns both directions without merging.
+        MergeMode::None => a,
     }
 }
 
@@ -428,19 +430,22 @@ pub fn run(
         || run_direction(&r.forward, params, x, mask, zero, starts[0]),
         || run_direction(bcell, params, x, mask, zero, starts[1]),
     );
-    let y = if r.return_sequences {
+    let (a, b) = if r.return_sequences {
         // Bidirectional flips the backward outputs back into time order.
         let mut back = bwd.sequence;
         back.invert_axis(Axis(1));
-        merge(
-            r.merge_mode,
+        (
             fwd.sequence.into_dyn(),
             back.as_standard_layout().into_owned().into_dyn(),
         )
     } else {
-        merge(r.merge_mode, fwd.last.into_dyn(), bwd.last.into_dyn())
+        (fwd.last.into_dyn(), bwd.last.into_dyn())
     };
-    let mut outs = vec![y];
+    let mut outs = if r.two_outputs() {
+        vec![a, b]
+    } else {
+        vec![merge(r.merge_mode, a, b)]
+    };
     if r.return_state {
         push_states(&r.forward, fwd.h, fwd.c, &mut outs);
         push_states(bcell, bwd.h, bwd.c, &mut outs);

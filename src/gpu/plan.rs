@@ -712,6 +712,13 @@ impl Builder<'_> {
             GraphOp::Embedding(e) => self.embedding(i, e.input_dim, e.output_dim, x)?,
             GraphOp::Recurrent(r) => return self.recurrent(i, r, x),
             GraphOp::TimeDistributed { inner } => self.time_distributed(i, inner, x)?,
+            GraphOp::ConvLstm(_) => {
+                return Err(layer_error(
+                    node,
+                    "class_name",
+                    "ConvLSTM runs on the CPU only (use --backend cpu)",
+                ))
+            }
             // A mask is read as the ids it comes from; these only rename a buffer.
             GraphOp::Reshape { .. } | GraphOp::Identity | GraphOp::PaddingMask => x,
             GraphOp::Merge(_)

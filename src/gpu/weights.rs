@@ -107,6 +107,8 @@ pub fn weight_specs(graph: &Graph, fold_batch_norm: bool) -> Vec<WeightSpec> {
                     recurrent + recurrent_bias_len(r),
                 );
             }
+            // Not lowered for the GPU yet (the plan reports it).
+            Op::ConvLstm(_) => {}
             Op::TimeDistributed { inner } => {
                 if let Op::Conv(Conv { kernel, bias, .. }) = inner.as_ref() {
                     add(WeightRole::Kernel, p.len_of(*kernel));

@@ -184,38 +184,46 @@ impl Builder<'_> {
         )?;
         self.release(xproj);
 
-        let out = if merge {
-            let out = self.alloc(i, "output", out_rows * units);
-            let mode = match r.merge_mode {
-                MergeMode::Sum => 1,
-                MergeMode::Average => 2,
-                _ => 3,
+        let mut outs = Vec::new();
+        if merge {
+            // merge_mode None: each direction to its own output (modes 4 and 5).
+            let modes: &[u32] = match r.merge_mode {
+                MergeMode::Sum => &[1],
+                MergeMode::Average => &[2],
+                MergeMode::Multiply => &[3],
+                MergeMode::None | MergeMode::Concat => &[4, 5],
             };
-            let params = vec![
-                to_u32(l, "rows", out_rows)?,
-                to_u32(l, "units", units)?,
-                mode,
-                0,
-            ];
-            let detail =
-                format!("merge_mode {:?} over {out_rows} rows", r.merge_mode).to_lowercase();
-            let workgroups = Self::linear_workgroups(out_rows * units);
-            self.dispatch(
-                i,
-                Kernel::RnnMerge,
-                vec![y, out],
-                params,
-                workgroups,
-                1,
-                detail,
-            )?;
+            for &mode in modes {
+                let out = self.alloc(i, "output", out_rows * units);
+                let params = vec![
+                    to_u32(l, "rows", out_rows)?,
+                    to_u32(l, "units", units)?,
+                    mode,
+                    0,
+                ];
+                let what = match mode {
+                    4 => "forward output".to_string(),
+                    5 => "backward output".to_string(),
+                    _ => format!("merge_mode {:?}", r.merge_mode).to_lowercase(),
+                };
+                let detail = format!("{what} over {out_rows} rows");
+                let workgroups = Self::linear_workgroups(out_rows * units);
+                self.dispatch(
+                    i,
+                    Kernel::RnnMerge,
+                    vec![y, out],
+                    params,
+                    workgroups,
+                    1,
+                    detail,
+                )?;
+                outs.push(out);
+            }
             self.release(y);
-            out
         } else {
-            y
-        };
+            outs.push(y);
+        }
 
-        let mut outs = vec![out];
         if r.return_state {
             // After T steps the final h is in plane T % 2; c in plane 2.
             let h_plane = t % 2;

@@ -5,6 +5,7 @@
 
 pub mod activation;
 pub mod conv;
+pub mod conv_lstm;
 pub mod dense;
 pub mod embedding;
 pub mod merge;
@@ -18,6 +19,7 @@ pub use conv::{
     axis_output, to_dhw, transpose_axis, window_output, Conv, ConvTranspose, DepthwiseConv,
     Padding, Window, Window2d,
 };
+pub use conv_lstm::ConvLstm;
 pub use dense::Dense;
 pub use embedding::Embedding;
 pub use merge::{BinaryOp, Dot, Interpolation, Merge, ScalarOp, StridedCopy};
@@ -111,6 +113,8 @@ pub enum Op {
     TimeDistributed {
         inner: Box<Op>,
     },
+    /// ConvLSTM1D / ConvLSTM2D (inference, no mask).
+    ConvLstm(Box<ConvLstm>),
 }
 
 impl Op {
@@ -146,6 +150,7 @@ impl Op {
             Op::PRelu(_) => "prelu",
             Op::Softmax(_) => "softmax_axes",
             Op::TimeDistributed { .. } => "time_distributed",
+            Op::ConvLstm(_) => "conv_lstm",
         }
     }
 
@@ -344,6 +349,7 @@ impl Op {
                 axis_layout(&x.shape, &s.axes)?;
                 float(x.shape.clone())
             }
+            Op::ConvLstm(c) => c.infer(inputs, params),
             Op::TimeDistributed { inner } => {
                 let x = one(DType::F32)?;
                 let (steps, item) = time_distributed::infer(inner, x, params)?;
@@ -411,6 +417,10 @@ impl Op {
             | Op::Upsample { .. }
             | Op::Softmax(_) => Vec::new(),
             Op::TimeDistributed { inner } => inner.params(),
+            Op::ConvLstm(c) => std::iter::once(c.kernel)
+                .chain([c.recurrent_kernel])
+                .chain(c.bias)
+                .collect(),
         }
     }
 
@@ -474,6 +484,12 @@ impl Op {
                 let ins: Vec<&ValueInfo> = ins.iter().collect();
                 let outs: Vec<&ValueInfo> = outs.iter().collect();
                 steps.unwrap_or(0) as u64 * inner.flops(&ins, &outs, params)
+            }
+            Op::ConvLstm(c) => {
+                let [oh, ow] = c.window.out_hw;
+                let [kh, kw] = c.window.kernel;
+                let per_position = kh * kw * (c.in_channels + c.filters) * 4 * c.filters;
+                2 * (c.timesteps * oh * ow * per_position) as u64
             }
         }
     }
@@ -574,6 +590,21 @@ impl Op {
             Op::TimeDistributed { inner } => {
                 format!("per step: {} {}", inner.name(), inner.detail())
             }
+            Op::ConvLstm(c) => format!(
+                "{} filters {}x{} /{}x{} {:?}{}{}",
+                c.filters,
+                c.window.kernel[0],
+                c.window.kernel[1],
+                c.window.strides[0],
+                c.window.strides[1],
+                c.window.padding,
+                if c.return_sequences {
+                    " return_sequences"
+                } else {
+                    ""
+                },
+                if c.go_backwards { " go_backwards" } else { "" }
+            ),
             Op::Rescaling { .. }
             | Op::Embedding(_)
             | Op::Reshape { .. }

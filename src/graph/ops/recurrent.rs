@@ -83,12 +83,14 @@ pub enum MergeMode {
     Sum,
     Average,
     Multiply,
+    /// Keras's `merge_mode=None`: two outputs, forward then backward (in time order).
+    None,
 }
 
 /// SimpleRNN, GRU, LSTM or Bidirectional(any). A node running it may take Keras's propagated
-/// padding mask. Inputs: the sequence, then (with `initial_state`) one (units,) value per state
-/// in `state_order`. Outputs: the output, then (with `return_state`) the final states in the
-/// same order.
+/// padding mask. Inputs: the sequence, then (with `initial_state`) one (units,) value per state,
+/// in the order of the outputs. Outputs: the output (two, forward and backward, with
+/// `MergeMode::None`), then (with `return_state`) the final states, h (, c) per direction.
 #[derive(Debug, Clone)]
 pub struct Recurrent {
     pub forward: RecurrentCell,
@@ -130,6 +132,11 @@ impl Recurrent {
 
     pub fn cells(&self) -> impl Iterator<Item = &RecurrentCell> {
         std::iter::once(&self.forward).chain(self.backward.as_ref())
+    }
+
+    /// Bidirectional with merge_mode None: the directions are separate outputs.
+    pub fn two_outputs(&self) -> bool {
+        self.backward.is_some() && self.merge_mode == MergeMode::None
     }
 
     /// How many state tensors the layer has in all (initial_state inputs, return_state outputs).
@@ -177,6 +184,9 @@ impl Recurrent {
             self.output_shape(&inputs[0].shape)?,
             DType::F32,
         )];
+        if self.two_outputs() {
+            outs.push(outs[0].clone());
+        }
         for (k, s) in inputs[1..].iter().enumerate() {
             if s.shape != [self.units()] {
                 return Err(format!(

@@ -3,6 +3,7 @@
 //! and adds its node(s); the ops' shape rules give the output shapes.
 
 mod conv;
+mod conv_lstm;
 mod core;
 mod merge;
 mod norm;
@@ -117,13 +118,14 @@ impl Builder<'_> {
             }
             "Embedding" => return self.embedding(cfg, x),
             "TimeDistributed" => return self.time_distributed(cfg, x, mask),
+            "ConvLSTM1D" | "ConvLSTM2D" => self.conv_lstm(cfg, &info, mask)?,
             "SimpleRNN" | "LSTM" | "GRU" | "Bidirectional" => {
                 return self.recurrent_layer(cfg, &[x], mask, mask)
             }
             "ZeroPadding1D" | "ZeroPadding2D" | "ZeroPadding3D" | "Cropping1D" | "Cropping2D"
             | "Cropping3D" | "UpSampling1D" | "UpSampling2D" | "UpSampling3D" | "Permute"
             | "RepeatVector" => self.shape_layer(cfg, &info)?,
-            "ConvLSTM2D" | "Masking" | "Attention" | "MultiHeadAttention" | "RNN" => {
+            "Masking" | "Attention" | "MultiHeadAttention" | "RNN" => {
                 return Err(cfg.error(
                     "class_name",
                     format!("layer class '{}' is not supported by wgnn", cfg.class),

@@ -142,9 +142,12 @@ impl Builder<'_> {
             r.initial_state = true;
         }
         let keeps_mask = r.return_sequences;
+        let sequences = if r.two_outputs() { 2 } else { 1 };
         let outs = self.add(cfg, Op::Recurrent(Box::new(r)), inputs, mask)?;
         if let (Some(m), true) = (out_mask, keeps_mask) {
-            self.masks.insert(outs[0], m);
+            for &y in &outs[..sequences] {
+                self.masks.insert(y, m);
+            }
         }
         Ok(outs)
     }
@@ -171,13 +174,8 @@ impl Builder<'_> {
     fn bidirectional(&mut self, cfg: &LayerConfig, x: &ValueInfo) -> Result<Recurrent> {
         let (timesteps, features) = Self::sequence_shape(cfg, x)?;
         let merge_mode = match cfg.get("merge_mode") {
-            None => {
-                return Err(cfg.unsupported(
-                    "merge_mode",
-                    &Value::Null,
-                    "merge_mode None returns two outputs; use concat, sum, ave or mul",
-                ))
-            }
+            // Two outputs, forward and backward.
+            None | Some(Value::Null) => MergeMode::None,
             Some(Value::String(s)) => match s.as_str() {
                 "concat" => MergeMode::Concat,
                 "sum" => MergeMode::Sum,

@@ -258,12 +258,13 @@ impl LegacyWeights {
             message,
         };
         // A layer of a nested model has no entry of its own: its arrays sit in the container's
-        // entry as `container/layer/var`, next in line since layers are taken in order.
+        // entry as `container/layer/var` (or `layer/var`), next in line since layers are taken
+        // in order.
         let nested = || {
             self.layers.iter().position(|l| {
                 l.weight_names.get(l.taken).is_some_and(|w| {
                     let parts: Vec<&str> = w.split('/').collect();
-                    parts.len() > 2 && parts[..parts.len() - 1].contains(&layer)
+                    parts.len() >= 2 && parts[..parts.len() - 1].contains(&layer)
                 })
             })
         };

@@ -97,41 +97,6 @@ impl<'a> LayerConfig<'a> {
         }
     }
 
-    /// A 2-tuple like `kernel_size`, given as `[a, b]` or a single integer.
-    #[allow(dead_code)] // for 2-D layers of other families (padding, cropping, upsampling)
-    pub fn pair(&self, field: &str) -> Result<[usize; 2]> {
-        let v = self
-            .get(field)
-            .ok_or_else(|| self.error(field, "missing"))?;
-        self.pair_value(field, v)
-    }
-
-    #[allow(dead_code)]
-    pub fn pair_or(&self, field: &str, default: [usize; 2]) -> Result<[usize; 2]> {
-        match self.get(field) {
-            None => Ok(default),
-            Some(v) => self.pair_value(field, v),
-        }
-    }
-
-    fn pair_value(&self, field: &str, v: &Value) -> Result<[usize; 2]> {
-        let bad = || self.error(field, format!("expected two positive integers, found {v}"));
-        let pair = match v {
-            Value::Array(items) if items.len() == 2 => [
-                as_usize(&items[0]).ok_or_else(bad)?,
-                as_usize(&items[1]).ok_or_else(bad)?,
-            ],
-            other => {
-                let n = as_usize(other).ok_or_else(bad)?;
-                [n, n]
-            }
-        };
-        if pair.contains(&0) {
-            return Err(bad());
-        }
-        Ok(pair)
-    }
-
     /// An n-tuple like Conv3D's `kernel_size`, given as a list of n positive integers or a single
     /// integer; `default` when absent.
     pub fn tuple_or(&self, field: &str, n: usize, default: Option<usize>) -> Result<Vec<usize>> {

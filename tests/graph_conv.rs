@@ -11,94 +11,38 @@
 
 mod common;
 
+use common::graph_fixtures::{
+    graph_dir, graph_fixture, graph_fixture_inputs, graph_manifest, load_graph_fixture_or_panic,
+    GraphFixture as Fixture, GraphManifest as Manifest,
+};
+
 use std::path::PathBuf;
 
 use ndarray::{ArrayD, IxDyn};
-use serde::Deserialize;
 use wgnn::graph::*;
 use wgnn::{Backend, Model};
 
-use common::{assert_matches_keras, no_adapter_outside_ci, read_npy_f32, read_npy_ids};
-
-#[derive(Debug, Deserialize)]
-struct Input {
-    file: String,
-    kind: String,
-    shape: Vec<usize>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Output {
-    file: String,
-    shape: Vec<usize>,
-    #[serde(default)]
-    std: Option<f64>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Fixture {
-    name: String,
-    description: String,
-    model: String,
-    #[serde(default)]
-    weights: Option<String>,
-    inputs: Vec<Input>,
-    outputs: Vec<Output>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Manifest {
-    fixtures: Vec<Fixture>,
-}
+use common::{assert_matches_keras, no_adapter_outside_ci, read_npy_f32};
 
 fn dir() -> PathBuf {
-    common::fixtures_dir().join("graph").join("conv")
+    graph_dir().join("conv")
 }
 
 fn manifest() -> Manifest {
-    let path = dir().join("manifest.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    graph_manifest("conv")
 }
 
 fn fixture(name: &str) -> Fixture {
-    manifest()
-        .fixtures
-        .into_iter()
-        .find(|f| f.name == name)
-        .unwrap_or_else(|| panic!("no fixture '{name}' in tests/fixtures/graph/conv/manifest.json"))
+    graph_fixture("conv", name)
 }
 
 fn load(fx: &Fixture) -> Model {
-    let d = dir();
-    let model = match &fx.weights {
-        Some(w) => Model::load_with_weights(d.join(&fx.model), d.join(w)),
-        None => Model::load(d.join(&fx.model)),
-    };
-    model.unwrap_or_else(|e| {
-        panic!(
-            "fixture '{}' ({}): load failed: {e}",
-            fx.name, fx.description
-        )
-    })
+    load_graph_fixture_or_panic(&dir(), fx)
 }
 
 /// The fixture's inputs as float arrays (token ids as integral floats).
 fn inputs(fx: &Fixture) -> Vec<ArrayD<f32>> {
-    fx.inputs
-        .iter()
-        .map(|i| {
-            let path = dir().join(&i.file);
-            let x = match i.kind.as_str() {
-                "float" => read_npy_f32(&path),
-                "ids" => read_npy_ids(&path).mapv(|v| v as f32).into_dyn(),
-                other => panic!("{}: unknown input kind '{other}'", fx.name),
-            };
-            assert_eq!(x.shape(), i.shape.as_slice(), "{}: input shape", fx.name);
-            x
-        })
-        .collect()
+    graph_fixture_inputs(&dir(), fx)
 }
 
 fn check_keras(name: &str) {

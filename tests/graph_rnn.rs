@@ -5,88 +5,31 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::graph_fixtures::{
+    graph_dir, graph_fixture, graph_fixture_inputs, load_graph_fixture_or_panic,
+    GraphFixture as Fixture,
+};
+
+use std::path::PathBuf;
 
 use ndarray::{ArrayD, IxDyn};
-use serde::Deserialize;
 use wgnn::{Backend, Model};
 
-#[derive(Debug, Deserialize)]
-struct Input {
-    file: String,
-    kind: String,
-    shape: Vec<usize>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Output {
-    name: String,
-    file: String,
-    shape: Vec<usize>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Fixture {
-    name: String,
-    description: String,
-    model: String,
-    #[serde(default)]
-    weights: Option<String>,
-    inputs: Vec<Input>,
-    outputs: Vec<Output>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Manifest {
-    fixtures: Vec<Fixture>,
-}
-
 fn dir() -> PathBuf {
-    common::fixtures_dir().join("graph").join("rnn")
+    graph_dir().join("rnn")
 }
 
 fn fixture(name: &str) -> Fixture {
-    let path = dir().join("manifest.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    let manifest: Manifest =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    manifest
-        .fixtures
-        .into_iter()
-        .find(|f| f.name == name)
-        .unwrap_or_else(|| panic!("no fixture '{name}' in {}", path.display()))
+    graph_fixture("rnn", name)
 }
 
 fn load(fx: &Fixture) -> Model {
-    let d = dir();
-    let model = match &fx.weights {
-        Some(w) => Model::load_with_weights(d.join(&fx.model), d.join(w)),
-        None => Model::load(d.join(&fx.model)),
-    };
-    model.unwrap_or_else(|e| {
-        panic!(
-            "fixture '{}' ({}): load failed: {e}",
-            fx.name, fx.description
-        )
-    })
+    load_graph_fixture_or_panic(&dir(), fx)
 }
 
-/// The fixture's inputs as f32 arrays (token ids as integral floats).
+/// The fixture's inputs as float arrays (token ids as integral floats).
 fn inputs(fx: &Fixture) -> Vec<ArrayD<f32>> {
-    fx.inputs
-        .iter()
-        .map(|i| {
-            let path: &Path = &dir().join(&i.file);
-            let x = if i.kind == "ids" {
-                common::read_npy_ids(path).mapv(|v| v as f32).into_dyn()
-            } else {
-                common::read_npy_f32(path)
-            };
-            assert_eq!(x.shape(), i.shape.as_slice(), "{}", i.file);
-            x
-        })
-        .collect()
+    graph_fixture_inputs(&dir(), fx)
 }
 
 fn run(model: &Model, xs: &[ArrayD<f32>], backend: Backend) -> wgnn::Result<Vec<ArrayD<f32>>> {

@@ -26,6 +26,9 @@ pub struct GraphOutput {
     pub name: String,
     pub file: String,
     pub shape: Vec<usize>,
+    /// The output's standard deviation, as the fixture script measured it.
+    #[serde(default)]
+    pub std: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -35,6 +38,8 @@ pub struct GraphFixture {
     pub model: String,
     #[serde(default)]
     pub weights: Option<String>,
+    /// keras, json_h5, json_npz, legacy_h5 or recipe (the families' own manifests omit it).
+    #[serde(default)]
     pub form: String,
     pub inputs: Vec<GraphInput>,
     pub outputs: Vec<GraphOutput>,
@@ -79,6 +84,34 @@ pub fn load_graph_fixture(dir: &Path, fx: &GraphFixture) -> wgnn::Result<Model> 
         Some(w) => Model::load_with_weights(dir.join(&fx.model), dir.join(w)),
         None => Model::load(dir.join(&fx.model)),
     }
+}
+
+/// The fixture's inputs as float arrays (token ids as integral floats), each checked against
+/// the shape the manifest gives.
+pub fn graph_fixture_inputs(dir: &Path, fx: &GraphFixture) -> Vec<ndarray::ArrayD<f32>> {
+    fx.inputs
+        .iter()
+        .map(|i| {
+            let path = dir.join(&i.file);
+            let x = match i.kind.as_str() {
+                "float" => read_npy_f32(&path),
+                "ids" => read_npy_ids(&path).mapv(|v| v as f32).into_dyn(),
+                other => panic!("{}: unknown input kind '{other}'", fx.name),
+            };
+            assert_eq!(x.shape(), i.shape.as_slice(), "{}: input shape", fx.name);
+            x
+        })
+        .collect()
+}
+
+/// Loads a fixture's model, panicking with the fixture's name and description on failure.
+pub fn load_graph_fixture_or_panic(dir: &Path, fx: &GraphFixture) -> Model {
+    load_graph_fixture(dir, fx).unwrap_or_else(|e| {
+        panic!(
+            "fixture '{}' ({}): load failed: {e}",
+            fx.name, fx.description
+        )
+    })
 }
 
 /// The fixture's inputs, prepared for `model` in its input order.

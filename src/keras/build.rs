@@ -421,6 +421,23 @@ impl<'a> Builder<'a> {
         Ok(ids)
     }
 
+    /// A layer's `kernel` of `kernel_shape` and, with `use_bias`, its `bias` of `bias_len`
+    /// values (Dense and the convolutions store exactly these, in this order).
+    pub(crate) fn kernel_and_bias(
+        &mut self,
+        cfg: &LayerConfig,
+        kernel_shape: Vec<usize>,
+        bias_len: usize,
+        use_bias: bool,
+    ) -> Result<(ParamId, Option<ParamId>)> {
+        let mut specs = vec![("kernel", kernel_shape)];
+        if use_bias {
+            specs.push(("bias", vec![bias_len]));
+        }
+        let p = self.params(cfg, &[], &specs)?;
+        Ok((p[0], p.get(1).copied()))
+    }
+
     pub(crate) fn weight_error(&self, cfg: &LayerConfig, message: String) -> Error {
         Error::Weights {
             path: self.weights_path.to_path_buf(),

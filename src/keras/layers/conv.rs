@@ -102,20 +102,16 @@ impl Builder<'_> {
             ));
         }
         let window = Self::window_for(cfg, x, &o)?;
-        let mut kernel = o.kernel_size.clone();
-        kernel.extend([in_channels / groups, filters]);
-        let mut specs = vec![("kernel", kernel)];
-        if o.use_bias {
-            specs.push(("bias", vec![filters]));
-        }
-        let p = self.params(cfg, &[], &specs)?;
+        let mut kernel_shape = o.kernel_size.clone();
+        kernel_shape.extend([in_channels / groups, filters]);
+        let (kernel, bias) = self.kernel_and_bias(cfg, kernel_shape, filters, o.use_bias)?;
         Ok(Op::Conv(Conv {
             filters,
             window,
             in_channels,
             groups,
-            kernel: p[0],
-            bias: p.get(1).copied(),
+            kernel,
+            bias,
             activation: o.activation,
         }))
     }
@@ -137,19 +133,16 @@ impl Builder<'_> {
         }
         let channels = x.shape[rank];
         let window = Self::window_for(cfg, x, &o)?;
-        let mut kernel = o.kernel_size.clone();
-        kernel.extend([channels, multiplier]);
-        let mut specs = vec![("kernel", kernel)];
-        if o.use_bias {
-            specs.push(("bias", vec![channels * multiplier]));
-        }
-        let p = self.params(cfg, &[], &specs)?;
+        let mut kernel_shape = o.kernel_size.clone();
+        kernel_shape.extend([channels, multiplier]);
+        let (kernel, bias) =
+            self.kernel_and_bias(cfg, kernel_shape, channels * multiplier, o.use_bias)?;
         Ok(Op::DepthwiseConv(DepthwiseConv {
             window,
             channels,
             multiplier,
-            kernel: p[0],
-            bias: p.get(1).copied(),
+            kernel,
+            bias,
             activation: o.activation,
         }))
     }
@@ -252,13 +245,9 @@ impl Builder<'_> {
             output[a] = out;
             pad_before[a] = pad;
         }
-        let mut kernel = o.kernel_size.clone();
-        kernel.extend([filters, in_channels]);
-        let mut specs = vec![("kernel", kernel)];
-        if o.use_bias {
-            specs.push(("bias", vec![filters]));
-        }
-        let p = self.params(cfg, &[], &specs)?;
+        let mut kernel_shape = o.kernel_size.clone();
+        kernel_shape.extend([filters, in_channels]);
+        let (kernel, bias) = self.kernel_and_bias(cfg, kernel_shape, filters, o.use_bias)?;
         Ok(Op::ConvTranspose(ConvTranspose {
             filters,
             in_channels,
@@ -270,8 +259,8 @@ impl Builder<'_> {
             input,
             output,
             pad_before,
-            kernel: p[0],
-            bias: p.get(1).copied(),
+            kernel,
+            bias,
             activation: o.activation,
         }))
     }

@@ -62,16 +62,13 @@ impl Builder<'_> {
                 "Dense needs an input with at least one feature axis",
             ));
         };
-        let mut specs = vec![("kernel", vec![in_features, units])];
-        if use_bias {
-            specs.push(("bias", vec![units]));
-        }
-        let p = self.params(cfg, &[], &specs)?;
+        let (kernel, bias) =
+            self.kernel_and_bias(cfg, vec![in_features, units], units, use_bias)?;
         Ok(Op::Dense(Dense {
             units,
             in_features,
-            kernel: p[0],
-            bias: p.get(1).copied(),
+            kernel,
+            bias,
             activation,
         }))
     }

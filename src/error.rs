@@ -52,6 +52,11 @@ pub enum Error {
     #[error("internal error: {0}")]
     Internal(String),
 
+    /// Training cannot start or cannot go on: a layer without a backward, a loss that does not
+    /// fit the output, a NaN loss (naming the epoch and step) ...
+    #[error("train: {0}")]
+    Train(String),
+
     /// A command-line usage problem found after argument parsing.
     #[error("{0}")]
     Usage(String),

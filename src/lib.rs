@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod model;
 pub mod npy;
 pub mod text;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use input::PreparedInput;

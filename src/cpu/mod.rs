@@ -7,6 +7,7 @@ pub mod activation;
 mod conv;
 mod conv_lstm;
 mod gemm;
+pub(crate) mod grad;
 mod merge;
 mod norm;
 mod recurrent;
@@ -22,14 +23,14 @@ use crate::input::PreparedInput;
 
 /// A value while the graph runs.
 #[derive(Debug, Clone)]
-enum Tensor {
+pub(crate) enum Tensor {
     F32(ArrayD<f32>),
     Ids(Array2<u32>),
     Mask(Array2<bool>),
 }
 
 impl Tensor {
-    fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Tensor::F32(_) => "float32",
             Tensor::Ids(_) => "token ids",
@@ -159,7 +160,8 @@ fn float(t: Tensor, node: &Node) -> Result<ArrayD<f32>> {
     }
 }
 
-fn run_node(
+/// Runs one node at inference: `args` are its data inputs in order (moved in).
+pub(crate) fn run_node(
     graph: &Graph,
     node: &Node,
     mut args: Vec<Tensor>,
@@ -254,7 +256,7 @@ fn run_node(
         Op::TimeDistributed { inner } => {
             time_distributed::run(inner, params, float(first, node)?, &out_dims, name)?
         }
-        Op::Identity => return Ok(vec![first]),
+        Op::Identity | Op::Dropout(_) => return Ok(vec![first]),
         Op::PaddingMask => match first {
             Tensor::Ids(ids) => return Ok(vec![Tensor::Mask(ids.mapv(|id| id != 0))]),
             other => {

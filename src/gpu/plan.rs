@@ -720,7 +720,10 @@ impl Builder<'_> {
                 ))
             }
             // A mask is read as the ids it comes from; these only rename a buffer.
-            GraphOp::Reshape { .. } | GraphOp::Identity | GraphOp::PaddingMask => x,
+            GraphOp::Reshape { .. }
+            | GraphOp::Identity
+            | GraphOp::Dropout(_)
+            | GraphOp::PaddingMask => x,
             GraphOp::Merge(_)
             | GraphOp::Scalar(_)
             | GraphOp::Concat { .. }

@@ -147,6 +147,7 @@ pub fn weight_specs(graph: &Graph, fold_batch_norm: bool) -> Vec<WeightSpec> {
             | Op::Activation(_)
             | Op::Reshape { .. }
             | Op::Identity
+            | Op::Dropout(_)
             | Op::PaddingMask
             | Op::Merge(_)
             | Op::Scalar(_)

@@ -90,6 +90,24 @@ pub struct TextVectorizationSpec {
     pub split: Option<String>,
 }
 
+/// What a Keras regularizer penalizes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Penalized {
+    /// A weight (`kernel_regularizer`, `bias_regularizer`, `recurrent_regularizer`, ...).
+    Param(ParamId),
+    /// A layer's output (`activity_regularizer`, ActivityRegularization).
+    Activity(ValueId),
+}
+
+/// An L1/L2 penalty Keras adds to the loss: `l1 * sum|w| + l2 * sum w²` (an activity
+/// penalty is divided by the batch size, as Keras does).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Regularizer {
+    pub target: Penalized,
+    pub l1: f32,
+    pub l2: f32,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Graph {
     pub name: String,
@@ -99,6 +117,10 @@ pub struct Graph {
     pub outputs: Vec<Port>,
     pub params: ParamStore,
     pub text_vectorization: Option<TextVectorizationSpec>,
+    /// The config's weight and activity regularizers (training adds them to the loss).
+    pub regularizers: Vec<Regularizer>,
+    /// The `.keras` file's `compile_config` (loss, optimizer, metrics) as saved, for training.
+    pub compile_config: Option<serde_json::Value>,
 }
 
 impl Graph {

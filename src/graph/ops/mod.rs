@@ -7,6 +7,7 @@ pub mod activation;
 pub mod conv;
 pub mod conv_lstm;
 pub mod dense;
+pub mod dropout;
 pub mod embedding;
 pub mod merge;
 pub mod norm;
@@ -21,6 +22,7 @@ pub use conv::{
 };
 pub use conv_lstm::ConvLstm;
 pub use dense::Dense;
+pub use dropout::{Dropout, DropoutKind};
 pub use embedding::Embedding;
 pub use merge::{BinaryOp, Dot, Interpolation, Merge, ScalarOp, StridedCopy};
 pub use norm::{
@@ -65,8 +67,11 @@ pub enum Op {
     Reshape {
         shape: Shape,
     },
-    /// Dropout, SpatialDropout*, and other layers that do nothing at inference.
+    /// Layers that do nothing at all (ActivityRegularization, a one-input merge).
     Identity,
+    /// Dropout, SpatialDropout*, GaussianNoise, GaussianDropout, AlphaDropout: the identity at
+    /// inference, random in training.
+    Dropout(Dropout),
     /// Keras's padding mask of `Embedding(mask_zero=True)` (and of a `NotEqual(ids, 0)` op):
     /// token ids in, `id != 0` out.
     PaddingMask,
@@ -133,6 +138,7 @@ impl Op {
             Op::Recurrent(_) => "recurrent",
             Op::Reshape { .. } => "reshape",
             Op::Identity => "identity",
+            Op::Dropout(_) => "dropout",
             Op::PaddingMask => "padding_mask",
             Op::Merge(_) => "merge",
             Op::Scalar(_) => "scalar",
@@ -266,7 +272,7 @@ impl Op {
                 }
                 float(shape.clone())
             }
-            Op::Identity => match inputs {
+            Op::Identity | Op::Dropout(_) => match inputs {
                 [x] => Ok(vec![(*x).clone()]),
                 _ => Err(format!("expects one input, got {}", inputs.len())),
             },
@@ -405,6 +411,7 @@ impl Op {
             | Op::Rescaling { .. }
             | Op::Reshape { .. }
             | Op::Identity
+            | Op::Dropout(_)
             | Op::PaddingMask
             | Op::Merge(_)
             | Op::Scalar(_)
@@ -472,6 +479,7 @@ impl Op {
             | Op::Embedding(_)
             | Op::Reshape { .. }
             | Op::Identity
+            | Op::Dropout(_)
             | Op::PaddingMask => 0,
             Op::TimeDistributed { inner } => {
                 // The inner op's cost per item, times the steps.
@@ -609,6 +617,7 @@ impl Op {
             | Op::Embedding(_)
             | Op::Reshape { .. }
             | Op::Identity
+            | Op::Dropout(_)
             | Op::PaddingMask
             | Op::Normalization(_)
             | Op::PRelu(_) => String::new(),

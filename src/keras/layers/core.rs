@@ -169,3 +169,77 @@ impl Builder<'_> {
         Ok(vec![y])
     }
 }
+
+impl Builder<'_> {
+    /// Dropout, SpatialDropout1D/2D/3D, GaussianNoise, GaussianDropout, AlphaDropout: the
+    /// identity at inference; their rate and `noise_shape` matter in training.
+    pub(crate) fn dropout(&mut self, cfg: &LayerConfig, x: &ValueInfo) -> Result<Op> {
+        let rank = x.shape.len();
+        let (kind, rate) = match cfg.class.as_str() {
+            "GaussianNoise" => (
+                DropoutKind::GaussianNoise {
+                    stddev: cfg.f32_or("stddev", 0.0)?,
+                },
+                0.0,
+            ),
+            "GaussianDropout" => (DropoutKind::GaussianDropout, cfg.f32_or("rate", 0.0)?),
+            "AlphaDropout" => (DropoutKind::AlphaDropout, cfg.f32_or("rate", 0.0)?),
+            _ => (DropoutKind::Dropout, cfg.f32_or("rate", 0.0)?),
+        };
+        if !(0.0..1.0).contains(&rate) {
+            return Err(cfg.error("rate", format!("{rate} is not in [0, 1)")));
+        }
+        // SpatialDropoutND drops whole channels: one draw shared over the N spatial axes.
+        let spatial = match cfg.class.as_str() {
+            "SpatialDropout1D" => Some(1),
+            "SpatialDropout2D" => Some(2),
+            "SpatialDropout3D" => Some(3),
+            _ => None,
+        };
+        let shared_axes = match (spatial, cfg.get("noise_shape")) {
+            (Some(n), _) => {
+                cfg.require_channels_last()?;
+                if rank != n + 1 {
+                    return Err(cfg.error(
+                        "input_shape",
+                        format!("expects {n} spatial axes and channels, got {:?}", x.shape),
+                    ));
+                }
+                (0..n).collect()
+            }
+            (None, None) => Vec::new(),
+            (None, Some(Value::Array(dims))) if dims.len() == rank + 1 => {
+                // (batch, ...): a 1 on an item axis shares the draw along it; None or the full
+                // size does not. A shared batch axis is not supported.
+                let mut shared = Vec::new();
+                for (i, d) in dims.iter().enumerate() {
+                    match (i, d.as_u64()) {
+                        (0, Some(1)) => {
+                            return Err(cfg.unsupported(
+                                "noise_shape",
+                                &Value::Array(dims.clone()),
+                                "one draw per batch item",
+                            ))
+                        }
+                        (0, _) => {}
+                        (_, Some(1)) if x.shape[i - 1] != 1 => shared.push(i - 1),
+                        (_, None) | (_, Some(_)) => {}
+                    }
+                }
+                shared
+            }
+            (None, Some(v)) => {
+                return Err(cfg.unsupported(
+                    "noise_shape",
+                    v,
+                    "a list with one entry per axis, batch included",
+                ))
+            }
+        };
+        Ok(Op::Dropout(Dropout {
+            kind,
+            rate,
+            shared_axes,
+        }))
+    }
+}

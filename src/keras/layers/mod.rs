@@ -96,14 +96,9 @@ impl Builder<'_> {
             }
             "Reshape" => self.reshape(cfg, &info)?,
             "Dense" => self.dense(cfg, &info)?,
-            "Dropout"
-            | "SpatialDropout1D"
-            | "SpatialDropout2D"
-            | "SpatialDropout3D"
-            | "GaussianNoise"
-            | "GaussianDropout"
-            | "AlphaDropout"
-            | "ActivityRegularization" => Op::Identity,
+            "Dropout" | "SpatialDropout1D" | "SpatialDropout2D" | "SpatialDropout3D"
+            | "GaussianNoise" | "GaussianDropout" | "AlphaDropout" => self.dropout(cfg, &info)?,
+            "ActivityRegularization" => Op::Identity,
             "Rescaling" => self.rescaling(cfg)?,
             "BatchNormalization" => self.batch_normalization(cfg, &info)?,
             "LayerNormalization" => self.layer_normalization(cfg, &info, false)?,

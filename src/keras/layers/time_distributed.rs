@@ -64,7 +64,14 @@ impl Builder<'_> {
                 Op::Activation(self.activation_layer(inner, item)?)
             }
             "Dropout" | "SpatialDropout1D" | "SpatialDropout2D" | "GaussianNoise"
-            | "GaussianDropout" | "AlphaDropout" => Op::Identity,
+            | "GaussianDropout" | "AlphaDropout" => match self.dropout(inner, item)? {
+                // The op runs over (T, ...): the item's axes move up by one.
+                Op::Dropout(mut d) => {
+                    d.shared_axes.iter_mut().for_each(|a| *a += 1);
+                    Op::Dropout(d)
+                }
+                _ => return Err(inner.error("class_name", "not a dropout layer")),
+            },
             "Flatten" => {
                 inner.require_channels_last()?;
                 Op::Reshape {

@@ -1,0 +1,93 @@
+//! Dropout and the noise layers in training mode, with the seeded RNG of the run: the forward
+//! keeps the multiplier it drew, the backward multiplies dy by it.
+
+use ndarray::{ArrayD, IxDyn};
+
+use super::{as_float, Forward, NodeIo};
+use crate::cpu::Tensor;
+use crate::error::Result;
+use crate::graph::{Dropout, DropoutKind, Node};
+use crate::train::Rng;
+
+/// The SELU constants AlphaDropout keeps the statistics of (Keras's, to full precision).
+const SELU_ALPHA: f64 = 1.673_263_242_354_377_3;
+const SELU_SCALE: f64 = 1.050_700_987_355_480_5;
+
+/// What the forward multiplied by, broadcast to the input's shape; None when it only added
+/// noise (GaussianNoise) or drew nothing (rate 0).
+struct Multiplier(Option<ArrayD<f32>>);
+
+pub(super) fn forward(
+    d: &Dropout,
+    node: &Node,
+    inputs: &[Tensor],
+    rng: &mut Rng,
+) -> Result<Forward> {
+    let x = as_float(&inputs[0], node)?;
+    if d.is_noop_in_training() {
+        return Ok(Forward {
+            outputs: vec![Tensor::F32(x.clone())],
+            saved: Some(Box::new(Multiplier(None))),
+            state: Vec::new(),
+        });
+    }
+    // One draw per position of the noise shape: shared axes have size 1 there.
+    let mut noise_shape = x.shape().to_vec();
+    for &a in &d.shared_axes {
+        noise_shape[a + 1] = 1;
+    }
+    let draws: usize = noise_shape.iter().product();
+    let rate = d.rate;
+    let (y, multiplier) = match d.kind {
+        DropoutKind::GaussianNoise { stddev } => {
+            let noise = ArrayD::from_shape_fn(IxDyn(&noise_shape), |_| rng.normal() * stddev);
+            (x + &noise, None)
+        }
+        DropoutKind::Dropout => {
+            let scale = 1.0 / (1.0 - rate);
+            let m = (0..draws)
+                .map(|_| if rng.uniform() >= rate { scale } else { 0.0 })
+                .collect();
+            let m = ArrayD::from_shape_vec(IxDyn(&noise_shape), m).expect("noise shape");
+            (x * &m, Some(m))
+        }
+        DropoutKind::GaussianDropout => {
+            let stddev = (rate / (1.0 - rate)).sqrt();
+            let m = ArrayD::from_shape_fn(IxDyn(&noise_shape), |_| 1.0 + rng.normal() * stddev);
+            (x * &m, Some(m))
+        }
+        DropoutKind::AlphaDropout => {
+            let r = rate as f64;
+            let alpha_p = -SELU_ALPHA * SELU_SCALE;
+            let a = ((1.0 - r) * (1.0 + r * alpha_p * alpha_p)).powf(-0.5);
+            let b = -a * alpha_p * r;
+            let kept = ArrayD::from_shape_fn(IxDyn(&noise_shape), |_| rng.uniform() >= rate);
+            // y = a * (x where kept, else alpha_p) + b.
+            let mut y = x.clone();
+            let kept_b = kept.broadcast(x.raw_dim()).expect("noise broadcasts");
+            ndarray::Zip::from(&mut y).and(&kept_b).for_each(|v, &k| {
+                let z = if k { *v as f64 } else { alpha_p };
+                *v = (a * z + b) as f32;
+            });
+            let m = kept.mapv(|k| if k { a as f32 } else { 0.0 });
+            (y, Some(m))
+        }
+    };
+    let multiplier = multiplier.map(|m| {
+        m.broadcast(x.raw_dim())
+            .expect("noise broadcasts")
+            .to_owned()
+    });
+    Ok(Forward {
+        outputs: vec![Tensor::F32(y)],
+        saved: Some(Box::new(Multiplier(multiplier))),
+        state: Vec::new(),
+    })
+}
+
+pub(super) fn backward(_d: &Dropout, io: &NodeIo, dy: ArrayD<f32>) -> Result<ArrayD<f32>> {
+    Ok(match &io.saved::<Multiplier>()?.0 {
+        Some(m) => dy * m,
+        None => dy,
+    })
+}

@@ -1,0 +1,233 @@
+//! Backward rules of the CPU reference path, one file per op family beside its forward in
+//! `cpu/`. The training step (`crate::train::step`) runs `forward` on every node in order,
+//! keeping each node's inputs, outputs and `Saved` state, then `backward` in reverse order.
+//!
+//! A rule gets the gradient of each of its outputs (None where nothing downstream reads that
+//! output: take it as zeros), adds the gradients of the node's parameters to `ParamGrads`,
+//! and returns one gradient per data input (None for token ids, or where `needs[i]` is false:
+//! nothing upstream wants it, so the rule may skip the work).
+
+mod activation;
+mod dense;
+mod dropout;
+mod embedding;
+mod shape;
+
+use std::any::Any;
+
+use ndarray::{Array2, ArrayD};
+
+use super::Tensor;
+use crate::error::{Error, Result};
+use crate::graph::*;
+use crate::train::{ParamGrads, Rng};
+
+/// What a node's training forward keeps for its backward, beyond its inputs and outputs (the
+/// gates of a recurrent layer, a dropout mask, batch statistics). Each rule downcasts its own.
+pub(crate) type Saved = Option<Box<dyn Any + Send + Sync>>;
+
+/// A node's training-mode forward.
+pub(crate) struct Forward {
+    pub outputs: Vec<Tensor>,
+    pub saved: Saved,
+    /// New values of non-trainable state that the forward updates in training (the moving
+    /// statistics of BatchNormalization), applied after the step.
+    pub state: Vec<(ParamId, ArrayD<f32>)>,
+}
+
+impl Forward {
+    fn plain(outputs: Vec<Tensor>) -> Self {
+        Forward {
+            outputs,
+            saved: None,
+            state: Vec::new(),
+        }
+    }
+}
+
+/// Everything a backward rule reads about its node's forward.
+pub(crate) struct NodeIo<'a> {
+    pub graph: &'a Graph,
+    pub node: &'a Node,
+    pub inputs: &'a [Tensor],
+    pub outputs: &'a [Tensor],
+    pub mask: Option<&'a Array2<bool>>,
+    pub saved: &'a Saved,
+    /// Per data input: does anything upstream need its gradient?
+    pub needs: &'a [bool],
+}
+
+impl<'a> NodeIo<'a> {
+    pub fn params(&self) -> &'a ParamStore {
+        &self.graph.params
+    }
+
+    /// Data input `i` as floats.
+    pub fn input(&self, i: usize) -> Result<&'a ArrayD<f32>> {
+        as_float(&self.inputs[i], self.node)
+    }
+
+    /// Output `i` as floats.
+    pub fn output(&self, i: usize) -> Result<&'a ArrayD<f32>> {
+        as_float(&self.outputs[i], self.node)
+    }
+
+    /// This rule's own saved state.
+    pub fn saved<T: 'static>(&self) -> Result<&'a T> {
+        self.saved
+            .as_ref()
+            .and_then(|s| s.downcast_ref::<T>())
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "node '{}': its training forward kept no state for the backward",
+                    self.node.name
+                ))
+            })
+    }
+}
+
+pub(crate) fn as_float<'a>(t: &'a Tensor, node: &Node) -> Result<&'a ArrayD<f32>> {
+    match t {
+        Tensor::F32(x) => Ok(x),
+        other => Err(Error::Internal(format!(
+            "node '{}' expects float32 values, got {}",
+            node.name,
+            other.kind()
+        ))),
+    }
+}
+
+/// The gradient of output `i`, zeros of `like`'s shape where none arrived.
+pub(crate) fn dy_or_zeros(
+    dys: &[Option<ArrayD<f32>>],
+    i: usize,
+    like: &ArrayD<f32>,
+) -> ArrayD<f32> {
+    match dys.get(i).and_then(Option::as_ref) {
+        Some(d) => d.clone(),
+        None => ArrayD::zeros(like.raw_dim()),
+    }
+}
+
+/// Runs one node in training mode. Ops that behave the same as at inference, and whose backward
+/// needs only inputs and outputs, run the inference forward.
+pub(crate) fn forward(
+    graph: &Graph,
+    node: &Node,
+    inputs: &[Tensor],
+    mask: Option<&Array2<bool>>,
+    rng: &mut Rng,
+) -> Result<Forward> {
+    match &node.op {
+        Op::Dropout(d) => dropout::forward(d, node, inputs, rng),
+        _ => {
+            let outs = super::run_node(graph, node, inputs.to_vec(), mask)?;
+            Ok(Forward::plain(outs))
+        }
+    }
+}
+
+/// Why `op` has no backward yet, or Ok. Checked on every node that needs one before the first
+/// training step, so a model that cannot be trained fails at once with the layer's name.
+pub(crate) fn support(op: &Op) -> std::result::Result<(), String> {
+    let missing = |what: &str| Err(format!("{what} has no backward in wgnn yet"));
+    match op {
+        Op::Dense(_)
+        | Op::Activation(_)
+        | Op::Rescaling { .. }
+        | Op::Reshape { .. }
+        | Op::Identity
+        | Op::Dropout(_)
+        | Op::PaddingMask
+        | Op::Embedding(_) => Ok(()),
+        Op::Conv(_) => missing("convolution"),
+        Op::DepthwiseConv(_) => missing("depthwise convolution"),
+        Op::ConvTranspose(_) => missing("transposed convolution"),
+        Op::Pool(_) => missing("pooling"),
+        Op::GlobalPool { .. } => missing("global pooling"),
+        Op::Recurrent(_) => missing("the recurrent layer"),
+        Op::Merge(_) => missing("the merge"),
+        Op::Scalar(_) => missing("the scalar operator"),
+        Op::Concat { .. } => missing("Concatenate"),
+        Op::Dot(_) => missing("Dot"),
+        Op::Pad { .. } => missing("zero padding"),
+        Op::Crop { .. } => missing("cropping"),
+        Op::Permute { .. } => missing("Permute"),
+        Op::RepeatVector { .. } => missing("RepeatVector"),
+        Op::Upsample { .. } => missing("upsampling"),
+        Op::BatchNorm(_) => missing("BatchNormalization"),
+        Op::LayerNorm(_) => missing("layer normalization"),
+        Op::GroupNorm(_) => missing("GroupNormalization"),
+        Op::Normalization(_) => missing("Normalization"),
+        Op::PRelu(_) => missing("PReLU"),
+        Op::Softmax(_) => missing("softmax over several axes"),
+        Op::TimeDistributed { .. } => missing("TimeDistributed"),
+        Op::ConvLstm(_) => missing("ConvLSTM"),
+    }
+}
+
+/// The backward of one node: parameter gradients into `grads`, one gradient per data input
+/// returned (None: ids, or not needed).
+pub(crate) fn backward(
+    io: &NodeIo,
+    dys: &[Option<ArrayD<f32>>],
+    grads: &mut ParamGrads,
+) -> Result<Vec<Option<ArrayD<f32>>>> {
+    let node = io.node;
+    let params = io.params();
+    let dy0 = || -> Result<ArrayD<f32>> { Ok(dy_or_zeros(dys, 0, io.output(0)?)) };
+    let one = |g: ArrayD<f32>| Ok(vec![Some(g)]);
+    match &node.op {
+        Op::Dense(d) => dense::backward(d, io, dy0()?, grads),
+        Op::Activation(a) => one(activation::backward(
+            *a,
+            io.input(0)?,
+            io.output(0)?,
+            dy0()?,
+        )),
+        Op::Rescaling { scale, .. } => one(shape::rescaling(scale, dy0()?)),
+        Op::Reshape { .. } => one(shape::reshape_back(dy0()?, io.input(0)?)?),
+        Op::Identity => one(dy0()?),
+        Op::Dropout(d) => one(dropout::backward(d, io, dy0()?)?),
+        Op::PaddingMask => Ok(vec![None]),
+        Op::Embedding(e) => {
+            embedding::backward(e, params, &io.inputs[0], node, dy0()?, grads)?;
+            Ok(vec![None])
+        }
+        Op::Conv(_)
+        | Op::DepthwiseConv(_)
+        | Op::ConvTranspose(_)
+        | Op::Pool(_)
+        | Op::GlobalPool { .. }
+        | Op::Recurrent(_)
+        | Op::Merge(_)
+        | Op::Scalar(_)
+        | Op::Concat { .. }
+        | Op::Dot(_)
+        | Op::Pad { .. }
+        | Op::Crop { .. }
+        | Op::Permute { .. }
+        | Op::RepeatVector { .. }
+        | Op::Upsample { .. }
+        | Op::BatchNorm(_)
+        | Op::LayerNorm(_)
+        | Op::GroupNorm(_)
+        | Op::Normalization(_)
+        | Op::PRelu(_)
+        | Op::Softmax(_)
+        | Op::TimeDistributed { .. }
+        | Op::ConvLstm(_) => Err(no_backward(node)),
+    }
+}
+
+/// The error for a node whose op has no backward rule (training checks this up front).
+pub(crate) fn no_backward(node: &Node) -> Error {
+    Error::Train(format!(
+        "layer '{}' ({}): {}",
+        node.name,
+        node.class,
+        support(&node.op)
+            .err()
+            .unwrap_or_else(|| "no backward rule".into())
+    ))
+}

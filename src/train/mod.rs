@@ -1,0 +1,13 @@
+//! Training on the CPU reference path, exact to Keras 3's `fit` with the TensorFlow backend.
+//!
+//! A training step runs the graph forward in training mode keeping every value (`step`), starts
+//! the backward sweep from the loss's gradient (`loss`), runs each node's backward rule in
+//! reverse order (the rules live beside the CPU forward, in `cpu::grad`), sums the gradients of
+//! values that feed several nodes, adds the regularizers' gradients, and hands the parameter
+//! gradients to the optimizer (`optim`).
+
+pub mod grads;
+pub mod rng;
+
+pub use grads::ParamGrads;
+pub use rng::Rng;

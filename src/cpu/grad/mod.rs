@@ -8,6 +8,8 @@
 //! nothing upstream wants it, so the rule may skip the work).
 
 mod activation;
+#[cfg(test)]
+pub(crate) mod check;
 mod dense;
 mod dropout;
 mod embedding;

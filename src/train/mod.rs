@@ -7,7 +7,9 @@
 //! gradients to the optimizer (`optim`).
 
 pub mod grads;
+pub mod loss;
 pub mod rng;
+pub mod step;
 
 pub use grads::ParamGrads;
 pub use rng::Rng;

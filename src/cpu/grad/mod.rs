@@ -51,8 +51,8 @@ impl Forward {
 pub(crate) struct NodeIo<'a> {
     pub graph: &'a Graph,
     pub node: &'a Node,
-    pub inputs: &'a [Tensor],
-    pub outputs: &'a [Tensor],
+    pub inputs: &'a [&'a Tensor],
+    pub outputs: &'a [&'a Tensor],
     pub mask: Option<&'a Array2<bool>>,
     pub saved: &'a Saved,
     /// Per data input: does anything upstream need its gradient?
@@ -66,12 +66,12 @@ impl<'a> NodeIo<'a> {
 
     /// Data input `i` as floats.
     pub fn input(&self, i: usize) -> Result<&'a ArrayD<f32>> {
-        as_float(&self.inputs[i], self.node)
+        as_float(self.inputs[i], self.node)
     }
 
     /// Output `i` as floats.
     pub fn output(&self, i: usize) -> Result<&'a ArrayD<f32>> {
-        as_float(&self.outputs[i], self.node)
+        as_float(self.outputs[i], self.node)
     }
 
     /// This rule's own saved state.
@@ -193,7 +193,7 @@ pub(crate) fn backward(
         Op::Dropout(d) => one(dropout::backward(d, io, dy0()?)?),
         Op::PaddingMask => Ok(vec![None]),
         Op::Embedding(e) => {
-            embedding::backward(e, params, &io.inputs[0], node, dy0()?, grads)?;
+            embedding::backward(e, params, io.inputs[0], node, dy0()?, grads)?;
             Ok(vec![None])
         }
         Op::Conv(_)

@@ -48,6 +48,13 @@ impl Tape {
     }
 }
 
+/// A step's result, its state updates and the gradients of the graph inputs.
+pub type InputGradients = (
+    StepResult,
+    Vec<(ParamId, ArrayD<f32>)>,
+    Vec<Option<ArrayD<f32>>>,
+);
+
 /// What one step computed.
 #[derive(Debug)]
 pub struct StepResult {
@@ -62,9 +69,23 @@ impl TrainGraph {
     /// Prepares `graph` for training; fails, naming the layer, when a node on the way from a
     /// trainable weight to the loss has no backward.
     pub fn new(graph: &Graph) -> Result<TrainGraph> {
+        Self::build(graph, false)
+    }
+
+    /// Like `new`, and the gradients of the float graph inputs are computed too.
+    pub fn with_input_gradients(graph: &Graph) -> Result<TrainGraph> {
+        Self::build(graph, true)
+    }
+
+    fn build(graph: &Graph, input_grads: bool) -> Result<TrainGraph> {
         let graph = split_activations(graph)?;
         graph.verify()?;
         let mut needs_grad = vec![false; graph.values.len()];
+        if input_grads {
+            for p in &graph.inputs {
+                needs_grad[p.value] = graph.value(p.value).dtype == DType::F32;
+            }
+        }
         for node in &graph.nodes {
             let owns = node
                 .op
@@ -121,6 +142,11 @@ impl TrainGraph {
 
     /// The forward in training mode, keeping every value.
     pub(crate) fn forward(&self, inputs: &[PreparedInput], rng: &mut Rng) -> Result<Tape> {
+        self.forward_in(inputs, rng, true)
+    }
+
+    /// The forward, in training mode (dropout draws, batch statistics) or at inference.
+    fn forward_in(&self, inputs: &[PreparedInput], rng: &mut Rng, training: bool) -> Result<Tape> {
         let graph = &self.graph;
         if inputs.len() != graph.inputs.len() {
             return Err(Error::Input(format!(
@@ -153,7 +179,15 @@ impl TrainGraph {
                 })
                 .collect::<Result<_>>()?;
             let mask = mask_of(node, &values)?;
-            let fw = grad::forward(graph, node, &args, mask.as_ref(), rng)?;
+            let fw = if training {
+                grad::forward(graph, node, &args, mask.as_ref(), rng)?
+            } else {
+                grad::Forward {
+                    outputs: crate::cpu::run_node(graph, node, args, mask.as_ref())?,
+                    saved: None,
+                    state: Vec::new(),
+                }
+            };
             if fw.outputs.len() != node.outputs.len() {
                 return Err(Error::Internal(format!(
                     "node '{}' made {} outputs, the graph expects {}",
@@ -237,6 +271,30 @@ impl TrainGraph {
         Ok((total, seeds))
     }
 
+    /// The loss at inference (dropout off, moving statistics), regularizers included, as
+    /// Keras's `evaluate` computes `val_loss`.
+    pub fn loss_only(
+        &self,
+        inputs: &[PreparedInput],
+        targets: &[ArrayD<f32>],
+        losses: &[Loss],
+        loss_weights: &[f32],
+    ) -> Result<f64> {
+        let tape = self.forward_in(inputs, &mut Rng::new(0), false)?;
+        let mut total = 0.0;
+        for (i, (loss, target)) in losses.iter().zip(targets).enumerate() {
+            let out = tape.float(self.graph.outputs[i].value)?;
+            loss.check_targets(out.shape(), target).map_err(|e| {
+                Error::Train(format!("output '{}': {e}", self.graph.outputs[i].name))
+            })?;
+            let (value, what) = self.prediction_for(i, loss);
+            let (l, _) = loss.value_and_grad(tape.float(value)?, what, target);
+            total += l * loss_weights.get(i).copied().unwrap_or(1.0) as f64;
+        }
+        let mut unused = ParamGrads::new(&self.graph.params);
+        Ok(total + self.regularization(&tape, &mut unused)?.0)
+    }
+
     /// One step's loss and gradients (no update). `losses[i]` and `targets[i]` belong to
     /// output i; `loss_weights` scale each output's loss.
     pub fn compute(
@@ -247,6 +305,20 @@ impl TrainGraph {
         loss_weights: &[f32],
         rng: &mut Rng,
     ) -> Result<(StepResult, Vec<(ParamId, ArrayD<f32>)>)> {
+        self.compute_with_inputs(inputs, targets, losses, loss_weights, rng)
+            .map(|(r, state, _)| (r, state))
+    }
+
+    /// `compute`, also returning the gradients of the graph inputs (see
+    /// `with_input_gradients`).
+    pub fn compute_with_inputs(
+        &self,
+        inputs: &[PreparedInput],
+        targets: &[ArrayD<f32>],
+        losses: &[Loss],
+        loss_weights: &[f32],
+        rng: &mut Rng,
+    ) -> Result<InputGradients> {
         let tape = self.forward(inputs, rng)?;
         let mut grads = ParamGrads::new(&self.graph.params);
         let mut seeds = Vec::new();
@@ -269,7 +341,7 @@ impl TrainGraph {
         let (reg, reg_seeds) = self.regularization(&tape, &mut grads)?;
         total += reg;
         seeds.extend(reg_seeds);
-        self.backward(&tape, seeds, &mut grads)?;
+        let input_grads = self.backward(&tape, seeds, &mut grads)?;
         let outputs = self
             .graph
             .outputs
@@ -283,16 +355,18 @@ impl TrainGraph {
                 outputs,
             },
             tape.state,
+            input_grads,
         ))
     }
 
     /// The backward sweep from `seeds` (gradients of the loss w.r.t. some values).
+    /// Returns the gradients that reached the graph inputs (None where none did).
     pub(crate) fn backward(
         &self,
         tape: &Tape,
         seeds: Vec<(ValueId, ArrayD<f32>)>,
         grads: &mut ParamGrads,
-    ) -> Result<()> {
+    ) -> Result<Vec<Option<ArrayD<f32>>>> {
         let graph = &self.graph;
         let mut d: Vec<Option<ArrayD<f32>>> = vec![None; graph.values.len()];
         for (v, g) in seeds {
@@ -331,7 +405,7 @@ impl TrainGraph {
                 }
             }
         }
-        Ok(())
+        Ok(graph.inputs.iter().map(|p| d[p.value].take()).collect())
     }
 }
 

@@ -10,10 +10,15 @@
 mod activation;
 #[cfg(test)]
 pub(crate) mod check;
+mod conv;
 mod dense;
 mod dropout;
 mod embedding;
+mod pool;
 mod shape;
+mod spatial;
+#[cfg(test)]
+mod testing;
 
 use std::any::Any;
 
@@ -142,28 +147,28 @@ pub(crate) fn support(op: &Op) -> std::result::Result<(), String> {
         | Op::Dropout(_)
         | Op::PaddingMask
         | Op::Embedding(_) => Ok(()),
-        Op::Conv(_) => missing("convolution"),
-        Op::DepthwiseConv(_) => missing("depthwise convolution"),
-        Op::ConvTranspose(_) => missing("transposed convolution"),
-        Op::Pool(_) => missing("pooling"),
-        Op::GlobalPool { .. } => missing("global pooling"),
+        Op::Conv(_)
+        | Op::DepthwiseConv(_)
+        | Op::ConvTranspose(_)
+        | Op::Pool(_)
+        | Op::GlobalPool { .. }
+        | Op::Pad { .. }
+        | Op::Crop { .. }
+        | Op::Upsample { .. } => Ok(()),
+        Op::TimeDistributed { inner } => support(inner),
         Op::Recurrent(_) => missing("the recurrent layer"),
         Op::Merge(_) => missing("the merge"),
         Op::Scalar(_) => missing("the scalar operator"),
         Op::Concat { .. } => missing("Concatenate"),
         Op::Dot(_) => missing("Dot"),
-        Op::Pad { .. } => missing("zero padding"),
-        Op::Crop { .. } => missing("cropping"),
         Op::Permute { .. } => missing("Permute"),
         Op::RepeatVector { .. } => missing("RepeatVector"),
-        Op::Upsample { .. } => missing("upsampling"),
         Op::BatchNorm(_) => missing("BatchNormalization"),
         Op::LayerNorm(_) => missing("layer normalization"),
         Op::GroupNorm(_) => missing("GroupNormalization"),
         Op::Normalization(_) => missing("Normalization"),
         Op::PRelu(_) => missing("PReLU"),
         Op::Softmax(_) => missing("softmax over several axes"),
-        Op::TimeDistributed { .. } => missing("TimeDistributed"),
         Op::ConvLstm(_) => missing("ConvLSTM"),
     }
 }
@@ -196,30 +201,70 @@ pub(crate) fn backward(
             embedding::backward(e, params, io.inputs[0], node, dy0()?, grads)?;
             Ok(vec![None])
         }
-        Op::Conv(_)
-        | Op::DepthwiseConv(_)
-        | Op::ConvTranspose(_)
-        | Op::Pool(_)
-        | Op::GlobalPool { .. }
-        | Op::Recurrent(_)
+        Op::Conv(c) => {
+            let dx = conv::conv(
+                c,
+                params,
+                &node.name,
+                io.input(0)?,
+                &dy0()?,
+                io.needs[0],
+                grads,
+            )?;
+            Ok(vec![dx])
+        }
+        Op::DepthwiseConv(c) => {
+            let x = io.input(0)?;
+            let dx = conv::depthwise(c, params, &node.name, x, &dy0()?, io.needs[0], grads)?;
+            Ok(vec![dx])
+        }
+        Op::ConvTranspose(c) => {
+            let x = io.input(0)?;
+            let dx = conv::conv_transpose(c, params, &node.name, x, &dy0()?, io.needs[0], grads)?;
+            Ok(vec![dx])
+        }
+        Op::TimeDistributed { inner } => {
+            Ok(vec![spatial::time_distributed(inner, io, &dy0()?, grads)?])
+        }
+        Op::Pool(p) => wanted(io, || pool::pool(p, io.input(0)?, &dy0()?)),
+        Op::GlobalPool { op, .. } => wanted(io, || {
+            pool::global_pool(*op, io.input(0)?, &dy0()?, io.mask)
+        }),
+        Op::Pad { pads } => wanted(io, || spatial::pad(pads, io.input(0)?, &dy0()?)),
+        Op::Crop { crops } => wanted(io, || spatial::crop(crops, io.input(0)?, &dy0()?)),
+        Op::Upsample {
+            factors,
+            interpolation: Interpolation::Nearest,
+        } => wanted(io, || {
+            spatial::upsample_nearest(factors, io.input(0)?, &dy0()?)
+        }),
+        Op::Upsample {
+            interpolation: Interpolation::Bilinear,
+            ..
+        } => wanted(io, || spatial::upsample_bilinear(io.input(0)?, &dy0()?)),
+        Op::Recurrent(_)
         | Op::Merge(_)
         | Op::Scalar(_)
         | Op::Concat { .. }
         | Op::Dot(_)
-        | Op::Pad { .. }
-        | Op::Crop { .. }
         | Op::Permute { .. }
         | Op::RepeatVector { .. }
-        | Op::Upsample { .. }
         | Op::BatchNorm(_)
         | Op::LayerNorm(_)
         | Op::GroupNorm(_)
         | Op::Normalization(_)
         | Op::PRelu(_)
         | Op::Softmax(_)
-        | Op::TimeDistributed { .. }
         | Op::ConvLstm(_) => Err(no_backward(node)),
     }
+}
+
+/// The one input gradient of a parameterless op, computed only when something upstream wants it.
+fn wanted(
+    io: &NodeIo,
+    dx: impl FnOnce() -> Result<ArrayD<f32>>,
+) -> Result<Vec<Option<ArrayD<f32>>>> {
+    Ok(vec![if io.needs[0] { Some(dx()?) } else { None }])
 }
 
 /// The error for a node whose op has no backward rule (training checks this up front).

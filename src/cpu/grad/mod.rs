@@ -13,6 +13,7 @@ pub(crate) mod check;
 mod dense;
 mod dropout;
 mod embedding;
+mod recurrent;
 mod shape;
 
 use std::any::Any;
@@ -122,6 +123,7 @@ pub(crate) fn forward(
 ) -> Result<Forward> {
     match &node.op {
         Op::Dropout(d) => dropout::forward(d, node, inputs, rng),
+        Op::Recurrent(r) => recurrent::forward(r, &graph.params, node, inputs, mask, rng),
         _ => {
             let outs = super::run_node(graph, node, inputs.to_vec(), mask)?;
             Ok(Forward::plain(outs))
@@ -141,13 +143,13 @@ pub(crate) fn support(op: &Op) -> std::result::Result<(), String> {
         | Op::Identity
         | Op::Dropout(_)
         | Op::PaddingMask
-        | Op::Embedding(_) => Ok(()),
+        | Op::Embedding(_)
+        | Op::Recurrent(_) => Ok(()),
         Op::Conv(_) => missing("convolution"),
         Op::DepthwiseConv(_) => missing("depthwise convolution"),
         Op::ConvTranspose(_) => missing("transposed convolution"),
         Op::Pool(_) => missing("pooling"),
         Op::GlobalPool { .. } => missing("global pooling"),
-        Op::Recurrent(_) => missing("the recurrent layer"),
         Op::Merge(_) => missing("the merge"),
         Op::Scalar(_) => missing("the scalar operator"),
         Op::Concat { .. } => missing("Concatenate"),
@@ -196,12 +198,12 @@ pub(crate) fn backward(
             embedding::backward(e, params, &io.inputs[0], node, dy0()?, grads)?;
             Ok(vec![None])
         }
+        Op::Recurrent(r) => recurrent::backward(r, io, dys, grads),
         Op::Conv(_)
         | Op::DepthwiseConv(_)
         | Op::ConvTranspose(_)
         | Op::Pool(_)
         | Op::GlobalPool { .. }
-        | Op::Recurrent(_)
         | Op::Merge(_)
         | Op::Scalar(_)
         | Op::Concat { .. }

@@ -15,6 +15,7 @@ mod dense;
 mod dropout;
 mod embedding;
 mod pool;
+mod recurrent;
 mod shape;
 mod spatial;
 #[cfg(test)]
@@ -127,6 +128,7 @@ pub(crate) fn forward(
 ) -> Result<Forward> {
     match &node.op {
         Op::Dropout(d) => dropout::forward(d, node, inputs, rng),
+        Op::Recurrent(r) => recurrent::forward(r, &graph.params, node, inputs, mask, rng),
         _ => {
             let outs = super::run_node(graph, node, inputs.to_vec(), mask)?;
             Ok(Forward::plain(outs))
@@ -146,7 +148,8 @@ pub(crate) fn support(op: &Op) -> std::result::Result<(), String> {
         | Op::Identity
         | Op::Dropout(_)
         | Op::PaddingMask
-        | Op::Embedding(_) => Ok(()),
+        | Op::Embedding(_)
+        | Op::Recurrent(_) => Ok(()),
         Op::Conv(_)
         | Op::DepthwiseConv(_)
         | Op::ConvTranspose(_)
@@ -156,7 +159,6 @@ pub(crate) fn support(op: &Op) -> std::result::Result<(), String> {
         | Op::Crop { .. }
         | Op::Upsample { .. } => Ok(()),
         Op::TimeDistributed { inner } => support(inner),
-        Op::Recurrent(_) => missing("the recurrent layer"),
         Op::Merge(_) => missing("the merge"),
         Op::Scalar(_) => missing("the scalar operator"),
         Op::Concat { .. } => missing("Concatenate"),
@@ -201,6 +203,7 @@ pub(crate) fn backward(
             embedding::backward(e, params, io.inputs[0], node, dy0()?, grads)?;
             Ok(vec![None])
         }
+        Op::Recurrent(r) => recurrent::backward(r, io, dys, grads),
         Op::Conv(c) => {
             let dx = conv::conv(
                 c,
@@ -242,8 +245,7 @@ pub(crate) fn backward(
             interpolation: Interpolation::Bilinear,
             ..
         } => wanted(io, || spatial::upsample_bilinear(io.input(0)?, &dy0()?)),
-        Op::Recurrent(_)
-        | Op::Merge(_)
+        Op::Merge(_)
         | Op::Scalar(_)
         | Op::Concat { .. }
         | Op::Dot(_)

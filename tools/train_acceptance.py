@@ -105,7 +105,7 @@ def _(rng):
     x = smooth_images(rng, N, 10, 1)
     m = seq((10, 10, 1),
             layers.Conv2D(6, 3, activation="relu", kernel_regularizer=regularizers.L1L2(l1=1e-4, l2=1e-3)),
-            layers.AveragePooling2D(), layers.Conv2D(8, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
+            layers.AveragePooling2D(2), layers.Conv2D(8, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
             layers.Flatten(), layers.Dense(16, activation="relu", kernel_regularizer=regularizers.L2(1e-3)),
             layers.Dense(4, activation="softmax"))  # fmt: skip
     return m, [x], [np.eye(4, dtype=np.float32)[teacher_labels(rng, x, 4)]]

@@ -178,7 +178,8 @@ def write_npz(path, arrays):
             info = zipfile.ZipInfo(f"{key}.npy", date_time=FIXED_ZIP_TIME)
             info.compress_type = zipfile.ZIP_DEFLATED
             with z.open(info, "w") as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(a), allow_pickle=False)
+                # order="C" keeps 0-d scalars 0-d (np.ascontiguousarray makes them shape (1,)).
+                np.lib.format.write_array(f, np.asarray(a, order="C"), allow_pickle=False)
 
 
 def save_model(model, path, deflate):

@@ -80,12 +80,23 @@ fn check_case(name: &str) -> Result<String, String> {
             .map_err(|e| e.to_string())?,
         one => vec![Loss::from_keras(one).map_err(|e| e.to_string())?; graph.outputs.len()],
     };
+    let loss_weights: Vec<f32> = compile["loss_weights"]
+        .as_array()
+        .map(|ws| {
+            ws.iter()
+                .map(|w| w.as_f64().unwrap_or(1.0) as f32)
+                .collect()
+        })
+        .unwrap_or_default();
     let tg = TrainGraph::with_input_gradients(graph).map_err(|e| e.to_string())?;
     let (result, state, dxs) = tg
-        .compute_with_inputs(&inputs, &targets, &losses, &[], &mut Rng::new(0))
+        .compute_with_inputs(&inputs, &targets, &losses, &loss_weights, &mut Rng::new(0))
         .map_err(|e| e.to_string())?;
 
-    let expected_loss = float(get("loss").ok_or("no loss")?)[0];
+    let expected_loss = *float(get("loss").ok_or("no loss")?)
+        .iter()
+        .next()
+        .ok_or("empty loss")?;
     let loss_err = (result.loss as f32 - expected_loss).abs();
     if loss_err > 1e-4 * (1.0 + expected_loss.abs()) {
         return Err(format!("loss {} vs Keras {expected_loss}", result.loss));
@@ -100,16 +111,21 @@ fn check_case(name: &str) -> Result<String, String> {
     let mut k = 0;
     while let Some(expected) = get(&format!("g{k}")) {
         let expected = float(expected);
-        let (id, pname) = trainable
-            .get(k)
-            .ok_or(format!("Keras has gradient g{k}, wgnn only {} trainable weights", trainable.len()))?;
+        let (id, pname) = trainable.get(k).ok_or(format!(
+            "Keras has gradient g{k}, wgnn only {} trainable weights",
+            trainable.len()
+        ))?;
         let got = result
             .grads
             .get(*id)
             .cloned()
             .unwrap_or_else(|| ArrayD::zeros(expected.raw_dim()));
         if got.shape() != expected.shape() {
-            return Err(format!("g{k} ({pname}): shape {:?} vs Keras {:?}", got.shape(), expected.shape()));
+            return Err(format!(
+                "g{k} ({pname}): shape {:?} vs Keras {:?}",
+                got.shape(),
+                expected.shape()
+            ));
         }
         let e = rel_l2(&got, &expected);
         worst = worst.max(e);
@@ -119,12 +135,17 @@ fn check_case(name: &str) -> Result<String, String> {
         k += 1;
     }
     if k != trainable.len() {
-        return Err(format!("Keras has {k} gradients, wgnn {} trainable weights", trainable.len()));
+        return Err(format!(
+            "Keras has {k} gradients, wgnn {} trainable weights",
+            trainable.len()
+        ));
     }
     for (i, dx) in dxs.iter().enumerate() {
         if let Some(expected) = get(&format!("dx{i}")) {
             let expected = float(expected);
-            let got = dx.clone().unwrap_or_else(|| ArrayD::zeros(expected.raw_dim()));
+            let got = dx
+                .clone()
+                .unwrap_or_else(|| ArrayD::zeros(expected.raw_dim()));
             let e = rel_l2(&got, &expected);
             worst = worst.max(e);
             if e > 1e-4 {
@@ -145,9 +166,9 @@ fn check_case(name: &str) -> Result<String, String> {
     let mut s = 0;
     while let Some(expected) = get(&format!("state{s}")) {
         let expected = float(expected);
-        let (id, p) = non_trainable
-            .get(s)
-            .ok_or(format!("Keras has state{s}, wgnn fewer non-trainable weights"))?;
+        let (id, p) = non_trainable.get(s).ok_or(format!(
+            "Keras has state{s}, wgnn fewer non-trainable weights"
+        ))?;
         let got = state
             .iter()
             .find(|(sid, _)| sid == id)

@@ -2,7 +2,7 @@
 //! keras/src/backend/tensorflow/nn.py), with their gradients.
 //!
 //! Inside `fit` (graph mode) Keras's TF backend sees through a Softmax or Sigmoid op that feeds
-//! a cross-entropy and uses its logits, with no clipping; `Loss::logits_of` says which
+//! a cross-entropy and uses its logits, with no clipping; `Loss::uses_logits_of` says which
 //! activation's input the trainer should hand over instead of the output. Plain probabilities
 //! are clipped to [1e-7, 1 − 1e-7] (and categorical ones renormalized) as Keras does.
 
@@ -45,7 +45,7 @@ pub struct Loss {
 pub enum Prediction {
     /// The model's output as it is.
     Output,
-    /// The input of the output's Softmax / Sigmoid (see [`Loss::logits_of`]).
+    /// The input of the output's Softmax / Sigmoid (see [`Loss::uses_logits_of`]).
     Logits,
 }
 
@@ -174,16 +174,18 @@ impl Loss {
         }
     }
 
-    /// The output activation whose input (logits) Keras's TF backend uses in place of the
-    /// output: softmax for the categorical cross-entropies, sigmoid for the binary one.
-    pub fn logits_of(&self) -> Option<Activation> {
-        match self.kind {
-            LossKind::CategoricalCrossentropy | LossKind::SparseCategoricalCrossentropy => {
-                Some(Activation::Softmax)
-            }
-            LossKind::BinaryCrossentropy => Some(Activation::Sigmoid),
-            LossKind::MeanSquaredError | LossKind::MeanAbsoluteError => None,
-        }
+    /// Does this loss take the logits of a softmax or sigmoid output? Keras's TF backend tags
+    /// every softmax and sigmoid output with its logits (`_keras_logits`) and each
+    /// cross-entropy uses them when present, whichever of the two made the output: a softmax
+    /// output under binary cross-entropy gets sigmoid cross-entropy of the softmax's logits.
+    pub fn uses_logits_of(&self, act: Activation) -> bool {
+        let ce = matches!(
+            self.kind,
+            LossKind::BinaryCrossentropy
+                | LossKind::CategoricalCrossentropy
+                | LossKind::SparseCategoricalCrossentropy
+        );
+        ce && matches!(act, Activation::Softmax | Activation::Sigmoid)
     }
 
     /// Checks that targets of `target_shape` (with the batch axis) fit an output of
@@ -241,12 +243,15 @@ impl Loss {
 
     /// The batch's loss and its gradient w.r.t. `pred` (the output, or the logits of its
     /// softmax / sigmoid when `what` is `Logits`). `pred` has the batch axis first; the
-    /// targets passed `check_targets`.
+    /// targets passed `check_targets`. `mask` (one flag per row of the last axis, e.g. per
+    /// timestep of a masked sequence output) weights the rows as Keras does: masked rows
+    /// count 0 and the sum is divided by the unmasked count.
     pub fn value_and_grad(
         &self,
         pred: &ArrayD<f32>,
         what: Prediction,
         target: &ArrayD<f32>,
+        mask: Option<&[bool]>,
     ) -> (f64, ArrayD<f32>) {
         let pred = pred.as_standard_layout();
         let width = pred.shape().last().copied().unwrap_or(1).max(1);
@@ -258,9 +263,11 @@ impl Loss {
         // Per-row losses (Keras reduces the last axis first), then the reduction over rows.
         let mut grad = vec![0.0f32; p.len()];
         let mut total = 0.0f64;
-        // Every loss reduces the last axis first: one value per row.
+        // Every loss reduces the last axis first: one value per row. Keras's mask weights
+        // are total/valid on unmasked rows, so sum_over_batch_size divides by `valid`.
+        let valid = mask.map_or(rows, |m| m.iter().filter(|&&k| k).count());
         let divisor = match self.reduction {
-            Reduction::SumOverBatchSize => rows.max(1) as f32,
+            Reduction::SumOverBatchSize => valid as f32,
             Reduction::Sum => 1.0,
         };
         let smooth = self.label_smoothing;
@@ -367,7 +374,17 @@ impl Loss {
                     }
                 }
             };
+            if mask.is_some_and(|m| !m[r]) {
+                g.fill(0.0);
+                continue;
+            }
             total += row_loss as f64;
+        }
+        if divisor == 0.0 {
+            // Keras's divide_no_nan: an all-masked batch has loss 0.
+            grad.fill(0.0);
+            let grad = ArrayD::from_shape_vec(pred.raw_dim(), grad).expect("same shape");
+            return (0.0, grad);
         }
         grad.iter_mut().for_each(|v| *v /= divisor);
         let grad = ArrayD::from_shape_vec(pred.raw_dim(), grad).expect("same shape");
@@ -446,15 +463,15 @@ mod tests {
         ));
         cases.push((scce, logits.clone(), Prediction::Logits, labels.clone()));
         for (loss, pred, what, target) in cases {
-            let (_, g) = loss.value_and_grad(&pred, what, &target);
+            let (_, g) = loss.value_and_grad(&pred, what, &target, None);
             for i in 0..pred.len() {
                 let h = 1e-3f32;
                 let mut up = pred.clone();
                 up.as_slice_mut().unwrap()[i] += h;
                 let mut down = pred.clone();
                 down.as_slice_mut().unwrap()[i] -= h;
-                let fd = (loss.value_and_grad(&up, what, &target).0
-                    - loss.value_and_grad(&down, what, &target).0)
+                let fd = (loss.value_and_grad(&up, what, &target, None).0
+                    - loss.value_and_grad(&down, what, &target, None).0)
                     / (2.0 * h as f64);
                 let an = g.as_slice().unwrap()[i] as f64;
                 assert!(
@@ -472,11 +489,12 @@ mod tests {
         let y_pred = arr(&[2, 3], &[0.05, 0.95, 0.0, 0.1, 0.8, 0.1]);
         let onehot = arr(&[2, 3], &[0.0, 1.0, 0.0, 0.0, 0.0, 1.0]);
         let cce = Loss::new(LossKind::CategoricalCrossentropy);
-        let (v, _) = cce.value_and_grad(&y_pred, Prediction::Output, &onehot);
+        let (v, _) = cce.value_and_grad(&y_pred, Prediction::Output, &onehot, None);
         // Keras: [0.0513, 2.303] -> mean 1.1769392.
         assert!((v - 1.176_939).abs() < 1e-5, "{v}");
         let scce = Loss::new(LossKind::SparseCategoricalCrossentropy);
-        let (v, _) = scce.value_and_grad(&y_pred, Prediction::Output, &arr(&[2], &[1.0, 2.0]));
+        let (v, _) =
+            scce.value_and_grad(&y_pred, Prediction::Output, &arr(&[2], &[1.0, 2.0]), None);
         assert!((v - 1.176_939).abs() < 1e-5, "{v}");
     }
 

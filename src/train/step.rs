@@ -214,15 +214,62 @@ impl TrainGraph {
     /// feeding its softmax / sigmoid where Keras's TF backend takes those.
     pub(crate) fn prediction_for(&self, index: usize, loss: &Loss) -> (ValueId, Prediction) {
         let out = self.graph.outputs[index].value;
-        if let Some(act) = loss.logits_of() {
-            let producer = self.graph.nodes.iter().find(|n| n.outputs.contains(&out));
-            if let Some(node) = producer {
-                if matches!(&node.op, Op::Activation(a) if *a == act) {
-                    return (node.inputs[0], Prediction::Logits);
+        // Keras's layers that pass their input through untouched (Dropout at rate 0, an
+        // identity) hand on the very tensor, logits tag included.
+        let mut v = out;
+        while let Some(node) = self.graph.nodes.iter().find(|n| n.outputs.contains(&v)) {
+            match &node.op {
+                Op::Activation(a) if loss.uses_logits_of(*a) => {
+                    return (node.inputs[0], Prediction::Logits)
                 }
+                Op::Identity => v = node.inputs[0],
+                Op::Dropout(d) if d.is_noop_in_training() => v = node.inputs[0],
+                _ => break,
             }
         }
         (out, Prediction::Output)
+    }
+
+    /// The mask of output `index` in the tape, flattened to one flag per loss row.
+    fn output_mask(&self, tape: &Tape, index: usize) -> Result<Option<Vec<bool>>> {
+        let Some(Some(m)) = self.graph.output_masks.get(index) else {
+            return Ok(None);
+        };
+        match &tape.values[*m] {
+            Some(Tensor::Mask(m)) => Ok(Some(m.iter().copied().collect())),
+            _ => Err(Error::Internal(format!(
+                "output '{}': its mask was not computed",
+                self.graph.outputs[index].name
+            ))),
+        }
+    }
+
+    /// Output `index`'s loss and its gradient w.r.t. the value it is computed from.
+    fn output_loss(
+        &self,
+        tape: &Tape,
+        index: usize,
+        loss: &Loss,
+        target: &ArrayD<f32>,
+    ) -> Result<(f64, ValueId, ArrayD<f32>)> {
+        let name = &self.graph.outputs[index].name;
+        let out = tape.float(self.graph.outputs[index].value)?;
+        loss.check_targets(out.shape(), target)
+            .map_err(|e| Error::Train(format!("output '{name}': {e}")))?;
+        let (value, what) = self.prediction_for(index, loss);
+        let pred = tape.float(value)?;
+        let mask = self.output_mask(tape, index)?;
+        let rows = pred.len() / pred.shape().last().copied().unwrap_or(1).max(1);
+        if let Some(m) = &mask {
+            if m.len() != rows {
+                return Err(Error::Train(format!(
+                    "output '{name}': its mask has {} entries for {rows} loss rows",
+                    m.len()
+                )));
+            }
+        }
+        let (l, g) = loss.value_and_grad(pred, what, target, mask.as_deref());
+        Ok((l, value, g))
     }
 
     /// The regularizers' value and their gradients (weights into `grads`; activity penalties
@@ -283,12 +330,7 @@ impl TrainGraph {
         let tape = self.forward_in(inputs, &mut Rng::new(0), false)?;
         let mut total = 0.0;
         for (i, (loss, target)) in losses.iter().zip(targets).enumerate() {
-            let out = tape.float(self.graph.outputs[i].value)?;
-            loss.check_targets(out.shape(), target).map_err(|e| {
-                Error::Train(format!("output '{}': {e}", self.graph.outputs[i].name))
-            })?;
-            let (value, what) = self.prediction_for(i, loss);
-            let (l, _) = loss.value_and_grad(tape.float(value)?, what, target);
+            let (l, _, _) = self.output_loss(&tape, i, loss, target)?;
             total += l * loss_weights.get(i).copied().unwrap_or(1.0) as f64;
         }
         let mut unused = ParamGrads::new(&self.graph.params);
@@ -324,13 +366,7 @@ impl TrainGraph {
         let mut seeds = Vec::new();
         let mut total = 0.0f64;
         for (i, (loss, target)) in losses.iter().zip(targets).enumerate() {
-            let out = tape.float(self.graph.outputs[i].value)?;
-            loss.check_targets(out.shape(), target).map_err(|e| {
-                Error::Train(format!("output '{}': {e}", self.graph.outputs[i].name))
-            })?;
-            let (value, what) = self.prediction_for(i, loss);
-            let pred = tape.float(value)?;
-            let (l, mut g) = loss.value_and_grad(pred, what, target);
+            let (l, value, mut g) = self.output_loss(&tape, i, loss, target)?;
             let w = loss_weights.get(i).copied().unwrap_or(1.0);
             if w != 1.0 {
                 g.mapv_inplace(|v| v * w);
@@ -486,6 +522,10 @@ fn split_activations(g: &Graph) -> Result<Graph> {
     }
     for p in &g.outputs {
         out.add_output(p.name.clone(), lookup(&map, p.value)?);
+    }
+    for m in &g.output_masks {
+        out.output_masks
+            .push(m.map(|m| lookup(&map, m)).transpose()?);
     }
     for r in &g.regularizers {
         let target = match r.target {

@@ -35,9 +35,9 @@ struct LayerInputs<'a> {
     n: usize,
 }
 
-fn layer_inputs<'a>(r: &Recurrent, node: &Node, inputs: &'a [Tensor]) -> Result<LayerInputs<'a>> {
+fn layer_inputs<'a>(r: &Recurrent, node: &Node, inputs: &[&'a Tensor]) -> Result<LayerInputs<'a>> {
     let bad = |what: String| Error::Internal(format!("layer '{}': {what}", node.name));
-    let x = as_float(&inputs[0], node)?;
+    let x = as_float(inputs[0], node)?;
     let n = match x.shape() {
         [n, t, f] if *t == r.timesteps && *f == r.input_features => *n,
         other => {
@@ -48,7 +48,7 @@ fn layer_inputs<'a>(r: &Recurrent, node: &Node, inputs: &'a [Tensor]) -> Result<
         }
     };
     let mut states = Vec::new();
-    for s in &inputs[1..] {
+    for &s in &inputs[1..] {
         let s = as_float(s, node)?;
         if s.shape() != [n, r.units()] {
             return Err(bad(format!(
@@ -128,7 +128,8 @@ pub(super) fn forward(
     mask: Option<&Array2<bool>>,
     rng: &mut Rng,
 ) -> Result<Forward> {
-    let li = layer_inputs(r, node, inputs)?;
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    let li = layer_inputs(r, node, &refs)?;
     let cells: Vec<&RecurrentCell> = r.cells().collect();
     let masks: Vec<Masks> = cells
         .iter()

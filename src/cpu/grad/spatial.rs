@@ -153,8 +153,8 @@ pub(super) fn time_distributed(
     let inner_io = NodeIo {
         graph: io.graph,
         node: &inner_node,
-        inputs: &inputs,
-        outputs: &outputs,
+        inputs: &[&inputs[0]],
+        outputs: &[&outputs[0]],
         mask: None,
         saved: &None,
         needs: io.needs,

@@ -7,6 +7,7 @@
 //! gradients to the optimizer (`optim`).
 
 pub mod grads;
+pub mod init;
 pub mod rng;
 
 pub use grads::ParamGrads;

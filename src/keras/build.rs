@@ -647,8 +647,11 @@ impl<'a> Builder<'a> {
                     } else {
                         self.call_layer_in(&cfg, layer, &inputs, mask, call)?
                     };
+                    // A nested Functional model's calls are numbered from 1: Keras counts the
+                    // node linking its own inputs to its outputs as node 0 (models/functional.py).
+                    let first = usize::from(matches!(cfg.class.as_str(), "Functional" | "Model"));
                     for (ti, v) in outs.into_iter().enumerate() {
-                        tensors.insert((name.clone(), ni, ti), v);
+                        tensors.insert((name.clone(), ni + first, ti), v);
                     }
                     done[li][ni] = true;
                     progressed = true;

@@ -122,6 +122,8 @@ pub struct Graph {
     pub outputs: Vec<Port>,
     pub params: ParamStore,
     pub text_vectorization: Option<TextVectorizationSpec>,
+    /// Per output: the Keras mask it carries (a masked sequence output), which weights its loss.
+    pub output_masks: Vec<Option<ValueId>>,
     /// The config's weight and activity regularizers (training adds them to the loss).
     pub regularizers: Vec<Regularizer>,
     /// The `.keras` file's `compile_config` (loss, optimizer, metrics) as saved, for training.

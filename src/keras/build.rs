@@ -68,6 +68,7 @@ pub fn build_model(
         }
     };
     let free_inputs = std::mem::take(&mut builder.free_inputs);
+    let masks = std::mem::take(&mut builder.masks);
     let mut graph = builder.graph;
     for (i, (name, v)) in outputs.into_iter().enumerate() {
         // Keras names outputs after their layers; a layer giving two of them gets a suffix.
@@ -77,6 +78,7 @@ pub fn build_model(
             name
         };
         graph.add_output(name, v);
+        graph.output_masks.push(masks.get(&v).copied());
     }
     weights.finish()?;
     super::train_config::finish(&mut graph, config);

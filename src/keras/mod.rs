@@ -63,14 +63,21 @@ pub fn load_for_lengths(
         };
         Error::format(path, why)
     })?;
-    build::build_model(
+    let compile_config = file
+        .config
+        .get("compile_config")
+        .filter(|c| !c.is_null())
+        .cloned();
+    let (mut graph, free) = build::build_model(
         path,
         weights_path,
         &file.config,
         source,
         &file.assets,
         time_lengths,
-    )
+    )?;
+    graph.compile_config = compile_config;
+    Ok((graph, free))
 }
 
 /// Loads a model with no weights: every weight is initialized from its layer's config as Keras

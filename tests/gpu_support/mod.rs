@@ -488,6 +488,7 @@ impl RnnSpec {
             recurrent_kernel,
             bias,
             go_backwards,
+            dropout: CellDropout::default(),
         }
     }
 }

@@ -30,7 +30,7 @@ pub use norm::{
     LayerNormKind, Normalization, PRelu, Softmax, NORMALIZATION_EPSILON, UNIT_NORM_MAX_INV,
 };
 pub use pool::{Pool, PoolOp};
-pub use recurrent::{CellKind, MergeMode, Recurrent, RecurrentCell};
+pub use recurrent::{CellDropout, CellKind, MergeMode, Recurrent, RecurrentCell};
 
 use super::params::{ParamId, ParamStore};
 use super::{DType, Shape, ValueInfo};

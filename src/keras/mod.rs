@@ -9,8 +9,11 @@
 
 mod build;
 mod fields;
+mod initialize;
 mod layers;
 pub mod legacy_h5;
+mod train_config;
+mod weight_fields;
 pub mod weights;
 
 use std::io::Read;
@@ -20,7 +23,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::graph::Graph;
-use weights::{H5Weights, WeightSource};
+use weights::{H5Weights, InitWeights, WeightSource};
 
 /// Everything read from the model file before layers are built.
 struct ModelFile {
@@ -45,30 +48,7 @@ pub fn load_for_lengths(
     weights: Option<&Path>,
     time_lengths: &[usize],
 ) -> Result<(Graph, Vec<usize>)> {
-    refuse_folder_or_saved_model(path)?;
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    if bytes.is_empty() {
-        return Err(Error::format(path, "file is empty"));
-    }
-    let is_zip = bytes.starts_with(b"PK");
-    let is_hdf5 = bytes.starts_with(legacy_h5::HDF5_SIGNATURE);
-    let mut file = if is_zip {
-        read_keras_zip(path, bytes)?
-    } else if is_hdf5 {
-        let legacy = legacy_h5::read_model_file(path, bytes)?;
-        ModelFile {
-            config: legacy.config,
-            weights: legacy.weights.map(WeightSource::Legacy),
-            assets: Vec::new(),
-        }
-    } else {
-        let config = parse_json(path, &bytes)?;
-        ModelFile {
-            config,
-            weights: None,
-            assets: Vec::new(),
-        }
-    };
+    let (mut file, is_zip, is_hdf5) = read_model_file(path)?;
     if let Some(w) = weights {
         file.weights = Some(WeightSource::open(w)?);
     }
@@ -98,6 +78,58 @@ pub fn load_for_lengths(
     )?;
     graph.compile_config = compile_config;
     Ok((graph, free))
+}
+
+/// Loads a model with no weights: every weight is initialized from its layer's config as Keras
+/// builds a fresh layer (the initializer the config names, else Keras's default for the layer:
+/// kernels glorot_uniform, biases zeros, recurrent kernels orthogonal, LSTM's forget-gate bias
+/// one, ...), drawn from a stream seeded by `seed`: the same file and seed give the same
+/// weights. `path` is a model JSON, a `.keras` file or a legacy `.h5` model file; weights the
+/// file carries are not read.
+pub fn load_initialized(path: &Path, seed: u64) -> Result<Graph> {
+    load_initialized_for_lengths(path, seed, &[]).map(|(graph, _)| graph)
+}
+
+/// [`load_initialized`] with free time axes built for `time_lengths`, as in
+/// [`load_for_lengths`]. The weights do not depend on the lengths.
+pub fn load_initialized_for_lengths(
+    path: &Path,
+    seed: u64,
+    time_lengths: &[usize],
+) -> Result<(Graph, Vec<usize>)> {
+    let (file, _, _) = read_model_file(path)?;
+    let source = WeightSource::Init(InitWeights::new(seed));
+    build::build_model(path, path, &file.config, source, &file.assets, time_lengths)
+}
+
+/// Reads a model file of any kind (told by its content); also says whether it was a zip
+/// (`.keras`) or HDF5 (legacy model file).
+fn read_model_file(path: &Path) -> Result<(ModelFile, bool, bool)> {
+    refuse_folder_or_saved_model(path)?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if bytes.is_empty() {
+        return Err(Error::format(path, "file is empty"));
+    }
+    let is_zip = bytes.starts_with(b"PK");
+    let is_hdf5 = bytes.starts_with(legacy_h5::HDF5_SIGNATURE);
+    let file = if is_zip {
+        read_keras_zip(path, bytes)?
+    } else if is_hdf5 {
+        let legacy = legacy_h5::read_model_file(path, bytes)?;
+        ModelFile {
+            config: legacy.config,
+            weights: legacy.weights.map(WeightSource::Legacy),
+            assets: Vec::new(),
+        }
+    } else {
+        let config = parse_json(path, &bytes)?;
+        ModelFile {
+            config,
+            weights: None,
+            assets: Vec::new(),
+        }
+    };
+    Ok((file, is_zip, is_hdf5))
 }
 
 /// Loads a model config (JSON, or the config of a `.keras` file) with weights given in memory,

@@ -8,6 +8,7 @@
 
 pub mod fit;
 pub mod grads;
+pub mod init;
 pub mod loss;
 pub mod optim;
 pub mod rng;

@@ -10,9 +10,12 @@
 mod activation;
 #[cfg(test)]
 pub(crate) mod check;
+mod copy;
 mod dense;
 mod dropout;
 mod embedding;
+mod merge;
+mod norm;
 mod shape;
 
 use std::any::Any;
@@ -122,6 +125,7 @@ pub(crate) fn forward(
 ) -> Result<Forward> {
     match &node.op {
         Op::Dropout(d) => dropout::forward(d, node, inputs, rng),
+        Op::BatchNorm(b) => norm::batch_norm_forward(b, graph, node, inputs, mask),
         _ => {
             let outs = super::run_node(graph, node, inputs.to_vec(), mask)?;
             Ok(Forward::plain(outs))
@@ -141,28 +145,29 @@ pub(crate) fn support(op: &Op) -> std::result::Result<(), String> {
         | Op::Identity
         | Op::Dropout(_)
         | Op::PaddingMask
-        | Op::Embedding(_) => Ok(()),
+        | Op::Embedding(_)
+        | Op::Merge(_)
+        | Op::Scalar(_)
+        | Op::Concat { .. }
+        | Op::Dot(_)
+        | Op::Permute { .. }
+        | Op::RepeatVector { .. }
+        | Op::LayerNorm(_)
+        | Op::GroupNorm(_)
+        | Op::Normalization(_)
+        | Op::PRelu(_)
+        | Op::Softmax(_) => Ok(()),
+        Op::BatchNorm(b) if !b.unused.is_empty() => missing("BatchNormalization with renorm=True"),
+        Op::BatchNorm(_) => Ok(()),
         Op::Conv(_) => missing("convolution"),
         Op::DepthwiseConv(_) => missing("depthwise convolution"),
         Op::ConvTranspose(_) => missing("transposed convolution"),
         Op::Pool(_) => missing("pooling"),
         Op::GlobalPool { .. } => missing("global pooling"),
         Op::Recurrent(_) => missing("the recurrent layer"),
-        Op::Merge(_) => missing("the merge"),
-        Op::Scalar(_) => missing("the scalar operator"),
-        Op::Concat { .. } => missing("Concatenate"),
-        Op::Dot(_) => missing("Dot"),
         Op::Pad { .. } => missing("zero padding"),
         Op::Crop { .. } => missing("cropping"),
-        Op::Permute { .. } => missing("Permute"),
-        Op::RepeatVector { .. } => missing("RepeatVector"),
         Op::Upsample { .. } => missing("upsampling"),
-        Op::BatchNorm(_) => missing("BatchNormalization"),
-        Op::LayerNorm(_) => missing("layer normalization"),
-        Op::GroupNorm(_) => missing("GroupNormalization"),
-        Op::Normalization(_) => missing("Normalization"),
-        Op::PRelu(_) => missing("PReLU"),
-        Op::Softmax(_) => missing("softmax over several axes"),
         Op::TimeDistributed { .. } => missing("TimeDistributed"),
         Op::ConvLstm(_) => missing("ConvLSTM"),
     }
@@ -196,27 +201,27 @@ pub(crate) fn backward(
             embedding::backward(e, params, &io.inputs[0], node, dy0()?, grads)?;
             Ok(vec![None])
         }
+        Op::Merge(m) => merge::merge_backward(m, io, dy0()?),
+        Op::Scalar(sc) => merge::scalar_backward(sc, io, dy0()?),
+        Op::Dot(d) => merge::dot_backward(d, io, dy0()?),
+        Op::Concat { axis } => copy::concat_backward(*axis, io, dy0()?),
+        Op::Permute { perm } => copy::permute_backward(perm, io, dy0()?),
+        Op::RepeatVector { .. } => copy::repeat_vector_backward(io, dy0()?),
+        Op::BatchNorm(b) => norm::batch_norm_backward(b, io, dy0()?, grads),
+        Op::LayerNorm(l) => norm::layer_norm_backward(l, io, dy0()?, grads),
+        Op::GroupNorm(gn) => norm::group_norm_backward(gn, io, dy0()?, grads),
+        Op::Normalization(n) => norm::normalization_backward(n, io, dy0()?),
+        Op::PRelu(p) => norm::prelu_backward(p, io, dy0()?, grads),
+        Op::Softmax(s) => norm::softmax_backward(s, io, dy0()?),
         Op::Conv(_)
         | Op::DepthwiseConv(_)
         | Op::ConvTranspose(_)
         | Op::Pool(_)
         | Op::GlobalPool { .. }
         | Op::Recurrent(_)
-        | Op::Merge(_)
-        | Op::Scalar(_)
-        | Op::Concat { .. }
-        | Op::Dot(_)
         | Op::Pad { .. }
         | Op::Crop { .. }
-        | Op::Permute { .. }
-        | Op::RepeatVector { .. }
         | Op::Upsample { .. }
-        | Op::BatchNorm(_)
-        | Op::LayerNorm(_)
-        | Op::GroupNorm(_)
-        | Op::Normalization(_)
-        | Op::PRelu(_)
-        | Op::Softmax(_)
         | Op::TimeDistributed { .. }
         | Op::ConvLstm(_) => Err(no_backward(node)),
     }

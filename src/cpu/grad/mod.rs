@@ -11,9 +11,12 @@ mod activation;
 #[cfg(test)]
 pub(crate) mod check;
 mod conv;
+mod copy;
 mod dense;
 mod dropout;
 mod embedding;
+mod merge;
+mod norm;
 mod pool;
 mod recurrent;
 mod shape;
@@ -129,6 +132,7 @@ pub(crate) fn forward(
     match &node.op {
         Op::Dropout(d) => dropout::forward(d, node, inputs, rng),
         Op::Recurrent(r) => recurrent::forward(r, &graph.params, node, inputs, mask, rng),
+        Op::BatchNorm(b) => norm::batch_norm_forward(b, graph, node, inputs, mask),
         _ => {
             let outs = super::run_node(graph, node, inputs.to_vec(), mask)?;
             Ok(Forward::plain(outs))
@@ -149,28 +153,29 @@ pub(crate) fn support(op: &Op) -> std::result::Result<(), String> {
         | Op::Dropout(_)
         | Op::PaddingMask
         | Op::Embedding(_)
-        | Op::Recurrent(_) => Ok(()),
-        Op::Conv(_)
+        | Op::Recurrent(_)
+        | Op::Conv(_)
         | Op::DepthwiseConv(_)
         | Op::ConvTranspose(_)
         | Op::Pool(_)
         | Op::GlobalPool { .. }
         | Op::Pad { .. }
         | Op::Crop { .. }
-        | Op::Upsample { .. } => Ok(()),
+        | Op::Upsample { .. }
+        | Op::Merge(_)
+        | Op::Scalar(_)
+        | Op::Concat { .. }
+        | Op::Dot(_)
+        | Op::Permute { .. }
+        | Op::RepeatVector { .. }
+        | Op::LayerNorm(_)
+        | Op::GroupNorm(_)
+        | Op::Normalization(_)
+        | Op::PRelu(_)
+        | Op::Softmax(_) => Ok(()),
+        Op::BatchNorm(b) if !b.unused.is_empty() => missing("BatchNormalization with renorm=True"),
+        Op::BatchNorm(_) => Ok(()),
         Op::TimeDistributed { inner } => support(inner),
-        Op::Merge(_) => missing("the merge"),
-        Op::Scalar(_) => missing("the scalar operator"),
-        Op::Concat { .. } => missing("Concatenate"),
-        Op::Dot(_) => missing("Dot"),
-        Op::Permute { .. } => missing("Permute"),
-        Op::RepeatVector { .. } => missing("RepeatVector"),
-        Op::BatchNorm(_) => missing("BatchNormalization"),
-        Op::LayerNorm(_) => missing("layer normalization"),
-        Op::GroupNorm(_) => missing("GroupNormalization"),
-        Op::Normalization(_) => missing("Normalization"),
-        Op::PRelu(_) => missing("PReLU"),
-        Op::Softmax(_) => missing("softmax over several axes"),
         Op::ConvLstm(_) => missing("ConvLSTM"),
     }
 }
@@ -245,19 +250,19 @@ pub(crate) fn backward(
             interpolation: Interpolation::Bilinear,
             ..
         } => wanted(io, || spatial::upsample_bilinear(io.input(0)?, &dy0()?)),
-        Op::Merge(_)
-        | Op::Scalar(_)
-        | Op::Concat { .. }
-        | Op::Dot(_)
-        | Op::Permute { .. }
-        | Op::RepeatVector { .. }
-        | Op::BatchNorm(_)
-        | Op::LayerNorm(_)
-        | Op::GroupNorm(_)
-        | Op::Normalization(_)
-        | Op::PRelu(_)
-        | Op::Softmax(_)
-        | Op::ConvLstm(_) => Err(no_backward(node)),
+        Op::Merge(m) => merge::merge_backward(m, io, dy0()?),
+        Op::Scalar(sc) => merge::scalar_backward(sc, io, dy0()?),
+        Op::Dot(d) => merge::dot_backward(d, io, dy0()?),
+        Op::Concat { axis } => copy::concat_backward(*axis, io, dy0()?),
+        Op::Permute { perm } => copy::permute_backward(perm, io, dy0()?),
+        Op::RepeatVector { .. } => copy::repeat_vector_backward(io, dy0()?),
+        Op::BatchNorm(b) => norm::batch_norm_backward(b, io, dy0()?, grads),
+        Op::LayerNorm(l) => norm::layer_norm_backward(l, io, dy0()?, grads),
+        Op::GroupNorm(gn) => norm::group_norm_backward(gn, io, dy0()?, grads),
+        Op::Normalization(n) => norm::normalization_backward(n, io, dy0()?),
+        Op::PRelu(p) => norm::prelu_backward(p, io, dy0()?, grads),
+        Op::Softmax(s) => norm::softmax_backward(s, io, dy0()?),
+        Op::ConvLstm(_) => Err(no_backward(node)),
     }
 }
 

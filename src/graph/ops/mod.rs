@@ -364,11 +364,13 @@ impl Op {
         }
     }
 
-    /// Whether the op reads a mask when one reaches its input.
+    /// Whether the op reads a mask when one reaches its input (BatchNormalization only in
+    /// training: its batch statistics skip the masked steps).
     pub fn takes_mask(&self) -> bool {
         matches!(
             self,
             Op::Recurrent(_)
+                | Op::BatchNorm(_)
                 | Op::GlobalPool {
                     op: PoolOp::Average,
                     rank: 1,

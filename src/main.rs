@@ -10,6 +10,8 @@ use wgnn::graph::DType;
 use wgnn::npy::NpyArray;
 use wgnn::{Backend, Error, Model, PreparedInput, Result};
 
+mod cli_train;
+
 // Batch-sized layer outputs are tens of MB each; glibc's malloc hands them back to the OS and
 // zero-faults fresh pages on every layer, which cost ~20% of CPU inference. mimalloc keeps them.
 #[global_allocator]
@@ -44,6 +46,8 @@ enum Command {
     Tokenizer(TokenizerCommand),
     /// Throughput (items/s, GFLOP/s), batch-1 latency and peak memory on synthetic input.
     Bench(BenchArgs),
+    /// Trains a model as Keras's `fit` does (CPU reference path) and saves it as .keras.
+    Train(cli_train::TrainArgs),
 }
 
 #[derive(Args)]
@@ -249,6 +253,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(args) => info(args),
+        Command::Train(args) => cli_train::train(args),
         Command::Predict(args) => predict(args),
         Command::Eval(EvalCommand::Cifar10(args)) => eval_cifar10(args),
         Command::Eval(EvalCommand::Nusax(args)) => eval_nusax(args),

@@ -9,6 +9,7 @@ use ndarray::{ArrayD, Axis};
 
 use super::loss::Loss;
 use super::optim::{Optimizer, OptimizerSpec};
+use super::train_metrics::TrainMetrics;
 use super::step::TrainGraph;
 use super::Rng;
 use crate::error::{Error, Result};
@@ -138,7 +139,8 @@ pub struct TrainConfig {
     pub losses: Vec<Loss>,
     pub loss_weights: Vec<f32>,
     pub optimizer: OptimizerSpec,
-    pub metrics: Vec<String>,
+    /// The compile config's metrics (or the command line's), logged per epoch.
+    pub metrics: TrainMetrics,
 }
 
 /// One epoch's results, as Keras's `history` records them.
@@ -203,7 +205,7 @@ impl Trainer {
                 "no trainable weight reaches the loss (every layer is frozen?)".into(),
             ));
         }
-        let optimizer = Optimizer::new(config.optimizer.clone(), &train_graph.graph.params)?;
+        let optimizer = Optimizer::new(config.optimizer.clone(), &train_graph.graph.params);
         let rng = Rng::new(config.seed);
         Ok(Trainer {
             train_graph,
@@ -218,8 +220,9 @@ impl Trainer {
         &self.train_graph.graph.params
     }
 
-    /// One optimizer step on one batch; returns the batch's loss before the update.
-    pub fn step(&mut self, batch: &TrainData) -> Result<f64> {
+    /// One optimizer step on one batch; returns the batch's loss before the update and the
+    /// training-mode outputs (for the metrics).
+    pub fn step(&mut self, batch: &TrainData) -> Result<(f64, Vec<ArrayD<f32>>)> {
         let (result, state) = self.train_graph.compute(
             &batch.inputs,
             &batch.targets,
@@ -229,36 +232,40 @@ impl Trainer {
         )?;
         let mut grads = result.grads;
         if !result.loss.is_finite() {
-            return Ok(result.loss);
+            return Ok((result.loss, result.outputs));
         }
         self.optimizer
             .apply(&mut self.train_graph.graph.params, &mut grads)?;
         for (id, value) in state {
             *self.train_graph.graph.params.get_mut(id) = value;
         }
-        Ok(result.loss)
+        Ok((result.loss, result.outputs))
     }
 
-    /// The loss of `data` in inference mode, in batches of `batch_size`, weighted by batch size.
-    pub fn evaluate(&mut self, data: &TrainData) -> Result<f64> {
+    /// The loss and metrics of `data` in inference mode (Keras's `evaluate`), in batches of
+    /// `batch_size`, the loss weighted by batch size.
+    pub fn evaluate(&mut self, data: &TrainData) -> Result<(f64, Vec<(String, f64)>)> {
         data.check(&self.train_graph.graph)?;
         let n = data.len();
         let b = self.config.batch_size;
+        let mut metrics = self.config.metrics.clone();
+        metrics.reset();
         let mut total = 0.0f64;
         let mut start = 0;
         while start < n {
             let end = (start + b).min(n);
             let batch = data.slice(start, end);
-            let loss = self.train_graph.loss_only(
+            let (loss, outputs) = self.train_graph.loss_only(
                 &batch.inputs,
                 &batch.targets,
                 &self.config.losses,
                 &self.config.loss_weights,
             )?;
+            update_metrics(&mut metrics, &batch.targets, &outputs)?;
             total += loss * (end - start) as f64;
             start = end;
         }
-        Ok(total / n.max(1) as f64)
+        Ok((total / n.max(1) as f64, metric_values(&metrics)))
     }
 
     /// Keras's `fit`: `epochs` passes over `data`, with optional validation data.
@@ -297,11 +304,13 @@ impl Trainer {
             };
             // Keras's loss tracker: Σ loss·batch / Σ batch.
             let mut weighted = 0.0f64;
+            let mut metrics = self.config.metrics.clone();
+            metrics.reset();
             for step in 0..steps {
                 let start = step * b;
                 let end = (start + b).min(n);
                 let batch = epoch_data.slice(start, end);
-                let loss = self.step(&batch)?;
+                let (loss, outputs) = self.step(&batch)?;
                 if !loss.is_finite() {
                     return Err(Error::Train(format!(
                         "the loss is {loss} at epoch {} step {} (of {steps}); the weights before this step are kept",
@@ -309,20 +318,24 @@ impl Trainer {
                         step + 1
                     )));
                 }
+                update_metrics(&mut metrics, &batch.targets, &outputs)?;
                 weighted += loss * (end - start) as f64;
                 history.steps += 1;
                 observer.on_step(epoch, step, steps, loss)?;
             }
-            let val_loss = match validation {
-                Some(v) => Some(self.evaluate(v)?),
-                None => None,
+            let (val_loss, val_metrics) = match validation {
+                Some(v) => {
+                    let (l, m) = self.evaluate(v)?;
+                    (Some(l), m)
+                }
+                None => (None, Vec::new()),
             };
             let log = EpochLog {
                 epoch,
                 loss: weighted / n as f64,
-                metrics: Vec::new(),
+                metrics: metric_values(&metrics),
                 val_loss,
-                val_metrics: Vec::new(),
+                val_metrics,
                 seconds: started.elapsed().as_secs_f64(),
                 items: n,
                 steps,
@@ -332,4 +345,25 @@ impl Trainer {
         }
         Ok(history)
     }
+}
+
+fn update_metrics(
+    metrics: &mut TrainMetrics,
+    targets: &[ArrayD<f32>],
+    outputs: &[ArrayD<f32>],
+) -> Result<()> {
+    if metrics.is_empty() {
+        return Ok(());
+    }
+    let t: Vec<_> = targets.iter().map(|a| a.view()).collect();
+    let p: Vec<_> = outputs.iter().map(|a| a.view()).collect();
+    metrics.update(&t, &p, None, &[])
+}
+
+fn metric_values(metrics: &TrainMetrics) -> Vec<(String, f64)> {
+    metrics
+        .results()
+        .into_iter()
+        .map(|(n, v)| (n, v as f64))
+        .collect()
 }

@@ -326,7 +326,7 @@ impl TrainGraph {
         targets: &[ArrayD<f32>],
         losses: &[Loss],
         loss_weights: &[f32],
-    ) -> Result<f64> {
+    ) -> Result<(f64, Vec<ArrayD<f32>>)> {
         let tape = self.forward_in(inputs, &mut Rng::new(0), false)?;
         let mut total = 0.0;
         for (i, (loss, target)) in losses.iter().zip(targets).enumerate() {
@@ -334,7 +334,13 @@ impl TrainGraph {
             total += l * loss_weights.get(i).copied().unwrap_or(1.0) as f64;
         }
         let mut unused = ParamGrads::new(&self.graph.params);
-        Ok(total + self.regularization(&tape, &mut unused)?.0)
+        let outputs = self
+            .graph
+            .outputs
+            .iter()
+            .map(|p| tape.float(p.value).cloned())
+            .collect::<Result<_>>()?;
+        Ok((total + self.regularization(&tape, &mut unused)?.0, outputs))
     }
 
     /// One step's loss and gradients (no update). `losses[i]` and `targets[i]` belong to

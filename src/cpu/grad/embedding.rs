@@ -1,7 +1,8 @@
 //! Embedding backward: the rows of the table that the batch looked up get its gradients, summed
-//! where an id repeats (Keras applies the dense sum of these sparse row updates too).
+//! where an id repeats; the unsummed rows are kept too, as TensorFlow's `IndexedSlices` are,
+//! because Keras's optimizers treat repeated rows one by one (see `ParamGrads::add_rows`).
 
-use ndarray::{Array2, ArrayD};
+use ndarray::ArrayD;
 
 use crate::cpu::Tensor;
 use crate::error::{Error, Result};
@@ -26,16 +27,9 @@ pub(super) fn backward(
             ids.kind()
         )));
     };
-    let dim = e.output_dim;
     let dy = dy.as_standard_layout();
     let dys = dy.as_slice().expect("standard layout");
-    let mut table = Array2::<f32>::zeros((e.input_dim, dim));
-    for (k, &id) in ids.iter().enumerate() {
-        let mut row = table.row_mut(id as usize);
-        row.iter_mut()
-            .zip(&dys[k * dim..(k + 1) * dim])
-            .for_each(|(t, &g)| *t += g);
-    }
-    grads.add(e.table, table.into_dyn());
+    let indices: Vec<usize> = ids.iter().map(|&id| id as usize).collect();
+    grads.add_rows(e.table, &[e.input_dim, e.output_dim], &indices, dys);
     Ok(())
 }

@@ -9,8 +9,8 @@ use ndarray::{ArrayD, Axis};
 
 use super::loss::Loss;
 use super::optim::{Optimizer, OptimizerSpec};
-use super::train_metrics::TrainMetrics;
 use super::step::TrainGraph;
+use super::train_metrics::TrainMetrics;
 use super::Rng;
 use crate::error::{Error, Result};
 use crate::graph::Graph;

@@ -6,13 +6,17 @@
 //! values that feed several nodes, adds the regularizers' gradients, and hands the parameter
 //! gradients to the optimizer (`optim`).
 
+pub mod compile;
 pub mod fit;
 pub mod grads;
 pub mod init;
 pub mod loss;
 pub mod optim;
+pub mod plot;
 pub mod rng;
+pub mod schedule;
 pub mod step;
+pub mod train_metrics;
 
 pub use grads::ParamGrads;
 pub use rng::Rng;

@@ -1,0 +1,217 @@
+//! Whole training runs against Keras's `fit` (tests/fixtures/train/fit, made by
+//! tools/train_fixtures.py with shuffle=False from the weights saved in each .keras): the
+//! per-epoch loss, the trained weights and the trained model's predictions, each within
+//! 1e-4·(1 + |expected|) or a small multiple of the drift Keras shows against itself when its
+//! start moves by one ulp, whichever is larger.
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{ArrayD, Ix2};
+use wgnn::npy::{read_npz, NpyArray};
+use wgnn::train::compile::Compiled;
+use wgnn::train::{fit, Shuffle, TrainConfig, TrainData, Trainer};
+use wgnn::{Backend, Model};
+
+/// How many times Keras's own one-ulp drift a difference may be.
+const DRIFT_MULTIPLE: f64 = 4.0;
+
+fn fit_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/train/fit")
+}
+
+fn float(a: &NpyArray) -> ArrayD<f32> {
+    match a {
+        NpyArray::Float(x) => x.clone(),
+        NpyArray::Float64(x) => x.mapv(|v| v as f32),
+        NpyArray::Int(x) => x.mapv(|v| v as f32),
+    }
+}
+
+/// max |got − expected| / (1 + |expected|).
+fn rel_max(got: &ArrayD<f32>, expected: &ArrayD<f32>) -> f64 {
+    got.iter()
+        .zip(expected.iter())
+        .map(|(&g, &e)| ((g - e).abs() / (1.0 + e.abs())) as f64)
+        .fold(0.0, f64::max)
+}
+
+fn check_case(case: &serde_json::Value) -> Result<String, String> {
+    let name = case["name"].as_str().ok_or("case without a name")?;
+    let dir = fit_dir();
+    let model = Model::load(dir.join(format!("{name}.keras"))).map_err(|e| e.to_string())?;
+    let arrays = read_npz(&dir.join(format!("{name}.npz"))).map_err(|e| e.to_string())?;
+    let get = |key: &str| arrays.iter().find(|(k, _)| k == key).map(|(_, a)| a);
+    let graph = model.graph();
+    let mut inputs = Vec::new();
+    for i in 0..graph.inputs.len() {
+        let a = get(&format!("x{i}")).ok_or(format!("no x{i}"))?;
+        inputs.push(match a {
+            NpyArray::Int(ids) => {
+                let ids = ids
+                    .clone()
+                    .into_dimensionality::<Ix2>()
+                    .map_err(|e| e.to_string())?;
+                model
+                    .prepare_ids_for(i, ids.view())
+                    .map_err(|e| e.to_string())?
+            }
+            other => model
+                .prepare_input(i, float(other).view())
+                .map_err(|e| e.to_string())?,
+        });
+    }
+    let targets: Vec<ArrayD<f32>> = (0..graph.outputs.len())
+        .map(|i| get(&format!("y{i}")).map(float).ok_or(format!("no y{i}")))
+        .collect::<Result<_, _>>()?;
+    let compiled = Compiled::from_graph(graph, model.source()).map_err(|e| e.to_string())?;
+    let config = TrainConfig {
+        epochs: case["epochs"].as_u64().ok_or("no epochs")? as usize,
+        batch_size: case["batch_size"].as_u64().ok_or("no batch_size")? as usize,
+        shuffle: Shuffle::None,
+        seed: 0,
+        losses: compiled.losses,
+        loss_weights: compiled.loss_weights,
+        optimizer: compiled
+            .optimizer
+            .ok_or("no optimizer in the compile config")?,
+        metrics: compiled.metrics,
+    };
+    let data = TrainData {
+        inputs: inputs.clone(),
+        targets,
+    };
+    let (train, validation) = match case["validation_split"].as_f64() {
+        Some(f) if f > 0.0 => {
+            let (t, v) = data.split_validation(f).map_err(|e| e.to_string())?;
+            (t, Some(v))
+        }
+        _ => (data, None),
+    };
+    let mut trainer = Trainer::new(graph, config).map_err(|e| e.to_string())?;
+    let history = trainer
+        .fit(&train, validation.as_ref(), &mut fit::Quiet)
+        .map_err(|e| e.to_string())?;
+
+    let expected_loss = float(get("loss").ok_or("no loss")?);
+    let drift_loss = get("drift_loss").map(float);
+    let mut worst = 0.0f64;
+    for (e, log) in history.epochs.iter().enumerate() {
+        let want = expected_loss[e] as f64;
+        let drift = drift_loss.as_ref().map_or(0.0, |d| d[e] as f64);
+        let tol = (1e-4 * (1.0 + want.abs())).max(DRIFT_MULTIPLE * drift);
+        let diff = (log.loss - want).abs();
+        worst = worst.max(diff / tol);
+        if diff > tol {
+            return Err(format!(
+                "epoch {} loss {:.7} vs Keras {want:.7} (|Δ| {diff:.2e}, tolerance {tol:.2e})",
+                e + 1,
+                log.loss
+            ));
+        }
+    }
+    if let Some(val) = get("val_loss").map(float) {
+        for (e, log) in history.epochs.iter().enumerate() {
+            let got = log.val_loss.ok_or("no validation loss")?;
+            let want = val[e] as f64;
+            let tol = 1e-4 * (1.0 + want.abs());
+            let tol = tol.max(DRIFT_MULTIPLE * drift_loss.as_ref().map_or(0.0, |d| d[e] as f64));
+            if (got - want).abs() > tol {
+                return Err(format!(
+                    "epoch {} val_loss {got:.7} vs Keras {want:.7}",
+                    e + 1
+                ));
+            }
+        }
+    }
+    for (e, log) in history.epochs.iter().enumerate() {
+        let logged = log.metrics.iter().map(|m| ("m_", m));
+        let val = log.val_metrics.iter().map(|m| ("val_m_", m));
+        for (prefix, (metric, got)) in logged.chain(val) {
+            let key = format!("{prefix}{metric}");
+            let want = get(&key)
+                .map(float)
+                .ok_or(format!("Keras logged no {key}"))?;
+            let want = want[e] as f64;
+            if (got - want).abs() > 1e-4 * (1.0 + want.abs()) {
+                return Err(format!("epoch {} {key} {got} vs Keras {want}", e + 1));
+            }
+        }
+    }
+    let drift_w = get("drift_w").map(float);
+    let params: Vec<_> = trainer.params().iter().collect();
+    let mut i = 0;
+    while let Some(want) = get(&format!("w{i}")) {
+        let want = float(want);
+        let (_, p) = params
+            .get(i)
+            .ok_or(format!("Keras has weight w{i}, wgnn fewer"))?;
+        if p.value.shape() != want.shape() {
+            return Err(format!(
+                "w{i} ({}): shape {:?} vs {:?}",
+                p.name,
+                p.value.shape(),
+                want.shape()
+            ));
+        }
+        let d = rel_max(&p.value, &want);
+        let tol = 1e-4f64.max(DRIFT_MULTIPLE * drift_w.as_ref().map_or(0.0, |d| d[i] as f64));
+        worst = worst.max(d / tol);
+        if d > tol {
+            return Err(format!(
+                "trained w{i} ({}): {d:.2e} off (tolerance {tol:.2e})",
+                p.name
+            ));
+        }
+        i += 1;
+    }
+    let mut trained = graph.clone();
+    trained.params = trainer.params().clone();
+    let trained = Model::from_graph(trained, model.source());
+    let preds = trained
+        .run_all(&inputs, Backend::Cpu)
+        .map_err(|e| e.to_string())?;
+    let drift_pred = get("drift_pred").map_or(0.0, |d| {
+        float(d).iter().copied().fold(0.0f32, f32::max) as f64
+    });
+    for (k, p) in preds.iter().enumerate() {
+        if let Some(want) = get(&format!("pred{k}")) {
+            let d = rel_max(p, &float(want));
+            let tol = 1e-4f64.max(DRIFT_MULTIPLE * drift_pred);
+            worst = worst.max(d / tol);
+            if d > tol {
+                return Err(format!(
+                    "pred{k} of the trained model: {d:.2e} off (tolerance {tol:.2e})"
+                ));
+            }
+        }
+    }
+    Ok(format!("worst {worst:.1e} of the tolerance"))
+}
+
+#[test]
+fn training_runs_track_keras_fit() {
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fit_dir().join("manifest.json")).expect("fit manifest"),
+    )
+    .expect("manifest JSON");
+    let cases = manifest["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 10, "only {} fit cases", cases.len());
+    let mut failures = Vec::new();
+    for case in cases {
+        let name = case["name"].as_str().unwrap_or("?");
+        match check_case(case) {
+            Ok(note) => println!("ok   {name}: {note}"),
+            Err(why) => {
+                println!("FAIL {name}: {why}");
+                failures.push(format!("{name}: {why}"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} runs differ from Keras:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}

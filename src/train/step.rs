@@ -48,12 +48,14 @@ impl Tape {
     }
 }
 
+/// New values of non-trainable parameters (moving statistics) a training forward computed.
+pub type StateUpdates = Vec<(ParamId, ArrayD<f32>)>;
+
+/// Gradients of the loss w.r.t. graph values, where the backward sweep starts.
+type Seeds = Vec<(ValueId, ArrayD<f32>)>;
+
 /// A step's result, its state updates and the gradients of the graph inputs.
-pub type InputGradients = (
-    StepResult,
-    Vec<(ParamId, ArrayD<f32>)>,
-    Vec<Option<ArrayD<f32>>>,
-);
+pub type InputGradients = (StepResult, StateUpdates, Vec<Option<ArrayD<f32>>>);
 
 /// What one step computed.
 #[derive(Debug)]
@@ -274,11 +276,7 @@ impl TrainGraph {
 
     /// The regularizers' value and their gradients (weights into `grads`; activity penalties
     /// returned as seeds for the backward sweep).
-    fn regularization(
-        &self,
-        tape: &Tape,
-        grads: &mut ParamGrads,
-    ) -> Result<(f64, Vec<(ValueId, ArrayD<f32>)>)> {
+    fn regularization(&self, tape: &Tape, grads: &mut ParamGrads) -> Result<(f64, Seeds)> {
         let mut total = 0.0f64;
         let mut seeds = Vec::new();
         for r in &self.graph.regularizers {
@@ -352,7 +350,7 @@ impl TrainGraph {
         losses: &[Loss],
         loss_weights: &[f32],
         rng: &mut Rng,
-    ) -> Result<(StepResult, Vec<(ParamId, ArrayD<f32>)>)> {
+    ) -> Result<(StepResult, StateUpdates)> {
         self.compute_with_inputs(inputs, targets, losses, loss_weights, rng)
             .map(|(r, state, _)| (r, state))
     }
@@ -406,7 +404,7 @@ impl TrainGraph {
     pub(crate) fn backward(
         &self,
         tape: &Tape,
-        seeds: Vec<(ValueId, ArrayD<f32>)>,
+        seeds: Seeds,
         grads: &mut ParamGrads,
     ) -> Result<Vec<Option<ArrayD<f32>>>> {
         let graph = &self.graph;

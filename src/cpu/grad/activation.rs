@@ -132,7 +132,7 @@ pub(crate) fn derivative(act: Activation, x: f32, y: f32) -> f32 {
             let hs = (x + 3.0).clamp(0.0, 6.0) / 6.0;
             hs + x * step(x > -3.0 && x < 3.0) / 6.0
         }
-        Activation::HardTanh => step(x >= -1.0 && x <= 1.0),
+        Activation::HardTanh => step((-1.0..=1.0).contains(&x)),
         Activation::HardShrink { threshold } | Activation::SoftShrink { threshold } => {
             step(x.abs() > threshold)
         }

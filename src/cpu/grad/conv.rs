@@ -744,11 +744,12 @@ mod tests {
         let node = &g.nodes[0];
         let x = [Tensor::F32(c.input())];
         let y = crate::cpu::run_node(&g, node, x.to_vec(), None).unwrap();
+        let yr: Vec<&Tensor> = y.iter().collect();
         let io = super::super::NodeIo {
             graph: &g,
             node,
-            inputs: &x,
-            outputs: &y,
+            inputs: &[&x[0]],
+            outputs: &yr,
             mask: None,
             saved: &None,
             needs: &[true],

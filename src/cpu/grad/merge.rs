@@ -361,11 +361,13 @@ mod tests {
         let node = &g.nodes[0];
         let fw = forward(g, node, inputs, mask, &mut Rng::new(1)).expect("forward");
         let needs = vec![true; inputs.len()];
+        let ins: Vec<&Tensor> = inputs.iter().collect();
+        let outs: Vec<&Tensor> = fw.outputs.iter().collect();
         let io = NodeIo {
             graph: g,
             node,
-            inputs,
-            outputs: &fw.outputs,
+            inputs: &ins,
+            outputs: &outs,
             mask,
             saved: &fw.saved,
             needs: &needs,
@@ -472,11 +474,13 @@ mod tests {
         let g = graph_of(&items, None, |_| merge_op(BinaryOp::Multiply, false, false));
         let xs = inputs(&items, 2);
         let fw = forward(&g, &g.nodes[0], &xs, None, &mut Rng::new(1)).expect("forward");
+        let ins: Vec<&Tensor> = xs.iter().collect();
+        let outs: Vec<&Tensor> = fw.outputs.iter().collect();
         let io = NodeIo {
             graph: &g,
             node: &g.nodes[0],
-            inputs: &xs,
-            outputs: &fw.outputs,
+            inputs: &ins,
+            outputs: &outs,
             mask: None,
             saved: &fw.saved,
             needs: &[false, true],

@@ -1047,11 +1047,13 @@ pub(super) mod tests {
         });
         let x = ArrayD::zeros(IxDyn(&[1, 3]));
         let fw = train_forward(&g, &x, None);
+        let xt = f32s(x);
+        let outs: Vec<&Tensor> = fw.outputs.iter().collect();
         let io = NodeIo {
             graph: &g,
             node: &g.nodes[0],
-            inputs: &[f32s(x)],
-            outputs: &fw.outputs,
+            inputs: &[&xt],
+            outputs: &outs,
             mask: None,
             saved: &fw.saved,
             needs: &[true],

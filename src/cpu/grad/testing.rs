@@ -44,11 +44,12 @@ pub(crate) fn run_backward(
     let inputs = [Tensor::F32(x.clone())];
     let fw = forward(graph, node, &inputs, mask, &mut Rng::new(1)).expect("forward");
     let mut grads = ParamGrads::new(&graph.params);
+    let outs: Vec<&Tensor> = fw.outputs.iter().collect();
     let io = NodeIo {
         graph,
         node,
-        inputs: &inputs,
-        outputs: &fw.outputs,
+        inputs: &[&inputs[0]],
+        outputs: &outs,
         mask,
         saved: &fw.saved,
         needs: &[needs],

@@ -28,7 +28,8 @@ pub(super) fn clip(clip: Clip, grads: &mut [Grad]) {
             // clip_by_global_norm: scale = c * min(1 / norm, 1 / c), made NaN by a non-finite norm.
             let squared: f32 = grads.iter().map(|g| sum_of_squares(g.values())).sum();
             let norm = squared.sqrt();
-            let scale = (c as f32) * (1.0 / norm).min((1.0 / c) as f32) + (norm - norm);
+            let poison = if norm.is_finite() { 0.0 } else { f32::NAN };
+            let scale = (c as f32) * (1.0 / norm).min((1.0 / c) as f32) + poison;
             for g in grads {
                 g.values_mut().iter_mut().for_each(|v| *v *= scale);
             }

@@ -188,7 +188,7 @@ pub(super) fn update(
                 velocity[i] = rho32 * velocity[i] + sq_term[i];
             }
             let mut denominator: Vec<f32> = velocity.iter().map(|&v| v + eps).collect();
-            if let (Some(avg), Some(g_term)) = (average.as_deref_mut(), &g_term) {
+            if let (Some(avg), Some(g_term)) = (average, &g_term) {
                 for i in 0..n {
                     avg[i] = rho32 * avg[i] + g_term[i];
                     denominator[i] = velocity[i] - avg[i] * avg[i] + eps;
@@ -200,7 +200,7 @@ pub(super) fn update(
                 Grad::Dense(g) => {
                     let g = g.as_slice().expect("standard layout");
                     let inc = |i: usize| (lr * g[i]) / sqrt_den[i];
-                    match mom.as_deref_mut() {
+                    match mom {
                         Some(m) => {
                             let k = momentum as f32;
                             for i in 0..n {

@@ -308,6 +308,9 @@ pub(super) fn gru_before_backward_outer(
 
 /// Backward, second half: from `drh` = dL/d(r h_rec), dL/dz_r into `dz` block 1 and
 /// r * drh * (h_rec / h) onto `dh_prev` (`rec_mask`: the dropout mask h_rec = h * mask).
+// The GRU step's pieces are separate slices of the step's buffers; bundling them would only
+// rename the arguments.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn gru_before_backward_reset(
     a: Acts,
     acts: &[f32],

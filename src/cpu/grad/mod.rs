@@ -14,6 +14,7 @@ mod conv;
 mod dense;
 mod dropout;
 mod embedding;
+pub(super) mod node_step;
 mod pool;
 mod shape;
 mod spatial;

@@ -47,7 +47,7 @@ pub(super) fn pool(p: &Pool, x: &ArrayD<f32>, dy: &ArrayD<f32>) -> Result<ArrayD
         .for_each(|(dxi, (img, dyi))| {
             // Per channel: the best value so far and where it is (image offset of the pixel).
             let mut best = vec![0.0f32; ch];
-            let mut at_best = vec![usize::MAX; ch];
+            let mut at_best = vec![0usize; ch];
             let mut scaled = vec![0.0f32; ch];
             let mut pixels = Vec::with_capacity(w.taps());
             let mut o = 0;
@@ -79,20 +79,28 @@ pub(super) fn pool(p: &Pool, x: &ArrayD<f32>, dy: &ArrayD<f32>) -> Result<ArrayD
                                 }
                             }
                             Rule::FirstMaximum => {
-                                at_best.fill(usize::MAX);
-                                for &px in &pixels {
-                                    for (c, &v) in img[px..px + ch].iter().enumerate() {
-                                        // TensorFlow: the first element, then only a larger one.
-                                        if at_best[c] == usize::MAX || v > best[c] {
-                                            best[c] = v;
-                                            at_best[c] = px + c;
+                                // TensorFlow: the window's first element, then only a larger one.
+                                let Some((&first, rest)) = pixels.split_first() else {
+                                    continue;
+                                };
+                                best.copy_from_slice(&img[first..first + ch]);
+                                at_best
+                                    .iter_mut()
+                                    .enumerate()
+                                    .for_each(|(c, a)| *a = first + c);
+                                for &px in rest {
+                                    let src = &img[px..px + ch];
+                                    for (c, ((b, a), &v)) in
+                                        best.iter_mut().zip(at_best.iter_mut()).zip(src).enumerate()
+                                    {
+                                        if v > *b {
+                                            *b = v;
+                                            *a = px + c;
                                         }
                                     }
                                 }
                                 for (&i, &v) in at_best.iter().zip(g) {
-                                    if i != usize::MAX {
-                                        dxi[i] += v;
-                                    }
+                                    dxi[i] += v;
                                 }
                             }
                             Rule::AllMaxima => {

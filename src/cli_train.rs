@@ -525,7 +525,7 @@ impl Observer for CliObserver {
             eprintln!("{line}");
         }
         if let Some(every) = self.checkpoint_every {
-            if every > 0 && (log.epoch + 1) % every == 0 {
+            if every > 0 && (log.epoch + 1).is_multiple_of(every) {
                 save(
                     &self.model,
                     &graph.params,

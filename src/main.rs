@@ -47,7 +47,7 @@ enum Command {
     /// Throughput (items/s, GFLOP/s), batch-1 latency and peak memory on synthetic input.
     Bench(BenchArgs),
     /// Trains a model as Keras's `fit` does (CPU reference path) and saves it as .keras.
-    Train(cli_train::TrainArgs),
+    Train(Box<cli_train::TrainArgs>),
 }
 
 #[derive(Args)]
@@ -253,7 +253,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(args) => info(args),
-        Command::Train(args) => cli_train::train(args),
+        Command::Train(args) => cli_train::train(*args),
         Command::Predict(args) => predict(args),
         Command::Eval(EvalCommand::Cifar10(args)) => eval_cifar10(args),
         Command::Eval(EvalCommand::Nusax(args)) => eval_nusax(args),

@@ -14,6 +14,9 @@ mod recurrent;
 mod time_distributed;
 mod winograd;
 
+/// One node's training forward and backward, for benchmarks of the backward rules.
+#[doc(hidden)]
+pub use grad::node_step::NodeStep;
 use ndarray::{Array2, Array3, Array4, ArrayD, ArrayView1, ArrayView4, Axis, IxDyn, Zip};
 use rayon::prelude::*;
 

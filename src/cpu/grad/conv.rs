@@ -17,6 +17,8 @@ use crate::train::ParamGrads;
 
 /// About this many GEMM rows per chunk of images (the forward's choice).
 const CHUNK_ROWS: usize = 4096;
+/// Input channels from which a stride-1 conv's dx runs as the flipped forward convolution.
+const FLIPPED_MIN_CHANNELS: usize = 8;
 
 fn linear_only(activation: Activation, class: &str, name: &str) -> Result<()> {
     if activation == Activation::Linear {
@@ -205,7 +207,14 @@ pub(super) fn conv(
     let dys = flat(dy);
     let kernel = ArrayView2::from_shape((k, f), params.slice(c.kernel))
         .map_err(|e| Error::Internal(format!("conv kernel: {e}")))?;
-    let mut dx = vec![0.0f32; if need_dx { n * in_image } else { 0 }];
+    // A stride-1 plain convolution's dx is itself a plain convolution (of dy with the flipped
+    // kernel), which the forward's Winograd / im2col paths run without a col2im scatter. With
+    // few input channels (an image layer) its GEMMs are too thin, and dY·Wᵀ + col2im wins.
+    let flipped = c
+        .plane()
+        .filter(|p| need_dx && p.strides == [1, 1] && cin >= FLIPPED_MIN_CHANNELS);
+    let cols_dx = need_dx && flipped.is_none();
+    let mut dx = vec![0.0f32; if cols_dx { n * in_image } else { 0 }];
     let (per, threaded) = chunking(n, pixels);
     let chunks = n.div_ceil(per);
     let partial_len = if want_w { k * f } else { 0 } + if want_b { f } else { 0 };
@@ -219,7 +228,7 @@ pub(super) fn conv(
             let dyc = &dys[ci * per * out_image..][..images * out_image];
             let dyv = ArrayView2::from_shape((m, f), dyc).expect("m x filters");
             let mut partial = vec![0.0f32; partial_len];
-            let mut cols = vec![0.0f32; if want_w || need_dx { m * k } else { 0 }];
+            let mut cols = vec![0.0f32; if want_w || cols_dx { m * k } else { 0 }];
             for g in 0..groups {
                 let dyg = dyv.slice(s![.., g * fg..(g + 1) * fg]);
                 if want_w {
@@ -235,7 +244,7 @@ pub(super) fn conv(
                     let dwg = dw.slice_mut(s![.., g * fg..(g + 1) * fg]);
                     gemm::matmul_into_on(a.t(), dyg, dwg, threaded);
                 }
-                if need_dx {
+                if cols_dx {
                     let wg = kernel.slice(s![.., g * fg..(g + 1) * fg]);
                     let dcols = ArrayViewMut2::from_shape((m, k), &mut cols).expect("m x k");
                     gemm::matmul_into_on(dyg, wg.t(), dcols, threaded);
@@ -259,10 +268,69 @@ pub(super) fn conv(
         want_w.then(|| (c.kernel, c.kernel_shape())),
         c.bias.filter(|_| want_b).map(|b| (b, vec![f])),
     )?;
+    if let Some(plane) = flipped {
+        return flipped_conv(&plane, cin, f, params.slice(c.kernel), dy, x.shape()).map(Some);
+    }
     if !need_dx {
         return Ok(None);
     }
     shaped(dx, x.shape(), "conv input").map(Some)
+}
+
+/// dx of a stride-1 2-D convolution (`plane`, one group) as the forward convolution of dy with
+/// the kernel flipped in space and its channel axes swapped: dx[i] = Σ_t dy[i + t - (k-1-p)]
+/// W[k-1-t]ᵀ, i.e. padding k-1-p before, on dy's size, to x's size.
+fn flipped_conv(
+    plane: &Window2d,
+    cin: usize,
+    f: usize,
+    kernel: &[f32],
+    dy: &ArrayD<f32>,
+    x_shape: &[usize],
+) -> Result<ArrayD<f32>> {
+    let [kh, kw] = plane.kernel;
+    let mut flipped = vec![0.0f32; kernel.len()];
+    for ty in 0..kh {
+        for tx in 0..kw {
+            let src = &kernel[((kh - 1 - ty) * kw + (kw - 1 - tx)) * cin * f..][..cin * f];
+            let dst = &mut flipped[(ty * kw + tx) * f * cin..][..f * cin];
+            for (ci, row) in src.chunks_exact(f).enumerate() {
+                for (fo, &v) in row.iter().enumerate() {
+                    dst[fo * cin + ci] = v;
+                }
+            }
+        }
+    }
+    let n = dy.shape()[0];
+    let window = Window2d {
+        kernel: plane.kernel,
+        strides: [1, 1],
+        padding: plane.padding,
+        in_hw: plane.out_hw,
+        out_hw: plane.in_hw,
+        pad_top_left: [
+            kh - 1 - plane.pad_top_left[0],
+            kw - 1 - plane.pad_top_left[1],
+        ],
+    };
+    let bad = |e: ndarray::ShapeError| Error::Internal(format!("conv input gradient: {e}"));
+    let args = crate::cpu::ConvArgs {
+        filters: cin,
+        window,
+        in_channels: f,
+        kernel: ndarray::ArrayView4::from_shape((kh, kw, f, cin), &flipped).map_err(bad)?,
+        bias: None,
+        activation: Activation::Linear,
+    };
+    let dy4 = dy
+        .as_standard_layout()
+        .into_owned()
+        .into_shape_with_order((n, plane.out_hw[0], plane.out_hw[1], f))
+        .map_err(bad)?;
+    crate::cpu::conv2d(&args, &dy4)
+        .into_dyn()
+        .into_shape_with_order(IxDyn(x_shape))
+        .map_err(bad)
 }
 
 /// Adds the summed chunk partials (kernel first, then bias) to `grads`; zeros when no chunk ran.
@@ -601,6 +669,15 @@ mod tests {
             case(&[5, 6, 5], &[3, 2], &[2, 1], Valid).no_bias().batch(1),
             case(&[11, 5], &[3], &[1], Causal).dilation(&[2]).filters(3),
             case(&[10, 4], &[4], &[3], Same).filters(2),
+            case(&[9, 4], &[4], &[1], Causal).filters(3),
+            // Stride 1 with 8+ filters: dx runs the forward's Winograd path on the flipped kernel.
+            case(&[6, 7, 9], &[3, 3], &[1, 1], Same)
+                .filters(10)
+                .batch(2),
+            case(&[7, 6, 8], &[3, 3], &[1, 1], Valid)
+                .filters(9)
+                .batch(1),
+            case(&[6, 5, 3], &[5, 5], &[1, 1], Same).filters(6),
             case(&[4, 5, 3, 2], &[2, 3, 2], &[1, 2, 1], Same)
                 .filters(3)
                 .batch(2),

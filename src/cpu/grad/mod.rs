@@ -16,6 +16,7 @@ mod dense;
 mod dropout;
 mod embedding;
 mod merge;
+pub(super) mod node_step;
 mod norm;
 mod pool;
 mod recurrent;

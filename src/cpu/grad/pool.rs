@@ -47,7 +47,7 @@ pub(super) fn pool(p: &Pool, x: &ArrayD<f32>, dy: &ArrayD<f32>) -> Result<ArrayD
         .for_each(|(dxi, (img, dyi))| {
             // Per channel: the best value so far and where it is (image offset of the pixel).
             let mut best = vec![0.0f32; ch];
-            let mut at_best = vec![usize::MAX; ch];
+            let mut at_best = vec![0usize; ch];
             let mut scaled = vec![0.0f32; ch];
             let mut pixels = Vec::with_capacity(w.taps());
             let mut o = 0;
@@ -79,20 +79,28 @@ pub(super) fn pool(p: &Pool, x: &ArrayD<f32>, dy: &ArrayD<f32>) -> Result<ArrayD
                                 }
                             }
                             Rule::FirstMaximum => {
-                                at_best.fill(usize::MAX);
-                                for &px in &pixels {
-                                    for (c, &v) in img[px..px + ch].iter().enumerate() {
-                                        // TensorFlow: the first element, then only a larger one.
-                                        if at_best[c] == usize::MAX || v > best[c] {
-                                            best[c] = v;
-                                            at_best[c] = px + c;
+                                // TensorFlow: the window's first element, then only a larger one.
+                                let Some((&first, rest)) = pixels.split_first() else {
+                                    continue;
+                                };
+                                best.copy_from_slice(&img[first..first + ch]);
+                                at_best
+                                    .iter_mut()
+                                    .enumerate()
+                                    .for_each(|(c, a)| *a = first + c);
+                                for &px in rest {
+                                    let src = &img[px..px + ch];
+                                    for (c, ((b, a), &v)) in
+                                        best.iter_mut().zip(at_best.iter_mut()).zip(src).enumerate()
+                                    {
+                                        if v > *b {
+                                            *b = v;
+                                            *a = px + c;
                                         }
                                     }
                                 }
                                 for (&i, &v) in at_best.iter().zip(g) {
-                                    if i != usize::MAX {
-                                        dxi[i] += v;
-                                    }
+                                    dxi[i] += v;
                                 }
                             }
                             Rule::AllMaxima => {
@@ -208,4 +216,193 @@ pub(super) fn global_pool(
             }
         });
     shaped(dx, x)
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::{ArrayD, IxDyn};
+
+    use super::super::check::{check_node, uniform};
+    use super::super::testing::{assert_close, distinct, one_node, run_backward};
+    use crate::cpu::Tensor;
+    use crate::graph::*;
+
+    fn pool_graph(
+        op: PoolOp,
+        item: &[usize],
+        size: &[usize],
+        strides: &[usize],
+        padding: Padding,
+    ) -> Graph {
+        let r = size.len();
+        let window = Window::new(size, strides, &vec![1; r], padding, &item[..r]);
+        one_node(item, |_| {
+            Op::Pool(Pool {
+                op,
+                window,
+                channels: item[r],
+            })
+        })
+    }
+
+    /// (item shape, pool size, strides, padding, batch)
+    type PoolCase = (Vec<usize>, Vec<usize>, Vec<usize>, Padding, usize);
+
+    fn pool_cases() -> Vec<PoolCase> {
+        use Padding::*;
+        vec![
+            (vec![7, 6, 3], vec![3, 3], vec![2, 2], Same, 3),
+            (vec![8, 7, 5], vec![2, 2], vec![3, 3], Valid, 1),
+            (vec![5, 6, 2], vec![2, 3], vec![1, 1], Same, 3),
+            (vec![6, 6, 4], vec![2, 2], vec![2, 2], Valid, 2),
+            (vec![9, 4], vec![3], vec![2], Same, 3),
+            (vec![9, 3], vec![2], vec![2], Valid, 1),
+            (vec![10, 3], vec![2], vec![3], Valid, 2),
+            (vec![4, 5, 3, 2], vec![2, 2, 2], vec![1, 2, 2], Same, 2),
+            (vec![5, 4, 5, 3], vec![3, 2, 2], vec![2, 1, 3], Valid, 1),
+        ]
+    }
+
+    #[test]
+    fn pooling_backward_matches_finite_differences() {
+        for op in [PoolOp::Max, PoolOp::Average] {
+            for (i, (item, size, strides, padding, batch)) in pool_cases().into_iter().enumerate() {
+                let g = pool_graph(op, &item, &size, &strides, padding);
+                let mut shape = vec![batch];
+                shape.extend(&item);
+                // Max: values no finite difference can reorder within a window.
+                let x = match op {
+                    PoolOp::Max => distinct(&shape),
+                    PoolOp::Average => uniform(&shape, 3, 1.0),
+                };
+                let r = std::panic::catch_unwind(|| {
+                    check_node(&g, 0, vec![Tensor::F32(x)], None, 1e-2)
+                });
+                assert!(r.is_ok(), "{} pooling case {i}", op.name());
+            }
+        }
+    }
+
+    fn ones_backward(g: &Graph, x_shape: &[usize]) -> ArrayD<f32> {
+        let x = ArrayD::from_elem(IxDyn(x_shape), 1.0f32);
+        let mut y_shape = vec![x_shape[0]];
+        y_shape.extend(&g.value(g.nodes[0].outputs[0]).shape);
+        let dy = ArrayD::from_elem(IxDyn(&y_shape), 1.0f32);
+        run_backward(g, &x, &dy, true, None).0.unwrap()
+    }
+
+    /// On all-equal inputs, TensorFlow 2.21's kernels (tf.GradientTape of Keras's layers, dy = 1)
+    /// give these input gradients: MaxPoolGrad (1-D, 2-D) the first element of each clipped
+    /// window, MaxPool3DGrad every tied element.
+    #[test]
+    fn max_pooling_ties_go_where_tensorflow_sends_them() {
+        let g = pool_graph(PoolOp::Max, &[4, 4, 1], &[3, 3], &[1, 1], Padding::Same);
+        let expected = [
+            4., 2., 2., 0., 2., 1., 1., 0., 2., 1., 1., 0., 0., 0., 0., 0.,
+        ];
+        let got = ones_backward(&g, &[1, 4, 4, 1]);
+        assert_eq!(got.iter().copied().collect::<Vec<_>>(), expected);
+
+        let g = pool_graph(PoolOp::Max, &[5, 1], &[2], &[1], Padding::Same);
+        let got = ones_backward(&g, &[1, 5, 1]);
+        assert_eq!(got.iter().copied().collect::<Vec<_>>(), [1.0; 5]);
+
+        let g = pool_graph(
+            PoolOp::Max,
+            &[2, 3, 3, 1],
+            &[2, 2, 2],
+            &[1, 1, 1],
+            Padding::Valid,
+        );
+        let plane = [1., 2., 1., 2., 4., 2., 1., 2., 1.];
+        let got = ones_backward(&g, &[1, 2, 3, 3, 1]);
+        assert_eq!(
+            got.iter().copied().collect::<Vec<_>>(),
+            [plane, plane].concat()
+        );
+
+        // Average, same: each input gets 1/count of every window that holds it.
+        let g = pool_graph(PoolOp::Average, &[3, 3, 1], &[2, 2], &[1, 1], Padding::Same);
+        let expected = [0.25, 0.5, 0.75, 0.5, 1.0, 1.5, 0.75, 1.5, 2.25];
+        let got = ones_backward(&g, &[1, 3, 3, 1]);
+        assert_close(
+            "average same",
+            &got,
+            &ArrayD::from_shape_vec(IxDyn(&[1, 3, 3, 1]), expected.to_vec()).unwrap(),
+        );
+    }
+
+    fn global_graph(op: PoolOp, item: &[usize], keepdims: bool) -> Graph {
+        one_node(item, |_| Op::GlobalPool {
+            op,
+            keepdims,
+            rank: item.len() - 1,
+        })
+    }
+
+    #[test]
+    fn global_pooling_backward_matches_finite_differences() {
+        let items: [&[usize]; 4] = [&[7, 3], &[5, 4, 2], &[3, 4, 4, 3], &[1, 5]];
+        for op in [PoolOp::Max, PoolOp::Average] {
+            for keepdims in [false, true] {
+                for (i, item) in items.iter().enumerate() {
+                    let g = global_graph(op, item, keepdims);
+                    let mut shape = vec![1 + 2 * (i % 2)];
+                    shape.extend(*item);
+                    let x = match op {
+                        PoolOp::Max => distinct(&shape),
+                        PoolOp::Average => uniform(&shape, 4, 1.0),
+                    };
+                    let r = std::panic::catch_unwind(|| {
+                        check_node(&g, 0, vec![Tensor::F32(x)], None, 1e-2)
+                    });
+                    assert!(
+                        r.is_ok(),
+                        "global {} case {i} keepdims {keepdims}",
+                        op.name()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn masked_global_average_matches_finite_differences() {
+        let g = global_graph(PoolOp::Average, &[6, 3], false);
+        let mask = ndarray::Array2::from_shape_fn((3, 6), |(b, t)| t < 6 - 2 * b || t == 0);
+        let x = Tensor::F32(uniform(&[3, 6, 3], 5, 1.0));
+        check_node(&g, 0, vec![x], Some(&mask), 1e-2);
+    }
+
+    /// TensorFlow 2.21: reduce_max splits dy among tied maxima; the masked mean (Keras's
+    /// where(mask, x, 0) summed over sum(mask)) gives masked steps exactly 0, also when every
+    /// step is masked.
+    #[test]
+    fn global_ties_and_masks_follow_tensorflow() {
+        let g = global_graph(PoolOp::Max, &[5, 1], false);
+        let x = ArrayD::from_shape_vec(IxDyn(&[1, 5, 1]), vec![1., 3., 3., 2., 3.]).unwrap();
+        let dy = ArrayD::from_elem(IxDyn(&[1, 1]), 1.0f32);
+        let dx = run_backward(&g, &x, &dy, true, None).0.unwrap();
+        let third = 1.0 / 3.0;
+        let expected = vec![0., third, third, 0., third];
+        assert_close(
+            "ties",
+            &dx,
+            &ArrayD::from_shape_vec(IxDyn(&[1, 5, 1]), expected).unwrap(),
+        );
+
+        let g = global_graph(PoolOp::Average, &[4, 1], false);
+        let x = ArrayD::from_elem(IxDyn(&[2, 4, 1]), 1.0f32);
+        let dy = ArrayD::from_elem(IxDyn(&[2, 1]), 1.0f32);
+        let mask = ndarray::Array2::from_shape_vec(
+            (2, 4),
+            vec![true, false, true, false, false, false, false, false],
+        )
+        .unwrap();
+        let dx = run_backward(&g, &x, &dy, true, Some(&mask)).0.unwrap();
+        assert_eq!(
+            dx.iter().copied().collect::<Vec<_>>(),
+            [0.5, 0., 0.5, 0., 0., 0., 0., 0.]
+        );
+    }
 }

@@ -173,3 +173,107 @@ pub(super) fn time_distributed(
         })
         .map(Some)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::check::{check_node, uniform};
+    use super::super::testing::{distinct, one_node};
+    use crate::cpu::Tensor;
+    use crate::graph::*;
+
+    fn check(g: &Graph, shape: &[usize], what: &str) {
+        let x = Tensor::F32(uniform(shape, 11, 1.0));
+        let r = std::panic::catch_unwind(|| check_node(g, 0, vec![x], None, 1e-2));
+        assert!(r.is_ok(), "{what} {shape:?}");
+    }
+
+    #[test]
+    fn pad_and_crop_backward_match_finite_differences() {
+        let cases: [(&[usize], Vec<[usize; 2]>); 3] = [
+            (&[7, 3], vec![[2, 1], [0, 0]]),
+            (&[5, 4, 3], vec![[1, 2], [0, 3], [0, 0]]),
+            (&[3, 4, 5, 2], vec![[1, 0], [2, 1], [0, 2], [0, 0]]),
+        ];
+        for (i, (item, pads)) in cases.into_iter().enumerate() {
+            let mut shape = vec![1 + i];
+            shape.extend(item);
+            let g = one_node(item, |_| Op::Pad { pads: pads.clone() });
+            check(&g, &shape, "padding");
+            let g = one_node(item, |_| Op::Crop {
+                crops: pads.clone(),
+            });
+            check(&g, &shape, "cropping");
+        }
+    }
+
+    #[test]
+    fn upsampling_backward_matches_finite_differences() {
+        let nearest: [(&[usize], &[usize]); 4] = [
+            (&[5, 3], &[3, 1]),
+            (&[3, 4, 2], &[2, 3, 1]),
+            (&[3, 5, 3], &[1, 2, 1]),
+            (&[2, 3, 2, 3], &[2, 1, 2, 1]),
+        ];
+        for (i, (item, factors)) in nearest.into_iter().enumerate() {
+            let g = one_node(item, |_| Op::Upsample {
+                factors: factors.to_vec(),
+                interpolation: Interpolation::Nearest,
+            });
+            let mut shape = vec![3 - i % 3];
+            shape.extend(item);
+            check(&g, &shape, "nearest upsampling");
+        }
+        let bilinear: [(&[usize], &[usize]); 3] = [
+            (&[3, 4, 2], &[2, 3, 1]),
+            (&[5, 3, 3], &[3, 2, 1]),
+            (&[1, 2, 5], &[2, 2, 1]),
+        ];
+        for (i, (item, factors)) in bilinear.into_iter().enumerate() {
+            let g = one_node(item, |_| Op::Upsample {
+                factors: factors.to_vec(),
+                interpolation: Interpolation::Bilinear,
+            });
+            let mut shape = vec![1 + i];
+            shape.extend(item);
+            check(&g, &shape, "bilinear upsampling");
+        }
+    }
+
+    #[test]
+    fn time_distributed_backward_matches_finite_differences() {
+        // Conv2D over 3 steps of (5, 4, 3) images, kernel and bias summed over every step.
+        let window = Window::new(&[3, 2], &[2, 1], &[1, 1], Padding::Same, &[5, 4]);
+        let g = one_node(&[3, 5, 4, 3], |p| Op::TimeDistributed {
+            inner: Box::new(Op::Conv(Conv {
+                filters: 2,
+                window,
+                in_channels: 3,
+                groups: 1,
+                kernel: p.add("n/kernel", uniform(&[3, 2, 3, 2], 1, 0.5), true),
+                bias: Some(p.add("n/bias", uniform(&[2], 2, 0.5), true)),
+                activation: Activation::Linear,
+            })),
+        });
+        check(&g, &[2, 3, 5, 4, 3], "TimeDistributed(Conv2D)");
+
+        let window = Window::new(&[2, 2], &[2, 2], &[1, 1], Padding::Valid, &[5, 4]);
+        let g = one_node(&[3, 5, 4, 3], |_| Op::TimeDistributed {
+            inner: Box::new(Op::Pool(Pool {
+                op: PoolOp::Max,
+                window,
+                channels: 3,
+            })),
+        });
+        let x = Tensor::F32(distinct(&[2, 3, 5, 4, 3]));
+        check_node(&g, 0, vec![x], None, 1e-2);
+
+        let g = one_node(&[4, 5, 3], |_| Op::TimeDistributed {
+            inner: Box::new(Op::GlobalPool {
+                op: PoolOp::Average,
+                keepdims: false,
+                rank: 1,
+            }),
+        });
+        check(&g, &[3, 4, 5, 3], "TimeDistributed(GlobalAveragePooling1D)");
+    }
+}

@@ -167,8 +167,8 @@ pub(super) fn update(
             let (rho32, c, eps) = (rho as f32, (1.0 - rho) as f32, epsilon as f32);
             let mut slots = slots.iter_mut();
             let velocity = slice(slots.next().expect("RMSprop has a velocity"));
-            let mut mom = (momentum > 0.0).then(|| slice(slots.next().expect("momentum slot")));
-            let mut average = centered.then(|| slice(slots.next().expect("average_gradient slot")));
+            let mom = (momentum > 0.0).then(|| slice(slots.next().expect("momentum slot")));
+            let average = centered.then(|| slice(slots.next().expect("average_gradient slot")));
             // velocity = rho * velocity + (1 - rho) * g^2, and the centered average alike; the
             // slices' terms are scaled one by one, then summed into the dense state.
             let (sq_term, g_term): (Vec<f32>, Option<Vec<f32>>) = match grad {
@@ -216,7 +216,7 @@ pub(super) fn update(
                     let hit = touched(r, n);
                     // Untouched rows see the zero gradient (0 / sqrt(den): NaN where den is).
                     let zero_inc = |i: usize| (lr * 0.0) / sqrt_den[i];
-                    match mom.as_deref_mut() {
+                    match mom {
                         Some(m) => {
                             let k = momentum as f32;
                             let mut inc = vec![0f32; n];

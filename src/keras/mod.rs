@@ -19,12 +19,15 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::graph::Graph;
+use crate::graph::{ConfigOrigin, Graph, SourceConfig};
 use weights::{H5Weights, WeightSource};
 
 /// Everything read from the model file before layers are built.
 struct ModelFile {
     config: Value,
+    /// The config's text as read, and where it came from (kept on the graph for saving).
+    config_text: String,
+    origin: ConfigOrigin,
     /// Weights carried inside a `.keras` file.
     weights: Option<WeightSource>,
     /// Entries under `assets/` of a `.keras` file: (zip path, bytes).
@@ -58,16 +61,15 @@ pub fn load_for_lengths(
         let legacy = legacy_h5::read_model_file(path, bytes)?;
         ModelFile {
             config: legacy.config,
+            config_text: legacy.config_text,
+            origin: ConfigOrigin::LegacyH5 {
+                keras_version: legacy.keras_version,
+            },
             weights: legacy.weights.map(WeightSource::Legacy),
             assets: Vec::new(),
         }
     } else {
-        let config = parse_json(path, &bytes)?;
-        ModelFile {
-            config,
-            weights: None,
-            assets: Vec::new(),
-        }
+        json_model_file(path, &bytes)?
     };
     if let Some(w) = weights {
         file.weights = Some(WeightSource::open(w)?);
@@ -83,14 +85,46 @@ pub fn load_for_lengths(
         };
         Error::format(path, why)
     })?;
-    build::build_model(
+    let (graph, free) = build::build_model(
         path,
         weights_path,
         &file.config,
         source,
         &file.assets,
         time_lengths,
-    )
+    )?;
+    Ok((
+        keep_source(
+            graph,
+            file.config_text,
+            file.origin,
+            file.config,
+            file.assets,
+        ),
+        free,
+    ))
+}
+
+/// Keeps the config (and assets) on the graph, as saving writes them back, and the config's
+/// `compile_config` when the model was compiled.
+fn keep_source(
+    mut graph: Graph,
+    json: String,
+    origin: ConfigOrigin,
+    config: Value,
+    assets: Vec<(String, Vec<u8>)>,
+) -> Graph {
+    // Keras writes `{}` for a model that was never compiled.
+    graph.compile_config = config
+        .get("compile_config")
+        .filter(|c| c.as_object().is_some_and(|o| !o.is_empty()))
+        .cloned();
+    graph.source_config = Some(std::sync::Arc::new(SourceConfig {
+        json,
+        origin,
+        assets,
+    }));
+    graph
 }
 
 /// Loads a model config (JSON, or the config of a `.keras` file) with weights given in memory,
@@ -103,14 +137,29 @@ pub fn load_with_arrays(path: &Path, arrays: Vec<weights::RawWeight>) -> Result<
     let file = if bytes.starts_with(b"PK") {
         read_keras_zip(path, bytes)?
     } else {
-        ModelFile {
-            config: parse_json(path, &bytes)?,
-            weights: None,
-            assets: Vec::new(),
-        }
+        json_model_file(path, &bytes)?
     };
     let source = WeightSource::Npz(weights::NpzWeights::from_arrays(path, arrays));
-    build::build_model(path, path, &file.config, source, &file.assets, &[]).map(|(graph, _)| graph)
+    let (graph, _) = build::build_model(path, path, &file.config, source, &file.assets, &[])?;
+    Ok(keep_source(
+        graph,
+        file.config_text,
+        file.origin,
+        file.config,
+        file.assets,
+    ))
+}
+
+/// A model JSON file: its config, without weights.
+fn json_model_file(path: &Path, bytes: &[u8]) -> Result<ModelFile> {
+    let (config, config_text) = parse_json(path, bytes)?;
+    Ok(ModelFile {
+        config,
+        config_text,
+        origin: ConfigOrigin::Json,
+        weights: None,
+        assets: Vec::new(),
+    })
 }
 
 /// The name TensorFlow gives a SavedModel's graph file.
@@ -143,20 +192,24 @@ fn refuse_folder_or_saved_model(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn parse_json(path: &Path, bytes: &[u8]) -> Result<Value> {
+/// The config and the text it was parsed from.
+fn parse_json(path: &Path, bytes: &[u8]) -> Result<(Value, String)> {
     let text = std::str::from_utf8(bytes)
         .map_err(|_| Error::format(path, "not a .keras zip and not UTF-8 JSON"))?;
     let value: Value = serde_json::from_str(text)
         .map_err(|e| Error::format(path, format!("not a .keras zip and not valid JSON: {e}")))?;
     // `model.to_json()` may have been saved as a JSON string holding JSON.
     match value {
-        Value::String(inner) => serde_json::from_str(&inner).map_err(|e| {
-            Error::format(
-                path,
-                format!("JSON string does not hold a model config: {e}"),
-            )
-        }),
-        v => Ok(v),
+        Value::String(inner) => {
+            let v = serde_json::from_str(&inner).map_err(|e| {
+                Error::format(
+                    path,
+                    format!("JSON string does not hold a model config: {e}"),
+                )
+            })?;
+            Ok((v, inner))
+        }
+        v => Ok((v, text.to_string())),
     }
 }
 
@@ -186,7 +239,9 @@ fn read_keras_zip(path: &Path, bytes: Vec<u8>) -> Result<ModelFile> {
             "not a Keras 3 .keras file: the zip has no config.json",
         )
     })?;
-    let config = serde_json::from_slice(&config_bytes)
+    let config_text = String::from_utf8(config_bytes)
+        .map_err(|_| Error::format(path, "config.json is not UTF-8 text"))?;
+    let config = serde_json::from_str(&config_text)
         .map_err(|e| Error::format(path, format!("config.json is not valid JSON: {e}")))?;
     let weights = match read_entry("model.weights.h5")? {
         Some(h5) => Some(WeightSource::H5(H5Weights::from_bytes(
@@ -215,6 +270,8 @@ fn read_keras_zip(path: &Path, bytes: Vec<u8>) -> Result<ModelFile> {
     }
     Ok(ModelFile {
         config,
+        config_text,
+        origin: ConfigOrigin::Json,
         weights,
         assets,
     })

@@ -92,6 +92,7 @@ fn cell(
         ),
         bias: Some(p.add(format!("{dir}/bias"), values(&[g], 7), true)),
         go_backwards,
+        dropout: CellDropout::default(),
     }
 }
 

@@ -55,6 +55,8 @@ pub struct Model {
 struct FreeTime {
     config: PathBuf,
     weights: Option<PathBuf>,
+    /// Some: the weights are initialized from this seed (`load_initialized`), not read.
+    init_seed: Option<u64>,
     /// The graph inputs whose axis 1 (after the batch) is free.
     inputs: Vec<usize>,
     /// Keyed by the lengths of `inputs`, in order.
@@ -80,13 +82,28 @@ impl Model {
         Model::load_files(path.as_ref(), None)
     }
 
+    /// Loads a model JSON or a `.keras` file without reading weights: each weight is
+    /// initialized from its layer's config as Keras builds a fresh model, drawn from `seed`
+    /// (see [`crate::keras::load_initialized`]).
+    pub fn load_initialized(path: impl AsRef<Path>, seed: u64) -> Result<Model> {
+        Model::load_from(path.as_ref(), None, Some(seed))
+    }
+
     fn load_files(path: &Path, weights: Option<&Path>) -> Result<Model> {
-        let (graph, free_inputs) = crate::keras::load_for_lengths(path, weights, &[])?;
+        Model::load_from(path, weights, None)
+    }
+
+    fn load_from(path: &Path, weights: Option<&Path>, init_seed: Option<u64>) -> Result<Model> {
+        let (graph, free_inputs) = match init_seed {
+            Some(seed) => crate::keras::load_initialized_for_lengths(path, seed, &[])?,
+            None => crate::keras::load_for_lengths(path, weights, &[])?,
+        };
         let mut model = Model::from_graph(graph, path);
         if !free_inputs.is_empty() {
             model.free_time = Some(FreeTime {
                 config: path.to_path_buf(),
                 weights: weights.map(Path::to_path_buf),
+                init_seed,
                 inputs: free_inputs,
                 graphs: Mutex::new(HashMap::new()),
                 gpus: Mutex::new(HashMap::new()),
@@ -220,8 +237,14 @@ impl Model {
         for (&i, &t) in free.inputs.iter().zip(lengths) {
             by_input[i] = t;
         }
-        let (graph, _) =
-            crate::keras::load_for_lengths(&free.config, free.weights.as_deref(), &by_input)?;
+        let (graph, _) = match free.init_seed {
+            Some(seed) => {
+                crate::keras::load_initialized_for_lengths(&free.config, seed, &by_input)?
+            }
+            None => {
+                crate::keras::load_for_lengths(&free.config, free.weights.as_deref(), &by_input)?
+            }
+        };
         if graphs.len() >= FREE_TIME_CACHE {
             graphs.clear();
         }

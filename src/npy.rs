@@ -223,6 +223,32 @@ pub fn write_npz(path: &Path, arrays: &[(&str, &ArrayD<f32>)]) -> Result<()> {
     write_atomically(path, &bytes)
 }
 
+/// Every array of an `.npz` (`np.savez`), by name without `.npy`, in archive order.
+pub fn read_npz(path: &Path) -> Result<Vec<(String, NpyArray)>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut zip = zip::ZipArchive::new(file)
+        .map_err(|e| Error::format(path, format!("not an .npz (zip) file: {e}")))?;
+    let mut arrays = Vec::with_capacity(zip.len());
+    for i in 0..zip.len() {
+        let mut entry = zip
+            .by_index(i)
+            .map_err(|e| Error::format(path, format!("corrupt .npz entry {i}: {e}")))?;
+        let name = entry
+            .name()
+            .map_err(|e| Error::format(path, format!("corrupt .npz entry {i}: {e}")))?
+            .trim_end_matches(".npy")
+            .to_string();
+        let mut bytes = Vec::new();
+        entry
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::format(path, format!("{name}: {e}")))?;
+        let array = parse(&bytes).map_err(|m| Error::format(path, format!("{name}: {m}")))?;
+        arrays.push((name, array));
+    }
+    Ok(arrays)
+}
+
 /// `bytes` to `path` through a temporary file in the same folder and a rename, so a crash or
 /// a full disk never leaves a half-written file under the final name.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {

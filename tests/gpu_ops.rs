@@ -417,3 +417,133 @@ fn stacked_bilstm_classifier_matches_cpu_end_to_end() {
         check_with(&format!("bilstm batch {batch}"), &gpu, &graph, &ids);
     }
 }
+
+/// One ConvLSTM layer on the GPU against the CPU, at batch 1 and 3 on one runtime.
+fn check_conv_lstm(rng: &mut Rng, spec: &ConvLstmSpec) {
+    let graph = Chain::float(&spec.input_shape())
+        .named("conv_lstm")
+        .conv_lstm(rng, "conv_lstm", spec)
+        .build();
+    let Some(gpu) = runtime(&graph) else { return };
+    for batch in [1, 3] {
+        let input = float_input(rng, batch, &spec.input_shape(), 1.0);
+        check_with(
+            &format!("{} batch {batch}", spec.describe()),
+            &gpu,
+            &graph,
+            &input,
+        );
+    }
+}
+
+#[test]
+fn conv_lstm2d_matches_cpu_for_odd_images_filters_and_lengths() {
+    let mut rng = Rng::new(31);
+    // 5 filters over a 5x7 image, 7 steps, every sequence output.
+    let mut spec = ConvLstmSpec::new_2d(7, [5, 7, 3], 5, [3, 3]);
+    spec.return_sequences = true;
+    check_conv_lstm(&mut rng, &spec);
+    // One step, one filter, an even kernel (TensorFlow puts the odd `same` pad after).
+    let mut one = ConvLstmSpec::new_2d(1, [3, 3, 1], 1, [2, 2]);
+    check_conv_lstm(&mut rng, &one);
+    one.return_sequences = true;
+    check_conv_lstm(&mut rng, &one);
+    // `valid`, strides 2x1 on a 7x5 image, a 3x2 kernel, last output only.
+    let mut strided = ConvLstmSpec::new_2d(7, [7, 5, 2], 3, [3, 2]);
+    strided.padding = Padding::Valid;
+    strided.strides = [2, 1];
+    check_conv_lstm(&mut rng, &strided);
+    strided.padding = Padding::Same;
+    strided.strides = [2, 3];
+    strided.return_sequences = true;
+    check_conv_lstm(&mut rng, &strided);
+}
+
+#[test]
+fn conv_lstm_go_backwards_keeps_processing_order() {
+    let mut rng = Rng::new(32);
+    let mut spec = ConvLstmSpec::new_2d(7, [4, 5, 2], 6, [3, 3]);
+    spec.go_backwards = true;
+    spec.return_sequences = true;
+    check_conv_lstm(&mut rng, &spec);
+    spec.return_sequences = false;
+    spec.padding = Padding::Valid;
+    check_conv_lstm(&mut rng, &spec);
+    let mut one_d = ConvLstmSpec::new_1d(7, 9, 4, 6, 3);
+    one_d.go_backwards = true;
+    one_d.strides = [1, 2];
+    one_d.return_sequences = true;
+    check_conv_lstm(&mut rng, &one_d);
+}
+
+#[test]
+fn conv_lstm1d_matches_cpu() {
+    let mut rng = Rng::new(33);
+    let mut spec = ConvLstmSpec::new_1d(7, 11, 3, 7, 3);
+    spec.return_sequences = true;
+    check_conv_lstm(&mut rng, &spec);
+    // A kernel as wide as the input: one output position.
+    let mut narrow = ConvLstmSpec::new_1d(1, 5, 2, 7, 5);
+    narrow.padding = Padding::Valid;
+    check_conv_lstm(&mut rng, &narrow);
+    narrow.timesteps = 4;
+    narrow.strides = [1, 3];
+    narrow.padding = Padding::Same;
+    narrow.return_sequences = true;
+    check_conv_lstm(&mut rng, &narrow);
+}
+
+#[test]
+fn conv_lstm_applies_its_activations_with_and_without_bias() {
+    let mut rng = Rng::new(34);
+    for (activation, recurrent_activation, bias) in [
+        (Activation::RELU, Activation::HardSigmoid, false),
+        (Activation::Elu { alpha: 0.7 }, Activation::Sigmoid, true),
+        (Activation::Linear, Activation::Tanh, true),
+        (Activation::Silu, Activation::Softsign, false),
+    ] {
+        let mut spec = ConvLstmSpec::new_2d(4, [3, 4, 2], 3, [3, 3]);
+        spec.activation = activation;
+        spec.recurrent_activation = recurrent_activation;
+        spec.bias = bias;
+        spec.return_sequences = true;
+        check_conv_lstm(&mut rng, &spec);
+    }
+}
+
+#[test]
+fn conv_lstm_with_deep_recurrent_convs_splits_k_and_matches_cpu() {
+    let mut rng = Rng::new(35);
+    // K = 3*3*57 = 513 over 4x3 positions: few tiles, so every step's recurrent conv splits K.
+    let spec = ConvLstmSpec::new_2d(3, [4, 3, 3], 57, [3, 3]);
+    check_conv_lstm(&mut rng, &spec);
+    let graph = Chain::float(&spec.input_shape())
+        .conv_lstm(&mut rng, "conv_lstm", &spec)
+        .build();
+    let plan = wgnn::gpu::describe_plan(&graph, 1, None).unwrap();
+    assert!(plan.contains("splitk_reduce"), "{plan}");
+}
+
+/// The plan shows the layer's steps: one input conv for every timestep, then per step the
+/// recurrent conv (none at the first, where h is zero) and the gate update, all in one submit.
+#[test]
+fn conv_lstm_plan_lists_every_step() {
+    let mut rng = Rng::new(36);
+    let mut spec = ConvLstmSpec::new_2d(5, [6, 6, 2], 4, [3, 3]);
+    spec.go_backwards = true;
+    spec.return_sequences = true;
+    let graph = Chain::float(&spec.input_shape())
+        .conv_lstm(&mut rng, "conv_lstm", &spec)
+        .build();
+    let plan = wgnn::gpu::describe_plan(&graph, 2, None).unwrap();
+    assert_eq!(
+        plan.matches("input conv of all 5 steps").count(),
+        1,
+        "{plan}"
+    );
+    assert_eq!(plan.matches("recurrent conv of h").count(), 4, "{plan}");
+    assert_eq!(plan.matches("conv_lstm_gates").count(), 5, "{plan}");
+    assert!(plan.contains("step 0 (input t=4)"), "{plan}");
+    assert!(plan.contains("step 4 (input t=0)"), "{plan}");
+    assert!(plan.contains("10 dispatches in one submit"), "{plan}");
+}

@@ -290,6 +290,8 @@ fn batch_norm(g: &mut Graph, axes: Vec<usize>, channels: &[usize], seed: u64) ->
         moving_mean: param(g, "mean", channels, seed + 2, 0.0, 0.5),
         moving_variance: param(g, "var", channels, seed + 3, 1.2, 0.8),
         epsilon: 1e-3,
+        momentum: 0.99,
+        trainable: true,
         unused: Vec::new(),
     })
 }

@@ -11,8 +11,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::graph_fixtures::{
-    check_graph_bad_file, check_graph_fixture, check_graph_fixture_refused_on_gpu, graph_dir,
-    graph_manifest,
+    check_graph_bad_file, check_graph_fixture, graph_dir, graph_manifest,
 };
 use wgnn::Backend;
 
@@ -205,28 +204,6 @@ matches_keras! {
     two_inputs_two_outputs_cpu, two_inputs_two_outputs_gpu => "two_inputs_two_outputs",
     ops_arithmetic_cpu, ops_arithmetic_gpu => "ops_arithmetic",
     ops_residual_conv_cpu, ops_residual_conv_gpu => "ops_residual_conv",
-}
-
-/// ConvLSTM1D/2D run on the CPU only so far: on the CPU they match Keras; on the GPU the plan
-/// refuses them with an error naming the layer, never a wrong answer.
-macro_rules! matches_keras_on_cpu_refused_on_gpu {
-    ($($cpu:ident, $gpu:ident => $fixture:literal,)*) => {
-        $(
-            #[test]
-            fn $cpu() {
-                check_graph_fixture("", $fixture, Backend::Cpu);
-            }
-
-            #[test]
-            fn $gpu() {
-                check_graph_fixture_refused_on_gpu("", $fixture, "runs on the CPU only");
-            }
-        )*
-        const LISTED_CPU_ONLY: &[&str] = &[$($fixture),*];
-    };
-}
-
-matches_keras_on_cpu_refused_on_gpu! {
     convlstm1d_same_sequences_cpu, convlstm1d_same_sequences_gpu => "convlstm1d_same_sequences",
     convlstm1d_valid_last_cpu, convlstm1d_valid_last_gpu => "convlstm1d_valid_last",
     convlstm2d_same_last_cpu, convlstm2d_same_last_gpu => "convlstm2d_same_last",
@@ -257,7 +234,7 @@ rejected! {
 #[test]
 fn every_fixture_of_the_manifest_is_tested() {
     let manifest = graph_manifest("");
-    let listed: BTreeSet<&str> = LISTED.iter().chain(LISTED_CPU_ONLY).copied().collect();
+    let listed: BTreeSet<&str> = LISTED.iter().copied().collect();
     let missing: Vec<&str> = manifest
         .fixtures
         .iter()

@@ -121,21 +121,6 @@ cpu_fixtures!(
     td_conv2d_gmp_lstm,
     td_conv_pool_flatten_gru,
     masked_td_dense_lstm,
-);
-
-/// ConvLSTM runs on the CPU only: checked against Keras there; the GPU refuses it by name.
-macro_rules! cpu_only_fixtures {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                check_cpu(stringify!($name));
-            }
-        )*
-    };
-}
-
-cpu_only_fixtures!(
     convlstm1d_same_sequences,
     convlstm1d_valid_last,
     convlstm1d_stride2_backwards,
@@ -144,17 +129,6 @@ cpu_only_fixtures!(
     convlstm2d_stride2_go_backwards,
     convlstm2d_no_bias_relu_t1,
 );
-
-#[test]
-fn convlstm_on_the_gpu_is_an_error_naming_the_layer() {
-    let fx = fixture("convlstm2d_same_last");
-    let model = load(&fx);
-    match run(&model, &inputs(&fx), Backend::Gpu) {
-        Ok(_) => panic!("ConvLSTM is not lowered for the GPU; it must not return values"),
-        Err(e) if common::no_adapter_outside_ci(&e) => {}
-        Err(e) => assert!(e.to_string().contains("ConvLSTM"), "{e}"),
-    }
-}
 
 /// TimeDistributed around a layer it cannot fold is an error naming the layer, not a guess.
 #[test]
@@ -295,6 +269,8 @@ fn gpu_matches_cpu_at_batch_1_and_33() {
         "free_time_functional_len3",
         "td_conv_pool_flatten_gru",
         "td_conv2d_gmp_lstm",
+        "convlstm2d_stride2_go_backwards",
+        "convlstm1d_same_sequences",
     ] {
         let fx = fixture(name);
         let model = load(&fx);

@@ -21,6 +21,7 @@ const MERGE: &str = include_str!("../../shaders/merge.wgsl");
 const COPY: &str = include_str!("../../shaders/copy.wgsl");
 const MASK: &str = include_str!("../../shaders/mask.wgsl");
 const NORM: &str = include_str!("../../shaders/norm.wgsl");
+const CONV_LSTM: &str = include_str!("../../shaders/conv_lstm.wgsl");
 
 /// Every GEMM workgroup computes a tile this many rows by this many columns.
 pub const GEMM_TILE: u32 = 64;
@@ -78,6 +79,8 @@ pub enum Kernel {
     SoftmaxAxes,
     /// Copies a state into or out of the recurrent state buffer.
     RnnCopy,
+    /// One ConvLSTM timestep's gates and state update (the convolutions run on Conv2d).
+    ConvLstmGates,
 }
 
 /// How a kernel reads one storage binding.
@@ -116,6 +119,7 @@ impl Kernel {
             Kernel::GroupNorm => "group_norm",
             Kernel::SoftmaxAxes => "softmax_axes",
             Kernel::RnnCopy => "rnn_copy",
+            Kernel::ConvLstmGates => "conv_lstm_gates",
         }
     }
 
@@ -155,6 +159,7 @@ impl Kernel {
             | Kernel::LayerNorm
             | Kernel::GroupNorm
             | Kernel::SoftmaxAxes => &[NORM],
+            Kernel::ConvLstmGates => &[CONV_LSTM],
         };
         let mut source = String::from(COMMON);
         for part in parts {
@@ -189,6 +194,7 @@ impl Kernel {
             | Kernel::LayerNorm
             | Kernel::GroupNorm
             | Kernel::SoftmaxAxes => &[ReadWrite, Read, Read],
+            Kernel::ConvLstmGates => &[Read, Read, ReadWrite, ReadWrite, ReadWrite],
         }
     }
 
@@ -213,6 +219,7 @@ impl Kernel {
             Kernel::LayerNorm | Kernel::GroupNorm => &["x", "gamma", "beta"],
             Kernel::SoftmaxAxes => &["x", "-", "-"],
             Kernel::RnnCopy => &["src", "dst"],
+            Kernel::ConvLstmGates => &["xz", "hz", "h", "c", "y"],
         }
     }
 

@@ -23,6 +23,7 @@ use super::kernels::{
 use super::weights::{weight_specs, WeightKey, WeightRole};
 
 mod conv;
+mod conv_lstm;
 mod norm;
 pub(crate) use norm::{batch_norm_folds, folded_weights};
 mod recurrent;
@@ -277,8 +278,11 @@ impl<'a> Builder<'a> {
             }
         };
         self.slot_free[slot] = false;
+        // A scratch buffer taken again every timestep is listed once.
         let user = format!("{} {what}", self.graph.nodes[layer].name);
-        self.slot_users[slot].push(user);
+        if !self.slot_users[slot].contains(&user) {
+            self.slot_users[slot].push(user);
+        }
         BufRef::Slot(slot)
     }
 
@@ -712,13 +716,7 @@ impl Builder<'_> {
             GraphOp::Embedding(e) => self.embedding(i, e.input_dim, e.output_dim, x)?,
             GraphOp::Recurrent(r) => return self.recurrent(i, r, x),
             GraphOp::TimeDistributed { inner } => self.time_distributed(i, inner, x)?,
-            GraphOp::ConvLstm(_) => {
-                return Err(layer_error(
-                    node,
-                    "class_name",
-                    "ConvLSTM runs on the CPU only (use --backend cpu)",
-                ))
-            }
+            GraphOp::ConvLstm(c) => self.conv_lstm(i, c, x)?,
             // A mask is read as the ids it comes from; these only rename a buffer.
             GraphOp::Reshape { .. }
             | GraphOp::Identity

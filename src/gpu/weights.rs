@@ -12,7 +12,8 @@ use crate::graph::{
 pub enum WeightRole {
     /// Dense (in, out); Conv (k..., in/groups, out), which is already the (taps*in/groups, out)
     /// GEMM matrix; depthwise (k..., C, M) and transposed (k..., out, in) as Keras stores them;
-    /// recurrent: the input kernels of all directions side by side, (features, dirs*gates*units).
+    /// recurrent: the input kernels of all directions side by side, (features, dirs*gates*units);
+    /// ConvLSTM: (k..., C, 4F) as Keras stores it, the input conv's GEMM matrix.
     Kernel,
     /// Dense/Conv2D bias; recurrent: the biases of all directions, concatenated.
     Bias,
@@ -22,7 +23,8 @@ pub enum WeightRole {
     /// LayerNormalization's gamma and beta; PReLU's alpha (scale).
     Scale,
     Offset,
-    /// Recurrent kernels of all directions stacked: (dirs*units, gates*units).
+    /// Recurrent kernels of all directions stacked: (dirs*units, gates*units); ConvLSTM's
+    /// (k..., F, 4F), the recurrent conv's GEMM matrix.
     RecurrentKernel,
 }
 
@@ -107,8 +109,13 @@ pub fn weight_specs(graph: &Graph, fold_batch_norm: bool) -> Vec<WeightSpec> {
                     recurrent + recurrent_bias_len(r),
                 );
             }
-            // Not lowered for the GPU yet (the plan reports it).
-            Op::ConvLstm(_) => {}
+            Op::ConvLstm(c) => {
+                add(WeightRole::Kernel, p.len_of(c.kernel));
+                if let Some(b) = c.bias {
+                    add(WeightRole::Bias, p.len_of(b));
+                }
+                add(WeightRole::RecurrentKernel, p.len_of(c.recurrent_kernel));
+            }
             Op::TimeDistributed { inner } => {
                 if let Op::Conv(Conv { kernel, bias, .. }) = inner.as_ref() {
                     add(WeightRole::Kernel, p.len_of(*kernel));
@@ -249,6 +256,9 @@ pub fn weight_values(graph: &Graph, key: WeightKey, fold_batch_norm: bool) -> Re
             }
             v
         }
+        (Op::ConvLstm(c), WeightRole::Kernel) => p.slice(c.kernel).to_vec(),
+        (Op::ConvLstm(c), WeightRole::Bias) => p.slice(c.bias.ok_or_else(missing)?).to_vec(),
+        (Op::ConvLstm(c), WeightRole::RecurrentKernel) => p.slice(c.recurrent_kernel).to_vec(),
         (Op::TimeDistributed { inner }, WeightRole::Kernel) => match inner.as_ref() {
             Op::Conv(c) => p.slice(c.kernel).to_vec(),
             _ => return Err(missing()),

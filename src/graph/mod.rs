@@ -101,8 +101,13 @@ pub enum Penalized {
     Activity(ValueId),
 }
 
-/// An L1/L2 penalty Keras adds to the loss: `l1 * sum|w| + l2 * sum w²` (an activity
-/// penalty is divided by the batch size, as Keras does).
+/// An L1/L2 penalty Keras adds to the loss: `l1 * sum|x| + l2 * sum x²` over a weight, or over
+/// one output of one call of a layer (the whole batch). Keras 3 divides an activity penalty by
+/// the batch size, the output's first axis (`Layer.__call__` in keras/src/layers/layer.py, so
+/// that its weight against the loss does not change with the batch size); a weight penalty is
+/// not divided. The loader records a weight's penalty once however often its layer is called,
+/// and only while the weight is trainable (`Layer.losses` sums over `trainable_weights`); an
+/// activity penalty once per call and per output.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Regularizer {
     pub target: Penalized,
@@ -119,6 +124,8 @@ pub struct Graph {
     pub outputs: Vec<Port>,
     pub params: ParamStore,
     pub text_vectorization: Option<TextVectorizationSpec>,
+    /// Per output: the Keras mask it carries (a masked sequence output), which weights its loss.
+    pub output_masks: Vec<Option<ValueId>>,
     /// The config's weight and activity regularizers (training adds them to the loss).
     pub regularizers: Vec<Regularizer>,
     /// The `.keras` file's `compile_config` (loss, optimizer, metrics) as saved, for training.

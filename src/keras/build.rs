@@ -9,7 +9,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::fields::{as_usize, LayerConfig};
-use super::weights::WeightSource;
+use super::weights::{WeightRequest, WeightSource};
 use crate::error::{Error, Result};
 use crate::graph::*;
 
@@ -55,6 +55,7 @@ pub fn build_model(
         time_lengths,
         free_inputs: Vec::new(),
         weights_owner: None,
+        frozen: false,
     };
     let outputs = match class {
         "Sequential" => builder.sequential(inner, None)?,
@@ -67,6 +68,7 @@ pub fn build_model(
         }
     };
     let free_inputs = std::mem::take(&mut builder.free_inputs);
+    let masks = std::mem::take(&mut builder.masks);
     let mut graph = builder.graph;
     for (i, (name, v)) in outputs.into_iter().enumerate() {
         // Keras names outputs after their layers; a layer giving two of them gets a suffix.
@@ -76,8 +78,10 @@ pub fn build_model(
             name
         };
         graph.add_output(name, v);
+        graph.output_masks.push(masks.get(&v).copied());
     }
     weights.finish()?;
+    super::train_config::finish(&mut graph, config);
     graph.verify()?;
     Ok((graph, free_inputs))
 }
@@ -275,6 +279,8 @@ pub(crate) struct Builder<'a> {
     /// While a wrapper builds its inner layer: the wrapper's name and the sub-object path its
     /// weights are under (TimeDistributed: `layer`).
     pub(crate) weights_owner: Option<(String, Vec<String>)>,
+    /// Inside a layer (or nested model) whose config says `trainable: false`.
+    pub(crate) frozen: bool,
 }
 
 /// Keras's h5 group for each layer of one container, in its layer order: snake_case class
@@ -371,6 +377,7 @@ impl<'a> Builder<'a> {
         sub: &[&str],
         specs: &[(&str, Vec<usize>)],
     ) -> Result<Vec<ParamId>> {
+        let caller_sub = sub;
         // A wrapped layer's weights belong to its wrapper, under the wrapper's sub-object.
         let (owner, full_sub): (String, Vec<&str>) = match &self.weights_owner {
             Some((name, prefix)) => (
@@ -399,7 +406,15 @@ impl<'a> Builder<'a> {
             }
             return Ok(ids.clone());
         }
-        let raw = self.weights.take(&owner, &self.group, sub, specs.len())?;
+        let inner = super::weight_fields::fields_config(cfg, caller_sub)?;
+        let fields = inner.as_ref().unwrap_or(cfg);
+        let raw = self.weights.take(&WeightRequest {
+            owner: &owner,
+            group: &self.group,
+            sub,
+            specs,
+            fields,
+        })?;
         // Where Keras 3 keeps these, whichever file they came from.
         let mut vars_path = format!("layers/{}", self.group);
         for s in sub {
@@ -433,6 +448,7 @@ impl<'a> Builder<'a> {
             );
             ids.push(id);
         }
+        self.record_weight_config(cfg, fields, specs, &ids)?;
         self.taken.insert(key, ids.clone());
         Ok(ids)
     }
@@ -649,8 +665,11 @@ impl<'a> Builder<'a> {
                     } else {
                         self.call_layer_in(&cfg, layer, &inputs, mask, call)?
                     };
+                    // A nested Functional model's calls are numbered from 1: Keras counts the
+                    // node linking its own inputs to its outputs as node 0 (models/functional.py).
+                    let first = usize::from(matches!(cfg.class.as_str(), "Functional" | "Model"));
                     for (ti, v) in outs.into_iter().enumerate() {
-                        tensors.insert((name.clone(), ni, ti), v);
+                        tensors.insert((name.clone(), ni + first, ti), v);
                     }
                     done[li][ni] = true;
                     progressed = true;
@@ -805,8 +824,27 @@ impl<'a> Builder<'a> {
         ))
     }
 
-    /// One call of one layer on `inputs`: its op(s), then Keras's mask propagation.
+    /// One call of one layer on `inputs`, with what its config says for training: a
+    /// `trainable: false` layer (or nested model) freezes the weights made inside it, an
+    /// activity regularizer penalizes its outputs.
     pub(crate) fn call_layer(
+        &mut self,
+        cfg: &LayerConfig,
+        inputs: &[ValueId],
+        explicit_mask: Option<ValueId>,
+        kwargs: &Value,
+    ) -> Result<Vec<ValueId>> {
+        let frozen = self.frozen;
+        self.frozen |= !cfg.bool_or("trainable", true)?;
+        let outs = self.layer_ops(cfg, inputs, explicit_mask, kwargs);
+        self.frozen = frozen;
+        let outs = outs?;
+        self.record_activity_regularizer(cfg, &outs)?;
+        Ok(outs)
+    }
+
+    /// One call of one layer on `inputs`: its op(s), then Keras's mask propagation.
+    fn layer_ops(
         &mut self,
         cfg: &LayerConfig,
         inputs: &[ValueId],

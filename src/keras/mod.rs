@@ -9,8 +9,11 @@
 
 mod build;
 mod fields;
+mod initialize;
 mod layers;
 pub mod legacy_h5;
+mod train_config;
+mod weight_fields;
 pub mod weights;
 
 use std::io::Read;
@@ -20,7 +23,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::graph::{ConfigOrigin, Graph, SourceConfig};
-use weights::{H5Weights, WeightSource};
+use weights::{H5Weights, InitWeights, WeightSource};
 
 /// Everything read from the model file before layers are built.
 struct ModelFile {
@@ -48,6 +51,81 @@ pub fn load_for_lengths(
     weights: Option<&Path>,
     time_lengths: &[usize],
 ) -> Result<(Graph, Vec<usize>)> {
+    let (mut file, is_zip, is_hdf5) = read_model_file(path)?;
+    if let Some(w) = weights {
+        file.weights = Some(WeightSource::open(w)?);
+    }
+    let weights_path = weights.unwrap_or(path);
+    let source = file.weights.ok_or_else(|| {
+        let why = if is_zip {
+            "the .keras file has no model.weights.h5 (pass --weights FILE)"
+        } else if is_hdf5 {
+            "the legacy .h5 model file has no 'model_weights' group (pass --weights FILE)"
+        } else {
+            "a model JSON carries no weights: pass --weights FILE.weights.h5 or FILE.npz"
+        };
+        Error::format(path, why)
+    })?;
+    let compile_config = file
+        .config
+        .get("compile_config")
+        .filter(|c| !c.is_null())
+        .cloned();
+    let (mut graph, free) = build::build_model(
+        path,
+        weights_path,
+        &file.config,
+        source,
+        &file.assets,
+        time_lengths,
+    )?;
+    graph.compile_config = compile_config;
+    keep_source(&mut graph, file.config_text, file.origin, file.assets);
+    Ok((graph, free))
+}
+
+/// Keeps the config as read (and a `.keras`'s assets) on the graph: saving writes them back.
+fn keep_source(
+    graph: &mut Graph,
+    json: String,
+    origin: ConfigOrigin,
+    assets: Vec<(String, Vec<u8>)>,
+) {
+    graph.source_config = Some(std::sync::Arc::new(SourceConfig {
+        json,
+        origin,
+        assets,
+    }));
+}
+
+/// Loads a model with no weights: every weight is initialized from its layer's config as Keras
+/// builds a fresh layer (the initializer the config names, else Keras's default for the layer:
+/// kernels glorot_uniform, biases zeros, recurrent kernels orthogonal, LSTM's forget-gate bias
+/// one, ...), drawn from a stream seeded by `seed`: the same file and seed give the same
+/// weights. `path` is a model JSON, a `.keras` file or a legacy `.h5` model file; weights the
+/// file carries are not read.
+pub fn load_initialized(path: &Path, seed: u64) -> Result<Graph> {
+    load_initialized_for_lengths(path, seed, &[]).map(|(graph, _)| graph)
+}
+
+/// [`load_initialized`] with free time axes built for `time_lengths`, as in
+/// [`load_for_lengths`]. The weights do not depend on the lengths.
+pub fn load_initialized_for_lengths(
+    path: &Path,
+    seed: u64,
+    time_lengths: &[usize],
+) -> Result<(Graph, Vec<usize>)> {
+    let (file, _, _) = read_model_file(path)?;
+    let source = WeightSource::Init(InitWeights::new(seed));
+    let (mut graph, free) =
+        build::build_model(path, path, &file.config, source, &file.assets, time_lengths)?;
+    keep_source(&mut graph, file.config_text, file.origin, file.assets);
+    Ok((graph, free))
+}
+
+/// Reads a model file of any kind (told by its content); also says whether it was a zip
+/// (`.keras`) or HDF5 (legacy model file).
+fn read_model_file(path: &Path) -> Result<(ModelFile, bool, bool)> {
     refuse_folder_or_saved_model(path)?;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     if bytes.is_empty() {
@@ -55,7 +133,7 @@ pub fn load_for_lengths(
     }
     let is_zip = bytes.starts_with(b"PK");
     let is_hdf5 = bytes.starts_with(legacy_h5::HDF5_SIGNATURE);
-    let mut file = if is_zip {
+    let file = if is_zip {
         read_keras_zip(path, bytes)?
     } else if is_hdf5 {
         let legacy = legacy_h5::read_model_file(path, bytes)?;
@@ -71,60 +149,7 @@ pub fn load_for_lengths(
     } else {
         json_model_file(path, &bytes)?
     };
-    if let Some(w) = weights {
-        file.weights = Some(WeightSource::open(w)?);
-    }
-    let weights_path = weights.unwrap_or(path);
-    let source = file.weights.ok_or_else(|| {
-        let why = if is_zip {
-            "the .keras file has no model.weights.h5 (pass --weights FILE)"
-        } else if is_hdf5 {
-            "the legacy .h5 model file has no 'model_weights' group (pass --weights FILE)"
-        } else {
-            "a model JSON carries no weights: pass --weights FILE.weights.h5 or FILE.npz"
-        };
-        Error::format(path, why)
-    })?;
-    let (graph, free) = build::build_model(
-        path,
-        weights_path,
-        &file.config,
-        source,
-        &file.assets,
-        time_lengths,
-    )?;
-    Ok((
-        keep_source(
-            graph,
-            file.config_text,
-            file.origin,
-            file.config,
-            file.assets,
-        ),
-        free,
-    ))
-}
-
-/// Keeps the config (and assets) on the graph, as saving writes them back, and the config's
-/// `compile_config` when the model was compiled.
-fn keep_source(
-    mut graph: Graph,
-    json: String,
-    origin: ConfigOrigin,
-    config: Value,
-    assets: Vec<(String, Vec<u8>)>,
-) -> Graph {
-    // Keras writes `{}` for a model that was never compiled.
-    graph.compile_config = config
-        .get("compile_config")
-        .filter(|c| c.as_object().is_some_and(|o| !o.is_empty()))
-        .cloned();
-    graph.source_config = Some(std::sync::Arc::new(SourceConfig {
-        json,
-        origin,
-        assets,
-    }));
-    graph
+    Ok((file, is_zip, is_hdf5))
 }
 
 /// Loads a model config (JSON, or the config of a `.keras` file) with weights given in memory,
@@ -140,14 +165,9 @@ pub fn load_with_arrays(path: &Path, arrays: Vec<weights::RawWeight>) -> Result<
         json_model_file(path, &bytes)?
     };
     let source = WeightSource::Npz(weights::NpzWeights::from_arrays(path, arrays));
-    let (graph, _) = build::build_model(path, path, &file.config, source, &file.assets, &[])?;
-    Ok(keep_source(
-        graph,
-        file.config_text,
-        file.origin,
-        file.config,
-        file.assets,
-    ))
+    let (mut graph, _) = build::build_model(path, path, &file.config, source, &file.assets, &[])?;
+    keep_source(&mut graph, file.config_text, file.origin, file.assets);
+    Ok(graph)
 }
 
 /// A model JSON file: its config, without weights.
@@ -240,7 +260,7 @@ fn read_keras_zip(path: &Path, bytes: Vec<u8>) -> Result<ModelFile> {
         )
     })?;
     let config_text = String::from_utf8(config_bytes)
-        .map_err(|_| Error::format(path, "config.json is not UTF-8 text"))?;
+        .map_err(|_| Error::format(path, "config.json is not valid JSON: not UTF-8 text"))?;
     let config = serde_json::from_str(&config_text)
         .map_err(|e| Error::format(path, format!("config.json is not valid JSON: {e}")))?;
     let weights = match read_entry("model.weights.h5")? {

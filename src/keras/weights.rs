@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use hdf5_pure::AttrValue;
 
+use super::fields::LayerConfig;
+pub use super::initialize::InitWeights;
 use super::legacy_h5::{self, Hdf5Kind, LegacyWeights};
 use crate::error::{Error, Result};
 
@@ -24,6 +26,24 @@ pub enum WeightSource {
     /// Legacy Keras 2 HDF5 weights, found by layer name.
     Legacy(LegacyWeights),
     Npz(NpzWeights),
+    /// No file: each weight is drawn from the initializer its layer's config names.
+    Init(InitWeights),
+}
+
+/// What the loader asks a source for: the weights of one layer (or of a sub-object of it), in
+/// the order Keras stores them.
+pub(crate) struct WeightRequest<'r> {
+    /// The layer that owns the weights (a wrapper for the layer it wraps).
+    pub owner: &'r str,
+    /// The owner's h5 group (see [`H5Weights`]).
+    pub group: &'r str,
+    /// The sub-object path, e.g. `["forward_layer", "cell"]`.
+    pub sub: &'r [&'r str],
+    /// Each weight's name and the shape the config implies.
+    pub specs: &'r [(&'r str, Vec<usize>)],
+    /// The config whose fields initialize these weights: the layer itself, or the layer a
+    /// Bidirectional wraps.
+    pub fields: &'r LayerConfig<'r>,
 }
 
 impl WeightSource {
@@ -63,21 +83,15 @@ impl WeightSource {
         }
     }
 
-    /// The weights of one layer, or of a sub-object of it (`sub` like `["forward_layer", "cell"]`
-    /// for h5; ignored for npz, which is purely positional, and for legacy h5, which hands out a
-    /// layer's arrays in order). `group` is the layer's h5 group (see [`H5Weights`]); `count`
-    /// is how many arrays Keras stores there.
-    pub fn take(
-        &mut self,
-        layer: &str,
-        group: &str,
-        sub: &[&str],
-        count: usize,
-    ) -> Result<Vec<RawWeight>> {
+    /// The weights of one layer, or of a sub-object of it (the sub-object path is read by h5;
+    /// npz is purely positional, and legacy h5 hands out a layer's arrays in order).
+    pub(crate) fn take(&mut self, req: &WeightRequest) -> Result<Vec<RawWeight>> {
+        let count = req.specs.len();
         match self {
-            WeightSource::H5(h) => h.take(layer, group, sub, count),
-            WeightSource::Legacy(l) => l.take(layer, count),
-            WeightSource::Npz(n) => n.take(layer, count),
+            WeightSource::H5(h) => h.take(req.owner, req.group, req.sub, count),
+            WeightSource::Legacy(l) => l.take(req.owner, count),
+            WeightSource::Npz(n) => n.take(req.owner, count),
+            WeightSource::Init(i) => i.take(req),
         }
     }
 
@@ -87,6 +101,8 @@ impl WeightSource {
             WeightSource::H5(h) => h.finish(),
             WeightSource::Legacy(l) => l.finish(),
             WeightSource::Npz(n) => n.finish(),
+            // Nothing was read, so nothing can be left over.
+            WeightSource::Init(_) => Ok(()),
         }
     }
 }

@@ -6,8 +6,17 @@
 //! values that feed several nodes, adds the regularizers' gradients, and hands the parameter
 //! gradients to the optimizer (`optim`).
 
+pub mod fit;
 pub mod grads;
+pub mod init;
+pub mod loss;
+pub mod optim;
 pub mod rng;
+pub mod step;
 
 pub use grads::ParamGrads;
 pub use rng::Rng;
+
+pub use fit::{EpochLog, History, Observer, Shuffle, TrainConfig, TrainData, Trainer};
+pub use loss::Loss;
+pub use step::TrainGraph;

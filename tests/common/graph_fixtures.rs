@@ -170,36 +170,6 @@ pub fn check_graph_fixture(folder: &str, name: &str, backend: Backend) {
     }
 }
 
-/// A fixture the GPU does not run yet: loading works, and running on the GPU is a one-line
-/// error that names the layer and contains `words` (skipped outside CI without an adapter).
-pub fn check_graph_fixture_refused_on_gpu(folder: &str, name: &str, words: &str) {
-    let dir = graph_dir().join(folder);
-    let fx = graph_fixture(folder, name);
-    let model = load_graph_fixture(&dir, &fx)
-        .unwrap_or_else(|e| panic!("fixture '{name}' ({}): load failed: {e}", fx.description));
-    let inputs =
-        graph_inputs(&dir, &fx, &model).unwrap_or_else(|e| panic!("fixture '{name}': inputs: {e}"));
-    match model.run_all(&inputs, Backend::Gpu) {
-        Ok(_) => panic!("fixture '{name}' ran on the GPU; move it to the GPU parity list"),
-        Err(e) if super::no_adapter_outside_ci(&e) => {}
-        Err(e) => {
-            let msg = e.to_string();
-            assert!(
-                msg.contains(words),
-                "fixture '{name}': GPU error without '{words}': {msg}"
-            );
-            assert!(
-                msg.contains("layer '"),
-                "fixture '{name}': GPU error names no layer: {msg}"
-            );
-            assert!(
-                !msg.contains('\n'),
-                "fixture '{name}': error is not one line: {msg}"
-            );
-        }
-    }
-}
-
 /// A bad file of `folder`'s manifest must be refused with an error containing its word.
 pub fn check_graph_bad_file(folder: &str, file: &str) {
     let dir = graph_dir().join(folder);

@@ -488,6 +488,7 @@ impl RnnSpec {
             recurrent_kernel,
             bias,
             go_backwards,
+            dropout: CellDropout::default(),
         }
     }
 }
@@ -524,4 +525,142 @@ pub fn small_bilstm(rng: &mut Rng, timesteps: usize) -> Graph {
         .rnn(rng, "lstm", &top)
         .dense(rng, "dense", 3, Activation::Softmax)
         .build()
+}
+
+/// A ConvLSTM1D/2D layer for `Chain::conv_lstm`, with Keras's defaults (tanh / sigmoid, bias,
+/// last output only, forward in time).
+pub struct ConvLstmSpec {
+    pub one_d: bool,
+    pub timesteps: usize,
+    /// One step's image (H, W, C); a 1-D layer has H = 1 and a (T, W, C) input.
+    pub image: [usize; 3],
+    pub filters: usize,
+    pub kernel: [usize; 2],
+    pub strides: [usize; 2],
+    pub padding: Padding,
+    pub activation: Activation,
+    pub recurrent_activation: Activation,
+    pub bias: bool,
+    pub return_sequences: bool,
+    pub go_backwards: bool,
+}
+
+impl ConvLstmSpec {
+    /// A 2-D layer on (T, H, W, C) with a `kernel` window, stride 1, `same`.
+    pub fn new_2d(timesteps: usize, image: [usize; 3], filters: usize, kernel: [usize; 2]) -> Self {
+        ConvLstmSpec {
+            one_d: false,
+            timesteps,
+            image,
+            filters,
+            kernel,
+            strides: [1, 1],
+            padding: Padding::Same,
+            activation: Activation::Tanh,
+            recurrent_activation: Activation::Sigmoid,
+            bias: true,
+            return_sequences: false,
+            go_backwards: false,
+        }
+    }
+
+    /// A 1-D layer on (T, W, C) with a window of `kernel` taps.
+    pub fn new_1d(
+        timesteps: usize,
+        width: usize,
+        channels: usize,
+        filters: usize,
+        kernel: usize,
+    ) -> Self {
+        ConvLstmSpec {
+            one_d: true,
+            ..ConvLstmSpec::new_2d(timesteps, [1, width, channels], filters, [1, kernel])
+        }
+    }
+
+    /// The layer's input shape without the batch axis.
+    pub fn input_shape(&self) -> Vec<usize> {
+        let [h, w, c] = self.image;
+        if self.one_d {
+            vec![self.timesteps, w, c]
+        } else {
+            vec![self.timesteps, h, w, c]
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "ConvLSTM{} T{} {:?} F{} k{:?} s{:?} {:?} {}/{}{}{}{}",
+            if self.one_d { "1D" } else { "2D" },
+            self.timesteps,
+            self.image,
+            self.filters,
+            self.kernel,
+            self.strides,
+            self.padding,
+            self.activation.name(),
+            self.recurrent_activation.name(),
+            if self.bias { "" } else { " no bias" },
+            if self.return_sequences {
+                " sequences"
+            } else {
+                ""
+            },
+            if self.go_backwards {
+                " go_backwards"
+            } else {
+                ""
+            },
+        )
+    }
+}
+
+impl Chain {
+    /// A ConvLSTM layer as `spec` describes it, on the chain's current value (which must have
+    /// the spec's input shape).
+    pub fn conv_lstm(mut self, rng: &mut Rng, name: &str, spec: &ConvLstmSpec) -> Chain {
+        assert_eq!(self.shape(), spec.input_shape(), "conv_lstm '{name}' input");
+        let [h, w, c] = spec.image;
+        let [kh, kw] = spec.kernel;
+        let f = spec.filters;
+        let window = Window2d::new(spec.kernel, spec.strides, spec.padding, [h, w]);
+        let recurrent_window = Window2d::new(spec.kernel, [1, 1], Padding::Same, window.out_hw);
+        let shape = |rows: usize| {
+            if spec.one_d {
+                vec![kw, rows, 4 * f]
+            } else {
+                vec![kh, kw, rows, 4 * f]
+            }
+        };
+        let taps = (kh * kw) as f32;
+        let kernel = rng.array(&shape(c), 1.0 / (taps * c as f32).sqrt());
+        let kernel = self.param(&format!("{name}/kernel"), kernel);
+        let recurrent = rng.array(&shape(f), 1.0 / (taps * f as f32).sqrt());
+        let recurrent_kernel = self.param(&format!("{name}/recurrent_kernel"), recurrent);
+        let bias = spec.bias.then(|| {
+            let b = rng.array(&[4 * f], 0.5);
+            self.param(&format!("{name}/bias"), b)
+        });
+        let op = Op::ConvLstm(Box::new(ConvLstm {
+            filters: f,
+            timesteps: spec.timesteps,
+            in_channels: c,
+            one_d: spec.one_d,
+            window,
+            recurrent_window,
+            kernel,
+            recurrent_kernel,
+            bias,
+            activation: spec.activation,
+            recurrent_activation: spec.recurrent_activation,
+            return_sequences: spec.return_sequences,
+            go_backwards: spec.go_backwards,
+        }));
+        let class = if spec.one_d {
+            "ConvLSTM1D"
+        } else {
+            "ConvLSTM2D"
+        };
+        self.op(name, class, op)
+    }
 }

@@ -74,11 +74,13 @@ pub(crate) fn check_node(
         .collect();
     let needs: Vec<bool> = inputs.iter().map(|t| matches!(t, Tensor::F32(_))).collect();
     let mut grads = ParamGrads::new(&graph.params);
+    let input_refs: Vec<&Tensor> = inputs.iter().collect();
+    let output_refs: Vec<&Tensor> = fw.outputs.iter().collect();
     let io = NodeIo {
         graph,
         node,
-        inputs: &inputs,
-        outputs: &fw.outputs,
+        inputs: &input_refs,
+        outputs: &output_refs,
         mask,
         saved: &fw.saved,
         needs: &needs,

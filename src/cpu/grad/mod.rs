@@ -10,10 +10,19 @@
 mod activation;
 #[cfg(test)]
 pub(crate) mod check;
+mod conv;
+mod copy;
 mod dense;
 mod dropout;
 mod embedding;
+mod merge;
+mod norm;
+mod pool;
+mod recurrent;
 mod shape;
+mod spatial;
+#[cfg(test)]
+mod testing;
 
 use std::any::Any;
 
@@ -51,8 +60,8 @@ impl Forward {
 pub(crate) struct NodeIo<'a> {
     pub graph: &'a Graph,
     pub node: &'a Node,
-    pub inputs: &'a [Tensor],
-    pub outputs: &'a [Tensor],
+    pub inputs: &'a [&'a Tensor],
+    pub outputs: &'a [&'a Tensor],
     pub mask: Option<&'a Array2<bool>>,
     pub saved: &'a Saved,
     /// Per data input: does anything upstream need its gradient?
@@ -66,12 +75,12 @@ impl<'a> NodeIo<'a> {
 
     /// Data input `i` as floats.
     pub fn input(&self, i: usize) -> Result<&'a ArrayD<f32>> {
-        as_float(&self.inputs[i], self.node)
+        as_float(self.inputs[i], self.node)
     }
 
     /// Output `i` as floats.
     pub fn output(&self, i: usize) -> Result<&'a ArrayD<f32>> {
-        as_float(&self.outputs[i], self.node)
+        as_float(self.outputs[i], self.node)
     }
 
     /// This rule's own saved state.
@@ -122,6 +131,8 @@ pub(crate) fn forward(
 ) -> Result<Forward> {
     match &node.op {
         Op::Dropout(d) => dropout::forward(d, node, inputs, rng),
+        Op::Recurrent(r) => recurrent::forward(r, &graph.params, node, inputs, mask, rng),
+        Op::BatchNorm(b) => norm::batch_norm_forward(b, graph, node, inputs, mask),
         _ => {
             let outs = super::run_node(graph, node, inputs.to_vec(), mask)?;
             Ok(Forward::plain(outs))
@@ -141,29 +152,30 @@ pub(crate) fn support(op: &Op) -> std::result::Result<(), String> {
         | Op::Identity
         | Op::Dropout(_)
         | Op::PaddingMask
-        | Op::Embedding(_) => Ok(()),
-        Op::Conv(_) => missing("convolution"),
-        Op::DepthwiseConv(_) => missing("depthwise convolution"),
-        Op::ConvTranspose(_) => missing("transposed convolution"),
-        Op::Pool(_) => missing("pooling"),
-        Op::GlobalPool { .. } => missing("global pooling"),
-        Op::Recurrent(_) => missing("the recurrent layer"),
-        Op::Merge(_) => missing("the merge"),
-        Op::Scalar(_) => missing("the scalar operator"),
-        Op::Concat { .. } => missing("Concatenate"),
-        Op::Dot(_) => missing("Dot"),
-        Op::Pad { .. } => missing("zero padding"),
-        Op::Crop { .. } => missing("cropping"),
-        Op::Permute { .. } => missing("Permute"),
-        Op::RepeatVector { .. } => missing("RepeatVector"),
-        Op::Upsample { .. } => missing("upsampling"),
-        Op::BatchNorm(_) => missing("BatchNormalization"),
-        Op::LayerNorm(_) => missing("layer normalization"),
-        Op::GroupNorm(_) => missing("GroupNormalization"),
-        Op::Normalization(_) => missing("Normalization"),
-        Op::PRelu(_) => missing("PReLU"),
-        Op::Softmax(_) => missing("softmax over several axes"),
-        Op::TimeDistributed { .. } => missing("TimeDistributed"),
+        | Op::Embedding(_)
+        | Op::Recurrent(_)
+        | Op::Conv(_)
+        | Op::DepthwiseConv(_)
+        | Op::ConvTranspose(_)
+        | Op::Pool(_)
+        | Op::GlobalPool { .. }
+        | Op::Pad { .. }
+        | Op::Crop { .. }
+        | Op::Upsample { .. }
+        | Op::Merge(_)
+        | Op::Scalar(_)
+        | Op::Concat { .. }
+        | Op::Dot(_)
+        | Op::Permute { .. }
+        | Op::RepeatVector { .. }
+        | Op::LayerNorm(_)
+        | Op::GroupNorm(_)
+        | Op::Normalization(_)
+        | Op::PRelu(_)
+        | Op::Softmax(_) => Ok(()),
+        Op::BatchNorm(b) if !b.unused.is_empty() => missing("BatchNormalization with renorm=True"),
+        Op::BatchNorm(_) => Ok(()),
+        Op::TimeDistributed { inner } => support(inner),
         Op::ConvLstm(_) => missing("ConvLSTM"),
     }
 }
@@ -193,33 +205,73 @@ pub(crate) fn backward(
         Op::Dropout(d) => one(dropout::backward(d, io, dy0()?)?),
         Op::PaddingMask => Ok(vec![None]),
         Op::Embedding(e) => {
-            embedding::backward(e, params, &io.inputs[0], node, dy0()?, grads)?;
+            embedding::backward(e, params, io.inputs[0], node, dy0()?, grads)?;
             Ok(vec![None])
         }
-        Op::Conv(_)
-        | Op::DepthwiseConv(_)
-        | Op::ConvTranspose(_)
-        | Op::Pool(_)
-        | Op::GlobalPool { .. }
-        | Op::Recurrent(_)
-        | Op::Merge(_)
-        | Op::Scalar(_)
-        | Op::Concat { .. }
-        | Op::Dot(_)
-        | Op::Pad { .. }
-        | Op::Crop { .. }
-        | Op::Permute { .. }
-        | Op::RepeatVector { .. }
-        | Op::Upsample { .. }
-        | Op::BatchNorm(_)
-        | Op::LayerNorm(_)
-        | Op::GroupNorm(_)
-        | Op::Normalization(_)
-        | Op::PRelu(_)
-        | Op::Softmax(_)
-        | Op::TimeDistributed { .. }
-        | Op::ConvLstm(_) => Err(no_backward(node)),
+        Op::Recurrent(r) => recurrent::backward(r, io, dys, grads),
+        Op::Conv(c) => {
+            let dx = conv::conv(
+                c,
+                params,
+                &node.name,
+                io.input(0)?,
+                &dy0()?,
+                io.needs[0],
+                grads,
+            )?;
+            Ok(vec![dx])
+        }
+        Op::DepthwiseConv(c) => {
+            let x = io.input(0)?;
+            let dx = conv::depthwise(c, params, &node.name, x, &dy0()?, io.needs[0], grads)?;
+            Ok(vec![dx])
+        }
+        Op::ConvTranspose(c) => {
+            let x = io.input(0)?;
+            let dx = conv::conv_transpose(c, params, &node.name, x, &dy0()?, io.needs[0], grads)?;
+            Ok(vec![dx])
+        }
+        Op::TimeDistributed { inner } => {
+            Ok(vec![spatial::time_distributed(inner, io, &dy0()?, grads)?])
+        }
+        Op::Pool(p) => wanted(io, || pool::pool(p, io.input(0)?, &dy0()?)),
+        Op::GlobalPool { op, .. } => wanted(io, || {
+            pool::global_pool(*op, io.input(0)?, &dy0()?, io.mask)
+        }),
+        Op::Pad { pads } => wanted(io, || spatial::pad(pads, io.input(0)?, &dy0()?)),
+        Op::Crop { crops } => wanted(io, || spatial::crop(crops, io.input(0)?, &dy0()?)),
+        Op::Upsample {
+            factors,
+            interpolation: Interpolation::Nearest,
+        } => wanted(io, || {
+            spatial::upsample_nearest(factors, io.input(0)?, &dy0()?)
+        }),
+        Op::Upsample {
+            interpolation: Interpolation::Bilinear,
+            ..
+        } => wanted(io, || spatial::upsample_bilinear(io.input(0)?, &dy0()?)),
+        Op::Merge(m) => merge::merge_backward(m, io, dy0()?),
+        Op::Scalar(sc) => merge::scalar_backward(sc, io, dy0()?),
+        Op::Dot(d) => merge::dot_backward(d, io, dy0()?),
+        Op::Concat { axis } => copy::concat_backward(*axis, io, dy0()?),
+        Op::Permute { perm } => copy::permute_backward(perm, io, dy0()?),
+        Op::RepeatVector { .. } => copy::repeat_vector_backward(io, dy0()?),
+        Op::BatchNorm(b) => norm::batch_norm_backward(b, io, dy0()?, grads),
+        Op::LayerNorm(l) => norm::layer_norm_backward(l, io, dy0()?, grads),
+        Op::GroupNorm(gn) => norm::group_norm_backward(gn, io, dy0()?, grads),
+        Op::Normalization(n) => norm::normalization_backward(n, io, dy0()?),
+        Op::PRelu(p) => norm::prelu_backward(p, io, dy0()?, grads),
+        Op::Softmax(s) => norm::softmax_backward(s, io, dy0()?),
+        Op::ConvLstm(_) => Err(no_backward(node)),
     }
+}
+
+/// The one input gradient of a parameterless op, computed only when something upstream wants it.
+fn wanted(
+    io: &NodeIo,
+    dx: impl FnOnce() -> Result<ArrayD<f32>>,
+) -> Result<Vec<Option<ArrayD<f32>>>> {
+    Ok(vec![if io.needs[0] { Some(dx()?) } else { None }])
 }
 
 /// The error for a node whose op has no backward rule (training checks this up front).

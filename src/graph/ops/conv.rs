@@ -88,6 +88,26 @@ impl Window2d {
             pad_top_left: [pt, pl],
         }
     }
+
+    /// The same geometry as a [`Window`] of `rank` 1 or 2 (a 1-D window has height 1), for the
+    /// kernels that walk (D, H, W); the inverse of [`Window::plane`].
+    pub fn as_window(&self, rank: usize) -> Window {
+        let [kh, kw] = self.kernel;
+        let [sh, sw] = self.strides;
+        let [h, w] = self.in_hw;
+        let [oh, ow] = self.out_hw;
+        let [pt, pl] = self.pad_top_left;
+        Window {
+            rank,
+            kernel: [1, kh, kw],
+            strides: [1, sh, sw],
+            dilation: [1, 1, 1],
+            padding: self.padding,
+            input: [1, h, w],
+            output: [1, oh, ow],
+            pad_before: [0, pt, pl],
+        }
+    }
 }
 
 /// The geometry of a 1-, 2- or 3-D window op (conv or pool) on a channels-last tensor, resolved

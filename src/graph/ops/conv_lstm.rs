@@ -2,7 +2,7 @@
 //! layer's strides and padding; the recurrent conv is stride 1, `same`, on the state. A 1-D
 //! layer is a 2-D one with height 1.
 
-use super::{Activation, ShapeResult, Window2d};
+use super::{Activation, Conv, ShapeResult, Window2d};
 use crate::graph::params::{ParamId, ParamStore};
 use crate::graph::{DType, Shape, ValueInfo};
 
@@ -39,6 +39,41 @@ impl ConvLstm {
         }
         s.extend([w, self.in_channels]);
         s
+    }
+
+    fn rank(&self) -> usize {
+        if self.one_d {
+            1
+        } else {
+            2
+        }
+    }
+
+    /// The input convolution as a Conv op on one step's image: (H, W, C) -> (H', W', 4F), bias
+    /// included, gates i, f, c, o along the filters.
+    pub fn input_conv(&self) -> Conv {
+        Conv {
+            filters: 4 * self.filters,
+            window: self.window.as_window(self.rank()),
+            in_channels: self.in_channels,
+            groups: 1,
+            kernel: self.kernel,
+            bias: self.bias,
+            activation: Activation::Linear,
+        }
+    }
+
+    /// The recurrent convolution as a Conv op on the state: (H', W', F) -> (H', W', 4F).
+    pub fn recurrent_conv(&self) -> Conv {
+        Conv {
+            filters: 4 * self.filters,
+            window: self.recurrent_window.as_window(self.rank()),
+            in_channels: self.filters,
+            groups: 1,
+            kernel: self.recurrent_kernel,
+            bias: None,
+            activation: Activation::Linear,
+        }
     }
 
     pub fn infer(&self, inputs: &[&ValueInfo], params: &ParamStore) -> ShapeResult<Vec<ValueInfo>> {

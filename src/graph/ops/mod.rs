@@ -30,7 +30,7 @@ pub use norm::{
     LayerNormKind, Normalization, PRelu, Softmax, NORMALIZATION_EPSILON, UNIT_NORM_MAX_INV,
 };
 pub use pool::{Pool, PoolOp};
-pub use recurrent::{CellKind, MergeMode, Recurrent, RecurrentCell};
+pub use recurrent::{CellDropout, CellKind, MergeMode, Recurrent, RecurrentCell};
 
 use super::params::{ParamId, ParamStore};
 use super::{DType, Shape, ValueInfo};
@@ -364,11 +364,13 @@ impl Op {
         }
     }
 
-    /// Whether the op reads a mask when one reaches its input.
+    /// Whether the op reads a mask when one reaches its input (BatchNormalization only in
+    /// training: its batch statistics skip the masked steps).
     pub fn takes_mask(&self) -> bool {
         matches!(
             self,
             Op::Recurrent(_)
+                | Op::BatchNorm(_)
                 | Op::GlobalPool {
                     op: PoolOp::Average,
                     rank: 1,

@@ -92,6 +92,11 @@ pub struct BatchNorm {
     pub moving_mean: ParamId,
     pub moving_variance: ParamId,
     pub epsilon: f32,
+    /// Training's moving average: moving = moving * momentum + batch statistic * (1 - momentum).
+    pub momentum: f64,
+    /// The layer's own `trainable` flag: Keras runs a frozen BatchNormalization on its moving
+    /// statistics in training too (`training and self.trainable`).
+    pub trainable: bool,
     /// Batch renormalization's training statistics (moving_stddev, renorm_mean,
     /// renorm_stddev): stored, never read at inference.
     pub unused: Vec<ParamId>,
@@ -107,6 +112,16 @@ impl BatchNorm {
     pub fn affine(&self, params: &ParamStore) -> (Vec<f32>, Vec<f32>) {
         let mean = params.slice(self.moving_mean);
         let var = params.slice(self.moving_variance);
+        self.affine_with(params, mean, var)
+    }
+
+    /// `affine` with the given statistics (a training batch's, or the moving ones).
+    pub fn affine_with(
+        &self,
+        params: &ParamStore,
+        mean: &[f32],
+        var: &[f32],
+    ) -> (Vec<f32>, Vec<f32>) {
         let gamma = self.gamma.map(|g| params.slice(g));
         let beta = self.beta.map(|g| params.slice(g));
         let mut scale = Vec::with_capacity(mean.len());

@@ -61,6 +61,21 @@ pub struct RecurrentCell {
     /// Reads the sequence from the end. With return_sequences, outputs stay in processing order
     /// (as Keras), except inside Bidirectional, which puts the backward outputs back in time order.
     pub go_backwards: bool,
+    /// Dropout in training; inference ignores it.
+    pub dropout: CellDropout,
+}
+
+/// A cell's dropout rates (Keras's `dropout` and `recurrent_dropout`, clamped to [0, 1] as
+/// Keras does). Each mask is drawn once per batch and kept for every timestep.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CellDropout {
+    /// On the input x_t, mask (N, features).
+    pub input: f32,
+    /// On h_{t-1} before the recurrent kernel, mask (N, units).
+    pub recurrent: f32,
+    /// Keras's `implementation=1` (which a nonzero recurrent_dropout forces): LSTM and GRU
+    /// draw one mask per gate instead of one shared by all gates.
+    pub per_gate: bool,
 }
 
 impl RecurrentCell {

@@ -23,6 +23,7 @@ fn passes_mask(class: &str) -> bool {
     matches!(
         class,
         "Dropout"
+            | "ActivityRegularization"
             | "SpatialDropout1D"
             | "Activation"
             | "Dense"

@@ -124,6 +124,13 @@ impl Builder<'_> {
         let scale = cfg.bool_or("scale", true)?;
         let renorm = cfg.bool_or("renorm", false)?;
         let epsilon = cfg.f32_or("epsilon", 1e-3)?;
+        // Kept in f64: Keras multiplies by the Python float, so 1 - momentum is rounded once.
+        let momentum = match cfg.get("momentum") {
+            None => 0.99,
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| cfg.error("momentum", format!("expected a number, found {v}")))?,
+        };
         let channels: Vec<usize> = axes.iter().map(|&a| x.shape[a]).collect();
         // Keras 2 stored the weights of a multi-axis layer in broadcast form over the whole
         // input, batch axis included; Keras 3 has one axis and (C,) weights.
@@ -167,6 +174,8 @@ impl Builder<'_> {
             moving_mean,
             moving_variance,
             epsilon,
+            momentum,
+            trainable: cfg.bool_or("trainable", true)?,
             unused,
         }))
     }

@@ -96,6 +96,17 @@ impl Builder<'_> {
             specs.push(("bias", bias));
         }
         let p = self.params(owner, sub, &specs)?;
+        let rate = |field: &str| -> Result<f32> { Ok(cfg.f32_or(field, 0.0)?.clamp(0.0, 1.0)) };
+        let recurrent_dropout = rate("recurrent_dropout")?;
+        let implementation = match cfg.get("implementation") {
+            None => 2,
+            Some(_) => cfg.usize("implementation")?,
+        };
+        let dropout = CellDropout {
+            input: rate("dropout")?,
+            recurrent: recurrent_dropout,
+            per_gate: implementation == 1 || recurrent_dropout != 0.0,
+        };
         Ok(RecurrentCell {
             kind,
             units,
@@ -105,6 +116,7 @@ impl Builder<'_> {
             recurrent_kernel: p[1],
             bias: p.get(2).copied(),
             go_backwards,
+            dropout,
         })
     }
 

@@ -5,9 +5,11 @@
 
 pub mod ops;
 pub mod params;
+pub mod source;
 
 pub use ops::*;
-pub use params::{Param, ParamId, ParamStore};
+pub use params::{KerasDType, KerasVar, Param, ParamId, ParamStore};
+pub use source::{ConfigOrigin, SourceConfig};
 
 use crate::error::{Error, Result};
 
@@ -128,6 +130,8 @@ pub struct Graph {
     pub regularizers: Vec<Regularizer>,
     /// The `.keras` file's `compile_config` (loss, optimizer, metrics) as saved, for training.
     pub compile_config: Option<serde_json::Value>,
+    /// The Keras config the graph was built from, which saving writes back.
+    pub source_config: Option<std::sync::Arc<SourceConfig>>,
 }
 
 impl Graph {

@@ -9,13 +9,37 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ParamId(pub usize);
 
-/// One weight array: Keras's path for it (`dense_1/kernel`), its values, and whether an
-/// optimizer updates it (BatchNormalization's moving statistics are not trainable).
+/// One weight array: Keras's path for it (`dense_1/kernel`), its values, whether an optimizer
+/// updates it (BatchNormalization's moving statistics are not trainable), and where a Keras 3
+/// weights file keeps it (none for a weight the config itself holds, such as Normalization's
+/// `mean` given in the config).
 #[derive(Debug, Clone)]
 pub struct Param {
     pub name: String,
     pub value: ArrayD<f32>,
     pub trainable: bool,
+    pub keras: Option<KerasVar>,
+}
+
+/// A weight's place in Keras 3's `model.weights.h5`, whatever file it was read from (`.keras`,
+/// `.weights.h5`, legacy `.h5`, `.npz`), so that a model saves in Keras 3's layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KerasVar {
+    /// The dataset: `layers/<group>/[<sub-object>/]vars/<index>`, e.g.
+    /// `layers/bidirectional/forward_layer/cell/vars/0`.
+    pub path: String,
+    /// The variable's shape in Keras, which a loader may have reshaped for its op
+    /// (Normalization's statistics are broadcast to the input's rank).
+    pub shape: Vec<usize>,
+    pub dtype: KerasDType,
+}
+
+/// The dtype Keras gives a variable (and writes its dataset in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KerasDType {
+    Float32,
+    /// Counters such as Normalization's `count`.
+    Int64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -29,8 +53,21 @@ impl ParamStore {
             name: name.into(),
             value: value.as_standard_layout().into_owned(),
             trainable,
+            keras: None,
         });
         ParamId(self.params.len() - 1)
+    }
+
+    /// Records where Keras 3 keeps parameter `id` (see [`KerasVar`]).
+    pub fn set_keras(&mut self, id: ParamId, var: KerasVar) {
+        self.params[id.0].keras = Some(var);
+    }
+
+    /// Sets the Keras dtype of a parameter whose place is recorded (a no-op otherwise).
+    pub fn set_keras_dtype(&mut self, id: ParamId, dtype: KerasDType) {
+        if let Some(var) = &mut self.params[id.0].keras {
+            var.dtype = dtype;
+        }
     }
 
     pub fn len(&self) -> usize {

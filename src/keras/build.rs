@@ -285,7 +285,7 @@ pub(crate) struct Builder<'a> {
 
 /// Keras's h5 group for each layer of one container, in its layer order: snake_case class
 /// name, then `_1`, `_2` for later layers of the same class (keras.src.saving.saving_lib).
-fn h5_groups(layers: &[Value]) -> HashMap<String, String> {
+pub(crate) fn h5_groups(layers: &[Value]) -> HashMap<String, String> {
     let mut counts: HashMap<String, usize> = HashMap::new();
     let mut groups = HashMap::new();
     for l in layers {
@@ -310,7 +310,7 @@ fn h5_groups(layers: &[Value]) -> HashMap<String, String> {
 /// A Keras 3 operator node (`keras.ops.not_equal`, `a + b` ...) rather than a layer: its module
 /// is `keras.src.ops.*`, or, in files that record no module (legacy `.h5`), its config holds
 /// nothing but a name.
-fn is_operator(entry: &Value) -> bool {
+pub(crate) fn is_operator(entry: &Value) -> bool {
     match entry.get("module").and_then(Value::as_str) {
         Some(m) => m.starts_with("keras.src.ops"),
         None => entry
@@ -320,7 +320,7 @@ fn is_operator(entry: &Value) -> bool {
     }
 }
 
-fn layer_name(l: &Value) -> String {
+pub(crate) fn layer_name(l: &Value) -> String {
     l.get("name")
         .or_else(|| l.get("config").and_then(|c| c.get("name")))
         .and_then(Value::as_str)
@@ -415,8 +415,15 @@ impl<'a> Builder<'a> {
             specs,
             fields,
         })?;
+        // Where Keras 3 keeps these, whichever file they came from.
+        let mut vars_path = format!("layers/{}", self.group);
+        for s in sub {
+            vars_path.push('/');
+            vars_path.push_str(s);
+        }
+        vars_path.push_str("/vars");
         let mut ids = Vec::with_capacity(specs.len());
-        for (w, (what, shape)) in raw.into_iter().zip(specs) {
+        for (index, (w, (what, shape))) in raw.into_iter().zip(specs).enumerate() {
             let label = match sub.first() {
                 Some(first) if sub.len() > 1 => format!("{first}/{what}"),
                 _ => what.to_string(),
@@ -430,7 +437,16 @@ impl<'a> Builder<'a> {
             let array = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), w.values)
                 .map_err(|e| self.weight_error(cfg, format!("{label}: {e}")))?;
             let name = format!("{}/{label}", cfg.name);
-            ids.push(self.graph.params.add(name, array, true));
+            let id = self.graph.params.add(name, array, true);
+            self.graph.params.set_keras(
+                id,
+                KerasVar {
+                    path: format!("{vars_path}/{index}"),
+                    shape: shape.clone(),
+                    dtype: KerasDType::Float32,
+                },
+            );
+            ids.push(id);
         }
         self.record_weight_config(cfg, fields, specs, &ids)?;
         self.taken.insert(key, ids.clone());

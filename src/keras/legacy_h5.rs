@@ -60,6 +60,10 @@ pub fn classify(file: &hdf5_pure::File) -> Hdf5Kind {
 /// A legacy model file: its config and, when it has a `model_weights` group, its weights.
 pub struct LegacyModel {
     pub config: Value,
+    /// The `model_config` attribute's text, as saving writes it back.
+    pub config_text: String,
+    /// The `keras_version` attribute: who wrote the config.
+    pub keras_version: Option<String>,
     pub weights: Option<LegacyWeights>,
 }
 
@@ -111,12 +115,22 @@ pub fn read_model_file(path: &Path, bytes: Vec<u8>) -> Result<LegacyModel> {
             format!("legacy .h5: the 'model_config' attribute is not valid JSON: {e}"),
         )
     })?;
+    let config_text = text.to_string();
+    let keras_version = attrs
+        .get("keras_version")
+        .and_then(AttrValue::as_str)
+        .map(str::to_string);
     let weights = if file.group("model_weights").is_ok() {
         Some(LegacyWeights::from_file(path, file, "model_weights")?)
     } else {
         None
     };
-    Ok(LegacyModel { config, weights })
+    Ok(LegacyModel {
+        config,
+        config_text,
+        keras_version,
+        weights,
+    })
 }
 
 /// Opens an HDF5 file held in memory, refusing one shorter than its superblock says: hdf5-pure

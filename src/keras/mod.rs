@@ -22,12 +22,15 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::graph::Graph;
+use crate::graph::{ConfigOrigin, Graph, SourceConfig};
 use weights::{H5Weights, InitWeights, WeightSource};
 
 /// Everything read from the model file before layers are built.
 struct ModelFile {
     config: Value,
+    /// The config's text as read, and where it came from (kept on the graph for saving).
+    config_text: String,
+    origin: ConfigOrigin,
     /// Weights carried inside a `.keras` file.
     weights: Option<WeightSource>,
     /// Entries under `assets/` of a `.keras` file: (zip path, bytes).
@@ -77,7 +80,22 @@ pub fn load_for_lengths(
         time_lengths,
     )?;
     graph.compile_config = compile_config;
+    keep_source(&mut graph, file.config_text, file.origin, file.assets);
     Ok((graph, free))
+}
+
+/// Keeps the config as read (and a `.keras`'s assets) on the graph: saving writes them back.
+fn keep_source(
+    graph: &mut Graph,
+    json: String,
+    origin: ConfigOrigin,
+    assets: Vec<(String, Vec<u8>)>,
+) {
+    graph.source_config = Some(std::sync::Arc::new(SourceConfig {
+        json,
+        origin,
+        assets,
+    }));
 }
 
 /// Loads a model with no weights: every weight is initialized from its layer's config as Keras
@@ -99,7 +117,10 @@ pub fn load_initialized_for_lengths(
 ) -> Result<(Graph, Vec<usize>)> {
     let (file, _, _) = read_model_file(path)?;
     let source = WeightSource::Init(InitWeights::new(seed));
-    build::build_model(path, path, &file.config, source, &file.assets, time_lengths)
+    let (mut graph, free) =
+        build::build_model(path, path, &file.config, source, &file.assets, time_lengths)?;
+    keep_source(&mut graph, file.config_text, file.origin, file.assets);
+    Ok((graph, free))
 }
 
 /// Reads a model file of any kind (told by its content); also says whether it was a zip
@@ -118,16 +139,15 @@ fn read_model_file(path: &Path) -> Result<(ModelFile, bool, bool)> {
         let legacy = legacy_h5::read_model_file(path, bytes)?;
         ModelFile {
             config: legacy.config,
+            config_text: legacy.config_text,
+            origin: ConfigOrigin::LegacyH5 {
+                keras_version: legacy.keras_version,
+            },
             weights: legacy.weights.map(WeightSource::Legacy),
             assets: Vec::new(),
         }
     } else {
-        let config = parse_json(path, &bytes)?;
-        ModelFile {
-            config,
-            weights: None,
-            assets: Vec::new(),
-        }
+        json_model_file(path, &bytes)?
     };
     Ok((file, is_zip, is_hdf5))
 }
@@ -142,14 +162,24 @@ pub fn load_with_arrays(path: &Path, arrays: Vec<weights::RawWeight>) -> Result<
     let file = if bytes.starts_with(b"PK") {
         read_keras_zip(path, bytes)?
     } else {
-        ModelFile {
-            config: parse_json(path, &bytes)?,
-            weights: None,
-            assets: Vec::new(),
-        }
+        json_model_file(path, &bytes)?
     };
     let source = WeightSource::Npz(weights::NpzWeights::from_arrays(path, arrays));
-    build::build_model(path, path, &file.config, source, &file.assets, &[]).map(|(graph, _)| graph)
+    let (mut graph, _) = build::build_model(path, path, &file.config, source, &file.assets, &[])?;
+    keep_source(&mut graph, file.config_text, file.origin, file.assets);
+    Ok(graph)
+}
+
+/// A model JSON file: its config, without weights.
+fn json_model_file(path: &Path, bytes: &[u8]) -> Result<ModelFile> {
+    let (config, config_text) = parse_json(path, bytes)?;
+    Ok(ModelFile {
+        config,
+        config_text,
+        origin: ConfigOrigin::Json,
+        weights: None,
+        assets: Vec::new(),
+    })
 }
 
 /// The name TensorFlow gives a SavedModel's graph file.
@@ -182,20 +212,24 @@ fn refuse_folder_or_saved_model(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn parse_json(path: &Path, bytes: &[u8]) -> Result<Value> {
+/// The config and the text it was parsed from.
+fn parse_json(path: &Path, bytes: &[u8]) -> Result<(Value, String)> {
     let text = std::str::from_utf8(bytes)
         .map_err(|_| Error::format(path, "not a .keras zip and not UTF-8 JSON"))?;
     let value: Value = serde_json::from_str(text)
         .map_err(|e| Error::format(path, format!("not a .keras zip and not valid JSON: {e}")))?;
     // `model.to_json()` may have been saved as a JSON string holding JSON.
     match value {
-        Value::String(inner) => serde_json::from_str(&inner).map_err(|e| {
-            Error::format(
-                path,
-                format!("JSON string does not hold a model config: {e}"),
-            )
-        }),
-        v => Ok(v),
+        Value::String(inner) => {
+            let v = serde_json::from_str(&inner).map_err(|e| {
+                Error::format(
+                    path,
+                    format!("JSON string does not hold a model config: {e}"),
+                )
+            })?;
+            Ok((v, inner))
+        }
+        v => Ok((v, text.to_string())),
     }
 }
 
@@ -225,7 +259,9 @@ fn read_keras_zip(path: &Path, bytes: Vec<u8>) -> Result<ModelFile> {
             "not a Keras 3 .keras file: the zip has no config.json",
         )
     })?;
-    let config = serde_json::from_slice(&config_bytes)
+    let config_text = String::from_utf8(config_bytes)
+        .map_err(|_| Error::format(path, "config.json is not valid JSON: not UTF-8 text"))?;
+    let config = serde_json::from_str(&config_text)
         .map_err(|e| Error::format(path, format!("config.json is not valid JSON: {e}")))?;
     let weights = match read_entry("model.weights.h5")? {
         Some(h5) => Some(WeightSource::H5(H5Weights::from_bytes(
@@ -254,6 +290,8 @@ fn read_keras_zip(path: &Path, bytes: Vec<u8>) -> Result<ModelFile> {
     }
     Ok(ModelFile {
         config,
+        config_text,
+        origin: ConfigOrigin::Json,
         weights,
         assets,
     })

@@ -330,6 +330,7 @@ impl Builder<'_> {
                 for &id in &p {
                     self.graph.params.set_trainable(id, false);
                 }
+                self.graph.params.set_keras_dtype(p[2], KerasDType::Int64);
                 self.reshape_param(cfg, p[0], &broadcast)?;
                 self.reshape_param(cfg, p[1], &broadcast)?;
                 (p[0], p[1], Some(p[2]))

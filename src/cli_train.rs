@@ -454,8 +454,7 @@ fn save(
     let mut graph = model.clone();
     graph.params = params.clone();
     let vars = optimizer.map(Optimizer::keras_variables);
-    let _ = (graph, vars, path);
-    Err(Error::Usage("saving lands with keras::save".into())) // TEMP until keras-save merges
+    wgnn::keras::save::save(path, &graph, vars.as_deref())
 }
 
 struct CliObserver {

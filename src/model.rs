@@ -152,6 +152,24 @@ impl Model {
         &self.source
     }
 
+    /// Saves the model as Keras 3 does, by file name: `*.keras` (config, weights, metadata:
+    /// what `keras.saving.load_model` reads) or `*.weights.h5` (the weights alone, for
+    /// `model.load_weights`). Written to a temporary file beside `path` and renamed into place.
+    /// See [`crate::keras::save`].
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        crate::keras::save::save(path.as_ref(), &self.graph, None)
+    }
+
+    /// Like [`save`](Self::save), with the optimizer's state: its variables in the order of
+    /// Keras's `optimizer.variables`, each named by its Keras path (`adam/iteration` ...).
+    pub fn save_with_optimizer(
+        &self,
+        path: impl AsRef<Path>,
+        optimizer: &[(String, ArrayD<f32>)],
+    ) -> Result<()> {
+        crate::keras::save::save(path.as_ref(), &self.graph, Some(optimizer))
+    }
+
     /// Runs a single-input model on a float batch shaped `(N, ...input_shape)`, returning its
     /// (first) output. For token-id models the values must be integral (they are taken as ids).
     pub fn predict(&self, x: ArrayViewD<f32>, backend: Backend) -> Result<ArrayD<f32>> {

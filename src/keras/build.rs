@@ -408,7 +408,7 @@ impl<'a> Builder<'a> {
         }
         let inner = super::weight_fields::fields_config(cfg, caller_sub)?;
         let fields = inner.as_ref().unwrap_or(cfg);
-        let raw = self.weights.take(&WeightRequest {
+        let raw = self.weights.take_request(&WeightRequest {
             owner: &owner,
             group: &self.group,
             sub,

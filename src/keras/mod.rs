@@ -12,6 +12,7 @@ mod fields;
 mod initialize;
 mod layers;
 pub mod legacy_h5;
+pub mod save;
 mod train_config;
 mod weight_fields;
 pub mod weights;

@@ -83,9 +83,29 @@ impl WeightSource {
         }
     }
 
-    /// The weights of one layer, or of a sub-object of it (the sub-object path is read by h5;
-    /// npz is purely positional, and legacy h5 hands out a layer's arrays in order).
-    pub(crate) fn take(&mut self, req: &WeightRequest) -> Result<Vec<RawWeight>> {
+    /// The `count` arrays a file holds for a layer (`layer` in h5 group `group`), or for a
+    /// sub-object of it (`sub` like `["forward_layer", "cell"]`, read by h5 only: npz is purely
+    /// positional, and legacy h5 hands out a layer's arrays in order). An initializing source
+    /// has no arrays to hand out without the layer's config.
+    pub fn take(
+        &mut self,
+        layer: &str,
+        group: &str,
+        sub: &[&str],
+        count: usize,
+    ) -> Result<Vec<RawWeight>> {
+        match self {
+            WeightSource::H5(h) => h.take(layer, group, sub, count),
+            WeightSource::Legacy(l) => l.take(layer, count),
+            WeightSource::Npz(n) => n.take(layer, count),
+            WeightSource::Init(_) => Err(Error::Internal(format!(
+                "layer '{layer}': initialized weights are made from the layer's config"
+            ))),
+        }
+    }
+
+    /// The weights the loader asks for: from the file, or drawn from the layer's initializers.
+    pub(crate) fn take_request(&mut self, req: &WeightRequest) -> Result<Vec<RawWeight>> {
         let count = req.specs.len();
         match self {
             WeightSource::H5(h) => h.take(req.owner, req.group, req.sub, count),

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use ndarray::ArrayD;
 use serde::Deserialize;
 use serde_json::Value;
-use wgnn::graph::{DType, Graph, ParamId, Penalized, ValueId};
+use wgnn::graph::{DType, Graph, Op, ParamId, Penalized, ValueId};
 use wgnn::train::init::compute_fans;
 use wgnn::{Backend, Model, PreparedInput};
 
@@ -336,6 +336,22 @@ fn regularizers_give_keras_losses() {
             &fx.non_trainable,
             &format!("{} non-trainable", fx.name),
         );
+        // A frozen BatchNormalization (by its own flag or its container's) also runs on its
+        // moving statistics in training: the op's flag follows its weights'.
+        for node in &graph.nodes {
+            if let Op::BatchNorm(bn) = &node.op {
+                let gamma = bn
+                    .gamma
+                    .expect("the fixtures' BatchNormalization layers scale");
+                assert_eq!(
+                    bn.trainable,
+                    graph.params.param(gamma).trainable,
+                    "{}: {}",
+                    fx.name,
+                    node.name
+                );
+            }
+        }
         assert_eq!(
             graph.compile_config.as_ref(),
             Some(&fx.compile_config),

@@ -188,6 +188,23 @@ def frozen_nested():
                                loss="mae", metrics=["mae"])
 
 
+def frozen_model():
+    """A whole model saved frozen: every weight non-trainable, so no weight penalty counts; its
+    activity penalty still does."""
+    # Named explicitly, so that Keras's name counters (in the other fixtures' files) stay put.
+    model = keras.Sequential([
+        keras.Input((4,), name="frozen_x"),
+        layers.Dense(5, kernel_regularizer=regularizers.L2(0.5),
+                     activity_regularizer=regularizers.L1(0.1), name="d1"),
+        layers.BatchNormalization(gamma_regularizer=regularizers.L1(0.5), name="bn"),
+        layers.Dense(2, name="d2"),
+    ], name="frozen_model")
+    model.trainable = False
+    rng = np.random.default_rng(6)
+    inputs = [rng.normal(0, 1, (4, 4)).astype(np.float32)]
+    return model, inputs, dict(optimizer=keras.optimizers.SGD(name="frozen_sgd"), loss="mse")
+
+
 def penalty_fixture(name, build):
     model, inputs, compile_args = build()
     randomize(model, np.random.default_rng(zlib.crc32(name.encode())))
@@ -440,7 +457,8 @@ def main():
     keras.utils.set_random_seed(0)
     manifest = {
         "penalties": [penalty_fixture("every_regularizer", every_regularizer),
-                      penalty_fixture("frozen_nested", frozen_nested)],
+                      penalty_fixture("frozen_nested", frozen_nested),
+                      penalty_fixture("frozen_model", frozen_model)],
         "compile": compile_fixtures(),
         "init": [init_fixture("init_cnn", init_cnn, "json"),
                  init_fixture("init_rnn", init_rnn, "keras"),

@@ -55,7 +55,8 @@ pub fn build_model(
         time_lengths,
         free_inputs: Vec::new(),
         weights_owner: None,
-        frozen: false,
+        // A model saved with `trainable: false` freezes every layer in it.
+        frozen: inner.get("trainable").and_then(Value::as_bool) == Some(false),
     };
     let outputs = match class {
         "Sequential" => builder.sequential(inner, None)?,

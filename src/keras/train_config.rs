@@ -141,22 +141,11 @@ impl Builder<'_> {
     }
 }
 
-/// The whole-model part, once every layer is built: a model saved with `trainable: false`
-/// freezes every weight; regularizers of weights that are not trainable are dropped, as Keras
-/// does not count them; the `compile_config` saved beside the model config (`.keras`
-/// config.json, or `to_json()`) is kept as it is, unless it is empty (an uncompiled model).
+/// The whole-model part, once every layer is built: regularizers of weights that are not
+/// trainable are dropped, as Keras does not count them; the `compile_config` saved beside the
+/// model config (`.keras` config.json, or `to_json()`) is kept as it is, unless it is empty (an
+/// uncompiled model).
 pub(crate) fn finish(graph: &mut Graph, model: &Value) {
-    let frozen = model
-        .get("config")
-        .and_then(|c| c.get("trainable"))
-        .and_then(Value::as_bool)
-        == Some(false);
-    if frozen {
-        let ids: Vec<ParamId> = graph.params.iter().map(|(id, _)| id).collect();
-        for id in ids {
-            graph.params.set_trainable(id, false);
-        }
-    }
     let params = &graph.params;
     graph.regularizers.retain(|r| match r.target {
         Penalized::Param(id) => params.param(id).trainable,

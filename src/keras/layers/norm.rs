@@ -175,7 +175,8 @@ impl Builder<'_> {
             moving_variance,
             epsilon,
             momentum,
-            trainable: cfg.bool_or("trainable", true)?,
+            // Frozen by its own flag or by a frozen container (a frozen model freezes its layers).
+            trainable: !self.frozen && cfg.bool_or("trainable", true)?,
             unused,
         }))
     }

@@ -189,6 +189,40 @@ def _(rng):
     return m, [ids], [y.astype(np.float32)[:, None]]
 
 
+@case(
+    "acc_mlp_mse_adam_l1",
+    "Dense(32, tanh, L1 1e-4 on kernel and bias) -> Dense(16, relu) -> Dense(2); Adam(3e-3), MSE, mae; regression "
+    "on 8 features",
+    lambda: optimizers.Adam(learning_rate=3e-3),
+    "mse",
+    ["mae"],
+)
+def _(rng):
+    x = normal(rng, N, 8)
+    y = np.sin(x @ rng.normal(0, 0.6, (8, 2))) + 0.1 * normal(rng, N, 2)
+    l1 = regularizers.L1(1e-4)
+    m = seq((8,), layers.Dense(32, activation="tanh", kernel_regularizer=l1, bias_regularizer=l1),
+            layers.Dense(16, activation="relu"), layers.Dense(2))  # fmt: skip
+    return m, [x], [y.astype(np.float32)]
+
+
+@case(
+    "acc_text_bilstm_sgd_nesterov_l2",
+    "Embedding(13, 8, mask_zero=True) -> Bidirectional(LSTM(6, L2 1e-3 on kernel and recurrent kernel), merge sum) "
+    "-> Dense(1, sigmoid); SGD(0.05, momentum 0.9, nesterov), binary CE, accuracy",
+    lambda: optimizers.SGD(learning_rate=0.05, momentum=0.9, nesterov=True),
+    "binary_crossentropy",
+    ["accuracy"],
+)
+def _(rng):
+    ids, y = text_task(rng, N, 12)
+    l2 = regularizers.L2(1e-3)
+    lstm = layers.LSTM(6, kernel_regularizer=l2, recurrent_regularizer=l2)
+    m = seq((12,), layers.Embedding(VOCAB, 8, mask_zero=True), layers.Bidirectional(lstm, merge_mode="sum"),
+            layers.Dense(1, activation="sigmoid"), dtype="int32")  # fmt: skip
+    return m, [ids], [y.astype(np.float32)[:, None]]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path, help="folder to write (created; kept out of the repo)")

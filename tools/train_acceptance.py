@@ -223,6 +223,27 @@ def _(rng):
     return m, [ids], [y.astype(np.float32)[:, None]]
 
 
+@case(
+    "acc_mlp_two_inputs_two_outputs_adam",
+    "functional: inputs a (6 features) and b (4) -> Dense(16, relu) each -> Concatenate -> Dense(16, relu) -> "
+    "outputs reg = Dense(2) (MSE, mae) and cls = Dense(1, sigmoid) (binary CE, accuracy); Adam(2e-3); "
+    "--x a.npy --x b.npy --y reg.npy --y cls.npy on the command line",
+    lambda: optimizers.Adam(learning_rate=2e-3),
+    ["mse", "binary_crossentropy"],
+    [["mae"], ["accuracy"]],
+)
+def _(rng):
+    a, b = normal(rng, N, 6), normal(rng, N, 4)
+    ia, ib = keras.Input((6,), name="a"), keras.Input((4,), name="b")
+    h = layers.Concatenate()([layers.Dense(16, activation="relu")(ia), layers.Dense(16, activation="relu")(ib)])
+    h = layers.Dense(16, activation="relu")(h)
+    m = keras.Model([ia, ib], [layers.Dense(2, name="reg")(h), layers.Dense(1, activation="sigmoid", name="cls")(h)])
+    both = np.concatenate([a, b], axis=1)
+    reg = np.tanh(both @ rng.normal(0, 0.5, (10, 2))) + 0.1 * normal(rng, N, 2)
+    cls = (np.tanh(both @ rng.normal(0, 1, (10, 3))) @ rng.normal(0, 1, (3, 1)) > 0).astype(np.float32)
+    return m, [a, b], [reg.astype(np.float32), cls]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path, help="folder to write (created; kept out of the repo)")

@@ -398,10 +398,16 @@ impl Model {
             )));
         }
         self.check_shape(index, ids.shape())?;
-        let (name, vocab) = self
-            .graph
-            .embedding_for_input(index)
-            .ok_or_else(|| Error::Input("model takes token ids but has no Embedding".into()))?;
+        let (name, vocab) = match self.graph.embedding_for_input(index) {
+            Some(found) => found,
+            // Read only as a mask (`layer(x, mask=mask_input)`): any id counts, nonzero is on.
+            None if self.input_only_masks(index) => ("mask", u32::MAX as usize),
+            None => {
+                return Err(Error::Input(
+                    "model takes token ids but has no Embedding".into(),
+                ))
+            }
+        };
         let mut out = Array2::<u32>::zeros(ids.raw_dim());
         for ((pos, &id), dst) in ids.indexed_iter().zip(out.iter_mut()) {
             if id < 0 || id as u64 >= vocab as u64 {
@@ -413,6 +419,23 @@ impl Model {
             *dst = id as u32;
         }
         Ok(PreparedInput::Ids(out))
+    }
+
+    /// Whether graph input `index` is read only by padding-mask nodes.
+    fn input_only_masks(&self, index: usize) -> bool {
+        let Some(port) = self.graph.inputs.get(index) else {
+            return false;
+        };
+        let readers: Vec<_> = self
+            .graph
+            .nodes
+            .iter()
+            .filter(|n| n.inputs.contains(&port.value))
+            .collect();
+        !readers.is_empty()
+            && readers
+                .iter()
+                .all(|n| matches!(n.op, crate::graph::Op::PaddingMask))
     }
 
     fn input_info(&self, index: usize) -> Result<&crate::graph::ValueInfo> {

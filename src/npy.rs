@@ -74,6 +74,11 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
         (TypeChar::Int, 4) => ints(&shape, fortran, npy.into_vec::<i32>().map_err(bad)?)?,
         (TypeChar::Int, 8) => ints(&shape, fortran, npy.into_vec::<i64>().map_err(bad)?)?,
         (TypeChar::Uint, 1) => ints(&shape, fortran, npy.into_vec::<u8>().map_err(bad)?)?,
+        // A boolean array (a Keras mask input) reads as 0/1 integers.
+        (TypeChar::Bool, 1) => {
+            let values = npy.into_vec::<bool>().map_err(bad)?;
+            ints(&shape, fortran, values.into_iter().map(u8::from).collect())?
+        }
         (TypeChar::Uint, 2) => ints(&shape, fortran, npy.into_vec::<u16>().map_err(bad)?)?,
         (TypeChar::Uint, 4) => ints(&shape, fortran, npy.into_vec::<u32>().map_err(bad)?)?,
         (TypeChar::Uint, 8) => {
@@ -88,7 +93,7 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
         }
         _ => {
             return Err(format!(
-                "unsupported dtype {} (expected float32, float64 or an integer type)",
+                "unsupported dtype {} (expected float32, float64, an integer type or bool)",
                 dtype.descr()
             ))
         }

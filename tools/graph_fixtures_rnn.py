@@ -351,6 +351,37 @@ def _(rng):
     return masked(layers.TimeDistributed(layers.Dense(4)), layers.LSTM(3)), [padded_ids(rng, MIXED)]
 
 
+@fixture("td_lstm", "TimeDistributed(LSTM(4)) over (N,3,6,5) (each item its own sequence) -> LSTM(3)")
+def _(rng):
+    return seq((3, 6, 5), layers.TimeDistributed(layers.LSTM(4)), layers.LSTM(3)), [normal(rng, 3, 3, 6, 5)]
+
+
+@fixture("td_bigru_sequences", "TimeDistributed(Bidirectional(GRU(3, return_sequences))) -> TD(Flatten) -> Dense(2)",
+         form=JSON_H5)  # fmt: skip
+def _(rng):
+    m = seq((2, 5, 4), layers.TimeDistributed(layers.Bidirectional(layers.GRU(3, return_sequences=True))),
+            layers.TimeDistributed(layers.Flatten()), layers.Dense(2))  # fmt: skip
+    return m, [normal(rng, 3, 2, 5, 4)]
+
+
+@fixture("mask_kwarg_bool_input", "GRU(5, return_sequences)(x, mask=bool_input) -> LSTM(3): a mask given as a model input")
+def _(rng):
+    x = keras.Input((8, 4), name="frames")
+    m = keras.Input((8,), dtype="bool", name="frame_mask")
+    h = layers.GRU(5, return_sequences=True)(x, mask=m)
+    model = keras.Model([x, m], layers.LSTM(3)(h))
+    mask = np.array([[j < n for j in range(8)] for n in MIXED if n > 0])
+    return model, [normal(rng, len(mask), 8, 4), mask]
+
+
+@fixture("free_time_strided_conv1d", "keras.Input((None,), int) -> Embedding -> Conv1D(4, 7, strides=3) x2 -> "
+         "GlobalMaxPooling1D -> Dense(2) on length 40 (too short a placeholder length cannot hold the stack)")  # fmt: skip
+def _(rng):
+    m = seq((None,), layers.Embedding(VOCAB, 4), layers.Conv1D(4, 7, strides=3, activation="relu"),
+            layers.Conv1D(4, 7, strides=3), layers.GlobalMaxPooling1D(), layers.Dense(2), dtype="int32")  # fmt: skip
+    return m, [rng.integers(1, VOCAB, (3, 40)).astype(np.int32)]
+
+
 # ---------------------------------------------------------------- ConvLSTM
 
 for _name, _cls, _shape, _kw, _form in [
@@ -420,7 +451,7 @@ def main():
         for k, x in enumerate(inputs):
             f = f"{name}.input{k}.npy"
             np.save(OUT / f, x)
-            kind = "ids" if x.dtype.kind == "i" else "float"
+            kind = "ids" if x.dtype.kind in "ib" else "float"
             entry["inputs"].append(dict(file=f, kind=kind, shape=list(x.shape)))
         outs = reloaded.predict(inputs if len(inputs) > 1 else inputs[0], verbose=0)
         outs = outs if isinstance(outs, (list, tuple)) else [outs]

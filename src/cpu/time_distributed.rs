@@ -1,4 +1,4 @@
-//! TimeDistributed(Conv2D / pooling) on the CPU: (N, T, H, W, C) is run as N*T images.
+//! TimeDistributed(Conv2D / pooling / a recurrent layer) on the CPU: (N, T, H, W, C) is run as N*T images.
 
 use ndarray::ArrayD;
 
@@ -30,6 +30,16 @@ pub(super) fn run(
         Op::Conv(c) => conv::conv(c, params, x, &folded_out)?,
         Op::Pool(p) => conv::pool(p, x, &folded_out)?,
         Op::GlobalPool { op, .. } => conv::global_pool(*op, x, None, &folded_out)?,
+        Op::Recurrent(r) => {
+            let x3 = x.into_dimensionality::<ndarray::Ix3>().map_err(|_| {
+                Error::Internal(format!("layer '{name}' expects (N, T, steps, F) input"))
+            })?;
+            let mut outs = super::recurrent::run(r, params, &x3, None, &[]);
+            if outs.is_empty() {
+                return Err(Error::Internal(format!("layer '{name}': no output")));
+            }
+            outs.swap_remove(0)
+        }
         other => {
             return Err(Error::Internal(format!(
                 "layer '{name}': TimeDistributed cannot run a {} op",

@@ -96,18 +96,9 @@ pub fn weight_specs(graph: &Graph, fold_batch_norm: bool) -> Vec<WeightSpec> {
                 add(WeightRole::Offset, offset.len());
             }
             Op::Recurrent(r) => {
-                add(
-                    WeightRole::Kernel,
-                    r.cells().map(|c| p.len_of(c.kernel)).sum(),
-                );
-                if r.cells().any(|c| c.bias.is_some()) {
-                    add(WeightRole::Bias, r.cells().map(|c| c.gate_columns()).sum());
+                for (role, len) in recurrent_specs(p, r) {
+                    add(role, len);
                 }
-                let recurrent: usize = r.cells().map(|c| p.len_of(c.recurrent_kernel)).sum();
-                add(
-                    WeightRole::RecurrentKernel,
-                    recurrent + recurrent_bias_len(r),
-                );
             }
             Op::ConvLstm(c) => {
                 add(WeightRole::Kernel, p.len_of(c.kernel));
@@ -116,14 +107,20 @@ pub fn weight_specs(graph: &Graph, fold_batch_norm: bool) -> Vec<WeightSpec> {
                 }
                 add(WeightRole::RecurrentKernel, p.len_of(c.recurrent_kernel));
             }
-            Op::TimeDistributed { inner } => {
-                if let Op::Conv(Conv { kernel, bias, .. }) = inner.as_ref() {
+            Op::TimeDistributed { inner } => match inner.as_ref() {
+                Op::Conv(Conv { kernel, bias, .. }) => {
                     add(WeightRole::Kernel, p.len_of(*kernel));
                     if let Some(b) = bias {
                         add(WeightRole::Bias, p.len_of(*b));
                     }
                 }
-            }
+                Op::Recurrent(r) => {
+                    for (role, len) in recurrent_specs(p, r) {
+                        add(role, len);
+                    }
+                }
+                _ => {}
+            },
             Op::BatchNorm(b) if !folds.contains(&Some(node)) => {
                 add(WeightRole::Scale, p.len_of(b.moving_mean));
                 add(WeightRole::Offset, p.len_of(b.moving_mean));
@@ -231,9 +228,53 @@ pub fn weight_values(graph: &Graph, key: WeightKey, fold_batch_norm: bool) -> Re
         (Op::Normalization(n), WeightRole::Scale) => n.affine(p).0,
         (Op::Normalization(n), WeightRole::Offset) => n.affine(p).1,
         (Op::PRelu(a), WeightRole::Scale) => p.slice(a.alpha).to_vec(),
-        (Op::Recurrent(r), WeightRole::Kernel) => recurrent_input_kernel(p, r),
+        (Op::Recurrent(r), role) => recurrent_values(p, r, role).ok_or_else(missing)?,
+        (Op::ConvLstm(c), WeightRole::Kernel) => p.slice(c.kernel).to_vec(),
+        (Op::ConvLstm(c), WeightRole::Bias) => p.slice(c.bias.ok_or_else(missing)?).to_vec(),
+        (Op::ConvLstm(c), WeightRole::RecurrentKernel) => p.slice(c.recurrent_kernel).to_vec(),
+        (Op::TimeDistributed { inner }, role) if matches!(inner.as_ref(), Op::Recurrent(_)) => {
+            match inner.as_ref() {
+                Op::Recurrent(r) => recurrent_values(p, r, role).ok_or_else(missing)?,
+                _ => return Err(missing()),
+            }
+        }
+        (Op::TimeDistributed { inner }, WeightRole::Kernel) => match inner.as_ref() {
+            Op::Conv(c) => p.slice(c.kernel).to_vec(),
+            _ => return Err(missing()),
+        },
+        (Op::TimeDistributed { inner }, WeightRole::Bias) => match inner.as_ref() {
+            Op::Conv(Conv { bias: Some(b), .. }) => p.slice(*b).to_vec(),
+            _ => return Err(missing()),
+        },
+        _ => return Err(missing()),
+    };
+    Ok(values)
+}
+
+/// A recurrent layer's weight buffers: the input kernels of all directions, their biases (when
+/// any cell has one), the recurrent kernels with a reset_after GRU's recurrent biases.
+fn recurrent_specs(p: &ParamStore, r: &Recurrent) -> Vec<(WeightRole, usize)> {
+    let mut specs = vec![(
+        WeightRole::Kernel,
+        r.cells().map(|c| p.len_of(c.kernel)).sum(),
+    )];
+    if r.cells().any(|c| c.bias.is_some()) {
+        specs.push((WeightRole::Bias, r.cells().map(|c| c.gate_columns()).sum()));
+    }
+    let recurrent: usize = r.cells().map(|c| p.len_of(c.recurrent_kernel)).sum();
+    specs.push((
+        WeightRole::RecurrentKernel,
+        recurrent + recurrent_bias_len(r),
+    ));
+    specs
+}
+
+/// The values of one of [`recurrent_specs`]' buffers; None for a role it does not have.
+fn recurrent_values(p: &ParamStore, r: &Recurrent, role: WeightRole) -> Option<Vec<f32>> {
+    Some(match role {
+        WeightRole::Kernel => recurrent_input_kernel(p, r),
         // A reset_after GRU's bias is (input bias, recurrent bias): the input half here.
-        (Op::Recurrent(r), WeightRole::Bias) => r
+        WeightRole::Bias => r
             .cells()
             .flat_map(|c| match c.bias {
                 Some(b) => p.slice(b)[..c.gate_columns()].to_vec(),
@@ -241,7 +282,7 @@ pub fn weight_values(graph: &Graph, key: WeightKey, fold_batch_norm: bool) -> Re
             })
             .collect(),
         // The recurrent kernels, then the recurrent biases of a reset_after GRU.
-        (Op::Recurrent(r), WeightRole::RecurrentKernel) => {
+        WeightRole::RecurrentKernel => {
             let mut v: Vec<f32> = r
                 .cells()
                 .flat_map(|c| p.slice(c.recurrent_kernel).iter().copied())
@@ -256,20 +297,8 @@ pub fn weight_values(graph: &Graph, key: WeightKey, fold_batch_norm: bool) -> Re
             }
             v
         }
-        (Op::ConvLstm(c), WeightRole::Kernel) => p.slice(c.kernel).to_vec(),
-        (Op::ConvLstm(c), WeightRole::Bias) => p.slice(c.bias.ok_or_else(missing)?).to_vec(),
-        (Op::ConvLstm(c), WeightRole::RecurrentKernel) => p.slice(c.recurrent_kernel).to_vec(),
-        (Op::TimeDistributed { inner }, WeightRole::Kernel) => match inner.as_ref() {
-            Op::Conv(c) => p.slice(c.kernel).to_vec(),
-            _ => return Err(missing()),
-        },
-        (Op::TimeDistributed { inner }, WeightRole::Bias) => match inner.as_ref() {
-            Op::Conv(Conv { bias: Some(b), .. }) => p.slice(*b).to_vec(),
-            _ => return Err(missing()),
-        },
-        _ => return Err(missing()),
-    };
-    Ok(values)
+        _ => return None,
+    })
 }
 
 /// [W_forward | W_backward] along columns, so one GEMM projects the input for both directions.

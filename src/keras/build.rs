@@ -134,7 +134,8 @@ fn shape_from_json(path: &Path, shape: &Value, time: usize) -> Result<(Vec<usize
 /// What an InputLayer's dtype makes of its values.
 fn input_dtype(cfg: &Value) -> DType {
     match cfg.get("dtype").and_then(Value::as_str) {
-        Some(d) if d.starts_with("int") || d.starts_with("uint") => DType::Ids,
+        // A boolean input (a mask given to `mask=`) holds 0/1 like ids.
+        Some(d) if d.starts_with("int") || d.starts_with("uint") || d == "bool" => DType::Ids,
         _ => DType::F32,
     }
 }
@@ -198,6 +199,9 @@ struct Call {
     /// Keras 3's `args` verbatim (operator nodes read constants from them).
     args: Value,
     kwargs: Value,
+    /// Keras 2: the keyword arguments recorded with the call's first tensor (a TFOpLambda's
+    /// constant operand `y`); Null for Keras 3.
+    keras2_kwargs: Value,
 }
 
 fn parse_calls(layer: &Value) -> Vec<Call> {
@@ -224,17 +228,38 @@ fn parse_calls(layer: &Value) -> Vec<Call> {
                     mask,
                     args: args.clone(),
                     kwargs: rest,
+                    keras2_kwargs: Value::Null,
                 }
             }
             _ => {
-                // Keras 2: a list of [name, node_index, tensor_index, kwargs].
+                // Keras 2: a list of [name, node_index, tensor_index, kwargs]; a `mask=`
+                // argument sits in the kwargs of the call's first tensor.
                 let mut inputs = Vec::new();
                 tensor_refs(n, &mut inputs);
+                // A node is a list of refs, or (a TFOpLambda's) one ref on its own.
+                let first_ref = match n.as_array() {
+                    Some(items) if keras2_ref(items).is_some() => Some(n),
+                    Some(items) => items.first(),
+                    None => None,
+                };
+                let keras2_kwargs = first_ref
+                    .and_then(|r| r.get(3))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let mut mask = Vec::new();
+                if let Some(m) = keras2_kwargs.get("mask") {
+                    tensor_refs(m, &mut mask);
+                }
+                // A TFOpLambda's second operand, when it is a tensor.
+                if let Some(y) = keras2_kwargs.get("y").filter(|y| y.is_array()) {
+                    tensor_refs(y, &mut inputs);
+                }
                 Call {
                     inputs,
-                    mask: Vec::new(),
+                    mask,
                     args: Value::Null,
                     kwargs: Value::Null,
+                    keras2_kwargs,
                 }
             }
         })
@@ -637,7 +662,27 @@ impl<'a> Builder<'a> {
             };
             tensors.insert(r.clone(), v);
         }
-        let calls: Vec<Vec<Call>> = layers.iter().map(parse_calls).collect();
+        let mut calls: Vec<Vec<Call>> = layers.iter().map(parse_calls).collect();
+        // A nested Functional model's calls are registered from node 1 (below). Keras 2 counts
+        // them so everywhere, Keras 3 only in `output_layers`: its `keras_history` in call
+        // arguments counts from 0, so those references move up by one.
+        let nested: Vec<String> = layers
+            .iter()
+            .filter(|l| {
+                matches!(
+                    l.get("class_name").and_then(Value::as_str),
+                    Some("Functional" | "Model")
+                )
+            })
+            .map(layer_name)
+            .collect();
+        for call in calls.iter_mut().flatten().filter(|c| !c.args.is_null()) {
+            for r in call.inputs.iter_mut().chain(call.mask.iter_mut()) {
+                if nested.contains(&r.0) {
+                    r.1 += 1;
+                }
+            }
+        }
         let mut done: Vec<Vec<bool>> = calls.iter().map(|c| vec![false; c.len()]).collect();
         loop {
             let mut progressed = false;
@@ -658,8 +703,13 @@ impl<'a> Builder<'a> {
                         continue;
                     }
                     let inputs: Vec<ValueId> = call.inputs.iter().map(|r| tensors[r]).collect();
-                    let mask = call.mask.first().map(|r| tensors[r]);
                     let cfg = LayerConfig::new(path, layer)?;
+                    let mask = match call.mask.first().map(|r| tensors[r]) {
+                        Some(m) if self.graph.value(m).dtype != DType::Mask => {
+                            Some(self.mask_from_input(&cfg, m)?)
+                        }
+                        other => other,
+                    };
                     self.group = self.group_of(&groups, &name);
                     let outs = if cfg.class == "InputLayer" {
                         inputs.clone()
@@ -734,7 +784,56 @@ impl<'a> Builder<'a> {
         if is_operator(entry) {
             return self.operator(cfg, inputs, &call.args);
         }
+        if cfg.class == "TFOpLambda" {
+            return self.tf_op_lambda(cfg, inputs, &call.keras2_kwargs);
+        }
         self.call_layer(cfg, inputs, mask, &call.kwargs)
+    }
+
+    /// Keras 2's TFOpLambda (`x + 3.0`, `tf.math.multiply(x, y)`, `tf.nn.relu6(x)` in a
+    /// tf.keras Functional model): run as the Keras 3 operator of the same meaning. The
+    /// second operand is a constant `y` in the call's kwargs, or a second tensor.
+    fn tf_op_lambda(
+        &mut self,
+        cfg: &LayerConfig,
+        inputs: &[ValueId],
+        kwargs: &Value,
+    ) -> Result<Vec<ValueId>> {
+        let function = cfg.str_or("function", "")?;
+        let class = match function {
+            "__operators__.add" | "math.add" => "Add",
+            "math.subtract" | "__operators__.sub" => "Subtract",
+            "math.multiply" | "__operators__.mul" => "Multiply",
+            "math.truediv" | "math.divide" | "__operators__.truediv" => "Divide",
+            "math.maximum" => "Maximum",
+            "math.minimum" => "Minimum",
+            "nn.relu" => "Relu",
+            "nn.relu6" => "Relu6",
+            "math.sigmoid" | "nn.sigmoid" => "Sigmoid",
+            "math.tanh" | "nn.tanh" => "Tanh",
+            "nn.silu" | "nn.swish" => "Silu",
+            "math.softplus" | "nn.softplus" => "Softplus",
+            other => {
+                return Err(cfg.unsupported(
+                    "function",
+                    &Value::from(other),
+                    "TFOpLambda functions: + - * / (tf.math add, subtract, multiply, truediv), maximum, minimum, relu, relu6, sigmoid, tanh, silu, softplus",
+                ))
+            }
+        };
+        let entry = serde_json::json!({ "class_name": class, "config": { "name": cfg.name } });
+        let op_cfg = LayerConfig::new(cfg.path, &entry)?;
+        // Operator args: a tensor stands as an object, a constant as itself.
+        let tensor = serde_json::json!({});
+        let args = match kwargs.get("y") {
+            Some(Value::Number(c)) => Value::Array(vec![tensor, Value::Number(c.clone())]),
+            Some(y) if y.is_array() => Value::Array(vec![tensor.clone(), tensor]),
+            Some(other) => {
+                return Err(cfg.error("inbound_nodes", format!("unsupported operand y = {other}")))
+            }
+            None => Value::Array(vec![tensor]),
+        };
+        self.operator(&op_cfg, inputs, &args)
     }
 
     /// Keras 3 operator nodes in a Functional config.
@@ -802,6 +901,36 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// A `mask=` argument given as a tensor of its own (`layer(x, mask=mask_input)`, a boolean
+    /// model input): the mask is where it is nonzero, read as the ids of a padding mask.
+    fn mask_from_input(&mut self, cfg: &LayerConfig, v: ValueId) -> Result<ValueId> {
+        let ids = self.as_ids(cfg, v).map_err(|_| {
+            cfg.error(
+                "mask",
+                "a mask= tensor must be a mask or a model input (boolean or 0/1)",
+            )
+        })?;
+        if let Some(n) = self
+            .graph
+            .nodes
+            .iter()
+            .find(|n| matches!(n.op, Op::PaddingMask) && n.inputs[0] == ids)
+        {
+            return Ok(n.outputs[0]);
+        }
+        let out = self
+            .graph
+            .add_node(
+                &format!("{}_mask", cfg.name),
+                "NotEqual",
+                Op::PaddingMask,
+                &[ids],
+                None,
+            )
+            .map_err(|m| cfg.error("mask", m))?;
+        Ok(out[0])
+    }
+
     /// `v` as token ids: a float graph input that nothing has read yet becomes an id input
     /// (Keras casts to int in Embedding); anything else must already hold ids.
     pub(crate) fn as_ids(&mut self, cfg: &LayerConfig, v: ValueId) -> Result<ValueId> {
@@ -850,7 +979,7 @@ impl<'a> Builder<'a> {
         cfg: &LayerConfig,
         inputs: &[ValueId],
         explicit_mask: Option<ValueId>,
-        _kwargs: &Value,
+        kwargs: &Value,
     ) -> Result<Vec<ValueId>> {
         let explicit_mask = self.resolve_mask(cfg, explicit_mask)?;
         let in_mask =
@@ -864,8 +993,10 @@ impl<'a> Builder<'a> {
             // The sequence, then any initial states. Keras 3 fills in the implicit mask only
             // for a call with one tensor argument: with initial states the layer runs unmasked
             // (unless given mask=), though its output still carries the sequence's mask.
+            // Keras 2 (a call recorded without kwargs) masks it either way.
             "SimpleRNN" | "LSTM" | "GRU" | "Bidirectional" => {
-                let node_mask = if inputs.len() > 1 {
+                let keras3_call = !kwargs.is_null();
+                let node_mask = if inputs.len() > 1 && keras3_call {
                     explicit_mask
                 } else {
                     in_mask

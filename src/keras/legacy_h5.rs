@@ -154,8 +154,29 @@ pub fn open(path: &Path, bytes: Vec<u8>) -> Result<hdf5_pure::File> {
 struct LegacyLayer {
     name: String,
     weight_names: Vec<String>,
-    /// How many of `weight_names` the model has taken so far.
-    taken: usize,
+    /// Which of `weight_names` the model has taken so far.
+    used: Vec<bool>,
+}
+
+impl LegacyLayer {
+    fn taken(&self) -> usize {
+        self.used.iter().filter(|&&u| u).count()
+    }
+
+    fn unused(&self) -> Vec<String> {
+        self.weight_names
+            .iter()
+            .zip(&self.used)
+            .filter(|(_, &u)| !u)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+}
+
+/// Whether a nested model's weight name (`container/layer/var` or `layer/var`) belongs to `layer`.
+fn names_layer(weight_name: &str, layer: &str) -> bool {
+    let parts: Vec<&str> = weight_name.split('/').collect();
+    parts.len() >= 2 && parts[..parts.len() - 1].contains(&layer)
 }
 
 /// Legacy weights (see the module docs), found by layer name: a layer's arrays come out in
@@ -242,8 +263,8 @@ impl LegacyWeights {
             by_name.insert(name.clone(), layers.len());
             layers.push(LegacyLayer {
                 name,
+                used: vec![false; weight_names.len()],
                 weight_names,
-                taken: 0,
             });
         }
         let top_level = match file.group(&group_path(TOP_LEVEL_GROUP)) {
@@ -272,17 +293,19 @@ impl LegacyWeights {
             message,
         };
         // A layer of a nested model has no entry of its own: its arrays sit in the container's
-        // entry as `container/layer/var` (or `layer/var`), next in line since layers are taken
-        // in order.
+        // entry as `container/layer/var` (or `layer/var`). The container lists all its
+        // trainable arrays before the non-trainable ones (Keras's legacy order), so a layer's
+        // arrays are the untaken names under its own name, in order, wherever they sit.
+        let direct = self.by_name.get(layer).copied();
         let nested = || {
             self.layers.iter().position(|l| {
-                l.weight_names.get(l.taken).is_some_and(|w| {
-                    let parts: Vec<&str> = w.split('/').collect();
-                    parts.len() >= 2 && parts[..parts.len() - 1].contains(&layer)
-                })
+                l.weight_names
+                    .iter()
+                    .zip(&l.used)
+                    .any(|(w, &u)| !u && names_layer(w, layer))
             })
         };
-        let Some(index) = self.by_name.get(layer).copied().or_else(nested) else {
+        let Some(index) = direct.or_else(nested) else {
             if count == 0 {
                 return Ok(Vec::new());
             }
@@ -299,13 +322,17 @@ impl LegacyWeights {
             )));
         };
         let entry = &self.layers[index];
-        let start = entry.taken;
-        let end = start + count;
-        if end > entry.weight_names.len() {
+        let picked: Vec<usize> = (0..entry.weight_names.len())
+            .filter(|&i| {
+                !entry.used[i] && (direct.is_some() || names_layer(&entry.weight_names[i], layer))
+            })
+            .take(count)
+            .collect();
+        if picked.len() < count {
             return Err(err(format!(
                 "missing: the model needs {} arrays for this layer, the file holds {} ({})",
-                end,
-                entry.weight_names.len(),
+                entry.taken() + count,
+                entry.taken() + picked.len(),
                 list_or_none(&entry.weight_names)
             )));
         }
@@ -315,21 +342,24 @@ impl LegacyWeights {
             format!("{}/{}", self.root, entry.name)
         };
         let mut out = Vec::with_capacity(count);
-        for name in &entry.weight_names[start..end] {
-            let ds_path = format!("{group}/{name}");
+        for &i in &picked {
+            let ds_path = format!("{group}/{}", entry.weight_names[i]);
             out.push(read_dataset(&self.file, &ds_path).map_err(&err)?);
         }
-        self.layers[index].taken = end;
+        for i in picked {
+            self.layers[index].used[i] = true;
+        }
         Ok(out)
     }
 
     /// Fails when a layer's weights (or some of them) were not taken by any layer of the model.
     pub fn finish(self) -> Result<()> {
         for l in &self.layers {
-            if l.taken == l.weight_names.len() {
+            let taken = l.taken();
+            if taken == l.weight_names.len() {
                 continue;
             }
-            let message = if l.taken == 0 {
+            let message = if taken == 0 {
                 format!(
                     "extra: the file holds weights for a layer the model config does not have \
                      ({})",
@@ -339,8 +369,8 @@ impl LegacyWeights {
                 format!(
                     "extra: the file holds {} arrays for this layer, the model uses {} (unused: {})",
                     l.weight_names.len(),
-                    l.taken,
-                    list_or_none(&l.weight_names[l.taken..])
+                    taken,
+                    list_or_none(&l.unused())
                 )
             };
             return Err(Error::Weights {

@@ -52,6 +52,43 @@ pub fn load_for_lengths(
     weights: Option<&Path>,
     time_lengths: &[usize],
 ) -> Result<(Graph, Vec<usize>)> {
+    with_placeholder_lengths(time_lengths, |lengths| {
+        load_exact_lengths(path, weights, lengths)
+    })
+}
+
+/// Placeholder lengths for free time axes when no input has been seen yet, tried in order: a
+/// stack of strided convolutions or poolings needs a long enough sequence to have a shape at
+/// all (`Conv1D(k=7, strides=3)` twice does not fit 16 steps).
+const PLACEHOLDER_LENGTHS: [usize; 4] = [build::FREE_TIME_PLACEHOLDER, 64, 256, 1024];
+
+/// Runs `build` with `time_lengths`, or, when none are given, with each placeholder length in
+/// turn until one builds; a model that builds at none gets the first attempt's error.
+fn with_placeholder_lengths(
+    time_lengths: &[usize],
+    mut build: impl FnMut(&[usize]) -> Result<(Graph, Vec<usize>)>,
+) -> Result<(Graph, Vec<usize>)> {
+    if !time_lengths.is_empty() {
+        return build(time_lengths);
+    }
+    let first = match build(&[]) {
+        Ok(built) => return Ok(built),
+        Err(e) => e,
+    };
+    for &len in &PLACEHOLDER_LENGTHS[1..] {
+        // One entry per possible input; only free time axes read them.
+        if let Ok(built) = build(&[len; 64]) {
+            return Ok(built);
+        }
+    }
+    Err(first)
+}
+
+fn load_exact_lengths(
+    path: &Path,
+    weights: Option<&Path>,
+    time_lengths: &[usize],
+) -> Result<(Graph, Vec<usize>)> {
     let (mut file, is_zip, is_hdf5) = read_model_file(path)?;
     if let Some(w) = weights {
         file.weights = Some(WeightSource::open(w)?);
@@ -116,12 +153,14 @@ pub fn load_initialized_for_lengths(
     seed: u64,
     time_lengths: &[usize],
 ) -> Result<(Graph, Vec<usize>)> {
-    let (file, _, _) = read_model_file(path)?;
-    let source = WeightSource::Init(InitWeights::new(seed));
-    let (mut graph, free) =
-        build::build_model(path, path, &file.config, source, &file.assets, time_lengths)?;
-    keep_source(&mut graph, file.config_text, file.origin, file.assets);
-    Ok((graph, free))
+    with_placeholder_lengths(time_lengths, |lengths| {
+        let (file, _, _) = read_model_file(path)?;
+        let source = WeightSource::Init(InitWeights::new(seed));
+        let (mut graph, free) =
+            build::build_model(path, path, &file.config, source, &file.assets, lengths)?;
+        keep_source(&mut graph, file.config_text, file.origin, file.assets);
+        Ok((graph, free))
+    })
 }
 
 /// Reads a model file of any kind (told by its content); also says whether it was a zip

@@ -169,8 +169,15 @@ pub fn read_npy_ids(path: &Path) -> Array2<i64> {
         "<i8" => npy
             .into_vec::<i64>()
             .unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        // A boolean mask input: 0/1.
+        "|b1" => npy
+            .into_vec::<bool>()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .into_iter()
+            .map(i64::from)
+            .collect(),
         other => panic!(
-            "{}: expected int32 or int64 ids, found {other}",
+            "{}: expected int32, int64 or bool ids, found {other}",
             path.display()
         ),
     };

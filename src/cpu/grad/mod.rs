@@ -176,6 +176,10 @@ pub(crate) fn support(op: &Op) -> std::result::Result<(), String> {
         | Op::Softmax(_) => Ok(()),
         Op::BatchNorm(b) if !b.unused.is_empty() => missing("BatchNormalization with renorm=True"),
         Op::BatchNorm(_) => Ok(()),
+        // The recurrent backward needs its forward's saved states, which the fold does not keep.
+        Op::TimeDistributed { inner } if matches!(**inner, Op::Recurrent(_)) => {
+            missing("TimeDistributed around a recurrent layer")
+        }
         Op::TimeDistributed { inner } => support(inner),
         Op::ConvLstm(_) => missing("ConvLSTM"),
     }

@@ -1,4 +1,4 @@
-//! TimeDistributed(Conv2D / pooling): the inner op's lowering with the time axis folded into
+//! TimeDistributed(Conv2D / pooling / a recurrent layer): the inner op's lowering with the time axis folded into
 //! the batch (the activation layout (N, T, ...) is already (N*T, ...) row-major).
 
 use super::{layer_error, BufRef, Builder};
@@ -19,6 +19,11 @@ impl Builder<'_> {
             GraphOp::Conv(c) => self.conv(i, c, x),
             GraphOp::Pool(p) => self.pool(i, p, x),
             GraphOp::GlobalPool { op, rank, .. } => self.global_pool(i, *op, *rank, x),
+            GraphOp::Recurrent(r) => self.recurrent(i, r, x).and_then(|outs| {
+                outs.into_iter().next().ok_or_else(|| {
+                    layer_error(self.layer(i), "layer", "the recurrent layer has no output")
+                })
+            }),
             other => Err(layer_error(
                 self.layer(i),
                 "layer",

@@ -1,4 +1,5 @@
-//! TimeDistributed around an op that reads one item (Conv2D, pooling): the time axis is folded
+//! TimeDistributed around an op that reads one item (Conv2D, pooling, a recurrent layer over
+//! each item's own sequence): the time axis is folded
 //! into the batch, so the inner op sees (N*T, ...) and its output gets the time axis back.
 //! (TimeDistributed around Dense, Flatten, Reshape or an activation needs no wrapper: those ops
 //! already act on the trailing axes.)
@@ -31,7 +32,12 @@ pub fn infer(
 
 /// The ops both backends run with the time axis folded into the batch.
 pub fn supported(inner: &Op) -> bool {
-    matches!(inner, Op::Conv(_) | Op::Pool(_) | Op::GlobalPool { .. })
+    match inner {
+        Op::Conv(_) | Op::Pool(_) | Op::GlobalPool { .. } => true,
+        // One output, no states in or out: each item is a sequence of its own.
+        Op::Recurrent(r) => !r.return_state && !r.initial_state,
+        _ => false,
+    }
 }
 
 /// The output shape: the time axis, then the inner op's item shape.

@@ -164,7 +164,7 @@ impl Builder<'_> {
         Ok(outs)
     }
 
-    fn recurrent(&mut self, cfg: &LayerConfig, x: &ValueInfo) -> Result<Recurrent> {
+    pub(super) fn recurrent(&mut self, cfg: &LayerConfig, x: &ValueInfo) -> Result<Recurrent> {
         let (timesteps, features) = Self::sequence_shape(cfg, x)?;
         let return_sequences = cfg.bool_or("return_sequences", false)?;
         let zero_masked_outputs = cfg.bool_or("zero_output_for_mask", false)?;
@@ -183,7 +183,7 @@ impl Builder<'_> {
         })
     }
 
-    fn bidirectional(&mut self, cfg: &LayerConfig, x: &ValueInfo) -> Result<Recurrent> {
+    pub(super) fn bidirectional(&mut self, cfg: &LayerConfig, x: &ValueInfo) -> Result<Recurrent> {
         let (timesteps, features) = Self::sequence_shape(cfg, x)?;
         let merge_mode = match cfg.get("merge_mode") {
             // Two outputs, forward and backward.

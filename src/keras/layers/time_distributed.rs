@@ -1,6 +1,7 @@
 //! TimeDistributed(layer): the inner layer on every timestep. Dense, Flatten, Reshape,
 //! activations and dropout act on trailing axes, so they become their own op over (T, ...);
-//! Conv2D and pooling become `Op::TimeDistributed`, which folds time into the batch.
+//! Conv2D, pooling and recurrent layers become `Op::TimeDistributed`, which folds time into the
+//! batch.
 
 use serde_json::Value;
 
@@ -117,11 +118,25 @@ impl Builder<'_> {
             "GlobalAveragePooling3D" | "GlobalAvgPool3D" => {
                 folded(self.global_pool(inner, item, 3, PoolOp::Average)?)
             }
+            "SimpleRNN" | "LSTM" | "GRU" | "Bidirectional" => {
+                let r = if inner.class == "Bidirectional" {
+                    self.bidirectional(inner, item)?
+                } else {
+                    self.recurrent(inner, item)?
+                };
+                if r.return_state {
+                    return Err(inner.error(
+                        "return_state",
+                        "a recurrent layer inside TimeDistributed must return one tensor",
+                    ));
+                }
+                folded(Op::Recurrent(Box::new(r)))
+            }
             other => {
                 return Err(cfg.unsupported(
                     "layer",
                     &Value::from(other),
-                    "TimeDistributed wraps Dense, Conv1D/2D/3D, pooling, Flatten, Reshape, activations and dropout",
+                    "TimeDistributed wraps Dense, Conv1D/2D/3D, pooling, SimpleRNN/LSTM/GRU/Bidirectional, Flatten, Reshape, activations and dropout",
                 ))
             }
         })

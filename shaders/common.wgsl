@@ -35,6 +35,7 @@ const ACT_SPARSE_PLUS: u32 = 21u;
 const ACT_SPARSE_SIGMOID: u32 = 22u;
 const ACT_SQUAREPLUS: u32 = 23u;  // p0 b
 const ACT_LOG_SIGMOID: u32 = 24u;
+const ACT_HARD_SIGMOID_KERAS2: u32 = 25u;
 
 fn sigmoid(x: f32) -> f32 {
     // Two branches so exp never overflows into inf/inf.
@@ -164,6 +165,7 @@ fn activate(x: f32, f: Act) -> f32 {
         }
         case ACT_SQUAREPLUS: { return (x + sqrt(x * x + f.p0)) / 2.0; }
         case ACT_LOG_SIGMOID: { return -softplus(-x); }
+        case ACT_HARD_SIGMOID_KERAS2: { return clamp(0.2 * x + 0.5, 0.0, 1.0); }
         default: { return x; }
     }
 }

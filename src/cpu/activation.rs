@@ -222,6 +222,7 @@ pub fn scalar(act: Activation, x: f32) -> f32 {
         }
         Activation::Sigmoid => sigmoid(x),
         Activation::HardSigmoid => ((x + 3.0).clamp(0.0, 6.0)) / 6.0,
+        Activation::HardSigmoidKeras2 => (0.2 * x + 0.5).clamp(0.0, 1.0),
         Activation::Tanh => tanh(x),
         Activation::Elu { alpha } => {
             if x > 0.0 {

@@ -168,6 +168,7 @@ fn act_words(layer: &Node, activation: &Activation) -> Result<[u32; 4]> {
         Activation::SparseSigmoid => [22, 0, 0, 0],
         Activation::Squareplus { b } => [23, f(b), 0, 0],
         Activation::LogSigmoid => [24, 0, 0, 0],
+        Activation::HardSigmoidKeras2 => [25, 0, 0, 0],
         Activation::Softmax | Activation::LogSoftmax => {
             return Err(layer_error(
                 layer,

@@ -192,8 +192,13 @@ pub fn as_usize(v: &Value) -> Option<usize> {
 }
 
 /// Keras activation names, with their Keras 3 parameters.
+/// The name a Keras 2 config's `hard_sigmoid` is given before it is built (see
+/// `keras2_meanings`); no Keras file uses it.
+pub const KERAS2_HARD_SIGMOID: &str = "wgnn:keras2_hard_sigmoid";
+
 pub fn activation_by_name(name: &str) -> Option<Activation> {
     Some(match name {
+        KERAS2_HARD_SIGMOID => Activation::HardSigmoidKeras2,
         "linear" => Activation::Linear,
         "relu" => Activation::RELU,
         "relu6" => Activation::Relu {

@@ -189,7 +189,49 @@ fn read_model_file(path: &Path) -> Result<(ModelFile, bool, bool)> {
     } else {
         json_model_file(path, &bytes)?
     };
+    let mut file = file;
+    keras2_meanings(&mut file);
     Ok((file, is_zip, is_hdf5))
+}
+
+/// Whether Keras 2 (tf.keras) wrote the config: a legacy `.h5` whose `keras_version` is 1.x or
+/// 2.x, or a model JSON that says so (Keras 3's `to_json()` has no `keras_version`).
+fn written_by_keras2(file: &ModelFile) -> bool {
+    let version = match &file.origin {
+        ConfigOrigin::LegacyH5 { keras_version } => keras_version.clone(),
+        ConfigOrigin::Json => file
+            .config
+            .get("keras_version")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+    };
+    version.is_some_and(|v| v.starts_with("2.") || v.starts_with("1."))
+}
+
+/// Names that mean something else in Keras 2 get wgnn's name for the Keras 2 meaning in the
+/// config that is built (the text kept for saving is untouched): `hard_sigmoid` is
+/// clip(0.2·x + 0.5, 0, 1) there, relu6(x + 3)/6 in Keras 3 (the default recurrent activation
+/// of Keras 2's ConvLSTM2D).
+fn keras2_meanings(file: &mut ModelFile) {
+    fn walk(v: &mut Value) {
+        match v {
+            Value::Object(map) => {
+                for (key, item) in map.iter_mut() {
+                    let is_activation = key == "activation" || key == "recurrent_activation";
+                    if is_activation && item.as_str() == Some("hard_sigmoid") {
+                        *item = Value::from(fields::KERAS2_HARD_SIGMOID);
+                    } else {
+                        walk(item);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    if written_by_keras2(file) {
+        walk(&mut file.config);
+    }
 }
 
 /// Loads a model config (JSON, or the config of a `.keras` file) with weights given in memory,

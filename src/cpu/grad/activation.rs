@@ -80,6 +80,7 @@ pub(crate) fn derivative(act: Activation, x: f32, y: f32) -> f32 {
         }
         Activation::Sigmoid => y * (1.0 - y),
         Activation::HardSigmoid => step(x > -3.0 && x < 3.0) / 6.0,
+        Activation::HardSigmoidKeras2 => step(x > -2.5 && x < 2.5) * 0.2,
         Activation::Tanh => 1.0 - y * y,
         Activation::Elu { alpha } => {
             if x > 0.0 {

@@ -243,6 +243,7 @@ mod tests {
             },
             Sigmoid,
             HardSigmoid,
+            HardSigmoidKeras2,
             Tanh,
             Softmax,
             Elu { alpha: 0.7 },

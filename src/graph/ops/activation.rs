@@ -14,6 +14,8 @@ pub enum Activation {
     Sigmoid,
     /// Keras 3's hard_sigmoid: relu6(x + 3) / 6.
     HardSigmoid,
+    /// Keras 2's hard_sigmoid: clip(0.2·x + 0.5, 0, 1).
+    HardSigmoidKeras2,
     Tanh,
     /// Over the last axis.
     Softmax,
@@ -78,6 +80,7 @@ impl Activation {
             Activation::Relu { .. } => "relu",
             Activation::Sigmoid => "sigmoid",
             Activation::HardSigmoid => "hard_sigmoid",
+            Activation::HardSigmoidKeras2 => "hard_sigmoid (Keras 2)",
             Activation::Tanh => "tanh",
             Activation::Softmax => "softmax",
             Activation::Elu { .. } => "elu",

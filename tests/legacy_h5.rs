@@ -80,10 +80,14 @@ fn load(model: &Path, weights: Option<&Path>) -> wgnn::Result<Model> {
 }
 
 fn predict(fx: &Fixture, model: &Model) -> wgnn::Result<ArrayD<f32>> {
+    predict_on(fx, model, Backend::Cpu)
+}
+
+fn predict_on(fx: &Fixture, model: &Model, backend: Backend) -> wgnn::Result<ArrayD<f32>> {
     let input = dir().join(&fx.input);
     match fx.input_kind {
-        InputKind::Float => model.predict(read_npy_f32(&input).view(), Backend::Cpu),
-        InputKind::Ids => model.predict_ids(read_npy_ids(&input).view(), Backend::Cpu),
+        InputKind::Float => model.predict(read_npy_f32(&input).view(), backend),
+        InputKind::Ids => model.predict_ids(read_npy_ids(&input).view(), backend),
     }
 }
 
@@ -160,6 +164,48 @@ legacy_matches_keras_on_cpu! {
     // Keras 2 as older stacks stored it: fixed-length strings, chunked layer_names, "Model".
     k2_old_text_functional => "k2_old_text_functional",
     k2_old_text_functional_weights => "k2_old_text_functional_weights",
+    // What the two Kerases mean differently, and files real models produce: operators
+    // (Keras 2 TFOpLambda), hard_sigmoid (0.2x + 0.5 in Keras 2), a Functional tower called
+    // twice (node numbering, nested legacy weight order), initial_state with a mask.
+    k3_cnn_hard_swish => "k3_cnn_hard_swish",
+    k3_cnn_hard_swish_weights => "k3_cnn_hard_swish_weights",
+    k2_cnn_hard_swish => "k2_cnn_hard_swish",
+    k2_cnn_hard_swish_weights => "k2_cnn_hard_swish_weights",
+    k3_convlstm_defaults => "k3_convlstm_defaults",
+    k3_convlstm_defaults_weights => "k3_convlstm_defaults_weights",
+    k2_convlstm_defaults => "k2_convlstm_defaults",
+    k2_convlstm_defaults_weights => "k2_convlstm_defaults_weights",
+    k3_lstm_hard_sigmoid => "k3_lstm_hard_sigmoid",
+    k3_lstm_hard_sigmoid_weights => "k3_lstm_hard_sigmoid_weights",
+    k2_lstm_hard_sigmoid => "k2_lstm_hard_sigmoid",
+    k2_lstm_hard_sigmoid_weights => "k2_lstm_hard_sigmoid_weights",
+    k3_cnn_shared_tower => "k3_cnn_shared_tower",
+    k3_cnn_shared_tower_weights => "k3_cnn_shared_tower_weights",
+    k2_cnn_shared_tower => "k2_cnn_shared_tower",
+    k2_cnn_shared_tower_weights => "k2_cnn_shared_tower_weights",
+    k3_text_seq2seq_state => "k3_text_seq2seq_state",
+    k3_text_seq2seq_state_weights => "k3_text_seq2seq_state_weights",
+    k2_text_seq2seq_state => "k2_text_seq2seq_state",
+    k2_text_seq2seq_state_weights => "k2_text_seq2seq_state_weights",
+}
+
+/// The Keras 2 meanings on the GPU too: every Keras 2 model file against Keras's outputs.
+#[test]
+fn keras2_model_files_match_keras_on_the_gpu() {
+    for fx in manifest().fixtures {
+        if !fx.name.starts_with("k2_") || fx.weights.is_some() {
+            continue;
+        }
+        let model = load(&dir().join(&fx.model), None)
+            .unwrap_or_else(|e| panic!("fixture '{}': load failed: {e}", fx.name));
+        let got = match predict_on(&fx, &model, Backend::Gpu) {
+            Ok(g) => g,
+            Err(e) if common::no_adapter_outside_ci(&e) => return,
+            Err(e) => panic!("fixture '{}' on the GPU: {e}", fx.name),
+        };
+        let expected = read_npy_f32(&dir().join(&fx.expected));
+        assert_matches_keras(&fx.name, Backend::Gpu, &got, &expected);
+    }
 }
 
 #[test]

@@ -76,6 +76,9 @@ def randomize(model, rng):
         shape = tuple(int(d) for d in v.shape)
         name = getattr(v, "path", None) or v.name
         gain = 2.0 if "lstm_cell" in name else 1.0
+        if "moving_variance" in name or "gamma" in name:
+            weights.append(rng.uniform(0.5, 1.5, shape).astype(np.float32))
+            continue
         if "embeddings" in name:
             std = 1.0
         elif "bias" in name:
@@ -160,6 +163,60 @@ def stacked_simplernn(k):
     )
 
 
+def cnn_hard_swish(k):
+    """MobileNetV3's hard-swish written with operators: Keras 2 records `x + 3.0` and
+    `* (1/6)` as TFOpLambda layers, Keras 3 as operator nodes."""
+    L = k.layers
+    inp = k.Input(IMG, name="image")
+    x = L.Conv2D(4, 3, padding="same", name="conv")(inp)
+    hard_sigmoid = L.ReLU(6.0, name="relu6")(x + 3.0) * (1.0 / 6.0)
+    x = L.Multiply(name="hard_swish")([x, hard_sigmoid])
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    return k.Model(inp, L.Dense(3, name="logits")(x), name="cnn_hard_swish")
+
+
+def convlstm_defaults(k):
+    """ConvLSTM2D with its defaults: recurrent_activation is hard_sigmoid in Keras 2 (0.2x + 0.5,
+    clipped) and sigmoid in Keras 3."""
+    L = k.layers
+    return k.Sequential([k.Input((3, 6, 6, 2)), L.ConvLSTM2D(3, 3, padding="same"), L.Flatten(), L.Dense(3)],
+                        name="convlstm_defaults")  # fmt: skip
+
+
+def lstm_hard_sigmoid(k):
+    L = k.layers
+    return k.Sequential([k.Input(SEQ), L.LSTM(5, recurrent_activation="hard_sigmoid"), L.Dense(3)],
+                        name="lstm_hard_sigmoid")  # fmt: skip
+
+
+def cnn_shared_tower(k):
+    """A Functional submodel (with BatchNormalization) called on two tensors: Keras 3 numbers the
+    calls from 0 in call arguments, Keras 2 from 1; the legacy weights list the tower's trainable
+    arrays before its moving statistics."""
+    L = k.layers
+    t_in = k.Input(IMG)
+    t = L.Conv2D(4, 3, name="tower_conv")(t_in)
+    t = L.BatchNormalization(name="tower_bn")(t)
+    t = L.GlobalAveragePooling2D(name="tower_gap")(t)
+    tower = k.Model(t_in, t, name="tower")
+    inp = k.Input(IMG, name="image")
+    a = tower(inp)
+    b = tower(L.Activation("tanh", name="squash")(inp))
+    d = L.Subtract(name="diff")([a, b])
+    return k.Model(inp, L.Dense(3, name="logits")(L.Concatenate(name="both")([a, d])), name="cnn_shared_tower")
+
+
+def text_seq2seq_state(k):
+    """Encoder LSTM(return_state) -> decoder LSTM(return_sequences, initial_state=...) on the same
+    masked tokens: Keras 2 masks the decoder, Keras 3 runs a call with initial states unmasked."""
+    L = k.layers
+    inp = k.Input((MASK_T,), dtype="int32", name="tokens")
+    e = L.Embedding(VOCAB, 4, mask_zero=True, name="embed")(inp)
+    _, h, c = L.LSTM(4, return_state=True, name="encoder")(e)
+    y = L.LSTM(4, return_sequences=True, name="decoder")(e, initial_state=[h, c])
+    return k.Model(inp, L.Dense(3, name="logits")(y), name="text_seq2seq_state")
+
+
 # (stem, description, builder, input kind, compile+one train step first)
 MODELS = [
     ("seq_cnn", "Sequential Conv2D(relu) -> MaxPool -> Flatten -> Dense(softmax)", seq_cnn, "float", True),
@@ -185,14 +242,23 @@ MODELS = [
         False,
     ),
     ("stacked_simplernn", "SimpleRNN(6, seq) -> SimpleRNN(4) -> Dense(3)", stacked_simplernn, "float", False),
-]
+    ("cnn_hard_swish", "Conv2D -> x * relu6(x + 3) / 6 written with operators -> GAP -> Dense", cnn_hard_swish,
+     "float", False),
+    ("convlstm_defaults", "ConvLSTM2D(3, 3, same) with its default activations -> Flatten -> Dense", convlstm_defaults,
+     "float", False),
+    ("lstm_hard_sigmoid", "LSTM(5, recurrent_activation='hard_sigmoid') -> Dense(3)", lstm_hard_sigmoid, "float", False),
+    ("cnn_shared_tower", "A Functional tower (Conv2D, BatchNormalization, GAP) called on x and tanh(x)",
+     cnn_shared_tower, "float", False),
+    ("text_seq2seq_state", "Embedding(mask_zero) -> encoder LSTM(return_state) -> decoder LSTM(initial_state) "
+     "-> Dense per step", text_seq2seq_state, "ids", False),
+]  # fmt: skip
 
 
 def make_input(stem, kind):
     rng = rng_for(stem + "/input")
     if kind == "ids":
         return padded_ids(rng)
-    shape = IMG if "cnn" in stem else SEQ
+    shape = IMG if "cnn" in stem else (3, 6, 6, 2) if "convlstm" in stem else SEQ
     return rng.normal(0.0, 1.0, (3, *shape)).astype(np.float32)
 
 

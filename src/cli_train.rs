@@ -171,52 +171,8 @@ pub fn train(args: TrainArgs) -> Result<()> {
     let items: usize = history.epochs.iter().map(|e| e.items).sum();
     if args.json {
         let mut h = serde_json::Map::new();
-        h.insert(
-            "loss".into(),
-            history
-                .epochs
-                .iter()
-                .map(|e| e.loss)
-                .collect::<Vec<_>>()
-                .into(),
-        );
-        let names: Vec<String> = history
-            .epochs
-            .first()
-            .map(|e| e.metrics.iter().map(|(n, _)| n.clone()).collect())
-            .unwrap_or_default();
-        for (k, name) in names.iter().enumerate() {
-            h.insert(
-                name.clone(),
-                history
-                    .epochs
-                    .iter()
-                    .map(|e| e.metrics[k].1)
-                    .collect::<Vec<_>>()
-                    .into(),
-            );
-        }
-        if history.epochs.iter().any(|e| e.val_loss.is_some()) {
-            h.insert(
-                "val_loss".into(),
-                history
-                    .epochs
-                    .iter()
-                    .map(|e| e.val_loss.unwrap_or(f64::NAN))
-                    .collect::<Vec<_>>()
-                    .into(),
-            );
-            for (k, name) in names.iter().enumerate() {
-                h.insert(
-                    format!("val_{name}"),
-                    history
-                        .epochs
-                        .iter()
-                        .map(|e| e.val_metrics.get(k).map_or(f64::NAN, |m| m.1))
-                        .collect::<Vec<_>>()
-                        .into(),
-                );
-            }
+        for (key, values) in history.keras_history() {
+            h.insert(key, values.into());
         }
         let out = serde_json::json!({
             "history": h,
@@ -457,6 +413,11 @@ fn save(
     wgnn::keras::save::save(path, &graph, vars.as_deref())
 }
 
+/// A float as JSON writes it (null for NaN and the infinities, which JSON lacks).
+fn json_number(v: f64) -> String {
+    serde_json::Value::from(v).to_string()
+}
+
 struct CliObserver {
     model: Graph,
     output: PathBuf,
@@ -469,13 +430,26 @@ struct CliObserver {
 }
 
 impl Observer for CliObserver {
-    fn on_step(&mut self, epoch: usize, step: usize, steps: usize, loss: f64) -> Result<()> {
+    fn on_step(
+        &mut self,
+        epoch: usize,
+        step: usize,
+        steps: usize,
+        loss: f64,
+        output_losses: &[(String, f64)],
+    ) -> Result<()> {
         if let Some(log) = &mut self.steps_log {
             log.push_str(&format!(
-                "{{\"epoch\": {}, \"step\": {}, \"loss\": {loss}}}\n",
+                "{{\"epoch\": {}, \"step\": {}, \"loss\": {}",
                 epoch + 1,
-                step + 1
+                step + 1,
+                json_number(loss)
             ));
+            for (name, v) in output_losses {
+                let key = serde_json::Value::from(name.as_str());
+                log.push_str(&format!(", {key}: {}", json_number(*v)));
+            }
+            log.push_str("}\n");
         }
         if !self.quiet && std::io::stderr().is_terminal() {
             let bar = self.bar.get_or_insert_with(|| {
@@ -507,11 +481,17 @@ impl Observer for CliObserver {
                 self.epochs,
                 log.loss
             );
+            for (name, v) in &log.output_losses {
+                line.push_str(&format!(" {name} {v:.6}"));
+            }
             for (name, v) in &log.metrics {
                 line.push_str(&format!(" {name} {v:.4}"));
             }
             if let Some(v) = log.val_loss {
                 line.push_str(&format!(" val_loss {v:.6}"));
+            }
+            for (name, v) in &log.val_output_losses {
+                line.push_str(&format!(" val_{name} {v:.6}"));
             }
             for (name, v) in &log.val_metrics {
                 line.push_str(&format!(" val_{name} {v:.4}"));

@@ -237,6 +237,7 @@ class FitCase:
     batch_size: int = 16
     validation_split: float = 0.0
     gain: float = 1.0
+    loss_weights: list | None = None  # compile's loss_weights (several outputs)
 
 
 def ulp_up(weights):
@@ -292,7 +293,7 @@ def write_fit_case(case, out_dir, deflate):
     rng = start_case(case.name)
     model, xs, ys = case.build(rng)
     randomize(model, rng, case.gain)
-    model.compile(optimizer=case.optimizer(), loss=case.loss, metrics=case.metrics)
+    model.compile(optimizer=case.optimizer(), loss=case.loss, metrics=case.metrics, loss_weights=case.loss_weights)
     xs = [x if x.dtype == np.int32 else x.astype(np.float32) for x in xs]
     before = as_list(model.predict(model_call_input(model, xs), batch_size=case.batch_size, verbose=0))
     check_spread(case.name, before, "initial prediction")

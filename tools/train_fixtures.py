@@ -1019,11 +1019,15 @@ def write_grad_case(case):
 FIT_CASES: list[FitCase] = []
 
 
-def fit_case(name, description, optimizer, loss, metrics=(), epochs=3, batch_size=16, validation_split=0.0, gain=1.0):
+def fit_case(
+    name, description, optimizer, loss, metrics=(), epochs=3, batch_size=16, validation_split=0.0, gain=1.0,
+    loss_weights=None,
+):  # fmt: skip
     def register(build):
         assert all(c.name != name for c in FIT_CASES), name
         FIT_CASES.append(
-            FitCase(name, description, build, optimizer, loss, list(metrics), epochs, batch_size, validation_split, gain)
+            FitCase(name, description, build, optimizer, loss, list(metrics), epochs, batch_size, validation_split, gain,
+                    loss_weights)  # fmt: skip
         )
         return build
 
@@ -1316,6 +1320,26 @@ def _(rng):
     x = normal(rng, 50, 6)
     m = seq((6,), layers.Dense(8, activation="tanh"), layers.Dense(4))
     return m, [x], [teacher_labels(rng, x, 4)]
+
+
+@fit_case(
+    "two_outputs_loss_weights_validation",
+    "functional: x (6) -> Dense(12, relu, kernel L2(1e-2)) -> reg = Dense(2) (MSE, mae) and cls = Dense(3, softmax) "
+    "(sparse CE, accuracy); loss_weights [1.0, 0.5]; Adam(1e-2); validation_split 0.25 of 80, batch 16: the "
+    "history has each output's unweighted loss (reg_loss, cls_loss, val_reg_loss, val_cls_loss)",
+    lambda: optimizers.Adam(learning_rate=1e-2),
+    [MSE, "sparse_categorical_crossentropy"],
+    [["mae"], ["accuracy"]],
+    validation_split=0.25,
+    loss_weights=[1.0, 0.5],
+)
+def _(rng):
+    x = normal(rng, 80, 6)
+    inp = keras.Input((6,), name="x")
+    h = layers.Dense(12, activation="relu", kernel_regularizer=regularizers.L2(1e-2))(inp)
+    m = keras.Model(inp, [layers.Dense(2, name="reg")(h), layers.Dense(3, activation="softmax", name="cls")(h)])
+    reg = np.tanh(x @ rng.normal(0, 0.7, (6, 2))).astype(np.float32)
+    return m, [x], [reg, teacher_labels(rng, x, 3)]
 
 
 # ================================================================ main

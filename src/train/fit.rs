@@ -148,12 +148,30 @@ pub struct TrainConfig {
 pub struct EpochLog {
     pub epoch: usize,
     pub loss: f64,
+    /// With several outputs, each output's own loss as Keras logs it: `{output}_loss`, that
+    /// output's loss before its loss weight, without the regularizers, averaged over the
+    /// epoch's steps with every step counting once (Keras's TensorFlow backend weights its
+    /// `Mean` by the batch's static size, unknown in the traced step, so a short last batch
+    /// counts as much as a full one; `loss` itself is weighted by batch size). Empty for a
+    /// one-output model (Keras logs none there).
+    pub output_losses: Vec<(String, f64)>,
     pub metrics: Vec<(String, f64)>,
     pub val_loss: Option<f64>,
+    /// `output_losses` of the validation data (named without the `val_` prefix).
+    pub val_output_losses: Vec<(String, f64)>,
     pub val_metrics: Vec<(String, f64)>,
     pub seconds: f64,
     pub items: usize,
     pub steps: usize,
+}
+
+/// `Trainer::evaluate`'s results.
+#[derive(Debug, Clone)]
+pub struct Evaluated {
+    pub loss: f64,
+    /// `{output}_loss` per output with several outputs, as in `EpochLog::output_losses`.
+    pub output_losses: Vec<(String, f64)>,
+    pub metrics: Vec<(String, f64)>,
 }
 
 /// The run's history: one log per epoch.
@@ -163,9 +181,62 @@ pub struct History {
     pub steps: usize,
 }
 
+impl History {
+    /// The history as Keras's `History.history` dict holds it: `loss`, each output's
+    /// `{output}_loss` (several outputs), the metrics, and with validation data the same again
+    /// prefixed `val_`; one value per epoch (NaN where an epoch lacks the key).
+    pub fn keras_history(&self) -> Vec<(String, Vec<f64>)> {
+        let Some(first) = self.epochs.first() else {
+            return Vec::new();
+        };
+        let column = |name: &str, get: &dyn Fn(&EpochLog) -> Option<f64>| {
+            (
+                name.to_string(),
+                self.epochs
+                    .iter()
+                    .map(|e| get(e).unwrap_or(f64::NAN))
+                    .collect::<Vec<f64>>(),
+            )
+        };
+        let find = |list: &[(String, f64)], name: &str| {
+            list.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+        };
+        let mut out = vec![column("loss", &|e| Some(e.loss))];
+        for (name, _) in &first.output_losses {
+            out.push(column(name, &|e| find(&e.output_losses, name)));
+        }
+        for (name, _) in &first.metrics {
+            out.push(column(name, &|e| find(&e.metrics, name)));
+        }
+        if self.epochs.iter().any(|e| e.val_loss.is_some()) {
+            out.push(column("val_loss", &|e| e.val_loss));
+            for (name, _) in &first.output_losses {
+                out.push(column(&format!("val_{name}"), &|e| {
+                    find(&e.val_output_losses, name)
+                }));
+            }
+            for (name, _) in &first.metrics {
+                out.push(column(&format!("val_{name}"), &|e| {
+                    find(&e.val_metrics, name)
+                }));
+            }
+        }
+        out
+    }
+}
+
 /// Hooks the loop calls: progress, per-step logs, checkpoints. All default to nothing.
 pub trait Observer {
-    fn on_step(&mut self, _epoch: usize, _step: usize, _steps: usize, _loss: f64) -> Result<()> {
+    /// After each step: its loss before the update and (several outputs) each output's own
+    /// loss, named as in `EpochLog::output_losses`.
+    fn on_step(
+        &mut self,
+        _epoch: usize,
+        _step: usize,
+        _steps: usize,
+        _loss: f64,
+        _output_losses: &[(String, f64)],
+    ) -> Result<()> {
         Ok(())
     }
     /// After each epoch, with the weights as they now are.
@@ -220,9 +291,10 @@ impl Trainer {
         &self.train_graph.graph.params
     }
 
-    /// One optimizer step on one batch; returns the batch's loss before the update and the
-    /// training-mode outputs (for the metrics).
-    pub fn step(&mut self, batch: &TrainData) -> Result<(f64, Vec<ArrayD<f32>>)> {
+    /// One optimizer step on one batch; returns the batch's loss before the update, each
+    /// output's own loss and the training-mode outputs (for the metrics). A loss that is not
+    /// finite is returned without an update.
+    pub fn step(&mut self, batch: &TrainData) -> Result<super::step::StepResult> {
         let (result, state) = self.train_graph.compute(
             &batch.inputs,
             &batch.targets,
@@ -230,42 +302,70 @@ impl Trainer {
             &self.config.loss_weights,
             &mut self.rng,
         )?;
-        let mut grads = result.grads;
+        let mut result = result;
         if !result.loss.is_finite() {
-            return Ok((result.loss, result.outputs));
+            return Ok(result);
         }
         self.optimizer
-            .apply(&mut self.train_graph.graph.params, &mut grads)?;
+            .apply(&mut self.train_graph.graph.params, &mut result.grads)?;
         for (id, value) in state {
             *self.train_graph.graph.params.get_mut(id) = value;
         }
-        Ok((result.loss, result.outputs))
+        Ok(result)
     }
 
-    /// The loss and metrics of `data` in inference mode (Keras's `evaluate`), in batches of
-    /// `batch_size`, the loss weighted by batch size.
-    pub fn evaluate(&mut self, data: &TrainData) -> Result<(f64, Vec<(String, f64)>)> {
+    /// The names Keras logs each output's own loss under (`{output}_loss`), none for a
+    /// one-output model.
+    pub fn output_loss_names(&self) -> Vec<String> {
+        let outputs = &self.train_graph.graph.outputs;
+        if outputs.len() < 2 {
+            return Vec::new();
+        }
+        outputs.iter().map(|p| format!("{}_loss", p.name)).collect()
+    }
+
+    /// The loss, each output's own loss (several outputs) and the metrics of `data` in
+    /// inference mode (Keras's `evaluate`), in batches of `batch_size`: the loss weighted by
+    /// batch size, each output's loss a plain mean over the batches (see
+    /// `EpochLog::output_losses`).
+    pub fn evaluate(&mut self, data: &TrainData) -> Result<Evaluated> {
         data.check(&self.train_graph.graph)?;
         let n = data.len();
         let b = self.config.batch_size;
         let mut metrics = self.config.metrics.clone();
         metrics.reset();
+        let names = self.output_loss_names();
         let mut total = 0.0f64;
+        let mut per_output = vec![0.0f64; names.len()];
+        let mut batches = 0usize;
         let mut start = 0;
         while start < n {
             let end = (start + b).min(n);
             let batch = data.slice(start, end);
-            let (loss, outputs) = self.train_graph.loss_only(
+            let e = self.train_graph.loss_only(
                 &batch.inputs,
                 &batch.targets,
                 &self.config.losses,
                 &self.config.loss_weights,
             )?;
-            update_metrics(&mut metrics, &batch.targets, &outputs)?;
-            total += loss * (end - start) as f64;
+            update_metrics(&mut metrics, &batch.targets, &e.outputs)?;
+            total += e.loss * (end - start) as f64;
+            for (acc, l) in per_output.iter_mut().zip(&e.output_losses) {
+                *acc += l;
+            }
+            batches += 1;
             start = end;
         }
-        Ok((total / n.max(1) as f64, metric_values(&metrics)))
+        let batches = batches.max(1) as f64;
+        Ok(Evaluated {
+            loss: total / n.max(1) as f64,
+            output_losses: names
+                .into_iter()
+                .zip(per_output)
+                .map(|(name, v)| (name, v / batches))
+                .collect(),
+            metrics: metric_values(&metrics),
+        })
     }
 
     /// Keras's `fit`: `epochs` passes over `data`, with optional validation data.
@@ -282,6 +382,7 @@ impl Trainer {
         let n = data.len();
         let b = self.config.batch_size;
         let steps = n.div_ceil(b);
+        let names = self.output_loss_names();
         let mut history = History::default();
         let mut shuffle_rng = match self.config.shuffle {
             Shuffle::Seeded(seed) => Some(Rng::new(seed)),
@@ -302,15 +403,17 @@ impl Trainer {
                 }
                 None => data,
             };
-            // Keras's loss tracker: Σ loss·batch / Σ batch.
+            // Keras's loss tracker: Σ loss·batch / Σ batch; each output's: Σ loss / steps.
             let mut weighted = 0.0f64;
+            let mut per_output = vec![0.0f64; names.len()];
             let mut metrics = self.config.metrics.clone();
             metrics.reset();
             for step in 0..steps {
                 let start = step * b;
                 let end = (start + b).min(n);
                 let batch = epoch_data.slice(start, end);
-                let (loss, outputs) = self.step(&batch)?;
+                let result = self.step(&batch)?;
+                let loss = result.loss;
                 if !loss.is_finite() {
                     return Err(Error::Train(format!(
                         "the loss is {loss} at epoch {} step {} (of {steps}); the weights before this step are kept",
@@ -318,24 +421,34 @@ impl Trainer {
                         step + 1
                     )));
                 }
-                update_metrics(&mut metrics, &batch.targets, &outputs)?;
+                update_metrics(&mut metrics, &batch.targets, &result.outputs)?;
                 weighted += loss * (end - start) as f64;
-                history.steps += 1;
-                observer.on_step(epoch, step, steps, loss)?;
-            }
-            let (val_loss, val_metrics) = match validation {
-                Some(v) => {
-                    let (l, m) = self.evaluate(v)?;
-                    (Some(l), m)
+                for (acc, l) in per_output.iter_mut().zip(&result.output_losses) {
+                    *acc += l;
                 }
-                None => (None, Vec::new()),
-            };
+                history.steps += 1;
+                let step_losses: Vec<(String, f64)> = names
+                    .iter()
+                    .cloned()
+                    .zip(result.output_losses.iter().copied())
+                    .collect();
+                observer.on_step(epoch, step, steps, loss, &step_losses)?;
+            }
+            let val = validation.map(|v| self.evaluate(v)).transpose()?;
             let log = EpochLog {
                 epoch,
                 loss: weighted / n as f64,
+                output_losses: names
+                    .iter()
+                    .cloned()
+                    .zip(per_output.iter().map(|v| v / steps as f64))
+                    .collect(),
                 metrics: metric_values(&metrics),
-                val_loss,
-                val_metrics,
+                val_loss: val.as_ref().map(|v| v.loss),
+                val_output_losses: val
+                    .as_ref()
+                    .map_or_else(Vec::new, |v| v.output_losses.clone()),
+                val_metrics: val.map_or_else(Vec::new, |v| v.metrics),
                 seconds: started.elapsed().as_secs_f64(),
                 items: n,
                 steps,

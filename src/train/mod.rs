@@ -21,6 +21,6 @@ pub mod train_metrics;
 pub use grads::ParamGrads;
 pub use rng::Rng;
 
-pub use fit::{EpochLog, History, Observer, Shuffle, TrainConfig, TrainData, Trainer};
+pub use fit::{EpochLog, Evaluated, History, Observer, Shuffle, TrainConfig, TrainData, Trainer};
 pub use loss::Loss;
-pub use step::TrainGraph;
+pub use step::{Evaluation, StepResult, TrainGraph};

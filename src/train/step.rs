@@ -62,8 +62,22 @@ pub type InputGradients = (StepResult, StateUpdates, Vec<Option<ArrayD<f32>>>);
 pub struct StepResult {
     /// The total loss: every output's loss (weighted) plus the regularizers.
     pub loss: f64,
+    /// Each output's own loss, before its loss weight and without the regularizers (what
+    /// Keras logs as `{output}_loss` for a model with several outputs).
+    pub output_losses: Vec<f64>,
     pub grads: ParamGrads,
     /// The training-mode outputs (for metrics).
+    pub outputs: Vec<ArrayD<f32>>,
+}
+
+/// What an inference pass computed (`TrainGraph::loss_only`).
+#[derive(Debug)]
+pub struct Evaluation {
+    /// Every output's loss (weighted) plus the regularizers.
+    pub loss: f64,
+    /// Each output's own loss, before its loss weight.
+    pub output_losses: Vec<f64>,
+    /// The inference outputs (for metrics).
     pub outputs: Vec<ArrayD<f32>>,
 }
 
@@ -317,18 +331,20 @@ impl TrainGraph {
     }
 
     /// The loss at inference (dropout off, moving statistics), regularizers included, as
-    /// Keras's `evaluate` computes `val_loss`.
+    /// Keras's `evaluate` computes `val_loss`, with each output's own (unweighted) loss.
     pub fn loss_only(
         &self,
         inputs: &[PreparedInput],
         targets: &[ArrayD<f32>],
         losses: &[Loss],
         loss_weights: &[f32],
-    ) -> Result<(f64, Vec<ArrayD<f32>>)> {
+    ) -> Result<Evaluation> {
         let tape = self.forward_in(inputs, &mut Rng::new(0), false)?;
         let mut total = 0.0;
+        let mut output_losses = Vec::with_capacity(losses.len());
         for (i, (loss, target)) in losses.iter().zip(targets).enumerate() {
             let (l, _, _) = self.output_loss(&tape, i, loss, target)?;
+            output_losses.push(l);
             total += l * loss_weights.get(i).copied().unwrap_or(1.0) as f64;
         }
         let mut unused = ParamGrads::new(&self.graph.params);
@@ -338,7 +354,11 @@ impl TrainGraph {
             .iter()
             .map(|p| tape.float(p.value).cloned())
             .collect::<Result<_>>()?;
-        Ok((total + self.regularization(&tape, &mut unused)?.0, outputs))
+        Ok(Evaluation {
+            loss: total + self.regularization(&tape, &mut unused)?.0,
+            output_losses,
+            outputs,
+        })
     }
 
     /// One step's loss and gradients (no update). `losses[i]` and `targets[i]` belong to
@@ -369,8 +389,10 @@ impl TrainGraph {
         let mut grads = ParamGrads::new(&self.graph.params);
         let mut seeds = Vec::new();
         let mut total = 0.0f64;
+        let mut output_losses = Vec::with_capacity(losses.len());
         for (i, (loss, target)) in losses.iter().zip(targets).enumerate() {
             let (l, value, mut g) = self.output_loss(&tape, i, loss, target)?;
+            output_losses.push(l);
             let w = loss_weights.get(i).copied().unwrap_or(1.0);
             if w != 1.0 {
                 g.mapv_inplace(|v| v * w);
@@ -391,6 +413,7 @@ impl TrainGraph {
         Ok((
             StepResult {
                 loss: total,
+                output_losses,
                 grads,
                 outputs,
             },

@@ -197,25 +197,37 @@ pub fn train(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// The model with its starting weights: from the file, from --weights, or (a model JSON alone)
-/// initialized from its config.
+/// The model with its starting weights: from the file, from --weights, or (a model JSON alone,
+/// or a `.keras` file without `model.weights.h5`) initialized from its config, seeded by --seed.
 fn load_model(args: &TrainArgs) -> Result<Model> {
     if let Some(w) = &args.weights {
         return Model::load_with_weights(&args.model, w);
     }
-    let mut head = [0u8; 64];
-    let read = std::fs::File::open(&args.model)
-        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
-        .map_err(|e| Error::io(&args.model, e))?;
-    let is_json = head[..read]
-        .iter()
-        .find(|b| !b.is_ascii_whitespace())
-        .is_some_and(|&b| b == b'{');
-    if is_json {
+    if has_no_weights(&args.model)? {
         Model::load_initialized(&args.model, args.seed)
     } else {
         Model::load(&args.model)
     }
+}
+
+/// Is `path` a model JSON, or a `.keras` zip without `model.weights.h5`? (Anything else —
+/// a `.keras` with weights, a legacy HDF5 model — is left to `Model::load` to read or refuse.)
+fn has_no_weights(path: &Path) -> Result<bool> {
+    let mut head = [0u8; 64];
+    let read = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .map_err(|e| Error::io(path, e))?;
+    let head = &head[..read];
+    if head.starts_with(b"PK") {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let zip = zip::ZipArchive::new(file)
+            .map_err(|e| Error::format(path, format!("not a readable .keras zip: {e}")))?;
+        return Ok(zip.index_for_name("model.weights.h5").is_none());
+    }
+    Ok(head
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b == b'{'))
 }
 
 /// Loss, optimizer and metrics: the command line's where given, else the model's compile

@@ -266,3 +266,124 @@ fn a_nan_stops_naming_the_step_and_keeps_the_last_good_model() {
         "the last good model was touched"
     );
 }
+
+/// The fixture's .keras copied to `dest` without `model.weights.h5`; returns its config.json.
+fn keras_without_weights(case: &str, dest: &Path) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let src = std::fs::File::open(fit_dir().join(format!("{case}.keras"))).unwrap();
+    let mut zin = zip::ZipArchive::new(src).unwrap();
+    let mut zout = zip::ZipWriter::new(std::fs::File::create(dest).unwrap());
+    let mut config = None;
+    for i in 0..zin.len() {
+        let mut entry = zin.by_index(i).unwrap();
+        let name = entry.name().unwrap().to_string();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).unwrap();
+        if name == "config.json" {
+            config = Some(serde_json::from_slice(&bytes).unwrap());
+        }
+        if name == "model.weights.h5" {
+            continue;
+        }
+        zout.start_file(name.as_str(), zip::write::SimpleFileOptions::default())
+            .unwrap();
+        zout.write_all(&bytes).unwrap();
+    }
+    zout.finish().unwrap();
+    config.expect("config.json in the fixture")
+}
+
+/// `wgnn train` with `extra` arguments; returns the --json history's loss per epoch.
+fn train_losses(model: &Path, x: &Path, y: &Path, out: &Path, extra: &[&str]) -> Vec<f64> {
+    let mut args = vec![
+        "train",
+        model.to_str().unwrap(),
+        "--x",
+        x.to_str().unwrap(),
+        "--y",
+        y.to_str().unwrap(),
+        "--epochs",
+        "6",
+        "--batch-size",
+        "16",
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let (ok, stdout, stderr) = run(&args);
+    assert!(ok, "{args:?}: {stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("a JSON line")).expect("JSON");
+    report["history"]["loss"]
+        .as_array()
+        .expect("history.loss")
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect()
+}
+
+fn assert_learns(what: &str, losses: &[f64]) {
+    assert!(
+        losses.iter().all(|l| l.is_finite()) && losses.last() < losses.first(),
+        "{what}: the loss did not go down: {losses:?}"
+    );
+}
+
+#[test]
+fn a_keras_file_without_weights_is_initialized_from_the_seed() {
+    let case = "mlp_mse_rmsprop";
+    let tmp = tempfile::tempdir().unwrap();
+    let (x, y, _) = write_xy(case, tmp.path());
+    let bare = tmp.path().join("bare.keras");
+    keras_without_weights(case, &bare);
+    let out = tmp.path().join("out.keras");
+    // Model::load alone refuses it: there is nothing to start from but the config.
+    assert!(Model::load(&bare).is_err());
+    let a = train_losses(&bare, &x, &y, &out, &["--seed", "3"]);
+    assert_learns("bare .keras", &a);
+    assert!(Model::load(&out).is_ok(), "the trained model does not load");
+    let b = train_losses(&bare, &x, &y, &out, &["--seed", "3"]);
+    assert_eq!(a, b, "the same seed gave another run");
+    let c = train_losses(&bare, &x, &y, &out, &["--seed", "4"]);
+    assert_ne!(a[0], c[0], "--seed does not seed the initializers");
+    // The .keras with its weights still starts from them (its first epoch is Keras's).
+    let with_weights = fit_dir().join(format!("{case}.keras"));
+    let w = train_losses(&with_weights, &x, &y, &out, &["--seed", "3", "--no-shuffle"]);
+    let w2 = train_losses(&with_weights, &x, &y, &out, &["--seed", "4", "--no-shuffle"]);
+    assert_eq!(w, w2, "a .keras with weights depends on --seed without a shuffle");
+    assert_ne!(w[0], a[0]);
+}
+
+#[test]
+fn a_model_json_without_weights_is_initialized_from_the_seed() {
+    let case = "mlp_mse_rmsprop";
+    let tmp = tempfile::tempdir().unwrap();
+    let (x, y, _) = write_xy(case, tmp.path());
+    let mut config = keras_without_weights(case, &tmp.path().join("bare.keras"));
+    // As `model.to_json()` writes it: no compile config, so the loss and optimizer are given.
+    config.as_object_mut().unwrap().remove("compile_config");
+    let json = tmp.path().join("model.json");
+    std::fs::write(&json, serde_json::to_string(&config).unwrap()).unwrap();
+    let out = tmp.path().join("out.keras");
+    let extra = [
+        "--loss",
+        "mean_squared_error",
+        "--optimizer",
+        "adam",
+        "--learning-rate",
+        "0.01",
+        "--seed",
+        "7",
+    ];
+    let a = train_losses(&json, &x, &y, &out, &extra);
+    assert_learns("model JSON", &a);
+    let trained = Model::load(&out).expect("the trained model loads");
+    assert_eq!(trained.graph().outputs.len(), 1);
+    let b = train_losses(&json, &x, &y, &out, &extra);
+    assert_eq!(a, b, "the same seed gave another run");
+    let mut other = extra;
+    other[7] = "8";
+    let c = train_losses(&json, &x, &y, &out, &other);
+    assert_ne!(a[0], c[0], "--seed does not seed the initializers");
+}

@@ -11,6 +11,7 @@ mod activation;
 #[cfg(test)]
 pub(crate) mod check;
 mod conv;
+mod conv_lstm;
 mod copy;
 mod dense;
 mod dropout;
@@ -134,6 +135,7 @@ pub(crate) fn forward(
         Op::Dropout(d) => dropout::forward(d, node, inputs, rng),
         Op::Recurrent(r) => recurrent::forward(r, &graph.params, node, inputs, mask, rng),
         Op::BatchNorm(b) => norm::batch_norm_forward(b, graph, node, inputs, mask),
+        Op::ConvLstm(c) => conv_lstm::forward(c, &graph.params, node, inputs),
         _ => {
             let outs = super::run_node(graph, node, inputs.to_vec(), mask)?;
             Ok(Forward::plain(outs))
@@ -181,7 +183,7 @@ pub(crate) fn support(op: &Op) -> std::result::Result<(), String> {
             missing("TimeDistributed around a recurrent layer")
         }
         Op::TimeDistributed { inner } => support(inner),
-        Op::ConvLstm(_) => missing("ConvLSTM"),
+        Op::ConvLstm(_) => Ok(()),
     }
 }
 
@@ -267,7 +269,7 @@ pub(crate) fn backward(
         Op::Normalization(n) => norm::normalization_backward(n, io, dy0()?),
         Op::PRelu(p) => norm::prelu_backward(p, io, dy0()?, grads),
         Op::Softmax(s) => norm::softmax_backward(s, io, dy0()?),
-        Op::ConvLstm(_) => Err(no_backward(node)),
+        Op::ConvLstm(c) => conv_lstm::backward(c, io, dys, grads),
     }
 }
 
@@ -277,16 +279,4 @@ fn wanted(
     dx: impl FnOnce() -> Result<ArrayD<f32>>,
 ) -> Result<Vec<Option<ArrayD<f32>>>> {
     Ok(vec![if io.needs[0] { Some(dx()?) } else { None }])
-}
-
-/// The error for a node whose op has no backward rule (training checks this up front).
-pub(crate) fn no_backward(node: &Node) -> Error {
-    Error::Train(format!(
-        "layer '{}' ({}): {}",
-        node.name,
-        node.class,
-        support(&node.op)
-            .err()
-            .unwrap_or_else(|| "no backward rule".into())
-    ))
 }

@@ -5,7 +5,8 @@
 //! backpropagation through time on each, giving the kernels', recurrent kernels' and biases'
 //! gradients, dx and the initial states' gradients.
 
-mod cells;
+/// The cell rows, shared with ConvLSTM (`super::conv_lstm`).
+pub(super) mod cells;
 mod direction;
 mod masks;
 #[cfg(test)]

@@ -27,7 +27,7 @@ fn slope(a: Activation, x: f32, y: f32) -> f32 {
 }
 
 /// Whether f'(x) needs x itself, not only f(x): then the forward keeps the pre-activations.
-pub(super) fn slope_needs_input(a: Activation) -> bool {
+pub(in crate::cpu::grad) fn slope_needs_input(a: Activation) -> bool {
     !matches!(
         a,
         Activation::Linear | Activation::Sigmoid | Activation::Tanh | Activation::Exponential
@@ -36,7 +36,7 @@ pub(super) fn slope_needs_input(a: Activation) -> bool {
 
 /// A cell's two activations: `act` (candidate, output) and `ract` (gates).
 #[derive(Clone, Copy)]
-pub(super) struct Acts {
+pub(in crate::cpu::grad) struct Acts {
     pub act: Activation,
     pub ract: Activation,
 }
@@ -80,7 +80,7 @@ pub(super) fn simple_backward(
 
 /// One LSTM row: from z = x W + h R + b (4u) and c_prev, the gates (`acts`), the new carry
 /// `c_new`, act(c_new) and h.
-pub(super) struct LstmForward<'a> {
+pub(in crate::cpu::grad) struct LstmForward<'a> {
     pub z: &'a [f32],
     pub c_prev: &'a [f32],
     pub acts: &'a mut [f32],
@@ -89,7 +89,7 @@ pub(super) struct LstmForward<'a> {
     pub h_new: &'a mut [f32],
 }
 
-pub(super) fn lstm_forward(a: Acts, row: LstmForward) {
+pub(in crate::cpu::grad) fn lstm_forward(a: Acts, row: LstmForward) {
     if a.defaults() {
         lstm_forward_with(tanh, sigmoid, row);
     } else {
@@ -124,7 +124,7 @@ fn lstm_forward_with(fa: impl Fn(f32) -> f32, fr: impl Fn(f32) -> f32, row: Lstm
 }
 
 /// One LSTM row backward: `dc` holds dL/dc_new and becomes dL/dc_prev; `dz` gets dL/dz.
-pub(super) struct LstmBackward<'a> {
+pub(in crate::cpu::grad) struct LstmBackward<'a> {
     pub acts: &'a [f32],
     pub pre: Option<&'a [f32]>,
     pub c_prev: &'a [f32],
@@ -136,7 +136,7 @@ pub(super) struct LstmBackward<'a> {
     pub dz: &'a mut [f32],
 }
 
-pub(super) fn lstm_backward(a: Acts, row: LstmBackward) {
+pub(in crate::cpu::grad) fn lstm_backward(a: Acts, row: LstmBackward) {
     if a.defaults() {
         lstm_backward_with(|_, y| 1.0 - y * y, |_, y| y * (1.0 - y), row);
     } else {

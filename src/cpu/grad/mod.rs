@@ -136,6 +136,9 @@ pub(crate) fn forward(
         Op::Recurrent(r) => recurrent::forward(r, &graph.params, node, inputs, mask, rng),
         Op::BatchNorm(b) => norm::batch_norm_forward(b, graph, node, inputs, mask),
         Op::ConvLstm(c) => conv_lstm::forward(c, &graph.params, node, inputs),
+        Op::TimeDistributed { inner } if matches!(**inner, Op::Recurrent(_)) => {
+            spatial::time_distributed_forward(inner, graph, node, inputs, rng)
+        }
         _ => {
             let outs = super::run_node(graph, node, inputs.to_vec(), mask)?;
             Ok(Forward::plain(outs))
@@ -178,10 +181,6 @@ pub(crate) fn support(op: &Op) -> std::result::Result<(), String> {
         | Op::Softmax(_) => Ok(()),
         Op::BatchNorm(b) if !b.unused.is_empty() => missing("BatchNormalization with renorm=True"),
         Op::BatchNorm(_) => Ok(()),
-        // The recurrent backward needs its forward's saved states, which the fold does not keep.
-        Op::TimeDistributed { inner } if matches!(**inner, Op::Recurrent(_)) => {
-            missing("TimeDistributed around a recurrent layer")
-        }
         Op::TimeDistributed { inner } => support(inner),
         Op::ConvLstm(_) => Ok(()),
     }

@@ -2,19 +2,20 @@
 //! padded with zeros), nearest upsampling (each input gets the sum of its copies), bilinear
 //! upsampling (TensorFlow's ResizeBilinearGrad: each output's gradient split between its four
 //! inputs with the forward's half-pixel weights), and TimeDistributed (the inner op's rule on
-//! the N*T items).
+//! the N*T items; around a recurrent layer the training forward runs folded too, so the inner
+//! tape is the node's own).
 
 use ndarray::{ArrayD, Axis, IxDyn};
 use rayon::prelude::*;
 
 use super::conv::flat;
-use super::{backward, NodeIo};
+use super::{as_float, backward, recurrent, Forward, NodeIo};
 use crate::cpu::merge::strided_copy;
 use crate::cpu::Tensor;
 use crate::error::{Error, Result};
 use crate::graph::merge::{bilinear_scale, bilinear_tap, crop_copy, pad_copy};
 use crate::graph::*;
-use crate::train::ParamGrads;
+use crate::train::{ParamGrads, Rng};
 
 fn item(x: &ArrayD<f32>) -> &[usize] {
     &x.shape()[1..]
@@ -130,6 +131,71 @@ fn fold_time(x: &ArrayD<f32>, name: &str) -> Result<ArrayD<f32>> {
         .map_err(|e| Error::Internal(format!("layer '{name}': TimeDistributed fold: {e}")))
 }
 
+/// The op `inner` as a node of its own, no graph edges: what the inner rules read of a node.
+fn inner_node(node: &Node, inner: &Op) -> Node {
+    Node {
+        name: node.name.clone(),
+        class: node.class.clone(),
+        op: inner.clone(),
+        inputs: Vec::new(),
+        mask: None,
+        outputs: Vec::new(),
+    }
+}
+
+/// TimeDistributed(recurrent) training forward: the recurrent layer's training forward on the
+/// N*T folded sequences (no mask, as at inference), its first output given back its time axis,
+/// and its tape kept as this node's, for `time_distributed` to hand back to the inner rule.
+pub(super) fn time_distributed_forward(
+    inner: &Op,
+    graph: &Graph,
+    node: &Node,
+    inputs: &[Tensor],
+    rng: &mut Rng,
+) -> Result<Forward> {
+    let Op::Recurrent(r) = inner else {
+        return Err(Error::Internal(format!(
+            "layer '{}': TimeDistributed training forward of a {} op",
+            node.name,
+            inner.name()
+        )));
+    };
+    let x = as_float(&inputs[0], node)?;
+    let (n, t) = (x.shape()[0], x.shape().get(1).copied().unwrap_or(0));
+    let folded = [Tensor::F32(fold_time(x, &node.name)?)];
+    let fw = recurrent::forward(
+        r,
+        &graph.params,
+        &inner_node(node, inner),
+        &folded,
+        None,
+        rng,
+    )?;
+    let Some(Tensor::F32(y)) = fw.outputs.into_iter().next() else {
+        return Err(Error::Internal(format!(
+            "layer '{}': the recurrent layer gave no float output",
+            node.name
+        )));
+    };
+    let mut dims = vec![n, t];
+    dims.extend_from_slice(&y.shape()[1..]);
+    let y = y
+        .as_standard_layout()
+        .into_owned()
+        .into_shape_with_order(IxDyn(&dims))
+        .map_err(|e| {
+            Error::Internal(format!(
+                "layer '{}': TimeDistributed unfold: {e}",
+                node.name
+            ))
+        })?;
+    Ok(Forward {
+        outputs: vec![Tensor::F32(y)],
+        saved: fw.saved,
+        state: fw.state,
+    })
+}
+
 /// TimeDistributed backward: the inner op's rule on the N*T folded items (it adds its
 /// parameters' gradients summed over every timestep), and dx given back its time axis.
 pub(super) fn time_distributed(
@@ -140,14 +206,7 @@ pub(super) fn time_distributed(
 ) -> Result<Option<ArrayD<f32>>> {
     let node = io.node;
     let x = io.input(0)?;
-    let inner_node = Node {
-        name: node.name.clone(),
-        class: node.class.clone(),
-        op: inner.clone(),
-        inputs: Vec::new(),
-        mask: None,
-        outputs: Vec::new(),
-    };
+    let inner_node = inner_node(node, inner);
     let inputs = [Tensor::F32(fold_time(x, &node.name)?)];
     let outputs = [Tensor::F32(fold_time(io.output(0)?, &node.name)?)];
     let inner_io = NodeIo {
@@ -156,7 +215,8 @@ pub(super) fn time_distributed(
         inputs: &[&inputs[0]],
         outputs: &[&outputs[0]],
         mask: None,
-        saved: &None,
+        // A recurrent layer's tape from `time_distributed_forward`; None for the others.
+        saved: io.saved,
         needs: io.needs,
     };
     let dys = [Some(fold_time(dy, &node.name)?)];

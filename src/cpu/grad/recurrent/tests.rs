@@ -540,3 +540,114 @@ fn a_rate_of_one_follows_keras() {
         }
     }
 }
+
+impl Case {
+    /// TimeDistributed(this layer) on (N, outer, T, F): every outer step an independent sequence.
+    fn time_distributed_graph(&self, outer: usize) -> Graph {
+        let mut g = Graph::new("t");
+        let x = g.add_input("x", vec![outer, self.timesteps, self.features], DType::F32);
+        let inner = Op::Recurrent(Box::new(self.op(&mut g.params)));
+        let op = Op::TimeDistributed {
+            inner: Box::new(inner),
+        };
+        let ys = g.add_node("td", "Test", op, &[x], None).expect("shape");
+        g.add_output("y", ys[0]);
+        g
+    }
+
+    fn check_time_distributed(&self, outer: usize, what: &str) {
+        let g = self.time_distributed_graph(outer);
+        let x = Tensor::F32(uniform(
+            &[self.batch, outer, self.timesteps, self.features],
+            5,
+            1.0,
+        ));
+        let node = &g.nodes[0];
+        if self.dropout == CellDropout::default() {
+            let train = forward(&g, node, &[x.clone()], None, &mut Rng::new(1)).expect("forward");
+            let infer = run_node(&g, node, vec![x.clone()], None).expect("inference");
+            let (Tensor::F32(a), Tensor::F32(b)) = (&train.outputs[0], &infer[0]) else {
+                panic!("float outputs")
+            };
+            assert_eq!(a.shape(), b.shape(), "{what}: output shape");
+            let worst = a
+                .iter()
+                .zip(b.iter())
+                .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst <= 1e-5,
+                "{what}: the training forward differs by {worst}"
+            );
+        }
+        let r = std::panic::catch_unwind(|| check_node(&g, 0, vec![x], None, 1e-2));
+        match r {
+            Ok(report) => assert!(report.checked > 0, "{what}: nothing checked"),
+            Err(e) => {
+                let msg = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                panic!("{what}: {msg}");
+            }
+        }
+    }
+}
+
+#[test]
+fn time_distributed_around_every_cell() {
+    for kind in CELLS {
+        for (return_sequences, go_backwards) in [(false, false), (true, true)] {
+            let mut c = case(kind);
+            c.timesteps = 5;
+            c.batch = 2;
+            c.return_sequences = return_sequences;
+            c.go_backwards = go_backwards;
+            c.check_time_distributed(
+                3,
+                &format!(
+                    "TimeDistributed({}) seq={return_sequences} back={go_backwards}",
+                    name(kind)
+                ),
+            );
+        }
+    }
+    // One outer step, one sequence.
+    let mut c = case(LSTM);
+    c.batch = 1;
+    c.check_time_distributed(1, "TimeDistributed(LSTM) 1 x 1");
+}
+
+#[test]
+fn time_distributed_around_bidirectional_and_dropout() {
+    for (kind, mode, return_sequences) in [
+        (GRU, MergeMode::Concat, false),
+        (GRU_BEFORE, MergeMode::Sum, true),
+        (LSTM, MergeMode::Multiply, true),
+        (LSTM, MergeMode::Average, false),
+    ] {
+        let mut c = case(kind);
+        c.timesteps = 4;
+        c.batch = 2;
+        c.merge = Some(mode);
+        c.return_sequences = return_sequences;
+        c.check_time_distributed(
+            3,
+            &format!(
+                "TimeDistributed(Bidirectional({}) {mode:?}) seq={return_sequences}",
+                name(kind)
+            ),
+        );
+    }
+    // The cell's dropout masks are drawn for all N*outer sequences and kept for the backward.
+    let mut c = case(LSTM);
+    c.timesteps = 4;
+    c.batch = 2;
+    c.dropout = CellDropout {
+        input: 0.3,
+        recurrent: 0.3,
+        per_gate: true,
+    };
+    c.check_time_distributed(3, "TimeDistributed(LSTM) dropout");
+}

@@ -6,7 +6,7 @@ Run from the repository root:
     .venv-keras/bin/python tools/train_fixtures.py               # everything (clears grad/ and fit/)
     .venv-keras/bin/python tools/train_fixtures.py --part grad   # only the gradient cases
     .venv-keras/bin/python tools/train_fixtures.py --part fit    # only the fit cases
-    .venv-keras/bin/python tools/train_fixtures.py --only 'lstm_*,dense_rank2'   # some cases, no manifest
+    .venv-keras/bin/python tools/train_fixtures.py --only 'lstm_*,dense_rank2'   # some cases (manifest entries merged)
 
 grad/ (Format A): one training step's loss, gradients w.r.t. every trainable weight and every
 float input, training-mode outputs and updated non-trainable state, computed as Keras's
@@ -24,6 +24,7 @@ Everything is seeded by the case's name (see train_common.py): reruns give ident
 
 import argparse
 import fnmatch
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -512,6 +513,55 @@ def _(rng):
 @grad_case("gru_float_input", "GRU(4) on float (N, 6, 3), no mask -> Dense(2)")
 def _(rng):
     return seq((6, 3), layers.GRU(4), layers.Dense(2)), batch(rng, 6, 3)
+
+
+# ---------------------------------------------------------------- ConvLSTM, TimeDistributed(recurrent)
+
+CONVLSTM_CASES = [
+    ("convlstm2d_last", "ConvLSTM2D(3, 3, same) on (N, 4, 5, 5, 2) -> Dense(2) per position", (4, 5, 5, 2),
+     lambda: [layers.ConvLSTM2D(3, 3, padding="same"), layers.Dense(2)]),
+    ("convlstm2d_sequences_valid", "ConvLSTM2D(3, (2, 3), valid, return_sequences=True) on (N, 3, 5, 6, 2)",
+     (3, 5, 6, 2), lambda: [layers.ConvLSTM2D(3, (2, 3), return_sequences=True)]),
+    ("convlstm2d_go_backwards_sequences",
+     "ConvLSTM2D(2, 3, same, return_sequences=True, go_backwards=True) on (N, 4, 4, 5, 3) (outputs in reversed "
+     "step order) -> Dense(2)", (4, 4, 5, 3),
+     lambda: [layers.ConvLSTM2D(2, 3, padding="same", return_sequences=True, go_backwards=True), layers.Dense(2)]),
+    ("convlstm2d_go_backwards_last", "ConvLSTM2D(3, 2, valid, go_backwards=True) on (N, 3, 4, 4, 2)",
+     (3, 4, 4, 2), lambda: [layers.ConvLSTM2D(3, 2, go_backwards=True)]),
+    ("convlstm2d_strides2_same",
+     "ConvLSTM2D(3, 3, strides=2, same) on (N, 3, 7, 6, 2) (input conv strided, recurrent conv stride 1 on 4x3) "
+     "-> Flatten -> Dense(2)", (3, 7, 6, 2),
+     lambda: [layers.ConvLSTM2D(3, 3, strides=2, padding="same"), layers.Flatten(), layers.Dense(2)]),
+    ("convlstm2d_no_bias_hard_sigmoid",
+     "ConvLSTM2D(2, 3, same, use_bias=False, recurrent_activation='hard_sigmoid', return_sequences=True) on "
+     "(N, 3, 4, 4, 2)", (3, 4, 4, 2),
+     lambda: [layers.ConvLSTM2D(2, 3, padding="same", use_bias=False, recurrent_activation="hard_sigmoid",
+                                return_sequences=True)]),
+    ("convlstm1d_sequences", "ConvLSTM1D(4, 3, same, return_sequences=True) on (N, 5, 7, 3) -> Dense(2)",
+     (5, 7, 3), lambda: [layers.ConvLSTM1D(4, 3, padding="same", return_sequences=True), layers.Dense(2)]),
+    ("convlstm1d_strides2_valid_last", "ConvLSTM1D(3, 2, strides=2, valid) on (N, 4, 7, 2) -> Flatten -> Dense(2)",
+     (4, 7, 2), lambda: [layers.ConvLSTM1D(3, 2, strides=2), layers.Flatten(), layers.Dense(2)]),
+    ("td_lstm_last", "TimeDistributed(LSTM(4)) on float (N, 3, 5, 3) (each outer step an independent sequence) "
+     "-> Dense(2)", (3, 5, 3), lambda: [layers.TimeDistributed(layers.LSTM(4)), layers.Dense(2)]),
+    ("td_lstm_sequences_go_backwards", "TimeDistributed(LSTM(3, return_sequences=True, go_backwards=True)) on "
+     "float (N, 2, 6, 3)", (2, 6, 3),
+     lambda: [layers.TimeDistributed(layers.LSTM(3, return_sequences=True, go_backwards=True))]),
+    ("td_bidirectional_gru", "TimeDistributed(Bidirectional(GRU(3))) (concat) on float (N, 3, 5, 4) -> Dense(2)",
+     (3, 5, 4), lambda: [layers.TimeDistributed(layers.Bidirectional(layers.GRU(3))), layers.Dense(2)]),
+    ("td_bidirectional_gru_sum_sequences",
+     "TimeDistributed(Bidirectional(GRU(3, reset_after=False, return_sequences=True), merge_mode='sum')) on "
+     "float (N, 2, 4, 3)", (2, 4, 3),
+     lambda: [layers.TimeDistributed(layers.Bidirectional(layers.GRU(3, reset_after=False, return_sequences=True),
+                                                          merge_mode="sum"))]),
+    ("td_simplernn_last", "TimeDistributed(SimpleRNN(4)) on float (N, 3, 4, 2) -> Dense(2)", (3, 4, 2),
+     lambda: [layers.TimeDistributed(layers.SimpleRNN(4)), layers.Dense(2)]),
+]  # fmt: skip
+
+for _name, _desc, _shape, _stack in CONVLSTM_CASES:
+
+    @grad_case(_name, _desc, gain=1.5 if _name.startswith("convlstm") else 1.0)
+    def _(rng, shape=_shape, stack=_stack):
+        return seq(shape, *stack()), batch(rng, *shape, n=3)
 
 
 # ---------------------------------------------------------------- normalization
@@ -1358,7 +1408,22 @@ def write_grad(only=None):
     cases = [write_grad_case(c) for c in GRAD_CASES if selected(c.name, only)]
     if only is None:
         write_json(GRAD / "manifest.json", {"keras_version": keras_version(), "cases": cases})
+    else:
+        merge_manifest(GRAD / "manifest.json", cases, [c.name for c in GRAD_CASES])
     return len(cases)
+
+
+def merge_manifest(path, cases, order):
+    """With --only: the written cases' entries replace (or join) those of an existing manifest,
+    in the cases' definition order; every other entry is kept as it was."""
+    if not path.exists():
+        return
+    manifest = json.loads(path.read_text())
+    by_name = {c["name"]: c for c in manifest["cases"]}
+    by_name.update({c["name"]: c for c in cases})
+    rank = {name: i for i, name in enumerate(order)}
+    manifest["cases"] = sorted(by_name.values(), key=lambda c: rank.get(c["name"], len(rank)))
+    write_json(path, manifest)
 
 
 def write_fit(only=None):
@@ -1372,7 +1437,9 @@ def write_fit(only=None):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["grad", "fit", "all"], default="all")
-    parser.add_argument("--only", help="write only these cases (comma-separated fnmatch patterns); no manifest")
+    parser.add_argument(
+        "--only", help="write only these cases (comma-separated fnmatch patterns); their manifest entries are merged"
+    )
     args = parser.parse_args()
     t0 = time.time()
     parts = ["grad", "fit"] if args.part == "all" else [args.part]

@@ -8,7 +8,7 @@
 use wgnn::data::cifar10::Split;
 use wgnn::train::optim::OptimizerSpec;
 use wgnn::train::train_metrics::TrainMetrics;
-use wgnn::train::{Loss, Shuffle, TrainConfig, TrainData, Trainer};
+use wgnn::train::{Loss, Shuffle, TrainConfig, TrainData};
 use wgnn::{Backend, Model, PreparedInput};
 
 fn main() -> wgnn::Result<()> {
@@ -57,8 +57,8 @@ fn main() -> wgnn::Result<()> {
         optimizer: OptimizerSpec::by_name("adam")?.with_learning_rate(1e-4),
         metrics: TrainMetrics::from_names(&["accuracy".into()], &outputs)?,
     };
-    let mut trainer = Trainer::new(model.graph(), config)?;
-    let history = trainer.fit(&data, None, &mut wgnn::train::fit::Quiet)?;
+    let mut tuned = model;
+    let history = tuned.train(&data, &config)?;
     for e in &history.epochs {
         println!(
             "epoch {}: loss {:.4} {:?} ({:.0} images/s)",
@@ -68,9 +68,6 @@ fn main() -> wgnn::Result<()> {
             e.items as f64 / e.seconds
         );
     }
-    let mut graph = model.graph().clone();
-    graph.params = trainer.params().clone();
-    let tuned = Model::from_graph(graph, model.source());
     println!("test accuracy after: {:.4}", accuracy(&tuned)?);
     tuned.save(&out)?;
     println!("saved {out}");

@@ -112,6 +112,42 @@ impl Model {
         Ok(model)
     }
 
+    /// Keras's `fit` on the CPU reference path (see [`crate::train::Trainer`]): trains the
+    /// model's weights in place and returns the history (`history.epochs[e].loss` is Keras's
+    /// `history["loss"][e]`). Later predictions, on either backend, use the trained weights;
+    /// `save` writes them.
+    pub fn train(
+        &mut self,
+        data: &crate::train::TrainData,
+        config: &crate::train::TrainConfig,
+    ) -> Result<crate::train::History> {
+        self.train_with_validation(data, None, config)
+    }
+
+    /// [`Model::train`] with validation data scored after every epoch (`val_loss`, `val_…`).
+    pub fn train_with_validation(
+        &mut self,
+        data: &crate::train::TrainData,
+        validation: Option<&crate::train::TrainData>,
+        config: &crate::train::TrainConfig,
+    ) -> Result<crate::train::History> {
+        if self.free_time.is_some() {
+            // Each input length rebuilds its graph from the files, which would not hold the
+            // trained weights.
+            return Err(Error::Input(
+                "Model::train: a model whose time axis is None trains through \
+                 wgnn::train::Trainer on the graph of one length"
+                    .into(),
+            ));
+        }
+        let mut trainer = crate::train::Trainer::new(&self.graph, config.clone())?;
+        let history = trainer.fit(data, validation, &mut crate::train::fit::Quiet)?;
+        self.graph.params = trainer.params().clone();
+        // A GPU plan holds the old weights.
+        *self.gpu.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+        Ok(history)
+    }
+
     /// Loads a model JSON (`model.to_json()`) with a weights file: `.weights.h5` (or any HDF5)
     /// or `.npz` holding `model.get_weights()` in order. A `.keras` file with separate weights is
     /// accepted too: its own weights are then replaced.

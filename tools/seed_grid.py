@@ -2,7 +2,7 @@
 """The seed report's experiments, trained natively by `wgnn train` beside Keras's `fit` from the
 same initial weights and the same batches, with each side's macro-F1 on the test set.
 
-    .venv-keras/bin/python tools/seed_grid.py --cifar-images 4000 --epochs 2 --out /tmp/seed_grid
+    .venv-keras/bin/python tools/seed_grid.py --cifar-images 8000 --epochs 3 --nusax-epochs 10 --out /tmp/seed_grid
 
 CIFAR-10 CNN grid (the seed's ablations, one factor at a time from a base of 2 conv layers,
 32-64 filters, 3x3 kernels, max pooling): conv layers 1/2/3; filters 16-32 / 32-64 / 64-128;
@@ -11,7 +11,8 @@ units, uni- and bidirectional (Embedding(2796, 50) -> recurrent -> Dense(3, soft
 the seed's tokenizer). Dropout is 0 on both sides (Keras's RNG cannot be matched). Keras builds
 and saves each model with its initial weights; then Keras trains it (shuffle=False) and so does
 `wgnn train MODEL --dataset ... --no-shuffle` (no Python on that side), and both are scored with
-the same test images/sentences (`wgnn eval` for wgnn). Prints a Markdown table and a JSON line.
+the same test images/sentences (`wgnn eval` for wgnn). Prints a Markdown table (macro-F1 and the
+last epoch's training loss of each side, seconds of each run) and a JSON line.
 """
 
 import argparse
@@ -113,7 +114,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cifar-images", type=int, default=4000)
     p.add_argument("--cifar-test", type=int, default=2000)
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=2, help="epochs of each CIFAR-10 run")
+    p.add_argument("--nusax-epochs", type=int, default=10, help="epochs of each NusaX run")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--only", default="", help="run the grid rows whose name contains this")
     p.add_argument("--out", default="/tmp/seed_grid")
@@ -144,12 +146,14 @@ def main():
         init = out / f"row{i}.keras"
         model.save(init)
         start = time.perf_counter()
-        model.fit(x, y, batch_size=args.batch_size, epochs=args.epochs, shuffle=False, verbose=0)
+        epochs = args.epochs if dataset == "cifar" else args.nusax_epochs
+        hist = model.fit(x, y, batch_size=args.batch_size, epochs=epochs, shuffle=False, verbose=0)
+        keras_loss = float(hist.history["loss"][-1])
         keras_s = time.perf_counter() - start
         classes = 10 if dataset == "cifar" else 3
         keras_f1 = macro_f1(yt, model.predict(xt, verbose=0).argmax(1), classes)
         trained = out / f"row{i}.wgnn.keras"
-        cmd = [args.wgnn, "train", str(init), "--epochs", str(args.epochs), "--batch-size",
+        cmd = [args.wgnn, "train", str(init), "--epochs", str(epochs), "--batch-size",
                str(args.batch_size), "--no-shuffle", "--backend", "cpu", "--json", "-o", str(trained)]
         if dataset == "cifar":
             cmd += ["--dataset", "cifar10", "--data", str(DATA / "cifar10"), "--limit", str(args.cifar_images)]
@@ -164,14 +168,17 @@ def main():
         wgnn_s = time.perf_counter() - start
         if r.returncode != 0:
             sys.exit(f"{name}: wgnn train failed: {r.stderr.strip()}")
+        wgnn_loss = float(json.loads(r.stdout.strip().splitlines()[-1])["history"]["loss"][-1])
         r = subprocess.run(ev, capture_output=True, text=True)
         if r.returncode != 0:
             sys.exit(f"{name}: wgnn eval failed: {r.stderr.strip()}")
         wgnn_f1 = json.loads(r.stdout.strip().splitlines()[-1])["macro_f1"]
-        rows.append(dict(name=name, keras_f1=keras_f1, wgnn_f1=wgnn_f1, keras_s=keras_s, wgnn_s=wgnn_s))
-        print(f"| {name} | {keras_f1:.4f} | {wgnn_f1:.4f} | {keras_s:.0f} | {wgnn_s:.0f} |", flush=True)
+        rows.append(dict(name=name, keras_f1=keras_f1, wgnn_f1=wgnn_f1, keras_loss=keras_loss, wgnn_loss=wgnn_loss,
+                         keras_s=keras_s, wgnn_s=wgnn_s))
+        print(f"| {name} | {keras_f1:.4f} | {wgnn_f1:.4f} | {keras_loss:.4f} | {wgnn_loss:.4f} | {keras_s:.0f} | "
+              f"{wgnn_s:.0f} |", flush=True)
     print(json.dumps({"rows": rows, "cifar_images": args.cifar_images, "cifar_test": args.cifar_test,
-                      "epochs": args.epochs, "batch_size": args.batch_size}))
+                      "epochs": args.epochs, "nusax_epochs": args.nusax_epochs, "batch_size": args.batch_size}))
 
 
 if __name__ == "__main__":

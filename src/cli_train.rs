@@ -364,7 +364,15 @@ fn read_xy(model: &Model, xs: &[PathBuf], ys: &[PathBuf]) -> Result<TrainData> {
                 .map_err(|_| Error::format(path, "token ids must be a 2-D (N, T) array"))?;
             model.prepare_ids_for(i, ids.view())
         } else {
-            model.prepare_input(i, to_f32(array).view())
+            let x = to_f32(array);
+            if let Some((at, bad)) = x.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                let row = at / (x.len() / x.len_of(Axis(0)).max(1)).max(1);
+                return Err(Error::format(
+                    path,
+                    format!("input value {bad} (row {row}) is not finite"),
+                ));
+            }
+            model.prepare_input(i, x.view())
         };
         inputs.push(prepared.map_err(|e| Error::format(path, e.to_string()))?);
     }

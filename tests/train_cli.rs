@@ -407,3 +407,150 @@ fn a_model_json_without_weights_is_initialized_from_the_seed() {
     let c = train_losses(&json, &x, &y, &out, &other);
     assert_ne!(a[0], c[0], "--seed does not seed the initializers");
 }
+
+/// `wgnn train MODEL --x X --y Y -o OUT extra...` must fail with one `error:` line holding
+/// `words`, exit status 1 (2 for a usage error: a bad command-line value), and leave no OUT
+/// behind.
+fn assert_refused(model: &Path, x: &Path, y: &Path, extra: &[&str], words: &str) {
+    assert_refused_with(1, model, x, y, extra, words)
+}
+
+fn assert_refused_with(code: i32, model: &Path, x: &Path, y: &Path, extra: &[&str], words: &str) {
+    let out = x.with_file_name("refused.keras");
+    let mut args = vec![
+        "train",
+        model.to_str().unwrap(),
+        "--x",
+        x.to_str().unwrap(),
+        "--y",
+        y.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let done = wgnn().args(&args).output().expect("run wgnn");
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(code), "{args:?}: {stderr}");
+    let line = one_error_line(&stderr);
+    assert!(
+        line.contains(words),
+        "{args:?}: expected '{words}' in: {line}"
+    );
+    assert!(!out.exists(), "a failed run wrote {}", out.display());
+}
+
+#[test]
+fn labels_losses_layers_and_data_that_do_not_fit_are_one_line_errors() {
+    let case = "cnn_adam_scce_l2"; // Dense(3, softmax), sparse CE
+    let tmp = tempfile::tempdir().unwrap();
+    let (x, y, arrays) = write_xy(case, tmp.path());
+    let model = fit_dir().join(format!("{case}.keras"));
+    let y0 = float(&arrays.iter().find(|(n, _)| n == "y0").unwrap().1);
+    let x0 = float(&arrays.iter().find(|(n, _)| n == "x0").unwrap().1);
+    let write = |name: &str, a: &ArrayD<f32>| {
+        let p = tmp.path().join(name);
+        wgnn::npy::write_f32(&p, a).unwrap();
+        p
+    };
+    // Labels of the wrong shape: two per row for sparse CE, or one-hot targets for it.
+    let two = ndarray::stack(ndarray::Axis(1), &[y0.view(), y0.view()]).unwrap();
+    let two = write("two.npy", &two.into_dyn());
+    assert_refused(&model, &x, &two, &[], "labels of shape");
+    let onehot = ArrayD::from_shape_fn(ndarray::IxDyn(&[y0.len(), 3]), |i| {
+        (y0[[i[0]]] as usize == i[1]) as u8 as f32
+    });
+    let onehot = write("onehot.npy", &onehot);
+    assert_refused(&model, &x, &onehot, &[], "sparse_categorical_crossentropy");
+    // A loss that does not fit: binary or categorical CE on integer labels of a 3-way softmax
+    // (Keras refuses both: target and output shapes differ).
+    for loss in ["binary_crossentropy", "categorical_crossentropy"] {
+        assert_refused(
+            &model,
+            &x,
+            &y,
+            &["--loss", loss],
+            "do not match the output's",
+        );
+    }
+    assert_refused_with(
+        2,
+        &model,
+        &x,
+        &y,
+        &["--optimizer", "nadam2"],
+        "unknown optimizer 'nadam2'",
+    );
+    // A NaN in the inputs is named with its file and row.
+    let mut bad = x0.clone();
+    bad[[5, 1, 2, 0]] = f32::NAN;
+    let bad = write("x_nan.npy", &bad);
+    assert_refused(&model, &bad, &y, &[], "x_nan.npy: input value NaN (row 5)");
+    // A layer with no backward, named.
+    let (mx, my, _) = write_xy("mlp_mse_rmsprop", tmp.path());
+    let json = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/train/no_backward_bn_renorm.json");
+    assert_refused(
+        &json,
+        &mx,
+        &my,
+        &["--loss", "mse", "--optimizer", "sgd"],
+        "layer 'bn' (BatchNormalization): BatchNormalization with renorm=True has no backward",
+    );
+}
+
+#[test]
+fn a_loss_that_blows_up_mid_training_keeps_the_last_checkpoint() {
+    let case = "mlp_mse_rmsprop";
+    let tmp = tempfile::tempdir().unwrap();
+    let (x, y, _) = write_xy(case, tmp.path());
+    let model = fit_dir().join(format!("{case}.keras"));
+    let out = tmp.path().join("out.keras");
+    // SGD just past its edge of stability: the loss overflows in the second epoch, after
+    // epoch 1's checkpoint.
+    let (ok, _, stderr) = run(&[
+        "train",
+        model.to_str().unwrap(),
+        "--x",
+        x.to_str().unwrap(),
+        "--y",
+        y.to_str().unwrap(),
+        "--epochs",
+        "30",
+        "--batch-size",
+        "8",
+        "--no-shuffle",
+        "--optimizer",
+        "sgd",
+        "--learning-rate",
+        "0.93",
+        "--checkpoint-every",
+        "1",
+        "--json",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok, "the run did not blow up");
+    let line = one_error_line(&stderr);
+    let epoch: usize = line
+        .split("at epoch ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|e| e.parse().ok())
+        .unwrap_or_else(|| panic!("no epoch named in: {line}"));
+    assert!(line.contains(" step "), "{line}");
+    assert!(
+        epoch >= 2,
+        "it blew up in epoch {epoch}, before any checkpoint: {line}"
+    );
+    let saved = Model::load(&out).expect("the last checkpoint loads");
+    let x0 = wgnn::npy::read(&x).unwrap();
+    let pred = saved
+        .predict(float(&x0).view(), Backend::Cpu)
+        .expect("the checkpoint predicts");
+    assert!(
+        pred.iter().all(|v| v.is_finite()),
+        "the checkpoint is not the last good model"
+    );
+}

@@ -439,6 +439,8 @@ mod tests {
                 recurrent_activation: self.recurrent_activation,
                 return_sequences: self.return_sequences,
                 go_backwards: self.go_backwards,
+                dropout: 0.0,
+                recurrent_dropout: 0.0,
             };
             let y = g
                 .add_node("convlstm", "Test", Op::ConvLstm(Box::new(op)), &[x], None)
@@ -578,5 +580,16 @@ mod tests {
                 "ConvLSTM1D stride {strides} {padding:?} seq={seq} back={back}"
             ));
         }
+    }
+
+    /// Dropout masks are not drawn yet: a nonzero rate is refused before training, not ignored.
+    #[test]
+    fn conv_lstm_with_dropout_has_no_backward_yet() {
+        let mut g = case().graph();
+        if let Op::ConvLstm(c) = &mut g.nodes[0].op {
+            c.recurrent_dropout = 0.25;
+        }
+        let err = super::super::support(&g.nodes[0].op).expect_err("refused");
+        assert!(err.contains("dropout"), "{err}");
     }
 }

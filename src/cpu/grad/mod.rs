@@ -182,6 +182,9 @@ pub(crate) fn support(op: &Op) -> std::result::Result<(), String> {
         Op::BatchNorm(b) if !b.unused.is_empty() => missing("BatchNormalization with renorm=True"),
         Op::BatchNorm(_) => Ok(()),
         Op::TimeDistributed { inner } => support(inner),
+        Op::ConvLstm(c) if c.dropout != 0.0 || c.recurrent_dropout != 0.0 => {
+            missing("ConvLSTM with dropout or recurrent_dropout")
+        }
         Op::ConvLstm(_) => Ok(()),
     }
 }

@@ -27,6 +27,10 @@ pub struct ConvLstm {
     pub recurrent_activation: Activation,
     pub return_sequences: bool,
     pub go_backwards: bool,
+    /// `dropout` and `recurrent_dropout`: nothing at inference; training has no masks for
+    /// them yet and refuses a nonzero rate.
+    pub dropout: f32,
+    pub recurrent_dropout: f32,
 }
 
 impl ConvLstm {

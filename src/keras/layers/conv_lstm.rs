@@ -129,6 +129,8 @@ impl Builder<'_> {
             recurrent_activation,
             return_sequences: cfg.bool_or("return_sequences", false)?,
             go_backwards: cfg.bool_or("go_backwards", false)?,
+            dropout: cfg.f32_or("dropout", 0.0)?,
+            recurrent_dropout: cfg.f32_or("recurrent_dropout", 0.0)?,
         })))
     }
 }

@@ -68,14 +68,8 @@ fn fast_path(act: Activation, dx: &mut ArrayD<f32>, x: &ArrayD<f32>, y: &ArrayD<
             .iter_mut()
             .zip(xs)
             .for_each(|(g, &x)| *g *= if x > 0.0 { 1.0 } else { 0.0 }),
-        Activation::Sigmoid => g
-            .iter_mut()
-            .zip(ys)
-            .for_each(|(g, &y)| *g *= y * (1.0 - y)),
-        Activation::Tanh => g
-            .iter_mut()
-            .zip(ys)
-            .for_each(|(g, &y)| *g *= 1.0 - y * y),
+        Activation::Sigmoid => g.iter_mut().zip(ys).for_each(|(g, &y)| *g *= y * (1.0 - y)),
+        Activation::Tanh => g.iter_mut().zip(ys).for_each(|(g, &y)| *g *= 1.0 - y * y),
         _ => return false,
     }
     true

@@ -196,7 +196,7 @@ impl TrainGraph {
                 .collect::<Result<_>>()?;
             let mask = mask_of(node, &values)?;
             let fw = if training {
-                grad::forward(graph, node, &args, mask.as_ref(), rng)?
+                grad::forward_owned(graph, node, args, mask.as_ref(), rng)?
             } else {
                 grad::Forward {
                     outputs: crate::cpu::run_node(graph, node, args, mask.as_ref())?,
@@ -461,7 +461,7 @@ impl TrainGraph {
                 saved: &tape.saved[i],
                 needs: &needs,
             };
-            let dxs = grad::backward(&io, &dys, grads)?;
+            let dxs = grad::backward_owned(&io, dys, grads)?;
             for (&v, dx) in node.inputs.iter().zip(dxs) {
                 if let (Some(dx), true) = (dx, self.needs_grad[v]) {
                     accumulate(&mut d[v], dx);

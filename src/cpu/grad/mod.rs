@@ -131,16 +131,28 @@ pub(crate) fn forward(
     mask: Option<&Array2<bool>>,
     rng: &mut Rng,
 ) -> Result<Forward> {
+    forward_owned(graph, node, inputs.to_vec(), mask, rng)
+}
+
+/// [`forward`] taking the inputs over: the inference forward consumes them (the tape keeps its
+/// own copies), so handing them over saves a copy of every input of every node each step.
+pub(crate) fn forward_owned(
+    graph: &Graph,
+    node: &Node,
+    inputs: Vec<Tensor>,
+    mask: Option<&Array2<bool>>,
+    rng: &mut Rng,
+) -> Result<Forward> {
     match &node.op {
-        Op::Dropout(d) => dropout::forward(d, node, inputs, rng),
-        Op::Recurrent(r) => recurrent::forward(r, &graph.params, node, inputs, mask, rng),
-        Op::BatchNorm(b) => norm::batch_norm_forward(b, graph, node, inputs, mask),
-        Op::ConvLstm(c) => conv_lstm::forward(c, &graph.params, node, inputs),
+        Op::Dropout(d) => dropout::forward(d, node, &inputs, rng),
+        Op::Recurrent(r) => recurrent::forward(r, &graph.params, node, &inputs, mask, rng),
+        Op::BatchNorm(b) => norm::batch_norm_forward(b, graph, node, &inputs, mask),
+        Op::ConvLstm(c) => conv_lstm::forward(c, &graph.params, node, &inputs),
         Op::TimeDistributed { inner } if matches!(**inner, Op::Recurrent(_)) => {
-            spatial::time_distributed_forward(inner, graph, node, inputs, rng)
+            spatial::time_distributed_forward(inner, graph, node, &inputs, rng)
         }
         _ => {
-            let outs = super::run_node(graph, node, inputs.to_vec(), mask)?;
+            let outs = super::run_node(graph, node, inputs, mask)?;
             Ok(Forward::plain(outs))
         }
     }
@@ -196,9 +208,31 @@ pub(crate) fn backward(
     dys: &[Option<ArrayD<f32>>],
     grads: &mut ParamGrads,
 ) -> Result<Vec<Option<ArrayD<f32>>>> {
+    backward_owned(io, dys.to_vec(), grads)
+}
+
+/// [`backward`] taking the output gradients over: a single-output rule works in the gradient's
+/// own buffer instead of a copy of it (the training sweep's path).
+pub(crate) fn backward_owned(
+    io: &NodeIo,
+    mut dys: Vec<Option<ArrayD<f32>>>,
+    grads: &mut ParamGrads,
+) -> Result<Vec<Option<ArrayD<f32>>>> {
     let node = io.node;
     let params = io.params();
-    let dy0 = || -> Result<ArrayD<f32>> { Ok(dy_or_zeros(dys, 0, io.output(0)?)) };
+    // Rules that read all output gradients take `dys` whole; the others get the first one.
+    let first = match &node.op {
+        Op::Recurrent(_) | Op::ConvLstm(_) => None,
+        _ => dys.get_mut(0).and_then(Option::take),
+    };
+    let first = std::cell::Cell::new(first);
+    let dy0 = || -> Result<ArrayD<f32>> {
+        match first.take() {
+            Some(d) => Ok(d),
+            None => Ok(ArrayD::zeros(io.output(0)?.raw_dim())),
+        }
+    };
+    let dys = &dys[..];
     let one = |g: ArrayD<f32>| Ok(vec![Some(g)]);
     match &node.op {
         Op::Dense(d) => dense::backward(d, io, dy0()?, grads),

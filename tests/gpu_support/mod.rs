@@ -655,6 +655,8 @@ impl Chain {
             recurrent_activation: spec.recurrent_activation,
             return_sequences: spec.return_sequences,
             go_backwards: spec.go_backwards,
+            dropout: 0.0,
+            recurrent_dropout: 0.0,
         }));
         let class = if spec.one_d {
             "ConvLSTM1D"

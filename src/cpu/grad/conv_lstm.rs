@@ -460,8 +460,9 @@ mod tests {
             let x = self.input();
             // The training forward is the inference forward.
             let node = &g.nodes[0];
-            let fw = super::super::forward(&g, node, &[x.clone()], None, &mut Rng::new(1))
-                .expect("forward");
+            let fw =
+                super::super::forward(&g, node, std::slice::from_ref(&x), None, &mut Rng::new(1))
+                    .expect("forward");
             let inference = run_node(&g, node, vec![x.clone()], None).expect("inference");
             match (&fw.outputs[0], &inference[0]) {
                 (Tensor::F32(a), Tensor::F32(b)) => assert_eq!(a, b, "{what}: forward"),

@@ -564,7 +564,8 @@ impl Case {
         ));
         let node = &g.nodes[0];
         if self.dropout == CellDropout::default() {
-            let train = forward(&g, node, &[x.clone()], None, &mut Rng::new(1)).expect("forward");
+            let train = forward(&g, node, std::slice::from_ref(&x), None, &mut Rng::new(1))
+                .expect("forward");
             let infer = run_node(&g, node, vec![x.clone()], None).expect("inference");
             let (Tensor::F32(a), Tensor::F32(b)) = (&train.outputs[0], &infer[0]) else {
                 panic!("float outputs")

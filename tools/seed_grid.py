@@ -155,10 +155,10 @@ def main():
         start = time.perf_counter()
         epochs = args.epochs if dataset == "cifar" else args.nusax_epochs
         hist = model.fit(x, y, batch_size=args.batch_size, epochs=epochs, shuffle=False, verbose=0)
+        keras_s = time.perf_counter() - start
         keras_loss = float(hist.history["loss"][-1])
         nudged_hist = nudged.fit(x, y, batch_size=args.batch_size, epochs=epochs, shuffle=False, verbose=0)
         nudged_loss = float(nudged_hist.history["loss"][-1])
-        keras_s = time.perf_counter() - start
         classes = 10 if dataset == "cifar" else 3
         keras_f1 = macro_f1(yt, model.predict(xt, verbose=0).argmax(1), classes)
         nudged_f1 = macro_f1(yt, nudged.predict(xt, verbose=0).argmax(1), classes)

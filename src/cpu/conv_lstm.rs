@@ -8,6 +8,35 @@ use super::{conv2d, ConvArgs};
 use crate::error::{Error, Result};
 use crate::graph::{Activation, ConvLstm, ParamStore};
 
+/// The layer's two convolutions, gates i, f, c, o along the output channels: the input conv
+/// (with the bias) and the recurrent conv of h (stride 1, `same`, no bias). Shared by the
+/// inference and the training forward.
+pub(crate) fn convs<'a>(
+    c: &ConvLstm,
+    params: &'a ParamStore,
+) -> std::result::Result<(ConvArgs<'a>, ConvArgs<'a>), ndarray::ShapeError> {
+    let [kh, kw] = c.window.kernel;
+    let g = 4 * c.filters;
+    let view = |id, rows| ArrayView4::from_shape((kh, kw, rows, g), params.slice(id));
+    let input_conv = ConvArgs {
+        filters: g,
+        window: c.window,
+        in_channels: c.in_channels,
+        kernel: view(c.kernel, c.in_channels)?,
+        bias: c.bias.map(|b| params.view1(b)),
+        activation: Activation::Linear,
+    };
+    let recurrent_conv = ConvArgs {
+        filters: g,
+        window: c.recurrent_window,
+        in_channels: c.filters,
+        kernel: view(c.recurrent_kernel, c.filters)?,
+        bias: None,
+        activation: Activation::Linear,
+    };
+    Ok((input_conv, recurrent_conv))
+}
+
 pub(super) fn run(
     c: &ConvLstm,
     params: &ParamStore,
@@ -19,7 +48,6 @@ pub(super) fn run(
     let t_len = c.timesteps;
     let [h, w] = c.window.in_hw;
     let [oh, ow] = c.window.out_hw;
-    let [kh, kw] = c.window.kernel;
     let f = c.filters;
     let g = 4 * f;
     let x = x
@@ -29,25 +57,8 @@ pub(super) fn run(
         .map_err(|e| Error::Internal(format!("layer '{name}': {e}")))?
         .into_dimensionality::<ndarray::Ix4>()
         .map_err(|e| Error::Internal(format!("layer '{name}': {e}")))?;
-    let view = |id, rows| {
-        ArrayView4::from_shape((kh, kw, rows, g), params.slice(id)).expect("checked by infer")
-    };
-    let input_conv = ConvArgs {
-        filters: g,
-        window: c.window,
-        in_channels: c.in_channels,
-        kernel: view(c.kernel, c.in_channels),
-        bias: c.bias.map(|b| params.view1(b)),
-        activation: Activation::Linear,
-    };
-    let recurrent_conv = ConvArgs {
-        filters: g,
-        window: c.recurrent_window,
-        in_channels: f,
-        kernel: view(c.recurrent_kernel, f),
-        bias: None,
-        activation: Activation::Linear,
-    };
+    let (input_conv, recurrent_conv) =
+        convs(c, params).map_err(|e| Error::Internal(format!("layer '{name}': kernel: {e}")))?;
     // (N*T, OH, OW, 4F): x_t conv W + b for every step.
     let xz = conv2d(&input_conv, &x);
     let xz = xz.as_slice().expect("a new array is contiguous");

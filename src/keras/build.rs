@@ -918,6 +918,17 @@ impl<'a> Builder<'a> {
         {
             return Ok(n.outputs[0]);
         }
+        self.add_padding_mask(cfg, ids, "mask")
+    }
+
+    /// A `{layer}_mask` node computing `ids != 0` (what Keras records as `NotEqual`); a shape
+    /// error names `field`.
+    pub(crate) fn add_padding_mask(
+        &mut self,
+        cfg: &LayerConfig,
+        ids: ValueId,
+        field: &str,
+    ) -> Result<ValueId> {
         let out = self
             .graph
             .add_node(
@@ -927,7 +938,7 @@ impl<'a> Builder<'a> {
                 &[ids],
                 None,
             )
-            .map_err(|m| cfg.error("mask", m))?;
+            .map_err(|m| cfg.error(field, m))?;
         Ok(out[0])
     }
 

@@ -15,9 +15,9 @@ use ndarray::{Array4, ArrayD, ArrayView4, IxDyn};
 
 use super::recurrent::cells::{self, Acts, LstmBackward, LstmForward};
 use super::{as_float, conv, dy_or_zeros, Forward, NodeIo};
-use crate::cpu::{conv2d, ConvArgs, Tensor};
+use crate::cpu::{conv2d, Tensor};
 use crate::error::{Error, Result};
-use crate::graph::{Activation, ConvLstm, Node, ParamStore};
+use crate::graph::{ConvLstm, Node, ParamStore};
 use crate::train::ParamGrads;
 
 /// What the backward reads, per step in processing order (rows are (image, position), F or 4F
@@ -121,27 +121,8 @@ pub(super) fn forward(
     let d = dims(c, node, x)?;
     let (n, t_len, p, f) = (d.n, d.t, d.p, d.f);
     let g = 4 * f;
-    let [kh, kw] = c.window.kernel;
-    let kernel = |id, rows| {
-        ArrayView4::from_shape((kh, kw, rows, g), params.slice(id))
-            .map_err(|e| bad(node, format!("kernel: {e}")))
-    };
-    let input_conv = ConvArgs {
-        filters: g,
-        window: c.window,
-        in_channels: c.in_channels,
-        kernel: kernel(c.kernel, c.in_channels)?,
-        bias: c.bias.map(|b| params.view1(b)),
-        activation: Activation::Linear,
-    };
-    let recurrent_conv = ConvArgs {
-        filters: g,
-        window: c.recurrent_window,
-        in_channels: f,
-        kernel: kernel(c.recurrent_kernel, f)?,
-        bias: None,
-        activation: Activation::Linear,
-    };
+    let (input_conv, recurrent_conv) =
+        crate::cpu::conv_lstm::convs(c, params).map_err(|e| bad(node, format!("kernel: {e}")))?;
     let xs = x.as_standard_layout();
     let images = as_images(
         xs.as_slice().expect("standard layout"),

@@ -154,17 +154,8 @@ impl Builder<'_> {
         });
         let y = self.add1(cfg, op, &[ids], None)?;
         if mask_zero {
-            let mask = self
-                .graph
-                .add_node(
-                    &format!("{}_mask", cfg.name),
-                    "NotEqual",
-                    Op::PaddingMask,
-                    &[ids],
-                    None,
-                )
-                .map_err(|m| cfg.error("mask_zero", m))?;
-            self.masks.insert(y, mask[0]);
+            let mask = self.add_padding_mask(cfg, ids, "mask_zero")?;
+            self.masks.insert(y, mask);
         }
         Ok(vec![y])
     }

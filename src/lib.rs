@@ -9,10 +9,14 @@
 //! # Ok::<(), wgnn::Error>(())
 //! ```
 
+// Timing and dataset evaluation read the clock (`std::time::Instant`, absent in WebAssembly) and
+// draw progress bars; the browser build times in JavaScript.
+#[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
 pub mod cpu;
 pub mod data;
 pub mod error;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod eval;
 pub mod gpu;
 pub mod graph;
@@ -23,6 +27,9 @@ pub mod model;
 pub mod npy;
 pub mod text;
 pub mod train;
+/// The JavaScript API of the browser build (`web/build.sh`).
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;
 
 pub use error::{Error, Result};
 pub use input::PreparedInput;

@@ -256,6 +256,7 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, NpyArray)>> {
 
 /// `bytes` to `path` through a temporary file in the same folder and a rename, so a crash or
 /// a full disk never leaves a half-written file under the final name.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = match path.parent() {
@@ -267,6 +268,19 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
+}
+
+/// WebAssembly has no file system: saving is refused with one line (the browser build hands
+/// bytes to JavaScript instead).
+#[cfg(target_arch = "wasm32")]
+pub fn write_atomically(path: &Path, _bytes: &[u8]) -> Result<()> {
+    Err(Error::io(
+        path,
+        std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "WebAssembly has no file system to write to",
+        ),
+    ))
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 
 pub mod cache;
 pub mod cifar10;
+// The HTTP client (ureq) is native only.
+#[cfg(not(target_arch = "wasm32"))]
 pub mod download;
 pub mod nusax;
 
@@ -13,6 +15,7 @@ use std::path::Path;
 
 pub use cache::{cache_dir, DataRoot, DataRootSource, DATA_ENV};
 pub use cifar10::Cifar10;
+#[cfg(not(target_arch = "wasm32"))]
 pub use download::{DownloadOptions, Downloader, RemoteFile};
 pub use nusax::Nusax;
 

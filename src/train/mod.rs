@@ -12,6 +12,8 @@ pub mod grads;
 pub mod init;
 pub mod loss;
 pub mod optim;
+// plotters and its embedded font are native-only dependencies (see Cargo.toml).
+#[cfg(not(target_arch = "wasm32"))]
 pub mod plot;
 pub mod rng;
 pub mod schedule;

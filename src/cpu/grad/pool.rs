@@ -45,9 +45,9 @@ pub(super) fn pool(p: &Pool, x: &ArrayD<f32>, dy: &ArrayD<f32>) -> Result<ArrayD
     dx.par_chunks_mut(in_image)
         .zip(xs.par_chunks(in_image).zip(dys.par_chunks(out_image)))
         .for_each(|(dxi, (img, dyi))| {
-            // Per channel: the best value so far and where it is (image offset of the pixel).
+            // Per channel: the maximum so far (all-maxima rule) and the winning tap (first).
             let mut best = vec![0.0f32; ch];
-            let mut at_best = vec![0usize; ch];
+            let mut at_tap = vec![0u32; ch];
             let mut scaled = vec![0.0f32; ch];
             let mut pixels = Vec::with_capacity(w.taps());
             let mut o = 0;
@@ -79,29 +79,11 @@ pub(super) fn pool(p: &Pool, x: &ArrayD<f32>, dy: &ArrayD<f32>) -> Result<ArrayD
                                 }
                             }
                             Rule::FirstMaximum => {
-                                // TensorFlow: the window's first element, then only a larger one.
-                                let Some((&first, rest)) = pixels.split_first() else {
+                                if pixels.is_empty() {
                                     continue;
-                                };
-                                best.copy_from_slice(&img[first..first + ch]);
-                                at_best
-                                    .iter_mut()
-                                    .enumerate()
-                                    .for_each(|(c, a)| *a = first + c);
-                                for &px in rest {
-                                    let src = &img[px..px + ch];
-                                    for (c, ((b, a), &v)) in
-                                        best.iter_mut().zip(at_best.iter_mut()).zip(src).enumerate()
-                                    {
-                                        if v > *b {
-                                            *b = v;
-                                            *a = px + c;
-                                        }
-                                    }
                                 }
-                                for (&i, &v) in at_best.iter().zip(g) {
-                                    dxi[i] += v;
-                                }
+                                first_maximum(img, &pixels, &mut at_tap);
+                                add_to_winners(dxi, &pixels, &at_tap, g);
                             }
                             Rule::AllMaxima => {
                                 best.fill(f32::NEG_INFINITY);
@@ -128,6 +110,60 @@ pub(super) fn pool(p: &Pool, x: &ArrayD<f32>, dy: &ArrayD<f32>) -> Result<ArrayD
             }
         });
     shaped(dx, x)
+}
+
+/// Per channel, the window tap (index into `pixels`, the window's in-bounds pixel offsets in
+/// window order) holding the first maximum, as TensorFlow's MaxPoolGrad picks it: the first
+/// element, then only a strictly larger one. Runs on blocks of `LANES` channels held in local
+/// arrays, so the choice compiles to vector compares and blends, not a branch per channel
+/// (a mispredicted branch on every other element was most of this op's time).
+fn first_maximum(img: &[f32], pixels: &[usize], at_tap: &mut [u32]) {
+    const LANES: usize = 8;
+    let ch = at_tap.len();
+    // Lane l of a block reads channel c0 + l, or repeats the block's last channel past the
+    // row's end (a duplicate lane that is never written back): every load is a whole array,
+    // never a memcpy call.
+    let lane = |px: usize, c0: usize, width: usize| -> [f32; LANES] {
+        if width == LANES {
+            img[px + c0..px + c0 + LANES]
+                .try_into()
+                .expect("a block of LANES channels")
+        } else {
+            std::array::from_fn(|l| img[px + c0 + l.min(width - 1)])
+        }
+    };
+    let mut c0 = 0;
+    while c0 < ch {
+        let width = LANES.min(ch - c0);
+        let mut b = lane(pixels[0], c0, width);
+        let mut a = [0u32; LANES];
+        for (t, &px) in pixels.iter().enumerate().skip(1) {
+            let v = lane(px, c0, width);
+            for l in 0..LANES {
+                let larger = v[l] > b[l];
+                b[l] = if larger { v[l] } else { b[l] };
+                a[l] = if larger { t as u32 } else { a[l] };
+            }
+        }
+        if width == LANES {
+            at_tap[c0..c0 + LANES].copy_from_slice(&a);
+        } else {
+            at_tap[c0..c0 + width].copy_from_slice(&a[..width]);
+        }
+        c0 += width;
+    }
+}
+
+/// Adds each channel's gradient `g` to the pixel of its winning tap: one pass per tap over the
+/// channel row (contiguous, vectorized) instead of a scatter per channel.
+fn add_to_winners(dx: &mut [f32], pixels: &[usize], at_tap: &[u32], g: &[f32]) {
+    let ch = g.len();
+    for (t, &px) in pixels.iter().enumerate() {
+        let t = t as u32;
+        for ((d, &a), &v) in dx[px..px + ch].iter_mut().zip(at_tap).zip(g) {
+            *d += if a == t { v } else { 0.0 };
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -255,6 +291,9 @@ mod tests {
             (vec![8, 7, 5], vec![2, 2], vec![3, 3], Valid, 1),
             (vec![5, 6, 2], vec![2, 3], vec![1, 1], Same, 3),
             (vec![6, 6, 4], vec![2, 2], vec![2, 2], Valid, 2),
+            // Channel rows of whole 8-lane blocks, and blocks plus a tail.
+            (vec![4, 4, 16], vec![2, 2], vec![2, 2], Valid, 2),
+            (vec![5, 7, 11], vec![3, 3], vec![2, 2], Same, 2),
             (vec![9, 4], vec![3], vec![2], Same, 3),
             (vec![9, 3], vec![2], vec![2], Valid, 1),
             (vec![10, 3], vec![2], vec![3], Valid, 2),
@@ -302,6 +341,11 @@ mod tests {
         ];
         let got = ones_backward(&g, &[1, 4, 4, 1]);
         assert_eq!(got.iter().copied().collect::<Vec<_>>(), expected);
+        // The same per channel with a whole 8-lane block and a tail of channels.
+        let g = pool_graph(PoolOp::Max, &[4, 4, 11], &[3, 3], &[1, 1], Padding::Same);
+        let got = ones_backward(&g, &[1, 4, 4, 11]);
+        let per_channel: Vec<f32> = expected.iter().flat_map(|&e| [e; 11]).collect();
+        assert_eq!(got.iter().copied().collect::<Vec<_>>(), per_channel);
 
         let g = pool_graph(PoolOp::Max, &[5, 1], &[2], &[1], Padding::Same);
         let got = ones_backward(&g, &[1, 5, 1]);

@@ -41,7 +41,7 @@ fn tap_at(
 pub(super) fn conv(
     c: &Conv,
     params: &ParamStore,
-    x: ArrayD<f32>,
+    x: &ArrayD<f32>,
     out_dims: &[usize],
 ) -> Result<ArrayD<f32>> {
     let n = x.shape()[0];
@@ -61,14 +61,15 @@ pub(super) fn conv(
             bias: c.bias.map(|b| params.view1(b)),
             activation: c.activation,
         };
-        let x4 = super::into_standard_layout(x)
+        let x = x.as_standard_layout();
+        let x4 = x
+            .view()
             .into_shape_with_order((n, plane.in_hw[0], plane.in_hw[1], c.in_channels))
             .map_err(|e| Error::Internal(format!("conv input: {e}")))?;
         let y = super::conv2d(&args, &x4);
         return super::reshape(y.into_dyn(), out_dims);
     }
-    let x = super::into_standard_layout(x);
-    let input = contiguous(&x);
+    let input = contiguous(x);
     let groups = c.groups.max(1);
     let cg = c.in_channels / groups;
     let fg = c.filters / groups;
@@ -154,13 +155,12 @@ fn im2col_nd(w: &Window, channels: usize, c0: usize, cg: usize, img: &[f32], col
 pub(super) fn depthwise(
     c: &DepthwiseConv,
     params: &ParamStore,
-    x: ArrayD<f32>,
+    x: &ArrayD<f32>,
     out_dims: &[usize],
 ) -> Result<ArrayD<f32>> {
     let n = x.shape()[0];
     let w = &c.window;
-    let x = super::into_standard_layout(x);
-    let input = contiguous(&x);
+    let input = contiguous(x);
     let (ch, mult) = (c.channels, c.multiplier);
     let cm = ch * mult;
     let [od, oh, ow] = w.output;
@@ -236,12 +236,11 @@ pub(super) fn depthwise(
 pub(super) fn conv_transpose(
     c: &ConvTranspose,
     params: &ParamStore,
-    x: ArrayD<f32>,
+    x: &ArrayD<f32>,
     out_dims: &[usize],
 ) -> Result<ArrayD<f32>> {
     let n = x.shape()[0];
-    let x = super::into_standard_layout(x);
-    let input = contiguous(&x);
+    let input = contiguous(x);
     let (cin, f) = (c.in_channels, c.filters);
     let taps = c.taps();
     let in_pos: usize = c.input.iter().product();
@@ -298,14 +297,13 @@ pub(super) fn conv_transpose(
 
 /// Max or average pooling of any rank; windows clipped to the input (TensorFlow: padding never
 /// wins a max, and `same` averages divide by the in-bounds count).
-pub(super) fn pool(p: &Pool, x: ArrayD<f32>, out_dims: &[usize]) -> Result<ArrayD<f32>> {
+pub(super) fn pool(p: &Pool, x: &ArrayD<f32>, out_dims: &[usize]) -> Result<ArrayD<f32>> {
     let w = &p.window;
     let n = x.shape()[0];
     let [od, oh, ow] = w.output;
     let [id, ih, iw] = w.input;
     let ch = p.channels;
-    let x = super::into_standard_layout(x);
-    let input = contiguous(&x);
+    let input = contiguous(x);
     let in_image = id * ih * iw * ch;
     let mut out = vec![0.0f32; n * od * oh * ow * ch];
     if out.is_empty() || input.is_empty() {
@@ -364,14 +362,13 @@ pub(super) fn pool(p: &Pool, x: ArrayD<f32>, out_dims: &[usize]) -> Result<Array
 /// a masking layer) Keras's masked mean: the sum over unmasked steps divided by their count.
 pub(super) fn global_pool(
     op: PoolOp,
-    x: ArrayD<f32>,
+    x: &ArrayD<f32>,
     mask: Option<&ndarray::Array2<bool>>,
     out_dims: &[usize],
 ) -> Result<ArrayD<f32>> {
     let n = x.shape()[0];
     let ch = *x.shape().last().unwrap_or(&1);
-    let x = super::into_standard_layout(x);
-    let input = contiguous(&x);
+    let input = contiguous(x);
     let positions = input.len().checked_div(n * ch).unwrap_or(0);
     if let Some(m) = mask {
         if m.dim() != (n, positions) {

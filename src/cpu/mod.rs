@@ -17,7 +17,9 @@ mod winograd;
 /// One node's training forward and backward, for benchmarks of the backward rules.
 #[doc(hidden)]
 pub use grad::node_step::NodeStep;
-use ndarray::{Array2, Array3, Array4, ArrayD, ArrayView1, ArrayView4, Axis, IxDyn, Zip};
+use ndarray::{
+    Array2, Array3, Array4, ArrayBase, ArrayD, ArrayView1, ArrayView4, Axis, Ix4, IxDyn, Zip,
+};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -185,12 +187,14 @@ pub(crate) fn run_node(
     out_dims.extend_from_slice(&out_info.shape);
     let name = node.name.as_str();
     let y = match &node.op {
-        Op::Conv(c) => conv::conv(c, params, float(first, node)?, &out_dims)?,
-        Op::DepthwiseConv(c) => conv::depthwise(c, params, float(first, node)?, &out_dims)?,
-        Op::ConvTranspose(c) => conv::conv_transpose(c, params, float(first, node)?, &out_dims)?,
-        Op::Pool(p) => conv::pool(p, float(first, node)?, &out_dims)?,
-        Op::GlobalPool { op, .. } => conv::global_pool(*op, float(first, node)?, mask, &out_dims)?,
-        Op::Dense(d) => dense(d, params, float(first, node)?, &out_dims)?,
+        Op::Conv(_)
+        | Op::DepthwiseConv(_)
+        | Op::ConvTranspose(_)
+        | Op::Pool(_)
+        | Op::GlobalPool { .. }
+        | Op::Dense(_) => {
+            return read_only(graph, node, &float(first, node)?, mask, &out_dims).map(|y| vec![y])
+        }
         Op::Activation(a) => {
             let mut x = into_standard_layout(float(first, node)?);
             let width = x.shape().last().copied().unwrap_or(1);
@@ -301,6 +305,59 @@ pub(crate) fn run_node(
     Ok(vec![Tensor::F32(y)])
 }
 
+/// The ops that only read their one input, run on a borrowed input (the training forward keeps
+/// every value on its tape, so lending it saves a copy per node). None for the other ops.
+pub(crate) fn run_read_only(
+    graph: &Graph,
+    node: &Node,
+    args: &[&Tensor],
+    mask: Option<&Array2<bool>>,
+) -> Option<Result<Vec<Tensor>>> {
+    let reads_only = matches!(
+        node.op,
+        Op::Conv(_)
+            | Op::DepthwiseConv(_)
+            | Op::ConvTranspose(_)
+            | Op::Pool(_)
+            | Op::GlobalPool { .. }
+            | Op::Dense(_)
+    );
+    let x = match args {
+        [Tensor::F32(x)] if reads_only => x,
+        _ => return None,
+    };
+    let mut out_dims = vec![x.shape().first().copied().unwrap_or(0)];
+    out_dims.extend_from_slice(&graph.value(node.outputs[0]).shape);
+    Some(read_only(graph, node, x, mask, &out_dims).map(|y| vec![y]))
+}
+
+/// [`run_read_only`]'s ops on their float input.
+fn read_only(
+    graph: &Graph,
+    node: &Node,
+    x: &ArrayD<f32>,
+    mask: Option<&Array2<bool>>,
+    out_dims: &[usize],
+) -> Result<Tensor> {
+    let params = &graph.params;
+    let y = match &node.op {
+        Op::Conv(c) => conv::conv(c, params, x, out_dims)?,
+        Op::DepthwiseConv(c) => conv::depthwise(c, params, x, out_dims)?,
+        Op::ConvTranspose(c) => conv::conv_transpose(c, params, x, out_dims)?,
+        Op::Pool(p) => conv::pool(p, x, out_dims)?,
+        Op::GlobalPool { op, .. } => conv::global_pool(*op, x, mask, out_dims)?,
+        Op::Dense(d) => dense(d, params, x, out_dims)?,
+        op => {
+            return Err(Error::Internal(format!(
+                "node '{}': {} is not a read-only op",
+                node.name,
+                op.name()
+            )))
+        }
+    };
+    Ok(Tensor::F32(y))
+}
+
 /// `x` in row-major layout: itself when it already is (the usual case), else a copy.
 fn into_standard_layout(x: ArrayD<f32>) -> ArrayD<f32> {
     if x.is_standard_layout() {
@@ -320,12 +377,14 @@ fn reshape(x: ArrayD<f32>, dims: &[usize]) -> Result<ArrayD<f32>> {
 fn dense(
     d: &Dense,
     params: &ParamStore,
-    x: ArrayD<f32>,
+    x: &ArrayD<f32>,
     out_dims: &[usize],
 ) -> Result<ArrayD<f32>> {
     let in_dim = d.in_features;
     let rows = x.len() / in_dim.max(1);
-    let x2 = into_standard_layout(x)
+    let x = x.as_standard_layout();
+    let x2 = x
+        .view()
         .into_shape_with_order((rows, in_dim))
         .map_err(|e| Error::Input(format!("dense input: {e}")))?;
     let mut y = Array2::<f32>::zeros((rows, d.units));
@@ -416,7 +475,7 @@ fn bias_activation(data: &mut [f32], width: usize, bias: Option<ArrayView1<f32>>
 
 /// Convolution: Winograd F(2x2, 3x3) for 3x3 stride-1 layers with enough input channels,
 /// im2col + GEMM for everything else.
-fn conv2d(c: &ConvArgs, x: &Array4<f32>) -> Array4<f32> {
+fn conv2d<S: ndarray::Data<Elem = f32>>(c: &ConvArgs, x: &ArrayBase<S, Ix4>) -> Array4<f32> {
     if let Some(y) = winograd::conv2d(c, x) {
         return y;
     }
@@ -425,7 +484,7 @@ fn conv2d(c: &ConvArgs, x: &Array4<f32>) -> Array4<f32> {
 
 /// Convolution as im2col + GEMM, threads over groups of images: each group's im2col, GEMM, bias
 /// and activation run on one thread while its rows are still in cache.
-fn conv2d_im2col(c: &ConvArgs, x: &Array4<f32>) -> Array4<f32> {
+fn conv2d_im2col<S: ndarray::Data<Elem = f32>>(c: &ConvArgs, x: &ArrayBase<S, Ix4>) -> Array4<f32> {
     let n = x.shape()[0];
     let [oh, ow] = c.window.out_hw;
     let [ih, iw] = c.window.in_hw;

@@ -74,7 +74,10 @@ impl Block<'_> {
 
 /// The convolution of `x` (NHWC) with bias and activation, or `None` when the layer or the
 /// input is not one this path handles (the caller then uses im2col).
-pub(super) fn conv2d(c: &Conv2d, x: &Array4<f32>) -> Option<Array4<f32>> {
+pub(super) fn conv2d<S: ndarray::Data<Elem = f32>>(
+    c: &Conv2d,
+    x: &ndarray::ArrayBase<S, ndarray::Ix4>,
+) -> Option<Array4<f32>> {
     if !supports(c) {
         return None;
     }

@@ -182,11 +182,11 @@ impl TrainGraph {
         let mut saved = Vec::with_capacity(graph.nodes.len());
         let mut state = Vec::new();
         for node in &graph.nodes {
-            let args: Vec<Tensor> = node
+            let borrowed: Vec<&Tensor> = node
                 .inputs
                 .iter()
                 .map(|&v| {
-                    values[v].clone().ok_or_else(|| {
+                    values[v].as_ref().ok_or_else(|| {
                         Error::Internal(format!(
                             "node '{}' reads value #{v} before it is computed",
                             node.name
@@ -195,13 +195,25 @@ impl TrainGraph {
                 })
                 .collect::<Result<_>>()?;
             let mask = mask_of(node, &values)?;
-            let fw = if training {
-                grad::forward_owned(graph, node, args, mask.as_ref(), rng)?
-            } else {
-                grad::Forward {
-                    outputs: crate::cpu::run_node(graph, node, args, mask.as_ref())?,
+            // Ops that only read their input run on the tape's own copy; the others take
+            // theirs over (they may work in place).
+            let fw = match crate::cpu::run_read_only(graph, node, &borrowed, mask.as_ref()) {
+                Some(outputs) => grad::Forward {
+                    outputs: outputs?,
                     saved: None,
                     state: Vec::new(),
+                },
+                None => {
+                    let args: Vec<Tensor> = borrowed.into_iter().cloned().collect();
+                    if training {
+                        grad::forward_owned(graph, node, args, mask.as_ref(), rng)?
+                    } else {
+                        grad::Forward {
+                            outputs: crate::cpu::run_node(graph, node, args, mask.as_ref())?,
+                            saved: None,
+                            state: Vec::new(),
+                        }
+                    }
                 }
             };
             if fw.outputs.len() != node.outputs.len() {

@@ -236,7 +236,7 @@ fn softmax_axes(
     }
     let base = group_base(g);
     let n = p.rank;
-    var m = -3.4028235e38;
+    var m = -3.4028234663852886e38;
     for (var r = li; r < n; r += THREADS) {
         m = max(m, x[base + r * p.inner]);
     }

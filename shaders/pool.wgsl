@@ -35,7 +35,9 @@ struct PoolParams {
 @group(0) @binding(2) var<storage, read> ids: array<u32>;
 @group(0) @binding(3) var<uniform> p: PoolParams;
 
-const NEG_INF: f32 = -3.4028235e38;
+// -f32::MAX written exactly: Tint (the browsers' WGSL compiler) refuses a literal that rounds
+// past it, such as -3.4028235e38.
+const NEG_INF: f32 = -3.4028234663852886e38;
 
 // One thread per output element (n, oy, ox, c).
 @compute @workgroup_size(64, 1, 1)
@@ -115,8 +117,10 @@ fn global_pool2d(
     if (p.is_max != 0u) {
         y[idx] = best;
     } else if (count == 0u) {
-        // Keras divides by the mask's sum, 0 when every step is masked: 0 / 0.
-        y[idx] = bitcast<f32>(0x7fc00000u);
+        // Keras divides by the mask's sum, 0 when every step is masked: 0 / 0. The bits sit
+        // in a variable: Tint (the browsers' WGSL compiler) refuses a NaN constant expression.
+        var nan_bits = 0x7fc00000u;
+        y[idx] = bitcast<f32>(nan_bits);
     } else {
         y[idx] = sum / f32(count);
     }

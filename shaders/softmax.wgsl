@@ -46,7 +46,7 @@ fn softmax(
         return;
     }
     let base = row * p.cols;
-    var m = -3.4028235e38;
+    var m = -3.4028234663852886e38;
     for (var i = li; i < p.cols; i += THREADS) {
         m = max(m, x[base + i]);
     }

@@ -38,12 +38,19 @@ impl std::str::FromStr for Backend {
     }
 }
 
+/// A lock that is held across the GPU's asynchronous steps (device creation, readback): an
+/// `async` mutex, so a browser's single thread awaits it instead of blocking, and native callers
+/// block on it through `pollster`.
+type AsyncMutex<T> = futures_intrusive::sync::Mutex<T>;
+
 /// A Keras model loaded for inference. `Send + Sync`: share it between threads freely.
 pub struct Model {
     graph: Graph,
     source: PathBuf,
-    gpu: Mutex<Option<crate::gpu::GpuRuntime>>,
-    /// For `Backend::Auto`: Some(name) when the only adapter is a software rasterizer.
+    gpu: AsyncMutex<Option<crate::gpu::GpuRuntime>>,
+    /// For `Backend::Auto`: Some(name) when the only adapter is a software rasterizer (native
+    /// only: a browser offers one adapter, used as it is).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     auto_software: std::sync::OnceLock<Option<String>>,
     /// Set when an input's time axis is free (`keras.Input((None, F))`).
     free_time: Option<FreeTime>,
@@ -54,6 +61,8 @@ pub struct Model {
 /// (and, on the GPU, its own runtime), cached.
 struct FreeTime {
     config: PathBuf,
+    /// The model file's content when it was loaded from memory (`config` then names it).
+    bytes: Option<Arc<[u8]>>,
     weights: Option<PathBuf>,
     /// Some: the weights are initialized from this seed (`load_initialized`), not read.
     init_seed: Option<u64>,
@@ -61,7 +70,7 @@ struct FreeTime {
     inputs: Vec<usize>,
     /// Keyed by the lengths of `inputs`, in order.
     graphs: Mutex<HashMap<Vec<usize>, Arc<Graph>>>,
-    gpus: Mutex<HashMap<Vec<usize>, Arc<crate::gpu::GpuRuntime>>>,
+    gpus: AsyncMutex<HashMap<Vec<usize>, Arc<crate::gpu::GpuRuntime>>>,
 }
 
 /// Each set of lengths keeps its graph (and GPU runtime); past this many, the caches start over.
@@ -102,11 +111,33 @@ impl Model {
         if !free_inputs.is_empty() {
             model.free_time = Some(FreeTime {
                 config: path.to_path_buf(),
+                bytes: None,
                 weights: weights.map(Path::to_path_buf),
                 init_seed,
                 inputs: free_inputs,
                 graphs: Mutex::new(HashMap::new()),
-                gpus: Mutex::new(HashMap::new()),
+                gpus: AsyncMutex::new(HashMap::new(), false),
+            });
+        }
+        Ok(model)
+    }
+
+    /// Loads a model file held in memory: a `.keras` file's bytes (or a legacy `.h5` model
+    /// file's), read exactly as [`Model::load`] reads the file. `name` stands for the file in
+    /// error messages and as [`Model::source`]. What the browser build loads.
+    pub fn load_bytes(name: impl AsRef<Path>, bytes: &[u8]) -> Result<Model> {
+        let name = name.as_ref();
+        let (graph, free_inputs) = crate::keras::load_bytes_for_lengths(name, bytes, &[])?;
+        let mut model = Model::from_graph(graph, name);
+        if !free_inputs.is_empty() {
+            model.free_time = Some(FreeTime {
+                config: name.to_path_buf(),
+                bytes: Some(Arc::from(bytes)),
+                weights: None,
+                init_seed: None,
+                inputs: free_inputs,
+                graphs: Mutex::new(HashMap::new()),
+                gpus: AsyncMutex::new(HashMap::new(), false),
             });
         }
         Ok(model)
@@ -144,7 +175,7 @@ impl Model {
         let history = trainer.fit(data, validation, &mut crate::train::fit::Quiet)?;
         self.graph.params = trainer.params().clone();
         // A GPU plan holds the old weights.
-        *self.gpu.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+        self.gpu = AsyncMutex::new(None, false);
         Ok(history)
     }
 
@@ -174,7 +205,7 @@ impl Model {
         Model {
             graph,
             source: source.to_path_buf(),
-            gpu: Mutex::new(None),
+            gpu: AsyncMutex::new(None, false),
             auto_software: std::sync::OnceLock::new(),
             free_time: None,
         }
@@ -244,8 +275,26 @@ impl Model {
         Ok(outs.swap_remove(0))
     }
 
-    /// Runs prepared batches, one per model input; the lowest-level entry point.
+    /// Runs prepared batches, one per model input; the lowest-level entry point. Blocks until
+    /// the GPU is done ([`Model::run_all_async`] is the same without blocking). In WebAssembly
+    /// only the CPU backend can block: use `run_all_async` there.
     pub fn run_all(&self, inputs: &[PreparedInput], backend: Backend) -> Result<Vec<ArrayD<f32>>> {
+        #[cfg(target_arch = "wasm32")]
+        if backend != Backend::Cpu {
+            return Err(Error::Usage(
+                "in WebAssembly the GPU answers asynchronously: use Model::run_all_async".into(),
+            ));
+        }
+        pollster::block_on(self.run_all_async(inputs, backend))
+    }
+
+    /// [`Model::run_all`] as a future: creating the GPU device and reading results back are
+    /// awaited, never blocked on (what a browser needs).
+    pub async fn run_all_async(
+        &self,
+        inputs: &[PreparedInput],
+        backend: Backend,
+    ) -> Result<Vec<ArrayD<f32>>> {
         if inputs.len() != self.graph.inputs.len() {
             return Err(Error::Input(format!(
                 "the model takes {} input(s), got {}",
@@ -263,14 +312,11 @@ impl Model {
                 })
                 .collect();
             let graph = self.graph_for(free, &lengths)?;
-            return self.run_graph(&graph, inputs, backend, |g| {
-                self.free_time_gpu(free, &lengths, g)?.run(g, inputs)
-            });
+            return self
+                .run_graph(&graph, Some((free, &lengths)), inputs, backend)
+                .await;
         }
-        let graph = &self.graph;
-        self.run_graph(graph, inputs, backend, |g| {
-            self.with_gpu(None, |gpu| gpu.run(g, inputs))
-        })
+        self.run_graph(&self.graph, None, inputs, backend).await
     }
 
     /// The graph for inputs of these free-axis lengths: built once per set of lengths.
@@ -295,9 +341,16 @@ impl Model {
             Some(seed) => {
                 crate::keras::load_initialized_for_lengths(&free.config, seed, &by_input)?
             }
-            None => {
-                crate::keras::load_for_lengths(&free.config, free.weights.as_deref(), &by_input)?
-            }
+            None => match &free.bytes {
+                Some(bytes) => {
+                    crate::keras::load_bytes_for_lengths(&free.config, bytes, &by_input)?
+                }
+                None => crate::keras::load_for_lengths(
+                    &free.config,
+                    free.weights.as_deref(),
+                    &by_input,
+                )?,
+            },
         };
         if graphs.len() >= FREE_TIME_CACHE {
             graphs.clear();
@@ -308,20 +361,17 @@ impl Model {
     }
 
     /// The GPU runtime for the graph of these free-axis lengths.
-    fn free_time_gpu(
+    async fn free_time_gpu(
         &self,
         free: &FreeTime,
         lengths: &[usize],
         graph: &Graph,
     ) -> Result<Arc<crate::gpu::GpuRuntime>> {
-        let mut gpus = free
-            .gpus
-            .lock()
-            .map_err(|_| Error::Gpu("GPU runtime lock poisoned by an earlier panic".into()))?;
+        let mut gpus = free.gpus.lock().await;
         if let Some(g) = gpus.get(lengths) {
             return Ok(Arc::clone(g));
         }
-        let gpu = Arc::new(crate::gpu::GpuRuntime::new(graph, None)?);
+        let gpu = Arc::new(crate::gpu::GpuRuntime::new_async(graph, None).await?);
         if gpus.len() >= FREE_TIME_CACHE {
             gpus.clear();
         }
@@ -329,28 +379,34 @@ impl Model {
         Ok(gpu)
     }
 
-    /// Runs `graph` on `backend`; `gpu` runs it on the GPU runtime that belongs to it.
-    fn run_graph(
+    /// Runs `graph` on `backend`. `free`: the free-axis lengths `graph` was built for (it then
+    /// has a GPU runtime of its own).
+    async fn run_graph(
         &self,
         graph: &Graph,
+        free: Option<(&FreeTime, &[usize])>,
         inputs: &[PreparedInput],
         backend: Backend,
-        gpu: impl FnOnce(&Graph) -> Result<Vec<ArrayD<f32>>>,
     ) -> Result<Vec<ArrayD<f32>>> {
         match backend {
             Backend::Cpu => crate::cpu::run(graph, inputs),
-            Backend::Gpu => gpu(graph),
+            Backend::Gpu => self.run_gpu(graph, free, inputs).await,
             Backend::Auto => {
-                let software = self
-                    .auto_software
-                    .get_or_init(|| crate::gpu::auto_adapter_is_software(None));
-                if let Some(name) = software {
-                    warn_cpu_fallback(&format!(
-                        "the only GPU adapter is a software one ({name}); use --backend gpu to run on it"
-                    ));
-                    return crate::cpu::run(graph, inputs);
+                // A browser offers one adapter and no list: it is used even when it is a
+                // fallback (software) one.
+                #[cfg(not(target_arch = "wasm32"))]
+                {
+                    let software = self
+                        .auto_software
+                        .get_or_init(|| crate::gpu::auto_adapter_is_software(None));
+                    if let Some(name) = software {
+                        warn_cpu_fallback(&format!(
+                            "the only GPU adapter is a software one ({name}); use --backend gpu to run on it"
+                        ));
+                        return crate::cpu::run(graph, inputs);
+                    }
                 }
-                match gpu(graph) {
+                match self.run_gpu(graph, free, inputs).await {
                     Err(Error::Gpu(msg)) if crate::gpu::is_no_adapter(&msg) => {
                         warn_cpu_fallback(&msg);
                         crate::cpu::run(graph, inputs)
@@ -361,18 +417,53 @@ impl Model {
         }
     }
 
+    async fn run_gpu(
+        &self,
+        graph: &Graph,
+        free: Option<(&FreeTime, &[usize])>,
+        inputs: &[PreparedInput],
+    ) -> Result<Vec<ArrayD<f32>>> {
+        match free {
+            Some((free, lengths)) => {
+                let gpu = self.free_time_gpu(free, lengths, graph).await?;
+                gpu.run_async(graph, inputs).await
+            }
+            None => {
+                let mut guard = self.gpu.lock().await;
+                if guard.is_none() {
+                    *guard = Some(crate::gpu::GpuRuntime::new_async(&self.graph, None).await?);
+                }
+                match guard.as_ref() {
+                    Some(gpu) => gpu.run_async(graph, inputs).await,
+                    None => Err(Error::Gpu("GPU runtime missing".into())),
+                }
+            }
+        }
+    }
+
+    /// The adapter this model's GPU runtime runs on, creating the runtime on first use: what
+    /// the browser build reports as its backend.
+    pub async fn gpu_adapter_name_async(&self) -> Result<String> {
+        let mut guard = self.gpu.lock().await;
+        if guard.is_none() {
+            *guard = Some(crate::gpu::GpuRuntime::new_async(&self.graph, None).await?);
+        }
+        match guard.as_ref() {
+            Some(gpu) => Ok(gpu.adapter_name()),
+            None => Err(Error::Gpu("GPU runtime missing".into())),
+        }
+    }
+
     /// Gives access to this model's GPU runtime, creating it on first use (adapter chosen by
     /// `adapter`, else env `WGNN_ADAPTER`, else the best one). Plans are cached inside it, so
     /// repeated predictions build nothing.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn with_gpu<T>(
         &self,
         adapter: Option<&str>,
         f: impl FnOnce(&crate::gpu::GpuRuntime) -> Result<T>,
     ) -> Result<T> {
-        let mut guard = self
-            .gpu
-            .lock()
-            .map_err(|_| Error::Gpu("GPU runtime lock poisoned by an earlier panic".into()))?;
+        let mut guard = pollster::block_on(self.gpu.lock());
         if guard.is_none() {
             *guard = Some(crate::gpu::GpuRuntime::new(&self.graph, adapter)?);
         }

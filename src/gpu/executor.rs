@@ -227,7 +227,7 @@ impl GpuPlan {
 
     /// Uploads one byte slice per model input (exactly each `PlanInput::bytes`), runs every op
     /// in one submit and reads back every output, in the plan's output order.
-    pub fn execute(
+    pub async fn execute(
         &self,
         ctx: &DeviceContext,
         inputs: &[&[u8]],
@@ -330,6 +330,8 @@ impl GpuPlan {
             at += output.bytes;
         }
         let bytes = at;
+        // Waited on natively only (see below).
+        #[cfg_attr(target_arch = "wasm32", allow(unused_variables))]
         let submission = ctx.queue.submit([encoder.finish()]);
         let split = |values: Vec<f32>| {
             let mut parts = Vec::with_capacity(self.plan.outputs.len());
@@ -351,13 +353,16 @@ impl GpuPlan {
             // The receiver is gone only if we already returned with an error.
             let _ = sender.send(result);
         });
+        // Natively the callback runs inside `poll`; a browser runs it from its event loop when
+        // the mapping promise resolves, so there is nothing to wait for here.
+        #[cfg(not(target_arch = "wasm32"))]
         ctx.device
             .poll(wgpu::PollType::Wait {
                 submission_index: Some(submission),
                 timeout: None,
             })
             .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
-        match pollster::block_on(receiver.receive()) {
+        match receiver.receive().await {
             Some(Ok(())) => {}
             Some(Err(e)) => return Err(Error::Gpu(format!("reading the output back failed: {e}"))),
             None => return Err(Error::Gpu("reading the output back was cancelled".into())),

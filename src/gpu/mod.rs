@@ -12,6 +12,9 @@
 //!   every dispatch's parameters, bind groups) and replays it: upload the input, encode every
 //!   dispatch into one command encoder, submit once, read back only the final output.
 //! - The runtime caches a `GpuPlan` per batch size, so repeated predictions build nothing.
+//! - Asking for the adapter and device, popping error scopes and mapping the readback buffer are
+//!   asynchronous (`*_async`): in a browser they are JavaScript promises and must not block its
+//!   thread. Native callers get the same code through blocking wrappers (`pollster`).
 //!   Batches larger than the biggest one whose buffers fit `max_storage_buffer_binding_size`
 //!   run as consecutive sub-batches.
 
@@ -208,6 +211,58 @@ pub fn auto_adapter_is_software(wanted: Option<&str>) -> Option<String> {
     (info.device_type == wgpu::DeviceType::Cpu).then_some(info.name)
 }
 
+/// The adapter a runtime is created on: natively [`choose_adapter`]; in a browser the one
+/// `navigator.gpu.requestAdapter()` gives (there is no list to choose from).
+async fn find_adapter(wanted: Option<&str>) -> Result<wgpu::Adapter> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        choose_adapter(wanted)
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        browser_adapter(wanted).await
+    }
+}
+
+/// The browser's WebGPU adapter (high-performance preference); `wanted` must be part of its
+/// name when given. No `navigator.gpu` (a browser without WebGPU) is "no GPU adapter found", so
+/// `Backend::Auto` runs on the CPU.
+#[cfg(target_arch = "wasm32")]
+async fn browser_adapter(wanted: Option<&str>) -> Result<wgpu::Adapter> {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = wgpu::Backends::BROWSER_WEBGPU;
+    let instance = wgpu::Instance::new(desc);
+    let adapter = instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            ..wgpu::RequestAdapterOptions::default()
+        })
+        .await
+        .map_err(|e| {
+            Error::Gpu(format!(
+                "{NO_ADAPTER}: this browser offers no WebGPU adapter ({})",
+                e.to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or("navigator.gpu is absent")
+            ))
+        })?;
+    let name = adapter.get_info().name;
+    if let Some(w) = wanted {
+        if !name.to_lowercase().contains(&w.to_lowercase()) {
+            return Err(Error::Gpu(format!(
+                "{NO_ADAPTER} matching '{w}' (the browser's adapter is '{name}')"
+            )));
+        }
+    }
+    if !supports_compute(&adapter) {
+        return Err(Error::Gpu(format!(
+            "{NO_ADAPTER} that can run wgnn's compute kernels (the browser's adapter '{name}' has too small limits)"
+        )));
+    }
+    Ok(adapter)
+}
+
 /// The adapter named by `wanted` (a case-insensitive substring), else by env `WGNN_ADAPTER`,
 /// else the best one that runs wgnn's kernels.
 fn choose_adapter(wanted: Option<&str>) -> Result<wgpu::Adapter> {
@@ -303,18 +358,27 @@ pub struct GpuRuntime {
     max_items: usize,
     model_name: String,
     node_count: usize,
-    plans: Mutex<HashMap<usize, GpuPlan>>,
+    /// Held across a batch's readback: an `async` lock (see `Model`).
+    plans: futures_intrusive::sync::Mutex<HashMap<usize, GpuPlan>>,
     /// Errors reported outside error scopes (device lost, uncaptured validation errors).
     device_errors: Arc<Mutex<Vec<String>>>,
 }
 
 impl GpuRuntime {
     /// Creates the device on the chosen adapter, uploads the weights and compiles the kernels.
+    /// Blocks until the device is ready ([`GpuRuntime::new_async`] is the same without blocking).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new(graph: &Graph, adapter: Option<&str>) -> Result<Self> {
         Self::with_limits(graph, adapter, LimitOverrides::default())
     }
 
+    /// [`GpuRuntime::new`] as a future: what a browser awaits.
+    pub async fn new_async(graph: &Graph, adapter: Option<&str>) -> Result<Self> {
+        Self::with_limits_async(graph, adapter, LimitOverrides::default()).await
+    }
+
     /// Like `new`, but no buffer may exceed `bytes` (for exercising batch splitting).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn with_max_buffer_bytes(graph: &Graph, adapter: Option<&str>, bytes: u64) -> Result<Self> {
         let overrides = LimitOverrides {
             max_buffer_bytes: Some(bytes),
@@ -324,27 +388,47 @@ impl GpuRuntime {
     }
 
     /// Like `new`, with limits capped below the adapter's own.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn with_limits(
         graph: &Graph,
         adapter: Option<&str>,
         overrides: LimitOverrides,
     ) -> Result<Self> {
-        let adapter = choose_adapter(adapter)?;
-        let info = adapter.get_info();
+        pollster::block_on(Self::with_limits_async(graph, adapter, overrides))
+    }
+
+    /// [`GpuRuntime::with_limits`] as a future.
+    pub async fn with_limits_async(
+        graph: &Graph,
+        adapter: Option<&str>,
+        overrides: LimitOverrides,
+    ) -> Result<Self> {
+        let adapter = find_adapter(adapter).await?;
+        let mut info = adapter.get_info();
+        if info.name.is_empty() {
+            // Browsers may withhold the adapter's description.
+            info.name = if info.device_type == wgpu::DeviceType::Cpu {
+                "unnamed fallback (software) adapter".into()
+            } else {
+                "unnamed adapter".into()
+            };
+        }
         let limits = adapter.limits();
         let plan_limits = plan_limits(&limits, overrides);
         // Fails early, naming the layer, if one item does not fit.
         let max_items = Plan::max_items(graph, plan_limits)?;
 
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("wgnn"),
-            required_features: wgpu::Features::empty(),
-            required_limits: limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
-            memory_hints: wgpu::MemoryHints::Performance,
-            trace: wgpu::Trace::Off,
-        }))
-        .map_err(|e| Error::Gpu(format!("creating a device on {}: {e}", info.name)))?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("wgnn"),
+                required_features: wgpu::Features::empty(),
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::Gpu(format!("creating a device on {}: {e}", info.name)))?;
 
         let device_errors = Arc::new(Mutex::new(Vec::new()));
         {
@@ -375,7 +459,9 @@ impl GpuRuntime {
         for kernel in kernels_used(&Plan::build(graph, 1, plan_limits)?) {
             pipelines.ensure(&device, kernel);
         }
-        scope.check("compiling kernels and uploading weights")?;
+        scope
+            .check("compiling kernels and uploading weights")
+            .await?;
 
         let runtime = GpuRuntime {
             ctx: DeviceContext {
@@ -392,7 +478,7 @@ impl GpuRuntime {
             max_items,
             model_name: graph.name.clone(),
             node_count: graph.nodes.len(),
-            plans: Mutex::new(HashMap::new()),
+            plans: futures_intrusive::sync::Mutex::new(HashMap::new(), false),
             device_errors,
         };
         runtime.check_device()?;
@@ -411,10 +497,10 @@ impl GpuRuntime {
 
     /// Batch sizes with a built plan, ascending (each is built once, then reused).
     pub fn cached_batch_sizes(&self) -> Vec<usize> {
-        let mut sizes: Vec<usize> = match self.plans.lock() {
-            Ok(plans) => plans.keys().copied().collect(),
-            Err(_) => Vec::new(),
-        };
+        let mut sizes: Vec<usize> = pollster::block_on(self.plans.lock())
+            .keys()
+            .copied()
+            .collect();
         sizes.sort_unstable();
         sizes
     }
@@ -433,8 +519,20 @@ impl GpuRuntime {
     }
 
     /// Runs `graph` (the model this runtime was created for) on prepared batches, one per
-    /// graph input; returns every output.
+    /// graph input; returns every output. Blocks until the GPU is done ([`GpuRuntime::run_async`]
+    /// is the same without blocking).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn run(&self, graph: &Graph, inputs: &[PreparedInput]) -> Result<Vec<ArrayD<f32>>> {
+        pollster::block_on(self.run_async(graph, inputs))
+    }
+
+    /// [`GpuRuntime::run`] as a future. Calls take turns on the plan cache (a lock held across
+    /// the readback): in a single-threaded browser, await one before starting the next.
+    pub async fn run_async(
+        &self,
+        graph: &Graph,
+        inputs: &[PreparedInput],
+    ) -> Result<Vec<ArrayD<f32>>> {
         if graph.name != self.model_name || graph.nodes.len() != self.node_count {
             return Err(Error::Gpu(format!(
                 "this GPU runtime was created for model '{}', not '{}'",
@@ -449,10 +547,7 @@ impl GpuRuntime {
             .map(|p| Vec::with_capacity(batch * graph.value(p.value).elements()))
             .collect();
 
-        let mut plans = self
-            .plans
-            .lock()
-            .map_err(|_| Error::Gpu("GPU plan cache poisoned by an earlier panic".into()))?;
+        let mut plans = self.plans.lock().await;
         let chunk = self.max_items.max(1);
         let mut start = 0;
         while start < batch {
@@ -467,7 +562,7 @@ impl GpuRuntime {
                     .collect::<Vec<_>>();
                 &parts[..]
             };
-            let outs = self.run_chunk(&mut plans, graph, sub)?;
+            let outs = self.run_chunk(&mut plans, graph, sub).await?;
             for (all, part) in values.iter_mut().zip(outs) {
                 all.extend_from_slice(&part);
             }
@@ -487,7 +582,7 @@ impl GpuRuntime {
             .collect()
     }
 
-    fn run_chunk(
+    async fn run_chunk(
         &self,
         plans: &mut HashMap<usize, GpuPlan>,
         graph: &Graph,
@@ -521,8 +616,10 @@ impl GpuRuntime {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let result = plan.execute(&self.ctx, &bytes, self.ctx.uniform_stride);
-        let scoped = scope.check(&format!("running a batch of {batch}"));
+        let result = plan
+            .execute(&self.ctx, &bytes, self.ctx.uniform_stride)
+            .await;
+        let scoped = scope.check(&format!("running a batch of {batch}")).await;
         self.check_device()?;
         scoped?;
         result
@@ -565,10 +662,10 @@ impl ErrorScopes {
         }
     }
 
-    fn check(self, doing: &str) -> Result<()> {
+    async fn check(self, doing: &str) -> Result<()> {
         // Popped in reverse order of pushing.
-        let oom = pollster::block_on(self.out_of_memory.pop());
-        let validation = pollster::block_on(self.validation.pop());
+        let oom = self.out_of_memory.pop().await;
+        let validation = self.validation.pop().await;
         if let Some(e) = oom {
             return Err(Error::Gpu(format!(
                 "out of GPU memory while {doing}: {}",

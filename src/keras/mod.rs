@@ -53,7 +53,20 @@ pub fn load_for_lengths(
     time_lengths: &[usize],
 ) -> Result<(Graph, Vec<usize>)> {
     with_placeholder_lengths(time_lengths, |lengths| {
-        load_exact_lengths(path, weights, lengths)
+        load_exact_lengths(path, None, weights, lengths)
+    })
+}
+
+/// [`load_for_lengths`] for a model file held in memory (a `.keras` zip, a legacy `.h5` model
+/// file or a model JSON carrying no weights is refused as from a file): `name` stands for the
+/// file in error messages. The browser build loads models this way.
+pub fn load_bytes_for_lengths(
+    name: &Path,
+    bytes: &[u8],
+    time_lengths: &[usize],
+) -> Result<(Graph, Vec<usize>)> {
+    with_placeholder_lengths(time_lengths, |lengths| {
+        load_exact_lengths(name, Some(bytes), None, lengths)
     })
 }
 
@@ -84,12 +97,17 @@ fn with_placeholder_lengths(
     Err(first)
 }
 
+/// `bytes`: the model file's content when it is held in memory (`path` then only names it).
 fn load_exact_lengths(
     path: &Path,
+    bytes: Option<&[u8]>,
     weights: Option<&Path>,
     time_lengths: &[usize],
 ) -> Result<(Graph, Vec<usize>)> {
-    let (mut file, is_zip, is_hdf5) = read_model_file(path)?;
+    let (mut file, is_zip, is_hdf5) = match bytes {
+        Some(bytes) => parse_model_file(path, bytes.to_vec())?,
+        None => read_model_file(path)?,
+    };
     if let Some(w) = weights {
         file.weights = Some(WeightSource::open(w)?);
     }
@@ -168,6 +186,11 @@ pub fn load_initialized_for_lengths(
 fn read_model_file(path: &Path) -> Result<(ModelFile, bool, bool)> {
     refuse_folder_or_saved_model(path)?;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_model_file(path, bytes)
+}
+
+/// A model file's content, of any kind (told by its content); `path` names it in errors.
+fn parse_model_file(path: &Path, bytes: Vec<u8>) -> Result<(ModelFile, bool, bool)> {
     if bytes.is_empty() {
         return Err(Error::format(path, "file is empty"));
     }

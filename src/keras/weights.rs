@@ -21,6 +21,8 @@ pub struct RawWeight {
 }
 
 /// Where the loader takes each layer's weights from.
+// With 32-bit pointers (wasm32) the variants' sizes come out differently; one per model.
+#[cfg_attr(target_arch = "wasm32", allow(clippy::large_enum_variant))]
 pub enum WeightSource {
     H5(H5Weights),
     /// Legacy Keras 2 HDF5 weights, found by layer name.

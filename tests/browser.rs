@@ -15,6 +15,8 @@
 //!   Concatenate, GRU both reset modes, Bidirectional GRU, masked GRU, ConvLSTM2D,
 //!   TimeDistributed, an LSTM with `return_state` (four outputs), a `None` time axis, gelu,
 //!   Softmax over time, PReLU, residual and inception blocks, a nested model).
+//! - Env `WGNN_BROWSER_FIXTURES`: a folder of Keras models kept outside the repository, in the
+//!   same manifest form, run on both backends too (see `extra_cases`).
 //! - The shipped CIFAR-10 models on the first CIFAR-10 test images against Keras's saved
 //!   probabilities (needs env `WGNN_DATA`), and the NusaX TextVectorization model through
 //!   `predictText`.
@@ -201,6 +203,8 @@ fn serve(
         None
     } else if let Some(rest) = path.strip_prefix("/fixtures/") {
         std::fs::read(common::fixtures_dir().join(rest)).ok()
+    } else if let (Some(rest), Some(extra)) = (path.strip_prefix("/extra/"), extra_dir()) {
+        std::fs::read(extra.join(rest)).ok()
     } else {
         let rest = path.trim_start_matches('/');
         let rest = if rest.is_empty() { "index.html" } else { rest };
@@ -428,7 +432,7 @@ struct Case {
     /// Run on the GPU too (see `on_gpu`).
     gpu: bool,
     model: String,
-    input: (String, bool, Vec<usize>),
+    input: (PathBuf, bool, Vec<usize>),
     expected: Vec<PathBuf>,
 }
 
@@ -451,6 +455,53 @@ fn on_gpu(name: &str, seen: &mut HashMap<String, usize>) -> bool {
     *count <= 2 || std::env::var_os("WGNN_BROWSER_ALL").is_some_and(|v| v == "1")
 }
 
+/// Env `WGNN_BROWSER_FIXTURES`: a folder of Keras models and inputs kept outside the repository,
+/// with a `manifest.json` in the form `tools/keras_fixtures.py` writes (`fixtures`: `model`
+/// (.keras), `input`, `expected`, `input_kind`, `input_shape`). Each runs on both backends,
+/// served under `/extra/`.
+fn extra_dir() -> Option<PathBuf> {
+    std::env::var_os("WGNN_BROWSER_FIXTURES")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+fn extra_cases() -> Vec<Case> {
+    let Some(dir) = extra_dir() else {
+        return Vec::new();
+    };
+    let text = std::fs::read_to_string(dir.join("manifest.json"))
+        .unwrap_or_else(|e| panic!("WGNN_BROWSER_FIXTURES: {}: {e}", dir.display()));
+    #[derive(serde::Deserialize)]
+    struct ExtraManifest {
+        fixtures: Vec<common::Fixture>,
+    }
+    let manifest: ExtraManifest = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("WGNN_BROWSER_FIXTURES: manifest.json: {e}"));
+    let cases: Vec<Case> = manifest
+        .fixtures
+        .into_iter()
+        .filter(|fx| fx.weights.is_none() && fx.model.ends_with(".keras"))
+        .map(|fx| Case {
+            gpu: true,
+            name: format!("extra/{}", fx.name),
+            model: format!("/extra/{}", fx.model),
+            input: (
+                dir.join(&fx.input),
+                fx.input_kind == common::FixtureInput::Ids,
+                fx.input_shape.clone(),
+            ),
+            expected: vec![dir.join(&fx.expected)],
+        })
+        .collect();
+    assert!(
+        !cases.is_empty(),
+        "WGNN_BROWSER_FIXTURES: no .keras fixture in {}",
+        dir.display()
+    );
+    eprintln!("{} fixtures from {}", cases.len(), dir.display());
+    cases
+}
+
 fn cases() -> Vec<Case> {
     let dir = common::fixtures_dir();
     let mut out = Vec::new();
@@ -464,7 +515,7 @@ fn cases() -> Vec<Case> {
             name: fx.name.clone(),
             model: format!("/fixtures/{}", fx.model),
             input: (
-                fx.input.clone(),
+                dir.join(&fx.input),
                 fx.input_kind == common::FixtureInput::Ids,
                 fx.input_shape.clone(),
             ),
@@ -492,7 +543,7 @@ fn cases() -> Vec<Case> {
             name: format!("graph/{name}"),
             model: format!("/fixtures/graph/{model}"),
             input: (
-                format!("graph/{}", input["file"].as_str().unwrap()),
+                dir.join("graph").join(input["file"].as_str().unwrap()),
                 input["kind"].as_str() != Some("float"),
                 input["shape"]
                     .as_array()
@@ -510,6 +561,7 @@ fn cases() -> Vec<Case> {
         });
         found.push(name);
     }
+    out.extend(extra_cases());
     let absent: Vec<_> = GRAPH_SUBSET.iter().filter(|n| !found.contains(n)).collect();
     assert!(
         absent.is_empty(),
@@ -522,7 +574,6 @@ fn cases() -> Vec<Case> {
 fn keras_fixtures_match_keras_in_chromium_on_webgpu_and_wasm_cpu() {
     let _turn = BROWSER_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let Some(s) = session() else { return };
-    let dir = common::fixtures_dir();
     let backends: &[&str] = if s.gpu { &["gpu", "cpu"] } else { &["cpu"] };
     let mut failures = Vec::new();
     let mut passed: HashMap<&str, usize> = HashMap::new();
@@ -532,9 +583,9 @@ fn keras_fixtures_match_keras_in_chromium_on_webgpu_and_wasm_cpu() {
     for case in &cases {
         let (file, ids, shape) = &case.input;
         let bytes = if *ids {
-            i32_bytes(common::read_npy_ids(&dir.join(file)).into_iter())
+            i32_bytes(common::read_npy_ids(file).into_iter())
         } else {
-            f32_bytes(common::read_npy_f32(&dir.join(file)).into_iter())
+            f32_bytes(common::read_npy_f32(file).into_iter())
         };
         let input = s.server.put(&case.name.replace('/', "_"), bytes);
         let expected: Vec<ArrayD<f32>> = case
@@ -813,4 +864,28 @@ fn demo_page_renders_predictions() {
     let mut header = [0u8; 8];
     (&png[..]).read_exact(&mut header).unwrap();
     assert_eq!(&header, b"\x89PNG\r\n\x1a\n", "the screenshot is a PNG");
+}
+
+/// The comparison the browser tests rely on flags a value outside the tolerance, a wrong shape
+/// and a NaN where Keras has a number.
+#[test]
+fn compare_flags_what_keras_does_not_give() {
+    let expected =
+        ArrayD::from_shape_vec(ndarray::IxDyn(&[2, 2]), vec![1.0, -2.0, 0.0, 3.0]).unwrap();
+    let ok = (vec![1.0, -2.0001, 0.00005, 3.0], vec![2, 2]);
+    assert_eq!(compare(&ok, &expected), Ok(()));
+    let off = (vec![1.0, -2.0, 0.001, 3.0], vec![2, 2]);
+    let err = compare(&off, &expected).unwrap_err();
+    assert!(
+        err.starts_with("1 of 4 values") && err.contains("flat index 2"),
+        "{err}"
+    );
+    let nan = (vec![1.0, f32::NAN, 0.0, 3.0], vec![2, 2]);
+    assert!(compare(&nan, &expected)
+        .unwrap_err()
+        .contains("flat index 1"));
+    let shape = (vec![1.0, -2.0, 0.0, 3.0], vec![4]);
+    assert!(compare(&shape, &expected)
+        .unwrap_err()
+        .starts_with("shape [4]"));
 }

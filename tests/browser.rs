@@ -109,7 +109,8 @@ fn artifacts() -> PathBuf {
 
 fn find_browser() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("WGNN_CHROMIUM").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(p));
+        // A named browser that is not there is a missing browser.
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
     }
     let path = std::env::var_os("PATH")?;
     for name in ["chromium-headless-shell", "chromium", "google-chrome"] {

@@ -1,6 +1,7 @@
 //! Activation functions with Keras 3's exact formulas. The GPU shaders mirror these.
 
 use crate::graph::Activation;
+use rayon::prelude::*;
 
 /// Keras 3's selu constants.
 pub const SELU_ALPHA: f32 = 1.673_263_2;
@@ -319,6 +320,23 @@ pub fn log_softmax_slice(row: &mut [f32]) {
 /// Applies an activation to contiguous rows of `width` values, in place; softmax runs over each
 /// row. The common activations get their own loops so that they vectorize.
 pub fn apply_rows(act: Activation, data: &mut [f32], width: usize) {
+    // Big arrays in parallel pieces of whole rows; every value is computed the same way on
+    // whichever thread runs it.
+    let width = width.max(1);
+    if data.len() >= 4 * PARALLEL_PIECE && act != Activation::Linear {
+        let rows = (PARALLEL_PIECE / width).max(1);
+        data.par_chunks_mut(rows * width)
+            .for_each(|piece| apply_rows_serial(act, piece, width));
+    } else {
+        apply_rows_serial(act, data, width);
+    }
+}
+
+/// Elements per parallel piece of an elementwise pass (forward or backward); arrays of fewer
+/// than four pieces stay on the calling thread.
+pub(crate) const PARALLEL_PIECE: usize = 1 << 14;
+
+fn apply_rows_serial(act: Activation, data: &mut [f32], width: usize) {
     match act {
         Activation::Linear => {}
         Activation::Softmax => data.chunks_exact_mut(width.max(1)).for_each(softmax_slice),
@@ -335,6 +353,36 @@ pub fn apply_rows(act: Activation, data: &mut [f32], width: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Big arrays run in parallel pieces of whole rows: bit for bit the serial pass, softmax's
+    /// rows included.
+    #[test]
+    fn parallel_pieces_equal_the_serial_pass() {
+        let width = 10;
+        let len = width * (4 * PARALLEL_PIECE / width + 3);
+        let data: Vec<f32> = (0..len)
+            .map(|i| ((i * 7919) % 1000) as f32 / 125.0 - 4.0)
+            .collect();
+        for act in [
+            Activation::RELU,
+            Activation::Sigmoid,
+            Activation::Tanh,
+            Activation::Softmax,
+            Activation::Selu,
+        ] {
+            let mut parallel = data.clone();
+            apply_rows(act, &mut parallel, width);
+            let mut serial = data.clone();
+            apply_rows_serial(act, &mut serial, width);
+            assert!(
+                parallel
+                    .iter()
+                    .zip(&serial)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{act:?}"
+            );
+        }
+    }
 
     /// Points over [-lim, lim]: a dense uniform grid plus a geometric sweep towards zero.
     fn grid(lim: f32) -> Vec<f32> {

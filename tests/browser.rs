@@ -22,6 +22,7 @@
 //!   `predictText`.
 //! - The demo page renders predictions for CIFAR-10 test images; its screenshot is saved as
 //!   `target/browser/demo.png` (with the page's load time and images/s in `demo.json`).
+//! - Without `navigator.gpu`, `auto` runs on the CPU and `gpu` rejects.
 //! - A bad file rejects the promise with the message the native loader (and the CLI) gives.
 //!
 //! The browser is found as env `WGNN_CHROMIUM`, else `chromium-headless-shell`, `chromium` or
@@ -767,6 +768,32 @@ fn errors_reject_with_the_native_message() {
     );
     let err = got.expect_err("a (1, 3) batch for a (N, 32, 32, 3) model");
     assert_eq!(err, "input: expected shape (N, 32, 32, 3), found [1, 3]");
+}
+
+/// A browser without WebGPU: `auto` runs on the wasm CPU path, `gpu` rejects with the
+/// no-adapter message.
+#[test]
+fn auto_runs_on_the_cpu_without_webgpu() {
+    let _turn = BROWSER_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(s) = session() else { return };
+    let v = eval(
+        &s.tab,
+        r#"(async () => {
+            Object.defineProperty(Navigator.prototype, "gpu", { get: () => undefined, configurable: true });
+            const bytes = new Uint8Array(await (await fetch("/models/cifar10_base.keras")).arrayBuffer());
+            const auto = await demo.Model.load(bytes, { backend: "auto" });
+            const out = await auto.predict(new Float32Array(32 * 32 * 3).fill(0.5), [1, 32, 32, 3]);
+            let gpu = "";
+            try { (await demo.Model.load(bytes, { backend: "gpu" })).free(); gpu = "loaded"; } catch (e) { gpu = e.message; }
+            return JSON.stringify({ auto: auto.backend, shape: out.shape, gpu });
+        })()"#,
+    );
+    assert!(v["auto"].as_str().unwrap().starts_with("cpu: "), "{v}");
+    assert_eq!(v["shape"], serde_json::json!([1, 10]));
+    assert_eq!(
+        v["gpu"],
+        "gpu: no GPU adapter found: the browser offers no WebGPU adapter (navigator.gpu is absent or requestAdapter() found none)"
+    );
 }
 
 /// The demo page: the CIFAR-10 CNN preloaded, 8 test images classified with top-3 bars; a

@@ -238,13 +238,10 @@ async fn browser_adapter(wanted: Option<&str>) -> Result<wgpu::Adapter> {
             ..wgpu::RequestAdapterOptions::default()
         })
         .await
-        .map_err(|e| {
+        .map_err(|_| {
             Error::Gpu(format!(
-                "{NO_ADAPTER}: this browser offers no WebGPU adapter ({})",
-                e.to_string()
-                    .lines()
-                    .next()
-                    .unwrap_or("navigator.gpu is absent")
+                "{NO_ADAPTER}: the browser offers no WebGPU adapter (navigator.gpu is absent or \
+                 requestAdapter() found none)"
             ))
         })?;
     let name = adapter.get_info().name;

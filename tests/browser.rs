@@ -18,8 +18,9 @@
 //! - Env `WGNN_BROWSER_FIXTURES`: a folder of Keras models kept outside the repository, in the
 //!   same manifest form, run on both backends too (see `extra_cases`).
 //! - The shipped CIFAR-10 models on the first CIFAR-10 test images against Keras's saved
-//!   probabilities (needs env `WGNN_DATA`), and the NusaX TextVectorization model through
-//!   `predictText`.
+//!   probabilities (needs env `WGNN_DATA`), the NusaX TextVectorization model through
+//!   `predictText`, and a seed NusaX model with its Keras `Tokenizer` through `Tokenizer.fromJson`
+//!   and `predictTokenized` (needs `WGNN_SEED_MODELS`).
 //! - The demo page renders predictions for CIFAR-10 test images; its screenshot is saved as
 //!   `target/browser/demo.png` (with the page's load time and images/s in `demo.json`).
 //! - Without `navigator.gpu`, `auto` runs on the CPU and `gpu` rejects.
@@ -714,6 +715,76 @@ fn shipped_models_match_keras_in_chromium() {
             .collect();
         compare(&(got, vec![texts.len(), 3]), &expected)
             .unwrap_or_else(|e| panic!("predictText on {backend}: {e}"));
+    }
+}
+
+/// A seed NusaX model that takes token ids, with its Keras `Tokenizer`: `Tokenizer.fromJson`
+/// and `texts_to_sequences` give the native tokenizer's ids, and `predictTokenized` Keras's
+/// probabilities on the first test sentences (needs `WGNN_SEED_MODELS` and `WGNN_DATA`).
+#[test]
+fn seed_model_with_a_keras_tokenizer_matches_keras_in_chromium() {
+    let _turn = BROWSER_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let (Some(seed), Some(data)) = (
+        common::env_dir("WGNN_SEED_MODELS"),
+        common::env_dir("WGNN_DATA"),
+    ) else {
+        return;
+    };
+    let Some(s) = session() else { return };
+    const N: usize = 16;
+    let examples = wgnn::data::Nusax::locate(&data.join("nusax"))
+        .unwrap()
+        .load(wgnn::data::nusax::Split::Test, None)
+        .unwrap();
+    let texts: Vec<&str> = examples.texts[..N].iter().map(String::as_str).collect();
+    let tokenizer_path = seed.join("nusax_tokenizer.json");
+    let native = wgnn::text::Tokenizer::load(&tokenizer_path).unwrap();
+    let tokenizer = s.server.put(
+        "nusax_tokenizer.json",
+        std::fs::read(&tokenizer_path).unwrap(),
+    );
+    let model = s.server.put(
+        "lstm_layer1.keras",
+        std::fs::read(seed.join("lstm_layer1.keras")).unwrap(),
+    );
+    let probs = common::read_npy_f32(&seed.join("lstm_layer1.test_probs.npy"));
+    let expected = probs
+        .slice_axis(ndarray::Axis(0), (0..N).into())
+        .to_owned()
+        .into_dyn();
+    let backends: &[&str] = if s.gpu { &["gpu", "cpu"] } else { &["cpu"] };
+    for &backend in backends {
+        let js = format!(
+            r#"(async () => {{
+                try {{
+                    const tok = demo.Tokenizer.fromJson(await (await fetch("{tokenizer}")).text());
+                    const texts = {texts};
+                    const seqs = tok.texts_to_sequences(texts).map((a) => Array.from(a));
+                    const bytes = new Uint8Array(await (await fetch("{model}")).arrayBuffer());
+                    const m = await demo.Model.load(bytes, {{ backend: "{backend}", name: "lstm_layer1.keras" }});
+                    const out = await m.predictTokenized(texts, tok);
+                    m.free(); tok.free();
+                    return JSON.stringify({{ seqs, data: Array.from(out.data), shape: out.shape }});
+                }} catch (e) {{ return JSON.stringify({{ error: String(e.message ?? e) }}); }}
+            }})()"#,
+            texts = serde_json::to_string(&texts).unwrap()
+        );
+        let v = eval(&s.tab, &js);
+        assert!(v["error"].is_null(), "on {backend}: {}", v["error"]);
+        let seqs: Vec<Vec<i64>> = serde_json::from_value(v["seqs"].clone()).unwrap();
+        assert_eq!(
+            seqs,
+            native.texts_to_sequences(&texts),
+            "texts_to_sequences"
+        );
+        let got: Vec<f32> = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        compare(&(got, vec![N, 3]), &expected)
+            .unwrap_or_else(|e| panic!("predictTokenized on {backend}: {e}"));
     }
 }
 

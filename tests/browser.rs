@@ -439,6 +439,23 @@ struct Case {
     expected: Vec<PathBuf>,
 }
 
+impl Case {
+    /// A manifest fixture whose files lie in `dir`, served under `url` (`/fixtures`, `/extra`).
+    fn from_fixture(fx: &common::Fixture, dir: &Path, url: &str, name: String, gpu: bool) -> Case {
+        Case {
+            gpu,
+            name,
+            model: format!("{url}/{}", fx.model),
+            input: (
+                dir.join(&fx.input),
+                fx.input_kind == common::FixtureInput::Ids,
+                fx.input_shape.clone(),
+            ),
+            expected: vec![dir.join(&fx.expected)],
+        }
+    }
+}
+
 /// SwiftShader compiles and runs kernels slowly, so the GPU takes the first two fixtures of
 /// each family of the first manifest (the name's first word; `masked_*` by its first two:
 /// Conv2D valid and same, each pooling, Dense, Dropout, Rescaling, Reshape, activations, ReLU,
@@ -484,17 +501,7 @@ fn extra_cases() -> Vec<Case> {
         .fixtures
         .into_iter()
         .filter(|fx| fx.weights.is_none() && fx.model.ends_with(".keras"))
-        .map(|fx| Case {
-            gpu: true,
-            name: format!("extra/{}", fx.name),
-            model: format!("/extra/{}", fx.model),
-            input: (
-                dir.join(&fx.input),
-                fx.input_kind == common::FixtureInput::Ids,
-                fx.input_shape.clone(),
-            ),
-            expected: vec![dir.join(&fx.expected)],
-        })
+        .map(|fx| Case::from_fixture(&fx, &dir, "/extra", format!("extra/{}", fx.name), true))
         .collect();
     assert!(
         !cases.is_empty(),
@@ -513,17 +520,14 @@ fn cases() -> Vec<Case> {
         if fx.weights.is_some() || !fx.model.ends_with(".keras") {
             continue;
         }
-        out.push(Case {
-            gpu: on_gpu(&fx.name, &mut seen),
-            name: fx.name.clone(),
-            model: format!("/fixtures/{}", fx.model),
-            input: (
-                dir.join(&fx.input),
-                fx.input_kind == common::FixtureInput::Ids,
-                fx.input_shape.clone(),
-            ),
-            expected: vec![dir.join(&fx.expected)],
-        });
+        let gpu = on_gpu(&fx.name, &mut seen);
+        out.push(Case::from_fixture(
+            &fx,
+            &dir,
+            "/fixtures",
+            fx.name.clone(),
+            gpu,
+        ));
     }
     let graph: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("graph/manifest.json")).unwrap())
@@ -907,18 +911,6 @@ fn demo_page_renders_predictions() {
     let keras = common::read_npy_f32(
         &common::fixtures_dir().join("cifar10/cifar10_base.first1000.keras_probs.npy"),
     );
-    const NAMES: [&str; 10] = [
-        "airplane",
-        "automobile",
-        "bird",
-        "cat",
-        "deer",
-        "dog",
-        "frog",
-        "horse",
-        "ship",
-        "truck",
-    ];
     for (i, bars) in v["bars"].as_array().unwrap().iter().enumerate() {
         let bars = bars.as_array().unwrap();
         assert_eq!(bars.len(), 3, "image {i}: three bars");
@@ -926,7 +918,11 @@ fn demo_page_renders_predictions() {
         let mut order: Vec<usize> = (0..10).collect();
         order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
         for (k, bar) in bars.iter().enumerate() {
-            assert_eq!(bar[0], NAMES[order[k]], "image {i}: bar {k}");
+            assert_eq!(
+                bar[0],
+                wgnn::data::cifar10::CLASS_NAMES[order[k]],
+                "image {i}: bar {k}"
+            );
             let p = bar[1].as_f64().unwrap() as f32;
             assert!(
                 common::within_tolerance(p, row[order[k]]),

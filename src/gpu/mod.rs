@@ -19,8 +19,11 @@
 //!   run as consecutive sub-batches.
 
 mod executor;
+mod grad;
 mod kernels;
 mod plan;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod testing;
 mod weights;
 
 use std::collections::HashMap;

@@ -1,0 +1,143 @@
+//! Backward lowering for GPU training: the dispatches of each op family's backward, one file
+//! per family beside its shader in `shaders/`. A family's function reads the buffers of the
+//! forward's values and of the gradients flowing back, and appends its dispatches to an
+//! [`Emit`]: the training plan's builder, or a test's.
+
+use crate::error::{Error, Result};
+use crate::graph::Node;
+
+use super::kernels::Kernel;
+use super::plan::{fold_grid, BufRef, Dispatch, Op, PlanLimits};
+
+/// Where backward lowering puts its work.
+pub(crate) trait Emit {
+    fn limits(&self) -> PlanLimits;
+    /// A scratch buffer of `floats` f32s for node `node` (split-K partial sums and the like),
+    /// held until `release`.
+    fn scratch(&mut self, node: usize, what: &'static str, floats: usize) -> BufRef;
+    fn release(&mut self, buffer: BufRef);
+    fn push(&mut self, op: Op);
+
+    /// One dispatch of `kernel` for `layer` (graph node index `node`) over `workgroups`
+    /// workgroups, folded into a grid the adapter allows.
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch(
+        &mut self,
+        layer: &Node,
+        node: usize,
+        kernel: Kernel,
+        buffers: Vec<BufRef>,
+        params: Vec<u32>,
+        workgroups: u64,
+        detail: String,
+    ) -> Result<()> {
+        let limits = self.limits();
+        let grid = fold_grid(workgroups, limits.max_workgroups_per_dim).ok_or_else(|| {
+            Error::Gpu(format!(
+                "layer '{}' ({}): {}: {workgroups} workgroups exceed the adapter's dispatch limits",
+                layer.name,
+                layer.class,
+                kernel.name()
+            ))
+        })?;
+        let needed = kernel.storage().len() as u32;
+        if needed > limits.max_storage_buffers_per_stage {
+            return Err(Error::Gpu(format!(
+                "layer '{}' ({}): {}: needs {needed} storage buffers per shader stage, the adapter allows {}",
+                layer.name,
+                layer.class,
+                kernel.name(),
+                limits.max_storage_buffers_per_stage
+            )));
+        }
+        if buffers.len() != kernel.storage().len() {
+            return Err(Error::Internal(format!(
+                "{} binds {} buffers, given {}",
+                kernel.name(),
+                kernel.storage().len(),
+                buffers.len()
+            )));
+        }
+        self.push(Op::Dispatch(Dispatch {
+            node,
+            kernel,
+            buffers,
+            params,
+            workgroups,
+            grid,
+            repeat: 1,
+            detail,
+        }));
+        Ok(())
+    }
+}
+
+/// A 32-bit GPU index or size, else an error naming the layer.
+pub(crate) fn word(layer: &Node, what: &str, value: usize) -> Result<u32> {
+    u32::try_from(value).map_err(|_| {
+        Error::Gpu(format!(
+            "layer '{}' ({}): {what}: {value} does not fit the GPU's 32-bit indices",
+            layer.name, layer.class
+        ))
+    })
+}
+
+/// Workgroups of `threads` threads covering `elements` one per thread.
+pub(crate) fn linear_workgroups(elements: usize, threads: u32) -> u64 {
+    (elements as u64).div_ceil(u64::from(threads))
+}
+
+/// Test support: an `Emit` whose scratch buffers are extra zeroed inputs of the kernel runner.
+#[cfg(all(test, not(target_arch = "wasm32")))]
+pub(crate) mod test_emit {
+    use super::*;
+
+    pub(crate) struct TestEmit {
+        pub ops: Vec<Op>,
+        pub limits: PlanLimits,
+        /// Buffers the test itself passes come first (`BufRef::Input(0..given)`).
+        pub given: usize,
+        /// Sizes (f32s) of the scratch buffers asked for, `BufRef::Input(given + k)`.
+        pub scratch: Vec<usize>,
+    }
+
+    impl TestEmit {
+        pub fn new(limits: PlanLimits, given: usize) -> Self {
+            TestEmit {
+                ops: Vec::new(),
+                limits,
+                given,
+                scratch: Vec::new(),
+            }
+        }
+
+        /// Runs the emitted ops on `buffers` (plus zeroed scratch); returns every buffer the
+        /// test gave, after the ops.
+        pub fn run(
+            self,
+            runner: &mut crate::gpu::testing::KernelRunner,
+            buffers: &[Vec<f32>],
+        ) -> Result<Vec<Vec<f32>>> {
+            assert_eq!(buffers.len(), self.given, "buffers given");
+            let mut all = buffers.to_vec();
+            all.extend(self.scratch.iter().map(|&n| vec![0.0; n.max(1)]));
+            let mut out = runner.run(&all, self.ops)?;
+            out.truncate(self.given);
+            Ok(out)
+        }
+    }
+
+    impl Emit for TestEmit {
+        fn limits(&self) -> PlanLimits {
+            self.limits
+        }
+        fn scratch(&mut self, _node: usize, _what: &'static str, floats: usize) -> BufRef {
+            self.scratch.push(floats);
+            BufRef::Input(self.given + self.scratch.len() - 1)
+        }
+        fn release(&mut self, _buffer: BufRef) {}
+        fn push(&mut self, op: Op) {
+            self.ops.push(op);
+        }
+    }
+}

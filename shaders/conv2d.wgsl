@@ -44,3 +44,7 @@ fn load_a_general(row: u32, col: u32, group: u32) -> f32 {
     let pixel = ((n * p.in_d + u32(iz)) * p.in_h + u32(iy)) * p.in_w + u32(ix);
     return a[pixel * p.in_c_total + group * p.in_c + ci];
 }
+
+fn load_b(k: u32, col: u32, ld: u32) -> f32 {
+    return b[k * ld + col];
+}

@@ -1,7 +1,8 @@
 // Tiled GEMM core shared by matmul.wgsl (Dense, recurrent input projection) and conv2d.wgsl
 // (implicit GEMM). C[M, N] = act(A[M, K] * B[K, N] + bias[N]); the including file defines
 // `load_a(row, col, group)`, which reads A (a plain matrix or an im2col view of a channels-last
-// image; `group` selects the input channels of a grouped convolution).
+// image; `group` selects the input channels of a grouped convolution), and `load_b(k, col, ld)`,
+// which reads B (row-major with row stride ld, or transposed in the Dense backward).
 //
 // Groups (conv only, groups > 1): workgroups also walk the groups; group g multiplies its A
 // columns by B's columns g*n..(g+1)*n and writes C's columns g*n.. (B and C rows hold
@@ -122,7 +123,7 @@ fn main(
             let cc = e % TILE_N;
             var v = 0.0;
             if (k0 + kk < k_end && col0 + cc < p.n) {
-                v = b[(k0 + kk) * ld + col_base + col0 + cc];
+                v = load_b(k0 + kk, col_base + col0 + cc, ld);
             }
             b_tile[kk * TILE_N + cc] = v;
         }

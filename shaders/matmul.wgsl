@@ -4,3 +4,7 @@
 fn load_a(row: u32, col: u32, group: u32) -> f32 {
     return a[row * p.k + col];
 }
+
+fn load_b(k: u32, col: u32, ld: u32) -> f32 {
+    return b[k * ld + col];
+}

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use crate::error::{Error, Result};
 
 use super::kernels::Pipelines;
-use super::plan::{BufRef, Op, Plan};
+use super::plan::{Arena, BufRef, Op, Plan};
 use super::weights::WeightKey;
 
 /// What every plan of a runtime shares: the device, compiled kernels and uploaded weights.
@@ -35,6 +35,20 @@ fn padded(bytes: u64) -> u64 {
     bytes.max(16).div_ceil(16) * 16
 }
 
+/// A training runtime's shared buffers: every parameter in one arena (each at a 256-byte
+/// aligned offset, so a layer's kernels bind its own range), the gradients and each optimizer
+/// state in arenas of the same layout, the per-step scalars and the segment table.
+pub struct Arenas {
+    pub params: wgpu::Buffer,
+    pub grads: wgpu::Buffer,
+    pub state: Vec<wgpu::Buffer>,
+    pub step: wgpu::Buffer,
+    pub segments: wgpu::Buffer,
+    /// Per parameter (indexed by `ParamId`): its (offset, length) in f32s, None when the arena
+    /// does not hold it.
+    pub ranges: Vec<Option<(u64, u64)>>,
+}
+
 /// A plan made concrete for one batch size. Built once, run many times.
 pub struct GpuPlan {
     pub plan: Plan,
@@ -51,6 +65,15 @@ pub struct GpuPlan {
 
 impl GpuPlan {
     pub fn new(ctx: &DeviceContext, plan: Plan) -> Result<GpuPlan> {
+        Self::with_arenas(ctx, plan, None)
+    }
+
+    /// A plan whose dispatches may also bind the training arenas.
+    pub fn with_arenas(
+        ctx: &DeviceContext,
+        plan: Plan,
+        arenas: Option<&Arenas>,
+    ) -> Result<GpuPlan> {
         let device = &ctx.device;
         let storage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_DST
@@ -140,22 +163,64 @@ impl GpuPlan {
             buffer
         });
 
-        let resolve = |b: BufRef| -> Result<&wgpu::Buffer> {
+        let no_arenas = || Error::Internal("a training buffer in a plan without arenas".into());
+        let resolve = |b: BufRef| -> Result<wgpu::BufferBinding<'_>> {
+            fn whole(buffer: &wgpu::Buffer) -> wgpu::BufferBinding<'_> {
+                buffer.as_entire_buffer_binding()
+            }
+            fn range<'b>(
+                buffer: &'b wgpu::Buffer,
+                arenas: &Arenas,
+                id: crate::graph::ParamId,
+            ) -> Result<wgpu::BufferBinding<'b>> {
+                let (offset, len) =
+                    arenas.ranges.get(id.0).copied().flatten().ok_or_else(|| {
+                        Error::Internal(format!("parameter #{} has no arena range", id.0))
+                    })?;
+                Ok(wgpu::BufferBinding {
+                    buffer,
+                    offset: 4 * offset,
+                    size: wgpu::BufferSize::new(padded(4 * len)),
+                })
+            }
             match b {
                 BufRef::Input(k) => inputs
                     .get(k)
+                    .map(whole)
                     .ok_or_else(|| Error::Internal(format!("plan has no input {k}"))),
                 BufRef::Slot(s) => slots
                     .get(s)
+                    .map(whole)
                     .ok_or_else(|| Error::Gpu(format!("internal: plan has no slot{s}"))),
-                BufRef::Weight(key) => ctx.weights.get(&key).ok_or_else(|| {
+                BufRef::Weight(key) => ctx.weights.get(&key).map(whole).ok_or_else(|| {
                     Error::Gpu(format!(
                         "internal: weight {} of node #{} was not uploaded",
                         key.role.name(),
                         key.node
                     ))
                 }),
-                BufRef::Dummy => Ok(&ctx.dummy),
+                BufRef::Dummy => Ok(whole(&ctx.dummy)),
+                BufRef::Param(id) => {
+                    let a = arenas.ok_or_else(no_arenas)?;
+                    range(&a.params, a, id)
+                }
+                BufRef::ParamGrad(id) => {
+                    let a = arenas.ok_or_else(no_arenas)?;
+                    range(&a.grads, a, id)
+                }
+                BufRef::Arena(which) => {
+                    let a = arenas.ok_or_else(no_arenas)?;
+                    let buffer = match which {
+                        Arena::Params => &a.params,
+                        Arena::Grads => &a.grads,
+                        Arena::State(k) => a.state.get(k).ok_or_else(|| {
+                            Error::Internal(format!("no optimizer state arena {k}"))
+                        })?,
+                        Arena::Step => &a.step,
+                        Arena::Segments => &a.segments,
+                    };
+                    Ok(whole(buffer))
+                }
             }
         };
 
@@ -171,7 +236,7 @@ impl GpuPlan {
             for (binding, b) in d.buffers.iter().enumerate() {
                 entries.push(wgpu::BindGroupEntry {
                     binding: binding as u32,
-                    resource: resolve(*b)?.as_entire_binding(),
+                    resource: wgpu::BindingResource::Buffer(resolve(*b)?),
                 });
             }
             entries.push(wgpu::BindGroupEntry {
@@ -376,4 +441,51 @@ impl GpuPlan {
             values.map_err(|e| Error::Gpu(format!("reading the output back failed: {e}")))?;
         Ok(split(values))
     }
+}
+
+/// Reads the first `bytes` of `buffer` (which needs COPY_SRC) back to the host.
+pub async fn read_buffer(
+    ctx: &DeviceContext,
+    buffer: &wgpu::Buffer,
+    bytes: u64,
+) -> Result<Vec<f32>> {
+    if bytes == 0 {
+        return Ok(Vec::new());
+    }
+    let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("read back"),
+        size: padded(bytes),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut encoder = ctx
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("read back"),
+        });
+    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, bytes);
+    #[cfg_attr(target_arch = "wasm32", allow(unused_variables))]
+    let submission = ctx.queue.submit([encoder.finish()]);
+    let slice = staging.slice(..bytes);
+    let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+    slice.map_async(wgpu::MapMode::Read, move |result| {
+        let _ = sender.send(result);
+    });
+    #[cfg(not(target_arch = "wasm32"))]
+    ctx.device
+        .poll(wgpu::PollType::Wait {
+            submission_index: Some(submission),
+            timeout: None,
+        })
+        .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
+    match receiver.receive().await {
+        Some(Ok(())) => {}
+        Some(Err(e)) => return Err(Error::Gpu(format!("reading a buffer back failed: {e}"))),
+        None => return Err(Error::Gpu("reading a buffer back was cancelled".into())),
+    }
+    let values = slice
+        .get_mapped_range()
+        .map(|view| bytemuck::pod_collect_to_vec::<u8, f32>(&view));
+    staging.unmap();
+    values.map_err(|e| Error::Gpu(format!("reading a buffer back failed: {e}")))
 }

@@ -22,6 +22,8 @@ const COPY: &str = include_str!("../../shaders/copy.wgsl");
 const MASK: &str = include_str!("../../shaders/mask.wgsl");
 const NORM: &str = include_str!("../../shaders/norm.wgsl");
 const CONV_LSTM: &str = include_str!("../../shaders/conv_lstm.wgsl");
+const MATMUL_GRAD: &str = include_str!("../../shaders/matmul_grad.wgsl");
+const GRAD: &str = include_str!("../../shaders/grad.wgsl");
 
 /// Every GEMM workgroup computes a tile this many rows by this many columns.
 pub const GEMM_TILE: u32 = 64;
@@ -81,6 +83,18 @@ pub enum Kernel {
     RnnCopy,
     /// One ConvLSTM timestep's gates and state update (the convolutions run on Conv2d).
     ConvLstmGates,
+    /// C = Aᵀ·B (a Dense kernel gradient Xᵀ·dY), split-K partials through SplitKReduce.
+    MatmulAt,
+    /// C = A·Bᵀ (a Dense input gradient dY·Wᵀ).
+    MatmulBt,
+    /// dx = dy * f'(x) of an elementwise activation.
+    ActivationGrad,
+    /// Softmax / log_softmax backward over rows.
+    SoftmaxGrad,
+    /// dx += dy (a value read by several nodes).
+    Accumulate,
+    /// Partial column sums of a matrix (bias gradients), finished by SplitKReduce.
+    ColumnSums,
 }
 
 /// How a kernel reads one storage binding.
@@ -120,12 +134,19 @@ impl Kernel {
             Kernel::SoftmaxAxes => "softmax_axes",
             Kernel::RnnCopy => "rnn_copy",
             Kernel::ConvLstmGates => "conv_lstm_gates",
+            Kernel::MatmulAt => "matmul_at",
+            Kernel::MatmulBt => "matmul_bt",
+            Kernel::ActivationGrad => "activation_grad",
+            Kernel::SoftmaxGrad => "softmax_grad",
+            Kernel::Accumulate => "accumulate",
+            Kernel::ColumnSums => "column_sums",
         }
     }
 
     fn entry_point(self) -> &'static str {
         match self {
             Kernel::Matmul | Kernel::Conv2d | Kernel::ConvNd => "main",
+            Kernel::MatmulAt | Kernel::MatmulBt => "main",
             Kernel::SplitKReduce => "reduce_split_k",
             Kernel::RnnStep => "step",
             Kernel::RnnMerge => "merge",
@@ -160,6 +181,22 @@ impl Kernel {
             | Kernel::GroupNorm
             | Kernel::SoftmaxAxes => &[NORM],
             Kernel::ConvLstmGates => &[CONV_LSTM],
+            Kernel::MatmulAt => &[
+                UNGROUPED,
+                GEMM,
+                "const TRANS_A: bool = true; const TRANS_B: bool = false;",
+                MATMUL_GRAD,
+            ],
+            Kernel::MatmulBt => &[
+                UNGROUPED,
+                GEMM,
+                "const TRANS_A: bool = false; const TRANS_B: bool = true;",
+                MATMUL_GRAD,
+            ],
+            Kernel::ActivationGrad
+            | Kernel::SoftmaxGrad
+            | Kernel::Accumulate
+            | Kernel::ColumnSums => &[GRAD],
         };
         let mut source = String::from(COMMON);
         for part in parts {
@@ -178,7 +215,13 @@ impl Kernel {
             | Kernel::ConvNd
             | Kernel::SplitKReduce
             | Kernel::DepthwiseConv
-            | Kernel::ConvTranspose => &[Read, Read, Read, ReadWrite],
+            | Kernel::ConvTranspose
+            | Kernel::MatmulAt
+            | Kernel::MatmulBt => &[Read, Read, Read, ReadWrite],
+            Kernel::ActivationGrad
+            | Kernel::SoftmaxGrad
+            | Kernel::Accumulate
+            | Kernel::ColumnSums => &[Read, Read, Read, ReadWrite],
             Kernel::Pool2d | Kernel::GlobalPool2d => &[Read, ReadWrite, Read],
             Kernel::Activation | Kernel::Rescale => &[ReadWrite, Read, Read],
             Kernel::Softmax => &[ReadWrite],
@@ -202,6 +245,10 @@ impl Kernel {
     pub fn binding_names(self) -> &'static [&'static str] {
         match self {
             Kernel::Matmul | Kernel::Conv2d | Kernel::ConvNd => &["a", "b", "bias", "c"],
+            Kernel::MatmulAt | Kernel::MatmulBt => &["a", "b", "-", "c"],
+            Kernel::ActivationGrad | Kernel::SoftmaxGrad => &["x", "y", "dy", "dx"],
+            Kernel::Accumulate => &["-", "-", "dy", "dx"],
+            Kernel::ColumnSums => &["x", "-", "-", "partials"],
             Kernel::SplitKReduce => &["partials", "-", "bias", "c"],
             Kernel::Pool2d | Kernel::GlobalPool2d => &["x", "y", "ids"],
             Kernel::DepthwiseConv | Kernel::ConvTranspose => &["x", "kernel", "bias", "y"],
@@ -227,6 +274,7 @@ impl Kernel {
     pub fn threads(self) -> u32 {
         match self {
             Kernel::Matmul | Kernel::Conv2d | Kernel::ConvNd => 256,
+            Kernel::MatmulAt | Kernel::MatmulBt => 256,
             _ => LINEAR_THREADS,
         }
     }

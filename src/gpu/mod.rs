@@ -24,6 +24,7 @@ mod kernels;
 mod plan;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod testing;
+pub mod train;
 mod weights;
 
 use std::collections::HashMap;
@@ -418,34 +419,7 @@ impl GpuRuntime {
         // Fails early, naming the layer, if one item does not fit.
         let max_items = Plan::max_items(graph, plan_limits)?;
 
-        let (device, queue) = adapter
-            .request_device(&wgpu::DeviceDescriptor {
-                label: Some("wgnn"),
-                required_features: wgpu::Features::empty(),
-                required_limits: limits.clone(),
-                experimental_features: wgpu::ExperimentalFeatures::disabled(),
-                memory_hints: wgpu::MemoryHints::Performance,
-                trace: wgpu::Trace::Off,
-            })
-            .await
-            .map_err(|e| Error::Gpu(format!("creating a device on {}: {e}", info.name)))?;
-
-        let device_errors = Arc::new(Mutex::new(Vec::new()));
-        {
-            // Without a handler wgpu panics on errors outside an error scope.
-            let errors = Arc::clone(&device_errors);
-            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-                if let Ok(mut errors) = errors.lock() {
-                    errors.push(one_line(&e));
-                }
-            }));
-            let errors = Arc::clone(&device_errors);
-            device.set_device_lost_callback(move |reason, message| {
-                if let Ok(mut errors) = errors.lock() {
-                    errors.push(format!("device lost ({reason:?}): {message}"));
-                }
-            });
-        }
+        let (device, queue, device_errors) = open_device(&adapter, &limits, &info.name).await?;
 
         let scope = ErrorScopes::push(&device);
         let weights = upload_weights(&device, graph, plan_limits)?;
@@ -626,22 +600,61 @@ impl GpuRuntime {
     }
 
     fn check_device(&self) -> Result<()> {
-        let errors = match self.device_errors.lock() {
-            Ok(mut errors) => std::mem::take(&mut *errors),
-            Err(_) => return Err(Error::Gpu("GPU error log poisoned".into())),
-        };
-        match errors.first() {
-            None => Ok(()),
-            Some(first) => Err(Error::Gpu(format!(
-                "{} on {}: {first}",
-                if first.starts_with("device lost") {
-                    "the GPU device was lost"
-                } else {
-                    "GPU error"
-                },
-                self.adapter.name
-            ))),
+        check_device(&self.device_errors, &self.adapter.name)
+    }
+}
+
+/// The device and queue on `adapter` with its own limits, and the log that errors outside an
+/// error scope (and a lost device) are written to.
+async fn open_device(
+    adapter: &wgpu::Adapter,
+    limits: &wgpu::Limits,
+    name: &str,
+) -> Result<(wgpu::Device, wgpu::Queue, Arc<Mutex<Vec<String>>>)> {
+    let (device, queue) = adapter
+        .request_device(&wgpu::DeviceDescriptor {
+            label: Some("wgnn"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        })
+        .await
+        .map_err(|e| Error::Gpu(format!("creating a device on {name}: {e}")))?;
+    let device_errors = Arc::new(Mutex::new(Vec::new()));
+    // Without a handler wgpu panics on errors outside an error scope.
+    let errors = Arc::clone(&device_errors);
+    device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+        if let Ok(mut errors) = errors.lock() {
+            errors.push(one_line(&e));
         }
+    }));
+    let errors = Arc::clone(&device_errors);
+    device.set_device_lost_callback(move |reason, message| {
+        if let Ok(mut errors) = errors.lock() {
+            errors.push(format!("device lost ({reason:?}): {message}"));
+        }
+    });
+    Ok((device, queue, device_errors))
+}
+
+/// The first error the device logged since the last check, as an `Error::Gpu`.
+fn check_device(device_errors: &Mutex<Vec<String>>, adapter: &str) -> Result<()> {
+    let errors = match device_errors.lock() {
+        Ok(mut errors) => std::mem::take(&mut *errors),
+        Err(_) => return Err(Error::Gpu("GPU error log poisoned".into())),
+    };
+    match errors.first() {
+        None => Ok(()),
+        Some(first) => Err(Error::Gpu(format!(
+            "{} on {adapter}: {first}",
+            if first.starts_with("device lost") {
+                "the GPU device was lost"
+            } else {
+                "GPU error"
+            }
+        ))),
     }
 }
 

@@ -14,7 +14,7 @@ mod merge;
 use std::fmt::Write as _;
 
 use crate::error::{Error, Result};
-use crate::graph::{Activation, Conv, DType, Dense, Graph, Node, Op as GraphOp, ValueId};
+use crate::graph::{Activation, Conv, DType, Dense, Graph, Node, Op as GraphOp, ParamId, ValueId};
 
 use super::kernels::{
     Kernel, GEMM_K_SLICE, GEMM_TILE, LINEAR_THREADS, SPLIT_K_MAX_TILES, SPLIT_K_MIN_DEPTH,
@@ -52,6 +52,24 @@ pub enum BufRef {
     Weight(WeightKey),
     /// Bound where a kernel has an unused binding (no bias, no mask).
     Dummy,
+    /// Training: a parameter's range of the parameter arena, and of the gradient arena.
+    Param(ParamId),
+    ParamGrad(ParamId),
+    /// Training: a whole arena (what the optimizer updates in one dispatch).
+    Arena(Arena),
+}
+
+/// The training buffers shared by every parameter (`gpu::train`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arena {
+    Params,
+    Grads,
+    /// Optimizer state arena `k` (momentum, velocity, ...), laid out like the parameters.
+    State(usize),
+    /// The per-step scalars the host writes before each submit (learning rate, iteration).
+    Step,
+    /// Each parameter's (offset, length) in the arenas.
+    Segments,
 }
 
 #[derive(Debug, Clone)]
@@ -129,10 +147,12 @@ pub struct Plan {
     pub tensors: Vec<BatchTensor>,
     /// Whether BatchNormalization was folded (the weight buffers depend on it).
     pub fold_batch_norm: bool,
+    /// The buffer holding each graph value (None: not computed, or not a buffer of its own).
+    pub values: Vec<Option<BufRef>>,
 }
 
 /// Activation code and parameters as `common.wgsl`'s `Act` struct reads them.
-fn act_words(layer: &Node, activation: &Activation) -> Result<[u32; 4]> {
+pub(crate) fn act_words(layer: &Node, activation: &Activation) -> Result<[u32; 4]> {
     let f = f32::to_bits;
     Ok(match *activation {
         Activation::Linear => [0, 0, 0, 0],
@@ -633,7 +653,7 @@ impl<'a> Builder<'a> {
 
 /// The K range per workgroup when a GEMM has too few output tiles to fill the GPU, or 0 for one
 /// pass over all of K. A multiple of the K slice the GEMM walks.
-fn split_k_chunk(tiles: usize, k: usize) -> usize {
+pub(crate) fn split_k_chunk(tiles: usize, k: usize) -> usize {
     if tiles >= SPLIT_K_MAX_TILES || k < 2 * SPLIT_K_MIN_DEPTH {
         return 0;
     }
@@ -747,6 +767,16 @@ impl Plan {
     /// Lowers `graph` for `batch` items. Sizes are not checked against the binding limit here;
     /// `max_items` decides the batch that fits.
     pub fn build(graph: &Graph, batch: usize, limits: PlanLimits) -> Result<Plan> {
+        Self::build_with(graph, batch, limits, false)
+    }
+
+    /// The forward of a training step: every value keeps its own buffer to the end (the
+    /// backward reads them), so nothing runs in place on a value and no slot is reused.
+    pub fn build_keeping_values(graph: &Graph, batch: usize, limits: PlanLimits) -> Result<Plan> {
+        Self::build_with(graph, batch, limits, true)
+    }
+
+    fn build_with(graph: &Graph, batch: usize, limits: PlanLimits, keep: bool) -> Result<Plan> {
         let mut b = Builder {
             graph,
             batch,
@@ -762,7 +792,11 @@ impl Plan {
                 .map(|s| s.key)
                 .collect(),
             value_buf: vec![None; graph.values.len()],
-            last_use: graph.last_uses(),
+            last_use: if keep {
+                vec![usize::MAX; graph.values.len()]
+            } else {
+                graph.last_uses()
+            },
             bn_folds: if limits.fold_batch_norm {
                 batch_norm_folds(graph)
             } else {
@@ -823,6 +857,7 @@ impl Plan {
             max_steps: b.max_steps,
             tensors: b.tensors,
             fold_batch_norm: limits.fold_batch_norm,
+            values: b.value_buf,
         })
     }
 
@@ -882,18 +917,80 @@ impl Plan {
         self.outputs.iter().map(|o| o.bytes).sum()
     }
 
+    /// A buffer's name in printed plans.
+    pub(crate) fn buf_name(&self, graph: &Graph, b: BufRef) -> String {
+        match b {
+            BufRef::Input(k) => match graph.inputs.get(k) {
+                Some(port) => format!("input:{}", port.name),
+                None => match graph.outputs.get(k - graph.inputs.len()) {
+                    Some(port) => format!("targets:{}", port.name),
+                    None => format!("input{k}"),
+                },
+            },
+            BufRef::Slot(s) => format!("slot{s}"),
+            BufRef::Weight(k) => format!("{}.{}", graph.nodes[k.node].name, k.role.name()),
+            BufRef::Dummy => "-".to_string(),
+            BufRef::Param(id) => graph.params.param(id).name.clone(),
+            BufRef::ParamGrad(id) => format!("d({})", graph.params.param(id).name),
+            BufRef::Arena(a) => format!("{a:?} arena"),
+        }
+    }
+
+    /// One op as two or three indented lines: kernel and grid, bindings, what it computes.
+    pub(crate) fn write_op(&self, out: &mut String, graph: &Graph, op: &Op) {
+        let buf_name = |b: BufRef| self.buf_name(graph, b);
+        match op {
+            Op::Clear { buffer, .. } => {
+                writeln!(out, "      clear         {}", buf_name(*buffer)).ok();
+            }
+            Op::Copy {
+                src, dst, bytes, ..
+            } => {
+                writeln!(
+                    out,
+                    "      copy          {} -> {} ({}), the input is read again later",
+                    buf_name(*src),
+                    buf_name(*dst),
+                    bytes_text(*bytes)
+                )
+                .ok();
+            }
+            Op::Dispatch(d) => {
+                let bindings = d
+                    .kernel
+                    .binding_names()
+                    .iter()
+                    .zip(&d.buffers)
+                    .filter(|(_, b)| **b != BufRef::Dummy)
+                    .map(|(name, b)| format!("{name}={}", buf_name(*b)))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let repeat = if d.repeat > 1 {
+                    format!(", x{} steps", d.repeat)
+                } else {
+                    String::new()
+                };
+                writeln!(
+                    out,
+                    "      {:<13} workgroups {} as [{}, {}, {}] of {} threads{repeat}",
+                    d.kernel.name(),
+                    d.workgroups,
+                    d.grid[0],
+                    d.grid[1],
+                    d.grid[2],
+                    d.kernel.threads(),
+                )
+                .ok();
+                writeln!(out, "                    {bindings}").ok();
+                writeln!(out, "                    {}", d.detail).ok();
+            }
+        }
+    }
+
     /// The plan as text, like wonnx's compiled step list: per node its inputs and dispatches
     /// with workgroup grids and buffers, then the buffers and the total GPU memory.
     pub fn describe(&self, graph: &Graph, header: &str, uniform_stride: u64) -> String {
         let mut out = String::new();
-        let weight_names =
-            |key: WeightKey| format!("{}.{}", graph.nodes[key.node].name, key.role.name());
-        let buf_name = |b: BufRef| match b {
-            BufRef::Input(k) => format!("input:{}", graph.inputs[k].name),
-            BufRef::Slot(s) => format!("slot{s}"),
-            BufRef::Weight(k) => weight_names(k),
-            BufRef::Dummy => "-".to_string(),
-        };
         writeln!(out, "{header}").ok();
         writeln!(out, "steps:").ok();
         for (index, node) in graph.nodes.iter().enumerate() {
@@ -931,52 +1028,7 @@ impl Plan {
                 .ok();
             }
             for op in ops {
-                match op {
-                    Op::Clear { buffer, .. } => {
-                        writeln!(out, "      clear         {}", buf_name(*buffer)).ok();
-                    }
-                    Op::Copy {
-                        src, dst, bytes, ..
-                    } => {
-                        writeln!(
-                            out,
-                            "      copy          {} -> {} ({}), the input is read again later",
-                            buf_name(*src),
-                            buf_name(*dst),
-                            bytes_text(*bytes)
-                        )
-                        .ok();
-                    }
-                    Op::Dispatch(d) => {
-                        let bindings = d
-                            .kernel
-                            .binding_names()
-                            .iter()
-                            .zip(&d.buffers)
-                            .filter(|(_, b)| **b != BufRef::Dummy)
-                            .map(|(name, b)| format!("{name}={}", buf_name(*b)))
-                            .collect::<Vec<_>>()
-                            .join(" ");
-                        let repeat = if d.repeat > 1 {
-                            format!(", x{} steps", d.repeat)
-                        } else {
-                            String::new()
-                        };
-                        writeln!(
-                            out,
-                            "      {:<13} workgroups {} as [{}, {}, {}] of {} threads{repeat}",
-                            d.kernel.name(),
-                            d.workgroups,
-                            d.grid[0],
-                            d.grid[1],
-                            d.grid[2],
-                            d.kernel.threads(),
-                        )
-                        .ok();
-                        writeln!(out, "                    {bindings}").ok();
-                        writeln!(out, "                    {}", d.detail).ok();
-                    }
-                }
+                self.write_op(&mut out, graph, op);
             }
         }
         if graph.nodes.is_empty() {
@@ -1033,7 +1085,7 @@ impl Plan {
                 bytes_text(o.bytes),
                 graph.outputs[k].name,
                 o.shape,
-                buf_name(o.buffer)
+                self.buf_name(graph, o.buffer)
             )
             .ok();
         }

@@ -90,6 +90,7 @@ impl KernelRunner {
             max_steps: 0,
             tensors: Vec::new(),
             fold_batch_norm: false,
+            values: Vec::new(),
         };
         let gpu = GpuPlan::new(&self.ctx, plan)?;
         let bytes: Vec<&[u8]> = buffers.iter().map(|b| bytemuck::cast_slice(b)).collect();

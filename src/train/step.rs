@@ -151,6 +151,16 @@ impl TrainGraph {
         })
     }
 
+    /// Does value `v` need a gradient (a float that depends on a trainable parameter)?
+    pub(crate) fn needs_grad(&self, v: ValueId) -> bool {
+        self.needs_grad[v]
+    }
+
+    /// Does node `i`'s backward run?
+    pub(crate) fn runs_backward(&self, i: usize) -> bool {
+        self.runs_backward[i]
+    }
+
     /// Does anything trainable reach the loss?
     pub fn has_trainable_path(&self) -> bool {
         self.runs_backward.iter().any(|&b| b)
@@ -432,6 +442,35 @@ impl TrainGraph {
             tape.state,
             input_grads,
         ))
+    }
+
+    /// The training forward, then the backward from `seeds` (one gradient per graph output,
+    /// shaped like it) instead of a loss: the parameter gradients and the gradients of the
+    /// graph inputs (see `with_input_gradients`). What GPU backward tests compare against.
+    pub fn seeded_gradients(
+        &self,
+        inputs: &[PreparedInput],
+        seeds: &[ArrayD<f32>],
+        rng: &mut Rng,
+    ) -> Result<(ParamGrads, Vec<Option<ArrayD<f32>>>)> {
+        if seeds.len() != self.graph.outputs.len() {
+            return Err(Error::Input(format!(
+                "{} output gradients for {} outputs",
+                seeds.len(),
+                self.graph.outputs.len()
+            )));
+        }
+        let tape = self.forward(inputs, rng)?;
+        let seeds = self
+            .graph
+            .outputs
+            .iter()
+            .zip(seeds)
+            .map(|(p, g)| (p.value, g.clone()))
+            .collect();
+        let mut grads = ParamGrads::new(&self.graph.params);
+        let input_grads = self.backward(&tape, seeds, &mut grads)?;
+        Ok((grads, input_grads))
     }
 
     /// The backward sweep from `seeds` (gradients of the loss w.r.t. some values).

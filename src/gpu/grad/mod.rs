@@ -141,3 +141,55 @@ pub(crate) mod test_emit {
         }
     }
 }
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::test_emit::TestEmit;
+    use super::*;
+    use crate::gpu::testing::{dispatch, runner};
+
+    #[test]
+    fn the_kernel_runner_runs_emitted_and_hand_made_dispatches() {
+        let Some(mut r) = runner() else { return };
+        let n = 130usize;
+        let src: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
+        let dst: Vec<f32> = (0..n).map(|i| 1.0 - i as f32).collect();
+        let params = vec![0, 0, 0, 0, n as u32, 1, 0, 0];
+        let node = Node {
+            name: "t".into(),
+            class: "Test".into(),
+            op: crate::graph::Op::Identity,
+            inputs: Vec::new(),
+            mask: None,
+            outputs: Vec::new(),
+        };
+        let mut e = TestEmit::new(r.limits, 2);
+        let buffers = vec![
+            BufRef::Dummy,
+            BufRef::Dummy,
+            BufRef::Input(0),
+            BufRef::Input(1),
+        ];
+        let groups = linear_workgroups(n, 64);
+        e.dispatch(
+            &node,
+            0,
+            Kernel::Accumulate,
+            buffers.clone(),
+            params.clone(),
+            groups,
+            String::new(),
+        )
+        .unwrap();
+        let out = e.run(&mut r, &[src.clone(), dst.clone()]).unwrap();
+        for i in 0..n {
+            assert_eq!(out[1][i], dst[i] + src[i], "element {i}");
+        }
+        // The same twice in one submit adds twice.
+        let op = dispatch(Kernel::Accumulate, buffers, params, groups);
+        let out = r
+            .run(&[src.clone(), dst.clone()], vec![op.clone(), op])
+            .unwrap();
+        assert_eq!(out[1][n - 1], dst[n - 1] + 2.0 * src[n - 1]);
+    }
+}

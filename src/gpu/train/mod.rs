@@ -1,0 +1,499 @@
+//! Training on the GPU: the same steps as the CPU reference path (`crate::train`), planned once
+//! per (model, batch size) and replayed with one submit per step.
+//!
+//! How the pieces fit:
+//! - Every parameter the forward's kernels read lives in one **parameter arena** (each at a
+//!   256-byte aligned offset, so a layer binds its own range); the parameters the optimizer
+//!   updates come first, so one dispatch per update rule covers exactly them. Gradients and
+//!   each optimizer state (momentum, velocity, ...) have arenas of the same layout.
+//! - `plan.rs` lowers the `TrainGraph` to one op list: the forward keeping values, the loss,
+//!   the backward in reverse order (`gpu::grad` holds each op family's backward), the updates.
+//! - A step uploads the batch and its targets and the per-step scalars (learning rate,
+//!   iteration), submits once and reads back only the losses and the outputs (for metrics).
+//!   The weights stay on the GPU until `download_params`.
+
+pub mod plan;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use ndarray::{ArrayD, IxDyn};
+
+use crate::error::{Error, Result};
+use crate::graph::{Graph, ParamId, ParamStore};
+use crate::input::PreparedInput;
+use crate::train::step::TrainGraph;
+
+use super::executor::{uniform_stride, Arenas, DeviceContext, GpuPlan};
+use super::kernels::Pipelines;
+use super::plan::{bytes_text, Op, PlanLimits};
+use super::weights::{weight_specs, weight_values};
+use super::{ErrorScopes, LimitOverrides};
+
+pub use plan::{Mode, StepSpec, TrainPlan};
+
+/// Each parameter's place in the arenas, 64 floats (256 bytes) aligned.
+#[derive(Debug, Clone)]
+pub struct ParamLayout {
+    /// Arena order: the `updated` parameters the optimizer steps first, then the rest the
+    /// forward reads (frozen layers' weights).
+    pub ids: Vec<ParamId>,
+    pub updated: usize,
+    pub offsets: Vec<usize>,
+    pub lens: Vec<usize>,
+    /// f32s of the whole arena, and of the optimizer's part (the updated parameters).
+    pub total: usize,
+    pub updated_total: usize,
+    /// Optimizer state arenas (set by the optimizer the plan is built for).
+    pub state_arenas: usize,
+    index: Vec<Option<usize>>,
+}
+
+/// Floats each arena entry is aligned to: 256 bytes, the largest storage-binding offset
+/// alignment WebGPU allows an adapter to ask for.
+pub const ARENA_ALIGN: usize = 64;
+
+impl ParamLayout {
+    /// The arena of the parameters the forward of `tg` binds, updated ones first.
+    pub fn new(tg: &TrainGraph) -> Self {
+        let graph = &tg.graph;
+        let mut read = vec![false; graph.params.len()];
+        let mut updated = vec![false; graph.params.len()];
+        for spec in weight_specs(graph, false) {
+            if let Some(id) = plan::param_of(graph, spec.key.node, spec.key.role) {
+                read[id.0] = true;
+                updated[id.0] |=
+                    graph.params.param(id).trainable && tg.runs_backward(spec.key.node);
+            }
+        }
+        let mut ids: Vec<ParamId> = (0..graph.params.len())
+            .map(ParamId)
+            .filter(|id| updated[id.0])
+            .collect();
+        let n_updated = ids.len();
+        ids.extend(
+            (0..graph.params.len())
+                .map(ParamId)
+                .filter(|id| read[id.0] && !updated[id.0]),
+        );
+        let mut offsets = Vec::with_capacity(ids.len());
+        let mut lens = Vec::with_capacity(ids.len());
+        let mut index = vec![None; graph.params.len()];
+        let mut at = 0usize;
+        let mut updated_total = 0;
+        for (k, &id) in ids.iter().enumerate() {
+            if k == n_updated {
+                updated_total = at;
+            }
+            let len = graph.params.len_of(id);
+            index[id.0] = Some(k);
+            offsets.push(at);
+            lens.push(len);
+            at += len.div_ceil(ARENA_ALIGN).max(1) * ARENA_ALIGN;
+        }
+        if n_updated == ids.len() {
+            updated_total = at;
+        }
+        ParamLayout {
+            ids,
+            updated: n_updated,
+            offsets,
+            lens,
+            total: at,
+            updated_total,
+            state_arenas: 0,
+            index,
+        }
+    }
+
+    pub fn contains(&self, id: ParamId) -> bool {
+        self.index.get(id.0).copied().flatten().is_some()
+    }
+
+    /// (offset, length) of `id` in f32s.
+    pub fn range(&self, id: ParamId) -> Option<(usize, usize)> {
+        let k = self.index.get(id.0).copied().flatten()?;
+        Some((self.offsets[k], self.lens[k]))
+    }
+
+    /// Per `ParamId`: its arena range, for binding.
+    fn ranges(&self, params: usize) -> Vec<Option<(u64, u64)>> {
+        (0..params)
+            .map(|p| self.range(ParamId(p)).map(|(o, l)| (o as u64, l as u64)))
+            .collect()
+    }
+}
+
+/// Each updated parameter's gradient, and each graph input's (None: not computed).
+pub type SeededGradients = (Vec<(ParamId, ArrayD<f32>)>, Vec<Option<ArrayD<f32>>>);
+
+/// A model's training state on one GPU: device, kernels, arenas, and a plan per (batch, mode).
+pub struct GpuTrainer {
+    ctx: DeviceContext,
+    adapter: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    plan_limits: PlanLimits,
+    layout: ParamLayout,
+    arenas: Arenas,
+    plans: HashMap<(usize, Mode), (TrainPlan, GpuPlan)>,
+    device_errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl GpuTrainer {
+    /// Creates the device on the chosen adapter (as inference does: argument, else env
+    /// `WGNN_ADAPTER`, else the best), the arenas for `tg`'s parameters with `state_arenas`
+    /// optimizer states, and uploads the parameters.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new(tg: &TrainGraph, state_arenas: usize, adapter: Option<&str>) -> Result<Self> {
+        pollster::block_on(Self::new_async(tg, state_arenas, adapter))
+    }
+
+    pub async fn new_async(
+        tg: &TrainGraph,
+        state_arenas: usize,
+        adapter: Option<&str>,
+    ) -> Result<Self> {
+        let adapter = super::find_adapter(adapter).await?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let plan_limits = super::plan_limits(&limits, LimitOverrides::default());
+        let (device, queue, device_errors) =
+            super::open_device(&adapter, &limits, &info.name).await?;
+        let mut layout = ParamLayout::new(tg);
+        layout.state_arenas = state_arenas;
+        let arena_bytes = 4 * layout.total.max(ARENA_ALIGN) as u64;
+        if arena_bytes > plan_limits.max_binding_bytes {
+            return Err(Error::Gpu(format!(
+                "the model's {} of parameters exceed the adapter's limit of {} per buffer",
+                bytes_text(arena_bytes),
+                bytes_text(plan_limits.max_binding_bytes)
+            )));
+        }
+        let scope = ErrorScopes::push(&device);
+        let storage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC;
+        let arena = |label: &str, bytes: u64| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes.max(16).div_ceil(16) * 16,
+                usage: storage,
+                mapped_at_creation: false,
+            })
+        };
+        let graph = &tg.graph;
+        let segments: Vec<u32> = layout
+            .offsets
+            .iter()
+            .zip(&layout.lens)
+            .take(layout.updated)
+            .flat_map(|(&o, &l)| [o as u32, l as u32])
+            .collect();
+        let arenas = Arenas {
+            params: arena("parameters", arena_bytes),
+            grads: arena("gradients", arena_bytes),
+            state: (0..state_arenas)
+                .map(|k| arena(&format!("optimizer state {k}"), arena_bytes))
+                .collect(),
+            step: arena("step scalars", 256),
+            segments: arena("segments", 4 * segments.len().max(4) as u64),
+            ranges: layout.ranges(graph.params.len()),
+        };
+        if !segments.is_empty() {
+            queue.write_buffer(&arenas.segments, 0, bytemuck::cast_slice(&segments));
+        }
+        // Weights that are not parameters as they are (Rescaling's constants, a frozen
+        // layer's derived buffers) are uploaded once, as for inference.
+        let mut weights = HashMap::new();
+        for spec in weight_specs(graph, false) {
+            if plan::param_of(graph, spec.key.node, spec.key.role)
+                .is_some_and(|id| layout.contains(id))
+            {
+                continue;
+            }
+            let mut values = weight_values(graph, spec.key, false)?;
+            values.resize(values.len().max(4).div_ceil(4) * 4, 0.0);
+            let buffer = wgpu::util::DeviceExt::create_buffer_init(
+                &device,
+                &wgpu::util::BufferInitDescriptor {
+                    label: Some(spec.key.role.name()),
+                    contents: bytemuck::cast_slice(&values),
+                    usage: wgpu::BufferUsages::STORAGE,
+                },
+            );
+            weights.insert(spec.key, buffer);
+        }
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("unused binding"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        scope.check("creating the training buffers").await?;
+        let trainer = GpuTrainer {
+            ctx: DeviceContext {
+                device,
+                queue,
+                pipelines: Pipelines::new(),
+                weights,
+                dummy,
+                uniform_stride: uniform_stride(&limits),
+            },
+            adapter: info,
+            limits,
+            plan_limits,
+            layout,
+            arenas,
+            plans: HashMap::new(),
+            device_errors,
+        };
+        trainer.upload_params(&tg.graph.params);
+        super::check_device(&trainer.device_errors, &trainer.adapter.name)?;
+        Ok(trainer)
+    }
+
+    /// The adapter's name and backend.
+    pub fn adapter_name(&self) -> String {
+        format!("{} ({:?})", self.adapter.name, self.adapter.backend)
+    }
+
+    pub fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
+    /// Writes every arena parameter's values from `params`.
+    pub fn upload_params(&self, params: &ParamStore) {
+        let mut all = vec![0f32; self.layout.total];
+        for (k, &id) in self.layout.ids.iter().enumerate() {
+            let at = self.layout.offsets[k];
+            let v = params.get(id);
+            let v = v.as_standard_layout();
+            all[at..at + self.layout.lens[k]].copy_from_slice(v.as_slice().expect("standard"));
+        }
+        if !all.is_empty() {
+            self.ctx
+                .queue
+                .write_buffer(&self.arenas.params, 0, bytemuck::cast_slice(&all));
+        }
+    }
+
+    /// Writes optimizer state arena `k` (laid out like the parameters; `values[i]` belongs to
+    /// the i-th updated parameter).
+    pub fn upload_state(&self, k: usize, values: &[ArrayD<f32>]) -> Result<()> {
+        let buffer = self
+            .arenas
+            .state
+            .get(k)
+            .ok_or_else(|| Error::Internal(format!("no optimizer state arena {k}")))?;
+        let mut all = vec![0f32; self.layout.total];
+        for (i, v) in values.iter().enumerate().take(self.layout.updated) {
+            let at = self.layout.offsets[i];
+            let v = v.as_standard_layout();
+            all[at..at + self.layout.lens[i]].copy_from_slice(v.as_slice().expect("standard"));
+        }
+        if !all.is_empty() {
+            self.ctx
+                .queue
+                .write_buffer(buffer, 0, bytemuck::cast_slice(&all));
+        }
+        Ok(())
+    }
+
+    /// Reads one arena back whole.
+    async fn read_arena(&self, buffer: &wgpu::Buffer) -> Result<Vec<f32>> {
+        super::executor::read_buffer(&self.ctx, buffer, 4 * self.layout.total as u64).await
+    }
+
+    /// Copies the arena's parameter values into `params` (the weights the GPU trained).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn download_params(&self, params: &mut ParamStore) -> Result<()> {
+        let all = pollster::block_on(self.read_arena(&self.arenas.params))?;
+        for (k, &id) in self.layout.ids.iter().enumerate() {
+            let at = self.layout.offsets[k];
+            let target = params.get_mut(id);
+            let shape = target.shape().to_vec();
+            *target =
+                ArrayD::from_shape_vec(IxDyn(&shape), all[at..at + self.layout.lens[k]].to_vec())
+                    .map_err(|e| Error::Internal(format!("parameter of the wrong size: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Optimizer state arena `k`, one array per updated parameter (in `layout().ids` order).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn download_state(&self, k: usize, params: &ParamStore) -> Result<Vec<ArrayD<f32>>> {
+        let buffer = self
+            .arenas
+            .state
+            .get(k)
+            .ok_or_else(|| Error::Internal(format!("no optimizer state arena {k}")))?;
+        let all = pollster::block_on(self.read_arena(buffer))?;
+        self.split(&all, params, self.layout.updated)
+    }
+
+    fn split(&self, all: &[f32], params: &ParamStore, count: usize) -> Result<Vec<ArrayD<f32>>> {
+        (0..count)
+            .map(|k| {
+                let at = self.layout.offsets[k];
+                let shape = params.param(self.layout.ids[k]).value.shape().to_vec();
+                ArrayD::from_shape_vec(IxDyn(&shape), all[at..at + self.layout.lens[k]].to_vec())
+                    .map_err(|e| Error::Internal(format!("state of the wrong size: {e}")))
+            })
+            .collect()
+    }
+
+    /// The training plan for `batch` items in `mode`, as text (`wgnn info --train-plan`).
+    pub fn describe_plan(
+        &self,
+        tg: &TrainGraph,
+        spec: &StepSpec,
+        batch: usize,
+        mode: Mode,
+    ) -> Result<String> {
+        let tp = plan::build(tg, spec, &self.layout, batch, self.plan_limits, mode)?;
+        let header = format!(
+            "GPU training plan for model '{}', batch {batch}\nadapter: {} ({:?}); max storage binding {}",
+            tg.graph.name,
+            self.adapter.name,
+            self.adapter.backend,
+            bytes_text(self.plan_limits.max_binding_bytes)
+        );
+        Ok(plan::describe(
+            &tp,
+            &tg.graph,
+            &header,
+            uniform_stride(&self.limits),
+            &self.layout,
+        ))
+    }
+
+    /// Builds (once) and runs the plan for these inputs in `mode`: uploads `inputs` then
+    /// `extra` (targets or seeds), submits, and returns the plan's outputs.
+    async fn run(
+        &mut self,
+        tg: &TrainGraph,
+        spec: &StepSpec<'_>,
+        mode: Mode,
+        inputs: &[PreparedInput],
+        extra: &[&[f32]],
+    ) -> Result<Vec<Vec<f32>>> {
+        let batch = crate::input::common_batch(inputs)?;
+        let scope = ErrorScopes::push(&self.ctx.device);
+        if !self.plans.contains_key(&(batch, mode)) {
+            let tp = plan::build(tg, spec, &self.layout, batch, self.plan_limits, mode)?;
+            check_fits(&tp, self.plan_limits, &tg.graph)?;
+            for op in &tp.plan.ops {
+                if let Op::Dispatch(d) = op {
+                    self.ctx.pipelines.ensure(&self.ctx.device, d.kernel);
+                }
+            }
+            let gpu = GpuPlan::with_arenas(&self.ctx, tp.plan.clone(), Some(&self.arenas))?;
+            self.plans.insert((batch, mode), (tp, gpu));
+        }
+        let (_, gpu) = &self.plans[&(batch, mode)];
+        let mut bytes: Vec<&[u8]> = Vec::with_capacity(inputs.len() + extra.len());
+        for input in inputs {
+            bytes.push(match input {
+                PreparedInput::Float(x) => {
+                    bytemuck::cast_slice(x.as_slice().ok_or_else(|| {
+                        Error::Input("float input is not in standard layout".into())
+                    })?)
+                }
+                PreparedInput::Ids(ids) => {
+                    bytemuck::cast_slice(ids.as_slice().ok_or_else(|| {
+                        Error::Input("token ids are not in standard layout".into())
+                    })?)
+                }
+            });
+        }
+        bytes.extend(extra.iter().map(|e| bytemuck::cast_slice::<f32, u8>(e)));
+        let result = gpu
+            .execute(&self.ctx, &bytes, self.ctx.uniform_stride)
+            .await;
+        let scoped = scope
+            .check(&format!("training on a batch of {batch}"))
+            .await;
+        super::check_device(&self.device_errors, &self.adapter.name)?;
+        scoped?;
+        result
+    }
+
+    /// The backward from given output gradients (no loss, no update), for tests: the
+    /// gradient of every arena parameter and of each graph input that `tg` computes one for.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn seeded_gradients(
+        &mut self,
+        tg: &TrainGraph,
+        inputs: &[PreparedInput],
+        seeds: &[ArrayD<f32>],
+    ) -> Result<SeededGradients> {
+        let spec = StepSpec {
+            losses: &[],
+            loss_weights: &[],
+            optimizer: None,
+        };
+        let seeds: Vec<Vec<f32>> = seeds
+            .iter()
+            .map(|s| s.as_standard_layout().iter().copied().collect())
+            .collect();
+        let refs: Vec<&[f32]> = seeds.iter().map(Vec::as_slice).collect();
+        let outs = pollster::block_on(self.run(tg, &spec, Mode::Seeded, inputs, &refs))?;
+        let batch = crate::input::common_batch(inputs)?;
+        let graph = &tg.graph;
+        // Outputs: the model outputs, then one gradient per graph input that needs one.
+        let mut input_grads = Vec::new();
+        let mut at = graph.outputs.len();
+        for port in &graph.inputs {
+            if tg.needs_grad(port.value) {
+                let mut shape = vec![batch];
+                shape.extend_from_slice(&graph.value(port.value).shape);
+                input_grads.push(Some(
+                    ArrayD::from_shape_vec(IxDyn(&shape), outs[at].clone())
+                        .map_err(|e| Error::Internal(format!("input gradient: {e}")))?,
+                ));
+                at += 1;
+            } else {
+                input_grads.push(None);
+            }
+        }
+        let all = pollster::block_on(self.read_arena(&self.arenas.grads))?;
+        let grads = self.split(&all, &graph.params, self.layout.updated)?;
+        Ok((
+            self.layout.ids[..self.layout.updated]
+                .iter()
+                .copied()
+                .zip(grads)
+                .collect(),
+            input_grads,
+        ))
+    }
+
+    /// The graph this trainer was built for must be the one passed to its calls.
+    pub fn check_graph(&self, graph: &Graph) -> Result<()> {
+        if graph.params.len() < self.layout.ids.iter().map(|p| p.0 + 1).max().unwrap_or(0) {
+            return Err(Error::Internal(
+                "a GPU trainer used with another model".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a step whose buffers do not fit the adapter, naming the layer.
+fn check_fits(tp: &TrainPlan, limits: PlanLimits, graph: &Graph) -> Result<()> {
+    for t in &tp.plan.tensors {
+        if t.bytes > limits.max_binding_bytes {
+            let owner = match t.node.and_then(|i| graph.nodes.get(i)) {
+                Some(n) => format!("layer '{}' ({})", n.name, n.class),
+                None => "the batch".to_string(),
+            };
+            return Err(Error::Gpu(format!(
+                "{owner}: its training {} buffer needs {}, above the adapter's limit of {} per buffer; use a smaller --batch-size",
+                t.what,
+                bytes_text(t.bytes),
+                bytes_text(limits.max_binding_bytes)
+            )));
+        }
+    }
+    Ok(())
+}

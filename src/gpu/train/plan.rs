@@ -1,0 +1,828 @@
+//! The training plan: `TrainGraph` + batch size -> one list of ops that runs the forward
+//! keeping every value the backward reads, each output's loss and its gradient, the backward
+//! in reverse node order and the optimizer's updates. Plain data like the inference `Plan` (it
+//! is one, with extra inputs for the targets and extra outputs for the losses), so
+//! `wgnn info --train-plan` prints it without a device and `GpuPlan` replays it in one submit.
+//!
+//! Gradient buffers are pooled: a value's gradient takes a free slot when the first node
+//! reading that value runs its backward, further readers add into it, and the slot is freed
+//! once the node that made the value has run its own backward.
+
+use std::fmt::Write as _;
+
+use crate::error::{Error, Result};
+use crate::graph::{Activation, BinaryOp, Dense, Graph, Node, Op as GraphOp, ParamId, ValueId};
+use crate::train::loss::LossKind;
+use crate::train::optim::OptimizerSpec;
+use crate::train::step::TrainGraph;
+use crate::train::Loss;
+
+use super::super::grad::{linear_workgroups, word, Emit};
+use super::super::kernels::{Kernel, GEMM_TILE, LINEAR_THREADS};
+use super::super::plan::{
+    act_words, bytes_text, split_k_chunk, BatchTensor, BufRef, Op, Plan, PlanInput, PlanLimits,
+    PlanOutput,
+};
+use super::super::weights::WeightRole;
+use super::ParamLayout;
+
+/// Where a training plan's extra buffers are.
+#[derive(Debug, Clone)]
+pub struct TrainPlan {
+    pub plan: Plan,
+    /// Model inputs come first in `plan.inputs`; the targets (one per output) after them.
+    pub model_inputs: usize,
+    /// `plan.outputs`: the model outputs, then one loss buffer per output.
+    pub model_outputs: usize,
+    pub mode: Mode,
+}
+
+/// What a plan runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Forward, loss, backward, optimizer update.
+    Step,
+    /// Forward and loss (Keras's `evaluate`, validation).
+    Evaluate,
+    /// Forward, then the backward from output gradients given as inputs (no loss, no
+    /// update); the gradients of the graph inputs are outputs. For tests.
+    Seeded,
+}
+
+/// What a step trains with (the losses and optimizer are unused by `Mode::Seeded`).
+pub struct StepSpec<'a> {
+    pub losses: &'a [Loss],
+    pub loss_weights: &'a [f32],
+    pub optimizer: Option<&'a OptimizerSpec>,
+}
+
+struct Builder<'a> {
+    tg: &'a TrainGraph,
+    graph: &'a Graph,
+    batch: usize,
+    limits: PlanLimits,
+    plan: Plan,
+    /// Slots made by the backward that are free now.
+    free: Vec<usize>,
+    /// The gradient of each value, once some node has written it.
+    grad: Vec<Option<BufRef>>,
+    /// Parameters whose gradient this step has written (a shared layer's second call adds).
+    param_written: Vec<bool>,
+    /// Set while the optimizer's ops are emitted: they are tagged `UPDATE_NODE`.
+    updating: bool,
+}
+
+/// The node index of the loss's ops and of the optimizer's (they belong to no layer).
+pub const LOSS_NODE: usize = usize::MAX;
+pub const UPDATE_NODE: usize = usize::MAX - 1;
+
+impl Emit for Builder<'_> {
+    fn limits(&self) -> PlanLimits {
+        self.limits
+    }
+
+    fn scratch(&mut self, node: usize, what: &'static str, floats: usize) -> BufRef {
+        let bytes = 4 * floats as u64;
+        self.plan.tensors.push(BatchTensor {
+            node: Some(node),
+            what,
+            bytes,
+        });
+        let fitting = self
+            .free
+            .iter()
+            .enumerate()
+            .filter(|(_, &s)| self.plan.slots[s] >= bytes)
+            .min_by_key(|(_, &s)| self.plan.slots[s])
+            .map(|(k, _)| k);
+        let slot = match fitting {
+            Some(k) => self.free.swap_remove(k),
+            None => {
+                self.plan.slots.push(bytes);
+                self.plan.slot_users.push(Vec::new());
+                self.plan.slots.len() - 1
+            }
+        };
+        let owner = match self.graph.nodes.get(node) {
+            Some(n) => n.name.as_str(),
+            None if node == UPDATE_NODE => "optimizer",
+            None => "loss",
+        };
+        let user = format!("{owner} {what}");
+        if !self.plan.slot_users[slot].contains(&user) {
+            self.plan.slot_users[slot].push(user);
+        }
+        BufRef::Slot(slot)
+    }
+
+    fn release(&mut self, buffer: BufRef) {
+        if let BufRef::Slot(s) = buffer {
+            if !self.free.contains(&s) {
+                self.free.push(s);
+            }
+        }
+    }
+
+    fn push(&mut self, mut op: Op) {
+        if self.updating {
+            match &mut op {
+                Op::Clear { node, .. } | Op::Copy { node, .. } => *node = UPDATE_NODE,
+                Op::Dispatch(d) => d.node = UPDATE_NODE,
+            }
+        }
+        self.plan.ops.push(op);
+    }
+}
+
+fn train_error(layer: &Node, message: impl std::fmt::Display) -> Error {
+    Error::Train(format!(
+        "layer '{}' ({}): {message}; train it with --backend cpu",
+        layer.name, layer.class
+    ))
+}
+
+/// Whether `op`'s forward in training is its inference forward (so the inference kernels run
+/// it), else why not.
+fn trains_like_inference(op: &GraphOp) -> std::result::Result<(), String> {
+    match op {
+        GraphOp::Dropout(d) if !d.is_noop_in_training() => Err(format!(
+            "{} with a non-zero rate is not supported by GPU training yet",
+            op.name()
+        )),
+        GraphOp::BatchNorm(_) => {
+            Err("BatchNormalization's training forward is not on the GPU yet".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+impl<'a> Builder<'a> {
+    fn value_buf(&self, v: ValueId) -> Result<BufRef> {
+        self.plan.values[v]
+            .ok_or_else(|| Error::Internal(format!("value #{v} has no buffer in the forward")))
+    }
+
+    fn floats(&self, v: ValueId) -> usize {
+        self.batch * self.graph.value(v).elements()
+    }
+
+    /// Runs `produce` to write a gradient of value `v`: into a fresh buffer when it is the
+    /// first, else into a scratch buffer then added to the gradient so far.
+    fn contribute(
+        &mut self,
+        node: usize,
+        v: ValueId,
+        produce: impl FnOnce(&mut Self, BufRef) -> Result<()>,
+    ) -> Result<()> {
+        let floats = self.floats(v);
+        match self.grad[v] {
+            None => {
+                let g = self.scratch(node, "gradient", floats);
+                produce(self, g)?;
+                self.grad[v] = Some(g);
+            }
+            Some(acc) => {
+                let part = self.scratch(node, "gradient part", floats);
+                produce(self, part)?;
+                self.accumulate(node, part, acc, floats)?;
+                self.release(part);
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands gradient buffer `g` of a node's output on as the gradient of its input `v` (a
+    /// reshape, identity or linear activation).
+    fn pass_through(&mut self, node: usize, v: ValueId, g: BufRef) -> Result<bool> {
+        match self.grad[v] {
+            None => {
+                self.grad[v] = Some(g);
+                Ok(true)
+            }
+            Some(acc) => {
+                let floats = self.floats(v);
+                self.accumulate(node, g, acc, floats)?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Runs `produce` to write the gradient of parameter `id` (added in for a shared layer).
+    fn contribute_param(
+        &mut self,
+        node: usize,
+        id: ParamId,
+        produce: impl FnOnce(&mut Self, BufRef) -> Result<()>,
+    ) -> Result<()> {
+        if !std::mem::replace(&mut self.param_written[id.0], true) {
+            return produce(self, BufRef::ParamGrad(id));
+        }
+        let floats = self.graph.params.len_of(id);
+        let part = self.scratch(node, "parameter gradient part", floats);
+        produce(self, part)?;
+        self.accumulate(node, part, BufRef::ParamGrad(id), floats)?;
+        self.release(part);
+        Ok(())
+    }
+
+    fn accumulate(&mut self, node: usize, src: BufRef, dst: BufRef, floats: usize) -> Result<()> {
+        let layer = self.layer(node);
+        let mut params = vec![0u32; 4];
+        params.extend([word(&layer, "length", floats)?, 1, 0, 0]);
+        self.dispatch(
+            &layer,
+            node,
+            Kernel::Accumulate,
+            vec![BufRef::Dummy, BufRef::Dummy, src, dst],
+            params,
+            linear_workgroups(floats, LINEAR_THREADS),
+            format!("add a second gradient of {floats} values"),
+        )
+    }
+
+    /// The node for error messages (a stand-in for the loss and the optimizer, which have
+    /// none).
+    fn layer(&self, node: usize) -> Node {
+        self.graph.nodes.get(node).cloned().unwrap_or_else(|| Node {
+            name: if node == UPDATE_NODE {
+                "optimizer"
+            } else {
+                "loss"
+            }
+            .into(),
+            class: "Model".into(),
+            op: GraphOp::Identity,
+            inputs: Vec::new(),
+            mask: None,
+            outputs: Vec::new(),
+        })
+    }
+
+    fn trainable(&self, id: ParamId) -> bool {
+        self.graph.params.param(id).trainable
+    }
+
+    /// A GEMM of the backward: `kernel` is MatmulAt (C = Aᵀ·B) or MatmulBt (C = A·Bᵀ), with
+    /// split-K (partials, then SplitKReduce) when there are few output tiles and K is deep.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &mut self,
+        node: usize,
+        kernel: Kernel,
+        a: BufRef,
+        b: BufRef,
+        c: BufRef,
+        [m, n, k]: [usize; 3],
+        what: &str,
+    ) -> Result<()> {
+        let layer = self.layer(node);
+        let tiles = m.div_ceil(GEMM_TILE as usize) * n.div_ceil(GEMM_TILE as usize);
+        let k_chunk = split_k_chunk(tiles, k);
+        let mut params = vec![0u32; 4];
+        params.extend([
+            word(&layer, "rows", m)?,
+            word(&layer, "columns", n)?,
+            word(&layer, "depth", k)?,
+            0,
+        ]);
+        params.extend([0u32; 11]);
+        params.push(word(&layer, "depth", k_chunk)?);
+        params.extend([1u32, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let detail = format!("{what}: M={m} N={n} K={k}");
+        if k_chunk == 0 {
+            return self.dispatch(
+                &layer,
+                node,
+                kernel,
+                vec![a, b, BufRef::Dummy, c],
+                params,
+                tiles as u64,
+                detail,
+            );
+        }
+        let splits = k.div_ceil(k_chunk);
+        let partials = self.scratch(node, "split-K partial sums", splits * m * n);
+        self.dispatch(
+            &layer,
+            node,
+            kernel,
+            vec![a, b, BufRef::Dummy, partials],
+            params.clone(),
+            (tiles * splits) as u64,
+            format!("{detail}; K split {splits} ways of {k_chunk}"),
+        )?;
+        self.dispatch(
+            &layer,
+            node,
+            Kernel::SplitKReduce,
+            vec![partials, BufRef::Dummy, BufRef::Dummy, c],
+            params,
+            linear_workgroups(m * n, LINEAR_THREADS),
+            format!("sum {splits} partial products of {m}x{n}"),
+        )?;
+        self.release(partials);
+        Ok(())
+    }
+
+    /// Sums of the columns of a (rows, cols) matrix (a bias gradient): partial sums over
+    /// chunks of rows, then SplitKReduce adds the chunks.
+    fn column_sums(
+        &mut self,
+        node: usize,
+        x: BufRef,
+        out: BufRef,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        let layer = self.layer(node);
+        // Chunks of 256 rows keep each thread's serial sum short and deterministic.
+        let chunk = 256usize;
+        let chunks = rows.div_ceil(chunk).max(1);
+        let partials = self.scratch(node, "bias gradient partial sums", chunks * cols);
+        let mut params = vec![0u32; 4];
+        params.extend([
+            word(&layer, "rows", rows)?,
+            word(&layer, "columns", cols)?,
+            word(&layer, "chunk", chunk)?,
+            0,
+        ]);
+        self.dispatch(
+            &layer,
+            node,
+            Kernel::ColumnSums,
+            vec![x, BufRef::Dummy, BufRef::Dummy, partials],
+            params,
+            linear_workgroups(chunks * cols, LINEAR_THREADS),
+            format!("column sums of {rows}x{cols} in {chunks} chunks"),
+        )?;
+        // SplitKReduce with M = 1, N = cols, K = rows in chunks of `chunk`.
+        let mut reduce = vec![0u32; 4];
+        reduce.extend([
+            1,
+            word(&layer, "columns", cols)?,
+            word(&layer, "rows", rows)?,
+            0,
+        ]);
+        reduce.extend([0u32; 11]);
+        reduce.push(word(&layer, "chunk", chunk)?);
+        reduce.extend([1u32, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        self.dispatch(
+            &layer,
+            node,
+            Kernel::SplitKReduce,
+            vec![partials, BufRef::Dummy, BufRef::Dummy, out],
+            reduce,
+            linear_workgroups(cols, LINEAR_THREADS),
+            format!("sum {chunks} chunks of {cols} column sums"),
+        )?;
+        self.release(partials);
+        Ok(())
+    }
+
+    fn dense_backward(&mut self, i: usize, d: &Dense, dy: BufRef) -> Result<()> {
+        let node = &self.graph.nodes[i];
+        let (x_value, k, units) = (node.inputs[0], d.in_features, d.units);
+        let rows = self.floats(x_value) / k.max(1);
+        let x = self.value_buf(x_value)?;
+        if self.trainable(d.kernel) {
+            self.contribute_param(i, d.kernel, |b, g| {
+                b.gemm(
+                    i,
+                    Kernel::MatmulAt,
+                    x,
+                    dy,
+                    g,
+                    [k, units, rows],
+                    "kernel gradient xT.dy",
+                )
+            })?;
+        }
+        if let Some(bias) = d.bias.filter(|&p| self.trainable(p)) {
+            self.contribute_param(i, bias, |b, g| b.column_sums(i, dy, g, rows, units))?;
+        }
+        if self.tg.needs_grad(x_value) {
+            let w = BufRef::Param(d.kernel);
+            self.contribute(i, x_value, |b, g| {
+                b.gemm(
+                    i,
+                    Kernel::MatmulBt,
+                    dy,
+                    w,
+                    g,
+                    [rows, k, units],
+                    "input gradient dy.WT",
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    fn activation_backward(&mut self, i: usize, act: &Activation, dy: BufRef) -> Result<bool> {
+        let node = &self.graph.nodes[i];
+        let (x_value, y_value) = (node.inputs[0], node.outputs[0]);
+        if !self.tg.needs_grad(x_value) {
+            return Ok(false);
+        }
+        if *act == Activation::Linear {
+            return self.pass_through(i, x_value, dy);
+        }
+        let layer = self.layer(i);
+        let (x, y) = (self.value_buf(x_value)?, self.value_buf(y_value)?);
+        let len = self.floats(x_value);
+        let cols = self.graph.value(x_value).shape.last().copied().unwrap_or(1);
+        let (kernel, params, workgroups, detail) = match act {
+            Activation::Softmax | Activation::LogSoftmax => {
+                let mut params = vec![0u32; 4];
+                params.extend([
+                    word(&layer, "length", len)?,
+                    word(&layer, "columns", cols.max(1))?,
+                    u32::from(*act == Activation::LogSoftmax),
+                    0,
+                ]);
+                let rows = len / cols.max(1);
+                (
+                    Kernel::SoftmaxGrad,
+                    params,
+                    linear_workgroups(rows, LINEAR_THREADS),
+                    format!("{} backward over {rows} rows of {cols}", act.name()),
+                )
+            }
+            other => {
+                let mut params = act_words(&layer, other)?.to_vec();
+                params.extend([word(&layer, "length", len)?, 1, 0, 0]);
+                (
+                    Kernel::ActivationGrad,
+                    params,
+                    linear_workgroups(len, LINEAR_THREADS),
+                    format!("{} backward over {len} values", other.name()),
+                )
+            }
+        };
+        self.contribute(i, x_value, |b, g| {
+            b.dispatch(
+                &layer,
+                i,
+                kernel,
+                vec![x, y, dy, g],
+                params,
+                workgroups,
+                detail,
+            )
+        })?;
+        Ok(false)
+    }
+
+    /// Node `i`'s backward from the gradient `dy` of its (only) output. Returns whether `dy`'s
+    /// buffer was handed on to an input (so it must not be freed).
+    fn node_backward(&mut self, i: usize, dy: BufRef) -> Result<bool> {
+        let node = &self.graph.nodes[i];
+        let x_value = node.inputs[0];
+        match &node.op {
+            GraphOp::Dense(d) => {
+                let d = d.clone();
+                self.dense_backward(i, &d, dy)?;
+                Ok(false)
+            }
+            GraphOp::Activation(a) => {
+                let a = *a;
+                self.activation_backward(i, &a, dy)
+            }
+            GraphOp::Reshape { .. } | GraphOp::Identity | GraphOp::Dropout(_) => {
+                if self.tg.needs_grad(x_value) {
+                    self.pass_through(i, x_value, dy)
+                } else {
+                    Ok(false)
+                }
+            }
+            GraphOp::Merge(m)
+                if m.op == BinaryOp::Add
+                    && !m.average
+                    && !m.masked
+                    && node.inputs.iter().all(|&v| {
+                        self.graph.value(v).shape == self.graph.value(node.outputs[0]).shape
+                    }) =>
+            {
+                // Each input's gradient is dy: the first takes dy's buffer, the others a copy.
+                let inputs = node.inputs.clone();
+                let mut handed_on = false;
+                for &v in inputs.iter().rev() {
+                    if !self.tg.needs_grad(v) {
+                        continue;
+                    }
+                    if !handed_on && self.grad[v].is_none() {
+                        self.grad[v] = Some(dy);
+                        handed_on = true;
+                    } else {
+                        let bytes = 4 * self.floats(v) as u64;
+                        self.contribute(i, v, |b, g| {
+                            b.push(Op::Copy {
+                                node: i,
+                                src: dy,
+                                dst: g,
+                                bytes,
+                            });
+                            Ok(())
+                        })?;
+                    }
+                }
+                Ok(handed_on)
+            }
+            other => Err(train_error(
+                node,
+                format!("{} has no GPU backward yet", other.name()),
+            )),
+        }
+    }
+}
+
+/// Builds the plan of `mode` for `batch` items.
+pub fn build(
+    tg: &TrainGraph,
+    spec: &StepSpec,
+    layout: &ParamLayout,
+    batch: usize,
+    limits: PlanLimits,
+    mode: Mode,
+) -> Result<TrainPlan> {
+    let graph = &tg.graph;
+    for node in &graph.nodes {
+        if let Err(why) = trains_like_inference(&node.op) {
+            return Err(train_error(node, why));
+        }
+    }
+    if !graph.regularizers.is_empty() {
+        return Err(Error::Train(
+            "weight and activity regularizers are not supported by GPU training yet; train with --backend cpu".into(),
+        ));
+    }
+    if graph.output_masks.iter().any(Option::is_some) {
+        return Err(Error::Train(
+            "a masked sequence output is not supported by GPU training yet; train with --backend cpu".into(),
+        ));
+    }
+    if mode != Mode::Seeded && spec.losses.len() != graph.outputs.len() {
+        return Err(Error::Internal(format!(
+            "{} losses for {} outputs",
+            spec.losses.len(),
+            graph.outputs.len()
+        )));
+    }
+    let limits = PlanLimits {
+        fold_batch_norm: false,
+        ..limits
+    };
+    let mut plan = Plan::build_keeping_values(graph, batch, limits)?;
+    // Weights that are parameters bind the parameter arena (they change every step).
+    for op in &mut plan.ops {
+        if let Op::Dispatch(d) = op {
+            for b in &mut d.buffers {
+                if let BufRef::Weight(key) = *b {
+                    if let Some(id) = param_of(graph, key.node, key.role) {
+                        if layout.contains(id) {
+                            *b = BufRef::Param(id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let model_inputs = plan.inputs.len();
+    let model_outputs = plan.outputs.len();
+    // After the model inputs: each output's targets, or (Seeded) its gradient.
+    for (k, port) in graph.outputs.iter().enumerate() {
+        let info = graph.value(port.value);
+        let floats = match mode {
+            Mode::Seeded => batch * info.elements(),
+            Mode::Step | Mode::Evaluate => target_floats(&spec.losses[k], &info.shape, batch),
+        };
+        plan.inputs.push(PlanInput {
+            bytes: 4 * floats as u64,
+            is_ids: false,
+            shape: vec![floats],
+        });
+        plan.tensors.push(BatchTensor {
+            node: None,
+            what: "targets",
+            bytes: 4 * floats as u64,
+        });
+    }
+    let values = graph.values.len();
+    let mut b = Builder {
+        tg,
+        graph,
+        batch,
+        limits,
+        plan,
+        free: Vec::new(),
+        grad: vec![None; values],
+        param_written: vec![false; graph.params.len()],
+        updating: false,
+    };
+    match mode {
+        Mode::Seeded => {
+            for (k, port) in graph.outputs.iter().enumerate() {
+                let seed = BufRef::Input(model_inputs + k);
+                if !b.pass_through(LOSS_NODE, port.value, seed)? {
+                    return Err(Error::Internal("an output listed twice".into()));
+                }
+            }
+        }
+        Mode::Step | Mode::Evaluate => append_losses(&mut b, spec, model_inputs)?,
+    }
+    if mode != Mode::Evaluate {
+        for i in (0..graph.nodes.len()).rev() {
+            if !tg.runs_backward(i) {
+                continue;
+            }
+            let node = &graph.nodes[i];
+            if node.outputs.len() != 1 {
+                return Err(train_error(
+                    node,
+                    "a layer with several outputs has no GPU backward yet",
+                ));
+            }
+            let Some(dy) = b.grad[node.outputs[0]].take() else {
+                continue;
+            };
+            if !b.node_backward(i, dy)? {
+                b.release(dy);
+            }
+        }
+    }
+    match mode {
+        Mode::Seeded => {
+            for port in &graph.inputs {
+                if !tg.needs_grad(port.value) {
+                    continue;
+                }
+                let buffer = b.grad[port.value].ok_or_else(|| {
+                    Error::Internal(format!("no gradient reached input '{}'", port.name))
+                })?;
+                let info = graph.value(port.value);
+                let mut shape = vec![batch];
+                shape.extend_from_slice(&info.shape);
+                b.plan.outputs.push(PlanOutput {
+                    buffer,
+                    bytes: 4 * (batch * info.elements()) as u64,
+                    shape,
+                });
+            }
+        }
+        Mode::Step => append_update(&mut b, spec, layout)?,
+        Mode::Evaluate => {}
+    }
+    Ok(TrainPlan {
+        plan: b.plan,
+        model_inputs,
+        model_outputs,
+        mode,
+    })
+}
+
+/// f32s of one output's targets for `batch` items: one class index per row for the sparse
+/// cross-entropy, else the output's own shape.
+pub fn target_floats(loss: &Loss, item_shape: &[usize], batch: usize) -> usize {
+    let per_item: usize = item_shape.iter().product();
+    match loss.kind {
+        LossKind::SparseCategoricalCrossentropy => {
+            batch * per_item / item_shape.last().copied().unwrap_or(1).max(1)
+        }
+        _ => batch * per_item,
+    }
+}
+
+/// The parameter a forward weight buffer holds as it is (no folding or stacking), if any.
+pub fn param_of(graph: &Graph, node: usize, role: WeightRole) -> Option<ParamId> {
+    match (&graph.nodes[node].op, role) {
+        (GraphOp::Dense(d), WeightRole::Kernel) => Some(d.kernel),
+        (GraphOp::Dense(d), WeightRole::Bias) => d.bias,
+        (GraphOp::Conv(c), WeightRole::Kernel) => Some(c.kernel),
+        (GraphOp::Conv(c), WeightRole::Bias) => c.bias,
+        (GraphOp::Embedding(e), WeightRole::Table) => Some(e.table),
+        _ => None,
+    }
+}
+
+/// The plan as `wgnn info --train-plan` prints it: the ops in the order they run, in four
+/// phases (forward, loss, backward, update), then the buffers and the memory a step needs.
+pub fn describe(
+    tp: &TrainPlan,
+    graph: &Graph,
+    header: &str,
+    stride: u64,
+    layout: &ParamLayout,
+) -> String {
+    let plan = &tp.plan;
+    let mut out = String::new();
+    writeln!(out, "{header}").ok();
+    let forward_ops = plan
+        .ops
+        .iter()
+        .position(|op| op_node(op) >= UPDATE_NODE)
+        .unwrap_or(plan.ops.len());
+    let mut phase = "";
+    let mut last_node = None;
+    for (k, op) in plan.ops.iter().enumerate() {
+        let node = op_node(op);
+        let now = if k < forward_ops {
+            "forward"
+        } else if node == LOSS_NODE {
+            "loss"
+        } else if node == UPDATE_NODE {
+            "update"
+        } else {
+            "backward"
+        };
+        if now != phase {
+            writeln!(out, "{now}:").ok();
+            phase = now;
+            last_node = None;
+        }
+        if node < UPDATE_NODE && last_node != Some(node) {
+            let n = &graph.nodes[node];
+            writeln!(out, "  [{node}] {} ({})", n.name, n.class).ok();
+            last_node = Some(node);
+        }
+        plan.write_op(&mut out, graph, op);
+    }
+    writeln!(out, "buffers:").ok();
+    let mut batch_bytes = 0u64;
+    for (k, input) in plan.inputs.iter().enumerate() {
+        writeln!(
+            out,
+            "  {:<16} {:>10}",
+            plan.buf_name(graph, BufRef::Input(k)),
+            bytes_text(input.bytes)
+        )
+        .ok();
+        batch_bytes += input.bytes;
+    }
+    for (s, bytes) in plan.slots.iter().enumerate() {
+        writeln!(
+            out,
+            "  slot{s:<12} {:>10}  {}",
+            bytes_text(*bytes),
+            plan.slot_users[s].join(", ")
+        )
+        .ok();
+        batch_bytes += bytes;
+    }
+    let arena = 4 * layout.total as u64;
+    writeln!(
+        out,
+        "  arenas           {:>10} each: parameters, gradients and {} optimizer state(s); {} parameters, {} updated",
+        bytes_text(arena),
+        layout.state_arenas,
+        layout.ids.len(),
+        layout.updated
+    )
+    .ok();
+    let uniforms = plan.uniform_bytes(stride);
+    let readback = plan.output_bytes();
+    writeln!(
+        out,
+        "  uniforms         {:>10}  parameters of {} ops",
+        bytes_text(uniforms),
+        plan.ops.len()
+    )
+    .ok();
+    writeln!(
+        out,
+        "  readback         {:>10}  the outputs (for metrics) and the losses",
+        bytes_text(readback)
+    )
+    .ok();
+    let total = batch_bytes + arena * (2 + layout.state_arenas as u64) + uniforms + readback;
+    writeln!(
+        out,
+        "total GPU memory of a step: {}; {} dispatches in one submit",
+        bytes_text(total),
+        plan.dispatch_count()
+    )
+    .ok();
+    out
+}
+
+fn op_node(op: &Op) -> usize {
+    match op {
+        Op::Clear { node, .. } | Op::Copy { node, .. } => *node,
+        Op::Dispatch(d) => d.node,
+    }
+}
+
+/// Each output's loss: its value (read back as one more plan output) and its gradient, where
+/// the backward sweep starts.
+fn append_losses(b: &mut Builder, spec: &StepSpec, model_inputs: usize) -> Result<()> {
+    let _ = (b, spec, model_inputs);
+    Err(Error::Internal(
+        "the GPU loss kernels are not merged yet".into(),
+    ))
+}
+
+/// The optimizer's update of every updated parameter, one dispatch per rule over the arena.
+fn append_update(b: &mut Builder, spec: &StepSpec, layout: &ParamLayout) -> Result<()> {
+    let _ = (b, spec, layout);
+    Err(Error::Internal(
+        "the GPU optimizer kernels are not merged yet".into(),
+    ))
+}

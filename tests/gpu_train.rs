@@ -1,0 +1,177 @@
+//! GPU training against the CPU reference path. The backward of each op family runs from
+//! given output gradients (`Mode::Seeded`) at awkward shapes — batch 1 and 33, sizes that do
+//! not divide the 64-wide GEMM tiles, split-K — and every parameter and input gradient must
+//! match the CPU's within 1e-4·(1 + |cpu|).
+//!
+//! Without a GPU adapter these tests fail when env `CI` is set and print a note otherwise.
+
+mod common;
+mod gpu_support;
+
+use gpu_support::{assert_close, float_input, Chain, Rng, ALL_ACTIVATIONS};
+use ndarray::ArrayD;
+use wgnn::gpu::train::GpuTrainer;
+use wgnn::graph::*;
+use wgnn::train::TrainGraph;
+use wgnn::PreparedInput;
+
+/// The GPU trainer for `tg`, or None (with a note) without an adapter outside CI.
+fn trainer(tg: &TrainGraph) -> Option<GpuTrainer> {
+    match GpuTrainer::new(tg, 0, None) {
+        Ok(t) => Some(t),
+        Err(e) if common::no_adapter_outside_ci(&e) => None,
+        Err(e) => panic!(
+            "creating the GPU trainer for '{}' failed: {e}",
+            tg.graph.name
+        ),
+    }
+}
+
+/// Random output gradients shaped like each output for `batch` items.
+fn seeds(rng: &mut Rng, graph: &Graph, batch: usize) -> Vec<ArrayD<f32>> {
+    graph
+        .outputs
+        .iter()
+        .map(|p| {
+            let mut shape = vec![batch];
+            shape.extend_from_slice(&graph.value(p.value).shape);
+            rng.array(&shape, 1.0)
+        })
+        .collect()
+}
+
+/// The backward of `graph` from random output gradients on both backends, compared: every
+/// parameter gradient and (with `input_grads`) the input's gradient. Returns false when the
+/// GPU is missing outside CI.
+fn check_backward(what: &str, graph: &Graph, inputs: &[PreparedInput], input_grads: bool) -> bool {
+    let tg = if input_grads {
+        TrainGraph::with_input_gradients(graph)
+    } else {
+        TrainGraph::new(graph)
+    }
+    .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let Some(mut gpu) = trainer(&tg) else {
+        return false;
+    };
+    let batch = inputs[0].batch();
+    let mut rng = Rng::new(batch as u64 + 7);
+    let dys = seeds(&mut rng, &tg.graph, batch);
+    let (cpu_grads, cpu_inputs) = tg
+        .seeded_gradients(inputs, &dys, &mut wgnn::train::Rng::new(1))
+        .unwrap_or_else(|e| panic!("{what}: cpu: {e}"));
+    let (gpu_grads, gpu_inputs) = gpu
+        .seeded_gradients(&tg, inputs, &dys)
+        .unwrap_or_else(|e| panic!("{what}: gpu: {e}"));
+    let mut compared = 0;
+    for (id, g) in &gpu_grads {
+        let name = &tg.graph.params.param(*id).name;
+        let c = cpu_grads
+            .get(*id)
+            .unwrap_or_else(|| panic!("{what}: the CPU has no gradient of {name}"));
+        assert_close(&format!("{what}: d {name}"), g, c);
+        compared += 1;
+    }
+    let trainable = tg.graph.params.iter().filter(|(_, p)| p.trainable).count();
+    assert_eq!(
+        compared, trainable,
+        "{what}: every trainable parameter compared"
+    );
+    for (k, (g, c)) in gpu_inputs.iter().zip(&cpu_inputs).enumerate() {
+        match (g, c) {
+            (Some(g), Some(c)) => assert_close(&format!("{what}: d input {k}"), g, c),
+            (None, None) => {}
+            _ => panic!("{what}: input {k}: one backend computed its gradient, the other not"),
+        }
+    }
+    if input_grads {
+        assert!(
+            gpu_inputs.iter().any(Option::is_some),
+            "{what}: input gradient compared"
+        );
+    }
+    true
+}
+
+#[test]
+fn dense_chain_backward_matches_cpu_at_awkward_batches() {
+    for batch in [1, 33] {
+        let mut rng = Rng::new(3);
+        let graph = Chain::float(&[11])
+            .dense(&mut rng, "d1", 13, Activation::RELU)
+            .dense(&mut rng, "d2", 70, Activation::Tanh)
+            .dense(&mut rng, "d3", 5, Activation::Softmax)
+            .build();
+        let x = float_input(&mut rng, batch, &[11], 1.0);
+        if !check_backward(&format!("dense chain, batch {batch}"), &graph, &[x], true) {
+            return;
+        }
+    }
+}
+
+#[test]
+fn dense_kernel_gradient_with_split_k_matches_cpu() {
+    // K = batch rows = 600 with a 3x2 tile output: the kernel gradient splits K.
+    let mut rng = Rng::new(5);
+    let graph = Chain::float(&[130])
+        .dense(&mut rng, "wide", 70, Activation::Linear)
+        .build();
+    let x = float_input(&mut rng, 600, &[130], 1.0);
+    check_backward("dense with split-K", &graph, &[x], true);
+}
+
+#[test]
+fn dense_over_a_sequence_axis_matches_cpu() {
+    // Dense on (steps, features) items multiplies every row: rows = batch x steps.
+    let mut rng = Rng::new(9);
+    let graph = Chain::float(&[7, 6])
+        .dense(&mut rng, "td", 9, Activation::Sigmoid)
+        .build();
+    let x = float_input(&mut rng, 4, &[7, 6], 1.0);
+    check_backward("dense over steps", &graph, &[x], true);
+}
+
+#[test]
+fn every_activation_backward_matches_cpu() {
+    for (k, act) in ALL_ACTIVATIONS.iter().enumerate() {
+        let mut rng = Rng::new(20 + k as u64);
+        let graph = Chain::float(&[9])
+            .dense(&mut rng, "d", 10, Activation::Linear)
+            .op("act", "Activation", Op::Activation(*act))
+            .build();
+        let x = float_input(&mut rng, 5, &[9], 2.0);
+        if !check_backward(act.name(), &graph, &[x], true) {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_value_read_twice_sums_its_gradients() {
+    // x -> d1 -> a; d2(a) + d3(a) -> output: a's gradient is the sum of two.
+    let mut rng = Rng::new(31);
+    let mut chain = Chain::float(&[6]).dense(&mut rng, "d1", 8, Activation::Tanh);
+    let shared = chain.x;
+    chain = chain.dense(&mut rng, "d2", 8, Activation::Linear);
+    let y2 = chain.x;
+    chain.x = shared;
+    let leaky = Activation::Relu {
+        negative_slope: 0.1,
+        max_value: None,
+        threshold: 0.0,
+    };
+    chain = chain.dense(&mut rng, "d3", 8, leaky);
+    let y3 = chain.x;
+    let add = Op::Merge(Merge {
+        op: BinaryOp::Add,
+        average: false,
+        masked: false,
+    });
+    let sum = chain
+        .graph
+        .add_node("add", "Add", add, &[y2, y3], None)
+        .expect("add");
+    chain.x = sum[0];
+    let graph = chain.build();
+    let x = float_input(&mut rng, 3, &[6], 1.0);
+    check_backward("a value read twice", &graph, &[x], true);
+}

@@ -187,3 +187,51 @@ fn column_sums(
     }
     dx[i] = s;
 }
+
+// An L1/L2 penalty's gradient, scale * (l1 * sign(x) + 2 * l2 * x), written into dx or (cols = 1)
+// added to it. act.p0 = l1, act.p1 = l2, act.p2 = scale (1, or 1 / batch for an activity
+// penalty, as Keras 3 divides it).
+@compute @workgroup_size(64, 1, 1)
+fn penalty_grad(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let i = linear_workgroup(wg, nwg) * 64u + li;
+    if (i >= p.len) {
+        return;
+    }
+    let v = x[i];
+    let g = p.act.p2 * (p.act.p0 * sign(v) + 2.0 * p.act.p1 * v);
+    if (p.cols != 0u) {
+        dx[i] = dx[i] + g;
+    } else {
+        dx[i] = g;
+    }
+}
+
+var<workgroup> partial: array<f32, 256>;
+
+// The penalty's value, scale * (l1 * Σ|x| + l2 * Σx²), into dx[0]: one workgroup of 256 threads,
+// each summing a strided share, then a tree; the same order every run.
+@compute @workgroup_size(256, 1, 1)
+fn penalty_sum(@builtin(local_invocation_index) li: u32) {
+    var l1 = 0.0;
+    var l2 = 0.0;
+    for (var i = li; i < p.len; i += 256u) {
+        let v = x[i];
+        l1 += abs(v);
+        l2 += v * v;
+    }
+    partial[li] = p.act.p0 * l1 + p.act.p1 * l2;
+    workgroupBarrier();
+    for (var half = 128u; half > 0u; half = half / 2u) {
+        if (li < half) {
+            partial[li] = partial[li] + partial[li + half];
+        }
+        workgroupBarrier();
+    }
+    if (li == 0u) {
+        dx[0] = p.act.p2 * partial[0];
+    }
+}

@@ -1,4 +1,4 @@
-//! `wgnn train`: Keras's `fit` on the CPU reference path, from the command line.
+//! `wgnn train`: Keras's `fit` on the CPU reference path or the GPU, from the command line.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -12,7 +12,9 @@ use wgnn::npy::NpyArray;
 use wgnn::train::compile::Compiled;
 use wgnn::train::optim::{Optimizer, OptimizerSpec};
 use wgnn::train::train_metrics::TrainMetrics;
-use wgnn::train::{EpochLog, Loss, Observer, Shuffle, TrainConfig, TrainData, Trainer};
+use wgnn::train::{
+    EpochLog, Loss, Observer, Shuffle, TrainBackend, TrainConfig, TrainData, Trainer,
+};
 use wgnn::{Backend, Error, Model, PreparedInput, Result};
 
 #[derive(Args)]
@@ -79,9 +81,12 @@ pub struct TrainArgs {
     validation_x: Vec<PathBuf>,
     #[arg(long)]
     validation_y: Vec<PathBuf>,
-    /// cpu (the reference path). gpu and auto train on the CPU until GPU training lands.
+    /// cpu (the reference path), gpu, or auto (a hardware GPU if there is one, else the CPU).
     #[arg(long, default_value = "cpu")]
     backend: String,
+    /// GPU adapter name (substring); default env WGNN_ADAPTER, else the best adapter.
+    #[arg(long)]
+    adapter: Option<String>,
     /// Saves the optimizer's variables too, so that Keras resumes where wgnn stopped.
     #[arg(long)]
     save_optimizer: bool,
@@ -100,12 +105,24 @@ pub struct TrainArgs {
 }
 
 pub fn train(args: TrainArgs) -> Result<()> {
-    let backend: Backend = args.backend.parse()?;
-    if backend == Backend::Gpu {
-        return Err(Error::Usage(
-            "--backend gpu: GPU training is not implemented yet; train with --backend cpu".into(),
-        ));
-    }
+    let backend = match args.backend.parse::<Backend>()? {
+        Backend::Cpu => TrainBackend::Cpu,
+        Backend::Gpu => TrainBackend::Gpu {
+            adapter: args.adapter.clone(),
+        },
+        Backend::Auto => match wgnn::gpu::auto_adapter_is_software(args.adapter.as_deref()) {
+            Some(name) => {
+                eprintln!(
+                    "warning: the only GPU adapter is a software one ({name}); training on the CPU (--backend gpu trains on it)"
+                );
+                TrainBackend::Cpu
+            }
+            None => TrainBackend::Gpu {
+                adapter: args.adapter.clone(),
+            },
+        },
+    };
+    let auto = args.backend.eq_ignore_ascii_case("auto");
     let model = load_model(&args)?;
     let graph = model.graph();
     let (losses, loss_weights, optimizer, metrics) = compile_settings(&args, graph, &model)?;
@@ -138,7 +155,16 @@ pub fn train(args: TrainArgs) -> Result<()> {
         optimizer,
         metrics,
     };
-    let mut trainer = Trainer::new(graph, config)?;
+    let mut trainer = match Trainer::on(graph, config.clone(), backend) {
+        Ok(t) => t,
+        // auto falls back to the CPU when there is no adapter.
+        Err(Error::Gpu(msg)) if auto && wgnn::gpu::is_no_adapter(&msg) => {
+            eprintln!("warning: {msg}; training on the CPU instead");
+            Trainer::new(graph, config)?
+        }
+        Err(e) => return Err(e),
+    };
+    let adapter = trainer.gpu_adapter();
     let mut observer = CliObserver {
         model: graph.clone(),
         output: args.output.clone(),
@@ -181,8 +207,8 @@ pub fn train(args: TrainArgs) -> Result<()> {
             "items_per_s": items as f64 / seconds.max(1e-9),
             "seconds": seconds,
             "epoch_seconds": history.epochs.iter().map(|e| e.seconds).collect::<Vec<_>>(),
-            "backend": "cpu",
-            "adapter": "cpu",
+            "backend": if adapter.is_some() { "gpu" } else { "cpu" },
+            "adapter": adapter.clone().unwrap_or_else(|| "cpu".into()),
             "output": args.output.display().to_string(),
         });
         println!("{out}");

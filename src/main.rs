@@ -235,6 +235,10 @@ struct InfoArgs {
     /// List the GPU adapters wgpu finds.
     #[arg(long)]
     adapters: bool,
+    /// Print the GPU training step for --batch-size (the compile config's loss and
+    /// optimizer, else sparse_categorical_crossentropy and adam).
+    #[arg(long)]
+    train_plan: bool,
     #[arg(long, default_value_t = 1)]
     batch_size: usize,
     #[arg(long)]
@@ -410,7 +414,36 @@ fn info(args: InfoArgs) -> Result<()> {
             wgnn::gpu::describe_plan(graph, args.batch_size, args.adapter.as_deref())?
         );
     }
+    if args.train_plan {
+        println!();
+        print!(
+            "{}",
+            train_plan(&model, args.batch_size, args.adapter.as_deref())?
+        );
+    }
     Ok(())
+}
+
+/// `info --train-plan`: the GPU training step with the model's own loss and optimizer.
+fn train_plan(model: &Model, batch: usize, adapter: Option<&str>) -> Result<String> {
+    let graph = model.graph();
+    let compiled = wgnn::train::compile::Compiled::from_graph(graph, model.source())?;
+    let losses = if compiled.losses.is_empty() {
+        vec![wgnn::train::Loss::by_name("sparse_categorical_crossentropy")?; graph.outputs.len()]
+    } else {
+        compiled.losses
+    };
+    let optimizer = match compiled.optimizer {
+        Some(o) => o,
+        None => wgnn::train::optim::OptimizerSpec::by_name("adam")?,
+    };
+    let tg = wgnn::train::TrainGraph::new(graph)?;
+    let spec = wgnn::gpu::train::StepSpec {
+        losses: &losses,
+        loss_weights: &compiled.loss_weights,
+        optimizer: Some(&optimizer),
+    };
+    wgnn::gpu::train::describe_train_plan(&tg, &spec, batch, adapter)
 }
 
 /// Turns an .npy array into the model's input form, with errors naming the file.

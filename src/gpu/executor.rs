@@ -35,6 +35,7 @@ fn padded(bytes: u64) -> u64 {
     bytes.max(16).div_ceil(16) * 16
 }
 
+#[derive(Clone)]
 /// A training runtime's shared buffers: every parameter in one arena (each at a 256-byte
 /// aligned offset, so a layer's kernels bind its own range), the gradients and each optimizer
 /// state in arenas of the same layout, the per-step scalars and the segment table.
@@ -44,6 +45,7 @@ pub struct Arenas {
     pub state: Vec<wgpu::Buffer>,
     pub step: wgpu::Buffer,
     pub segments: wgpu::Buffer,
+    pub backup: wgpu::Buffer,
     /// Per parameter (indexed by `ParamId`): its (offset, length) in f32s, None when the arena
     /// does not hold it.
     pub ranges: Vec<Option<(u64, u64)>>,
@@ -58,6 +60,8 @@ pub struct GpuPlan {
     /// One per op (None for clears), built up front.
     bind_groups: Vec<Option<wgpu::BindGroup>>,
     step_bind_group: Option<wgpu::BindGroup>,
+    /// The training arenas, for the plan's copies between them.
+    arenas: Option<Arenas>,
     // Kept alive for the bind groups that point into them.
     _params: wgpu::Buffer,
     _steps: Option<wgpu::Buffer>,
@@ -218,6 +222,7 @@ impl GpuPlan {
                         })?,
                         Arena::Step => &a.step,
                         Arena::Segments => &a.segments,
+                        Arena::Backup => &a.backup,
                     };
                     Ok(whole(buffer))
                 }
@@ -277,6 +282,7 @@ impl GpuPlan {
             readback,
             bind_groups,
             step_bind_group,
+            arenas: arenas.cloned(),
             _params: params,
             _steps: steps,
         })
@@ -286,6 +292,8 @@ impl GpuPlan {
         match b {
             BufRef::Input(k) => self.inputs.get(k),
             BufRef::Slot(s) => self.slots.get(s),
+            BufRef::Arena(Arena::Params) => self.arenas.as_ref().map(|a| &a.params),
+            BufRef::Arena(Arena::Backup) => self.arenas.as_ref().map(|a| &a.backup),
             _ => None,
         }
     }
@@ -341,7 +349,7 @@ impl GpuPlan {
                     drop(pass.take());
                     let (Some(src), Some(dst)) = (self.buffer(*src), self.buffer(*dst)) else {
                         return Err(Error::Internal(
-                            "only activation buffers can be copied".into(),
+                            "only activation buffers and the parameter arena can be copied".into(),
                         ));
                     };
                     if *bytes > 0 {

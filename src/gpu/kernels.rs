@@ -95,6 +95,10 @@ pub enum Kernel {
     Accumulate,
     /// Partial column sums of a matrix (bias gradients), finished by SplitKReduce.
     ColumnSums,
+    /// An L1/L2 penalty's gradient (weight and activity regularizers).
+    PenaltyGrad,
+    /// An L1/L2 penalty's value, one workgroup.
+    PenaltySum,
 }
 
 /// How a kernel reads one storage binding.
@@ -140,6 +144,8 @@ impl Kernel {
             Kernel::SoftmaxGrad => "softmax_grad",
             Kernel::Accumulate => "accumulate",
             Kernel::ColumnSums => "column_sums",
+            Kernel::PenaltyGrad => "penalty_grad",
+            Kernel::PenaltySum => "penalty_sum",
         }
     }
 
@@ -196,7 +202,9 @@ impl Kernel {
             Kernel::ActivationGrad
             | Kernel::SoftmaxGrad
             | Kernel::Accumulate
-            | Kernel::ColumnSums => &[GRAD],
+            | Kernel::ColumnSums
+            | Kernel::PenaltyGrad
+            | Kernel::PenaltySum => &[GRAD],
         };
         let mut source = String::from(COMMON);
         for part in parts {
@@ -221,7 +229,9 @@ impl Kernel {
             Kernel::ActivationGrad
             | Kernel::SoftmaxGrad
             | Kernel::Accumulate
-            | Kernel::ColumnSums => &[Read, Read, Read, ReadWrite],
+            | Kernel::ColumnSums
+            | Kernel::PenaltyGrad
+            | Kernel::PenaltySum => &[Read, Read, Read, ReadWrite],
             Kernel::Pool2d | Kernel::GlobalPool2d => &[Read, ReadWrite, Read],
             Kernel::Activation | Kernel::Rescale => &[ReadWrite, Read, Read],
             Kernel::Softmax => &[ReadWrite],
@@ -249,6 +259,8 @@ impl Kernel {
             Kernel::ActivationGrad | Kernel::SoftmaxGrad => &["x", "y", "dy", "dx"],
             Kernel::Accumulate => &["-", "-", "dy", "dx"],
             Kernel::ColumnSums => &["x", "-", "-", "partials"],
+            Kernel::PenaltyGrad => &["x", "-", "-", "dx"],
+            Kernel::PenaltySum => &["x", "-", "-", "sum"],
             Kernel::SplitKReduce => &["partials", "-", "bias", "c"],
             Kernel::Pool2d | Kernel::GlobalPool2d => &["x", "y", "ids"],
             Kernel::DepthwiseConv | Kernel::ConvTranspose => &["x", "kernel", "bias", "y"],
@@ -274,7 +286,7 @@ impl Kernel {
     pub fn threads(self) -> u32 {
         match self {
             Kernel::Matmul | Kernel::Conv2d | Kernel::ConvNd => 256,
-            Kernel::MatmulAt | Kernel::MatmulBt => 256,
+            Kernel::MatmulAt | Kernel::MatmulBt | Kernel::PenaltySum => 256,
             _ => LINEAR_THREADS,
         }
     }

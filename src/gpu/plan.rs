@@ -70,6 +70,8 @@ pub enum Arena {
     Step,
     /// Each parameter's (offset, length) in the arenas.
     Segments,
+    /// The parameters as they were before this step's update (restored after a NaN loss).
+    Backup,
 }
 
 #[derive(Debug, Clone)]

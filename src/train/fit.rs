@@ -249,6 +249,17 @@ pub trait Observer {
 pub struct Quiet;
 impl Observer for Quiet {}
 
+/// Where a `Trainer` runs its steps.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TrainBackend {
+    /// The CPU reference path.
+    #[default]
+    Cpu,
+    /// A GPU through wgpu: the adapter named (a case-insensitive substring), else env
+    /// `WGNN_ADAPTER`, else the best one.
+    Gpu { adapter: Option<String> },
+}
+
 /// A model being trained: its training graph (whose parameter store is updated in place),
 /// losses and optimizer.
 pub struct Trainer {
@@ -256,10 +267,30 @@ pub struct Trainer {
     pub config: TrainConfig,
     pub optimizer: Optimizer,
     rng: Rng,
+    /// With the GPU backend: its state, whose weights and optimizer state are the current
+    /// ones between `sync` calls.
+    #[cfg(not(target_arch = "wasm32"))]
+    gpu: Option<GpuSession>,
+}
+
+/// The GPU half of a trainer: which side holds the newest weights and optimizer state.
+#[cfg(not(target_arch = "wasm32"))]
+struct GpuSession {
+    trainer: crate::gpu::train::GpuTrainer,
+    /// The device holds what the host has (else upload before the next step).
+    device_current: bool,
+    /// The host holds what the device has (else download before the host reads them).
+    host_current: bool,
 }
 
 impl Trainer {
     pub fn new(graph: &Graph, config: TrainConfig) -> Result<Trainer> {
+        Self::on(graph, config, TrainBackend::Cpu)
+    }
+
+    /// A trainer whose steps run on `backend`. On the GPU it fails, naming the layer, when a
+    /// layer or option has no GPU training yet.
+    pub fn on(graph: &Graph, config: TrainConfig, backend: TrainBackend) -> Result<Trainer> {
         let train_graph = TrainGraph::new(graph)?;
         if config.losses.len() != graph.outputs.len() {
             return Err(Error::Train(format!(
@@ -278,15 +309,164 @@ impl Trainer {
         }
         let optimizer = Optimizer::new(config.optimizer.clone(), &train_graph.graph.params);
         let rng = Rng::new(config.seed);
+        #[cfg(not(target_arch = "wasm32"))]
+        let gpu = match backend {
+            TrainBackend::Cpu => None,
+            TrainBackend::Gpu { adapter } => {
+                let trainer = crate::gpu::train::GpuTrainer::new(
+                    &train_graph,
+                    optimizer.slot_names().len(),
+                    adapter.as_deref(),
+                )?;
+                let session = GpuSession {
+                    trainer,
+                    device_current: false,
+                    host_current: true,
+                };
+                // Plan the step now, so an unsupported layer fails here, not mid-epoch.
+                let spec = crate::gpu::train::StepSpec {
+                    losses: &config.losses,
+                    loss_weights: &config.loss_weights,
+                    optimizer: Some(&config.optimizer),
+                };
+                session.trainer.describe_plan(
+                    &train_graph,
+                    &spec,
+                    config.batch_size,
+                    crate::gpu::train::Mode::Step,
+                )?;
+                Some(session)
+            }
+        };
+        #[cfg(target_arch = "wasm32")]
+        if backend != TrainBackend::Cpu {
+            return Err(Error::Usage(
+                "training in the browser runs on the CPU path only".into(),
+            ));
+        }
         Ok(Trainer {
             train_graph,
             config,
             optimizer,
             rng,
+            #[cfg(not(target_arch = "wasm32"))]
+            gpu,
         })
     }
 
-    /// The trained weights (same ids as the graph the trainer was made from).
+    /// The adapter the steps run on (None on the CPU).
+    pub fn gpu_adapter(&self) -> Option<String> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            self.gpu.as_ref().map(|g| g.trainer.adapter_name())
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            None
+        }
+    }
+
+    /// Brings the host's weights and optimizer state up to date with the GPU's (a no-op on
+    /// the CPU backend). `fit` calls it after every epoch; call it after your own `step`s
+    /// before reading `params()` or `optimizer`.
+    pub fn sync(&mut self) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(gpu) = &mut self.gpu {
+            if !gpu.host_current {
+                let params = &mut self.train_graph.graph.params;
+                gpu.trainer.download_params(params)?;
+                let layout = gpu.trainer.layout().clone();
+                for k in 0..layout.state_arenas {
+                    let values = gpu.trainer.download_state(k, params)?;
+                    for (&id, v) in layout.ids.iter().zip(values) {
+                        if let Some(slot) = self.optimizer.slot_mut(id, k) {
+                            *slot = v;
+                        }
+                    }
+                }
+                gpu.host_current = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Uploads the host's weights and optimizer state if the device's are older.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn upload_if_stale(&mut self) -> Result<()> {
+        if let Some(gpu) = &mut self.gpu {
+            if !gpu.device_current {
+                gpu.trainer.upload_params(&self.train_graph.graph.params);
+                let layout = gpu.trainer.layout().clone();
+                for k in 0..layout.state_arenas {
+                    let values: Vec<ArrayD<f32>> = layout.ids[..layout.updated]
+                        .iter()
+                        .map(|&id| {
+                            self.optimizer.slot(id, k).cloned().ok_or_else(|| {
+                                Error::Internal(format!(
+                                    "parameter #{} has no optimizer slot {k}",
+                                    id.0
+                                ))
+                            })
+                        })
+                        .collect::<Result<_>>()?;
+                    gpu.trainer.upload_state(k, &values)?;
+                }
+                gpu.device_current = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks each output's targets as the CPU's loss does (shape, class indices, finite).
+    fn check_targets(&self, batch: &TrainData) -> Result<()> {
+        let graph = &self.train_graph.graph;
+        for (i, (loss, target)) in self.config.losses.iter().zip(&batch.targets).enumerate() {
+            let port = &graph.outputs[i];
+            let mut shape = vec![batch.len()];
+            shape.extend_from_slice(&graph.value(port.value).shape);
+            loss.check_targets(&shape, target)
+                .map_err(|e| Error::Train(format!("output '{}': {e}", port.name)))?;
+        }
+        Ok(())
+    }
+
+    /// A step on the GPU (`step`'s contract).
+    #[cfg(not(target_arch = "wasm32"))]
+    fn gpu_step(&mut self, batch: &TrainData) -> Result<super::step::StepResult> {
+        self.check_targets(batch)?;
+        self.upload_if_stale()?;
+        let words = crate::gpu::train::step_words(&self.optimizer);
+        let gpu = self
+            .gpu
+            .as_mut()
+            .ok_or_else(|| Error::Internal("no GPU session".into()))?;
+        let spec = crate::gpu::train::StepSpec {
+            losses: &self.config.losses,
+            loss_weights: &self.config.loss_weights,
+            optimizer: Some(self.optimizer.spec()),
+        };
+        let done = gpu.trainer.step(
+            &self.train_graph,
+            &spec,
+            &batch.inputs,
+            &batch.targets,
+            &words,
+        )?;
+        let loss = done.total(&self.config.loss_weights);
+        if loss.is_finite() {
+            self.optimizer.count_iteration();
+            gpu.host_current = false;
+        }
+        Ok(super::step::StepResult {
+            loss,
+            output_losses: done.output_losses,
+            grads: super::ParamGrads::new(&self.train_graph.graph.params),
+            outputs: done.outputs,
+        })
+    }
+
+    /// The trained weights (same ids as the graph the trainer was made from); with the GPU
+    /// backend as of the last `fit` or `sync`.
     pub fn params(&self) -> &crate::graph::ParamStore {
         &self.train_graph.graph.params
     }
@@ -295,6 +475,10 @@ impl Trainer {
     /// output's own loss and the training-mode outputs (for the metrics). A loss that is not
     /// finite is returned without an update.
     pub fn step(&mut self, batch: &TrainData) -> Result<super::step::StepResult> {
+        #[cfg(not(target_arch = "wasm32"))]
+        if self.gpu.is_some() {
+            return self.gpu_step(batch);
+        }
         let (result, state) = self.train_graph.compute(
             &batch.inputs,
             &batch.targets,
@@ -342,12 +526,7 @@ impl Trainer {
         while start < n {
             let end = (start + b).min(n);
             let batch = data.slice(start, end);
-            let e = self.train_graph.loss_only(
-                &batch.inputs,
-                &batch.targets,
-                &self.config.losses,
-                &self.config.loss_weights,
-            )?;
+            let e = self.evaluate_batch(&batch)?;
             update_metrics(&mut metrics, &batch.targets, &e.outputs)?;
             total += e.loss * (end - start) as f64;
             for (acc, l) in per_output.iter_mut().zip(&e.output_losses) {
@@ -368,6 +547,38 @@ impl Trainer {
         })
     }
 
+    /// One batch's loss and outputs in inference mode, on the trainer's backend.
+    fn evaluate_batch(&mut self, batch: &TrainData) -> Result<super::step::Evaluation> {
+        #[cfg(not(target_arch = "wasm32"))]
+        if self.gpu.is_some() {
+            self.check_targets(batch)?;
+            self.upload_if_stale()?;
+            let spec = crate::gpu::train::StepSpec {
+                losses: &self.config.losses,
+                loss_weights: &self.config.loss_weights,
+                optimizer: None,
+            };
+            let gpu = self
+                .gpu
+                .as_mut()
+                .ok_or_else(|| Error::Internal("no GPU session".into()))?;
+            let done =
+                gpu.trainer
+                    .evaluate(&self.train_graph, &spec, &batch.inputs, &batch.targets)?;
+            return Ok(super::step::Evaluation {
+                loss: done.total(&self.config.loss_weights),
+                output_losses: done.output_losses,
+                outputs: done.outputs,
+            });
+        }
+        self.train_graph.loss_only(
+            &batch.inputs,
+            &batch.targets,
+            &self.config.losses,
+            &self.config.loss_weights,
+        )
+    }
+
     /// Keras's `fit`: `epochs` passes over `data`, with optional validation data.
     pub fn fit(
         &mut self,
@@ -384,6 +595,12 @@ impl Trainer {
         let steps = n.div_ceil(b);
         let names = self.output_loss_names();
         let mut history = History::default();
+        // Weights or optimizer state set on the host since the last steps go to the GPU.
+        self.sync()?;
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(gpu) = &mut self.gpu {
+            gpu.device_current = false;
+        }
         let mut shuffle_rng = match self.config.shuffle {
             Shuffle::Seeded(seed) => Some(Rng::new(seed)),
             Shuffle::None => None,
@@ -415,6 +632,7 @@ impl Trainer {
                 let result = self.step(&batch)?;
                 let loss = result.loss;
                 if !loss.is_finite() {
+                    self.sync()?;
                     return Err(Error::Train(format!(
                         "the loss is {loss} at epoch {} step {} (of {steps}); the weights before this step are kept",
                         epoch + 1,
@@ -453,6 +671,7 @@ impl Trainer {
                 items: n,
                 steps,
             };
+            self.sync()?;
             observer.on_epoch(&log, &self.train_graph.graph, &self.optimizer)?;
             history.epochs.push(log);
         }

@@ -23,6 +23,8 @@ pub mod train_metrics;
 pub use grads::ParamGrads;
 pub use rng::Rng;
 
-pub use fit::{EpochLog, Evaluated, History, Observer, Shuffle, TrainConfig, TrainData, Trainer};
+pub use fit::{
+    EpochLog, Evaluated, History, Observer, Shuffle, TrainBackend, TrainConfig, TrainData, Trainer,
+};
 pub use loss::Loss;
 pub use step::{Evaluation, StepResult, TrainGraph};

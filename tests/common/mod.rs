@@ -7,6 +7,7 @@
 // Each test binary that includes this module uses a different subset of it.
 #![allow(dead_code)]
 
+pub mod grad_fixtures;
 pub mod graph_fixtures;
 
 use std::fs::File;

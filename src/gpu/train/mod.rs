@@ -66,6 +66,14 @@ impl ParamLayout {
                     graph.params.param(id).trainable && tg.runs_backward(spec.key.node);
             }
         }
+        // The CPU updates a regularized trainable weight from its penalty alone.
+        for r in &graph.regularizers {
+            if let crate::graph::Penalized::Param(id) = r.target {
+                if read[id.0] && graph.params.param(id).trainable {
+                    updated[id.0] = true;
+                }
+            }
+        }
         let mut ids: Vec<ParamId> = (0..graph.params.len())
             .map(ParamId)
             .filter(|id| updated[id.0])
@@ -106,6 +114,15 @@ impl ParamLayout {
         }
     }
 
+    /// Whether the optimizer updates `id` (it is in the arena's first part).
+    pub fn updates(&self, id: ParamId) -> bool {
+        self.index
+            .get(id.0)
+            .copied()
+            .flatten()
+            .is_some_and(|k| k < self.updated)
+    }
+
     pub fn contains(&self, id: ParamId) -> bool {
         self.index.get(id.0).copied().flatten().is_some()
     }
@@ -121,6 +138,36 @@ impl ParamLayout {
         (0..params)
             .map(|p| self.range(ParamId(p)).map(|(o, l)| (o as u64, l as u64)))
             .collect()
+    }
+}
+
+/// The per-step scalars the update kernels read (learning rate at this iteration and the
+/// iteration's bias-correction terms), as the optimizer's CPU rule computes them.
+pub fn step_words(optimizer: &crate::train::optim::Optimizer) -> Vec<u32> {
+    let _ = optimizer;
+    Vec::new()
+}
+
+/// What a step or evaluation of one batch read back.
+#[derive(Debug, Clone)]
+pub struct BatchLosses {
+    /// Each output's own loss, before its loss weight.
+    pub output_losses: Vec<f64>,
+    /// The regularization penalties' sum.
+    pub regularization: f64,
+    /// The model's outputs (training mode in a step).
+    pub outputs: Vec<ArrayD<f32>>,
+}
+
+impl BatchLosses {
+    /// Σ loss weight · output loss + the penalties: the loss Keras reports.
+    pub fn total(&self, loss_weights: &[f32]) -> f64 {
+        self.output_losses
+            .iter()
+            .enumerate()
+            .map(|(i, l)| l * loss_weights.get(i).copied().unwrap_or(1.0) as f64)
+            .sum::<f64>()
+            + self.regularization
     }
 }
 
@@ -197,6 +244,7 @@ impl GpuTrainer {
                 .collect(),
             step: arena("step scalars", 256),
             segments: arena("segments", 4 * segments.len().max(4) as u64),
+            backup: arena("parameters before the update", arena_bytes),
             ranges: layout.ranges(graph.params.len()),
         };
         if !segments.is_empty() {
@@ -418,6 +466,149 @@ impl GpuTrainer {
         result
     }
 
+    /// One training step on a batch: uploads its inputs, targets and the per-step scalars
+    /// `step_words` (the optimizer's learning rate and iteration terms), runs forward, loss,
+    /// backward and update in one submit. Returns each output's loss (before its loss weight)
+    /// and the training-mode outputs. A loss that is not finite leaves the parameters as they
+    /// were before the step (the plan keeps a copy it restores from).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn step(
+        &mut self,
+        tg: &TrainGraph,
+        spec: &StepSpec,
+        inputs: &[PreparedInput],
+        targets: &[ArrayD<f32>],
+        step_words: &[u32],
+    ) -> Result<BatchLosses> {
+        if step_words.len() > 64 {
+            return Err(Error::Internal("more than 64 step words".into()));
+        }
+        self.ctx
+            .queue
+            .write_buffer(&self.arenas.step, 0, bytemuck::cast_slice(step_words));
+        let done = self.losses_and_outputs(tg, spec, Mode::Step, inputs, targets)?;
+        if !done.total(spec.loss_weights).is_finite() {
+            self.restore_backup()?;
+        }
+        Ok(done)
+    }
+
+    /// Puts back the parameters as they were before the last step's update.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn restore_backup(&self) -> Result<()> {
+        let mut encoder = self
+            .ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("restore parameters"),
+            });
+        let bytes = 4 * self.layout.total as u64;
+        if bytes > 0 {
+            encoder.copy_buffer_to_buffer(&self.arenas.backup, 0, &self.arenas.params, 0, bytes);
+        }
+        let submission = self.ctx.queue.submit([encoder.finish()]);
+        self.ctx
+            .device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(submission),
+                timeout: None,
+            })
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
+        super::check_device(&self.device_errors, &self.adapter.name)
+    }
+
+    /// The losses (before their weights) and inference outputs of one batch, no update.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn evaluate(
+        &mut self,
+        tg: &TrainGraph,
+        spec: &StepSpec,
+        inputs: &[PreparedInput],
+        targets: &[ArrayD<f32>],
+    ) -> Result<BatchLosses> {
+        self.losses_and_outputs(tg, spec, Mode::Evaluate, inputs, targets)
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn losses_and_outputs(
+        &mut self,
+        tg: &TrainGraph,
+        spec: &StepSpec,
+        mode: Mode,
+        inputs: &[PreparedInput],
+        targets: &[ArrayD<f32>],
+    ) -> Result<BatchLosses> {
+        let graph = &tg.graph;
+        if targets.len() != graph.outputs.len() {
+            return Err(Error::Input(format!(
+                "the model has {} output(s), got {} target array(s)",
+                graph.outputs.len(),
+                targets.len()
+            )));
+        }
+        let batch = crate::input::common_batch(inputs)?;
+        let flat: Vec<Vec<f32>> = targets
+            .iter()
+            .map(|t| t.as_standard_layout().iter().copied().collect())
+            .collect();
+        for (k, t) in flat.iter().enumerate() {
+            let info = graph.value(graph.outputs[k].value);
+            let want = plan::target_floats(&spec.losses[k], &info.shape, batch);
+            if t.len() != want {
+                return Err(Error::Input(format!(
+                    "targets for output '{}' hold {} values, the loss needs {want} for {batch} rows",
+                    graph.outputs[k].name,
+                    t.len()
+                )));
+            }
+        }
+        let refs: Vec<&[f32]> = flat.iter().map(Vec::as_slice).collect();
+        let outs = pollster::block_on(self.run(tg, spec, mode, inputs, &refs))?;
+        let n = graph.outputs.len();
+        let outputs = graph
+            .outputs
+            .iter()
+            .zip(&outs)
+            .map(|(p, v)| {
+                let mut shape = vec![batch];
+                shape.extend_from_slice(&graph.value(p.value).shape);
+                ArrayD::from_shape_vec(IxDyn(&shape), v.clone())
+                    .map_err(|e| Error::Internal(format!("output of the wrong size: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let first = |v: &Vec<f32>| v.first().copied().unwrap_or(f32::NAN) as f64;
+        let losses = outs[n..2 * n].iter().map(first).collect();
+        let penalty = outs[2 * n..].iter().map(first).sum();
+        Ok(BatchLosses {
+            output_losses: losses,
+            regularization: penalty,
+            outputs,
+        })
+    }
+
+    /// Each output's loss (before its weight) and the gradient of every updated parameter on
+    /// one batch, without an update (for tests against Keras's gradients).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn gradients(
+        &mut self,
+        tg: &TrainGraph,
+        spec: &StepSpec,
+        inputs: &[PreparedInput],
+        targets: &[ArrayD<f32>],
+    ) -> Result<(BatchLosses, Vec<(ParamId, ArrayD<f32>)>)> {
+        let losses = self.losses_and_outputs(tg, spec, Mode::Gradients, inputs, targets)?;
+        let all = pollster::block_on(self.read_arena(&self.arenas.grads))?;
+        let grads = self.split(&all, &tg.graph.params, self.layout.updated)?;
+        Ok((
+            losses,
+            self.layout.ids[..self.layout.updated]
+                .iter()
+                .copied()
+                .zip(grads)
+                .collect(),
+        ))
+    }
+
     /// The backward from given output gradients (no loss, no update), for tests: the
     /// gradient of every arena parameter and of each graph input that `tg` computes one for.
     #[cfg(not(target_arch = "wasm32"))]
@@ -477,6 +668,53 @@ impl GpuTrainer {
         }
         Ok(())
     }
+}
+
+/// The training step `wgnn info MODEL --train-plan` prints, planned for the chosen adapter's
+/// limits (no device is created; without an adapter, WebGPU's default limits).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn describe_train_plan(
+    tg: &TrainGraph,
+    spec: &StepSpec,
+    batch: usize,
+    adapter: Option<&str>,
+) -> Result<String> {
+    let (label, limits) = match super::choose_adapter(adapter) {
+        Ok(a) => (super::adapter_label(&a.get_info()), a.limits()),
+        Err(Error::Gpu(msg)) if super::is_no_adapter(&msg) && adapter.is_none() => (
+            "no adapter found: WebGPU default limits".to_string(),
+            wgpu::Limits::default(),
+        ),
+        Err(e) => return Err(e),
+    };
+    let plan_limits = super::plan_limits(&limits, LimitOverrides::default());
+    let mut layout = ParamLayout::new(tg);
+    if let Some(opt) = spec.optimizer {
+        layout.state_arenas = crate::train::optim::Optimizer::new(opt.clone(), &tg.graph.params)
+            .slot_names()
+            .len();
+    }
+    let tp = plan::build(tg, spec, &layout, batch.max(1), plan_limits, Mode::Step)?;
+    check_fits(&tp, plan_limits, &tg.graph)?;
+    let header = format!(
+        "GPU training plan for model '{}', batch {}: loss {}, optimizer {}\nadapter: {label}; max storage binding {}",
+        tg.graph.name,
+        batch.max(1),
+        spec.losses
+            .iter()
+            .map(|l| l.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+        spec.optimizer.map_or("none", |o| o.rule.class_name()),
+        bytes_text(plan_limits.max_binding_bytes)
+    );
+    Ok(plan::describe(
+        &tp,
+        &tg.graph,
+        &header,
+        uniform_stride(&limits),
+        &layout,
+    ))
 }
 
 /// Refuses a step whose buffers do not fit the adapter, naming the layer.

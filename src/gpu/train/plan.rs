@@ -11,7 +11,9 @@
 use std::fmt::Write as _;
 
 use crate::error::{Error, Result};
-use crate::graph::{Activation, BinaryOp, Dense, Graph, Node, Op as GraphOp, ParamId, ValueId};
+use crate::graph::{
+    Activation, BinaryOp, Dense, Graph, Node, Op as GraphOp, ParamId, Penalized, ValueId,
+};
 use crate::train::loss::LossKind;
 use crate::train::optim::OptimizerSpec;
 use crate::train::step::TrainGraph;
@@ -20,8 +22,8 @@ use crate::train::Loss;
 use super::super::grad::{linear_workgroups, word, Emit};
 use super::super::kernels::{Kernel, GEMM_TILE, LINEAR_THREADS};
 use super::super::plan::{
-    act_words, bytes_text, split_k_chunk, BatchTensor, BufRef, Op, Plan, PlanInput, PlanLimits,
-    PlanOutput,
+    act_words, bytes_text, split_k_chunk, Arena, BatchTensor, BufRef, Op, Plan, PlanInput,
+    PlanLimits, PlanOutput,
 };
 use super::super::weights::WeightRole;
 use super::ParamLayout;
@@ -32,8 +34,10 @@ pub struct TrainPlan {
     pub plan: Plan,
     /// Model inputs come first in `plan.inputs`; the targets (one per output) after them.
     pub model_inputs: usize,
-    /// `plan.outputs`: the model outputs, then one loss buffer per output.
+    /// `plan.outputs`: the model outputs, then one loss per output, then one value per
+    /// regularization penalty.
     pub model_outputs: usize,
+    pub penalties: usize,
     pub mode: Mode,
 }
 
@@ -44,6 +48,9 @@ pub enum Mode {
     Step,
     /// Forward and loss (Keras's `evaluate`, validation).
     Evaluate,
+    /// Forward, loss and backward, no update: the gradients stay in the gradient arena (for
+    /// tests against Keras's gradients).
+    Gradients,
     /// Forward, then the backward from output gradients given as inputs (no loss, no
     /// update); the gradients of the graph inputs are outputs. For tests.
     Seeded,
@@ -472,6 +479,117 @@ impl<'a> Builder<'a> {
         Ok(false)
     }
 
+    /// One L1/L2 penalty over `x` (`len` values): its value as one more plan output, and
+    /// (with `grad`) its gradient written or (`true`) added into that buffer.
+    #[allow(clippy::too_many_arguments)]
+    fn penalty(
+        &mut self,
+        x: BufRef,
+        len: usize,
+        l1: f32,
+        l2: f32,
+        scale: f32,
+        grad: Option<(BufRef, bool)>,
+        what: &str,
+    ) -> Result<()> {
+        let layer = self.layer(LOSS_NODE);
+        let f = f32::to_bits;
+        let sum = self.scratch(LOSS_NODE, "penalty", 1);
+        let words = |add: bool| -> Result<Vec<u32>> {
+            Ok(vec![
+                0,
+                f(l1),
+                f(l2),
+                f(scale),
+                word(&layer, "length", len)?,
+                u32::from(add),
+                0,
+                0,
+            ])
+        };
+        self.dispatch(
+            &layer,
+            LOSS_NODE,
+            Kernel::PenaltySum,
+            vec![x, BufRef::Dummy, BufRef::Dummy, sum],
+            words(false)?,
+            1,
+            format!("{what}: l1 {l1} l2 {l2} over {len} values"),
+        )?;
+        self.plan.outputs.push(PlanOutput {
+            buffer: sum,
+            bytes: 4,
+            shape: vec![1],
+        });
+        if let Some((g, add)) = grad {
+            self.dispatch(
+                &layer,
+                LOSS_NODE,
+                Kernel::PenaltyGrad,
+                vec![x, BufRef::Dummy, BufRef::Dummy, g],
+                words(add)?,
+                linear_workgroups(len, LINEAR_THREADS),
+                format!("{what} gradient"),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Activity penalties (divided by the batch size, as Keras 3 does): values, and their
+    /// gradients as seeds of the backward sweep.
+    fn activity_penalties(&mut self, grads: bool) -> Result<()> {
+        let scale = 1.0 / self.batch.max(1) as f32;
+        for r in self.graph.regularizers.clone() {
+            let Penalized::Activity(v) = r.target else {
+                continue;
+            };
+            let x = self.value_buf(v)?;
+            let len = self.floats(v);
+            let name = format!("activity penalty of {}", self.graph.value_name(v));
+            if grads && self.tg.needs_grad(v) {
+                self.contribute(LOSS_NODE, v, |b, g| {
+                    b.penalty(x, len, r.l1, r.l2, scale, Some((g, false)), &name)
+                })?;
+            } else {
+                self.penalty(x, len, r.l1, r.l2, scale, None, &name)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Weight penalties of trainable weights: values, and their gradients added to the
+    /// weights' (after the backward has written them).
+    fn weight_penalties(&mut self, grads: bool, layout: &ParamLayout) -> Result<()> {
+        for r in self.graph.regularizers.clone() {
+            let Penalized::Param(id) = r.target else {
+                continue;
+            };
+            if !self.trainable(id) {
+                continue;
+            }
+            let name = self.graph.params.param(id).name.clone();
+            let Some((_, len)) = layout.range(id) else {
+                return Err(Error::Train(format!(
+                    "the regularized weight '{name}' is not one GPU training holds; train it with --backend cpu"
+                )));
+            };
+            let grad = (grads && layout.updates(id)).then(|| {
+                let add = std::mem::replace(&mut self.param_written[id.0], true);
+                (BufRef::ParamGrad(id), add)
+            });
+            self.penalty(
+                BufRef::Param(id),
+                len,
+                r.l1,
+                r.l2,
+                1.0,
+                grad,
+                &format!("penalty of {name}"),
+            )?;
+        }
+        Ok(())
+    }
+
     /// Node `i`'s backward from the gradient `dy` of its (only) output. Returns whether `dy`'s
     /// buffer was handed on to an input (so it must not be freed).
     fn node_backward(&mut self, i: usize, dy: BufRef) -> Result<bool> {
@@ -550,11 +668,6 @@ pub fn build(
             return Err(train_error(node, why));
         }
     }
-    if !graph.regularizers.is_empty() {
-        return Err(Error::Train(
-            "weight and activity regularizers are not supported by GPU training yet; train with --backend cpu".into(),
-        ));
-    }
     if graph.output_masks.iter().any(Option::is_some) {
         return Err(Error::Train(
             "a masked sequence output is not supported by GPU training yet; train with --backend cpu".into(),
@@ -593,7 +706,9 @@ pub fn build(
         let info = graph.value(port.value);
         let floats = match mode {
             Mode::Seeded => batch * info.elements(),
-            Mode::Step | Mode::Evaluate => target_floats(&spec.losses[k], &info.shape, batch),
+            Mode::Step | Mode::Evaluate | Mode::Gradients => {
+                target_floats(&spec.losses[k], &info.shape, batch)
+            }
         };
         plan.inputs.push(PlanInput {
             bytes: 4 * floats as u64,
@@ -627,7 +742,10 @@ pub fn build(
                 }
             }
         }
-        Mode::Step | Mode::Evaluate => append_losses(&mut b, spec, model_inputs)?,
+        Mode::Step | Mode::Evaluate | Mode::Gradients => {
+            append_losses(&mut b, spec, model_inputs)?;
+            b.activity_penalties(mode != Mode::Evaluate)?;
+        }
     }
     if mode != Mode::Evaluate {
         for i in (0..graph.nodes.len()).rev() {
@@ -649,6 +767,11 @@ pub fn build(
             }
         }
     }
+    let mut penalties = 0;
+    if mode != Mode::Seeded {
+        b.weight_penalties(mode != Mode::Evaluate, layout)?;
+        penalties = b.plan.outputs.len() - model_outputs - graph.outputs.len();
+    }
     match mode {
         Mode::Seeded => {
             for port in &graph.inputs {
@@ -668,13 +791,25 @@ pub fn build(
                 });
             }
         }
-        Mode::Step => append_update(&mut b, spec, layout)?,
-        Mode::Evaluate => {}
+        Mode::Step => {
+            b.updating = true;
+            // A NaN loss must leave the parameters as they were: keep them.
+            b.push(Op::Copy {
+                node: UPDATE_NODE,
+                src: BufRef::Arena(Arena::Params),
+                dst: BufRef::Arena(Arena::Backup),
+                bytes: 4 * layout.total as u64,
+            });
+            append_update(&mut b, spec, layout)?;
+            b.updating = false;
+        }
+        Mode::Evaluate | Mode::Gradients => {}
     }
     Ok(TrainPlan {
         plan: b.plan,
         model_inputs,
         model_outputs,
+        penalties,
         mode,
     })
 }

@@ -279,6 +279,27 @@ impl Optimizer {
         Ok(())
     }
 
+    /// Slots per variable (momentum, velocity, ...), in Keras's creation order.
+    pub(crate) fn slot_names(&self) -> Vec<&'static str> {
+        slot_groups(&self.spec.rule).concat()
+    }
+
+    /// Slot `k` of parameter `id`.
+    pub(crate) fn slot(&self, id: ParamId, k: usize) -> Option<&ArrayD<f32>> {
+        let v = self.index.get(id.0).copied().flatten()?;
+        self.slots[v].get(k)
+    }
+
+    pub(crate) fn slot_mut(&mut self, id: ParamId, k: usize) -> Option<&mut ArrayD<f32>> {
+        let v = self.index.get(id.0).copied().flatten()?;
+        self.slots[v].get_mut(k)
+    }
+
+    /// Counts one `apply` made elsewhere (the GPU's update kernels).
+    pub(crate) fn count_iteration(&mut self) {
+        self.iterations += 1;
+    }
+
     /// Whether `id` is one of the parameters this optimizer updates.
     pub fn updates(&self, id: ParamId) -> bool {
         self.index.get(id.0).copied().flatten().is_some()

@@ -22,6 +22,8 @@ const COPY: &str = include_str!("../../shaders/copy.wgsl");
 const MASK: &str = include_str!("../../shaders/mask.wgsl");
 const NORM: &str = include_str!("../../shaders/norm.wgsl");
 const CONV_LSTM: &str = include_str!("../../shaders/conv_lstm.wgsl");
+const CONV_GRAD: &str = include_str!("../../shaders/conv_grad.wgsl");
+const POOL_GRAD: &str = include_str!("../../shaders/pool_grad.wgsl");
 
 /// Every GEMM workgroup computes a tile this many rows by this many columns.
 pub const GEMM_TILE: u32 = 64;
@@ -81,6 +83,20 @@ pub enum Kernel {
     RnnCopy,
     /// One ConvLSTM timestep's gates and state update (the convolutions run on Conv2d).
     ConvLstmGates,
+    /// Convolution input gradient: implicit GEMM dX = gathered dY · Wᵀ (conv_grad.wgsl).
+    ConvGradInput,
+    /// Convolution kernel gradient: implicit GEMM dW = im2col(X)ᵀ · dY, split over K.
+    ConvGradWeights,
+    /// Sums split partials in split order (conv_grad.wgsl).
+    GradReduce,
+    /// Column sums over chunks of rows: bias gradients (conv_grad.wgsl).
+    BiasGrad,
+    /// Max / average pooling input gradient as a gather over covering windows.
+    PoolGrad,
+    /// Global pooling backward, first pass: per (item, channel) share and maximum.
+    GlobalPoolGradShare,
+    /// Global pooling backward, second pass: dx.
+    GlobalPoolGrad,
 }
 
 /// How a kernel reads one storage binding.
@@ -120,6 +136,13 @@ impl Kernel {
             Kernel::SoftmaxAxes => "softmax_axes",
             Kernel::RnnCopy => "rnn_copy",
             Kernel::ConvLstmGates => "conv_lstm_gates",
+            Kernel::ConvGradInput => "conv_grad_input",
+            Kernel::ConvGradWeights => "conv_grad_weights",
+            Kernel::GradReduce => "grad_reduce",
+            Kernel::BiasGrad => "bias_grad",
+            Kernel::PoolGrad => "pool_grad",
+            Kernel::GlobalPoolGradShare => "global_pool_grad_share",
+            Kernel::GlobalPoolGrad => "global_pool_grad",
         }
     }
 
@@ -130,6 +153,7 @@ impl Kernel {
             Kernel::RnnStep => "step",
             Kernel::RnnMerge => "merge",
             Kernel::RnnCopy => "copy_state",
+            Kernel::ConvGradInput | Kernel::ConvGradWeights => "conv_grad_gemm",
             other => other.name(),
         }
     }
@@ -160,6 +184,12 @@ impl Kernel {
             | Kernel::GroupNorm
             | Kernel::SoftmaxAxes => &[NORM],
             Kernel::ConvLstmGates => &[CONV_LSTM],
+            // conv_grad.wgsl's `INPUT_GRAD` picks the GEMM's mode (unused by the others).
+            Kernel::ConvGradInput => &["const INPUT_GRAD: bool = true;", CONV_GRAD],
+            Kernel::ConvGradWeights | Kernel::GradReduce | Kernel::BiasGrad => {
+                &["const INPUT_GRAD: bool = false;", CONV_GRAD]
+            }
+            Kernel::PoolGrad | Kernel::GlobalPoolGradShare | Kernel::GlobalPoolGrad => &[POOL_GRAD],
         };
         let mut source = String::from(COMMON);
         for part in parts {
@@ -195,6 +225,13 @@ impl Kernel {
             | Kernel::GroupNorm
             | Kernel::SoftmaxAxes => &[ReadWrite, Read, Read],
             Kernel::ConvLstmGates => &[Read, Read, ReadWrite, ReadWrite, ReadWrite],
+            Kernel::ConvGradInput
+            | Kernel::ConvGradWeights
+            | Kernel::GradReduce
+            | Kernel::BiasGrad => &[Read, Read, ReadWrite],
+            Kernel::PoolGrad | Kernel::GlobalPoolGradShare | Kernel::GlobalPoolGrad => {
+                &[Read, Read, Read, Read, ReadWrite]
+            }
         }
     }
 
@@ -220,13 +257,24 @@ impl Kernel {
             Kernel::SoftmaxAxes => &["x", "-", "-"],
             Kernel::RnnCopy => &["src", "dst"],
             Kernel::ConvLstmGates => &["xz", "hz", "h", "c", "y"],
+            Kernel::ConvGradInput => &["dy", "kernel", "dx"],
+            Kernel::ConvGradWeights => &["x", "dy", "dkernel"],
+            Kernel::GradReduce => &["partials", "-", "sum"],
+            Kernel::BiasGrad => &["dy", "-", "sums"],
+            Kernel::PoolGrad => &["x", "dy", "-", "-", "dx"],
+            Kernel::GlobalPoolGradShare => &["x", "dy", "ids", "-", "share"],
+            Kernel::GlobalPoolGrad => &["x", "dy", "ids", "share", "dx"],
         }
     }
 
     /// Threads per workgroup.
     pub fn threads(self) -> u32 {
         match self {
-            Kernel::Matmul | Kernel::Conv2d | Kernel::ConvNd => 256,
+            Kernel::Matmul
+            | Kernel::Conv2d
+            | Kernel::ConvNd
+            | Kernel::ConvGradInput
+            | Kernel::ConvGradWeights => 256,
             _ => LINEAR_THREADS,
         }
     }

@@ -7,7 +7,7 @@
 #![cfg_attr(not(test), allow(dead_code))]
 
 use crate::error::{Error, Result};
-use crate::graph::{Activation, Conv, Node};
+use crate::graph::{Activation, Conv, DepthwiseConv, Node};
 
 use super::super::kernels::{
     Kernel, GEMM_K_SLICE, GEMM_TILE, LINEAR_THREADS, SPLIT_K_MIN_DEPTH, SPLIT_K_TARGET_WORKGROUPS,
@@ -190,6 +190,39 @@ pub(crate) fn conv_backward(
         bias_grad(e, layer, node, dy, out_pixels, f, dbias)?;
     }
     Ok(())
+}
+
+/// DepthwiseConv1D/2D backward, as the grouped convolution it is: C groups of one channel and
+/// M filters each. Keras's depthwise kernel (k..., C, M) is that convolution's kernel
+/// (k..., 1, C * M) value for value, and dy's channel c * M + m is its filter c * M + m, so the
+/// buffers are the same. Correct but not fast: each group fills a 64-wide GEMM tile with M
+/// (often 1) columns.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn depthwise_backward(
+    e: &mut dyn Emit,
+    layer: &Node,
+    node: usize,
+    conv: &DepthwiseConv,
+    batch: usize,
+    x: BufRef,
+    kernel: BufRef,
+    dy: BufRef,
+    dx: Option<BufRef>,
+    dkernel: Option<BufRef>,
+    dbias: Option<BufRef>,
+) -> Result<()> {
+    let grouped = Conv {
+        filters: conv.out_channels(),
+        window: conv.window,
+        in_channels: conv.channels,
+        groups: conv.channels,
+        kernel: conv.kernel,
+        bias: conv.bias,
+        activation: conv.activation,
+    };
+    conv_backward(
+        e, layer, node, &grouped, batch, x, kernel, dy, dx, dkernel, dbias,
+    )
 }
 
 fn gemm_tiles(m: usize, n: usize) -> usize {
@@ -551,6 +584,78 @@ mod tests {
             .graph()
             .nodes[0]
             .clone()
+    }
+
+    #[test]
+    fn depthwise_backward_matches_the_cpu() {
+        let Some(mut r) = runner() else { return };
+        use Padding::*;
+        let cases: [(&[usize], &[usize], &[usize], &[usize], Padding, usize); 4] = [
+            (&[6, 7, 3], &[3, 3], &[1, 1], &[1, 1], Same, 1),
+            (&[7, 6, 4], &[3, 2], &[2, 2], &[1, 1], Same, 2),
+            (&[8, 8, 2], &[3, 3], &[1, 1], &[2, 2], Valid, 3),
+            (&[11, 5], &[4], &[2], &[1], Causal, 2),
+        ];
+        for (i, &(item, kernel, strides, dilation, padding, mult)) in cases.iter().enumerate() {
+            let rank = kernel.len();
+            let ch = item[rank];
+            let window = Window::new(kernel, strides, dilation, padding, &item[..rank]);
+            let g = one_node(item, |p| {
+                let mut kshape = kernel.to_vec();
+                kshape.extend([ch, mult]);
+                Op::DepthwiseConv(DepthwiseConv {
+                    window,
+                    channels: ch,
+                    multiplier: mult,
+                    kernel: p.add("n/kernel", uniform(&kshape, 1, 0.5), true),
+                    bias: Some(p.add("n/bias", uniform(&[ch * mult], 2, 0.5), true)),
+                    activation: Activation::Linear,
+                })
+            });
+            let Op::DepthwiseConv(conv) = &g.nodes[0].op else {
+                panic!("not a depthwise conv")
+            };
+            let batch = 3;
+            let mut x_shape = vec![batch];
+            x_shape.extend(item);
+            let mut y_shape = vec![batch];
+            y_shape.extend(&g.value(g.nodes[0].outputs[0]).shape);
+            let x = uniform(&x_shape, 3, 1.0);
+            let dy = uniform(&y_shape, 4, 1.0);
+            let (dx, grads) = run_backward(&g, &x, &dy, true, None);
+            let dx = dx.expect("dx");
+            let dk = grads.get(conv.kernel).expect("dkernel");
+            let db = grads.get(conv.bias.expect("bias")).expect("dbias");
+            let buffers = vec![
+                x.iter().copied().collect::<Vec<_>>(),
+                g.params.slice(conv.kernel).to_vec(),
+                dy.iter().copied().collect(),
+                vec![STALE; dx.len()],
+                vec![STALE; dk.len()],
+                vec![STALE; db.len()],
+            ];
+            let mut emit = TestEmit::new(r.limits, buffers.len());
+            let b = BufRef::Input;
+            depthwise_backward(
+                &mut emit,
+                &g.nodes[0],
+                0,
+                conv,
+                batch,
+                b(0),
+                b(1),
+                b(2),
+                Some(b(3)),
+                Some(b(4)),
+                Some(b(5)),
+            )
+            .expect("lowering");
+            let got = emit.run(&mut r, &buffers).expect("GPU run");
+            let name = format!("depthwise case {i}");
+            assert_close(&format!("{name} dx"), &shaped(&got[3], dx.shape()), &dx);
+            assert_close(&format!("{name} dkernel"), &shaped(&got[4], dk.shape()), dk);
+            assert_close(&format!("{name} dbias"), &shaped(&got[5], db.shape()), db);
+        }
     }
 
     #[test]

@@ -9,9 +9,12 @@
 // - kernel gradient (`INPUT_GRAD` false): dW[M = (tap, ci), fg] = A · B with K = N * out
 //   positions: A = im2col(X)ᵀ, B = dY. K is long, so it is split (`k_chunk`) into partial
 //   products c[split][tap * cg + ci][F], summed in split order by `grad_reduce`.
+// - the forward convolution (`CONV_FORWARD` true, one group): C[N * out positions, F] =
+//   im2col(X) · W, the kernel gradient's A read the other way round. A transposed
+//   convolution's input gradient is this convolution of its output gradient.
 //
-// `INPUT_GRAD` is a constant the host puts before this file, so each pipeline compiles one
-// mode. A workgroup of 16x16 threads computes a 64x64 tile of C with a 4x4 register block per
+// `INPUT_GRAD` and `CONV_FORWARD` are constants the host puts before this file, so each
+// pipeline compiles one mode. A workgroup of 16x16 threads computes a 64x64 tile of C with a 4x4 register block per
 // thread, walking K in slices of 16 through workgroup memory, as gemm.wgsl does. No atomics:
 // every output is written by one thread, so results are deterministic.
 //
@@ -116,16 +119,23 @@ fn load_a(row: u32, col: u32, g: u32) -> f32 {
         let pixel = ((n * p.out_d + u32(oz)) * p.out_h + u32(oy)) * p.out_w + u32(ox);
         return a[pixel * p.filters + g * p.group_filters + f];
     }
-    // row: (tap, input channel of the group); col: output pixel (n, z, y, x).
-    let ci = row % p.group_channels;
-    let tap = row / p.group_channels;
+    // Kernel gradient: row = (tap, input channel of the group), col = output pixel
+    // (n, z, y, x); the forward convolution the other way round.
+    var tap_channel = row;
+    var out_pixel = col;
+    if (CONV_FORWARD) {
+        tap_channel = col;
+        out_pixel = row;
+    }
+    let ci = tap_channel % p.group_channels;
+    let tap = tap_channel / p.group_channels;
     let tx = tap % p.k_w;
     let ty = (tap / p.k_w) % p.k_h;
     let tz = tap / (p.k_w * p.k_h);
-    let ox = col % p.out_w;
-    let oy = (col / p.out_w) % p.out_h;
-    let oz = (col / (p.out_w * p.out_h)) % p.out_d;
-    let n = col / (p.out_w * p.out_h * p.out_d);
+    let ox = out_pixel % p.out_w;
+    let oy = (out_pixel / p.out_w) % p.out_h;
+    let oz = (out_pixel / (p.out_w * p.out_h)) % p.out_d;
+    let n = out_pixel / (p.out_w * p.out_h * p.out_d);
     let ix = source_input(ox, tx, p.stride_w, p.dil_w, p.pad_w, p.in_w);
     let iy = source_input(oy, ty, p.stride_h, p.dil_h, p.pad_h, p.in_h);
     let iz = source_input(oz, tz, p.stride_d, p.dil_d, p.pad_d, p.in_d);
@@ -144,7 +154,8 @@ fn load_b(row: u32, col: u32, g: u32) -> f32 {
         let tap = row / p.group_filters;
         return b[(tap * p.group_channels + col) * p.filters + g * p.group_filters + f];
     }
-    // row: output pixel; col: filter of the group.
+    // Kernel gradient: row = output pixel, col = filter of the group (B = dY). Forward:
+    // row = (tap, channel), col = filter (B = W).
     return b[row * p.filters + g * p.group_filters + col];
 }
 
@@ -152,7 +163,8 @@ fn store(split: u32, row: u32, col: u32, g: u32, v: f32) {
     if (INPUT_GRAD) {
         c[row * p.channels + g * p.group_channels + col] = v;
     } else {
-        // Split s writes its own copy of the kernel's shape (the kernel itself when unsplit).
+        // Split s writes its own copy of the kernel's shape (the kernel itself when unsplit);
+        // the forward writes y (m output pixels by F).
         c[(split * p.m + row) * p.filters + g * p.group_filters + col] = v;
     }
 }
@@ -186,12 +198,12 @@ fn conv_grad_gemm(
     var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
 
     for (var k0 = k_begin; k0 < k_end; k0 += TILE_K) {
-        // Neighbouring threads load neighbouring addresses: along K (filters of dy) for the
-        // input gradient, along rows (channels of x) for the kernel gradient.
+        // Neighbouring threads load neighbouring addresses: along K (channels) for the input
+        // gradient and the forward, along rows (channels of x) for the kernel gradient.
         for (var e = li; e < TILE * TILE_K; e += THREADS) {
             var r = e % TILE;
             var kk = e / TILE;
-            if (INPUT_GRAD) {
+            if (INPUT_GRAD || CONV_FORWARD) {
                 r = e / TILE_K;
                 kk = e % TILE_K;
             }

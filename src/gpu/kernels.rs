@@ -87,6 +87,8 @@ pub enum Kernel {
     ConvGradInput,
     /// Convolution kernel gradient: implicit GEMM dW = im2col(X)ᵀ · dY, split over K.
     ConvGradWeights,
+    /// Transposed convolution input gradient: the forward convolution of dY (conv_grad.wgsl).
+    ConvTransposeGradInput,
     /// Sums split partials in split order (conv_grad.wgsl).
     GradReduce,
     /// Column sums over chunks of rows: bias gradients (conv_grad.wgsl).
@@ -138,6 +140,7 @@ impl Kernel {
             Kernel::ConvLstmGates => "conv_lstm_gates",
             Kernel::ConvGradInput => "conv_grad_input",
             Kernel::ConvGradWeights => "conv_grad_weights",
+            Kernel::ConvTransposeGradInput => "conv_transpose_grad_input",
             Kernel::GradReduce => "grad_reduce",
             Kernel::BiasGrad => "bias_grad",
             Kernel::PoolGrad => "pool_grad",
@@ -153,7 +156,9 @@ impl Kernel {
             Kernel::RnnStep => "step",
             Kernel::RnnMerge => "merge",
             Kernel::RnnCopy => "copy_state",
-            Kernel::ConvGradInput | Kernel::ConvGradWeights => "conv_grad_gemm",
+            Kernel::ConvGradInput | Kernel::ConvGradWeights | Kernel::ConvTransposeGradInput => {
+                "conv_grad_gemm"
+            }
             other => other.name(),
         }
     }
@@ -184,11 +189,19 @@ impl Kernel {
             | Kernel::GroupNorm
             | Kernel::SoftmaxAxes => &[NORM],
             Kernel::ConvLstmGates => &[CONV_LSTM],
-            // conv_grad.wgsl's `INPUT_GRAD` picks the GEMM's mode (unused by the others).
-            Kernel::ConvGradInput => &["const INPUT_GRAD: bool = true;", CONV_GRAD],
-            Kernel::ConvGradWeights | Kernel::GradReduce | Kernel::BiasGrad => {
-                &["const INPUT_GRAD: bool = false;", CONV_GRAD]
-            }
+            // conv_grad.wgsl's constants pick the GEMM's mode (unused by the others).
+            Kernel::ConvGradInput => &[
+                "const INPUT_GRAD: bool = true; const CONV_FORWARD: bool = false;",
+                CONV_GRAD,
+            ],
+            Kernel::ConvGradWeights | Kernel::GradReduce | Kernel::BiasGrad => &[
+                "const INPUT_GRAD: bool = false; const CONV_FORWARD: bool = false;",
+                CONV_GRAD,
+            ],
+            Kernel::ConvTransposeGradInput => &[
+                "const INPUT_GRAD: bool = false; const CONV_FORWARD: bool = true;",
+                CONV_GRAD,
+            ],
             Kernel::PoolGrad | Kernel::GlobalPoolGradShare | Kernel::GlobalPoolGrad => &[POOL_GRAD],
         };
         let mut source = String::from(COMMON);
@@ -227,6 +240,7 @@ impl Kernel {
             Kernel::ConvLstmGates => &[Read, Read, ReadWrite, ReadWrite, ReadWrite],
             Kernel::ConvGradInput
             | Kernel::ConvGradWeights
+            | Kernel::ConvTransposeGradInput
             | Kernel::GradReduce
             | Kernel::BiasGrad => &[Read, Read, ReadWrite],
             Kernel::PoolGrad | Kernel::GlobalPoolGradShare | Kernel::GlobalPoolGrad => {
@@ -259,6 +273,7 @@ impl Kernel {
             Kernel::ConvLstmGates => &["xz", "hz", "h", "c", "y"],
             Kernel::ConvGradInput => &["dy", "kernel", "dx"],
             Kernel::ConvGradWeights => &["x", "dy", "dkernel"],
+            Kernel::ConvTransposeGradInput => &["dy", "kernel", "dx"],
             Kernel::GradReduce => &["partials", "-", "sum"],
             Kernel::BiasGrad => &["dy", "-", "sums"],
             Kernel::PoolGrad => &["x", "dy", "-", "-", "dx"],
@@ -274,7 +289,8 @@ impl Kernel {
             | Kernel::Conv2d
             | Kernel::ConvNd
             | Kernel::ConvGradInput
-            | Kernel::ConvGradWeights => 256,
+            | Kernel::ConvGradWeights
+            | Kernel::ConvTransposeGradInput => 256,
             _ => LINEAR_THREADS,
         }
     }

@@ -7,7 +7,7 @@
 #![cfg_attr(not(test), allow(dead_code))]
 
 use crate::error::{Error, Result};
-use crate::graph::{Activation, Conv, DepthwiseConv, Node};
+use crate::graph::{Activation, Conv, ConvTranspose, DepthwiseConv, Node, Window};
 
 use super::super::kernels::{
     Kernel, GEMM_K_SLICE, GEMM_TILE, LINEAR_THREADS, SPLIT_K_MIN_DEPTH, SPLIT_K_TARGET_WORKGROUPS,
@@ -43,6 +43,18 @@ pub(super) fn check_buffer(e: &dyn Emit, layer: &Node, what: &str, floats: usize
         ));
     }
     Ok(())
+}
+
+fn linear_only(layer: &Node, activation: Activation) -> Result<()> {
+    if activation == Activation::Linear {
+        return Ok(());
+    }
+    Err(layer_error(
+        layer,
+        "activation",
+        "the backward of a convolution with a fused activation is not supported on the GPU \
+         (the training graph runs the activation as its own node)",
+    ))
 }
 
 /// conv_grad.wgsl's `ConvGradParams`: the GEMM (m, n, k, groups, k_chunk) then the geometry.
@@ -92,14 +104,7 @@ pub(crate) fn conv_backward(
     dkernel: Option<BufRef>,
     dbias: Option<BufRef>,
 ) -> Result<()> {
-    if conv.activation != Activation::Linear {
-        return Err(layer_error(
-            layer,
-            "activation",
-            "the backward of a convolution with a fused activation is not supported on the GPU \
-             (the training graph runs the activation as its own node)",
-        ));
-    }
+    linear_only(layer, conv.activation)?;
     let w = &conv.window;
     let groups = conv.groups;
     let (c, f) = (conv.in_channels, conv.filters);
@@ -225,6 +230,81 @@ pub(crate) fn depthwise_backward(
     )
 }
 
+/// Conv1D/2D/3DTranspose backward. A transposed convolution is the adjoint of the convolution
+/// whose input is its output (`transposed_conv`), with its kernel (k..., F, C) as that
+/// convolution's kernel (k..., C_in = F, filters = C). So `dx` (x's shape) is that
+/// convolution's forward on `dy`, `dkernel` its kernel gradient with x and dy in each other's
+/// place, and `dbias` (F) the column sums of dy. Buffers as in [`conv_backward`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_transpose_backward(
+    e: &mut dyn Emit,
+    layer: &Node,
+    node: usize,
+    conv: &ConvTranspose,
+    batch: usize,
+    x: BufRef,
+    kernel: BufRef,
+    dy: BufRef,
+    dx: Option<BufRef>,
+    dkernel: Option<BufRef>,
+    dbias: Option<BufRef>,
+) -> Result<()> {
+    linear_only(layer, conv.activation)?;
+    let adjoint = transposed_conv(conv);
+    if let Some(dx) = dx {
+        let w = &adjoint.window;
+        check_buffer(e, layer, "dy", batch * w.in_positions() * conv.filters)?;
+        check_buffer(e, layer, "x", batch * w.out_positions() * conv.in_channels)?;
+        let (m, n, k) = (
+            batch * w.out_positions(),
+            conv.in_channels,
+            w.taps() * conv.filters,
+        );
+        if m > 0 && n > 0 {
+            e.dispatch(
+                layer,
+                node,
+                Kernel::ConvTransposeGradInput,
+                vec![dy, kernel, dx],
+                conv_params(layer, &adjoint, [m, n, k, 1, 0])?,
+                gemm_tiles(m, n) as u64,
+                format!("dx of transposed {}: {m}x{n}x{k}", w.text()),
+            )?;
+        }
+    }
+    conv_backward(
+        e, layer, node, &adjoint, batch, dy, kernel, x, None, dkernel, None,
+    )?;
+    if let Some(dbias) = dbias {
+        let rows = batch * conv.output.iter().product::<usize>();
+        bias_grad(e, layer, node, dy, rows, conv.filters, dbias)?;
+    }
+    Ok(())
+}
+
+/// The convolution a transposed convolution is the adjoint of: its input is the transposed
+/// op's output, its output positions the transposed op's input positions.
+fn transposed_conv(c: &ConvTranspose) -> Conv {
+    Conv {
+        filters: c.in_channels,
+        window: Window {
+            rank: c.rank,
+            kernel: c.kernel_size,
+            strides: c.strides,
+            dilation: c.dilation,
+            padding: c.padding,
+            input: c.output,
+            output: c.input,
+            pad_before: c.pad_before,
+        },
+        in_channels: c.filters,
+        groups: 1,
+        kernel: c.kernel,
+        bias: None,
+        activation: c.activation,
+    }
+}
+
 fn gemm_tiles(m: usize, n: usize) -> usize {
     let tile = GEMM_TILE as usize;
     m.div_ceil(tile) * n.div_ceil(tile)
@@ -314,7 +394,7 @@ mod tests {
     use crate::cpu::grad::check::uniform;
     use crate::cpu::grad::testing::{assert_close, one_node, run_backward};
     use crate::gpu::testing::{runner, KernelRunner};
-    use crate::graph::{Graph, Op, Padding, Window};
+    use crate::graph::{to_dhw, transpose_axis, Graph, Op, Padding, Window};
 
     /// What the GPU writes into an output buffer it must overwrite.
     const STALE: f32 = 123.0;
@@ -652,6 +732,150 @@ mod tests {
             .expect("lowering");
             let got = emit.run(&mut r, &buffers).expect("GPU run");
             let name = format!("depthwise case {i}");
+            assert_close(&format!("{name} dx"), &shaped(&got[3], dx.shape()), &dx);
+            assert_close(&format!("{name} dkernel"), &shaped(&got[4], dk.shape()), dk);
+            assert_close(&format!("{name} dbias"), &shaped(&got[5], db.shape()), db);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn transpose_graph(
+        item: &[usize],
+        kernel: &[usize],
+        strides: &[usize],
+        dilation: &[usize],
+        padding: Padding,
+        output_padding: Option<&[usize]>,
+        filters: usize,
+    ) -> Graph {
+        let rank = kernel.len();
+        let cin = item[rank];
+        let (k, s, d) = (to_dhw(kernel, 1), to_dhw(strides, 1), to_dhw(dilation, 1));
+        let input = to_dhw(&item[..rank], 1);
+        let (mut output, mut pad_before) = ([1; 3], [0; 3]);
+        for a in 3 - rank..3 {
+            let op = output_padding.map(|p| p[a + rank - 3]);
+            let (o, p) = transpose_axis(input[a], k[a], s[a], d[a], padding, op).unwrap();
+            output[a] = o;
+            pad_before[a] = p;
+        }
+        one_node(item, |p| {
+            let mut kshape = kernel.to_vec();
+            kshape.extend([filters, cin]);
+            Op::ConvTranspose(ConvTranspose {
+                filters,
+                in_channels: cin,
+                rank,
+                kernel_size: k,
+                strides: s,
+                dilation: d,
+                padding,
+                input,
+                output,
+                pad_before,
+                kernel: p.add("n/kernel", uniform(&kshape, 7, 0.5), true),
+                bias: Some(p.add("n/bias", uniform(&[filters], 8, 0.5), true)),
+                activation: Activation::Linear,
+            })
+        })
+    }
+
+    #[test]
+    fn conv_transpose_backward_matches_the_cpu() {
+        use Padding::*;
+        let Some(mut r) = runner() else { return };
+        let cases: Vec<(Graph, usize)> = vec![
+            (
+                transpose_graph(&[4, 3, 3], &[3, 3], &[2, 2], &[1, 1], Same, None, 4),
+                3,
+            ),
+            (
+                transpose_graph(&[3, 4, 2], &[2, 3], &[2, 1], &[1, 1], Valid, None, 3),
+                1,
+            ),
+            (
+                transpose_graph(
+                    &[3, 3, 5],
+                    &[2, 2],
+                    &[3, 3],
+                    &[1, 1],
+                    Valid,
+                    Some(&[2, 1]),
+                    2,
+                ),
+                3,
+            ),
+            (
+                transpose_graph(&[5, 3], &[4], &[2], &[1], Same, Some(&[1]), 3),
+                3,
+            ),
+            (
+                transpose_graph(&[4, 5, 3], &[3, 3], &[1, 1], &[2, 2], Same, None, 2),
+                2,
+            ),
+            (
+                transpose_graph(
+                    &[2, 3, 3, 2],
+                    &[2, 2, 3],
+                    &[2, 2, 1],
+                    &[1, 1, 1],
+                    Same,
+                    None,
+                    2,
+                ),
+                2,
+            ),
+            // More than one 64-wide tile of channels, filters and kernel rows; then 33 images.
+            (
+                transpose_graph(&[3, 3, 70], &[2, 2], &[2, 2], &[1, 1], Valid, None, 66),
+                2,
+            ),
+            (
+                transpose_graph(&[3, 2, 2], &[3, 3], &[2, 2], &[1, 1], Same, None, 3),
+                33,
+            ),
+        ];
+        for (i, (g, batch)) in cases.iter().enumerate() {
+            let Op::ConvTranspose(conv) = &g.nodes[0].op else {
+                panic!("not a transposed conv")
+            };
+            let batch = *batch;
+            let mut x_shape = vec![batch];
+            x_shape.extend(&g.value(g.nodes[0].inputs[0]).shape);
+            let mut y_shape = vec![batch];
+            y_shape.extend(&g.value(g.nodes[0].outputs[0]).shape);
+            let x = uniform(&x_shape, 9, 1.0);
+            let dy = uniform(&y_shape, 4, 1.0);
+            let (dx, grads) = run_backward(g, &x, &dy, true, None);
+            let dx = dx.expect("dx");
+            let dk = grads.get(conv.kernel).expect("dkernel");
+            let db = grads.get(conv.bias.expect("bias")).expect("dbias");
+            let buffers = vec![
+                x.iter().copied().collect::<Vec<_>>(),
+                g.params.slice(conv.kernel).to_vec(),
+                dy.iter().copied().collect(),
+                vec![STALE; dx.len()],
+                vec![STALE; dk.len()],
+                vec![STALE; db.len()],
+            ];
+            let mut emit = TestEmit::new(r.limits, buffers.len());
+            let b = BufRef::Input;
+            conv_transpose_backward(
+                &mut emit,
+                &g.nodes[0],
+                0,
+                conv,
+                batch,
+                b(0),
+                b(1),
+                b(2),
+                Some(b(3)),
+                Some(b(4)),
+                Some(b(5)),
+            )
+            .expect("lowering");
+            let got = emit.run(&mut r, &buffers).expect("GPU run");
+            let name = format!("transposed case {i}");
             assert_close(&format!("{name} dx"), &shaped(&got[3], dx.shape()), &dx);
             assert_close(&format!("{name} dkernel"), &shaped(&got[4], dk.shape()), dk);
             assert_close(&format!("{name} dbias"), &shaped(&got[5], db.shape()), db);

@@ -666,11 +666,21 @@ mod tests {
             .clone()
     }
 
+    /// (item shape, kernel, strides, dilation, padding, multiplier)
+    type DepthwiseCase<'a> = (
+        &'a [usize],
+        &'a [usize],
+        &'a [usize],
+        &'a [usize],
+        Padding,
+        usize,
+    );
+
     #[test]
     fn depthwise_backward_matches_the_cpu() {
         let Some(mut r) = runner() else { return };
         use Padding::*;
-        let cases: [(&[usize], &[usize], &[usize], &[usize], Padding, usize); 4] = [
+        let cases: [DepthwiseCase; 4] = [
             (&[6, 7, 3], &[3, 3], &[1, 1], &[1, 1], Same, 1),
             (&[7, 6, 4], &[3, 2], &[2, 2], &[1, 1], Same, 2),
             (&[8, 8, 2], &[3, 3], &[1, 1], &[2, 2], Valid, 3),

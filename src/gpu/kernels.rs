@@ -24,6 +24,8 @@ const NORM: &str = include_str!("../../shaders/norm.wgsl");
 const CONV_LSTM: &str = include_str!("../../shaders/conv_lstm.wgsl");
 const MATMUL_GRAD: &str = include_str!("../../shaders/matmul_grad.wgsl");
 const GRAD: &str = include_str!("../../shaders/grad.wgsl");
+const CONV_GRAD: &str = include_str!("../../shaders/conv_grad.wgsl");
+const POOL_GRAD: &str = include_str!("../../shaders/pool_grad.wgsl");
 
 /// Every GEMM workgroup computes a tile this many rows by this many columns.
 pub const GEMM_TILE: u32 = 64;
@@ -99,6 +101,22 @@ pub enum Kernel {
     PenaltyGrad,
     /// An L1/L2 penalty's value, one workgroup.
     PenaltySum,
+    /// Convolution input gradient: implicit GEMM dX = gathered dY · Wᵀ (conv_grad.wgsl).
+    ConvGradInput,
+    /// Convolution kernel gradient: implicit GEMM dW = im2col(X)ᵀ · dY, split over K.
+    ConvGradWeights,
+    /// Transposed convolution input gradient: the forward convolution of dY (conv_grad.wgsl).
+    ConvTransposeGradInput,
+    /// Sums split partials in split order (conv_grad.wgsl).
+    GradReduce,
+    /// Column sums over chunks of rows: bias gradients (conv_grad.wgsl).
+    BiasGrad,
+    /// Max / average pooling input gradient as a gather over covering windows.
+    PoolGrad,
+    /// Global pooling backward, first pass: per (item, channel) share and maximum.
+    GlobalPoolGradShare,
+    /// Global pooling backward, second pass: dx.
+    GlobalPoolGrad,
 }
 
 /// How a kernel reads one storage binding.
@@ -146,6 +164,14 @@ impl Kernel {
             Kernel::ColumnSums => "column_sums",
             Kernel::PenaltyGrad => "penalty_grad",
             Kernel::PenaltySum => "penalty_sum",
+            Kernel::ConvGradInput => "conv_grad_input",
+            Kernel::ConvGradWeights => "conv_grad_weights",
+            Kernel::ConvTransposeGradInput => "conv_transpose_grad_input",
+            Kernel::GradReduce => "grad_reduce",
+            Kernel::BiasGrad => "bias_grad",
+            Kernel::PoolGrad => "pool_grad",
+            Kernel::GlobalPoolGradShare => "global_pool_grad_share",
+            Kernel::GlobalPoolGrad => "global_pool_grad",
         }
     }
 
@@ -157,6 +183,9 @@ impl Kernel {
             Kernel::RnnStep => "step",
             Kernel::RnnMerge => "merge",
             Kernel::RnnCopy => "copy_state",
+            Kernel::ConvGradInput | Kernel::ConvGradWeights | Kernel::ConvTransposeGradInput => {
+                "conv_grad_gemm"
+            }
             other => other.name(),
         }
     }
@@ -205,6 +234,20 @@ impl Kernel {
             | Kernel::ColumnSums
             | Kernel::PenaltyGrad
             | Kernel::PenaltySum => &[GRAD],
+            // conv_grad.wgsl's constants pick the GEMM's mode (unused by the others).
+            Kernel::ConvGradInput => &[
+                "const INPUT_GRAD: bool = true; const CONV_FORWARD: bool = false;",
+                CONV_GRAD,
+            ],
+            Kernel::ConvGradWeights | Kernel::GradReduce | Kernel::BiasGrad => &[
+                "const INPUT_GRAD: bool = false; const CONV_FORWARD: bool = false;",
+                CONV_GRAD,
+            ],
+            Kernel::ConvTransposeGradInput => &[
+                "const INPUT_GRAD: bool = false; const CONV_FORWARD: bool = true;",
+                CONV_GRAD,
+            ],
+            Kernel::PoolGrad | Kernel::GlobalPoolGradShare | Kernel::GlobalPoolGrad => &[POOL_GRAD],
         };
         let mut source = String::from(COMMON);
         for part in parts {
@@ -248,6 +291,14 @@ impl Kernel {
             | Kernel::GroupNorm
             | Kernel::SoftmaxAxes => &[ReadWrite, Read, Read],
             Kernel::ConvLstmGates => &[Read, Read, ReadWrite, ReadWrite, ReadWrite],
+            Kernel::ConvGradInput
+            | Kernel::ConvGradWeights
+            | Kernel::ConvTransposeGradInput
+            | Kernel::GradReduce
+            | Kernel::BiasGrad => &[Read, Read, ReadWrite],
+            Kernel::PoolGrad | Kernel::GlobalPoolGradShare | Kernel::GlobalPoolGrad => {
+                &[Read, Read, Read, Read, ReadWrite]
+            }
         }
     }
 
@@ -279,14 +330,29 @@ impl Kernel {
             Kernel::SoftmaxAxes => &["x", "-", "-"],
             Kernel::RnnCopy => &["src", "dst"],
             Kernel::ConvLstmGates => &["xz", "hz", "h", "c", "y"],
+            Kernel::ConvGradInput => &["dy", "kernel", "dx"],
+            Kernel::ConvGradWeights => &["x", "dy", "dkernel"],
+            Kernel::ConvTransposeGradInput => &["dy", "kernel", "dx"],
+            Kernel::GradReduce => &["partials", "-", "sum"],
+            Kernel::BiasGrad => &["dy", "-", "sums"],
+            Kernel::PoolGrad => &["x", "dy", "-", "-", "dx"],
+            Kernel::GlobalPoolGradShare => &["x", "dy", "ids", "-", "share"],
+            Kernel::GlobalPoolGrad => &["x", "dy", "ids", "share", "dx"],
         }
     }
 
     /// Threads per workgroup.
     pub fn threads(self) -> u32 {
         match self {
-            Kernel::Matmul | Kernel::Conv2d | Kernel::ConvNd => 256,
-            Kernel::MatmulAt | Kernel::MatmulBt | Kernel::PenaltySum => 256,
+            Kernel::Matmul
+            | Kernel::Conv2d
+            | Kernel::ConvNd
+            | Kernel::MatmulAt
+            | Kernel::MatmulBt
+            | Kernel::PenaltySum
+            | Kernel::ConvGradInput
+            | Kernel::ConvGradWeights
+            | Kernel::ConvTransposeGradInput => 256,
             _ => LINEAR_THREADS,
         }
     }

@@ -99,6 +99,8 @@ impl KernelRunner {
 }
 
 /// One dispatch of `kernel` over `workgroups` workgroups (folded into a grid), for tests.
+// No test builds ops by hand yet (they go through grad::test_emit).
+#[allow(dead_code)]
 pub(crate) fn dispatch(
     kernel: Kernel,
     buffers: Vec<BufRef>,

@@ -24,7 +24,7 @@ mod recurrent;
 mod shape;
 mod spatial;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 use std::any::Any;
 

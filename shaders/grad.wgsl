@@ -161,33 +161,6 @@ fn accumulate(
     dx[i] = dx[i] + dy[i];
 }
 
-// Partial column sums of a (rows, cols) matrix held in `x`: thread (chunk, col) sums rows
-// chunk*cols_chunk.. of one column into dx[chunk * cols + col]; SplitKReduce adds the chunks.
-// Fields reused: len = rows, cols, log = rows per chunk.
-@compute @workgroup_size(64, 1, 1)
-fn column_sums(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) li: u32,
-) {
-    let i = linear_workgroup(wg, nwg) * 64u + li;
-    let rows = p.len;
-    let cols = max(p.cols, 1u);
-    let chunk_rows = max(p.log, 1u);
-    let chunks = (rows + chunk_rows - 1u) / chunk_rows;
-    if (i >= chunks * cols) {
-        return;
-    }
-    let chunk = i / cols;
-    let col = i % cols;
-    let end = min(rows, (chunk + 1u) * chunk_rows);
-    var s = 0.0;
-    for (var r = chunk * chunk_rows; r < end; r++) {
-        s += x[r * cols + col];
-    }
-    dx[i] = s;
-}
-
 // An L1/L2 penalty's gradient, scale * (l1 * sign(x) + 2 * l2 * x), written into dx or (cols = 1)
 // added to it. act.p0 = l1, act.p1 = l2, act.p2 = scale (1, or 1 / batch for an activity
 // penalty, as Keras 3 divides it).

@@ -95,8 +95,6 @@ pub enum Kernel {
     SoftmaxGrad,
     /// dx += dy (a value read by several nodes).
     Accumulate,
-    /// Partial column sums of a matrix (bias gradients), finished by SplitKReduce.
-    ColumnSums,
     /// An L1/L2 penalty's gradient (weight and activity regularizers).
     PenaltyGrad,
     /// An L1/L2 penalty's value, one workgroup.
@@ -161,7 +159,6 @@ impl Kernel {
             Kernel::ActivationGrad => "activation_grad",
             Kernel::SoftmaxGrad => "softmax_grad",
             Kernel::Accumulate => "accumulate",
-            Kernel::ColumnSums => "column_sums",
             Kernel::PenaltyGrad => "penalty_grad",
             Kernel::PenaltySum => "penalty_sum",
             Kernel::ConvGradInput => "conv_grad_input",
@@ -231,7 +228,6 @@ impl Kernel {
             Kernel::ActivationGrad
             | Kernel::SoftmaxGrad
             | Kernel::Accumulate
-            | Kernel::ColumnSums
             | Kernel::PenaltyGrad
             | Kernel::PenaltySum => &[GRAD],
             // conv_grad.wgsl's constants pick the GEMM's mode (unused by the others).
@@ -272,7 +268,6 @@ impl Kernel {
             Kernel::ActivationGrad
             | Kernel::SoftmaxGrad
             | Kernel::Accumulate
-            | Kernel::ColumnSums
             | Kernel::PenaltyGrad
             | Kernel::PenaltySum => &[Read, Read, Read, ReadWrite],
             Kernel::Pool2d | Kernel::GlobalPool2d => &[Read, ReadWrite, Read],
@@ -309,7 +304,6 @@ impl Kernel {
             Kernel::MatmulAt | Kernel::MatmulBt => &["a", "b", "-", "c"],
             Kernel::ActivationGrad | Kernel::SoftmaxGrad => &["x", "y", "dy", "dx"],
             Kernel::Accumulate => &["-", "-", "dy", "dx"],
-            Kernel::ColumnSums => &["x", "-", "-", "partials"],
             Kernel::PenaltyGrad => &["x", "-", "-", "dx"],
             Kernel::PenaltySum => &["x", "-", "-", "sum"],
             Kernel::SplitKReduce => &["partials", "-", "bias", "c"],

@@ -4,7 +4,6 @@
 //! take the same kernels. Every output is overwritten, never accumulated into.
 
 // Called by the training plan; until it lands only the tests do.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use crate::error::{Error, Result};
 use crate::graph::{Activation, Conv, ConvTranspose, DepthwiseConv, Node, Window};

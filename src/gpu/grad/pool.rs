@@ -5,7 +5,6 @@
 //! gathers that overwrite dx.
 
 // Called by the training plan; until it lands only the tests do.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use crate::error::Result;
 use crate::graph::{Node, Pool, PoolOp};

@@ -19,7 +19,7 @@ use crate::train::optim::OptimizerSpec;
 use crate::train::step::TrainGraph;
 use crate::train::Loss;
 
-use super::super::grad::{linear_workgroups, word, Emit};
+use super::super::grad::{self, linear_workgroups, word, Emit};
 use super::super::kernels::{Kernel, GEMM_TILE, LINEAR_THREADS};
 use super::super::plan::{
     act_words, bytes_text, split_k_chunk, Arena, BatchTensor, BufRef, Op, Plan, PlanInput,
@@ -331,61 +331,6 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
-    /// Sums of the columns of a (rows, cols) matrix (a bias gradient): partial sums over
-    /// chunks of rows, then SplitKReduce adds the chunks.
-    fn column_sums(
-        &mut self,
-        node: usize,
-        x: BufRef,
-        out: BufRef,
-        rows: usize,
-        cols: usize,
-    ) -> Result<()> {
-        let layer = self.layer(node);
-        // Chunks of 256 rows keep each thread's serial sum short and deterministic.
-        let chunk = 256usize;
-        let chunks = rows.div_ceil(chunk).max(1);
-        let partials = self.scratch(node, "bias gradient partial sums", chunks * cols);
-        let mut params = vec![0u32; 4];
-        params.extend([
-            word(&layer, "rows", rows)?,
-            word(&layer, "columns", cols)?,
-            word(&layer, "chunk", chunk)?,
-            0,
-        ]);
-        self.dispatch(
-            &layer,
-            node,
-            Kernel::ColumnSums,
-            vec![x, BufRef::Dummy, BufRef::Dummy, partials],
-            params,
-            linear_workgroups(chunks * cols, LINEAR_THREADS),
-            format!("column sums of {rows}x{cols} in {chunks} chunks"),
-        )?;
-        // SplitKReduce with M = 1, N = cols, K = rows in chunks of `chunk`.
-        let mut reduce = vec![0u32; 4];
-        reduce.extend([
-            1,
-            word(&layer, "columns", cols)?,
-            word(&layer, "rows", rows)?,
-            0,
-        ]);
-        reduce.extend([0u32; 11]);
-        reduce.push(word(&layer, "chunk", chunk)?);
-        reduce.extend([1u32, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        self.dispatch(
-            &layer,
-            node,
-            Kernel::SplitKReduce,
-            vec![partials, BufRef::Dummy, BufRef::Dummy, out],
-            reduce,
-            linear_workgroups(cols, LINEAR_THREADS),
-            format!("sum {chunks} chunks of {cols} column sums"),
-        )?;
-        self.release(partials);
-        Ok(())
-    }
-
     fn dense_backward(&mut self, i: usize, d: &Dense, dy: BufRef) -> Result<()> {
         let node = &self.graph.nodes[i];
         let (x_value, k, units) = (node.inputs[0], d.in_features, d.units);
@@ -405,7 +350,10 @@ impl<'a> Builder<'a> {
             })?;
         }
         if let Some(bias) = d.bias.filter(|&p| self.trainable(p)) {
-            self.contribute_param(i, bias, |b, g| b.column_sums(i, dy, g, rows, units))?;
+            let layer = self.layer(i);
+            self.contribute_param(i, bias, |b, g| {
+                grad::conv::bias_grad(b, &layer, i, dy, rows, units, g)
+            })?;
         }
         if self.tg.needs_grad(x_value) {
             let w = BufRef::Param(d.kernel);
@@ -590,6 +538,50 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
+    /// Conv / DepthwiseConv / ConvTranspose: the input, kernel and bias gradients each
+    /// computed only where needed (a shared layer's second call adds into its gradients).
+    fn conv_family_backward(&mut self, i: usize, dy: BufRef) -> Result<()> {
+        let layer = self.layer(i);
+        let x_value = layer.inputs[0];
+        let x = self.value_buf(x_value)?;
+        let batch = self.batch;
+        let (kernel, bias) = match &layer.op {
+            GraphOp::Conv(c) => (c.kernel, c.bias),
+            GraphOp::DepthwiseConv(c) => (c.kernel, c.bias),
+            GraphOp::ConvTranspose(c) => (c.kernel, c.bias),
+            _ => return Err(Error::Internal("not a convolution".into())),
+        };
+        let run = |b: &mut Self,
+                   dx: Option<BufRef>,
+                   dk: Option<BufRef>,
+                   db: Option<BufRef>|
+         -> Result<()> {
+            let w = BufRef::Param(kernel);
+            match &layer.op {
+                GraphOp::Conv(c) => {
+                    grad::conv::conv_backward(b, &layer, i, c, batch, x, w, dy, dx, dk, db)
+                }
+                GraphOp::DepthwiseConv(c) => {
+                    grad::conv::depthwise_backward(b, &layer, i, c, batch, x, w, dy, dx, dk, db)
+                }
+                GraphOp::ConvTranspose(c) => grad::conv::conv_transpose_backward(
+                    b, &layer, i, c, batch, x, w, dy, dx, dk, db,
+                ),
+                _ => Err(Error::Internal("not a convolution".into())),
+            }
+        };
+        if self.trainable(kernel) {
+            self.contribute_param(i, kernel, |b, g| run(b, None, Some(g), None))?;
+        }
+        if let Some(bias) = bias.filter(|&p| self.trainable(p)) {
+            self.contribute_param(i, bias, |b, g| run(b, None, None, Some(g)))?;
+        }
+        if self.tg.needs_grad(x_value) {
+            self.contribute(i, x_value, |b, g| run(b, Some(g), None, None))?;
+        }
+        Ok(())
+    }
+
     /// Node `i`'s backward from the gradient `dy` of its (only) output. Returns whether `dy`'s
     /// buffer was handed on to an input (so it must not be freed).
     fn node_backward(&mut self, i: usize, dy: BufRef) -> Result<bool> {
@@ -604,6 +596,38 @@ impl<'a> Builder<'a> {
             GraphOp::Activation(a) => {
                 let a = *a;
                 self.activation_backward(i, &a, dy)
+            }
+            GraphOp::Conv(_) | GraphOp::DepthwiseConv(_) | GraphOp::ConvTranspose(_) => {
+                self.conv_family_backward(i, dy)?;
+                Ok(false)
+            }
+            GraphOp::Pool(p) => {
+                let p = p.clone();
+                if self.tg.needs_grad(x_value) {
+                    let layer = self.layer(i);
+                    let x = self.value_buf(x_value)?;
+                    let batch = self.batch;
+                    self.contribute(i, x_value, |b, g| {
+                        grad::pool::pool_backward(b, &layer, i, &p, batch, x, dy, g)
+                    })?;
+                }
+                Ok(false)
+            }
+            GraphOp::GlobalPool { op, rank, .. } => {
+                let (op, rank) = (*op, *rank);
+                if self.tg.needs_grad(x_value) {
+                    let layer = self.layer(i);
+                    let x = self.value_buf(x_value)?;
+                    let item = self.graph.value(x_value).shape.clone();
+                    let mask = node.mask.map(|m| self.value_buf(m)).transpose()?;
+                    let batch = self.batch;
+                    self.contribute(i, x_value, |b, g| {
+                        grad::pool::global_pool_backward(
+                            b, &layer, i, op, rank, &item, batch, x, dy, g, mask,
+                        )
+                    })?;
+                }
+                Ok(false)
             }
             GraphOp::Reshape { .. } | GraphOp::Identity | GraphOp::Dropout(_) => {
                 if self.tg.needs_grad(x_value) {
@@ -833,6 +857,10 @@ pub fn param_of(graph: &Graph, node: usize, role: WeightRole) -> Option<ParamId>
         (GraphOp::Dense(d), WeightRole::Bias) => d.bias,
         (GraphOp::Conv(c), WeightRole::Kernel) => Some(c.kernel),
         (GraphOp::Conv(c), WeightRole::Bias) => c.bias,
+        (GraphOp::DepthwiseConv(c), WeightRole::Kernel) => Some(c.kernel),
+        (GraphOp::DepthwiseConv(c), WeightRole::Bias) => c.bias,
+        (GraphOp::ConvTranspose(c), WeightRole::Kernel) => Some(c.kernel),
+        (GraphOp::ConvTranspose(c), WeightRole::Bias) => c.bias,
         (GraphOp::Embedding(e), WeightRole::Table) => Some(e.table),
         _ => None,
     }

@@ -22,6 +22,9 @@ const COPY: &str = include_str!("../../shaders/copy.wgsl");
 const MASK: &str = include_str!("../../shaders/mask.wgsl");
 const NORM: &str = include_str!("../../shaders/norm.wgsl");
 const CONV_LSTM: &str = include_str!("../../shaders/conv_lstm.wgsl");
+const OPTIM_COMMON: &str = include_str!("../../shaders/optim_common.wgsl");
+const OPTIM: &str = include_str!("../../shaders/optim.wgsl");
+const OPTIM_NORM: &str = include_str!("../../shaders/optim_norm.wgsl");
 
 /// Every GEMM workgroup computes a tile this many rows by this many columns.
 pub const GEMM_TILE: u32 = 64;
@@ -35,6 +38,8 @@ pub const SPLIT_K_TARGET_WORKGROUPS: usize = 128;
 pub const SPLIT_K_MIN_DEPTH: usize = 256;
 /// Threads per workgroup of the one-dimensional kernels.
 pub const LINEAR_THREADS: u32 = 64;
+/// Threads per workgroup of the single-pass tree reductions (optimizer norms, loss).
+pub const REDUCE_THREADS: u32 = 256;
 
 /// One compute kernel (a WGSL entry point with a fixed binding layout).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -81,6 +86,24 @@ pub enum Kernel {
     RnnCopy,
     /// One ConvLSTM timestep's gates and state update (the convolutions run on Conv2d).
     ConvLstmGates,
+    /// Training: one optimizer update rule over the whole parameter arena (gpu/grad/optim.rs),
+    /// clipping and weight decay folded in; the flags say which state arenas it binds.
+    OptimSgd {
+        momentum: bool,
+    },
+    OptimAdam {
+        amsgrad: bool,
+    },
+    OptimRmsProp {
+        momentum: bool,
+        centered: bool,
+    },
+    OptimAdagrad,
+    /// clipnorm / global_clipnorm: sums of squares of each 64-float gradient block, then of
+    /// each parameter's blocks, then of all parameters (tree reductions, no atomics).
+    OptimBlockSums,
+    OptimSegmentSums,
+    OptimTotal,
 }
 
 /// How a kernel reads one storage binding.
@@ -120,6 +143,13 @@ impl Kernel {
             Kernel::SoftmaxAxes => "softmax_axes",
             Kernel::RnnCopy => "rnn_copy",
             Kernel::ConvLstmGates => "conv_lstm_gates",
+            Kernel::OptimSgd { .. } => "optim_sgd",
+            Kernel::OptimAdam { .. } => "optim_adam",
+            Kernel::OptimRmsProp { .. } => "optim_rmsprop",
+            Kernel::OptimAdagrad => "optim_adagrad",
+            Kernel::OptimBlockSums => "optim_block_sums",
+            Kernel::OptimSegmentSums => "optim_segment_sums",
+            Kernel::OptimTotal => "optim_total",
         }
     }
 
@@ -136,6 +166,7 @@ impl Kernel {
 
     /// The shader source: common.wgsl first, then the kernel's own files.
     fn source(self) -> String {
+        let optim_header;
         let parts: &[&str] = match self {
             Kernel::Matmul | Kernel::SplitKReduce => &[UNGROUPED, GEMM, MATMUL],
             Kernel::Conv2d => &[UNGROUPED, GEMM, "const CONV_GENERAL: bool = false;", CONV2D],
@@ -160,6 +191,16 @@ impl Kernel {
             | Kernel::GroupNorm
             | Kernel::SoftmaxAxes => &[NORM],
             Kernel::ConvLstmGates => &[CONV_LSTM],
+            Kernel::OptimSgd { .. }
+            | Kernel::OptimAdam { .. }
+            | Kernel::OptimRmsProp { .. }
+            | Kernel::OptimAdagrad => {
+                optim_header = self.optim_header();
+                &[&optim_header, OPTIM_COMMON, OPTIM]
+            }
+            Kernel::OptimBlockSums | Kernel::OptimSegmentSums | Kernel::OptimTotal => {
+                &[OPTIM_COMMON, OPTIM_NORM]
+            }
         };
         let mut source = String::from(COMMON);
         for part in parts {
@@ -195,6 +236,31 @@ impl Kernel {
             | Kernel::GroupNorm
             | Kernel::SoftmaxAxes => &[ReadWrite, Read, Read],
             Kernel::ConvLstmGates => &[Read, Read, ReadWrite, ReadWrite, ReadWrite],
+            // param, grad, grad_sq, ctl, then one read-write arena per state slot.
+            Kernel::OptimSgd { momentum: false } => &[ReadWrite, Read, Read, Read],
+            Kernel::OptimSgd { momentum: true }
+            | Kernel::OptimAdagrad
+            | Kernel::OptimRmsProp {
+                momentum: false,
+                centered: false,
+            } => &[ReadWrite, Read, Read, Read, ReadWrite],
+            Kernel::OptimAdam { amsgrad: false }
+            | Kernel::OptimRmsProp {
+                momentum: true,
+                centered: false,
+            }
+            | Kernel::OptimRmsProp {
+                momentum: false,
+                centered: true,
+            } => &[ReadWrite, Read, Read, Read, ReadWrite, ReadWrite],
+            Kernel::OptimAdam { amsgrad: true }
+            | Kernel::OptimRmsProp {
+                momentum: true,
+                centered: true,
+            } => &[ReadWrite, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite],
+            Kernel::OptimBlockSums | Kernel::OptimSegmentSums | Kernel::OptimTotal => {
+                &[Read, Read, ReadWrite, ReadWrite]
+            }
         }
     }
 
@@ -220,6 +286,48 @@ impl Kernel {
             Kernel::SoftmaxAxes => &["x", "-", "-"],
             Kernel::RnnCopy => &["src", "dst"],
             Kernel::ConvLstmGates => &["xz", "hz", "h", "c", "y"],
+            Kernel::OptimSgd { momentum: false } => &["param", "grad", "grad_sq", "ctl"],
+            Kernel::OptimSgd { momentum: true } => &["param", "grad", "grad_sq", "ctl", "momentum"],
+            Kernel::OptimAdagrad => &["param", "grad", "grad_sq", "ctl", "accumulator"],
+            Kernel::OptimAdam { amsgrad } => {
+                if amsgrad {
+                    &[
+                        "param",
+                        "grad",
+                        "grad_sq",
+                        "ctl",
+                        "momentum",
+                        "velocity",
+                        "velocity_hat",
+                    ]
+                } else {
+                    &["param", "grad", "grad_sq", "ctl", "momentum", "velocity"]
+                }
+            }
+            Kernel::OptimRmsProp { momentum, centered } => match (momentum, centered) {
+                (false, false) => &["param", "grad", "grad_sq", "ctl", "velocity"],
+                (true, false) => &["param", "grad", "grad_sq", "ctl", "velocity", "momentum"],
+                (false, true) => &[
+                    "param",
+                    "grad",
+                    "grad_sq",
+                    "ctl",
+                    "velocity",
+                    "average_gradient",
+                ],
+                (true, true) => &[
+                    "param",
+                    "grad",
+                    "grad_sq",
+                    "ctl",
+                    "velocity",
+                    "momentum",
+                    "average_gradient",
+                ],
+            },
+            Kernel::OptimBlockSums | Kernel::OptimSegmentSums | Kernel::OptimTotal => {
+                &["grad", "grad_sq", "partials", "ctl"]
+            }
         }
     }
 
@@ -227,6 +335,7 @@ impl Kernel {
     pub fn threads(self) -> u32 {
         match self {
             Kernel::Matmul | Kernel::Conv2d | Kernel::ConvNd => 256,
+            Kernel::OptimSegmentSums | Kernel::OptimTotal => REDUCE_THREADS,
             _ => LINEAR_THREADS,
         }
     }
@@ -235,6 +344,67 @@ impl Kernel {
     /// so all timesteps are encoded up front into one submit.
     pub fn has_step_group(self) -> bool {
         self == Kernel::RnnStep
+    }
+
+    /// An optimizer kernel's own declarations: its flags, the state arenas it binds (in
+    /// `storage` order after the first four) and the uniform after them. Every rule's state
+    /// name is declared so optim.wgsl's four entry points all validate; those this kernel does
+    /// not bind are one-float private arrays its entry point never reaches.
+    fn optim_header(self) -> String {
+        let (flags, bound): (&[(&str, bool)], &[&str]) = match self {
+            Kernel::OptimSgd { momentum } => (
+                &[("SGD_MOMENTUM", momentum)],
+                if momentum { &["sgd_momentum"] } else { &[] },
+            ),
+            Kernel::OptimAdam { amsgrad } => (
+                &[("AMSGRAD", amsgrad)],
+                if amsgrad {
+                    &["adam_m", "adam_v", "adam_vhat"]
+                } else {
+                    &["adam_m", "adam_v"]
+                },
+            ),
+            Kernel::OptimRmsProp { momentum, centered } => (
+                &[("RMS_MOMENTUM", momentum), ("RMS_CENTERED", centered)],
+                match (momentum, centered) {
+                    (false, false) => &["rms_velocity"],
+                    (true, false) => &["rms_velocity", "rms_momentum"],
+                    (false, true) => &["rms_velocity", "rms_average"],
+                    (true, true) => &["rms_velocity", "rms_momentum", "rms_average"],
+                },
+            ),
+            _ => (&[], &["adagrad_accumulator"]),
+        };
+        const ALL_FLAGS: [&str; 4] = ["SGD_MOMENTUM", "AMSGRAD", "RMS_MOMENTUM", "RMS_CENTERED"];
+        const ALL_STATE: [&str; 8] = [
+            "sgd_momentum",
+            "adam_m",
+            "adam_v",
+            "adam_vhat",
+            "rms_velocity",
+            "rms_momentum",
+            "rms_average",
+            "adagrad_accumulator",
+        ];
+        let mut h = String::new();
+        for flag in ALL_FLAGS {
+            let on = flags.iter().any(|&(f, v)| f == flag && v);
+            h.push_str(&format!("const {flag}: bool = {on};\n"));
+        }
+        for name in ALL_STATE {
+            match bound.iter().position(|&b| b == name) {
+                Some(k) => h.push_str(&format!(
+                    "@group(0) @binding({}) var<storage, read_write> {name}: array<f32>;\n",
+                    4 + k
+                )),
+                None => h.push_str(&format!("var<private> {name}: array<f32, 1>;\n")),
+            }
+        }
+        h.push_str(&format!(
+            "@group(0) @binding({}) var<uniform> p: OptimParams;\n",
+            4 + bound.len()
+        ));
+        h
     }
 }
 

@@ -25,6 +25,7 @@ const CONV_LSTM: &str = include_str!("../../shaders/conv_lstm.wgsl");
 const OPTIM_COMMON: &str = include_str!("../../shaders/optim_common.wgsl");
 const OPTIM: &str = include_str!("../../shaders/optim.wgsl");
 const OPTIM_NORM: &str = include_str!("../../shaders/optim_norm.wgsl");
+const LOSS: &str = include_str!("../../shaders/loss.wgsl");
 
 /// Every GEMM workgroup computes a tile this many rows by this many columns.
 pub const GEMM_TILE: u32 = 64;
@@ -104,6 +105,11 @@ pub enum Kernel {
     OptimBlockSums,
     OptimSegmentSums,
     OptimTotal,
+    /// Training: a loss's per-row values and gradient (gpu/grad/loss.rs), the unmasked row
+    /// count, and the reduction to one value.
+    LossRows,
+    LossCount,
+    LossReduce,
 }
 
 /// How a kernel reads one storage binding.
@@ -150,6 +156,9 @@ impl Kernel {
             Kernel::OptimBlockSums => "optim_block_sums",
             Kernel::OptimSegmentSums => "optim_segment_sums",
             Kernel::OptimTotal => "optim_total",
+            Kernel::LossRows => "loss_rows",
+            Kernel::LossCount => "loss_count",
+            Kernel::LossReduce => "loss_reduce",
         }
     }
 
@@ -201,6 +210,7 @@ impl Kernel {
             Kernel::OptimBlockSums | Kernel::OptimSegmentSums | Kernel::OptimTotal => {
                 &[OPTIM_COMMON, OPTIM_NORM]
             }
+            Kernel::LossRows | Kernel::LossCount | Kernel::LossReduce => &[LOSS],
         };
         let mut source = String::from(COMMON);
         for part in parts {
@@ -260,6 +270,9 @@ impl Kernel {
             } => &[ReadWrite, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite],
             Kernel::OptimBlockSums | Kernel::OptimSegmentSums | Kernel::OptimTotal => {
                 &[Read, Read, ReadWrite, ReadWrite]
+            }
+            Kernel::LossRows | Kernel::LossCount | Kernel::LossReduce => {
+                &[Read, Read, Read, ReadWrite, ReadWrite, ReadWrite]
             }
         }
     }
@@ -328,6 +341,9 @@ impl Kernel {
             Kernel::OptimBlockSums | Kernel::OptimSegmentSums | Kernel::OptimTotal => {
                 &["grad", "grad_sq", "partials", "ctl"]
             }
+            Kernel::LossRows | Kernel::LossCount | Kernel::LossReduce => {
+                &["pred", "target", "mask", "dpred", "rows", "loss"]
+            }
         }
     }
 
@@ -335,7 +351,10 @@ impl Kernel {
     pub fn threads(self) -> u32 {
         match self {
             Kernel::Matmul | Kernel::Conv2d | Kernel::ConvNd => 256,
-            Kernel::OptimSegmentSums | Kernel::OptimTotal => REDUCE_THREADS,
+            Kernel::OptimSegmentSums
+            | Kernel::OptimTotal
+            | Kernel::LossCount
+            | Kernel::LossReduce => REDUCE_THREADS,
             _ => LINEAR_THREADS,
         }
     }

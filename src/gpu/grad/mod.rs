@@ -3,6 +3,7 @@
 //! forward's values and of the gradients flowing back, and appends its dispatches to an
 //! [`Emit`]: the training plan's builder, or a test's.
 
+pub(crate) mod loss;
 pub(crate) mod optim;
 
 use crate::error::{Error, Result};

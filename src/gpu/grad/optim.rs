@@ -589,6 +589,47 @@ mod tests {
         }
     }
 
+    /// A parameter left out of ctl's table (no gradient in the plan) keeps its value and
+    /// state, as `Optimizer::apply` leaves a parameter without a gradient; the others update.
+    #[test]
+    fn parameters_left_out_are_untouched() {
+        let Some(mut r) = runner() else { return };
+        let spec = spec(json!({"class_name": "AdamW", "config": {"clipnorm": 0.5}}));
+        let mut store = ParamStore::default();
+        let a = store.add("a", ArrayD::from_elem(IxDyn(&[5]), 0.7), true);
+        let b = store.add("b", ArrayD::from_elem(IxDyn(&[70]), -0.3), true);
+        let layout = ArenaLayout::new(&[5, 70]);
+        let params = layout.pack(&[store.slice(a), store.slice(b)]);
+        let mut grads = ParamGrads::new(&store);
+        let g: Vec<f32> = (0..70).map(|i| (i as f32 * 0.37).sin()).collect();
+        grads.add(b, ArrayD::from_shape_vec(IxDyn(&[70]), g.clone()).unwrap());
+        // The left-out parameter's gradient is garbage the kernels must not read.
+        let grad_arena = layout.pack(&[&[9.0; 5], &g]);
+        let mut ctl = layout.ctl_init(Some(&[false, true]));
+        let mut cpu = Optimizer::new(spec.clone(), &store);
+        ctl[..STEP_WORDS].copy_from_slice(&step_words(&spec, cpu.iterations()));
+        let ctl: Vec<f32> = ctl.into_iter().map(f32::from_bits).collect();
+        // Marked state in the left-out parameter, the CPU's zeros in the other.
+        let m0 = layout.pack(&[&[0.25; 5], &[0.0; 70]]);
+        let buffers = vec![params, grad_arena, vec![0.0], ctl, m0.clone(), m0];
+        let mut e = TestEmit::new(r.limits, buffers.len());
+        let state = [BufRef::Input(4), BufRef::Input(5)];
+        let (p, g, c) = (BufRef::Input(0), BufRef::Input(1), BufRef::Input(3));
+        optimizer_update(&mut e, &spec, &layout, p, g, None, &state, c).unwrap();
+        let out = e.run(&mut r, &buffers).unwrap();
+        cpu.apply(&mut store, &mut grads).unwrap();
+        assert_eq!(
+            layout.unpack(&out[0], 0),
+            store.slice(a),
+            "left out: weights"
+        );
+        assert!(
+            layout.unpack(&out[4], 0).iter().all(|&m| m == 0.25),
+            "left out: momentum"
+        );
+        close("updated", layout.unpack(&out[0], 1), store.slice(b));
+    }
+
     /// Every CPU slot has its arena, in the CPU's order.
     #[test]
     fn state_arenas_are_the_cpu_slots() {

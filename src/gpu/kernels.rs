@@ -26,6 +26,10 @@ const MATMUL_GRAD: &str = include_str!("../../shaders/matmul_grad.wgsl");
 const GRAD: &str = include_str!("../../shaders/grad.wgsl");
 const CONV_GRAD: &str = include_str!("../../shaders/conv_grad.wgsl");
 const POOL_GRAD: &str = include_str!("../../shaders/pool_grad.wgsl");
+const OPTIM_COMMON: &str = include_str!("../../shaders/optim_common.wgsl");
+const OPTIM: &str = include_str!("../../shaders/optim.wgsl");
+const OPTIM_NORM: &str = include_str!("../../shaders/optim_norm.wgsl");
+const LOSS: &str = include_str!("../../shaders/loss.wgsl");
 
 /// Every GEMM workgroup computes a tile this many rows by this many columns.
 pub const GEMM_TILE: u32 = 64;
@@ -39,6 +43,8 @@ pub const SPLIT_K_TARGET_WORKGROUPS: usize = 128;
 pub const SPLIT_K_MIN_DEPTH: usize = 256;
 /// Threads per workgroup of the one-dimensional kernels.
 pub const LINEAR_THREADS: u32 = 64;
+/// Threads per workgroup of the single-pass tree reductions (optimizer norms, loss).
+pub const REDUCE_THREADS: u32 = 256;
 
 /// One compute kernel (a WGSL entry point with a fixed binding layout).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -115,6 +121,29 @@ pub enum Kernel {
     GlobalPoolGradShare,
     /// Global pooling backward, second pass: dx.
     GlobalPoolGrad,
+    /// Training: one optimizer update rule over the whole parameter arena (gpu/grad/optim.rs),
+    /// clipping and weight decay folded in; the flags say which state arenas it binds.
+    OptimSgd {
+        momentum: bool,
+    },
+    OptimAdam {
+        amsgrad: bool,
+    },
+    OptimRmsProp {
+        momentum: bool,
+        centered: bool,
+    },
+    OptimAdagrad,
+    /// clipnorm / global_clipnorm: sums of squares of each 64-float gradient block, then of
+    /// each parameter's blocks, then of all parameters (tree reductions, no atomics).
+    OptimBlockSums,
+    OptimSegmentSums,
+    OptimTotal,
+    /// Training: a loss's per-row values and gradient (gpu/grad/loss.rs), the unmasked row
+    /// count, and the reduction to one value.
+    LossRows,
+    LossCount,
+    LossReduce,
 }
 
 /// How a kernel reads one storage binding.
@@ -169,6 +198,16 @@ impl Kernel {
             Kernel::PoolGrad => "pool_grad",
             Kernel::GlobalPoolGradShare => "global_pool_grad_share",
             Kernel::GlobalPoolGrad => "global_pool_grad",
+            Kernel::OptimSgd { .. } => "optim_sgd",
+            Kernel::OptimAdam { .. } => "optim_adam",
+            Kernel::OptimRmsProp { .. } => "optim_rmsprop",
+            Kernel::OptimAdagrad => "optim_adagrad",
+            Kernel::OptimBlockSums => "optim_block_sums",
+            Kernel::OptimSegmentSums => "optim_segment_sums",
+            Kernel::OptimTotal => "optim_total",
+            Kernel::LossRows => "loss_rows",
+            Kernel::LossCount => "loss_count",
+            Kernel::LossReduce => "loss_reduce",
         }
     }
 
@@ -189,6 +228,7 @@ impl Kernel {
 
     /// The shader source: common.wgsl first, then the kernel's own files.
     fn source(self) -> String {
+        let optim_header;
         let parts: &[&str] = match self {
             Kernel::Matmul | Kernel::SplitKReduce => &[UNGROUPED, GEMM, MATMUL],
             Kernel::Conv2d => &[UNGROUPED, GEMM, "const CONV_GENERAL: bool = false;", CONV2D],
@@ -244,6 +284,17 @@ impl Kernel {
                 CONV_GRAD,
             ],
             Kernel::PoolGrad | Kernel::GlobalPoolGradShare | Kernel::GlobalPoolGrad => &[POOL_GRAD],
+            Kernel::OptimSgd { .. }
+            | Kernel::OptimAdam { .. }
+            | Kernel::OptimRmsProp { .. }
+            | Kernel::OptimAdagrad => {
+                optim_header = self.optim_header();
+                &[&optim_header, OPTIM_COMMON, OPTIM]
+            }
+            Kernel::OptimBlockSums | Kernel::OptimSegmentSums | Kernel::OptimTotal => {
+                &[OPTIM_COMMON, OPTIM_NORM]
+            }
+            Kernel::LossRows | Kernel::LossCount | Kernel::LossReduce => &[LOSS],
         };
         let mut source = String::from(COMMON);
         for part in parts {
@@ -294,6 +345,34 @@ impl Kernel {
             Kernel::PoolGrad | Kernel::GlobalPoolGradShare | Kernel::GlobalPoolGrad => {
                 &[Read, Read, Read, Read, ReadWrite]
             }
+            // param, grad, grad_sq, ctl, then one read-write arena per state slot.
+            Kernel::OptimSgd { momentum: false } => &[ReadWrite, Read, Read, Read],
+            Kernel::OptimSgd { momentum: true }
+            | Kernel::OptimAdagrad
+            | Kernel::OptimRmsProp {
+                momentum: false,
+                centered: false,
+            } => &[ReadWrite, Read, Read, Read, ReadWrite],
+            Kernel::OptimAdam { amsgrad: false }
+            | Kernel::OptimRmsProp {
+                momentum: true,
+                centered: false,
+            }
+            | Kernel::OptimRmsProp {
+                momentum: false,
+                centered: true,
+            } => &[ReadWrite, Read, Read, Read, ReadWrite, ReadWrite],
+            Kernel::OptimAdam { amsgrad: true }
+            | Kernel::OptimRmsProp {
+                momentum: true,
+                centered: true,
+            } => &[ReadWrite, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite],
+            Kernel::OptimBlockSums | Kernel::OptimSegmentSums | Kernel::OptimTotal => {
+                &[Read, Read, ReadWrite, ReadWrite]
+            }
+            Kernel::LossRows | Kernel::LossCount | Kernel::LossReduce => {
+                &[Read, Read, Read, ReadWrite, ReadWrite, ReadWrite]
+            }
         }
     }
 
@@ -332,6 +411,51 @@ impl Kernel {
             Kernel::PoolGrad => &["x", "dy", "-", "-", "dx"],
             Kernel::GlobalPoolGradShare => &["x", "dy", "ids", "-", "share"],
             Kernel::GlobalPoolGrad => &["x", "dy", "ids", "share", "dx"],
+            Kernel::OptimSgd { momentum: false } => &["param", "grad", "grad_sq", "ctl"],
+            Kernel::OptimSgd { momentum: true } => &["param", "grad", "grad_sq", "ctl", "momentum"],
+            Kernel::OptimAdagrad => &["param", "grad", "grad_sq", "ctl", "accumulator"],
+            Kernel::OptimAdam { amsgrad } => {
+                if amsgrad {
+                    &[
+                        "param",
+                        "grad",
+                        "grad_sq",
+                        "ctl",
+                        "momentum",
+                        "velocity",
+                        "velocity_hat",
+                    ]
+                } else {
+                    &["param", "grad", "grad_sq", "ctl", "momentum", "velocity"]
+                }
+            }
+            Kernel::OptimRmsProp { momentum, centered } => match (momentum, centered) {
+                (false, false) => &["param", "grad", "grad_sq", "ctl", "velocity"],
+                (true, false) => &["param", "grad", "grad_sq", "ctl", "velocity", "momentum"],
+                (false, true) => &[
+                    "param",
+                    "grad",
+                    "grad_sq",
+                    "ctl",
+                    "velocity",
+                    "average_gradient",
+                ],
+                (true, true) => &[
+                    "param",
+                    "grad",
+                    "grad_sq",
+                    "ctl",
+                    "velocity",
+                    "momentum",
+                    "average_gradient",
+                ],
+            },
+            Kernel::OptimBlockSums | Kernel::OptimSegmentSums | Kernel::OptimTotal => {
+                &["grad", "grad_sq", "partials", "ctl"]
+            }
+            Kernel::LossRows | Kernel::LossCount | Kernel::LossReduce => {
+                &["pred", "target", "mask", "dpred", "rows", "loss"]
+            }
         }
     }
 
@@ -347,6 +471,10 @@ impl Kernel {
             | Kernel::ConvGradInput
             | Kernel::ConvGradWeights
             | Kernel::ConvTransposeGradInput => 256,
+            Kernel::OptimSegmentSums
+            | Kernel::OptimTotal
+            | Kernel::LossCount
+            | Kernel::LossReduce => REDUCE_THREADS,
             _ => LINEAR_THREADS,
         }
     }
@@ -355,6 +483,67 @@ impl Kernel {
     /// so all timesteps are encoded up front into one submit.
     pub fn has_step_group(self) -> bool {
         self == Kernel::RnnStep
+    }
+
+    /// An optimizer kernel's own declarations: its flags, the state arenas it binds (in
+    /// `storage` order after the first four) and the uniform after them. Every rule's state
+    /// name is declared so optim.wgsl's four entry points all validate; those this kernel does
+    /// not bind are one-float private arrays its entry point never reaches.
+    fn optim_header(self) -> String {
+        let (flags, bound): (&[(&str, bool)], &[&str]) = match self {
+            Kernel::OptimSgd { momentum } => (
+                &[("SGD_MOMENTUM", momentum)],
+                if momentum { &["sgd_momentum"] } else { &[] },
+            ),
+            Kernel::OptimAdam { amsgrad } => (
+                &[("AMSGRAD", amsgrad)],
+                if amsgrad {
+                    &["adam_m", "adam_v", "adam_vhat"]
+                } else {
+                    &["adam_m", "adam_v"]
+                },
+            ),
+            Kernel::OptimRmsProp { momentum, centered } => (
+                &[("RMS_MOMENTUM", momentum), ("RMS_CENTERED", centered)],
+                match (momentum, centered) {
+                    (false, false) => &["rms_velocity"],
+                    (true, false) => &["rms_velocity", "rms_momentum"],
+                    (false, true) => &["rms_velocity", "rms_average"],
+                    (true, true) => &["rms_velocity", "rms_momentum", "rms_average"],
+                },
+            ),
+            _ => (&[], &["adagrad_accumulator"]),
+        };
+        const ALL_FLAGS: [&str; 4] = ["SGD_MOMENTUM", "AMSGRAD", "RMS_MOMENTUM", "RMS_CENTERED"];
+        const ALL_STATE: [&str; 8] = [
+            "sgd_momentum",
+            "adam_m",
+            "adam_v",
+            "adam_vhat",
+            "rms_velocity",
+            "rms_momentum",
+            "rms_average",
+            "adagrad_accumulator",
+        ];
+        let mut h = String::new();
+        for flag in ALL_FLAGS {
+            let on = flags.iter().any(|&(f, v)| f == flag && v);
+            h.push_str(&format!("const {flag}: bool = {on};\n"));
+        }
+        for name in ALL_STATE {
+            match bound.iter().position(|&b| b == name) {
+                Some(k) => h.push_str(&format!(
+                    "@group(0) @binding({}) var<storage, read_write> {name}: array<f32>;\n",
+                    4 + k
+                )),
+                None => h.push_str(&format!("var<private> {name}: array<f32, 1>;\n")),
+            }
+        }
+        h.push_str(&format!(
+            "@group(0) @binding({}) var<uniform> p: OptimParams;\n",
+            4 + bound.len()
+        ));
+        h
     }
 }
 

@@ -5,6 +5,8 @@
 
 pub(crate) mod conv;
 pub(crate) mod pool;
+pub(crate) mod loss;
+pub(crate) mod optim;
 
 use crate::error::{Error, Result};
 use crate::graph::Node;
@@ -34,21 +36,48 @@ pub(crate) trait Emit {
         workgroups: u64,
         detail: String,
     ) -> Result<()> {
+        let who = format!("layer '{}' ({})", layer.name, layer.class);
+        self.dispatch_for(&who, node, kernel, buffers, params, workgroups, detail)
+    }
+
+    /// [`Emit::dispatch`] for work that belongs to no graph node (the loss, the optimizer):
+    /// `who` names it in errors ("optimizer 'adam'"), the node index is `usize::MAX`.
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch_model(
+        &mut self,
+        who: &str,
+        kernel: Kernel,
+        buffers: Vec<BufRef>,
+        params: Vec<u32>,
+        workgroups: u64,
+        detail: String,
+    ) -> Result<()> {
+        self.dispatch_for(who, usize::MAX, kernel, buffers, params, workgroups, detail)
+    }
+
+    /// The checks and the push behind both; `who` opens every error message.
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch_for(
+        &mut self,
+        who: &str,
+        node: usize,
+        kernel: Kernel,
+        buffers: Vec<BufRef>,
+        params: Vec<u32>,
+        workgroups: u64,
+        detail: String,
+    ) -> Result<()> {
         let limits = self.limits();
         let grid = fold_grid(workgroups, limits.max_workgroups_per_dim).ok_or_else(|| {
             Error::Gpu(format!(
-                "layer '{}' ({}): {}: {workgroups} workgroups exceed the adapter's dispatch limits",
-                layer.name,
-                layer.class,
+                "{who}: {}: {workgroups} workgroups exceed the adapter's dispatch limits",
                 kernel.name()
             ))
         })?;
         let needed = kernel.storage().len() as u32;
         if needed > limits.max_storage_buffers_per_stage {
             return Err(Error::Gpu(format!(
-                "layer '{}' ({}): {}: needs {needed} storage buffers per shader stage, the adapter allows {}",
-                layer.name,
-                layer.class,
+                "{who}: {}: needs {needed} storage buffers per shader stage, the adapter allows {}",
                 kernel.name(),
                 limits.max_storage_buffers_per_stage
             )));
@@ -81,6 +110,15 @@ pub(crate) fn word(layer: &Node, what: &str, value: usize) -> Result<u32> {
         Error::Gpu(format!(
             "layer '{}' ({}): {what}: {value} does not fit the GPU's 32-bit indices",
             layer.name, layer.class
+        ))
+    })
+}
+
+/// A 32-bit GPU index or size for model-level work (`who`: "optimizer 'adam'"), else an error.
+pub(crate) fn model_word(who: &str, what: &str, value: usize) -> Result<u32> {
+    u32::try_from(value).map_err(|_| {
+        Error::Gpu(format!(
+            "{who}: {what}: {value} does not fit the GPU's 32-bit indices"
         ))
     })
 }

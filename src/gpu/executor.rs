@@ -35,16 +35,16 @@ fn padded(bytes: u64) -> u64 {
     bytes.max(16).div_ceil(16) * 16
 }
 
-#[derive(Clone)]
 /// A training runtime's shared buffers: every parameter in one arena (each at a 256-byte
 /// aligned offset, so a layer's kernels bind its own range), the gradients and each optimizer
-/// state in arenas of the same layout, the per-step scalars and the segment table.
+/// state in arenas of the same layout, and the optimizer's control words (per-step scalars,
+/// segment table, norms).
+#[derive(Clone)]
 pub struct Arenas {
     pub params: wgpu::Buffer,
     pub grads: wgpu::Buffer,
     pub state: Vec<wgpu::Buffer>,
     pub step: wgpu::Buffer,
-    pub segments: wgpu::Buffer,
     pub backup: wgpu::Buffer,
     /// Per parameter (indexed by `ParamId`): its (offset, length) in f32s, None when the arena
     /// does not hold it.
@@ -221,7 +221,6 @@ impl GpuPlan {
                             Error::Internal(format!("no optimizer state arena {k}"))
                         })?,
                         Arena::Step => &a.step,
-                        Arena::Segments => &a.segments,
                         Arena::Backup => &a.backup,
                     };
                     Ok(whole(buffer))

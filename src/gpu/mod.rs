@@ -661,8 +661,10 @@ fn check_device(device_errors: &Mutex<Vec<String>>, adapter: &str) -> Result<()>
 /// Validation and out-of-memory error scopes around a piece of work; `check` turns what they
 /// caught into an `Error::Gpu` instead of a panic.
 struct ErrorScopes {
-    validation: wgpu::ErrorScopeGuard,
+    // Fields drop in declaration order, and a guard dropped on an early return pops its
+    // scope: the scope pushed last comes first.
     out_of_memory: wgpu::ErrorScopeGuard,
+    validation: wgpu::ErrorScopeGuard,
 }
 
 impl ErrorScopes {

@@ -66,10 +66,9 @@ pub enum Arena {
     Grads,
     /// Optimizer state arena `k` (momentum, velocity, ...), laid out like the parameters.
     State(usize),
-    /// The per-step scalars the host writes before each submit (learning rate, iteration).
+    /// The optimizer's control words: the per-step scalars the host writes before each
+    /// submit (learning rate, bias correction), each parameter's segment, the norms.
     Step,
-    /// Each parameter's (offset, length) in the arenas.
-    Segments,
     /// The parameters as they were before this step's update (restored after a NaN loss).
     Backup,
 }

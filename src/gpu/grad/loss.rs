@@ -15,7 +15,6 @@
 //! differs in the last bits, well within 1e-6 relative for batches of thousands of rows).
 
 // Called by the training plan, which is not wired in yet.
-#![cfg_attr(not(test), allow(dead_code))]
 use crate::error::{Error, Result};
 use crate::gpu::kernels::{Kernel, LINEAR_THREADS};
 use crate::gpu::plan::BufRef;

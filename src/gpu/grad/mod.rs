@@ -4,9 +4,9 @@
 //! [`Emit`]: the training plan's builder, or a test's.
 
 pub(crate) mod conv;
-pub(crate) mod pool;
 pub(crate) mod loss;
 pub(crate) mod optim;
+pub(crate) mod pool;
 
 use crate::error::{Error, Result};
 use crate::graph::Node;

@@ -20,7 +20,6 @@
 //!   under WebGPU's default of 8.
 
 // Called by the training plan, which is not wired in yet.
-#![cfg_attr(not(test), allow(dead_code))]
 use crate::error::{Error, Result};
 use crate::gpu::kernels::{Kernel, LINEAR_THREADS};
 use crate::gpu::plan::BufRef;

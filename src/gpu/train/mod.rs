@@ -25,6 +25,7 @@ use crate::input::PreparedInput;
 use crate::train::step::TrainGraph;
 
 use super::executor::{uniform_stride, Arenas, DeviceContext, GpuPlan};
+use super::grad::optim::ArenaLayout;
 use super::kernels::Pipelines;
 use super::plan::{bytes_text, Op, PlanLimits};
 use super::weights::{weight_specs, weight_values};
@@ -47,11 +48,13 @@ pub struct ParamLayout {
     /// Optimizer state arenas (set by the optimizer the plan is built for).
     pub state_arenas: usize,
     index: Vec<Option<usize>>,
+    /// The same layout as the optimizer kernels read it.
+    pub(crate) arena: ArenaLayout,
 }
 
 /// Floats each arena entry is aligned to: 256 bytes, the largest storage-binding offset
 /// alignment WebGPU allows an adapter to ask for.
-pub const ARENA_ALIGN: usize = 64;
+pub const ARENA_ALIGN: usize = super::grad::optim::ARENA_ALIGN;
 
 impl ParamLayout {
     /// The arena of the parameters the forward of `tg` binds, updated ones first.
@@ -84,33 +87,23 @@ impl ParamLayout {
                 .map(ParamId)
                 .filter(|id| read[id.0] && !updated[id.0]),
         );
-        let mut offsets = Vec::with_capacity(ids.len());
-        let mut lens = Vec::with_capacity(ids.len());
+        let lens: Vec<usize> = ids.iter().map(|&id| graph.params.len_of(id)).collect();
+        let arena = ArenaLayout::new(&lens);
         let mut index = vec![None; graph.params.len()];
-        let mut at = 0usize;
-        let mut updated_total = 0;
         for (k, &id) in ids.iter().enumerate() {
-            if k == n_updated {
-                updated_total = at;
-            }
-            let len = graph.params.len_of(id);
             index[id.0] = Some(k);
-            offsets.push(at);
-            lens.push(len);
-            at += len.div_ceil(ARENA_ALIGN).max(1) * ARENA_ALIGN;
         }
-        if n_updated == ids.len() {
-            updated_total = at;
-        }
+        let updated_total = arena.offsets.get(n_updated).copied().unwrap_or(arena.total);
         ParamLayout {
             ids,
             updated: n_updated,
-            offsets,
+            offsets: arena.offsets.clone(),
             lens,
-            total: at,
+            total: arena.total,
             updated_total,
             state_arenas: 0,
             index,
+            arena,
         }
     }
 
@@ -144,8 +137,7 @@ impl ParamLayout {
 /// The per-step scalars the update kernels read (learning rate at this iteration and the
 /// iteration's bias-correction terms), as the optimizer's CPU rule computes them.
 pub fn step_words(optimizer: &crate::train::optim::Optimizer) -> Vec<u32> {
-    let _ = optimizer;
-    Vec::new()
+    super::grad::optim::step_words(optimizer.spec(), optimizer.iterations())
 }
 
 /// What a step or evaluation of one batch read back.
@@ -229,27 +221,21 @@ impl GpuTrainer {
             })
         };
         let graph = &tg.graph;
-        let segments: Vec<u32> = layout
-            .offsets
-            .iter()
-            .zip(&layout.lens)
-            .take(layout.updated)
-            .flat_map(|(&o, &l)| [o as u32, l as u32])
-            .collect();
+        // The optimizer's control words: step scalars, each parameter's segment (the ones it
+        // does not update marked inactive), norms.
+        let active: Vec<bool> = (0..layout.ids.len()).map(|k| k < layout.updated).collect();
+        let ctl = layout.arena.ctl_init(Some(&active));
         let arenas = Arenas {
             params: arena("parameters", arena_bytes),
             grads: arena("gradients", arena_bytes),
             state: (0..state_arenas)
                 .map(|k| arena(&format!("optimizer state {k}"), arena_bytes))
                 .collect(),
-            step: arena("step scalars", 256),
-            segments: arena("segments", 4 * segments.len().max(4) as u64),
+            step: arena("optimizer control words", 4 * ctl.len() as u64),
             backup: arena("parameters before the update", arena_bytes),
             ranges: layout.ranges(graph.params.len()),
         };
-        if !segments.is_empty() {
-            queue.write_buffer(&arenas.segments, 0, bytemuck::cast_slice(&segments));
-        }
+        queue.write_buffer(&arenas.step, 0, bytemuck::cast_slice(&ctl));
         // Weights that are not parameters as they are (Rescaling's constants, a frozen
         // layer's derived buffers) are uploaded once, as for inference.
         let mut weights = HashMap::new();
@@ -311,13 +297,14 @@ impl GpuTrainer {
 
     /// Writes every arena parameter's values from `params`.
     pub fn upload_params(&self, params: &ParamStore) {
-        let mut all = vec![0f32; self.layout.total];
-        for (k, &id) in self.layout.ids.iter().enumerate() {
-            let at = self.layout.offsets[k];
-            let v = params.get(id);
-            let v = v.as_standard_layout();
-            all[at..at + self.layout.lens[k]].copy_from_slice(v.as_slice().expect("standard"));
-        }
+        let values: Vec<ArrayD<f32>> = self
+            .layout
+            .ids
+            .iter()
+            .map(|&id| params.get(id).as_standard_layout().into_owned())
+            .collect();
+        let slices: Vec<&[f32]> = values.iter().map(|v| v.as_slice().unwrap_or(&[])).collect();
+        let all = self.layout.arena.pack(&slices);
         if !all.is_empty() {
             self.ctx
                 .queue
@@ -356,13 +343,9 @@ impl GpuTrainer {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn download_params(&self, params: &mut ParamStore) -> Result<()> {
         let all = pollster::block_on(self.read_arena(&self.arenas.params))?;
-        for (k, &id) in self.layout.ids.iter().enumerate() {
-            let at = self.layout.offsets[k];
-            let target = params.get_mut(id);
-            let shape = target.shape().to_vec();
-            *target =
-                ArrayD::from_shape_vec(IxDyn(&shape), all[at..at + self.layout.lens[k]].to_vec())
-                    .map_err(|e| Error::Internal(format!("parameter of the wrong size: {e}")))?;
+        let values = self.split(&all, params, self.layout.ids.len())?;
+        for (&id, v) in self.layout.ids.iter().zip(values) {
+            *params.get_mut(id) = v;
         }
         Ok(())
     }
@@ -382,9 +365,8 @@ impl GpuTrainer {
     fn split(&self, all: &[f32], params: &ParamStore, count: usize) -> Result<Vec<ArrayD<f32>>> {
         (0..count)
             .map(|k| {
-                let at = self.layout.offsets[k];
                 let shape = params.param(self.layout.ids[k]).value.shape().to_vec();
-                ArrayD::from_shape_vec(IxDyn(&shape), all[at..at + self.layout.lens[k]].to_vec())
+                ArrayD::from_shape_vec(IxDyn(&shape), self.layout.arena.unpack(all, k).to_vec())
                     .map_err(|e| Error::Internal(format!("state of the wrong size: {e}")))
             })
             .collect()

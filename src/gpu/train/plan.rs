@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 use crate::error::{Error, Result};
 use crate::graph::{
-    Activation, BinaryOp, Dense, Graph, Node, Op as GraphOp, ParamId, Penalized, ValueId,
+    Activation, BinaryOp, DType, Dense, Graph, Node, Op as GraphOp, ParamId, Penalized, ValueId,
 };
 use crate::train::loss::LossKind;
 use crate::train::optim::OptimizerSpec;
@@ -692,11 +692,6 @@ pub fn build(
             return Err(train_error(node, why));
         }
     }
-    if graph.output_masks.iter().any(Option::is_some) {
-        return Err(Error::Train(
-            "a masked sequence output is not supported by GPU training yet; train with --backend cpu".into(),
-        ));
-    }
     if mode != Mode::Seeded && spec.losses.len() != graph.outputs.len() {
         return Err(Error::Internal(format!(
             "{} losses for {} outputs",
@@ -976,16 +971,61 @@ fn op_node(op: &Op) -> usize {
 /// Each output's loss: its value (read back as one more plan output) and its gradient, where
 /// the backward sweep starts.
 fn append_losses(b: &mut Builder, spec: &StepSpec, model_inputs: usize) -> Result<()> {
-    let _ = (b, spec, model_inputs);
-    Err(Error::Internal(
-        "the GPU loss kernels are not merged yet".into(),
-    ))
+    let graph = b.graph;
+    for (k, port) in graph.outputs.iter().enumerate() {
+        let loss = &spec.losses[k];
+        let (value, what) = b.tg.prediction_for(k, loss);
+        let cols = graph.value(value).shape.last().copied().unwrap_or(1).max(1);
+        let rows = b.floats(value) / cols;
+        let pred = b.value_buf(value)?;
+        let target = BufRef::Input(model_inputs + k);
+        // A masked sequence output: the mask is read as the token ids it comes from.
+        let mask = match graph.output_masks.get(k).copied().flatten() {
+            None => None,
+            Some(m) => match b.plan.values[m] {
+                Some(buf @ BufRef::Input(i)) if graph.input_info(i).dtype == DType::Ids => {
+                    Some(buf)
+                }
+                _ => {
+                    return Err(Error::Train(format!(
+                        "output '{}': a loss mask that is not the model's token ids is not supported by GPU training yet; train with --backend cpu",
+                        port.name
+                    )))
+                }
+            },
+        };
+        let loss_out = b.scratch(LOSS_NODE, "loss", 1);
+        let weight = spec.loss_weights.get(k).copied().unwrap_or(1.0);
+        b.contribute(LOSS_NODE, value, |b, dpred| {
+            grad::loss::loss_forward_backward(
+                b, loss, what, rows, cols, pred, target, mask, weight, dpred, loss_out, 0,
+            )
+        })?;
+        b.plan.outputs.push(PlanOutput {
+            buffer: loss_out,
+            bytes: 4,
+            shape: vec![1],
+        });
+    }
+    Ok(())
 }
 
 /// The optimizer's update of every updated parameter, one dispatch per rule over the arena.
 fn append_update(b: &mut Builder, spec: &StepSpec, layout: &ParamLayout) -> Result<()> {
-    let _ = (b, spec, layout);
-    Err(Error::Internal(
-        "the GPU optimizer kernels are not merged yet".into(),
-    ))
+    let optimizer = spec
+        .optimizer
+        .ok_or_else(|| Error::Internal("a training step without an optimizer".into()))?;
+    let states: Vec<BufRef> = (0..layout.state_arenas)
+        .map(|k| BufRef::Arena(Arena::State(k)))
+        .collect();
+    grad::optim::optimizer_update(
+        b,
+        optimizer,
+        &layout.arena,
+        BufRef::Arena(Arena::Params),
+        BufRef::Arena(Arena::Grads),
+        None,
+        &states,
+        BufRef::Arena(Arena::Step),
+    )
 }

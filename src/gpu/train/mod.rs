@@ -163,8 +163,11 @@ impl BatchLosses {
     }
 }
 
+/// Each updated parameter's gradient.
+pub type ParamGradients = Vec<(ParamId, ArrayD<f32>)>;
+
 /// Each updated parameter's gradient, and each graph input's (None: not computed).
-pub type SeededGradients = (Vec<(ParamId, ArrayD<f32>)>, Vec<Option<ArrayD<f32>>>);
+pub type SeededGradients = (ParamGradients, Vec<Option<ArrayD<f32>>>);
 
 /// A model's training state on one GPU: device, kernels, arenas, and a plan per (batch, mode).
 pub struct GpuTrainer {
@@ -577,7 +580,7 @@ impl GpuTrainer {
         spec: &StepSpec,
         inputs: &[PreparedInput],
         targets: &[ArrayD<f32>],
-    ) -> Result<(BatchLosses, Vec<(ParamId, ArrayD<f32>)>)> {
+    ) -> Result<(BatchLosses, ParamGradients)> {
         let losses = self.losses_and_outputs(tg, spec, Mode::Gradients, inputs, targets)?;
         let all = pollster::block_on(self.read_arena(&self.arenas.grads))?;
         let grads = self.split(&all, &tg.graph.params, self.layout.updated)?;

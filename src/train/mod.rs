@@ -24,7 +24,8 @@ pub use grads::ParamGrads;
 pub use rng::Rng;
 
 pub use fit::{
-    EpochLog, Evaluated, History, Observer, Shuffle, TrainBackend, TrainConfig, TrainData, Trainer,
+    EpochLog, Evaluated, History, Observer, Quiet, Shuffle, TrainBackend, TrainConfig, TrainData,
+    Trainer,
 };
 pub use loss::Loss;
 pub use step::{Evaluation, StepResult, TrainGraph};

@@ -150,3 +150,135 @@ pub fn run(model: &Model, adapter: &str, opts: &BenchOptions) -> Result<BenchRep
         peak_rss_mb: peak_rss_mb(),
     })
 }
+
+/// `wgnn bench --train`: training steps per second on synthetic batches.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainBenchReport {
+    pub model: String,
+    pub backend: String,
+    pub adapter: String,
+    pub batch_size: usize,
+    pub steps: usize,
+    pub steps_per_s: f64,
+    pub items_per_s: f64,
+    /// Mean seconds per step (forward, loss, backward, update; the loss read back).
+    pub step_s: f64,
+    pub loss: String,
+    pub optimizer: String,
+    /// Forward FLOPs per item; a training step is counted as 3x that (the backward computes
+    /// two products per forward one: input and weight gradients).
+    pub flops_per_item: u64,
+    pub gflops: f64,
+    pub peak_rss_mb: Option<f64>,
+}
+
+/// Synthetic targets for `loss` on the model's outputs: class indices for the sparse
+/// cross-entropy, values in [0, 1) otherwise (one-hot-like rows are not needed to time).
+fn synthetic_targets(
+    model: &Model,
+    losses: &[crate::train::Loss],
+    batch: usize,
+) -> Vec<ArrayD<f32>> {
+    let graph = model.graph();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    graph
+        .outputs
+        .iter()
+        .zip(losses)
+        .map(|(port, loss)| {
+            let shape = &graph.value(port.value).shape;
+            let classes = shape.last().copied().unwrap_or(1).max(1);
+            if loss.kind == crate::train::loss::LossKind::SparseCategoricalCrossentropy {
+                let mut dims = vec![batch];
+                dims.extend_from_slice(&shape[..shape.len().saturating_sub(1)]);
+                ArrayD::from_shape_simple_fn(IxDyn(&dims), || (next() % classes as u64) as f32)
+            } else {
+                let mut dims = vec![batch];
+                dims.extend_from_slice(shape);
+                ArrayD::from_shape_simple_fn(IxDyn(&dims), || {
+                    (next() >> 40) as f32 / (1u64 << 24) as f32
+                })
+            }
+        })
+        .collect()
+}
+
+/// Times `opts.iters` training steps (after `opts.warmup`) with the model's compile config
+/// (else sparse_categorical_crossentropy and adam) on `backend`.
+pub fn run_train(
+    model: &Model,
+    backend: crate::train::TrainBackend,
+    opts: &BenchOptions,
+) -> Result<TrainBenchReport> {
+    use crate::train::{Loss, TrainConfig, TrainData, Trainer};
+    let graph = model.graph();
+    let compiled = crate::train::compile::Compiled::from_graph(graph, model.source())?;
+    let losses = if compiled.losses.is_empty() {
+        vec![Loss::by_name("sparse_categorical_crossentropy")?; graph.outputs.len()]
+    } else {
+        compiled.losses
+    };
+    let optimizer = match compiled.optimizer {
+        Some(o) => o,
+        None => crate::train::optim::OptimizerSpec::by_name("adam")?,
+    };
+    let batch = opts.batch_size.max(1);
+    let data = TrainData {
+        inputs: synthetic_inputs(model, batch)?,
+        targets: synthetic_targets(model, &losses, batch),
+    };
+    let config = TrainConfig {
+        epochs: 1,
+        batch_size: batch,
+        shuffle: crate::train::Shuffle::None,
+        seed: 0,
+        losses: losses.clone(),
+        loss_weights: compiled.loss_weights,
+        optimizer: optimizer.clone(),
+        metrics: crate::train::train_metrics::TrainMetrics::from_names(&[], &[])?,
+    };
+    let mut trainer = Trainer::on(graph, config, backend)?;
+    let adapter = trainer.gpu_adapter();
+    for _ in 0..opts.warmup {
+        trainer.step(&data)?;
+    }
+    let steps = opts.iters.max(1);
+    let start = Instant::now();
+    for _ in 0..steps {
+        let r = trainer.step(&data)?;
+        if !r.loss.is_finite() {
+            return Err(Error::Train(format!(
+                "the loss became {} while timing; the synthetic data diverged",
+                r.loss
+            )));
+        }
+    }
+    let total = start.elapsed().as_secs_f64();
+    let flops_per_item = graph.flops_per_item();
+    let items = (batch * steps) as f64;
+    Ok(TrainBenchReport {
+        model: model.source().display().to_string(),
+        backend: if adapter.is_some() { "gpu" } else { "cpu" }.into(),
+        adapter: adapter.unwrap_or_else(|| "cpu".into()),
+        batch_size: batch,
+        steps,
+        steps_per_s: steps as f64 / total,
+        items_per_s: items / total,
+        step_s: total / steps as f64,
+        loss: losses
+            .iter()
+            .map(|l| l.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+        optimizer: optimizer.rule.class_name().into(),
+        flops_per_item,
+        gflops: 3.0 * flops_per_item as f64 * items / total / 1e9,
+        peak_rss_mb: peak_rss_mb(),
+    })
+}

@@ -81,6 +81,10 @@ struct BenchArgs {
     /// One JSON object on the last line of stdout.
     #[arg(long)]
     json: bool,
+    /// Time training steps (forward, loss, backward, update) instead of inference, with the
+    /// model's compile config (else sparse_categorical_crossentropy and adam).
+    #[arg(long)]
+    train: bool,
 }
 
 #[derive(Subcommand)]
@@ -845,6 +849,35 @@ fn bench(args: BenchArgs) -> Result<()> {
         warmup: args.warmup,
         latency_runs: args.latency_runs,
     };
+    if args.train {
+        let backend = match backend {
+            Backend::Gpu => wgnn::train::TrainBackend::Gpu {
+                adapter: args.device.adapter.clone(),
+            },
+            _ => wgnn::train::TrainBackend::Cpu,
+        };
+        let report = wgnn::bench::run_train(&model, backend, &opts)?;
+        if args.json {
+            let json = serde_json::to_string(&report)
+                .map_err(|e| Error::Usage(format!("cannot serialize the report: {e}")))?;
+            println!("{json}");
+            return Ok(());
+        }
+        println!("model:      {}", report.model);
+        println!("backend:    {} ({})", report.backend, report.adapter);
+        println!(
+            "training, batch {}: {:.2} steps/s, {:.1} items/s, {:.2} GFLOP/s ({:.4} s per step, {} steps; {} with {})",
+            report.batch_size,
+            report.steps_per_s,
+            report.items_per_s,
+            report.gflops,
+            report.step_s,
+            report.steps,
+            report.loss,
+            report.optimizer
+        );
+        return Ok(());
+    }
     let report = wgnn::bench::run(&model, &adapter, &opts)?;
     if args.json {
         let json = serde_json::to_string(&report)

@@ -3,14 +3,18 @@
 //! per-epoch history (every key of Keras's: loss, each output's loss, the metrics, their
 //! val_ twins), the trained weights and the trained model's predictions, each within
 //! 1e-4·(1 + |expected|) or a small multiple of the drift Keras shows against itself when its
-//! start moves by one ulp, whichever is larger.
+//! start moves by one ulp, whichever is larger. The same runs on the GPU (`TrainBackend::Gpu`)
+//! must meet the same bounds, or be refused up front with one line naming what GPU training
+//! lacks; without a GPU adapter that half fails when env `CI` is set.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, Ix2};
 use wgnn::npy::{read_npz, NpyArray};
 use wgnn::train::compile::Compiled;
-use wgnn::train::{fit, Shuffle, TrainConfig, TrainData, Trainer};
+use wgnn::train::{fit, Shuffle, TrainBackend, TrainConfig, TrainData, Trainer};
 use wgnn::{Backend, Model};
 
 /// How many times Keras's own one-ulp drift a difference may be.
@@ -36,7 +40,13 @@ fn rel_max(got: &ArrayD<f32>, expected: &ArrayD<f32>) -> f64 {
         .fold(0.0, f64::max)
 }
 
-fn check_case(case: &serde_json::Value) -> Result<String, String> {
+/// How a run on a backend ended: matched Keras (with a note), or refused before training.
+enum Outcome {
+    Matched(String),
+    Refused(String),
+}
+
+fn check_case(case: &serde_json::Value, backend: &TrainBackend) -> Result<Outcome, String> {
     let name = case["name"].as_str().ok_or("case without a name")?;
     let dir = fit_dir();
     let model = Model::load(dir.join(format!("{name}.keras"))).map_err(|e| e.to_string())?;
@@ -88,7 +98,13 @@ fn check_case(case: &serde_json::Value) -> Result<String, String> {
         }
         _ => (data, None),
     };
-    let mut trainer = Trainer::new(graph, config).map_err(|e| e.to_string())?;
+    let mut trainer = match Trainer::on(graph, config, backend.clone()) {
+        Ok(t) => t,
+        Err(wgnn::Error::Train(why)) if *backend != TrainBackend::Cpu => {
+            return Ok(Outcome::Refused(why))
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     let history = trainer
         .fit(&train, validation.as_ref(), &mut fit::Quiet)
         .map_err(|e| e.to_string())?;
@@ -206,33 +222,82 @@ fn check_case(case: &serde_json::Value) -> Result<String, String> {
             }
         }
     }
-    Ok(format!("worst {worst:.1e} of the tolerance"))
+    Ok(Outcome::Matched(format!(
+        "worst {worst:.1e} of the tolerance"
+    )))
 }
 
-#[test]
-fn training_runs_track_keras_fit() {
+fn fit_cases() -> Vec<serde_json::Value> {
     let manifest: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(fit_dir().join("manifest.json")).expect("fit manifest"),
     )
     .expect("manifest JSON");
-    let cases = manifest["cases"].as_array().expect("cases");
+    let cases = manifest["cases"].as_array().expect("cases").clone();
     assert!(cases.len() >= 10, "only {} fit cases", cases.len());
+    cases
+}
+
+/// Runs every case on `backend`; returns the names that matched Keras and that were refused.
+fn run_all(backend: &TrainBackend) -> (Vec<String>, Vec<String>) {
+    let cases = fit_cases();
     let mut failures = Vec::new();
-    for case in cases {
-        let name = case["name"].as_str().unwrap_or("?");
-        match check_case(case) {
-            Ok(note) => println!("ok   {name}: {note}"),
+    let (mut matched, mut refused) = (Vec::new(), Vec::new());
+    for case in &cases {
+        let name = case["name"].as_str().unwrap_or("?").to_string();
+        match check_case(case, backend) {
+            Ok(Outcome::Matched(note)) => {
+                println!("ok      {name}: {note}");
+                matched.push(name);
+            }
+            Ok(Outcome::Refused(why)) => {
+                assert!(
+                    !why.contains('\n') && why.contains("--backend cpu"),
+                    "{name}: a refusal must be one line pointing to the CPU path: {why}"
+                );
+                println!("refused {name}: {why}");
+                refused.push(name);
+            }
             Err(why) => {
-                println!("FAIL {name}: {why}");
+                println!("FAIL    {name}: {why}");
                 failures.push(format!("{name}: {why}"));
             }
         }
     }
     assert!(
         failures.is_empty(),
-        "{} of {} runs differ from Keras:\n{}",
+        "{} of {} runs differ from Keras on {backend:?}:\n{}",
         failures.len(),
         cases.len(),
         failures.join("\n")
     );
+    (matched, refused)
+}
+
+#[test]
+fn training_runs_track_keras_fit() {
+    let (matched, refused) = run_all(&TrainBackend::Cpu);
+    assert!(refused.is_empty(), "the CPU refused {refused:?}");
+    assert!(!matched.is_empty());
+}
+
+#[test]
+fn gpu_training_runs_track_keras_fit_or_are_refused() {
+    match wgnn::gpu::train::probe_adapter() {
+        Ok(()) => {}
+        Err(e) if common::no_adapter_outside_ci(&e) => return,
+        Err(e) => panic!("{e}"),
+    }
+    let (matched, refused) = run_all(&TrainBackend::Gpu { adapter: None });
+    println!(
+        "{} runs match Keras on the GPU, {} refused",
+        matched.len(),
+        refused.len()
+    );
+    // The families GPU training supports must not regress into refusals.
+    for must in ["cnn_adam_scce_l2", "mlp_mse_adamw", "mlp_mse_sgd_clipnorm"] {
+        assert!(
+            matched.iter().any(|n| n == must),
+            "{must} did not run on the GPU"
+        );
+    }
 }

@@ -655,6 +655,13 @@ impl GpuTrainer {
     }
 }
 
+/// Ok when an adapter that runs wgnn's kernels is there (what `GpuTrainer::new` would use),
+/// else its "no GPU adapter found" error.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn probe_adapter() -> Result<()> {
+    super::choose_adapter(None).map(|_| ())
+}
+
 /// The training step `wgnn info MODEL --train-plan` prints, planned for the chosen adapter's
 /// limits (no device is created; without an adapter, WebGPU's default limits).
 #[cfg(not(target_arch = "wasm32"))]

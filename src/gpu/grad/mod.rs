@@ -6,6 +6,7 @@
 pub(crate) mod conv;
 pub(crate) mod loss;
 pub(crate) mod merge;
+pub(crate) mod norm;
 pub(crate) mod optim;
 pub(crate) mod pool;
 

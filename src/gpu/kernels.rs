@@ -30,6 +30,7 @@ const OPTIM_COMMON: &str = include_str!("../../shaders/optim_common.wgsl");
 const OPTIM: &str = include_str!("../../shaders/optim.wgsl");
 const OPTIM_NORM: &str = include_str!("../../shaders/optim_norm.wgsl");
 const LOSS: &str = include_str!("../../shaders/loss.wgsl");
+const NORM_GRAD: &str = include_str!("../../shaders/norm_grad.wgsl");
 
 /// Every GEMM workgroup computes a tile this many rows by this many columns.
 pub const GEMM_TILE: u32 = 64;
@@ -144,6 +145,16 @@ pub enum Kernel {
     LossRows,
     LossCount,
     LossReduce,
+    /// BatchNormalization training: per-channel sums over chunks of the batch (norm_grad.wgsl).
+    BatchNormSums,
+    /// BatchNormalization training: the chunks summed in order, the statistics finished.
+    BatchNormReduce,
+    /// BatchNormalization training forward: y from the batch statistics.
+    BatchNormApply,
+    /// BatchNormalization training forward: a moving statistic updated in place.
+    BatchNormMoving,
+    /// BatchNormalization input gradient (training, or frozen on the moving statistics).
+    BatchNormGrad,
 }
 
 /// How a kernel reads one storage binding.
@@ -208,6 +219,11 @@ impl Kernel {
             Kernel::LossRows => "loss_rows",
             Kernel::LossCount => "loss_count",
             Kernel::LossReduce => "loss_reduce",
+            Kernel::BatchNormSums => "batch_norm_sums",
+            Kernel::BatchNormReduce => "batch_norm_reduce",
+            Kernel::BatchNormApply => "batch_norm_apply",
+            Kernel::BatchNormMoving => "batch_norm_moving",
+            Kernel::BatchNormGrad => "batch_norm_grad",
         }
     }
 
@@ -295,6 +311,11 @@ impl Kernel {
                 &[OPTIM_COMMON, OPTIM_NORM]
             }
             Kernel::LossRows | Kernel::LossCount | Kernel::LossReduce => &[LOSS],
+            Kernel::BatchNormSums
+            | Kernel::BatchNormReduce
+            | Kernel::BatchNormApply
+            | Kernel::BatchNormMoving
+            | Kernel::BatchNormGrad => &[NORM_GRAD],
         };
         let mut source = String::from(COMMON);
         for part in parts {
@@ -373,6 +394,11 @@ impl Kernel {
             Kernel::LossRows | Kernel::LossCount | Kernel::LossReduce => {
                 &[Read, Read, Read, ReadWrite, ReadWrite, ReadWrite]
             }
+            Kernel::BatchNormSums
+            | Kernel::BatchNormReduce
+            | Kernel::BatchNormApply
+            | Kernel::BatchNormMoving
+            | Kernel::BatchNormGrad => &[Read, Read, Read, Read, Read, ReadWrite],
         }
     }
 
@@ -456,6 +482,11 @@ impl Kernel {
             Kernel::LossRows | Kernel::LossCount | Kernel::LossReduce => {
                 &["pred", "target", "mask", "dpred", "rows", "loss"]
             }
+            Kernel::BatchNormSums => &["x", "dy", "stats", "-", "-", "partials"],
+            Kernel::BatchNormReduce => &["partials", "-", "-", "-", "-", "stats"],
+            Kernel::BatchNormApply => &["x", "stats", "gamma", "beta", "-", "y"],
+            Kernel::BatchNormMoving => &["stats", "-", "-", "-", "-", "moving"],
+            Kernel::BatchNormGrad => &["x", "dy", "stats", "sums", "gamma", "dx"],
         }
     }
 

@@ -69,3 +69,54 @@ pub(crate) fn assert_close(what: &str, got: &ArrayD<f32>, expected: &ArrayD<f32>
         );
     }
 }
+
+/// The new values a forward gives non-trainable parameters.
+pub(crate) type StateUpdates = Vec<(ParamId, ArrayD<f32>)>;
+
+/// Runs node 0's training forward on one float input: its float outputs and the state it
+/// updates (BatchNormalization's new moving statistics).
+pub(crate) fn run_forward(
+    graph: &Graph,
+    x: &ArrayD<f32>,
+    mask: Option<&Array2<bool>>,
+) -> (Vec<ArrayD<f32>>, StateUpdates) {
+    let node = &graph.nodes[0];
+    let inputs = [Tensor::F32(x.clone())];
+    let fw = forward(graph, node, &inputs, mask, &mut Rng::new(1)).expect("forward");
+    let outputs = fw
+        .outputs
+        .into_iter()
+        .map(|t| match t {
+            Tensor::F32(a) => a,
+            _ => panic!("a float output expected"),
+        })
+        .collect();
+    (outputs, fw.state)
+}
+
+/// `run_backward` for a node of several float inputs (every input's gradient needed).
+pub(crate) fn run_backward_inputs(
+    graph: &Graph,
+    xs: &[ArrayD<f32>],
+    dy: &ArrayD<f32>,
+) -> (Vec<Option<ArrayD<f32>>>, ParamGrads) {
+    let node = &graph.nodes[0];
+    let inputs: Vec<Tensor> = xs.iter().map(|x| Tensor::F32(x.clone())).collect();
+    let fw = forward(graph, node, &inputs, None, &mut Rng::new(1)).expect("forward");
+    let mut grads = ParamGrads::new(&graph.params);
+    let outs: Vec<&Tensor> = fw.outputs.iter().collect();
+    let ins: Vec<&Tensor> = inputs.iter().collect();
+    let needs = vec![true; xs.len()];
+    let io = NodeIo {
+        graph,
+        node,
+        inputs: &ins,
+        outputs: &outs,
+        mask: None,
+        saved: &fw.saved,
+        needs: &needs,
+    };
+    let dxs = backward(&io, &[Some(dy.clone())], &mut grads).expect("backward");
+    assert_eq!(dxs.len(), xs.len(), "one gradient per data input");
+    (dxs, grads)
+}

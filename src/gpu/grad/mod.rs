@@ -5,6 +5,8 @@
 
 pub(crate) mod conv;
 pub(crate) mod loss;
+pub(crate) mod merge;
+pub(crate) mod norm;
 pub(crate) mod optim;
 pub(crate) mod pool;
 

@@ -69,6 +69,18 @@ impl ParamLayout {
                     graph.params.param(id).trainable && tg.runs_backward(spec.key.node);
             }
         }
+        // BatchNormalization's kernels read its weights and moving statistics from the arena
+        // (its training forward updates the statistics in place).
+        for (i, node) in graph.nodes.iter().enumerate() {
+            if let crate::graph::Op::BatchNorm(bn) = &node.op {
+                for id in [bn.gamma, bn.beta].into_iter().flatten() {
+                    read[id.0] = true;
+                    updated[id.0] |= graph.params.param(id).trainable && tg.runs_backward(i);
+                }
+                read[bn.moving_mean.0] = true;
+                read[bn.moving_variance.0] = true;
+            }
+        }
         // The CPU updates a regularized trainable weight from its penalty alone.
         for r in &graph.regularizers {
             if let crate::graph::Penalized::Param(id) = r.target {

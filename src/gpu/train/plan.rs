@@ -12,7 +12,8 @@ use std::fmt::Write as _;
 
 use crate::error::{Error, Result};
 use crate::graph::{
-    Activation, BinaryOp, DType, Dense, Graph, Node, Op as GraphOp, ParamId, Penalized, ValueId,
+    Activation, BatchNorm, BinaryOp, DType, Dense, Graph, Node, Op as GraphOp, ParamId, Penalized,
+    ValueId,
 };
 use crate::train::loss::LossKind;
 use crate::train::optim::OptimizerSpec;
@@ -77,6 +78,10 @@ struct Builder<'a> {
     param_written: Vec<bool>,
     /// Set while the optimizer's ops are emitted: they are tagged `UPDATE_NODE`.
     updating: bool,
+    /// While a node's forward is re-lowered, its ops go here instead of the plan.
+    capture: Option<Vec<Op>>,
+    /// Each training-mode BatchNormalization's batch statistics, kept for its backward.
+    bn_saved: Vec<Option<BufRef>>,
 }
 
 /// The node index of the loss's ops and of the optimizer's (they belong to no layer).
@@ -131,6 +136,10 @@ impl Emit for Builder<'_> {
     }
 
     fn push(&mut self, mut op: Op) {
+        if let Some(captured) = &mut self.capture {
+            captured.push(op);
+            return;
+        }
         if self.updating {
             match &mut op {
                 Op::Clear { node, .. } | Op::Copy { node, .. } => *node = UPDATE_NODE,
@@ -150,17 +159,28 @@ fn train_error(layer: &Node, message: impl std::fmt::Display) -> Error {
 
 /// Whether `op`'s forward in training is its inference forward (so the inference kernels run
 /// it), else why not.
-fn trains_like_inference(op: &GraphOp) -> std::result::Result<(), String> {
+/// A trainable BatchNormalization's forward is replaced by its training forward (batch
+/// statistics) in every mode but evaluation.
+fn trains_like_inference(op: &GraphOp, mode: Mode) -> std::result::Result<(), String> {
     match op {
         GraphOp::Dropout(d) if !d.is_noop_in_training() => Err(format!(
             "{} with a non-zero rate is not supported by GPU training yet",
             op.name()
         )),
-        GraphOp::BatchNorm(_) => {
-            Err("BatchNormalization's training forward is not on the GPU yet".into())
-        }
+        GraphOp::BatchNorm(bn) if bn.trainable && mode == Mode::Evaluate => Err(
+            "evaluating a trainable BatchNormalization on its moving statistics is not on the GPU yet"
+                .into(),
+        ),
         _ => Ok(()),
     }
+}
+
+/// Whether evaluation (`Mode::Evaluate`) of `graph` runs on the GPU.
+pub fn evaluates_on_gpu(graph: &Graph) -> bool {
+    graph
+        .nodes
+        .iter()
+        .all(|n| trains_like_inference(&n.op, Mode::Evaluate).is_ok())
 }
 
 impl<'a> Builder<'a> {
@@ -538,6 +558,93 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
+    /// Re-lowers each trainable BatchNormalization's forward as its training forward (batch
+    /// statistics, moving statistics updated in place), in the place of its inference ops.
+    fn batch_norm_training_forwards(&mut self) -> Result<()> {
+        for i in 0..self.graph.nodes.len() {
+            let GraphOp::BatchNorm(bn) = &self.graph.nodes[i].op else {
+                continue;
+            };
+            if !bn.trainable {
+                continue;
+            }
+            let bn = bn.clone();
+            let layer = self.layer(i);
+            let Some(at) = self.plan.ops.iter().position(|op| op_node(op) == i) else {
+                return Err(Error::Internal(format!(
+                    "no forward ops for '{}'",
+                    layer.name
+                )));
+            };
+            self.plan.ops.retain(|op| op_node(op) != i);
+            let (x_value, y_value) = (layer.inputs[0], layer.outputs[0]);
+            let (x, y) = (self.value_buf(x_value)?, self.value_buf(y_value)?);
+            let item = self.graph.value(x_value).shape.clone();
+            let floats = grad::norm::batch_norm_saved_floats(&layer, &bn, &item)?;
+            // Kept to the node's backward: never released.
+            let saved = self.scratch(i, "batch statistics", floats);
+            self.bn_saved[i] = Some(saved);
+            self.capture = Some(Vec::new());
+            let batch = self.batch;
+            let emitted = grad::norm::batch_norm_train_forward(
+                self,
+                &layer,
+                i,
+                &bn,
+                batch,
+                &item,
+                x,
+                bn.gamma.map(BufRef::Param),
+                bn.beta.map(BufRef::Param),
+                BufRef::Param(bn.moving_mean),
+                BufRef::Param(bn.moving_variance),
+                y,
+                saved,
+            );
+            let ops = self.capture.take().unwrap_or_default();
+            emitted?;
+            self.plan.ops.splice(at..at, ops);
+        }
+        Ok(())
+    }
+
+    fn batch_norm_backward(&mut self, i: usize, bn: &BatchNorm, dy: BufRef) -> Result<()> {
+        let layer = self.layer(i);
+        let x_value = layer.inputs[0];
+        let item = self.graph.value(x_value).shape.clone();
+        let batch = self.batch;
+        let x = self.value_buf(x_value)?;
+        let gamma = bn.gamma.map(BufRef::Param);
+        if !bn.trainable {
+            if self.tg.needs_grad(x_value) {
+                let var = BufRef::Param(bn.moving_variance);
+                self.contribute(i, x_value, |b, g| {
+                    grad::norm::batch_norm_inference_backward(
+                        b, &layer, i, bn, batch, &item, dy, gamma, var, g,
+                    )
+                })?;
+            }
+            return Ok(());
+        }
+        let saved = self.bn_saved[i]
+            .ok_or_else(|| Error::Internal(format!("'{}' kept no statistics", layer.name)))?;
+        let run = |b: &mut Self, dx, dgamma, dbeta| {
+            grad::norm::batch_norm_backward(
+                b, &layer, i, bn, batch, &item, x, dy, gamma, saved, dx, dgamma, dbeta,
+            )
+        };
+        if let Some(id) = bn.gamma.filter(|&p| self.trainable(p)) {
+            self.contribute_param(i, id, |b, g| run(b, None, Some(g), None))?;
+        }
+        if let Some(id) = bn.beta.filter(|&p| self.trainable(p)) {
+            self.contribute_param(i, id, |b, g| run(b, None, None, Some(g)))?;
+        }
+        if self.tg.needs_grad(x_value) {
+            self.contribute(i, x_value, |b, g| run(b, Some(g), None, None))?;
+        }
+        Ok(())
+    }
+
     /// Conv / DepthwiseConv / ConvTranspose: the input, kernel and bias gradients each
     /// computed only where needed (a shared layer's second call adds into its gradients).
     fn conv_family_backward(&mut self, i: usize, dy: BufRef) -> Result<()> {
@@ -629,6 +736,32 @@ impl<'a> Builder<'a> {
                 }
                 Ok(false)
             }
+            GraphOp::BatchNorm(bn) if node.mask.is_none() => {
+                let bn = bn.clone();
+                self.batch_norm_backward(i, &bn, dy)?;
+                Ok(false)
+            }
+            GraphOp::Concat { axis } => {
+                let axis = *axis;
+                let layer = self.layer(i);
+                let shapes: Vec<Vec<usize>> = node
+                    .inputs
+                    .iter()
+                    .map(|&v| self.graph.value(v).shape.clone())
+                    .collect();
+                let batch = self.batch;
+                for (k, &v) in node.inputs.clone().iter().enumerate() {
+                    if !self.tg.needs_grad(v) {
+                        continue;
+                    }
+                    self.contribute(i, v, |b, g| {
+                        let mut dxs = vec![None; shapes.len()];
+                        dxs[k] = Some(g);
+                        grad::merge::concat_backward(b, &layer, i, axis, batch, &shapes, dy, &dxs)
+                    })?;
+                }
+                Ok(false)
+            }
             GraphOp::Reshape { .. } | GraphOp::Identity | GraphOp::Dropout(_) => {
                 if self.tg.needs_grad(x_value) {
                     self.pass_through(i, x_value, dy)
@@ -688,7 +821,7 @@ pub fn build(
 ) -> Result<TrainPlan> {
     let graph = &tg.graph;
     for node in &graph.nodes {
-        if let Err(why) = trains_like_inference(&node.op) {
+        if let Err(why) = trains_like_inference(&node.op, mode) {
             return Err(train_error(node, why));
         }
     }
@@ -751,7 +884,12 @@ pub fn build(
         grad: vec![None; values],
         param_written: vec![false; graph.params.len()],
         updating: false,
+        capture: None,
+        bn_saved: vec![None; graph.nodes.len()],
     };
+    if mode != Mode::Evaluate {
+        b.batch_norm_training_forwards()?;
+    }
     match mode {
         Mode::Seeded => {
             for (k, port) in graph.outputs.iter().enumerate() {

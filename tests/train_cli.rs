@@ -554,3 +554,114 @@ fn a_loss_that_blows_up_mid_training_keeps_the_last_checkpoint() {
         "the checkpoint is not the last good model"
     );
 }
+
+/// `wgnn train --json` with `extra`; returns (success, the report or the stderr).
+fn train_json(
+    model: &Path,
+    x: &Path,
+    y: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> Result<serde_json::Value, String> {
+    let mut args = vec![
+        "train",
+        model.to_str().unwrap(),
+        "--x",
+        x.to_str().unwrap(),
+        "--y",
+        y.to_str().unwrap(),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--no-shuffle",
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let (ok, stdout, stderr) = run(&args);
+    if !ok {
+        return Err(stderr);
+    }
+    Ok(serde_json::from_str(stdout.lines().last().expect("a JSON line")).expect("JSON"))
+}
+
+#[test]
+fn gpu_training_from_the_command_line_tracks_the_cpu() {
+    let case = "cnn_adam_scce_l2";
+    let tmp = tempfile::tempdir().unwrap();
+    let (x, y, _) = write_xy(case, tmp.path());
+    let model = fit_dir().join(format!("{case}.keras"));
+    let cpu = train_json(
+        &model,
+        &x,
+        &y,
+        &tmp.path().join("cpu.keras"),
+        &["--backend", "cpu"],
+    )
+    .expect("the CPU run");
+    let gpu = match train_json(
+        &model,
+        &x,
+        &y,
+        &tmp.path().join("gpu.keras"),
+        &["--backend", "gpu"],
+    ) {
+        Ok(r) => r,
+        Err(stderr) if stderr.contains("no GPU adapter found") => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but there is no GPU adapter: {stderr}"
+            );
+            eprintln!("note: no GPU adapter; skipping outside CI");
+            return;
+        }
+        Err(stderr) => panic!("the GPU run failed: {stderr}"),
+    };
+    assert_eq!(gpu["backend"], "gpu", "{gpu}");
+    let losses = |r: &serde_json::Value| -> Vec<f64> {
+        r["history"]["loss"]
+            .as_array()
+            .expect("history.loss")
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    let (c, g) = (losses(&cpu), losses(&gpu));
+    assert_eq!(c.len(), 3);
+    for (e, (g, c)) in g.iter().zip(&c).enumerate() {
+        assert!(
+            (g - c).abs() <= 1e-4 * c.abs(),
+            "epoch {e}: gpu {g} vs cpu {c}"
+        );
+    }
+    // The GPU-trained file predicts what the CPU-trained one does.
+    let a = Model::load(tmp.path().join("cpu.keras")).unwrap();
+    let b = Model::load(tmp.path().join("gpu.keras")).unwrap();
+    let arrays = read_npz(&fit_dir().join(format!("{case}.npz"))).unwrap();
+    let x0 = float(&arrays.iter().find(|(n, _)| n == "x0").unwrap().1);
+    let pa = a.predict(x0.view(), Backend::Cpu).unwrap();
+    let pb = b.predict(x0.view(), Backend::Cpu).unwrap();
+    for (p, q) in pb.iter().zip(pa.iter()) {
+        assert!((p - q).abs() <= 1e-4 * (1.0 + q.abs()), "{p} vs {q}");
+    }
+    // A layer GPU training lacks is refused in one line before anything is written.
+    let rnn = "text_stacked_simplernn_sgd";
+    let (x, y, _) = write_xy(rnn, tmp.path());
+    let out = tmp.path().join("rnn.keras");
+    let err = train_json(
+        &fit_dir().join(format!("{rnn}.keras")),
+        &x,
+        &y,
+        &out,
+        &["--backend", "gpu"],
+    )
+    .expect_err("a SimpleRNN trained on the GPU");
+    let line = one_error_line(&err);
+    assert!(
+        line.contains("simple_rnn") && line.contains("--backend cpu"),
+        "{line}"
+    );
+    assert!(!out.exists(), "a refused run wrote its output");
+}

@@ -451,6 +451,8 @@ impl GpuPlan {
 }
 
 /// Reads the first `bytes` of `buffer` (which needs COPY_SRC) back to the host.
+// GPU training (native-only for now) reads its arenas back with it.
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub async fn read_buffer(
     ctx: &DeviceContext,
     buffer: &wgpu::Buffer,

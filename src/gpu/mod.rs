@@ -24,6 +24,8 @@ mod kernels;
 mod plan;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod testing;
+// GPU training runs natively only for now: in the browser its blocking helpers are absent.
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub mod train;
 mod weights;
 

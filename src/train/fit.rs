@@ -418,6 +418,7 @@ impl Trainer {
     }
 
     /// Checks each output's targets as the CPU's loss does (shape, class indices, finite).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     fn check_targets(&self, batch: &TrainData) -> Result<()> {
         let graph = &self.train_graph.graph;
         for (i, (loss, target)) in self.config.losses.iter().zip(&batch.targets).enumerate() {

@@ -115,6 +115,7 @@ impl ArenaLayout {
     }
 
     /// Parameter k's values in an arena.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub fn unpack<'a>(&self, arena: &'a [f32], k: usize) -> &'a [f32] {
         &arena[self.offsets[k]..self.offsets[k] + self.lens[k]]
     }

@@ -1132,7 +1132,7 @@ fn append_losses(b: &mut Builder, spec: &StepSpec, model_inputs: usize) -> Resul
                 }
             },
         };
-        let loss_out = b.scratch(LOSS_NODE, "loss", 1);
+        let loss_out = b.scratch(LOSS_NODE, "value", 1);
         let weight = spec.loss_weights.get(k).copied().unwrap_or(1.0);
         b.contribute(LOSS_NODE, value, |b, dpred| {
             grad::loss::loss_forward_backward(

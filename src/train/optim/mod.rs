@@ -280,22 +280,26 @@ impl Optimizer {
     }
 
     /// Slots per variable (momentum, velocity, ...), in Keras's creation order.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub(crate) fn slot_names(&self) -> Vec<&'static str> {
         slot_groups(&self.spec.rule).concat()
     }
 
     /// Slot `k` of parameter `id`.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub(crate) fn slot(&self, id: ParamId, k: usize) -> Option<&ArrayD<f32>> {
         let v = self.index.get(id.0).copied().flatten()?;
         self.slots[v].get(k)
     }
 
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub(crate) fn slot_mut(&mut self, id: ParamId, k: usize) -> Option<&mut ArrayD<f32>> {
         let v = self.index.get(id.0).copied().flatten()?;
         self.slots[v].get_mut(k)
     }
 
     /// Counts one `apply` made elsewhere (the GPU's update kernels).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub(crate) fn count_iteration(&mut self) {
         self.iterations += 1;
     }

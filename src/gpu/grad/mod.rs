@@ -7,6 +7,7 @@ pub(crate) mod conv;
 pub(crate) mod loss;
 pub(crate) mod optim;
 pub(crate) mod pool;
+pub(crate) mod recurrent;
 
 use crate::error::{Error, Result};
 use crate::graph::Node;

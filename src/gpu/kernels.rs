@@ -24,6 +24,9 @@ const NORM: &str = include_str!("../../shaders/norm.wgsl");
 const CONV_LSTM: &str = include_str!("../../shaders/conv_lstm.wgsl");
 const MATMUL_GRAD: &str = include_str!("../../shaders/matmul_grad.wgsl");
 const GRAD: &str = include_str!("../../shaders/grad.wgsl");
+const ACT_GRAD: &str = include_str!("../../shaders/act_grad.wgsl");
+const RECURRENT_GRAD: &str = include_str!("../../shaders/recurrent_grad.wgsl");
+const RECURRENT_GEMM: &str = include_str!("../../shaders/recurrent_gemm.wgsl");
 const CONV_GRAD: &str = include_str!("../../shaders/conv_grad.wgsl");
 const POOL_GRAD: &str = include_str!("../../shaders/pool_grad.wgsl");
 const OPTIM_COMMON: &str = include_str!("../../shaders/optim_common.wgsl");
@@ -46,6 +49,12 @@ pub const SPLIT_K_MIN_DEPTH: usize = 256;
 pub const LINEAR_THREADS: u32 = 64;
 /// Threads per workgroup of the single-pass tree reductions (optimizer norms, loss).
 pub const REDUCE_THREADS: u32 = 256;
+/// Threads per workgroup of the recurrent training time loops (`THREADS` in
+/// recurrent_grad.wgsl).
+pub const RNN_TRAIN_THREADS: u32 = 128;
+/// Floats of workgroup memory the recurrent training time loops stage through (`WG_FLOATS` in
+/// recurrent_grad.wgsl).
+pub const RNN_TRAIN_WG_FLOATS: usize = 3072;
 
 /// One compute kernel (a WGSL entry point with a fixed binding layout).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -155,6 +164,15 @@ pub enum Kernel {
     BatchNormMoving,
     /// BatchNormalization input gradient (training, or frozen on the moving statistics).
     BatchNormGrad,
+    /// Training: a recurrent layer's whole time loop in one dispatch, keeping every step's
+    /// pre-activations and states (gpu/grad/recurrent.rs, recurrent_grad.wgsl).
+    RnnTrainForward,
+    /// Training: backpropagation through time in one dispatch: dL/d(pre-activations).
+    RnnTrainBackward,
+    /// Copies a 2-D block between strided matrices (stacking directions' weights).
+    RnnBlockCopy,
+    /// Recurrent kernel gradient H_inᵀ·dZ, one GEMM group per (direction, gate).
+    RnnGemmGrouped,
 }
 
 /// How a kernel reads one storage binding.
@@ -224,13 +242,17 @@ impl Kernel {
             Kernel::BatchNormApply => "batch_norm_apply",
             Kernel::BatchNormMoving => "batch_norm_moving",
             Kernel::BatchNormGrad => "batch_norm_grad",
+            Kernel::RnnTrainForward => "rnn_train_forward",
+            Kernel::RnnTrainBackward => "rnn_train_backward",
+            Kernel::RnnBlockCopy => "rnn_block_copy",
+            Kernel::RnnGemmGrouped => "rnn_gemm_grouped",
         }
     }
 
     fn entry_point(self) -> &'static str {
         match self {
             Kernel::Matmul | Kernel::Conv2d | Kernel::ConvNd => "main",
-            Kernel::MatmulAt | Kernel::MatmulBt => "main",
+            Kernel::MatmulAt | Kernel::MatmulBt | Kernel::RnnGemmGrouped => "main",
             Kernel::SplitKReduce => "reduce_split_k",
             Kernel::RnnStep => "step",
             Kernel::RnnMerge => "merge",
@@ -285,7 +307,11 @@ impl Kernel {
             | Kernel::SoftmaxGrad
             | Kernel::Accumulate
             | Kernel::PenaltyGrad
-            | Kernel::PenaltySum => &[GRAD],
+            | Kernel::PenaltySum => &[ACT_GRAD, GRAD],
+            Kernel::RnnTrainForward | Kernel::RnnTrainBackward | Kernel::RnnBlockCopy => {
+                &[ACT_GRAD, RECURRENT_GRAD]
+            }
+            Kernel::RnnGemmGrouped => &["const GROUPED: bool = true;", GEMM, RECURRENT_GEMM],
             // conv_grad.wgsl's constants pick the GEMM's mode (unused by the others).
             Kernel::ConvGradInput => &[
                 "const INPUT_GRAD: bool = true; const CONV_FORWARD: bool = false;",
@@ -399,6 +425,11 @@ impl Kernel {
             | Kernel::BatchNormApply
             | Kernel::BatchNormMoving
             | Kernel::BatchNormGrad => &[Read, Read, Read, Read, Read, ReadWrite],
+            // Binding 5 is unused (so both time loops put their uniform at binding 6).
+            Kernel::RnnTrainForward => &[ReadWrite, ReadWrite, Read, Read, Read, Read],
+            Kernel::RnnTrainBackward => &[Read, Read, Read, Read, ReadWrite, ReadWrite],
+            Kernel::RnnBlockCopy => &[Read, ReadWrite],
+            Kernel::RnnGemmGrouped => &[Read, Read, Read, ReadWrite],
         }
     }
 
@@ -487,6 +518,10 @@ impl Kernel {
             Kernel::BatchNormApply => &["x", "stats", "gamma", "beta", "-", "y"],
             Kernel::BatchNormMoving => &["stats", "-", "-", "-", "-", "moving"],
             Kernel::BatchNormGrad => &["x", "dy", "stats", "sums", "gamma", "dx"],
+            Kernel::RnnTrainForward => &["saved", "y", "ids", "recurrent_kernel", "bias", "-"],
+            Kernel::RnnTrainBackward => &["saved", "dy", "ids", "recurrent_kernel", "dz", "aux"],
+            Kernel::RnnBlockCopy => &["src", "dst"],
+            Kernel::RnnGemmGrouped => &["a", "b", "-", "c"],
         }
     }
 
@@ -501,7 +536,9 @@ impl Kernel {
             | Kernel::PenaltySum
             | Kernel::ConvGradInput
             | Kernel::ConvGradWeights
-            | Kernel::ConvTransposeGradInput => 256,
+            | Kernel::ConvTransposeGradInput
+            | Kernel::RnnGemmGrouped => 256,
+            Kernel::RnnTrainForward | Kernel::RnnTrainBackward => RNN_TRAIN_THREADS,
             Kernel::OptimSegmentSums
             | Kernel::OptimTotal
             | Kernel::LossCount

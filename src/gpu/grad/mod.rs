@@ -9,6 +9,7 @@ pub(crate) mod merge;
 pub(crate) mod norm;
 pub(crate) mod optim;
 pub(crate) mod pool;
+pub(crate) mod recurrent;
 
 use crate::error::{Error, Result};
 use crate::graph::Node;

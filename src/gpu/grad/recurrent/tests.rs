@@ -1,0 +1,540 @@
+//! The GPU training forward and BPTT against the CPU's (`cpu::grad::recurrent`): y, dx and
+//! every parameter gradient, for each cell, Bidirectional merges, go_backwards and masks.
+
+use ndarray::{Array2, ArrayD, IxDyn};
+
+use super::super::test_emit::TestEmit;
+use super::*;
+use crate::cpu::grad::check::uniform;
+use crate::cpu::grad::testing::{assert_close, run_backward};
+use crate::cpu::Tensor;
+use crate::gpu::testing::{runner, KernelRunner};
+use crate::graph::{Activation, CellDropout, DType, Graph, Op, ParamStore};
+use crate::train::Rng;
+
+/// What the GPU writes into an output buffer it must overwrite.
+const STALE: f32 = 123.0;
+
+const LSTM: CellKind = CellKind::Lstm;
+const GRU: CellKind = CellKind::Gru { reset_after: true };
+const GRU_BEFORE: CellKind = CellKind::Gru { reset_after: false };
+const RNN: CellKind = CellKind::SimpleRnn;
+
+#[derive(Clone)]
+struct Case {
+    kind: CellKind,
+    units: usize,
+    features: usize,
+    timesteps: usize,
+    batch: usize,
+    merge: Option<MergeMode>,
+    return_sequences: bool,
+    go_backwards: bool,
+    /// Mixed lengths by row: full, length 1, all padding, padded at the start (repeating).
+    masked: bool,
+    zero_masked: bool,
+    activation: Activation,
+    recurrent_activation: Activation,
+    use_bias: bool,
+    /// Stage the shared state in workgroup memory (else read it back from storage, the path
+    /// units too large for workgroup memory take).
+    staging: bool,
+}
+
+fn case(kind: CellKind) -> Case {
+    Case {
+        kind,
+        units: 5,
+        features: 3,
+        timesteps: 9,
+        batch: 3,
+        merge: None,
+        return_sequences: false,
+        go_backwards: false,
+        masked: false,
+        zero_masked: false,
+        activation: Activation::Tanh,
+        recurrent_activation: Activation::Sigmoid,
+        use_bias: true,
+        staging: true,
+    }
+}
+
+impl Case {
+    fn units(mut self, u: usize) -> Self {
+        self.units = u;
+        self
+    }
+    fn steps(mut self, t: usize) -> Self {
+        self.timesteps = t;
+        self
+    }
+    fn batch(mut self, n: usize) -> Self {
+        self.batch = n;
+        self
+    }
+    fn features(mut self, f: usize) -> Self {
+        self.features = f;
+        self
+    }
+    fn sequences(mut self) -> Self {
+        self.return_sequences = true;
+        self
+    }
+    fn backwards(mut self) -> Self {
+        self.go_backwards = true;
+        self
+    }
+    fn bidi(mut self, m: MergeMode) -> Self {
+        self.merge = Some(m);
+        self
+    }
+    fn masked(mut self, zero: bool) -> Self {
+        self.masked = true;
+        self.zero_masked = zero;
+        self
+    }
+    fn unstaged(mut self) -> Self {
+        self.staging = false;
+        self
+    }
+
+    fn cell(&self, p: &mut ParamStore, dir: &str, seed: u64, go_backwards: bool) -> RecurrentCell {
+        let g = self.kind.gates() * self.units;
+        let kernel = p.add(
+            format!("{dir}/kernel"),
+            uniform(&[self.features, g], seed, 0.6),
+            true,
+        );
+        let recurrent_kernel = p.add(
+            format!("{dir}/recurrent_kernel"),
+            uniform(&[self.units, g], seed + 1, 0.6),
+            true,
+        );
+        let bias_shape = match self.kind {
+            CellKind::Gru { reset_after: true } => vec![2, g],
+            _ => vec![g],
+        };
+        let bias = self.use_bias.then(|| {
+            p.add(
+                format!("{dir}/bias"),
+                uniform(&bias_shape, seed + 2, 0.4),
+                true,
+            )
+        });
+        RecurrentCell {
+            kind: self.kind,
+            units: self.units,
+            activation: self.activation,
+            recurrent_activation: self.recurrent_activation,
+            kernel,
+            recurrent_kernel,
+            bias,
+            go_backwards,
+            dropout: CellDropout::default(),
+        }
+    }
+
+    fn graph(&self) -> Graph {
+        let mut g = Graph::new("t");
+        let x = g.add_input("x", vec![self.timesteps, self.features], DType::F32);
+        let forward = self.cell(&mut g.params, "forward", 10, self.go_backwards);
+        let backward = self
+            .merge
+            .map(|_| self.cell(&mut g.params, "backward", 20, !self.go_backwards));
+        let op = Recurrent {
+            forward,
+            backward,
+            merge_mode: self.merge.unwrap_or(MergeMode::Concat),
+            return_sequences: self.return_sequences,
+            return_state: false,
+            initial_state: false,
+            timesteps: self.timesteps,
+            input_features: self.features,
+            zero_masked_outputs: self.zero_masked,
+        };
+        let ys = g
+            .add_node("rnn", "Test", Op::Recurrent(Box::new(op)), &[x], None)
+            .expect("shape");
+        g.add_output("y", ys[0]);
+        g
+    }
+
+    fn mask(&self) -> Option<Array2<bool>> {
+        let t = self.timesteps;
+        self.masked.then(|| {
+            Array2::from_shape_fn((self.batch, t), |(b, s)| match b % 4 {
+                0 => true,
+                1 => s == 0,
+                2 => false,
+                _ => s >= t / 2,
+            })
+        })
+    }
+
+    fn name(&self) -> String {
+        let mut s = format!(
+            "{} u={} f={} t={} n={}",
+            self.kind.name(),
+            self.units,
+            self.features,
+            self.timesteps,
+            self.batch
+        );
+        if self.kind == GRU_BEFORE {
+            s.push_str(" reset_after=False");
+        }
+        if let Some(m) = self.merge {
+            s.push_str(&format!(" bidirectional {m:?}"));
+        }
+        for (on, what) in [
+            (self.return_sequences, " sequences"),
+            (self.go_backwards, " go_backwards"),
+            (self.masked, " masked"),
+            (self.zero_masked, " zero_masked"),
+            (!self.use_bias, " no bias"),
+            (!self.staging, " unstaged"),
+        ] {
+            if on {
+                s.push_str(what);
+            }
+        }
+        s
+    }
+}
+
+fn flat(a: &ArrayD<f32>) -> Vec<f32> {
+    a.iter().copied().collect()
+}
+
+fn shaped(v: &[f32], shape: &[usize]) -> ArrayD<f32> {
+    ArrayD::from_shape_vec(IxDyn(shape), v.to_vec()).expect("shape")
+}
+
+/// Runs the case's training forward and backward on the CPU and the GPU (one submit) and
+/// compares y, dx and every parameter gradient.
+fn check(r: &mut KernelRunner, c: &Case) {
+    let name = c.name();
+    let g = c.graph();
+    let node = &g.nodes[0];
+    let Op::Recurrent(rec) = &node.op else {
+        panic!("not recurrent")
+    };
+    let (n, t, f) = (c.batch, c.timesteps, c.features);
+    let x = uniform(&[n, t, f], 3, 1.0);
+    let mask = c.mask();
+    let fw = crate::cpu::grad::forward(
+        &g,
+        node,
+        &[Tensor::F32(x.clone())],
+        mask.as_ref(),
+        &mut Rng::new(1),
+    )
+    .expect("CPU forward");
+    let Tensor::F32(y_cpu) = &fw.outputs[0] else {
+        panic!("float output")
+    };
+    let dy = uniform(y_cpu.shape(), 4, 1.0);
+    let (dx, grads) = run_backward(&g, &x, &dy, true, mask.as_ref());
+    let dx = dx.expect("dx");
+
+    let ids: Vec<f32> = match &mask {
+        Some(m) => m
+            .indexed_iter()
+            .map(|((b, s), &live)| {
+                f32::from_bits(if live {
+                    1 + ((7 * b + s) % 5) as u32
+                } else {
+                    0
+                })
+            })
+            .collect(),
+        None => vec![0.0],
+    };
+    let cells: Vec<&RecurrentCell> = rec.cells().collect();
+    let mut bufs = vec![flat(&x), ids];
+    for cell in &cells {
+        bufs.push(g.params.slice(cell.kernel).to_vec());
+        bufs.push(g.params.slice(cell.recurrent_kernel).to_vec());
+        bufs.push(cell.bias.map_or(vec![0.0], |b| g.params.slice(b).to_vec()));
+    }
+    let yi = bufs.len();
+    bufs.push(vec![STALE; y_cpu.len()]);
+    let si = bufs.len();
+    bufs.push(vec![STALE; recurrent_saved_floats(rec, n)]);
+    let dyi = bufs.len();
+    bufs.push(flat(&dy));
+    let dxi = bufs.len();
+    bufs.push(vec![STALE; dx.len()]);
+    let gi = bufs.len();
+    for cell in &cells {
+        bufs.push(vec![STALE; g.params.slice(cell.kernel).len()]);
+        bufs.push(vec![STALE; g.params.slice(cell.recurrent_kernel).len()]);
+        bufs.push(vec![
+            STALE;
+            cell.bias.map_or(1, |b| g.params.slice(b).len())
+        ]);
+    }
+    let b = BufRef::Input;
+    let cell_bufs: Vec<CellBuffers> = cells
+        .iter()
+        .enumerate()
+        .map(|(d, cell)| CellBuffers {
+            kernel: b(2 + 3 * d),
+            recurrent_kernel: b(3 + 3 * d),
+            bias: cell.bias.map(|_| b(4 + 3 * d)),
+        })
+        .collect();
+    let cell_grads: Vec<CellGrads> = cells
+        .iter()
+        .enumerate()
+        .map(|(d, cell)| CellGrads {
+            kernel: Some(b(gi + 3 * d)),
+            recurrent_kernel: Some(b(gi + 3 * d + 1)),
+            bias: cell.bias.map(|_| b(gi + 3 * d + 2)),
+        })
+        .collect();
+    let ids_buf = c.masked.then_some(b(1));
+    let mut e = TestEmit::new(r.limits, bufs.len());
+    let (x_buf, y_buf, saved, dy_buf, dx_buf) = (b(0), b(yi), b(si), b(dyi), Some(b(dxi)));
+    if c.staging {
+        recurrent_train_forward(
+            &mut e, node, 0, rec, n, x_buf, ids_buf, &cell_bufs, y_buf, saved,
+        )
+        .expect("forward lowering");
+        recurrent_backward(
+            &mut e,
+            node,
+            0,
+            rec,
+            n,
+            x_buf,
+            ids_buf,
+            &cell_bufs,
+            saved,
+            dy_buf,
+            dx_buf,
+            &cell_grads,
+        )
+        .expect("backward lowering");
+    } else {
+        train_forward(
+            &mut e, node, 0, rec, n, x_buf, ids_buf, &cell_bufs, y_buf, saved, false,
+        )
+        .expect("forward lowering");
+        backward(
+            &mut e,
+            node,
+            0,
+            rec,
+            n,
+            x_buf,
+            ids_buf,
+            &cell_bufs,
+            saved,
+            dy_buf,
+            dx_buf,
+            &cell_grads,
+            false,
+        )
+        .expect("backward lowering");
+    }
+    let got = e.run(r, &bufs).expect("GPU run");
+    assert_close(
+        &format!("{name}: y"),
+        &shaped(&got[yi], y_cpu.shape()),
+        y_cpu,
+    );
+    assert!(
+        got[si].iter().all(|&v| v != STALE),
+        "{name}: saved not fully written"
+    );
+    assert_close(&format!("{name}: dx"), &shaped(&got[dxi], dx.shape()), &dx);
+    for (d, cell) in cells.iter().enumerate() {
+        let mut params = vec![
+            ("kernel", cell.kernel),
+            ("recurrent_kernel", cell.recurrent_kernel),
+        ];
+        params.extend(cell.bias.map(|b| ("bias", b)));
+        for (k, (what, id)) in params.into_iter().enumerate() {
+            let expected = grads.get(id).expect("a gradient");
+            assert_close(
+                &format!("{name}: direction {d} d{what}"),
+                &shaped(&got[gi + 3 * d + k], expected.shape()),
+                expected,
+            );
+        }
+    }
+}
+
+#[test]
+fn lstm_and_simple_rnn_match_the_cpu() {
+    let Some(mut r) = runner() else { return };
+    for kind in [LSTM, RNN] {
+        for c in [
+            case(kind),
+            case(kind).sequences(),
+            case(kind).sequences().backwards(),
+            case(kind).backwards(),
+            // Batch 1 and one step.
+            case(kind).batch(1).steps(1).sequences(),
+            case(kind).batch(1).units(13),
+            // 33 sequences: more than one workgroup of rows (26 rows each at 5 units).
+            case(kind).batch(33).steps(4).sequences(),
+            // 70 steps.
+            case(kind)
+                .batch(2)
+                .steps(70)
+                .units(13)
+                .features(4)
+                .sequences(),
+        ] {
+            check(&mut r, &c);
+        }
+    }
+}
+
+#[test]
+fn bidirectional_matches_the_cpu() {
+    let Some(mut r) = runner() else { return };
+    for kind in [LSTM, RNN] {
+        for merge in [MergeMode::Concat, MergeMode::Sum, MergeMode::Average] {
+            check(&mut r, &case(kind).bidi(merge));
+            check(&mut r, &case(kind).bidi(merge).sequences().units(13));
+        }
+        check(
+            &mut r,
+            &case(kind).bidi(MergeMode::Concat).sequences().backwards(),
+        );
+        check(&mut r, &case(kind).bidi(MergeMode::Sum).batch(33).steps(3));
+    }
+}
+
+#[test]
+fn masked_mixed_lengths_match_the_cpu() {
+    let Some(mut r) = runner() else { return };
+    for kind in [LSTM, RNN, GRU, GRU_BEFORE] {
+        for (sequences, zero) in [(false, false), (true, false), (true, true)] {
+            for back in [false, true] {
+                let mut c = case(kind).batch(5).masked(zero);
+                c.return_sequences = sequences;
+                c.go_backwards = back;
+                check(&mut r, &c);
+            }
+        }
+        check(
+            &mut r,
+            &case(kind)
+                .batch(6)
+                .masked(true)
+                .sequences()
+                .bidi(MergeMode::Concat),
+        );
+        check(
+            &mut r,
+            &case(kind).batch(6).masked(false).bidi(MergeMode::Sum),
+        );
+    }
+}
+
+#[test]
+fn gru_matches_the_cpu() {
+    let Some(mut r) = runner() else { return };
+    for kind in [GRU, GRU_BEFORE] {
+        for c in [
+            case(kind),
+            case(kind).sequences().backwards(),
+            case(kind).batch(1).steps(1).sequences(),
+            case(kind).batch(33).steps(4).units(13).sequences(),
+            case(kind).batch(2).steps(70).units(13).sequences(),
+            case(kind).bidi(MergeMode::Concat).sequences(),
+            case(kind).bidi(MergeMode::Average).units(13),
+        ] {
+            check(&mut r, &c);
+        }
+        let mut c = case(kind);
+        c.use_bias = false;
+        check(&mut r, &c);
+    }
+}
+
+#[test]
+fn other_activations_and_no_bias_match_the_cpu() {
+    let Some(mut r) = runner() else { return };
+    for kind in [LSTM, RNN, GRU, GRU_BEFORE] {
+        let mut c = case(kind).sequences();
+        c.activation = Activation::Relu {
+            negative_slope: 0.0,
+            max_value: None,
+            threshold: 0.0,
+        };
+        c.recurrent_activation = Activation::HardSigmoid;
+        check(&mut r, &c);
+        let mut c = case(kind).bidi(MergeMode::Concat);
+        c.use_bias = false;
+        c.activation = Activation::Softsign;
+        check(&mut r, &c);
+    }
+}
+
+/// The path for units too large for workgroup memory (state read back from storage), forced
+/// at small sizes; and 130 units (more than one GEMM tile), staged.
+#[test]
+fn state_in_storage_and_large_units_match_the_cpu() {
+    let Some(mut r) = runner() else { return };
+    for kind in [LSTM, RNN, GRU, GRU_BEFORE] {
+        check(
+            &mut r,
+            &case(kind).unstaged().sequences().masked(false).batch(5),
+        );
+        check(
+            &mut r,
+            &case(kind).unstaged().bidi(MergeMode::Concat).units(13),
+        );
+    }
+    check(&mut r, &case(LSTM).units(130).batch(2).steps(3).sequences());
+    check(
+        &mut r,
+        &case(GRU).units(130).batch(2).steps(2).bidi(MergeMode::Sum),
+    );
+}
+
+#[test]
+fn unsupported_configurations_are_refused() {
+    let limits = crate::gpu::plan::PlanLimits {
+        max_binding_bytes: 1 << 30,
+        max_workgroups_per_dim: 65535,
+        max_storage_buffers_per_stage: 8,
+        fold_batch_norm: false,
+    };
+    let g = case(LSTM).bidi(MergeMode::Concat).graph();
+    let node = &g.nodes[0];
+    let Op::Recurrent(base) = &node.op else {
+        panic!("not recurrent")
+    };
+    let b = BufRef::Input;
+    let cells = [CellBuffers {
+        kernel: b(0),
+        recurrent_kernel: b(0),
+        bias: None,
+    }; 2];
+    let with = |edit: &dyn Fn(&mut Recurrent), field: &str| {
+        let mut rec = (**base).clone();
+        edit(&mut rec);
+        let mut e = TestEmit::new(limits, 4);
+        let err = recurrent_train_forward(&mut e, node, 0, &rec, 2, b(0), None, &cells, b(1), b(2))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("layer 'rnn'") && err.contains(field), "{err}");
+        assert!(e.ops.is_empty(), "{field}: nothing emitted");
+    };
+    with(&|r| r.return_state = true, "return_state");
+    with(&|r| r.initial_state = true, "initial_state");
+    with(&|r| r.merge_mode = MergeMode::Multiply, "merge_mode");
+    with(&|r| r.merge_mode = MergeMode::None, "merge_mode");
+    with(&|r| r.forward.dropout.input = 0.2, "dropout");
+    with(
+        &|r| r.backward.as_mut().unwrap().units = 4,
+        "backward_layer",
+    );
+}

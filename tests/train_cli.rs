@@ -660,7 +660,7 @@ fn gpu_training_from_the_command_line_tracks_the_cpu() {
     .expect_err("a SimpleRNN trained on the GPU");
     let line = one_error_line(&err);
     assert!(
-        line.contains("simple_rnn") && line.contains("--backend cpu"),
+        line.contains("layer '") && line.contains("--backend cpu"),
         "{line}"
     );
     assert!(!out.exists(), "a refused run wrote its output");

@@ -19,7 +19,6 @@
 //! instead (slower, same results).
 
 // The training plan binds these once it lowers recurrent nodes; until then only the tests do.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use crate::error::{Error, Result};
 use crate::graph::{CellKind, MergeMode, Node, Recurrent, RecurrentCell};

@@ -80,6 +80,18 @@ impl ParamLayout {
                 read[bn.moving_mean.0] = true;
                 read[bn.moving_variance.0] = true;
             }
+            // Recurrent layers' training forward and BPTT read each direction's weights.
+            if let crate::graph::Op::Recurrent(r) = &node.op {
+                for c in r.cells() {
+                    for id in [Some(c.kernel), Some(c.recurrent_kernel), c.bias]
+                        .into_iter()
+                        .flatten()
+                    {
+                        read[id.0] = true;
+                        updated[id.0] |= graph.params.param(id).trainable && tg.runs_backward(i);
+                    }
+                }
+            }
         }
         // The CPU updates a regularized trainable weight from its penalty alone.
         for r in &graph.regularizers {

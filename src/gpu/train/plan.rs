@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use crate::error::{Error, Result};
 use crate::graph::{
     Activation, BatchNorm, BinaryOp, DType, Dense, Graph, Node, Op as GraphOp, ParamId, Penalized,
-    ValueId,
+    Recurrent, ValueId,
 };
 use crate::train::loss::LossKind;
 use crate::train::optim::OptimizerSpec;
@@ -82,6 +82,8 @@ struct Builder<'a> {
     capture: Option<Vec<Op>>,
     /// Each training-mode BatchNormalization's batch statistics, kept for its backward.
     bn_saved: Vec<Option<BufRef>>,
+    /// Each recurrent layer's saved pre-activations and states, kept for its backward.
+    rnn_saved: Vec<Option<BufRef>>,
 }
 
 /// The node index of the loss's ops and of the optimizer's (they belong to no layer).
@@ -608,6 +610,119 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
+    /// The token ids a masked recurrent layer reads its mask from (the mask value's buffer).
+    fn mask_ids(&self, node: &Node) -> Result<Option<BufRef>> {
+        node.mask.map(|m| self.value_buf(m)).transpose()
+    }
+
+    /// Re-lowers each recurrent layer's forward as its training forward, in place of its
+    /// inference ops.
+    fn recurrent_training_forwards(&mut self) -> Result<()> {
+        for i in 0..self.graph.nodes.len() {
+            let GraphOp::Recurrent(r) = &self.graph.nodes[i].op else {
+                continue;
+            };
+            let r = r.clone();
+            let layer = self.layer(i);
+            let Some(at) = self.plan.ops.iter().position(|op| op_node(op) == i) else {
+                return Err(Error::Internal(format!(
+                    "no forward ops for '{}'",
+                    layer.name
+                )));
+            };
+            self.plan.ops.retain(|op| op_node(op) != i);
+            if layer.outputs.len() != 1 {
+                return Err(train_error(
+                    &layer,
+                    "return_state is not supported by GPU training yet",
+                ));
+            }
+            let x = self.value_buf(layer.inputs[0])?;
+            let y = self.value_buf(layer.outputs[0])?;
+            let mask = self.mask_ids(&layer)?;
+            let batch = self.batch;
+            let saved = self.scratch(
+                i,
+                "recurrent states",
+                grad::recurrent::recurrent_saved_floats(&r, batch),
+            );
+            self.rnn_saved[i] = Some(saved);
+            let cells = cell_buffers(&r);
+            self.capture = Some(Vec::new());
+            let emitted = grad::recurrent::recurrent_train_forward(
+                self, &layer, i, &r, batch, x, mask, &cells, y, saved,
+            );
+            let ops = self.capture.take().unwrap_or_default();
+            // The lowering checks the layer's options first: what it refuses is a training
+            // option the GPU lacks, which the CPU path has.
+            emitted.map_err(|e| match e {
+                Error::Gpu(msg) => Error::Train(format!("{msg}; train it with --backend cpu")),
+                other => other,
+            })?;
+            self.plan.ops.splice(at..at, ops);
+        }
+        Ok(())
+    }
+
+    /// BPTT in one call: gradients not written yet go straight to their buffers, the others
+    /// (a shared layer's second call) through scratch parts added in after.
+    fn recurrent_backward(&mut self, i: usize, r: &Recurrent, dy: BufRef) -> Result<()> {
+        let layer = self.layer(i);
+        let x_value = layer.inputs[0];
+        let x = self.value_buf(x_value)?;
+        let mask = self.mask_ids(&layer)?;
+        let saved = self.rnn_saved[i]
+            .ok_or_else(|| Error::Internal(format!("'{}' kept no states", layer.name)))?;
+        let mut adds: Vec<(BufRef, BufRef, usize)> = Vec::new();
+        let mut grads = Vec::new();
+        for cell in r.cells() {
+            let mut target = |b: &mut Self, id: ParamId| -> Option<BufRef> {
+                if !b.trainable(id) {
+                    return None;
+                }
+                if !std::mem::replace(&mut b.param_written[id.0], true) {
+                    return Some(BufRef::ParamGrad(id));
+                }
+                let floats = b.graph.params.len_of(id);
+                let part = b.scratch(i, "parameter gradient part", floats);
+                adds.push((part, BufRef::ParamGrad(id), floats));
+                Some(part)
+            };
+            grads.push(grad::recurrent::CellGrads {
+                kernel: target(self, cell.kernel),
+                recurrent_kernel: target(self, cell.recurrent_kernel),
+                bias: cell.bias.and_then(|id| target(self, id)),
+            });
+        }
+        let dx = if self.tg.needs_grad(x_value) {
+            let floats = self.floats(x_value);
+            match self.grad[x_value] {
+                None => {
+                    let g = self.scratch(i, "gradient", floats);
+                    self.grad[x_value] = Some(g);
+                    Some(g)
+                }
+                Some(acc) => {
+                    let part = self.scratch(i, "gradient part", floats);
+                    adds.push((part, acc, floats));
+                    Some(part)
+                }
+            }
+        } else {
+            None
+        };
+        let cells = cell_buffers(r);
+        let batch = self.batch;
+        grad::recurrent::recurrent_backward(
+            self, &layer, i, r, batch, x, mask, &cells, saved, dy, dx, &grads,
+        )?;
+        for (part, dst, floats) in adds {
+            self.accumulate(i, part, dst, floats)?;
+            self.release(part);
+        }
+        Ok(())
+    }
+
     fn batch_norm_backward(&mut self, i: usize, bn: &BatchNorm, dy: BufRef) -> Result<()> {
         let layer = self.layer(i);
         let x_value = layer.inputs[0];
@@ -734,6 +849,11 @@ impl<'a> Builder<'a> {
                         )
                     })?;
                 }
+                Ok(false)
+            }
+            GraphOp::Recurrent(r) => {
+                let r = r.clone();
+                self.recurrent_backward(i, &r, dy)?;
                 Ok(false)
             }
             GraphOp::BatchNorm(bn) if node.mask.is_none() => {
@@ -886,10 +1006,15 @@ pub fn build(
         updating: false,
         capture: None,
         bn_saved: vec![None; graph.nodes.len()],
+        rnn_saved: vec![None; graph.nodes.len()],
     };
     if mode != Mode::Evaluate {
         b.batch_norm_training_forwards()?;
     }
+    // Recurrent layers run their training forward in every mode: it reads the weights from
+    // the arena (the inference forward reads stacked copies uploaded once) and keeps what
+    // BPTT needs.
+    b.recurrent_training_forwards()?;
     match mode {
         Mode::Seeded => {
             for (k, port) in graph.outputs.iter().enumerate() {
@@ -969,6 +1094,17 @@ pub fn build(
         penalties,
         mode,
     })
+}
+
+/// Each direction's weights as the recurrent kernels bind them: arena ranges.
+fn cell_buffers(r: &Recurrent) -> Vec<grad::recurrent::CellBuffers> {
+    r.cells()
+        .map(|c| grad::recurrent::CellBuffers {
+            kernel: BufRef::Param(c.kernel),
+            recurrent_kernel: BufRef::Param(c.recurrent_kernel),
+            bias: c.bias.map(BufRef::Param),
+        })
+        .collect()
 }
 
 /// f32s of one output's targets for `batch` items: one class index per row for the sparse

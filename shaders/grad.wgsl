@@ -126,3 +126,27 @@ fn penalty_sum(@builtin(local_invocation_index) li: u32) {
         dx[0] = p.act.p2 * partial[0];
     }
 }
+
+// Dropout and the noise layers in training: dx = x * multiplier + addend over `len` values,
+// with the draws the host made for this step (multiplier in `y`, addend in `dy`). `cols` says
+// which are bound: bit 0 the multiplier, bit 1 the addend. The backward is the same kernel
+// on dy with the multiplier alone.
+@compute @workgroup_size(64, 1, 1)
+fn noise_apply(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let i = linear_workgroup(wg, nwg) * 64u + li;
+    if (i >= p.len) {
+        return;
+    }
+    var v = x[i];
+    if ((p.cols & 1u) != 0u) {
+        v = v * y[i];
+    }
+    if ((p.cols & 2u) != 0u) {
+        v = v + dy[i];
+    }
+    dx[i] = v;
+}

@@ -64,7 +64,7 @@ fn check_backward(what: &str, graph: &Graph, inputs: &[PreparedInput], input_gra
         .seeded_gradients(inputs, &dys, &mut wgnn::train::Rng::new(1))
         .unwrap_or_else(|e| panic!("{what}: cpu: {e}"));
     let (gpu_grads, gpu_inputs) = gpu
-        .seeded_gradients(&tg, inputs, &dys)
+        .seeded_gradients(&tg, inputs, &dys, &mut wgnn::train::Rng::new(1))
         .unwrap_or_else(|e| panic!("{what}: gpu: {e}"));
     let mut compared = 0;
     for (id, g) in &gpu_grads {
@@ -330,4 +330,148 @@ fn an_mlp_with_l2_and_validation_trains_on_the_gpu_as_on_the_cpu() {
         metrics: TrainMetrics::from_names(&["mae".into()], &["output".into()]).unwrap(),
     };
     fit_both("mlp sgd l2", &graph, &train, Some(&val), config);
+}
+
+/// Ids with many repeats (a small vocabulary), zeros included.
+fn repeated_ids(rng: &mut Rng, batch: usize, timesteps: usize, vocab: usize) -> PreparedInput {
+    PreparedInput::Ids(ndarray::Array2::from_shape_fn((batch, timesteps), |_| {
+        rng.below(vocab) as u32
+    }))
+}
+
+/// Embedding(vocab, 7) -> GlobalAveragePooling1D -> Dense; with `shared`, a second Embedding
+/// node on the same ids reads the same table and the two are added (the table's gradient
+/// sums both calls' lookups).
+fn embedding_model(rng: &mut Rng, timesteps: usize, vocab: usize, shared: bool) -> Graph {
+    let mut chain = Chain::ids(timesteps).embedding(rng, "embedding", vocab, 7, false);
+    if shared {
+        let node = chain
+            .graph
+            .nodes
+            .iter()
+            .find(|n| n.name == "embedding")
+            .unwrap();
+        let (op, ids) = (node.op.clone(), node.inputs[0]);
+        let first = chain.x;
+        let again = chain
+            .graph
+            .add_node("embedding_again", "Embedding", op, &[ids], None)
+            .unwrap();
+        let add = Op::Merge(Merge {
+            op: BinaryOp::Add,
+            average: false,
+            masked: false,
+        });
+        chain.x = chain
+            .graph
+            .add_node("add", "Add", add, &[first, again[0]], None)
+            .unwrap()[0];
+    }
+    chain
+        .op(
+            "pool",
+            "GlobalAveragePooling1D",
+            Op::GlobalPool {
+                op: PoolOp::Average,
+                keepdims: false,
+                rank: 1,
+            },
+        )
+        .dense(rng, "out", 5, Activation::Tanh)
+        .build()
+}
+
+#[test]
+fn embedding_table_gradient_matches_cpu_with_repeated_ids() {
+    for (batch, timesteps, shared) in [(1, 1, false), (33, 9, false), (6, 70, true)] {
+        let mut rng = Rng::new(50 + batch as u64);
+        let graph = embedding_model(&mut rng, timesteps, 13, shared);
+        let ids = repeated_ids(&mut rng, batch, timesteps, 13);
+        let what = format!("embedding, batch {batch}, {timesteps} steps, shared {shared}");
+        if !check_backward(&what, &graph, &[ids], false) {
+            return;
+        }
+    }
+}
+
+#[test]
+fn every_dropout_kind_matches_cpu_with_the_same_draws() {
+    let kinds = [
+        DropoutKind::Dropout,
+        DropoutKind::GaussianDropout,
+        DropoutKind::GaussianNoise { stddev: 0.5 },
+        DropoutKind::AlphaDropout,
+    ];
+    for (k, kind) in kinds.into_iter().enumerate() {
+        for shared_axes in [vec![], vec![0]] {
+            let mut rng = Rng::new(60 + k as u64);
+            let graph = Chain::float(&[6, 5])
+                .dense(&mut rng, "d1", 9, Activation::Tanh)
+                .op(
+                    "noise",
+                    "Dropout",
+                    Op::Dropout(Dropout {
+                        kind,
+                        rate: 0.3,
+                        shared_axes: shared_axes.clone(),
+                    }),
+                )
+                .dense(&mut rng, "d2", 4, Activation::Linear)
+                .build();
+            let x = float_input(&mut rng, 33, &[6, 5], 1.0);
+            let what = format!("{kind:?}, shared axes {shared_axes:?}");
+            if !check_backward(&what, &graph, &[x], true) {
+                return;
+            }
+        }
+    }
+}
+
+#[test]
+fn a_text_model_with_dropout_and_a_sparse_adam_trains_on_the_gpu_as_on_the_cpu() {
+    // Repeated ids make Adam's squares of rows differ from the square of their sum; clipnorm
+    // reads the rows' squares too. Dropout draws from the run's RNG every step.
+    let mut rng = Rng::new(71);
+    let graph = Chain::ids(8)
+        .embedding(&mut rng, "embedding", 11, 6, false)
+        .op(
+            "drop",
+            "Dropout",
+            Op::Dropout(Dropout {
+                kind: DropoutKind::Dropout,
+                rate: 0.25,
+                shared_axes: vec![],
+            }),
+        )
+        .op(
+            "pool",
+            "GlobalAveragePooling1D",
+            Op::GlobalPool {
+                op: PoolOp::Average,
+                keepdims: false,
+                rank: 1,
+            },
+        )
+        .dense(&mut rng, "out", 3, Activation::Softmax)
+        .build();
+    let ids = repeated_ids(&mut rng, 40, 8, 11);
+    let data = TrainData {
+        inputs: vec![ids],
+        targets: vec![labels(&mut rng, 40, 3)],
+    };
+    let mut optimizer = OptimizerSpec::by_name("adam")
+        .unwrap()
+        .with_learning_rate(0.02);
+    optimizer.clip = wgnn::train::optim::Clip::Norm(0.5);
+    let config = TrainConfig {
+        epochs: 3,
+        batch_size: 16,
+        shuffle: Shuffle::Seeded(3),
+        seed: 9,
+        losses: vec![Loss::by_name("sparse_categorical_crossentropy").unwrap()],
+        loss_weights: vec![],
+        optimizer,
+        metrics: TrainMetrics::from_names(&["accuracy".into()], &["output".into()]).unwrap(),
+    };
+    fit_both("text adam clipnorm dropout", &graph, &data, None, config);
 }

@@ -32,7 +32,13 @@ fn run_case(name: &str) -> Result<Outcome, String> {
         Err(e) if common::no_adapter_outside_ci(&e) => return Ok(Outcome::NoAdapter),
         Err(e) => return Err(format!("creating the trainer: {e}")),
     };
-    let (losses, grads) = match gpu.gradients(&tg, &spec, &case.inputs, &case.targets) {
+    let (losses, grads) = match gpu.gradients(
+        &tg,
+        &spec,
+        &case.inputs,
+        &case.targets,
+        &mut wgnn::train::Rng::new(1),
+    ) {
         Ok(r) => r,
         Err(wgnn::Error::Train(why)) => return Ok(Outcome::Refused(why)),
         Err(e) => return Err(e.to_string()),

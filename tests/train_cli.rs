@@ -646,18 +646,23 @@ fn gpu_training_from_the_command_line_tracks_the_cpu() {
     for (p, q) in pb.iter().zip(pa.iter()) {
         assert!((p - q).abs() <= 1e-4 * (1.0 + q.abs()), "{p} vs {q}");
     }
-    // A layer GPU training lacks is refused in one line before anything is written.
-    let rnn = "text_stacked_simplernn_sgd";
-    let (x, y, _) = write_xy(rnn, tmp.path());
-    let out = tmp.path().join("rnn.keras");
+    // A layer GPU training lacks (LayerNormalization) is refused in one line before
+    // anything is written.
+    let grad_dir = fit_dir().join("../grad");
+    let arrays = read_npz(&grad_dir.join("layernorm.npz")).expect("fixture npz");
+    let get = |k: &str| float(&arrays.iter().find(|(n, _)| n == k).expect(k).1);
+    let (x, y) = (tmp.path().join("ln_x.npy"), tmp.path().join("ln_y.npy"));
+    wgnn::npy::write_f32(&x, &get("x0")).unwrap();
+    wgnn::npy::write_f32(&y, &get("y0")).unwrap();
+    let out = tmp.path().join("layernorm.keras");
     let err = train_json(
-        &fit_dir().join(format!("{rnn}.keras")),
+        &grad_dir.join("layernorm.keras"),
         &x,
         &y,
         &out,
         &["--backend", "gpu"],
     )
-    .expect_err("a SimpleRNN trained on the GPU");
+    .expect_err("a LayerNormalization trained on the GPU");
     let line = one_error_line(&err);
     assert!(
         line.contains("layer '") && line.contains("--backend cpu"),

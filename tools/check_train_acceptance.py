@@ -5,12 +5,15 @@
     cargo build --release --bin wgnn
     .venv-keras/bin/python tools/check_train_acceptance.py /tmp/train_acc
     .venv-keras/bin/python tools/check_train_acceptance.py /tmp/train_acc --only 'acc_text_*' --keep /tmp/k
+    .venv-keras/bin/python tools/check_train_acceptance.py /tmp/train_acc --backend gpu
 
 For every case in DIR/manifest.json (Format B, tests/fixtures/train/README.md) it writes the
 case's x0.., y0.. as .npy files and runs, exactly as a user would,
 
     wgnn train NAME.keras --x x0.npy .. --y y0.npy .. --epochs E --batch-size B --no-shuffle \\
         --backend cpu -o OUT.keras --json                      (and again with --save-optimizer)
+
+(`--backend gpu` trains on the GPU instead, under the same bounds; `wgnn predict` stays on the CPU.)
 
 from the weights and compile config (loss, optimizer, metrics) saved in NAME.keras. Then:
 
@@ -120,13 +123,17 @@ def run(cmd):
     return done.stdout
 
 
+# The backend `wgnn train` runs on (--backend).
+TRAIN_BACKEND = "cpu"
+
+
 def wgnn_train(wgnn, model, xs, ys, entry, out, save_optimizer):
     cmd = [wgnn, "train", model]
     for x in xs:
         cmd += ["--x", x]
     for y in ys:
         cmd += ["--y", y]
-    cmd += ["--epochs", entry["epochs"], "--batch-size", entry["batch_size"], "--no-shuffle", "--backend", "cpu"]
+    cmd += ["--epochs", entry["epochs"], "--batch-size", entry["batch_size"], "--no-shuffle", "--backend", TRAIN_BACKEND]
     if entry.get("validation_split"):
         cmd += ["--validation-split", entry["validation_split"]]
     cmd += ["-o", out, "--json"]
@@ -326,7 +333,10 @@ def main():
         "below the 1e-4 floor too",
     )
     parser.add_argument("--keep", type=Path, help="keep each case's files (npy inputs, OUT.keras) under this folder")
+    parser.add_argument("--backend", choices=["cpu", "gpu"], default="cpu", help="where `wgnn train` runs")
     args = parser.parse_args()
+    global TRAIN_BACKEND
+    TRAIN_BACKEND = args.backend
     if not args.wgnn.exists():
         sys.exit(f"{args.wgnn} not found: cargo build --release --bin wgnn")
     manifest = json.loads((args.dir / "manifest.json").read_text())

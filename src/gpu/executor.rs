@@ -46,6 +46,8 @@ pub struct Arenas {
     pub state: Vec<wgpu::Buffer>,
     pub step: wgpu::Buffer,
     pub backup: wgpu::Buffer,
+    /// The lookup tables' squared-gradient sums (`Arena::GradSq`; 16 bytes without tables).
+    pub grad_sq: wgpu::Buffer,
     /// Per parameter (indexed by `ParamId`): its (offset, length) in f32s, None when the arena
     /// does not hold it.
     pub ranges: Vec<Option<(u64, u64)>>,
@@ -222,6 +224,7 @@ impl GpuPlan {
                         })?,
                         Arena::Step => &a.step,
                         Arena::Backup => &a.backup,
+                        Arena::GradSq => &a.grad_sq,
                     };
                     Ok(whole(buffer))
                 }

@@ -34,6 +34,7 @@ const OPTIM: &str = include_str!("../../shaders/optim.wgsl");
 const OPTIM_NORM: &str = include_str!("../../shaders/optim_norm.wgsl");
 const LOSS: &str = include_str!("../../shaders/loss.wgsl");
 const NORM_GRAD: &str = include_str!("../../shaders/norm_grad.wgsl");
+const EMBEDDING_GRAD: &str = include_str!("../../shaders/embedding_grad.wgsl");
 
 /// Every GEMM workgroup computes a tile this many rows by this many columns.
 pub const GEMM_TILE: u32 = 64;
@@ -113,6 +114,11 @@ pub enum Kernel {
     Accumulate,
     /// An L1/L2 penalty's gradient (weight and activity regularizers).
     PenaltyGrad,
+    /// Dropout and the noise layers in training: out = x * multiplier + addend, the draws the
+    /// host made for this step (the backward: dx = dy * multiplier).
+    NoiseApply,
+    /// An Embedding table's gradient from the lookups grouped by id (no float atomics).
+    EmbeddingGrad,
     /// An L1/L2 penalty's value, one workgroup.
     PenaltySum,
     /// Convolution input gradient: implicit GEMM dX = gathered dY · Wᵀ (conv_grad.wgsl).
@@ -218,6 +224,8 @@ impl Kernel {
             Kernel::SoftmaxGrad => "softmax_grad",
             Kernel::Accumulate => "accumulate",
             Kernel::PenaltyGrad => "penalty_grad",
+            Kernel::NoiseApply => "noise_apply",
+            Kernel::EmbeddingGrad => "embedding_grad",
             Kernel::PenaltySum => "penalty_sum",
             Kernel::ConvGradInput => "conv_grad_input",
             Kernel::ConvGradWeights => "conv_grad_weights",
@@ -307,7 +315,9 @@ impl Kernel {
             | Kernel::SoftmaxGrad
             | Kernel::Accumulate
             | Kernel::PenaltyGrad
+            | Kernel::NoiseApply
             | Kernel::PenaltySum => &[ACT_GRAD, GRAD],
+            Kernel::EmbeddingGrad => &[EMBEDDING_GRAD],
             Kernel::RnnTrainForward | Kernel::RnnTrainBackward | Kernel::RnnBlockCopy => {
                 &[ACT_GRAD, RECURRENT_GRAD]
             }
@@ -367,7 +377,9 @@ impl Kernel {
             | Kernel::SoftmaxGrad
             | Kernel::Accumulate
             | Kernel::PenaltyGrad
+            | Kernel::NoiseApply
             | Kernel::PenaltySum => &[Read, Read, Read, ReadWrite],
+            Kernel::EmbeddingGrad => &[Read, Read, ReadWrite, ReadWrite],
             Kernel::Pool2d | Kernel::GlobalPool2d => &[Read, ReadWrite, Read],
             Kernel::Activation | Kernel::Rescale => &[ReadWrite, Read, Read],
             Kernel::Softmax => &[ReadWrite],
@@ -441,6 +453,8 @@ impl Kernel {
             Kernel::ActivationGrad | Kernel::SoftmaxGrad => &["x", "y", "dy", "dx"],
             Kernel::Accumulate => &["-", "-", "dy", "dx"],
             Kernel::PenaltyGrad => &["x", "-", "-", "dx"],
+            Kernel::NoiseApply => &["x", "multiplier", "addend", "y"],
+            Kernel::EmbeddingGrad => &["segments", "dy", "grad", "grad_sq"],
             Kernel::PenaltySum => &["x", "-", "-", "sum"],
             Kernel::SplitKReduce => &["partials", "-", "bias", "c"],
             Kernel::Pool2d | Kernel::GlobalPool2d => &["x", "y", "ids"],

@@ -71,6 +71,9 @@ pub enum Arena {
     Step,
     /// The parameters as they were before this step's update (restored after a NaN loss).
     Backup,
+    /// Per element of each lookup table: the sum over the step's lookups of the squared row
+    /// gradient (the optimizer squares a lookup table's gradient row by row).
+    GradSq,
 }
 
 #[derive(Debug, Clone)]
@@ -123,6 +126,9 @@ pub struct PlanInput {
     pub is_ids: bool,
     /// Shape including the batch axis.
     pub shape: Vec<usize>,
+    /// What the plan printout calls it, when not a model input or targets (the draws and
+    /// groupings a training step's host makes).
+    pub label: Option<String>,
 }
 
 /// One model output: where it ends up and how it is read back.
@@ -251,6 +257,8 @@ struct Builder<'a> {
     last_use: Vec<usize>,
     /// For each Conv2D / Dense node, the BatchNormalization folded into it.
     bn_folds: Vec<Option<usize>>,
+    /// A training forward: every value keeps its own buffer.
+    keep_values: bool,
 }
 
 impl<'a> Builder<'a> {
@@ -740,6 +748,19 @@ impl Builder<'_> {
             GraphOp::TimeDistributed { inner } => self.time_distributed(i, inner, x)?,
             GraphOp::ConvLstm(c) => self.conv_lstm(i, c, x)?,
             // A mask is read as the ids it comes from; these only rename a buffer.
+            // In a training forward a Dropout that draws gets its own buffer (a copy the
+            // training plan replaces with the noisy forward).
+            GraphOp::Dropout(d) if self.keep_values && !d.is_noop_in_training() => {
+                let floats = self.batch * self.graph.value(x_value).elements();
+                let y = self.alloc(i, "output", floats);
+                self.ops.push(Op::Copy {
+                    node: i,
+                    src: x,
+                    dst: y,
+                    bytes: 4 * floats as u64,
+                });
+                y
+            }
             GraphOp::Reshape { .. }
             | GraphOp::Identity
             | GraphOp::Dropout(_)
@@ -803,6 +824,7 @@ impl Plan {
             } else {
                 vec![None; graph.nodes.len()]
             },
+            keep_values: keep,
         };
         let mut inputs = Vec::new();
         for (k, port) in graph.inputs.iter().enumerate() {
@@ -820,6 +842,7 @@ impl Plan {
                 bytes,
                 is_ids: info.dtype == DType::Ids,
                 shape,
+                label: None,
             });
         }
         for (i, node) in graph.nodes.iter().enumerate() {
@@ -921,6 +944,9 @@ impl Plan {
     /// A buffer's name in printed plans.
     pub(crate) fn buf_name(&self, graph: &Graph, b: BufRef) -> String {
         match b {
+            BufRef::Input(k) if self.inputs.get(k).is_some_and(|i| i.label.is_some()) => {
+                self.inputs[k].label.clone().unwrap_or_default()
+            }
             BufRef::Input(k) => match graph.inputs.get(k) {
                 Some(port) => format!("input:{}", port.name),
                 None => match graph.outputs.get(k - graph.inputs.len()) {
@@ -947,9 +973,14 @@ impl Plan {
             Op::Copy {
                 src, dst, bytes, ..
             } => {
+                let why = if *dst == BufRef::Arena(Arena::Backup) {
+                    "restored if the loss is not finite"
+                } else {
+                    "the input is read again later"
+                };
                 writeln!(
                     out,
-                    "      copy          {} -> {} ({}), the input is read again later",
+                    "      copy          {} -> {} ({}), {why}",
                     buf_name(*src),
                     buf_name(*dst),
                     bytes_text(*bytes)

@@ -73,6 +73,7 @@ impl KernelRunner {
                     bytes: 4 * b.len() as u64,
                     is_ids: false,
                     shape: vec![b.len()],
+                    label: None,
                 })
                 .collect(),
             slots: Vec::new(),

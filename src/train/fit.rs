@@ -452,6 +452,7 @@ impl Trainer {
             &batch.inputs,
             &batch.targets,
             &words,
+            &mut self.rng,
         )?;
         let loss = done.total(&self.config.loss_weights);
         if loss.is_finite() {

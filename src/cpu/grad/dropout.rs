@@ -17,6 +17,91 @@ const SELU_SCALE: f64 = 1.050_700_987_355_480_5;
 /// noise (GaussianNoise) or drew nothing (rate 0).
 struct Multiplier(Option<ArrayD<f32>>);
 
+/// One training forward's draws over the noise shape (shared axes of size 1), in the order
+/// the run's RNG yields them. The GPU trainer draws through this too, so both backends see
+/// the same noise from the same seed.
+enum Draws {
+    /// GaussianNoise: added.
+    Add(ArrayD<f32>),
+    /// Dropout, GaussianDropout: multiplied.
+    Multiply(ArrayD<f32>),
+    /// AlphaDropout: which positions are kept, and the affine map (a, b) after it.
+    Alpha { kept: ArrayD<bool>, a: f64, b: f64 },
+}
+
+fn draw(d: &Dropout, x_shape: &[usize], rng: &mut Rng) -> Draws {
+    // One draw per position of the noise shape: shared axes have size 1 there.
+    let mut noise_shape = x_shape.to_vec();
+    for &a in &d.shared_axes {
+        noise_shape[a + 1] = 1;
+    }
+    let draws: usize = noise_shape.iter().product();
+    let rate = d.rate;
+    match d.kind {
+        DropoutKind::GaussianNoise { stddev } => {
+            Draws::Add(ArrayD::from_shape_fn(IxDyn(&noise_shape), |_| {
+                rng.normal() * stddev
+            }))
+        }
+        DropoutKind::Dropout => {
+            let scale = 1.0 / (1.0 - rate);
+            let m = (0..draws)
+                .map(|_| if rng.uniform() >= rate { scale } else { 0.0 })
+                .collect();
+            Draws::Multiply(ArrayD::from_shape_vec(IxDyn(&noise_shape), m).expect("noise shape"))
+        }
+        DropoutKind::GaussianDropout => {
+            let stddev = (rate / (1.0 - rate)).sqrt();
+            Draws::Multiply(ArrayD::from_shape_fn(IxDyn(&noise_shape), |_| {
+                1.0 + rng.normal() * stddev
+            }))
+        }
+        DropoutKind::AlphaDropout => {
+            let r = rate as f64;
+            let alpha_p = -SELU_ALPHA * SELU_SCALE;
+            let a = ((1.0 - r) * (1.0 + r * alpha_p * alpha_p)).powf(-0.5);
+            let b = -a * alpha_p * r;
+            let kept = ArrayD::from_shape_fn(IxDyn(&noise_shape), |_| rng.uniform() >= rate);
+            Draws::Alpha { kept, a, b }
+        }
+    }
+}
+
+/// A training forward's (multiplier, addend), flattened.
+pub(crate) type Noise = (Option<Vec<f32>>, Option<Vec<f32>>);
+
+/// A training forward's noise as y = x * multiplier + addend, each broadcast to `x_shape`
+/// (with the batch axis) and flattened; None where the layer has no such term (or draws
+/// nothing). Consumes the RNG exactly as the CPU forward does.
+pub(crate) fn training_noise(d: &Dropout, x_shape: &[usize], rng: &mut Rng) -> Noise {
+    if d.is_noop_in_training() {
+        return (None, None);
+    }
+    let full = |m: ArrayD<f32>| -> Vec<f32> {
+        m.broadcast(IxDyn(x_shape))
+            .expect("noise broadcasts")
+            .iter()
+            .copied()
+            .collect()
+    };
+    match draw(d, x_shape, rng) {
+        Draws::Add(noise) => (None, Some(full(noise))),
+        Draws::Multiply(m) => (Some(full(m)), None),
+        Draws::Alpha { kept, a, b } => {
+            let alpha_p = -SELU_ALPHA * SELU_SCALE;
+            let mult = kept.mapv(|k| if k { a as f32 } else { 0.0 });
+            let add = kept.mapv(|k| {
+                if k {
+                    b as f32
+                } else {
+                    (a * alpha_p + b) as f32
+                }
+            });
+            (Some(full(mult)), Some(full(add)))
+        }
+    }
+}
+
 pub(super) fn forward(
     d: &Dropout,
     node: &Node,
@@ -31,37 +116,11 @@ pub(super) fn forward(
             state: Vec::new(),
         });
     }
-    // One draw per position of the noise shape: shared axes have size 1 there.
-    let mut noise_shape = x.shape().to_vec();
-    for &a in &d.shared_axes {
-        noise_shape[a + 1] = 1;
-    }
-    let draws: usize = noise_shape.iter().product();
-    let rate = d.rate;
-    let (y, multiplier) = match d.kind {
-        DropoutKind::GaussianNoise { stddev } => {
-            let noise = ArrayD::from_shape_fn(IxDyn(&noise_shape), |_| rng.normal() * stddev);
-            (x + &noise, None)
-        }
-        DropoutKind::Dropout => {
-            let scale = 1.0 / (1.0 - rate);
-            let m = (0..draws)
-                .map(|_| if rng.uniform() >= rate { scale } else { 0.0 })
-                .collect();
-            let m = ArrayD::from_shape_vec(IxDyn(&noise_shape), m).expect("noise shape");
-            (x * &m, Some(m))
-        }
-        DropoutKind::GaussianDropout => {
-            let stddev = (rate / (1.0 - rate)).sqrt();
-            let m = ArrayD::from_shape_fn(IxDyn(&noise_shape), |_| 1.0 + rng.normal() * stddev);
-            (x * &m, Some(m))
-        }
-        DropoutKind::AlphaDropout => {
-            let r = rate as f64;
+    let (y, multiplier) = match draw(d, x.shape(), rng) {
+        Draws::Add(noise) => (x + &noise, None),
+        Draws::Multiply(m) => (x * &m, Some(m)),
+        Draws::Alpha { kept, a, b } => {
             let alpha_p = -SELU_ALPHA * SELU_SCALE;
-            let a = ((1.0 - r) * (1.0 + r * alpha_p * alpha_p)).powf(-0.5);
-            let b = -a * alpha_p * r;
-            let kept = ArrayD::from_shape_fn(IxDyn(&noise_shape), |_| rng.uniform() >= rate);
             // y = a * (x where kept, else alpha_p) + b.
             let mut y = x.clone();
             let kept_b = kept.broadcast(x.raw_dim()).expect("noise broadcasts");

@@ -14,7 +14,7 @@ mod conv;
 mod conv_lstm;
 mod copy;
 mod dense;
-mod dropout;
+pub(crate) mod dropout;
 mod embedding;
 mod merge;
 pub(super) mod node_step;

@@ -50,6 +50,7 @@ pub(crate) struct ArenaLayout {
 
 impl ArenaLayout {
     /// Parameters of `lens` floats, all with dense gradients.
+    #[cfg(test)]
     pub fn new(lens: &[usize]) -> Self {
         Self::with_sparse(lens, &vec![false; lens.len()])
     }

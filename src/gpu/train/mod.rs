@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::graph::{Graph, ParamId, ParamStore};
 use crate::input::PreparedInput;
 use crate::train::step::TrainGraph;
+use crate::train::Rng;
 
 use super::executor::{uniform_stride, Arenas, DeviceContext, GpuPlan};
 use super::grad::optim::ArenaLayout;
@@ -112,7 +113,25 @@ impl ParamLayout {
                 .filter(|id| read[id.0] && !updated[id.0]),
         );
         let lens: Vec<usize> = ids.iter().map(|&id| graph.params.len_of(id)).collect();
-        let arena = ArenaLayout::new(&lens);
+        // An updated Embedding table's gradient is rows (TensorFlow's IndexedSlices) unless a
+        // penalty adds a dense term: the optimizer then squares its rows one by one.
+        let mut lookup_table = vec![false; graph.params.len()];
+        for node in &graph.nodes {
+            if let crate::graph::Op::Embedding(e) = &node.op {
+                lookup_table[e.table.0] = true;
+            }
+        }
+        for r in &graph.regularizers {
+            if let crate::graph::Penalized::Param(id) = r.target {
+                lookup_table[id.0] = false;
+            }
+        }
+        let sparse: Vec<bool> = ids
+            .iter()
+            .enumerate()
+            .map(|(k, id)| k < n_updated && lookup_table[id.0])
+            .collect();
+        let arena = ArenaLayout::with_sparse(&lens, &sparse);
         let mut index = vec![None; graph.params.len()];
         for (k, &id) in ids.iter().enumerate() {
             index[id.0] = Some(k);
@@ -142,6 +161,13 @@ impl ParamLayout {
 
     pub fn contains(&self, id: ParamId) -> bool {
         self.index.get(id.0).copied().flatten().is_some()
+    }
+
+    /// Where lookup table `id`'s squared-gradient sums start in `Arena::GradSq`, if it is one
+    /// the optimizer updates with sparse rows.
+    pub fn sq_offset(&self, id: ParamId) -> Option<usize> {
+        let k = self.index.get(id.0).copied().flatten()?;
+        self.arena.sq_offsets[k]
     }
 
     /// (offset, length) of `id` in f32s.
@@ -260,6 +286,10 @@ impl GpuTrainer {
                 .collect(),
             step: arena("optimizer control words", 4 * ctl.len() as u64),
             backup: arena("parameters before the update", arena_bytes),
+            grad_sq: arena(
+                "lookup tables' squared gradients",
+                4 * layout.arena.sq_total as u64,
+            ),
             ranges: layout.ranges(graph.params.len()),
         };
         queue.write_buffer(&arenas.step, 0, bytemuck::cast_slice(&ctl));
@@ -424,8 +454,9 @@ impl GpuTrainer {
         ))
     }
 
-    /// Builds (once) and runs the plan for these inputs in `mode`: uploads `inputs` then
-    /// `extra` (targets or seeds), submits, and returns the plan's outputs.
+    /// Builds (once) and runs the plan for these inputs in `mode`: uploads `inputs`, then
+    /// `extra` (targets or seeds), then what the host makes for the step (noise drawn from
+    /// `rng`, token ids grouped by id), submits, and returns the plan's outputs.
     async fn run(
         &mut self,
         tg: &TrainGraph,
@@ -433,6 +464,7 @@ impl GpuTrainer {
         mode: Mode,
         inputs: &[PreparedInput],
         extra: &[&[f32]],
+        rng: Option<&mut Rng>,
     ) -> Result<Vec<Vec<f32>>> {
         let batch = crate::input::common_batch(inputs)?;
         let scope = ErrorScopes::push(&self.ctx.device);
@@ -447,8 +479,9 @@ impl GpuTrainer {
             let gpu = GpuPlan::with_arenas(&self.ctx, tp.plan.clone(), Some(&self.arenas))?;
             self.plans.insert((batch, mode), (tp, gpu));
         }
-        let (_, gpu) = &self.plans[&(batch, mode)];
-        let mut bytes: Vec<&[u8]> = Vec::with_capacity(inputs.len() + extra.len());
+        let (tp, gpu) = &self.plans[&(batch, mode)];
+        let made = host_inputs(&tp.host_inputs, &tg.graph, inputs, rng)?;
+        let mut bytes: Vec<&[u8]> = Vec::with_capacity(inputs.len() + extra.len() + made.len());
         for input in inputs {
             bytes.push(match input {
                 PreparedInput::Float(x) => {
@@ -464,6 +497,7 @@ impl GpuTrainer {
             });
         }
         bytes.extend(extra.iter().map(|e| bytemuck::cast_slice::<f32, u8>(e)));
+        bytes.extend(made.iter().map(|m| bytemuck::cast_slice::<u32, u8>(m)));
         let result = gpu
             .execute(&self.ctx, &bytes, self.ctx.uniform_stride)
             .await;
@@ -488,6 +522,7 @@ impl GpuTrainer {
         inputs: &[PreparedInput],
         targets: &[ArrayD<f32>],
         step_words: &[u32],
+        rng: &mut Rng,
     ) -> Result<BatchLosses> {
         if step_words.len() > 64 {
             return Err(Error::Internal("more than 64 step words".into()));
@@ -495,7 +530,7 @@ impl GpuTrainer {
         self.ctx
             .queue
             .write_buffer(&self.arenas.step, 0, bytemuck::cast_slice(step_words));
-        let done = self.losses_and_outputs(tg, spec, Mode::Step, inputs, targets)?;
+        let done = self.losses_and_outputs(tg, spec, Mode::Step, inputs, targets, Some(rng))?;
         if !done.total(spec.loss_weights).is_finite() {
             self.restore_backup()?;
         }
@@ -535,7 +570,7 @@ impl GpuTrainer {
         inputs: &[PreparedInput],
         targets: &[ArrayD<f32>],
     ) -> Result<BatchLosses> {
-        self.losses_and_outputs(tg, spec, Mode::Evaluate, inputs, targets)
+        self.losses_and_outputs(tg, spec, Mode::Evaluate, inputs, targets, None)
     }
 
     #[cfg(not(target_arch = "wasm32"))]
@@ -546,6 +581,7 @@ impl GpuTrainer {
         mode: Mode,
         inputs: &[PreparedInput],
         targets: &[ArrayD<f32>],
+        rng: Option<&mut Rng>,
     ) -> Result<BatchLosses> {
         let graph = &tg.graph;
         if targets.len() != graph.outputs.len() {
@@ -572,7 +608,7 @@ impl GpuTrainer {
             }
         }
         let refs: Vec<&[f32]> = flat.iter().map(Vec::as_slice).collect();
-        let outs = pollster::block_on(self.run(tg, spec, mode, inputs, &refs))?;
+        let outs = pollster::block_on(self.run(tg, spec, mode, inputs, &refs, rng))?;
         let n = graph.outputs.len();
         let outputs = graph
             .outputs
@@ -604,8 +640,10 @@ impl GpuTrainer {
         spec: &StepSpec,
         inputs: &[PreparedInput],
         targets: &[ArrayD<f32>],
+        rng: &mut Rng,
     ) -> Result<(BatchLosses, ParamGradients)> {
-        let losses = self.losses_and_outputs(tg, spec, Mode::Gradients, inputs, targets)?;
+        let losses =
+            self.losses_and_outputs(tg, spec, Mode::Gradients, inputs, targets, Some(rng))?;
         let all = pollster::block_on(self.read_arena(&self.arenas.grads))?;
         let grads = self.split(&all, &tg.graph.params, self.layout.updated)?;
         Ok((
@@ -626,6 +664,7 @@ impl GpuTrainer {
         tg: &TrainGraph,
         inputs: &[PreparedInput],
         seeds: &[ArrayD<f32>],
+        rng: &mut Rng,
     ) -> Result<SeededGradients> {
         let spec = StepSpec {
             losses: &[],
@@ -637,7 +676,7 @@ impl GpuTrainer {
             .map(|s| s.as_standard_layout().iter().copied().collect())
             .collect();
         let refs: Vec<&[f32]> = seeds.iter().map(Vec::as_slice).collect();
-        let outs = pollster::block_on(self.run(tg, &spec, Mode::Seeded, inputs, &refs))?;
+        let outs = pollster::block_on(self.run(tg, &spec, Mode::Seeded, inputs, &refs, Some(rng)))?;
         let batch = crate::input::common_batch(inputs)?;
         let graph = &tg.graph;
         // Outputs: the model outputs, then one gradient per graph input that needs one.
@@ -677,6 +716,85 @@ impl GpuTrainer {
         }
         Ok(())
     }
+}
+
+/// The step's host-made inputs (`TrainPlan::host_inputs`, in order) as 4-byte words. Noise is
+/// drawn in node order, as the CPU forward draws it, so both backends see the same noise from
+/// the same RNG.
+fn host_inputs(
+    wanted: &[plan::HostInput],
+    graph: &Graph,
+    inputs: &[PreparedInput],
+    mut rng: Option<&mut Rng>,
+) -> Result<Vec<Vec<u32>>> {
+    let batch = crate::input::common_batch(inputs)?;
+    let mut drawn: HashMap<usize, crate::cpu::grad::dropout::Noise> = HashMap::new();
+    let mut made = Vec::with_capacity(wanted.len());
+    for h in wanted {
+        match *h {
+            plan::HostInput::IdGroups { input, vocab } => {
+                let PreparedInput::Ids(ids) = &inputs[input] else {
+                    return Err(Error::Input(format!(
+                        "input '{}' must be token ids",
+                        graph.inputs[input].name
+                    )));
+                };
+                made.push(group_ids(ids.iter().copied(), vocab).map_err(|id| {
+                    Error::Input(format!(
+                        "input '{}': token id {id} is outside the Embedding's vocabulary of {vocab}",
+                        graph.inputs[input].name
+                    ))
+                })?);
+            }
+            plan::HostInput::Noise { node, addend } => {
+                if let std::collections::hash_map::Entry::Vacant(slot) = drawn.entry(node) {
+                    let n = &graph.nodes[node];
+                    let crate::graph::Op::Dropout(d) = &n.op else {
+                        return Err(Error::Internal(format!("'{}' draws no noise", n.name)));
+                    };
+                    let rng = rng.as_deref_mut().ok_or_else(|| {
+                        Error::Internal(format!("'{}' draws noise but no RNG was given", n.name))
+                    })?;
+                    let mut shape = vec![batch];
+                    shape.extend_from_slice(&graph.value(n.inputs[0]).shape);
+                    slot.insert(crate::cpu::grad::dropout::training_noise(d, &shape, rng));
+                }
+                let (m, a) = &drawn[&node];
+                let term = if addend { a } else { m };
+                let term = term.as_ref().ok_or_else(|| {
+                    Error::Internal(format!("'{}' drew no such term", graph.nodes[node].name))
+                })?;
+                made.push(bytemuck::cast_slice(term).to_vec());
+            }
+        }
+    }
+    Ok(made)
+}
+
+/// `vocab + 1` run starts, then the lookup indices sorted stably by id (a counting sort);
+/// Err(id) for an id outside the vocabulary.
+fn group_ids(
+    ids: impl ExactSizeIterator<Item = u32> + Clone,
+    vocab: usize,
+) -> std::result::Result<Vec<u32>, u32> {
+    let lookups = ids.len();
+    let mut words = vec![0u32; vocab + 1 + lookups];
+    for id in ids.clone() {
+        if id as usize >= vocab {
+            return Err(id);
+        }
+        words[id as usize + 1] += 1;
+    }
+    for r in 0..vocab {
+        words[r + 1] += words[r];
+    }
+    let mut next: Vec<u32> = words[..vocab].to_vec();
+    for (k, id) in ids.enumerate() {
+        let at = &mut next[id as usize];
+        words[vocab + 1 + *at as usize] = k as u32;
+        *at += 1;
+    }
+    Ok(words)
 }
 
 /// Ok when an adapter that runs wgnn's kernels is there (what `GpuTrainer::new` would use),

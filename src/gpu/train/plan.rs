@@ -12,8 +12,8 @@ use std::fmt::Write as _;
 
 use crate::error::{Error, Result};
 use crate::graph::{
-    Activation, BatchNorm, BinaryOp, DType, Dense, Graph, Node, Op as GraphOp, ParamId, Penalized,
-    Recurrent, ValueId,
+    Activation, BatchNorm, BinaryOp, DType, Dense, DropoutKind, Embedding, Graph, Node,
+    Op as GraphOp, ParamId, Penalized, Recurrent, ValueId,
 };
 use crate::train::loss::LossKind;
 use crate::train::optim::OptimizerSpec;
@@ -40,6 +40,19 @@ pub struct TrainPlan {
     pub model_outputs: usize,
     pub penalties: usize,
     pub mode: Mode,
+    /// The inputs after the targets, which the host makes for each step.
+    pub host_inputs: Vec<HostInput>,
+}
+
+/// An input a step's host computes (after the model inputs and targets in `plan.inputs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostInput {
+    /// The lookups of model input `input` (token ids) grouped by id, for an Embedding's table
+    /// gradient: `vocab + 1` run starts, then the lookup indices sorted stably by id (u32s).
+    IdGroups { input: usize, vocab: usize },
+    /// One term of the noise Dropout / a noise layer (node `node`) draws for this step, over
+    /// its input: the multiplier, or (`addend`) what is added.
+    Noise { node: usize, addend: bool },
 }
 
 /// What a plan runs.
@@ -84,6 +97,10 @@ struct Builder<'a> {
     bn_saved: Vec<Option<BufRef>>,
     /// Each recurrent layer's saved pre-activations and states, kept for its backward.
     rnn_saved: Vec<Option<BufRef>>,
+    layout: &'a ParamLayout,
+    host_inputs: Vec<HostInput>,
+    /// Each drawing Dropout's multiplier input (None: it only adds noise).
+    noise_multiplier: Vec<Option<BufRef>>,
 }
 
 /// The node index of the loss's ops and of the optimizer's (they belong to no layer).
@@ -162,13 +179,9 @@ fn train_error(layer: &Node, message: impl std::fmt::Display) -> Error {
 /// Whether `op`'s forward in training is its inference forward (so the inference kernels run
 /// it), else why not.
 /// A trainable BatchNormalization's forward is replaced by its training forward (batch
-/// statistics) in every mode but evaluation.
+/// statistics) in every mode but evaluation, as a drawing Dropout's is by its noisy forward.
 fn trains_like_inference(op: &GraphOp, mode: Mode) -> std::result::Result<(), String> {
     match op {
-        GraphOp::Dropout(d) if !d.is_noop_in_training() => Err(format!(
-            "{} with a non-zero rate is not supported by GPU training yet",
-            op.name()
-        )),
         GraphOp::BatchNorm(bn) if bn.trainable && mode == Mode::Evaluate => Err(
             "evaluating a trainable BatchNormalization on its moving statistics is not on the GPU yet"
                 .into(),
@@ -610,6 +623,182 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
+    /// Appends a host-made input of `words` 4-byte words; returns its buffer.
+    fn host_input(&mut self, h: HostInput, words: usize, label: String) -> BufRef {
+        let model_and_targets = self.plan.inputs.len() - self.host_inputs.len();
+        if let Some(k) = self.host_inputs.iter().position(|x| *x == h) {
+            return BufRef::Input(model_and_targets + k);
+        }
+        self.host_inputs.push(h);
+        self.plan.inputs.push(PlanInput {
+            bytes: 4 * words as u64,
+            is_ids: false,
+            shape: vec![words],
+            label: Some(label),
+        });
+        self.plan.tensors.push(BatchTensor {
+            node: None,
+            what: "host-made input",
+            bytes: 4 * words as u64,
+        });
+        BufRef::Input(self.plan.inputs.len() - 1)
+    }
+
+    /// out = x * multiplier + addend over `len` values (the terms given).
+    fn noise(
+        &mut self,
+        i: usize,
+        x: BufRef,
+        multiplier: Option<BufRef>,
+        addend: Option<BufRef>,
+        out: BufRef,
+        len: usize,
+    ) -> Result<()> {
+        let layer = self.layer(i);
+        let flags = u32::from(multiplier.is_some()) | (2 * u32::from(addend.is_some()));
+        let mut params = vec![0u32; 4];
+        params.extend([word(&layer, "length", len)?, flags, 0, 0]);
+        let what = match (multiplier.is_some(), addend.is_some()) {
+            (true, true) => "x * multiplier + addend",
+            (true, false) => "x * multiplier",
+            _ => "x + noise",
+        };
+        self.dispatch(
+            &layer,
+            i,
+            Kernel::NoiseApply,
+            vec![
+                x,
+                multiplier.unwrap_or(BufRef::Dummy),
+                addend.unwrap_or(BufRef::Dummy),
+                out,
+            ],
+            params,
+            linear_workgroups(len, LINEAR_THREADS),
+            format!("{what} over {len} values, drawn on the host this step"),
+        )
+    }
+
+    /// Re-lowers each Dropout / noise layer that draws in training as x * multiplier +
+    /// addend with this step's draws (host inputs, made from the run's RNG in node order, as
+    /// the CPU forward draws them), in place of the inference copy.
+    fn dropout_training_forwards(&mut self) -> Result<()> {
+        for i in 0..self.graph.nodes.len() {
+            let GraphOp::Dropout(d) = &self.graph.nodes[i].op else {
+                continue;
+            };
+            if d.is_noop_in_training() {
+                continue;
+            }
+            let (multiplier, addend) = match d.kind {
+                DropoutKind::GaussianNoise { .. } => (false, true),
+                DropoutKind::Dropout | DropoutKind::GaussianDropout => (true, false),
+                DropoutKind::AlphaDropout => (true, true),
+            };
+            let layer = self.layer(i);
+            let Some(at) = self.plan.ops.iter().position(|op| op_node(op) == i) else {
+                return Err(Error::Internal(format!(
+                    "no forward ops for '{}'",
+                    layer.name
+                )));
+            };
+            self.plan.ops.retain(|op| op_node(op) != i);
+            let (x, y) = (
+                self.value_buf(layer.inputs[0])?,
+                self.value_buf(layer.outputs[0])?,
+            );
+            let len = self.floats(layer.inputs[0]);
+            let m = multiplier.then(|| {
+                self.host_input(
+                    HostInput::Noise {
+                        node: i,
+                        addend: false,
+                    },
+                    len,
+                    format!("{}.multiplier", layer.name),
+                )
+            });
+            let a = addend.then(|| {
+                self.host_input(
+                    HostInput::Noise {
+                        node: i,
+                        addend: true,
+                    },
+                    len,
+                    format!("{}.noise", layer.name),
+                )
+            });
+            self.noise_multiplier[i] = m;
+            self.capture = Some(Vec::new());
+            let emitted = self.noise(i, x, m, a, y, len);
+            let ops = self.capture.take().unwrap_or_default();
+            emitted?;
+            self.plan.ops.splice(at..at, ops);
+        }
+        Ok(())
+    }
+
+    /// An Embedding table's gradient: the step's lookups grouped by id on the host, summed
+    /// per table element in lookup order, with the squares the optimizer needs for a lookup
+    /// table.
+    fn embedding_backward(&mut self, i: usize, e: &Embedding, dy: BufRef) -> Result<()> {
+        if !self.trainable(e.table) {
+            return Ok(());
+        }
+        let layer = self.layer(i);
+        let input = match self.value_buf(layer.inputs[0])? {
+            BufRef::Input(k) if k < self.graph.inputs.len() => k,
+            _ => {
+                return Err(train_error(
+                    &layer,
+                    "GPU training reads an Embedding's token ids only as a model input",
+                ))
+            }
+        };
+        let tokens = self.floats(layer.inputs[0]);
+        let segments = self.host_input(
+            HostInput::IdGroups {
+                input,
+                vocab: e.input_dim,
+            },
+            e.input_dim + 1 + tokens,
+            format!("{}.ids_by_row", self.graph.inputs[input].name),
+        );
+        let add = std::mem::replace(&mut self.param_written[e.table.0], true);
+        let sq_offset = self.layout.sq_offset(e.table);
+        let flags = u32::from(add) | (2 * u32::from(sq_offset.is_some()));
+        let params = vec![
+            word(&layer, "input_dim", e.input_dim)?,
+            word(&layer, "output_dim", e.output_dim)?,
+            flags,
+            word(&layer, "table", sq_offset.unwrap_or(0))?,
+        ];
+        let table = e.input_dim * e.output_dim;
+        self.dispatch(
+            &layer,
+            i,
+            Kernel::EmbeddingGrad,
+            vec![
+                segments,
+                dy,
+                BufRef::ParamGrad(e.table),
+                BufRef::Arena(Arena::GradSq),
+            ],
+            params,
+            linear_workgroups(table, LINEAR_THREADS),
+            format!(
+                "table gradient {}x{} from {tokens} lookups grouped by id{}",
+                e.input_dim,
+                e.output_dim,
+                if sq_offset.is_some() {
+                    ", with their squares"
+                } else {
+                    ""
+                }
+            ),
+        )
+    }
+
     /// The token ids a masked recurrent layer reads its mask from (the mask value's buffer).
     fn mask_ids(&self, node: &Node) -> Result<Option<BufRef>> {
         node.mask.map(|m| self.value_buf(m)).transpose()
@@ -882,6 +1071,19 @@ impl<'a> Builder<'a> {
                 }
                 Ok(false)
             }
+            GraphOp::Dropout(_) if self.noise_multiplier[i].is_some() => {
+                if self.tg.needs_grad(x_value) {
+                    let m = self.noise_multiplier[i].unwrap_or(BufRef::Dummy);
+                    let len = self.floats(x_value);
+                    self.contribute(i, x_value, |b, g| b.noise(i, dy, Some(m), None, g, len))?;
+                }
+                Ok(false)
+            }
+            GraphOp::Embedding(e) => {
+                let e = e.clone();
+                self.embedding_backward(i, &e, dy)?;
+                Ok(false)
+            }
             GraphOp::Reshape { .. } | GraphOp::Identity | GraphOp::Dropout(_) => {
                 if self.tg.needs_grad(x_value) {
                     self.pass_through(i, x_value, dy)
@@ -986,6 +1188,7 @@ pub fn build(
             bytes: 4 * floats as u64,
             is_ids: false,
             shape: vec![floats],
+            label: None,
         });
         plan.tensors.push(BatchTensor {
             node: None,
@@ -1007,9 +1210,13 @@ pub fn build(
         capture: None,
         bn_saved: vec![None; graph.nodes.len()],
         rnn_saved: vec![None; graph.nodes.len()],
+        layout,
+        host_inputs: Vec::new(),
+        noise_multiplier: vec![None; graph.nodes.len()],
     };
     if mode != Mode::Evaluate {
         b.batch_norm_training_forwards()?;
+        b.dropout_training_forwards()?;
     }
     // Recurrent layers run their training forward in every mode: it reads the weights from
     // the arena (the inference forward reads stacked copies uploaded once) and keeps what
@@ -1093,6 +1300,7 @@ pub fn build(
         model_outputs,
         penalties,
         mode,
+        host_inputs: b.host_inputs,
     })
 }
 
@@ -1202,13 +1410,22 @@ pub fn describe(
     let arena = 4 * layout.total as u64;
     writeln!(
         out,
-        "  arenas           {:>10} each: parameters, gradients and {} optimizer state(s); {} parameters, {} updated",
+        "  arenas           {:>10} each: parameters, gradients, the parameters' backup and {} optimizer state(s); {} parameters, {} updated",
         bytes_text(arena),
         layout.state_arenas,
         layout.ids.len(),
         layout.updated
     )
     .ok();
+    let grad_sq = 4 * layout.arena.sq_total as u64;
+    if grad_sq > 0 {
+        writeln!(
+            out,
+            "  GradSq arena     {:>10}  the lookup tables' squared row gradients",
+            bytes_text(grad_sq)
+        )
+        .ok();
+    }
     let uniforms = plan.uniform_bytes(stride);
     let readback = plan.output_bytes();
     writeln!(
@@ -1224,7 +1441,8 @@ pub fn describe(
         bytes_text(readback)
     )
     .ok();
-    let total = batch_bytes + arena * (2 + layout.state_arenas as u64) + uniforms + readback;
+    let total =
+        batch_bytes + arena * (3 + layout.state_arenas as u64) + grad_sq + uniforms + readback;
     writeln!(
         out,
         "total GPU memory of a step: {}; {} dispatches in one submit",
@@ -1292,13 +1510,14 @@ fn append_update(b: &mut Builder, spec: &StepSpec, layout: &ParamLayout) -> Resu
     let states: Vec<BufRef> = (0..layout.state_arenas)
         .map(|k| BufRef::Arena(Arena::State(k)))
         .collect();
+    let grad_sq = (layout.arena.sq_total > 0).then_some(BufRef::Arena(Arena::GradSq));
     grad::optim::optimizer_update(
         b,
         optimizer,
         &layout.arena,
         BufRef::Arena(Arena::Params),
         BufRef::Arena(Arena::Grads),
-        None,
+        grad_sq,
         &states,
         BufRef::Arena(Arena::Step),
     )

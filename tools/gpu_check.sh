@@ -4,13 +4,15 @@
 # time): build the binary on the build machine and carry it; the data travel beside it.
 #
 #   tools/gpu_check.sh [--wgnn BIN] [--data DIR] [--seed DIR] [--images N] [--batches "1 64 ..."]
-#                      [--peak-gflops P] [--out FILE.json]
+#                      [--train-images N] [--train-batches "64 256"] [--peak-gflops P] [--out FILE.json]
 #
 #   --wgnn     the wgnn binary (default target/release/wgnn)
 #   --data     folder with cifar10/ (the test batch) and nusax/ (default env WGNN_DATA)
 #   --seed     the seed report's NusaX models and nusax_tokenizer.json (default env WGNN_SEED_MODELS)
 #   --images   CIFAR-10 test images per model (default 10000: the whole test set)
 #   --batches  bench batch sizes (default "1 64 256 1024 4096")
+#   --train-images  CIFAR-10 images each training run takes (default 2048)
+#   --train-batches training batch sizes (default "64 256"; "" skips training)
 #   --peak-gflops  the GPU's FP32 peak for the share column (default: known from the adapter's
 #              name — H200/H100 SXM 67,000 — else none)
 #   --out      the JSON file (default gpu_check.json)
@@ -21,7 +23,11 @@
 # seed model (and against the seed's Keras probabilities); every
 # single-input Keras fixture of tests/fixtures through `wgnn predict --backend gpu` against
 # Keras's expected output (|got - want| <= 1e-4 (1 + |want|)); `wgnn bench --backend gpu` of the
-# CNNs and the NusaX LSTM at each batch size, with GFLOP/s and the share of the FP32 peak.
+# CNNs and the NusaX LSTM at each batch size, with GFLOP/s and the share of the FP32 peak; then
+# training: `wgnn train` of both CNNs (sparse cross-entropy, Adam, one epoch over the first
+# --train-images test images, used as a training batch file) and of the seed's NusaX lstm_layer2
+# (its Dropout included) on `--backend gpu` and `--backend cpu` at each --train-batches size (the
+# epoch losses must agree within 1e-4 relative), and `wgnn bench --train --backend gpu` of each.
 # Exits non-zero when a parity check fails or a step errors (the JSON says which).
 #
 # On a lent device machine (/work/.library/device/README.md): the whole working tree travels
@@ -41,6 +47,8 @@ DATA=${WGNN_DATA:-}
 SEED=${WGNN_SEED_MODELS:-}
 IMAGES=10000
 BATCHES="1 64 256 1024 4096"
+TRAIN_IMAGES=2048
+TRAIN_BATCHES="64 256"
 PEAK=""
 OUT=gpu_check.json
 while [ $# -gt 0 ]; do
@@ -50,6 +58,8 @@ while [ $# -gt 0 ]; do
     --seed) SEED=$2; shift 2 ;;
     --images) IMAGES=$2; shift 2 ;;
     --batches) BATCHES=$2; shift 2 ;;
+    --train-images) TRAIN_IMAGES=$2; shift 2 ;;
+    --train-batches) TRAIN_BATCHES=$2; shift 2 ;;
     --peak-gflops) PEAK=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     *) echo "gpu_check.sh: unknown argument '$1' (see the header of $0)" >&2; exit 2 ;;
@@ -162,6 +172,29 @@ for m in models/cifar10_base.keras models/cifar10_vgg6.keras "$SEED/lstm_layer2.
   done
 done
 
+echo "== training, GPU vs CPU, and bench --train at batch sizes $TRAIN_BATCHES"
+# `wgnn train --dataset cifar10` reads data_batch_*.bin: the test batch (the part carried) serves.
+mkdir -p "$WORK/cifar_train"
+ln -s "$(cd "$DATA/cifar10" && pwd)/test_batch.bin" "$WORK/cifar_train/data_batch_1.bin"
+TRAIN_ARGS=(--epochs 1 --no-shuffle --loss sparse_categorical_crossentropy --optimizer adam
+  --metrics accuracy --json)
+for b in $TRAIN_BATCHES; do
+  for backend in gpu cpu; do
+    for m in cifar10_base cifar10_vgg6; do
+      json_step "train/$m/$b/$backend" "$WGNN" train "models/$m.keras" --dataset cifar10 \
+        --data "$WORK/cifar_train" --limit "$TRAIN_IMAGES" --batch-size "$b" --backend "$backend" \
+        "${TRAIN_ARGS[@]}" -o "$WORK/trained.keras"
+    done
+    json_step "train/lstm_layer2/$b/$backend" "$WGNN" train "$SEED/lstm_layer2.keras" \
+      --dataset nusax --data "$DATA/nusax" --tokenizer "$SEED/nusax_tokenizer.json" \
+      --batch-size "$b" --backend "$backend" "${TRAIN_ARGS[@]}" -o "$WORK/trained.keras"
+  done
+  for m in models/cifar10_base.keras models/cifar10_vgg6.keras "$SEED/lstm_layer2.keras"; do
+    json_step "bench_train/$(basename "$m" .keras)/$b" "$WGNN" bench "$m" --train --backend gpu \
+      --batch-size "$b" --iters 5 --warmup 2 --json
+  done
+done
+
 python3 - "$LOG" "$WORK/adapters.txt" "$OUT" "$PEAK" "$(( $(date +%s) - started ))" <<'EOF'
 import json, sys
 log, adapters, out, peak, seconds = sys.argv[1:]
@@ -173,8 +206,25 @@ if not peak:
 peak = float(peak) if peak else None
 for s in steps:
     r = s.get("result")
-    if s["step"].startswith("bench/") and isinstance(r, dict) and peak and "gflops" in r:
+    if s["step"].startswith("bench") and isinstance(r, dict) and peak and "gflops" in r:
         r["share_of_fp32_peak"] = r["gflops"] / peak
+# Training on the GPU against the CPU path: each epoch's loss within 1e-4 relative.
+by_step = {s["step"]: s for s in steps}
+for s in steps:
+    if not (s["step"].startswith("train/") and s["step"].endswith("/gpu")):
+        continue
+    cpu = by_step.get(s["step"][: -len("gpu")] + "cpu")
+    g = (s.get("result") or {}).get("history", {}).get("loss") if isinstance(s.get("result"), dict) else None
+    c = (cpu.get("result") or {}).get("history", {}).get("loss") if cpu and isinstance(cpu.get("result"), dict) else None
+    if g is None or c is None or len(g) != len(c):
+        s["ok"] = False
+        s["why"] = "no GPU or CPU loss history to compare"
+        continue
+    worst = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(g, c))
+    s["loss_vs_cpu_relative"] = worst
+    if worst > 1e-4:
+        s["ok"] = False
+        s["why"] = f"GPU loss {g} vs CPU {c}: {worst:.2e} relative > 1e-4"
 # GPU against CPU on the evaluations: probabilities within 1e-4 (1 + 1).
 for s in steps:
     r = s.get("result")
@@ -190,9 +240,13 @@ json.dump(report, open(out, "w"), indent=1)
 print(f"{len(steps)} steps, {len(failed)} failed -> {out}")
 for s in steps:
     r = s.get("result")
-    if s["step"].startswith("bench/") and isinstance(r, dict):
+    if s["step"].startswith("bench") and isinstance(r, dict):
         share = r.get("share_of_fp32_peak")
         print(f"  {s['step']:32} {r.get('items_per_s', 0):12.1f} items/s  {r.get('gflops', 0):9.1f} GFLOP/s"
               + (f"  {100 * share:5.2f}% of peak" if share is not None else ""))
+    if s["step"].startswith("train/") and isinstance(r, dict):
+        rel = s.get("loss_vs_cpu_relative")
+        print(f"  {s['step']:32} {r.get('items_per_s', 0):12.1f} items/s  loss {r.get('history', {}).get('loss')}"
+              + (f"  vs cpu {rel:.1e} relative" if rel is not None else ""))
 sys.exit(1 if failed else 0)
 EOF

@@ -339,6 +339,14 @@ fn repeated_ids(rng: &mut Rng, batch: usize, timesteps: usize, vocab: usize) -> 
     }))
 }
 
+fn average_over_steps() -> Op {
+    Op::GlobalPool {
+        op: PoolOp::Average,
+        keepdims: false,
+        rank: 1,
+    }
+}
+
 /// Embedding(vocab, 7) -> GlobalAveragePooling1D -> Dense; with `shared`, a second Embedding
 /// node on the same ids reads the same table and the two are added (the table's gradient
 /// sums both calls' lookups).
@@ -368,15 +376,7 @@ fn embedding_model(rng: &mut Rng, timesteps: usize, vocab: usize, shared: bool) 
             .unwrap()[0];
     }
     chain
-        .op(
-            "pool",
-            "GlobalAveragePooling1D",
-            Op::GlobalPool {
-                op: PoolOp::Average,
-                keepdims: false,
-                rank: 1,
-            },
-        )
+        .op("pool", "GlobalAveragePooling1D", average_over_steps())
         .dense(rng, "out", 5, Activation::Tanh)
         .build()
 }
@@ -443,15 +443,7 @@ fn a_text_model_with_dropout_and_a_sparse_adam_trains_on_the_gpu_as_on_the_cpu()
                 shared_axes: vec![],
             }),
         )
-        .op(
-            "pool",
-            "GlobalAveragePooling1D",
-            Op::GlobalPool {
-                op: PoolOp::Average,
-                keepdims: false,
-                rank: 1,
-            },
-        )
+        .op("pool", "GlobalAveragePooling1D", average_over_steps())
         .dense(&mut rng, "out", 3, Activation::Softmax)
         .build();
     let ids = repeated_ids(&mut rng, 40, 8, 11);

@@ -685,15 +685,20 @@ impl Builder<'_> {
         if self.reusable(i, v) {
             return Ok(src);
         }
+        Ok(self.copy_value(i, v, src, "copy for an in-place op"))
+    }
+
+    /// A fresh buffer (`what` in the plan printout) holding a copy of value `v` (in `src`).
+    fn copy_value(&mut self, i: usize, v: ValueId, src: BufRef, what: &'static str) -> BufRef {
         let floats = self.batch * self.graph.value(v).elements();
-        let dst = self.alloc(i, "copy for an in-place op", floats);
+        let dst = self.alloc(i, what, floats);
         self.ops.push(Op::Copy {
             node: i,
             src,
             dst,
             bytes: 4 * floats as u64,
         });
-        Ok(dst)
+        dst
     }
 
     /// Frees the slots whose values are all dead after node `i`.
@@ -751,15 +756,7 @@ impl Builder<'_> {
             // In a training forward a Dropout that draws gets its own buffer (a copy the
             // training plan replaces with the noisy forward).
             GraphOp::Dropout(d) if self.keep_values && !d.is_noop_in_training() => {
-                let floats = self.batch * self.graph.value(x_value).elements();
-                let y = self.alloc(i, "output", floats);
-                self.ops.push(Op::Copy {
-                    node: i,
-                    src: x,
-                    dst: y,
-                    bytes: 4 * floats as u64,
-                });
-                y
+                self.copy_value(i, x_value, x, "output")
             }
             GraphOp::Reshape { .. }
             | GraphOp::Identity

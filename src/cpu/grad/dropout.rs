@@ -12,6 +12,8 @@ use crate::train::Rng;
 /// The SELU constants AlphaDropout keeps the statistics of (Keras's, to full precision).
 const SELU_ALPHA: f64 = 1.673_263_242_354_377_3;
 const SELU_SCALE: f64 = 1.050_700_987_355_480_5;
+/// What AlphaDropout sets a dropped value to before its affine map: SELU's negative limit.
+const ALPHA_P: f64 = -SELU_ALPHA * SELU_SCALE;
 
 /// What the forward multiplied by, broadcast to the input's shape; None when it only added
 /// noise (GaussianNoise) or drew nothing (rate 0).
@@ -58,13 +60,17 @@ fn draw(d: &Dropout, x_shape: &[usize], rng: &mut Rng) -> Draws {
         }
         DropoutKind::AlphaDropout => {
             let r = rate as f64;
-            let alpha_p = -SELU_ALPHA * SELU_SCALE;
-            let a = ((1.0 - r) * (1.0 + r * alpha_p * alpha_p)).powf(-0.5);
-            let b = -a * alpha_p * r;
+            let a = ((1.0 - r) * (1.0 + r * ALPHA_P * ALPHA_P)).powf(-0.5);
+            let b = -a * ALPHA_P * r;
             let kept = ArrayD::from_shape_fn(IxDyn(&noise_shape), |_| rng.uniform() >= rate);
             Draws::Alpha { kept, a, b }
         }
     }
+}
+
+/// AlphaDropout's derivative dy/dx: `a` where kept, 0 where dropped.
+fn alpha_multiplier(kept: &ArrayD<bool>, a: f64) -> ArrayD<f32> {
+    kept.mapv(|k| if k { a as f32 } else { 0.0 })
 }
 
 /// A training forward's (multiplier, addend), flattened.
@@ -88,13 +94,12 @@ pub(crate) fn training_noise(d: &Dropout, x_shape: &[usize], rng: &mut Rng) -> N
         Draws::Add(noise) => (None, Some(full(noise))),
         Draws::Multiply(m) => (Some(full(m)), None),
         Draws::Alpha { kept, a, b } => {
-            let alpha_p = -SELU_ALPHA * SELU_SCALE;
-            let mult = kept.mapv(|k| if k { a as f32 } else { 0.0 });
+            let mult = alpha_multiplier(&kept, a);
             let add = kept.mapv(|k| {
                 if k {
                     b as f32
                 } else {
-                    (a * alpha_p + b) as f32
+                    (a * ALPHA_P + b) as f32
                 }
             });
             (Some(full(mult)), Some(full(add)))
@@ -120,15 +125,14 @@ pub(super) fn forward(
         Draws::Add(noise) => (x + &noise, None),
         Draws::Multiply(m) => (x * &m, Some(m)),
         Draws::Alpha { kept, a, b } => {
-            let alpha_p = -SELU_ALPHA * SELU_SCALE;
-            // y = a * (x where kept, else alpha_p) + b.
+            // y = a * (x where kept, else ALPHA_P) + b.
             let mut y = x.clone();
             let kept_b = kept.broadcast(x.raw_dim()).expect("noise broadcasts");
             ndarray::Zip::from(&mut y).and(&kept_b).for_each(|v, &k| {
-                let z = if k { *v as f64 } else { alpha_p };
+                let z = if k { *v as f64 } else { ALPHA_P };
                 *v = (a * z + b) as f32;
             });
-            let m = kept.mapv(|k| if k { a as f32 } else { 0.0 });
+            let m = alpha_multiplier(&kept, a);
             (y, Some(m))
         }
     };

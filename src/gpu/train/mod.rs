@@ -497,7 +497,7 @@ impl GpuTrainer {
             });
         }
         bytes.extend(extra.iter().map(|e| bytemuck::cast_slice::<f32, u8>(e)));
-        bytes.extend(made.iter().map(|m| bytemuck::cast_slice::<u32, u8>(m)));
+        bytes.extend(made.iter().map(HostData::bytes));
         let result = gpu
             .execute(&self.ctx, &bytes, self.ctx.uniform_stride)
             .await;
@@ -718,15 +718,29 @@ impl GpuTrainer {
     }
 }
 
-/// The step's host-made inputs (`TrainPlan::host_inputs`, in order) as 4-byte words. Noise is
-/// drawn in node order, as the CPU forward draws it, so both backends see the same noise from
-/// the same RNG.
+/// One host-made input of a step, as it is uploaded.
+enum HostData {
+    Words(Vec<u32>),
+    Floats(Vec<f32>),
+}
+
+impl HostData {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            HostData::Words(w) => bytemuck::cast_slice(w),
+            HostData::Floats(f) => bytemuck::cast_slice(f),
+        }
+    }
+}
+
+/// The step's host-made inputs (`TrainPlan::host_inputs`, in order). Noise is drawn in node
+/// order, as the CPU forward draws it, so both backends see the same noise from the same RNG.
 fn host_inputs(
     wanted: &[plan::HostInput],
     graph: &Graph,
     inputs: &[PreparedInput],
     mut rng: Option<&mut Rng>,
-) -> Result<Vec<Vec<u32>>> {
+) -> Result<Vec<HostData>> {
     let batch = crate::input::common_batch(inputs)?;
     let mut drawn: HashMap<usize, crate::cpu::grad::dropout::Noise> = HashMap::new();
     let mut made = Vec::with_capacity(wanted.len());
@@ -739,12 +753,13 @@ fn host_inputs(
                         graph.inputs[input].name
                     )));
                 };
-                made.push(group_ids(ids.iter().copied(), vocab).map_err(|id| {
+                let words = group_ids(ids.iter().copied(), vocab).map_err(|id| {
                     Error::Input(format!(
                         "input '{}': token id {id} is outside the Embedding's vocabulary of {vocab}",
                         graph.inputs[input].name
                     ))
-                })?);
+                })?;
+                made.push(HostData::Words(words));
             }
             plan::HostInput::Noise { node, addend } => {
                 if let std::collections::hash_map::Entry::Vacant(slot) = drawn.entry(node) {
@@ -759,12 +774,15 @@ fn host_inputs(
                     shape.extend_from_slice(&graph.value(n.inputs[0]).shape);
                     slot.insert(crate::cpu::grad::dropout::training_noise(d, &shape, rng));
                 }
-                let (m, a) = &drawn[&node];
+                // Each term is uploaded once: move it out rather than copy it.
+                let (m, a) = drawn
+                    .get_mut(&node)
+                    .ok_or_else(|| Error::Internal(format!("no noise drawn for node #{node}")))?;
                 let term = if addend { a } else { m };
-                let term = term.as_ref().ok_or_else(|| {
+                let term = term.take().ok_or_else(|| {
                     Error::Internal(format!("'{}' drew no such term", graph.nodes[node].name))
                 })?;
-                made.push(bytemuck::cast_slice(term).to_vec());
+                made.push(HostData::Floats(term));
             }
         }
     }

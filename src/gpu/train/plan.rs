@@ -12,8 +12,8 @@ use std::fmt::Write as _;
 
 use crate::error::{Error, Result};
 use crate::graph::{
-    Activation, BatchNorm, BinaryOp, DType, Dense, DropoutKind, Embedding, Graph, Node,
-    Op as GraphOp, ParamId, Penalized, Recurrent, ValueId,
+    Activation, BatchNorm, BinaryOp, DType, Dense, Embedding, Graph, Node, Op as GraphOp, ParamId,
+    Penalized, Recurrent, ValueId,
 };
 use crate::train::loss::LossKind;
 use crate::train::optim::OptimizerSpec;
@@ -573,6 +573,28 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
+    /// Replaces node `i`'s inference forward ops by the ops `emit` appends, at the same place
+    /// in the plan (its training forward).
+    fn replace_forward(
+        &mut self,
+        i: usize,
+        emit: impl FnOnce(&mut Self) -> Result<()>,
+    ) -> Result<()> {
+        let Some(at) = self.plan.ops.iter().position(|op| op_node(op) == i) else {
+            return Err(Error::Internal(format!(
+                "no forward ops for '{}'",
+                self.graph.nodes[i].name
+            )));
+        };
+        self.plan.ops.retain(|op| op_node(op) != i);
+        self.capture = Some(Vec::new());
+        let emitted = emit(self);
+        let ops = self.capture.take().unwrap_or_default();
+        emitted?;
+        self.plan.ops.splice(at..at, ops);
+        Ok(())
+    }
+
     /// Re-lowers each trainable BatchNormalization's forward as its training forward (batch
     /// statistics, moving statistics updated in place), in the place of its inference ops.
     fn batch_norm_training_forwards(&mut self) -> Result<()> {
@@ -584,41 +606,32 @@ impl<'a> Builder<'a> {
                 continue;
             }
             let bn = bn.clone();
-            let layer = self.layer(i);
-            let Some(at) = self.plan.ops.iter().position(|op| op_node(op) == i) else {
-                return Err(Error::Internal(format!(
-                    "no forward ops for '{}'",
-                    layer.name
-                )));
-            };
-            self.plan.ops.retain(|op| op_node(op) != i);
-            let (x_value, y_value) = (layer.inputs[0], layer.outputs[0]);
-            let (x, y) = (self.value_buf(x_value)?, self.value_buf(y_value)?);
-            let item = self.graph.value(x_value).shape.clone();
-            let floats = grad::norm::batch_norm_saved_floats(&layer, &bn, &item)?;
-            // Kept to the node's backward: never released.
-            let saved = self.scratch(i, "batch statistics", floats);
-            self.bn_saved[i] = Some(saved);
-            self.capture = Some(Vec::new());
-            let batch = self.batch;
-            let emitted = grad::norm::batch_norm_train_forward(
-                self,
-                &layer,
-                i,
-                &bn,
-                batch,
-                &item,
-                x,
-                bn.gamma.map(BufRef::Param),
-                bn.beta.map(BufRef::Param),
-                BufRef::Param(bn.moving_mean),
-                BufRef::Param(bn.moving_variance),
-                y,
-                saved,
-            );
-            let ops = self.capture.take().unwrap_or_default();
-            emitted?;
-            self.plan.ops.splice(at..at, ops);
+            self.replace_forward(i, |b| {
+                let layer = b.layer(i);
+                let (x_value, y_value) = (layer.inputs[0], layer.outputs[0]);
+                let (x, y) = (b.value_buf(x_value)?, b.value_buf(y_value)?);
+                let item = b.graph.value(x_value).shape.clone();
+                let floats = grad::norm::batch_norm_saved_floats(&layer, &bn, &item)?;
+                // Kept to the node's backward: never released.
+                let saved = b.scratch(i, "batch statistics", floats);
+                b.bn_saved[i] = Some(saved);
+                let batch = b.batch;
+                grad::norm::batch_norm_train_forward(
+                    b,
+                    &layer,
+                    i,
+                    &bn,
+                    batch,
+                    &item,
+                    x,
+                    bn.gamma.map(BufRef::Param),
+                    bn.beta.map(BufRef::Param),
+                    BufRef::Param(bn.moving_mean),
+                    BufRef::Param(bn.moving_variance),
+                    y,
+                    saved,
+                )
+            })?;
         }
         Ok(())
     }
@@ -690,50 +703,23 @@ impl<'a> Builder<'a> {
             if d.is_noop_in_training() {
                 continue;
             }
-            let (multiplier, addend) = match d.kind {
-                DropoutKind::GaussianNoise { .. } => (false, true),
-                DropoutKind::Dropout | DropoutKind::GaussianDropout => (true, false),
-                DropoutKind::AlphaDropout => (true, true),
-            };
-            let layer = self.layer(i);
-            let Some(at) = self.plan.ops.iter().position(|op| op_node(op) == i) else {
-                return Err(Error::Internal(format!(
-                    "no forward ops for '{}'",
-                    layer.name
-                )));
-            };
-            self.plan.ops.retain(|op| op_node(op) != i);
-            let (x, y) = (
-                self.value_buf(layer.inputs[0])?,
-                self.value_buf(layer.outputs[0])?,
-            );
-            let len = self.floats(layer.inputs[0]);
-            let m = multiplier.then(|| {
-                self.host_input(
-                    HostInput::Noise {
-                        node: i,
-                        addend: false,
-                    },
-                    len,
-                    format!("{}.multiplier", layer.name),
-                )
-            });
-            let a = addend.then(|| {
-                self.host_input(
-                    HostInput::Noise {
-                        node: i,
-                        addend: true,
-                    },
-                    len,
-                    format!("{}.noise", layer.name),
-                )
-            });
-            self.noise_multiplier[i] = m;
-            self.capture = Some(Vec::new());
-            let emitted = self.noise(i, x, m, a, y, len);
-            let ops = self.capture.take().unwrap_or_default();
-            emitted?;
-            self.plan.ops.splice(at..at, ops);
+            let (multiplier, addend) = d.kind.noise_terms();
+            self.replace_forward(i, |b| {
+                let layer = b.layer(i);
+                let (x, y) = (
+                    b.value_buf(layer.inputs[0])?,
+                    b.value_buf(layer.outputs[0])?,
+                );
+                let len = b.floats(layer.inputs[0]);
+                let mut term = |addend: bool, what: &str| {
+                    let label = format!("{}.{what}", layer.name);
+                    b.host_input(HostInput::Noise { node: i, addend }, len, label)
+                };
+                let m = multiplier.then(|| term(false, "multiplier"));
+                let a = addend.then(|| term(true, "noise"));
+                b.noise_multiplier[i] = m;
+                b.noise(i, x, m, a, y, len)
+            })?;
         }
         Ok(())
     }
@@ -812,43 +798,35 @@ impl<'a> Builder<'a> {
                 continue;
             };
             let r = r.clone();
-            let layer = self.layer(i);
-            let Some(at) = self.plan.ops.iter().position(|op| op_node(op) == i) else {
-                return Err(Error::Internal(format!(
-                    "no forward ops for '{}'",
-                    layer.name
-                )));
-            };
-            self.plan.ops.retain(|op| op_node(op) != i);
-            if layer.outputs.len() != 1 {
-                return Err(train_error(
-                    &layer,
-                    "return_state is not supported by GPU training yet",
-                ));
-            }
-            let x = self.value_buf(layer.inputs[0])?;
-            let y = self.value_buf(layer.outputs[0])?;
-            let mask = self.mask_ids(&layer)?;
-            let batch = self.batch;
-            let saved = self.scratch(
-                i,
-                "recurrent states",
-                grad::recurrent::recurrent_saved_floats(&r, batch),
-            );
-            self.rnn_saved[i] = Some(saved);
-            let cells = cell_buffers(&r);
-            self.capture = Some(Vec::new());
-            let emitted = grad::recurrent::recurrent_train_forward(
-                self, &layer, i, &r, batch, x, mask, &cells, y, saved,
-            );
-            let ops = self.capture.take().unwrap_or_default();
-            // The lowering checks the layer's options first: what it refuses is a training
-            // option the GPU lacks, which the CPU path has.
-            emitted.map_err(|e| match e {
-                Error::Gpu(msg) => Error::Train(format!("{msg}; train it with --backend cpu")),
-                other => other,
+            self.replace_forward(i, |b| {
+                let layer = b.layer(i);
+                if layer.outputs.len() != 1 {
+                    return Err(train_error(
+                        &layer,
+                        "return_state is not supported by GPU training yet",
+                    ));
+                }
+                let x = b.value_buf(layer.inputs[0])?;
+                let y = b.value_buf(layer.outputs[0])?;
+                let mask = b.mask_ids(&layer)?;
+                let batch = b.batch;
+                let saved = b.scratch(
+                    i,
+                    "recurrent states",
+                    grad::recurrent::recurrent_saved_floats(&r, batch),
+                );
+                b.rnn_saved[i] = Some(saved);
+                let cells = cell_buffers(&r);
+                // The lowering checks the layer's options first: what it refuses is a
+                // training option the GPU lacks, which the CPU path has.
+                grad::recurrent::recurrent_train_forward(
+                    b, &layer, i, &r, batch, x, mask, &cells, y, saved,
+                )
+                .map_err(|e| match e {
+                    Error::Gpu(msg) => Error::Train(format!("{msg}; train it with --backend cpu")),
+                    other => other,
+                })
             })?;
-            self.plan.ops.splice(at..at, ops);
         }
         Ok(())
     }

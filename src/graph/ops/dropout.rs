@@ -13,6 +13,17 @@ pub enum DropoutKind {
     AlphaDropout,
 }
 
+impl DropoutKind {
+    /// Which terms of y = x * multiplier + addend the layer's training noise has.
+    pub fn noise_terms(&self) -> (bool, bool) {
+        match self {
+            DropoutKind::GaussianNoise { .. } => (false, true),
+            DropoutKind::Dropout | DropoutKind::GaussianDropout => (true, false),
+            DropoutKind::AlphaDropout => (true, true),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dropout {
     pub kind: DropoutKind,

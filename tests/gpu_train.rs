@@ -8,93 +8,13 @@
 mod common;
 mod gpu_support;
 
-use gpu_support::{assert_close, float_input, Chain, Rng, ALL_ACTIVATIONS};
+use gpu_support::{assert_close, check_backward, float_input, Chain, Rng, ALL_ACTIVATIONS};
 use ndarray::ArrayD;
-use wgnn::gpu::train::GpuTrainer;
 use wgnn::graph::*;
 use wgnn::train::optim::OptimizerSpec;
 use wgnn::train::train_metrics::TrainMetrics;
-use wgnn::train::{
-    Loss, Quiet, Shuffle, TrainBackend, TrainConfig, TrainData, TrainGraph, Trainer,
-};
+use wgnn::train::{Loss, Quiet, Shuffle, TrainBackend, TrainConfig, TrainData, Trainer};
 use wgnn::PreparedInput;
-
-/// The GPU trainer for `tg`, or None (with a note) without an adapter outside CI.
-fn trainer(tg: &TrainGraph) -> Option<GpuTrainer> {
-    match GpuTrainer::new(tg, 0, None) {
-        Ok(t) => Some(t),
-        Err(e) if common::no_adapter_outside_ci(&e) => None,
-        Err(e) => panic!(
-            "creating the GPU trainer for '{}' failed: {e}",
-            tg.graph.name
-        ),
-    }
-}
-
-/// Random output gradients shaped like each output for `batch` items.
-fn seeds(rng: &mut Rng, graph: &Graph, batch: usize) -> Vec<ArrayD<f32>> {
-    graph
-        .outputs
-        .iter()
-        .map(|p| {
-            let mut shape = vec![batch];
-            shape.extend_from_slice(&graph.value(p.value).shape);
-            rng.array(&shape, 1.0)
-        })
-        .collect()
-}
-
-/// The backward of `graph` from random output gradients on both backends, compared: every
-/// parameter gradient and (with `input_grads`) the input's gradient. Returns false when the
-/// GPU is missing outside CI.
-fn check_backward(what: &str, graph: &Graph, inputs: &[PreparedInput], input_grads: bool) -> bool {
-    let tg = if input_grads {
-        TrainGraph::with_input_gradients(graph)
-    } else {
-        TrainGraph::new(graph)
-    }
-    .unwrap_or_else(|e| panic!("{what}: {e}"));
-    let Some(mut gpu) = trainer(&tg) else {
-        return false;
-    };
-    let batch = inputs[0].batch();
-    let mut rng = Rng::new(batch as u64 + 7);
-    let dys = seeds(&mut rng, &tg.graph, batch);
-    let (cpu_grads, cpu_inputs) = tg
-        .seeded_gradients(inputs, &dys, &mut wgnn::train::Rng::new(1))
-        .unwrap_or_else(|e| panic!("{what}: cpu: {e}"));
-    let (gpu_grads, gpu_inputs) = gpu
-        .seeded_gradients(&tg, inputs, &dys, &mut wgnn::train::Rng::new(1))
-        .unwrap_or_else(|e| panic!("{what}: gpu: {e}"));
-    let mut compared = 0;
-    for (id, g) in &gpu_grads {
-        let name = &tg.graph.params.param(*id).name;
-        let c = cpu_grads
-            .get(*id)
-            .unwrap_or_else(|| panic!("{what}: the CPU has no gradient of {name}"));
-        assert_close(&format!("{what}: d {name}"), g, c);
-        compared += 1;
-    }
-    let trainable = tg.graph.params.iter().filter(|(_, p)| p.trainable).count();
-    assert_eq!(
-        compared, trainable,
-        "{what}: every trainable parameter compared"
-    );
-    for (k, (g, c)) in gpu_inputs.iter().zip(&cpu_inputs).enumerate() {
-        match (g, c) {
-            (Some(g), Some(c)) => assert_close(&format!("{what}: d input {k}"), g, c),
-            (None, None) => {}
-            _ => panic!("{what}: input {k}: one backend computed its gradient, the other not"),
-        }
-    }
-    if input_grads {
-        assert!(
-            gpu_inputs.iter().any(Option::is_some),
-            "{what}: input gradient compared"
-        );
-    }
-    true
-}
 
 #[test]
 fn dense_chain_backward_matches_cpu_at_awkward_batches() {

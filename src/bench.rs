@@ -245,20 +245,22 @@ pub fn run_train(
     };
     let mut trainer = Trainer::on(graph, config, backend)?;
     let adapter = trainer.gpu_adapter();
-    for _ in 0..opts.warmup {
-        trainer.step(&data)?;
-    }
-    let steps = opts.iters.max(1);
-    let start = Instant::now();
-    for _ in 0..steps {
-        let r = trainer.step(&data)?;
-        if !r.loss.is_finite() {
-            return Err(Error::Train(format!(
+    // The steps run as `fit` runs them (on the GPU, the next step recorded while one runs).
+    let batch_at = |_: usize| data.clone();
+    let mut finite = |_: usize, _: &TrainData, r: &crate::train::step::StepResult| {
+        if r.loss.is_finite() {
+            Ok(())
+        } else {
+            Err(Error::Train(format!(
                 "the loss became {} while timing; the synthetic data diverged",
                 r.loss
-            )));
+            )))
         }
-    }
+    };
+    trainer.run_steps(opts.warmup, &batch_at, &mut finite)?;
+    let steps = opts.iters.max(1);
+    let start = Instant::now();
+    trainer.run_steps(steps, &batch_at, &mut finite)?;
     let total = start.elapsed().as_secs_f64();
     let flops_per_item = graph.flops_per_item();
     let items = (batch * steps) as f64;

@@ -670,3 +670,113 @@ fn gpu_training_from_the_command_line_tracks_the_cpu() {
     );
     assert!(!out.exists(), "a refused run wrote its output");
 }
+
+/// `wgnn train` of the blow-up run above with `--backend` `backend`: (success, stderr).
+fn blow_up(backend: &str, model: &Path, x: &Path, y: &Path, out: &Path) -> (bool, String) {
+    let (ok, _, stderr) = run(&[
+        "train",
+        model.to_str().unwrap(),
+        "--x",
+        x.to_str().unwrap(),
+        "--y",
+        y.to_str().unwrap(),
+        "--epochs",
+        "30",
+        "--batch-size",
+        "8",
+        "--no-shuffle",
+        "--optimizer",
+        "sgd",
+        "--learning-rate",
+        "0.93",
+        "--checkpoint-every",
+        "1",
+        "--backend",
+        backend,
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    (ok, stderr)
+}
+
+#[test]
+fn a_loss_that_blows_up_on_the_gpu_stops_where_the_cpu_does() {
+    // The GPU records the next step while the current one runs; a non-finite loss must still
+    // stop before that step and keep the last good checkpoint, as on the CPU.
+    let case = "mlp_mse_rmsprop";
+    let tmp = tempfile::tempdir().unwrap();
+    let (x, y, arrays) = write_xy(case, tmp.path());
+    let model = fit_dir().join(format!("{case}.keras"));
+    let (cpu_out, gpu_out) = (tmp.path().join("cpu.keras"), tmp.path().join("gpu.keras"));
+    let (ok, cpu) = blow_up("cpu", &model, &x, &y, &cpu_out);
+    assert!(!ok, "the CPU run did not blow up");
+    let (ok, gpu) = blow_up("gpu", &model, &x, &y, &gpu_out);
+    if gpu.contains("no GPU adapter found") {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but there is no GPU adapter: {gpu}"
+        );
+        eprintln!("note: no GPU adapter; skipping outside CI");
+        return;
+    }
+    assert!(!ok, "the GPU run did not blow up");
+    // Each epoch's progress line comes first on stderr; the error is the last line.
+    let error = |stderr: &str| stderr.lines().last().unwrap_or_default().to_string();
+    let (cpu, gpu) = (error(&cpu), error(&gpu));
+    assert!(cpu.starts_with("error: "), "{cpu}");
+    assert!(cpu.contains("at epoch 2 "), "{cpu}");
+    assert_eq!(gpu, cpu, "the GPU stopped elsewhere");
+    let x0 = float(&arrays.iter().find(|(n, _)| n == "x0").unwrap().1);
+    let predict = |p: &Path| {
+        Model::load(p)
+            .expect("the last checkpoint loads")
+            .predict(x0.view(), Backend::Cpu)
+            .expect("the checkpoint predicts")
+    };
+    let (c, g) = (predict(&cpu_out), predict(&gpu_out));
+    for (p, q) in g.iter().zip(c.iter()) {
+        assert!(q.is_finite(), "the CPU checkpoint is not finite");
+        assert!(
+            (p - q).abs() <= 1e-4 * (1.0 + q.abs()),
+            "gpu {p} vs cpu {q}"
+        );
+    }
+}
+
+#[test]
+fn bench_train_times_steps_on_both_backends() {
+    let model = fit_dir().join("cnn_adam_scce_l2.keras");
+    for backend in ["cpu", "gpu"] {
+        let (ok, stdout, stderr) = run(&[
+            "bench",
+            model.to_str().unwrap(),
+            "--train",
+            "--json",
+            "--iters",
+            "3",
+            "--warmup",
+            "1",
+            "--batch-size",
+            "8",
+            "--backend",
+            backend,
+        ]);
+        if backend == "gpu" && stderr.contains("no GPU adapter found") {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but there is no GPU adapter: {stderr}"
+            );
+            eprintln!("note: no GPU adapter; skipping outside CI");
+            return;
+        }
+        assert!(ok, "wgnn bench --train --backend {backend}: {stderr}");
+        let report: serde_json::Value =
+            serde_json::from_str(stdout.lines().last().expect("a JSON line")).expect("JSON");
+        assert_eq!(report["backend"], backend, "{report}");
+        assert_eq!(report["steps"], 3, "{report}");
+        assert_eq!(report["batch_size"], 8, "{report}");
+        let per_s = report["steps_per_s"].as_f64().expect("steps_per_s");
+        assert!(per_s.is_finite() && per_s > 0.0, "{report}");
+        assert_eq!(report["optimizer"], "Adam", "{report}");
+    }
+}

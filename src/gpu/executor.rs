@@ -308,6 +308,16 @@ impl GpuPlan {
         inputs: &[&[u8]],
         stride: u64,
     ) -> Result<Vec<Vec<f32>>> {
+        let recorded = self.record(ctx, inputs, stride)?;
+        let in_flight = self.submit(ctx, recorded);
+        self.read(ctx, in_flight).await
+    }
+
+    /// [`execute`](Self::execute)'s first half: queues the input uploads and records every op
+    /// and the output copies, without submitting. The uploads take effect at the next submit,
+    /// after all work submitted before, so a batch can be recorded while the previous one still
+    /// runs on the GPU (that one has read its inputs by then).
+    pub fn record(&self, ctx: &DeviceContext, inputs: &[&[u8]], stride: u64) -> Result<Recorded> {
         if inputs.len() != self.plan.inputs.len() {
             return Err(Error::Internal(format!(
                 "{} inputs for a plan expecting {}",
@@ -404,10 +414,28 @@ impl GpuPlan {
             }
             at += output.bytes;
         }
-        let bytes = at;
+        Ok(Recorded {
+            commands: encoder.finish(),
+            bytes: at,
+        })
+    }
+
+    /// Submits a recorded batch; [`read`](Self::read) waits for it.
+    pub fn submit(&self, ctx: &DeviceContext, recorded: Recorded) -> InFlight {
+        InFlight {
+            submission: ctx.queue.submit([recorded.commands]),
+            bytes: recorded.bytes,
+        }
+    }
+
+    /// Waits for a submitted batch and reads back every output, in the plan's output order.
+    // A browser waits in its event loop, not through the device (see below).
+    #[cfg_attr(target_arch = "wasm32", allow(unused_variables))]
+    pub async fn read(&self, ctx: &DeviceContext, in_flight: InFlight) -> Result<Vec<Vec<f32>>> {
+        let bytes = in_flight.bytes;
         // Waited on natively only (see below).
         #[cfg_attr(target_arch = "wasm32", allow(unused_variables))]
-        let submission = ctx.queue.submit([encoder.finish()]);
+        let submission = in_flight.submission;
         let split = |values: Vec<f32>| {
             let mut parts = Vec::with_capacity(self.plan.outputs.len());
             let mut start = 0;
@@ -451,6 +479,19 @@ impl GpuPlan {
             values.map_err(|e| Error::Gpu(format!("reading the output back failed: {e}")))?;
         Ok(split(values))
     }
+}
+
+/// A batch's uploads queued and its commands recorded, not yet submitted.
+pub struct Recorded {
+    commands: wgpu::CommandBuffer,
+    // Bytes of outputs the commands copy into the readback buffer.
+    bytes: u64,
+}
+
+/// A submitted batch whose outputs have not been read back yet.
+pub struct InFlight {
+    submission: wgpu::SubmissionIndex,
+    bytes: u64,
 }
 
 /// Reads the first `bytes` of `buffer` (which needs COPY_SRC) back to the host.

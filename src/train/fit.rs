@@ -434,9 +434,22 @@ impl Trainer {
     /// A step on the GPU (`step`'s contract).
     #[cfg(not(target_arch = "wasm32"))]
     fn gpu_step(&mut self, batch: &TrainData) -> Result<super::step::StepResult> {
+        let prepared = self.gpu_prepare(batch, 0)?;
+        let in_flight = self.gpu()?.trainer.submit_step(prepared)?;
+        self.gpu_finish(in_flight)
+    }
+
+    /// Checks and records a GPU step on `batch` that runs `ahead` steps after the next one to
+    /// be submitted (its learning rate and bias corrections are that iteration's).
+    #[cfg(not(target_arch = "wasm32"))]
+    fn gpu_prepare(
+        &mut self,
+        batch: &TrainData,
+        ahead: i64,
+    ) -> Result<crate::gpu::train::PreparedStep> {
         self.check_targets(batch)?;
         self.upload_if_stale()?;
-        let words = crate::gpu::train::step_words(&self.optimizer);
+        let words = crate::gpu::train::step_words_ahead(&self.optimizer, ahead);
         let gpu = self
             .gpu
             .as_mut()
@@ -446,14 +459,34 @@ impl Trainer {
             loss_weights: &self.config.loss_weights,
             optimizer: Some(self.optimizer.spec()),
         };
-        let done = gpu.trainer.step(
+        gpu.trainer.prepare_step(
             &self.train_graph,
             &spec,
             &batch.inputs,
             &batch.targets,
             &words,
             &mut self.rng,
-        )?;
+        )
+    }
+
+    /// Waits for a submitted GPU step and counts its iteration if its loss is finite.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn gpu_finish(
+        &mut self,
+        in_flight: crate::gpu::train::StepInFlight,
+    ) -> Result<super::step::StepResult> {
+        let gpu = self
+            .gpu
+            .as_mut()
+            .ok_or_else(|| Error::Internal("no GPU session".into()))?;
+        let spec = crate::gpu::train::StepSpec {
+            losses: &self.config.losses,
+            loss_weights: &self.config.loss_weights,
+            optimizer: Some(self.optimizer.spec()),
+        };
+        let done = gpu
+            .trainer
+            .finish_step(&self.train_graph, &spec, in_flight)?;
         let loss = done.total(&self.config.loss_weights);
         if loss.is_finite() {
             self.optimizer.count_iteration();
@@ -465,6 +498,61 @@ impl Trainer {
             grads: super::ParamGrads::new(&self.train_graph.graph.params),
             outputs: done.outputs,
         })
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn gpu(&mut self) -> Result<&mut GpuSession> {
+        self.gpu
+            .as_mut()
+            .ok_or_else(|| Error::Internal("no GPU session".into()))
+    }
+
+    /// `steps` optimizer steps in order, step `k` on `batch_at(k)`, handing each batch and its
+    /// result to `each` (which stops the run by returning an error; a non-finite loss is
+    /// `each`'s to refuse). On the GPU the next batch is gathered, uploaded and recorded while
+    /// the current step runs; it is submitted only after the current step's loss came back and
+    /// `each` accepted it, so a failing step still leaves the weights (and the noise RNG) as
+    /// they were before it. `fit` runs its epochs through this; `wgnn bench --train` too.
+    pub fn run_steps(
+        &mut self,
+        steps: usize,
+        batch_at: &dyn Fn(usize) -> TrainData,
+        each: &mut dyn FnMut(usize, &TrainData, &super::step::StepResult) -> Result<()>,
+    ) -> Result<()> {
+        if steps == 0 {
+            return Ok(());
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        if self.gpu.is_some() {
+            let first = batch_at(0);
+            let mut next = Some(self.gpu_prepare(&first, 0).map(|p| (first, p)));
+            for step in 0..steps {
+                let Some(prepared) = next.take() else {
+                    return Err(Error::Internal("no prepared GPU step".into()));
+                };
+                let (batch, prepared) = prepared?;
+                let in_flight = self.gpu()?.trainer.submit_step(prepared)?;
+                let rng_before = self.rng.clone();
+                if step + 1 < steps {
+                    let following = batch_at(step + 1);
+                    next = Some(self.gpu_prepare(&following, 1).map(|p| (following, p)));
+                }
+                let result = self.gpu_finish(in_flight);
+                let done = result.and_then(|r| each(step, &batch, &r));
+                if done.is_err() {
+                    // The step prepared ahead is dropped unsubmitted: its noise was never used.
+                    self.rng = rng_before;
+                    return done;
+                }
+            }
+            return Ok(());
+        }
+        for step in 0..steps {
+            let batch = batch_at(step);
+            let result = self.step(&batch)?;
+            each(step, &batch, &result)?;
+        }
+        Ok(())
     }
 
     /// The trained weights (same ids as the graph the trainer was made from); with the GPU
@@ -632,14 +720,11 @@ impl Trainer {
             let mut per_output = vec![0.0f64; names.len()];
             let mut metrics = self.config.metrics.clone();
             metrics.reset();
-            for step in 0..steps {
-                let start = step * b;
-                let end = (start + b).min(n);
-                let batch = epoch_data.slice(start, end);
-                let result = self.step(&batch)?;
+            let mut stopped_at_loss = None;
+            let mut each = |step: usize, batch: &TrainData, result: &super::step::StepResult| {
                 let loss = result.loss;
                 if !loss.is_finite() {
-                    self.sync()?;
+                    stopped_at_loss = Some(loss);
                     return Err(Error::Train(format!(
                         "the loss is {loss} at epoch {} step {} (of {steps}); the weights before this step are kept",
                         epoch + 1,
@@ -647,7 +732,7 @@ impl Trainer {
                     )));
                 }
                 update_metrics(&mut metrics, &batch.targets, &result.outputs)?;
-                weighted += loss * (end - start) as f64;
+                weighted += loss * batch.len() as f64;
                 for (acc, l) in per_output.iter_mut().zip(&result.output_losses) {
                     *acc += l;
                 }
@@ -657,7 +742,15 @@ impl Trainer {
                     .cloned()
                     .zip(result.output_losses.iter().copied())
                     .collect();
-                observer.on_step(epoch, step, steps, loss, &step_losses)?;
+                observer.on_step(epoch, step, steps, loss, &step_losses)
+            };
+            let batch_at = |step: usize| epoch_data.slice(step * b, (step * b + b).min(n));
+            let ran = self.run_steps(steps, &batch_at, &mut each);
+            if let Err(e) = ran {
+                if stopped_at_loss.is_some() {
+                    self.sync()?;
+                }
+                return Err(e);
             }
             let val = validation.map(|v| self.evaluate(v)).transpose()?;
             let log = EpochLog {

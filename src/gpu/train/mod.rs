@@ -187,7 +187,13 @@ impl ParamLayout {
 /// The per-step scalars the update kernels read (learning rate at this iteration and the
 /// iteration's bias-correction terms), as the optimizer's CPU rule computes them.
 pub fn step_words(optimizer: &crate::train::optim::Optimizer) -> Vec<u32> {
-    super::grad::optim::step_words(optimizer.spec(), optimizer.iterations())
+    step_words_ahead(optimizer, 0)
+}
+
+/// [`step_words`] of the step `ahead` iterations after the next (a step prepared while the ones
+/// before it still run).
+pub fn step_words_ahead(optimizer: &crate::train::optim::Optimizer, ahead: i64) -> Vec<u32> {
+    super::grad::optim::step_words(optimizer.spec(), optimizer.iterations() + ahead)
 }
 
 /// What a step or evaluation of one batch read back.
@@ -466,9 +472,27 @@ impl GpuTrainer {
         extra: &[&[f32]],
         rng: Option<&mut Rng>,
     ) -> Result<Vec<Vec<f32>>> {
+        let prepared = self.prepare(tg, spec, mode, inputs, extra, rng)?;
+        let in_flight = self.submit(prepared).await?;
+        self.finish(in_flight).await
+    }
+
+    /// [`run`](Self::run) up to the submit: builds the plan if new, queues the uploads and
+    /// records the commands. Recording the next batch while the GPU still runs this one is
+    /// what overlaps a step's host work (gathering, noise, uploads, encoding) with the GPU's.
+    fn prepare(
+        &mut self,
+        tg: &TrainGraph,
+        spec: &StepSpec<'_>,
+        mode: Mode,
+        inputs: &[PreparedInput],
+        extra: &[&[f32]],
+        rng: Option<&mut Rng>,
+    ) -> Result<PreparedRun> {
         let batch = crate::input::common_batch(inputs)?;
         let scope = ErrorScopes::push(&self.ctx.device);
-        if !self.plans.contains_key(&(batch, mode)) {
+        let key = (batch, mode);
+        if !self.plans.contains_key(&key) {
             let tp = plan::build(tg, spec, &self.layout, batch, self.plan_limits, mode)?;
             check_fits(&tp, self.plan_limits, &tg.graph)?;
             for op in &tp.plan.ops {
@@ -477,9 +501,9 @@ impl GpuTrainer {
                 }
             }
             let gpu = GpuPlan::with_arenas(&self.ctx, tp.plan.clone(), Some(&self.arenas))?;
-            self.plans.insert((batch, mode), (tp, gpu));
+            self.plans.insert(key, (tp, gpu));
         }
-        let (tp, gpu) = &self.plans[&(batch, mode)];
+        let (tp, gpu) = &self.plans[&key];
         let made = host_inputs(&tp.host_inputs, &tg.graph, inputs, rng)?;
         let mut bytes: Vec<&[u8]> = Vec::with_capacity(inputs.len() + extra.len() + made.len());
         for input in inputs {
@@ -498,15 +522,42 @@ impl GpuTrainer {
         }
         bytes.extend(extra.iter().map(|e| bytemuck::cast_slice::<f32, u8>(e)));
         bytes.extend(made.iter().map(HostData::bytes));
-        let result = gpu
-            .execute(&self.ctx, &bytes, self.ctx.uniform_stride)
-            .await;
-        let scoped = scope
-            .check(&format!("training on a batch of {batch}"))
+        let recorded = gpu.record(&self.ctx, &bytes, self.ctx.uniform_stride)?;
+        Ok(PreparedRun {
+            key,
+            recorded,
+            scope,
+        })
+    }
+
+    /// Submits a prepared batch; errors the uploads or recording raised come out here.
+    async fn submit(&self, prepared: PreparedRun) -> Result<RunInFlight> {
+        let (_, gpu) = self.plan(prepared.key)?;
+        let in_flight = gpu.submit(&self.ctx, prepared.recorded);
+        let scoped = prepared
+            .scope
+            .check(&format!("training on a batch of {}", prepared.key.0))
             .await;
         super::check_device(&self.device_errors, &self.adapter.name)?;
         scoped?;
+        Ok(RunInFlight {
+            key: prepared.key,
+            in_flight,
+        })
+    }
+
+    /// Waits for a submitted batch and returns the plan's outputs.
+    async fn finish(&self, run: RunInFlight) -> Result<Vec<Vec<f32>>> {
+        let (_, gpu) = self.plan(run.key)?;
+        let result = gpu.read(&self.ctx, run.in_flight).await;
+        super::check_device(&self.device_errors, &self.adapter.name)?;
         result
+    }
+
+    fn plan(&self, key: (usize, Mode)) -> Result<&(TrainPlan, GpuPlan)> {
+        self.plans
+            .get(&key)
+            .ok_or_else(|| Error::Internal(format!("no training plan for batch {}", key.0)))
     }
 
     /// One training step on a batch: uploads its inputs, targets and the per-step scalars
@@ -524,13 +575,61 @@ impl GpuTrainer {
         step_words: &[u32],
         rng: &mut Rng,
     ) -> Result<BatchLosses> {
+        let prepared = self.prepare_step(tg, spec, inputs, targets, step_words, rng)?;
+        let in_flight = self.submit_step(prepared)?;
+        self.finish_step(tg, spec, in_flight)
+    }
+
+    /// [`step`](Self::step) in three parts, so that the next batch is prepared while this one
+    /// runs: `prepare_step` (checks, uploads, recording), `submit_step`, `finish_step` (wait,
+    /// losses, and the restore of a non-finite step). Steps are submitted in the order they
+    /// are prepared; a prepared step that is never submitted is simply dropped. `step_words`
+    /// are those of the iteration the step will be.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn prepare_step(
+        &mut self,
+        tg: &TrainGraph,
+        spec: &StepSpec,
+        inputs: &[PreparedInput],
+        targets: &[ArrayD<f32>],
+        step_words: &[u32],
+        rng: &mut Rng,
+    ) -> Result<PreparedStep> {
         if step_words.len() > 64 {
             return Err(Error::Internal("more than 64 step words".into()));
         }
+        let (batch, flat) = self.flat_targets(tg, spec, inputs, targets)?;
+        // Queued like the inputs: it reaches the GPU with this step's submit, after every step
+        // submitted before.
         self.ctx
             .queue
             .write_buffer(&self.arenas.step, 0, bytemuck::cast_slice(step_words));
-        let done = self.losses_and_outputs(tg, spec, Mode::Step, inputs, targets, Some(rng))?;
+        let refs: Vec<&[f32]> = flat.iter().map(Vec::as_slice).collect();
+        let run = self.prepare(tg, spec, Mode::Step, inputs, &refs, Some(rng))?;
+        Ok(PreparedStep { run, batch })
+    }
+
+    /// Submits a prepared step.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn submit_step(&mut self, prepared: PreparedStep) -> Result<StepInFlight> {
+        let run = pollster::block_on(self.submit(prepared.run))?;
+        Ok(StepInFlight {
+            run,
+            batch: prepared.batch,
+        })
+    }
+
+    /// Waits for a submitted step: its losses and outputs; a loss that is not finite puts the
+    /// parameters back as they were before it.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn finish_step(
+        &mut self,
+        tg: &TrainGraph,
+        spec: &StepSpec,
+        in_flight: StepInFlight,
+    ) -> Result<BatchLosses> {
+        let outs = pollster::block_on(self.finish(in_flight.run))?;
+        let done = batch_losses(&tg.graph, in_flight.batch, &outs)?;
         if !done.total(spec.loss_weights).is_finite() {
             self.restore_backup()?;
         }
@@ -583,6 +682,20 @@ impl GpuTrainer {
         targets: &[ArrayD<f32>],
         rng: Option<&mut Rng>,
     ) -> Result<BatchLosses> {
+        let (batch, flat) = self.flat_targets(tg, spec, inputs, targets)?;
+        let refs: Vec<&[f32]> = flat.iter().map(Vec::as_slice).collect();
+        let outs = pollster::block_on(self.run(tg, spec, mode, inputs, &refs, rng))?;
+        batch_losses(&tg.graph, batch, &outs)
+    }
+
+    /// The batch size and each output's targets flattened, checked against what its loss reads.
+    fn flat_targets(
+        &self,
+        tg: &TrainGraph,
+        spec: &StepSpec,
+        inputs: &[PreparedInput],
+        targets: &[ArrayD<f32>],
+    ) -> Result<(usize, Vec<Vec<f32>>)> {
         let graph = &tg.graph;
         if targets.len() != graph.outputs.len() {
             return Err(Error::Input(format!(
@@ -607,28 +720,7 @@ impl GpuTrainer {
                 )));
             }
         }
-        let refs: Vec<&[f32]> = flat.iter().map(Vec::as_slice).collect();
-        let outs = pollster::block_on(self.run(tg, spec, mode, inputs, &refs, rng))?;
-        let n = graph.outputs.len();
-        let outputs = graph
-            .outputs
-            .iter()
-            .zip(&outs)
-            .map(|(p, v)| {
-                let mut shape = vec![batch];
-                shape.extend_from_slice(&graph.value(p.value).shape);
-                ArrayD::from_shape_vec(IxDyn(&shape), v.clone())
-                    .map_err(|e| Error::Internal(format!("output of the wrong size: {e}")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let first = |v: &Vec<f32>| v.first().copied().unwrap_or(f32::NAN) as f64;
-        let losses = outs[n..2 * n].iter().map(first).collect();
-        let penalty = outs[2 * n..].iter().map(first).sum();
-        Ok(BatchLosses {
-            output_losses: losses,
-            regularization: penalty,
-            outputs,
-        })
+        Ok((batch, flat))
     }
 
     /// Each output's loss (before its weight) and the gradient of every updated parameter on
@@ -731,6 +823,64 @@ impl HostData {
             HostData::Floats(f) => bytemuck::cast_slice(f),
         }
     }
+}
+
+/// A batch uploaded and recorded for one plan, not yet submitted.
+struct PreparedRun {
+    key: (usize, Mode),
+    recorded: super::executor::Recorded,
+    // Open from the uploads to the submit, so errors of either name this batch.
+    scope: ErrorScopes,
+}
+
+/// A submitted batch of one plan.
+struct RunInFlight {
+    key: (usize, Mode),
+    in_flight: super::executor::InFlight,
+}
+
+/// A training step recorded and ready to submit ([`GpuTrainer::prepare_step`]).
+pub struct PreparedStep {
+    run: PreparedRun,
+    batch: usize,
+}
+
+/// A submitted training step ([`GpuTrainer::submit_step`]).
+pub struct StepInFlight {
+    run: RunInFlight,
+    batch: usize,
+}
+
+/// A step's or evaluation's read-back outputs as losses and output arrays: the plan's outputs
+/// are the model's outputs, then each output's loss, then the regularization penalties.
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+fn batch_losses(graph: &Graph, batch: usize, outs: &[Vec<f32>]) -> Result<BatchLosses> {
+    let n = graph.outputs.len();
+    if outs.len() < 2 * n {
+        return Err(Error::Internal(format!(
+            "{} read-back arrays for {n} outputs",
+            outs.len()
+        )));
+    }
+    let outputs = graph
+        .outputs
+        .iter()
+        .zip(outs)
+        .map(|(p, v)| {
+            let mut shape = vec![batch];
+            shape.extend_from_slice(&graph.value(p.value).shape);
+            ArrayD::from_shape_vec(IxDyn(&shape), v.clone())
+                .map_err(|e| Error::Internal(format!("output of the wrong size: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let first = |v: &Vec<f32>| v.first().copied().unwrap_or(f32::NAN) as f64;
+    let losses = outs[n..2 * n].iter().map(first).collect();
+    let penalty = outs[2 * n..].iter().map(first).sum();
+    Ok(BatchLosses {
+        output_losses: losses,
+        regularization: penalty,
+        outputs,
+    })
 }
 
 /// The step's host-made inputs (`TrainPlan::host_inputs`, in order). Noise is drawn in node

@@ -646,23 +646,23 @@ fn gpu_training_from_the_command_line_tracks_the_cpu() {
     for (p, q) in pb.iter().zip(pa.iter()) {
         assert!((p - q).abs() <= 1e-4 * (1.0 + q.abs()), "{p} vs {q}");
     }
-    // A layer GPU training lacks (LayerNormalization) is refused in one line before
+    // A layer GPU training lacks (ConvLSTM2D) is refused in one line before
     // anything is written.
     let grad_dir = fit_dir().join("../grad");
-    let arrays = read_npz(&grad_dir.join("layernorm.npz")).expect("fixture npz");
+    let arrays = read_npz(&grad_dir.join("convlstm2d_last.npz")).expect("fixture npz");
     let get = |k: &str| float(&arrays.iter().find(|(n, _)| n == k).expect(k).1);
-    let (x, y) = (tmp.path().join("ln_x.npy"), tmp.path().join("ln_y.npy"));
+    let (x, y) = (tmp.path().join("cl_x.npy"), tmp.path().join("cl_y.npy"));
     wgnn::npy::write_f32(&x, &get("x0")).unwrap();
     wgnn::npy::write_f32(&y, &get("y0")).unwrap();
-    let out = tmp.path().join("layernorm.keras");
+    let out = tmp.path().join("convlstm2d_last.keras");
     let err = train_json(
-        &grad_dir.join("layernorm.keras"),
+        &grad_dir.join("convlstm2d_last.keras"),
         &x,
         &y,
         &out,
         &["--backend", "gpu"],
     )
-    .expect_err("a LayerNormalization trained on the GPU");
+    .expect_err("a ConvLSTM2D trained on the GPU");
     let line = one_error_line(&err);
     assert!(
         line.contains("layer '") && line.contains("--backend cpu"),

@@ -252,6 +252,82 @@ fn an_mlp_with_l2_and_validation_trains_on_the_gpu_as_on_the_cpu() {
     fit_both("mlp sgd l2", &graph, &train, Some(&val), config);
 }
 
+#[test]
+fn a_cnn_with_batch_norm_and_validation_trains_and_evaluates_on_the_gpu_as_on_the_cpu() {
+    // Validation runs the trainable BatchNormalization on its moving statistics as training
+    // left them in the parameter arena (not as the plan was built).
+    let mut rng = Rng::new(47);
+    let mut chain = Chain::float(&[7, 7, 3]).conv(
+        &mut rng,
+        "c1",
+        5,
+        [3, 3],
+        [1, 1],
+        Padding::Same,
+        Activation::Linear,
+        // No bias before a BatchNormalization: its gradient is rounding noise about zero,
+        // which Adam's normalized step turns into ±lr on either backend at random.
+        false,
+    );
+    let channels = |rng: &mut Rng, offset: f32| {
+        let v = rng.array(&[5], 0.5);
+        v.mapv(|x| x + offset)
+    };
+    let (g, b, m, v) = (
+        channels(&mut rng, 1.0),
+        channels(&mut rng, 0.0),
+        channels(&mut rng, 0.0),
+        channels(&mut rng, 1.0),
+    );
+    let gamma = chain.param("bn/gamma", g);
+    let beta = chain.param("bn/beta", b);
+    let moving_mean = chain.graph.params.add("bn/moving_mean", m, false);
+    let moving_variance = chain.graph.params.add("bn/moving_variance", v, false);
+    let bn = Op::BatchNorm(BatchNorm {
+        axes: vec![2],
+        gamma: Some(gamma),
+        beta: Some(beta),
+        moving_mean,
+        moving_variance,
+        epsilon: 1e-3,
+        momentum: 0.9,
+        trainable: true,
+        unused: vec![],
+    });
+    let graph = chain
+        .op("bn", "BatchNormalization", bn)
+        .op("relu", "Activation", Op::Activation(Activation::RELU))
+        .op("flat", "Flatten", Op::Reshape { shape: vec![245] })
+        .dense(&mut rng, "out", 3, Activation::Softmax)
+        .build();
+    // 45 rows: 36 to train in batches of 16 (a short last batch), 9 to validate.
+    let x = float_input(&mut rng, 45, &[7, 7, 3], 1.0);
+    let data = TrainData {
+        inputs: vec![x],
+        targets: vec![labels(&mut rng, 45, 3)],
+    };
+    let (train, val) = data.split_validation(0.2).unwrap();
+    let config = TrainConfig {
+        epochs: 2,
+        batch_size: 16,
+        shuffle: Shuffle::None,
+        seed: 0,
+        losses: vec![Loss::by_name("sparse_categorical_crossentropy").unwrap()],
+        loss_weights: vec![],
+        optimizer: OptimizerSpec::by_name("adam")
+            .unwrap()
+            .with_learning_rate(0.01),
+        metrics: TrainMetrics::from_names(&["accuracy".into()], &["output".into()]).unwrap(),
+    };
+    fit_both(
+        "cnn batch norm validation",
+        &graph,
+        &train,
+        Some(&val),
+        config,
+    );
+}
+
 /// Ids with many repeats (a small vocabulary), zeros included.
 fn repeated_ids(rng: &mut Rng, batch: usize, timesteps: usize, vocab: usize) -> PreparedInput {
     PreparedInput::Ids(ndarray::Array2::from_shape_fn((batch, timesteps), |_| {

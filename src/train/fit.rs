@@ -639,13 +639,8 @@ impl Trainer {
 
     /// One batch's loss and outputs in inference mode, on the trainer's backend.
     fn evaluate_batch(&mut self, batch: &TrainData) -> Result<super::step::Evaluation> {
-        // A trainable BatchNormalization evaluates on the CPU (its inference forward on the
-        // GPU would read statistics uploaded once); the weights come from the GPU first.
         #[cfg(not(target_arch = "wasm32"))]
-        if self.gpu.is_some() && !crate::gpu::train::plan::evaluates_on_gpu(&self.train_graph.graph)
-        {
-            self.sync()?;
-        } else if self.gpu.is_some() {
+        if self.gpu.is_some() {
             self.check_targets(batch)?;
             self.upload_if_stale()?;
             let spec = crate::gpu::train::StepSpec {

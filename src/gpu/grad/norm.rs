@@ -377,6 +377,82 @@ pub(crate) fn batch_norm_inference_backward(
     )
 }
 
+/// A trainable BatchNormalization evaluated (Keras's `evaluate`, validation data): `y` = x
+/// normalized with the moving statistics as they are in the parameter arena now. The moving
+/// statistics are first laid out as the training forward's `saved` (mean, variance,
+/// 1 / sqrt(variance + eps)) by `batch_norm_reduce` over one chunk of one value each, so the
+/// training forward's `batch_norm_apply` (tf.nn.batch_normalization's order, as the CPU's
+/// inference affine) computes y.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn batch_norm_evaluate_forward(
+    e: &mut dyn Emit,
+    layer: &Node,
+    node: usize,
+    bn: &BatchNorm,
+    batch: usize,
+    item: &[usize],
+    x: BufRef,
+    gamma: Option<BufRef>,
+    beta: Option<BufRef>,
+    moving_mean: BufRef,
+    moving_var: BufRef,
+    y: BufRef,
+) -> Result<()> {
+    if !bn.unused.is_empty() {
+        return Err(layer_error(
+            layer,
+            "renorm",
+            "batch renormalization (renorm=True) is not supported in training",
+        ));
+    }
+    let gamma = bound(layer, "gamma", bn.gamma.is_some(), gamma)?;
+    let beta = bound(layer, "beta", bn.beta.is_some(), beta)?;
+    let l = Layout::of(layer, bn, batch, item)?;
+    check_buffer(e, layer, "x", l.elements())?;
+    if l.elements() == 0 {
+        return Ok(());
+    }
+    let (c, eps, d) = (l.channels, bn.epsilon, BufRef::Dummy);
+    let stats = e.scratch(node, "moving statistics", 3 * c);
+    // One value per channel in one chunk: the "mean" is the moving mean, the "variance" the
+    // moving variance, each divided by 1.
+    let one = Layout {
+        rows: 1,
+        channels: c,
+        inner: 1,
+    };
+    for (mode, moving, what) in [
+        (SUM_X, moving_mean, "mean"),
+        (
+            SUM_SQUARES,
+            moving_var,
+            "variance and 1 / sqrt(variance + eps)",
+        ),
+    ] {
+        e.dispatch(
+            layer,
+            node,
+            Kernel::BatchNormReduce,
+            vec![moving, d, d, d, d, stats],
+            one.words(layer, mode, [eps, 0.0, 0.0], 0)?,
+            linear_workgroups(c, LINEAR_THREADS),
+            format!("batch norm (evaluation): moving {what} of {c} channels"),
+        )?;
+    }
+    let flags = u32::from(bn.gamma.is_some()) * HAS_GAMMA + u32::from(bn.beta.is_some()) * HAS_BETA;
+    e.dispatch(
+        layer,
+        node,
+        Kernel::BatchNormApply,
+        vec![x, stats, gamma, beta, d, y],
+        l.words(layer, 0, [eps, 0.0, 0.0], flags)?,
+        linear_workgroups(l.elements(), LINEAR_THREADS),
+        format!("batch norm (evaluation) over {c} channels"),
+    )?;
+    e.release(stats);
+    Ok(())
+}
+
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use ndarray::{ArrayD, IxDyn};

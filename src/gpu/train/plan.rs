@@ -176,28 +176,6 @@ fn train_error(layer: &Node, message: impl std::fmt::Display) -> Error {
     ))
 }
 
-/// Whether `op`'s forward in training is its inference forward (so the inference kernels run
-/// it), else why not.
-/// A trainable BatchNormalization's forward is replaced by its training forward (batch
-/// statistics) in every mode but evaluation, as a drawing Dropout's is by its noisy forward.
-fn trains_like_inference(op: &GraphOp, mode: Mode) -> std::result::Result<(), String> {
-    match op {
-        GraphOp::BatchNorm(bn) if bn.trainable && mode == Mode::Evaluate => Err(
-            "evaluating a trainable BatchNormalization on its moving statistics is not on the GPU yet"
-                .into(),
-        ),
-        _ => Ok(()),
-    }
-}
-
-/// Whether evaluation (`Mode::Evaluate`) of `graph` runs on the GPU.
-pub fn evaluates_on_gpu(graph: &Graph) -> bool {
-    graph
-        .nodes
-        .iter()
-        .all(|n| trains_like_inference(&n.op, Mode::Evaluate).is_ok())
-}
-
 impl<'a> Builder<'a> {
     fn value_buf(&self, v: ValueId) -> Result<BufRef> {
         self.plan.values[v]
@@ -630,6 +608,43 @@ impl<'a> Builder<'a> {
                     BufRef::Param(bn.moving_variance),
                     y,
                     saved,
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Re-lowers each trainable BatchNormalization's forward for evaluation: on the moving
+    /// statistics read from the parameter arena (the inference forward's scale and shift were
+    /// computed once from the weights the plan was built with).
+    fn batch_norm_evaluate_forwards(&mut self) -> Result<()> {
+        for i in 0..self.graph.nodes.len() {
+            let GraphOp::BatchNorm(bn) = &self.graph.nodes[i].op else {
+                continue;
+            };
+            if !bn.trainable {
+                continue;
+            }
+            let bn = bn.clone();
+            self.replace_forward(i, |b| {
+                let layer = b.layer(i);
+                let (x_value, y_value) = (layer.inputs[0], layer.outputs[0]);
+                let (x, y) = (b.value_buf(x_value)?, b.value_buf(y_value)?);
+                let item = b.graph.value(x_value).shape.clone();
+                let batch = b.batch;
+                grad::norm::batch_norm_evaluate_forward(
+                    b,
+                    &layer,
+                    i,
+                    &bn,
+                    batch,
+                    &item,
+                    x,
+                    bn.gamma.map(BufRef::Param),
+                    bn.beta.map(BufRef::Param),
+                    BufRef::Param(bn.moving_mean),
+                    BufRef::Param(bn.moving_variance),
+                    y,
                 )
             })?;
         }
@@ -1120,11 +1135,6 @@ pub fn build(
     mode: Mode,
 ) -> Result<TrainPlan> {
     let graph = &tg.graph;
-    for node in &graph.nodes {
-        if let Err(why) = trains_like_inference(&node.op, mode) {
-            return Err(train_error(node, why));
-        }
-    }
     if mode != Mode::Seeded && spec.losses.len() != graph.outputs.len() {
         return Err(Error::Internal(format!(
             "{} losses for {} outputs",
@@ -1192,7 +1202,9 @@ pub fn build(
         host_inputs: Vec::new(),
         noise_multiplier: vec![None; graph.nodes.len()],
     };
-    if mode != Mode::Evaluate {
+    if mode == Mode::Evaluate {
+        b.batch_norm_evaluate_forwards()?;
+    } else {
         b.batch_norm_training_forwards()?;
         b.dropout_training_forwards()?;
     }

@@ -35,6 +35,7 @@ const OPTIM_NORM: &str = include_str!("../../shaders/optim_norm.wgsl");
 const LOSS: &str = include_str!("../../shaders/loss.wgsl");
 const NORM_GRAD: &str = include_str!("../../shaders/norm_grad.wgsl");
 const EMBEDDING_GRAD: &str = include_str!("../../shaders/embedding_grad.wgsl");
+const SHAPE_GRAD: &str = include_str!("../../shaders/shape_grad.wgsl");
 
 /// Every GEMM workgroup computes a tile this many rows by this many columns.
 pub const GEMM_TILE: u32 = 64;
@@ -179,6 +180,14 @@ pub enum Kernel {
     RnnBlockCopy,
     /// Recurrent kernel gradient H_inᵀ·dZ, one GEMM group per (direction, gate).
     RnnGemmGrouped,
+    /// dx = dy times a broadcast weight: Rescaling, Normalization backward (shape_grad.wgsl).
+    ScaleGrad,
+    /// An operator node with one constant, backward.
+    ScalarGrad,
+    /// dx = dy summed over blocks: nearest upsampling and RepeatVector backward.
+    BlockSum,
+    /// Bilinear upsampling backward as a gather over the outputs each input reaches.
+    BilinearGrad,
 }
 
 /// How a kernel reads one storage binding.
@@ -254,6 +263,10 @@ impl Kernel {
             Kernel::RnnTrainBackward => "rnn_train_backward",
             Kernel::RnnBlockCopy => "rnn_block_copy",
             Kernel::RnnGemmGrouped => "rnn_gemm_grouped",
+            Kernel::ScaleGrad => "scale_grad",
+            Kernel::ScalarGrad => "scalar_grad",
+            Kernel::BlockSum => "block_sum",
+            Kernel::BilinearGrad => "bilinear_grad",
         }
     }
 
@@ -352,6 +365,9 @@ impl Kernel {
             | Kernel::BatchNormApply
             | Kernel::BatchNormMoving
             | Kernel::BatchNormGrad => &[NORM_GRAD],
+            Kernel::ScaleGrad | Kernel::ScalarGrad | Kernel::BlockSum | Kernel::BilinearGrad => {
+                &[SHAPE_GRAD]
+            }
         };
         let mut source = String::from(COMMON);
         for part in parts {
@@ -442,6 +458,9 @@ impl Kernel {
             Kernel::RnnTrainBackward => &[Read, Read, Read, Read, ReadWrite, ReadWrite],
             Kernel::RnnBlockCopy => &[Read, ReadWrite],
             Kernel::RnnGemmGrouped => &[Read, Read, Read, ReadWrite],
+            Kernel::ScaleGrad | Kernel::ScalarGrad | Kernel::BlockSum | Kernel::BilinearGrad => {
+                &[Read, Read, ReadWrite]
+            }
         }
     }
 
@@ -536,6 +555,9 @@ impl Kernel {
             Kernel::RnnTrainBackward => &["saved", "dy", "ids", "recurrent_kernel", "dz", "aux"],
             Kernel::RnnBlockCopy => &["src", "dst"],
             Kernel::RnnGemmGrouped => &["a", "b", "-", "c"],
+            Kernel::ScaleGrad => &["dy", "scale", "dx"],
+            Kernel::ScalarGrad => &["x", "dy", "dx"],
+            Kernel::BlockSum | Kernel::BilinearGrad => &["dy", "-", "dx"],
         }
     }
 

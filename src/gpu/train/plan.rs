@@ -1117,6 +1117,33 @@ impl<'a> Builder<'a> {
                 }
                 Ok(handed_on)
             }
+            // Token ids in, a mask out: no gradient, as on the CPU.
+            GraphOp::PaddingMask => Ok(false),
+            op if grad::shape::handles(op) => {
+                if self.tg.needs_grad(x_value) {
+                    let layer = self.layer(i);
+                    let x = self.value_buf(x_value)?;
+                    let graph = self.graph;
+                    let x_item = graph.value(x_value).shape.clone();
+                    let y_item = graph.value(node.outputs[0]).shape.clone();
+                    let batch = self.batch;
+                    self.contribute(i, x_value, |b, g| {
+                        grad::shape::backward(
+                            b,
+                            &layer,
+                            i,
+                            &graph.params,
+                            batch,
+                            &x_item,
+                            &y_item,
+                            x,
+                            dy,
+                            g,
+                        )
+                    })?;
+                }
+                Ok(false)
+            }
             other => Err(train_error(
                 node,
                 format!("{} has no GPU backward yet", other.name()),

@@ -806,13 +806,11 @@ impl<'a> Builder<'a> {
             };
             self.replace_forward(i, |b| {
                 let (layer, steps) = b.recurrent_layer(i)?;
-                if layer.outputs.len() != if r.two_outputs() { 2 } else { 1 } {
-                    return Err(train_error(
-                        &layer,
-                        "return_state is not supported by GPU training yet",
-                    ));
-                }
                 let x = b.value_buf(layer.inputs[0])?;
+                let initial = layer.inputs[1..]
+                    .iter()
+                    .map(|&v| b.value_buf(v))
+                    .collect::<Result<Vec<_>>>()?;
                 let ys = layer
                     .outputs
                     .iter()
@@ -836,7 +834,7 @@ impl<'a> Builder<'a> {
                 // The lowering checks the layer's options first: what it refuses is a
                 // training option the GPU lacks, which the CPU path has.
                 grad::recurrent::recurrent_train_forward(
-                    b, &layer, i, &r, batch, x, mask, &cells, &ys, saved, parts,
+                    b, &layer, i, &r, batch, x, mask, &cells, &ys, saved, parts, &initial,
                 )
                 .map_err(|e| match e {
                     Error::Gpu(msg) => Error::Train(format!("{msg}; train it with --backend cpu")),
@@ -878,27 +876,34 @@ impl<'a> Builder<'a> {
                 bias: cell.bias.and_then(|id| target(self, id)),
             });
         }
-        let dx = if self.tg.needs_grad(x_value) {
-            let floats = self.floats(x_value);
-            match self.grad[x_value] {
+        // dx and the initial states' gradients, where needed.
+        let mut input_grad = |b: &mut Self, v: ValueId| -> Option<BufRef> {
+            if !b.tg.needs_grad(v) {
+                return None;
+            }
+            let floats = b.floats(v);
+            match b.grad[v] {
                 None => {
-                    let g = self.scratch(i, "gradient", floats);
-                    self.grad[x_value] = Some(g);
+                    let g = b.scratch(i, "gradient", floats);
+                    b.grad[v] = Some(g);
                     Some(g)
                 }
                 Some(acc) => {
-                    let part = self.scratch(i, "gradient part", floats);
+                    let part = b.scratch(i, "gradient part", floats);
                     adds.push((part, acc, floats));
                     Some(part)
                 }
             }
-        } else {
-            None
         };
+        let dx = input_grad(self, x_value);
+        let dinitial: Vec<Option<BufRef>> = layer.inputs[1..]
+            .iter()
+            .map(|&v| input_grad(self, v))
+            .collect();
         let cells = cell_buffers(r);
         let batch = self.batch * steps;
         grad::recurrent::recurrent_backward(
-            self, &layer, i, r, batch, x, mask, &cells, saved, parts, dys, dx, &grads,
+            self, &layer, i, r, batch, x, mask, &cells, saved, parts, dys, dx, &dinitial, &grads,
         )?;
         for (part, dst, floats) in adds {
             self.accumulate(i, part, dst, floats)?;

@@ -307,3 +307,101 @@ fn time_distributed_recurrent_backward_matches_cpu_after_a_dense() {
         }
     }
 }
+
+/// One direction's (or a Bidirectional's) recurrent op of `spec`, its weights under `name`.
+fn recurrent_op(rng: &mut Rng, graph: &mut Graph, name: &str, spec: &RnnSpec) -> Recurrent {
+    let forward = spec.cell(rng, &mut graph.params, name, spec.go_backwards);
+    let backward = spec
+        .bidirectional
+        .then(|| spec.cell(rng, &mut graph.params, name, !spec.go_backwards));
+    Recurrent {
+        forward,
+        backward,
+        merge_mode: spec.merge,
+        return_sequences: spec.return_sequences,
+        timesteps: spec.timesteps,
+        input_features: spec.features,
+        zero_masked_outputs: spec.zero_masked_outputs
+            || (spec.bidirectional && spec.return_sequences),
+        return_state: false,
+        initial_state: false,
+    }
+}
+
+/// An encoder with return_state whose final states start a decoder (initial_state), both on
+/// the chain's value and mask: outputs the decoder's sequence, the encoder's output and its
+/// first final state (so that state's gradient comes from both the decoder and a seed).
+fn encoder_decoder(rng: &mut Rng, chain: Chain, enc: &RnnSpec, dec: &RnnSpec) -> Graph {
+    let (x, mask) = (chain.x, chain.mask);
+    let mut graph = chain.graph;
+    let mut e = recurrent_op(rng, &mut graph, "encoder", enc);
+    e.return_state = true;
+    let enc_outs = graph
+        .add_node("encoder", "RNN", Op::Recurrent(Box::new(e)), &[x], mask)
+        .unwrap();
+    let mut d = recurrent_op(rng, &mut graph, "decoder", dec);
+    d.initial_state = true;
+    let mut inputs = vec![x];
+    inputs.extend_from_slice(&enc_outs[1..]);
+    let dec_outs = graph
+        .add_node("decoder", "RNN", Op::Recurrent(Box::new(d)), &inputs, mask)
+        .unwrap();
+    graph.add_output("decoded", dec_outs[0]);
+    graph.add_output("encoded", enc_outs[0]);
+    graph.add_output("state", enc_outs[1]);
+    graph.verify().unwrap();
+    graph
+}
+
+#[test]
+fn return_state_and_initial_state_backward_matches_cpu_after_a_dense() {
+    for (k, kind) in CELLS.into_iter().enumerate() {
+        for (batch, timesteps, bidirectional, backwards) in [
+            (1, 1, false, false),
+            (33, 4, false, true),
+            (3, 3, true, false),
+        ] {
+            let mut rng = Rng::new(160 + k as u64);
+            let mut enc = RnnSpec::new(kind, timesteps, 4, 6);
+            enc.go_backwards = backwards;
+            let mut dec = RnnSpec::new(kind, timesteps, 4, 6);
+            dec.return_sequences = true;
+            if bidirectional {
+                enc.bidirectional = true;
+                dec.bidirectional = true;
+                enc.merge = MergeMode::Sum;
+            }
+            let chain = Chain::float(&[timesteps, 3]).dense(&mut rng, "dense", 4, Activation::Tanh);
+            let graph = encoder_decoder(&mut rng, chain, &enc, &dec);
+            let x = float_input(&mut rng, batch, &[timesteps, 3], 1.0);
+            let what = format!(
+                "encoder {} -> decoder {}, batch {batch}",
+                enc.describe(),
+                dec.describe()
+            );
+            if !check_backward(&what, &graph, &[x], true) {
+                return;
+            }
+        }
+    }
+}
+
+#[test]
+fn masked_return_state_and_initial_state_backward_matches_cpu() {
+    for (k, kind) in CELLS.into_iter().enumerate() {
+        let mut rng = Rng::new(180 + k as u64);
+        let enc = RnnSpec::new(kind, 6, 4, 5);
+        let mut dec = RnnSpec::new(kind, 6, 4, 5);
+        dec.return_sequences = true;
+        // Masked steps repeating the previous output would not be the state once it starts
+        // from the encoder's: the GPU needs zero_output_for_mask there.
+        dec.zero_masked_outputs = true;
+        let chain = Chain::ids(6).embedding(&mut rng, "embedding", 9, 4, true);
+        let graph = encoder_decoder(&mut rng, chain, &enc, &dec);
+        let ids = padded_ids(&mut rng, 33, 6, 9);
+        let what = format!("masked encoder {} -> decoder", enc.describe());
+        if !check_backward(&what, &graph, &[ids], false) {
+            return;
+        }
+    }
+}

@@ -37,7 +37,9 @@ struct RnnTrainParams {
     // 0 SimpleRNN, 1 LSTM, 2 GRU reset_after, 3 GRU reset_after=False.
     cell: u32,
     // 1 masked (token id 0 at (n, t)), 2 zeros at masked steps (else the previous output),
-    // 4 return_sequences, 8 staged in workgroup memory, 16 recurrent bias, 32 dy merged.
+    // 4 return_sequences, 8 staged in workgroup memory, 16 recurrent bias, 32 dy merged,
+    // 64 initial states given (in saved's first steps), 128 final states wanted (forward: into
+    // saved at dstate_off), 256 final states' gradients given (backward: in aux's dh, dc).
     flags: u32,
     backwards_bits: u32,
     reverse_bits: u32,
@@ -58,6 +60,9 @@ const SEQUENCES: u32 = 4u;
 const STAGED: u32 = 8u;
 const REC_BIAS: u32 = 16u;
 const DY_MERGED: u32 = 32u;
+const INIT_STATE: u32 = 64u;
+const FINAL_STATE: u32 = 128u;
+const STATE_GRADS: u32 = 256u;
 
 @group(0) @binding(0) var<storage, read_write> saved: array<f32>;
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
@@ -159,12 +164,17 @@ fn rnn_train_forward(
         let r = it / u;
         let j = it % u;
         let n = n0 + r;
-        saved[p.hin_off + unit_row(n, t0, d) + j] = 0.0;
-        if (lstm) {
-            saved[p.cin_off + unit_row(n, t0, d) + j] = 0.0;
+        var h0 = 0.0;
+        if (flag(INIT_STATE)) {
+            h0 = saved[p.hin_off + unit_row(n, t0, d) + j];
+        } else {
+            saved[p.hin_off + unit_row(n, t0, d) + j] = 0.0;
+            if (lstm) {
+                saved[p.cin_off + unit_row(n, t0, d) + j] = 0.0;
+            }
         }
         if (flag(STAGED)) {
-            stage[r * u + j] = 0.0;
+            stage[r * u + j] = h0;
         }
     }
     barriers();
@@ -266,6 +276,13 @@ fn rnn_train_forward(
             if (flag(STAGED)) {
                 stage[((1u - parity) * rpg + r) * u + j] = h_next;
             }
+            if (flag(FINAL_STATE) && s + 1u == p.timesteps) {
+                let fs = p.dstate_off + (n * p.dirs + d) * u + j;
+                saved[fs] = h_next;
+                if (lstm) {
+                    saved[fs + p.batch * p.dirs * u] = select(cp, cn, live);
+                }
+            }
             if (flag(SEQUENCES)) {
                 y[((n * p.timesteps + out_pos(s, d)) * p.dirs + d) * u + j] = out;
             } else if (s + 1u == p.timesteps) {
@@ -340,7 +357,8 @@ fn rnn_train_backward(
     // Each (row, unit)'s dL/dh and dL/dc of the state after the current step: read and
     // written only by the thread that owns the item.
     let dc_off = p.dstate_off + p.batch * p.dirs * u;
-    for (var it = li; it < items; it += THREADS) {
+    // (The final states' gradients, when given, are there already.)
+    for (var it = li; it < items && !flag(STATE_GRADS); it += THREADS) {
         let at = ((n0 + it / u) * p.dirs + d) * u + it % u;
         aux[p.dstate_off + at] = 0.0;
         aux[dc_off + at] = 0.0;

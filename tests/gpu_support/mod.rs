@@ -478,7 +478,12 @@ impl RnnSpec {
             true,
         );
         let bias = self.bias.then(|| {
-            let b = rng.array(&[cols], 0.5);
+            // A reset_after GRU has input and recurrent biases, (2, 3·units).
+            let b = if self.kind == (CellKind::Gru { reset_after: true }) {
+                rng.array(&[2, cols], 0.5)
+            } else {
+                rng.array(&[cols], 0.5)
+            };
             params.add(format!("{prefix}/bias"), b, true)
         });
         RecurrentCell {

@@ -56,6 +56,9 @@ const SEQUENCES: u32 = 4;
 const STAGED: u32 = 8;
 const REC_BIAS: u32 = 16;
 const DY_MERGED: u32 = 32;
+const INIT_STATE: u32 = 64;
+const FINAL_STATE: u32 = 128;
+const STATE_GRADS: u32 = 256;
 
 /// The layer's sizes and where each part of `saved` starts (in floats).
 struct Layout {
@@ -71,6 +74,8 @@ struct Layout {
     cin: usize,
     hr: usize,
     rh: usize,
+    /// return_state: the final h [n][d][unit], then c (LSTM).
+    fin: usize,
     total: usize,
 }
 
@@ -86,9 +91,16 @@ impl Layout {
         let cin = hin + plane;
         let hr = cin + if lstm { plane } else { 0 };
         let rh = hr + if gru { plane } else { 0 };
-        let total = rh
+        let fin = rh
             + if kind == (CellKind::Gru { reset_after: false }) {
                 plane
+            } else {
+                0
+            };
+        let states = batch * dirs * u;
+        let total = fin
+            + if r.return_state {
+                states * if lstm { 2 } else { 1 }
             } else {
                 0
             };
@@ -104,6 +116,7 @@ impl Layout {
             cin,
             hr,
             rh,
+            fin,
             total,
         }
     }
@@ -135,6 +148,43 @@ impl Layout {
     }
 }
 
+/// Floats of the buffer a Bidirectional with merge_mode mul keeps between its training forward
+/// and its backward: both directions' outputs before the product, side by side as concat lays
+/// them out (0: nothing to keep).
+pub(crate) fn recurrent_parts_floats(r: &Recurrent, batch: usize) -> usize {
+    if r.backward.is_some() && r.merge_mode == MergeMode::Multiply {
+        let rows = if r.return_sequences {
+            batch * r.timesteps
+        } else {
+            batch
+        };
+        rows * 2 * r.units()
+    } else {
+        0
+    }
+}
+
+/// (direction, index among the states, offset in a [n][d][unit] plane set: 0 h, 1 c) of each
+/// state in Keras's order (each direction's h, then its c for an LSTM).
+fn state_slots(r: &Recurrent) -> Vec<(usize, usize, bool)> {
+    let mut slots = Vec::new();
+    for (d, cell) in r.cells().enumerate() {
+        for c in 0..cell.kind.states() {
+            slots.push((d, slots.len(), c == 1));
+        }
+    }
+    slots
+}
+
+/// How many main outputs (before any states) the layer has: two for merge_mode None.
+fn main_outputs(r: &Recurrent) -> usize {
+    if r.two_outputs() {
+        2
+    } else {
+        1
+    }
+}
+
 /// Floats of the `saved` buffer [`recurrent_train_forward`] fills and
 /// [`recurrent_backward`] reads, for `batch` sequences: per (row, step, direction) the
 /// gates·units pre-activations and the starting state h, plus the starting carry c (LSTM),
@@ -146,27 +196,12 @@ pub(crate) fn recurrent_saved_floats(r: &Recurrent, batch: usize) -> usize {
 /// What the GPU path supports, else an error naming the layer and the field.
 fn check(layer: &Node, r: &Recurrent, cells: usize, masked: bool) -> Result<()> {
     let refuse = |field: &str, why: &str| Err(layer_error(layer, field, why));
-    if r.return_state {
-        return refuse(
-            "return_state",
-            "GPU training does not support return_state yet",
-        );
-    }
-    if r.initial_state {
+    // Masked steps repeat the previous output, which the time loop takes to be the state: so
+    // it is only while the states start at zero.
+    if r.initial_state && masked && !r.zero_output_for_mask() {
         return refuse(
             "initial_state",
-            "GPU training does not support initial states yet",
-        );
-    }
-    if r.backward.is_some()
-        && !matches!(
-            r.merge_mode,
-            MergeMode::Concat | MergeMode::Sum | MergeMode::Average
-        )
-    {
-        return refuse(
-            "merge_mode",
-            "GPU training supports Bidirectional merge_mode concat, sum and ave",
+            "GPU training supports initial states with a mask only with zero_output_for_mask",
         );
     }
     let first = &r.forward;
@@ -490,8 +525,9 @@ fn release_all(e: &mut dyn Emit, bufs: Vec<BufRef>) {
 /// u32 token ids (N, T) Keras's padding mask comes from (0 = padding), if the layer is masked;
 /// `cells` each direction's weights (forward first). Writes `y` exactly as the inference
 /// forward lays out the node's output (return_sequences, merge mode, go_backwards, masked
-/// steps as Keras: zero or repeat per `r.zero_output_for_mask()`), and `saved`
-/// ([`recurrent_saved_floats`]) for [`recurrent_backward`].
+/// steps as Keras: zero or repeat per `r.zero_output_for_mask()`; `ys` the outputs, two for
+/// merge_mode None), `saved` ([`recurrent_saved_floats`]) and, for merge_mode mul, `parts`
+/// ([`recurrent_parts_floats`]) for [`recurrent_backward`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn recurrent_train_forward(
     e: &mut dyn Emit,
@@ -502,10 +538,29 @@ pub(crate) fn recurrent_train_forward(
     x: BufRef,
     mask_ids: Option<BufRef>,
     cells: &[CellBuffers],
-    y: BufRef,
+    ys: &[BufRef],
     saved: BufRef,
+    parts: Option<BufRef>,
+    initial: &[BufRef],
 ) -> Result<()> {
-    train_forward(e, layer, node, r, batch, x, mask_ids, cells, y, saved, true)
+    train_forward(
+        e, layer, node, r, batch, x, mask_ids, cells, ys, saved, parts, initial, true,
+    )
+}
+
+/// The merge buffers a node's lowering was handed, checked against the layer.
+fn check_outputs(layer: &Node, r: &Recurrent, outputs: usize, parts: Option<BufRef>) -> Result<()> {
+    let want_parts = recurrent_parts_floats(r, 1) > 0;
+    let states = if r.return_state { r.state_count() } else { 0 };
+    if outputs != main_outputs(r) + states || parts.is_some() != want_parts {
+        return Err(Error::Internal(format!(
+            "layer '{}': {outputs} output buffer(s){} for merge_mode {:?}",
+            layer.name,
+            if parts.is_some() { " and parts" } else { "" },
+            r.merge_mode
+        )));
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -518,11 +573,16 @@ fn train_forward(
     x: BufRef,
     mask_ids: Option<BufRef>,
     cells: &[CellBuffers],
-    y: BufRef,
+    ys: &[BufRef],
     saved: BufRef,
+    parts: Option<BufRef>,
+    initial: &[BufRef],
     allow_staging: bool,
 ) -> Result<()> {
     check(layer, r, cells.len(), mask_ids.is_some())?;
+    check_outputs(layer, r, ys.len(), parts)?;
+    check_initial(layer, r, initial.len())?;
+    let (ys, finals) = ys.split_at(main_outputs(r));
     let lay = Layout::new(r, batch);
     if batch == 0 {
         return Ok(());
@@ -552,15 +612,42 @@ fn train_forward(
     if lay.gru_after() && cells[0].bias.is_some() {
         flags |= REC_BIAS;
     }
+    if !initial.is_empty() {
+        // Each direction's initial states as the state its first step starts from.
+        flags |= INIT_STATE;
+        for ((d, _, is_c), &s0) in state_slots(r).into_iter().zip(initial) {
+            let first = if cells_backwards(r, d) { lay.t - 1 } else { 0 };
+            let base = if is_c { lay.cin } else { lay.hin };
+            block_copy(
+                e,
+                layer,
+                node,
+                (s0, 0, u),
+                (
+                    saved,
+                    base + (first * lay.dirs + d) * u,
+                    lay.t * lay.dirs * u,
+                ),
+                batch,
+                u,
+                "initial state",
+            )?;
+        }
+    }
+    if r.return_state {
+        flags |= FINAL_STATE;
+    }
     let out_rows = if r.return_sequences { rows } else { batch };
     let merge = lay.dirs == 2 && r.merge_mode != MergeMode::Concat;
-    let both = if merge {
-        let b = e.scratch(node, "both directions", out_rows * 2 * u);
-        Some(b)
-    } else {
-        None
+    let both = match (merge, parts) {
+        (false, _) => None,
+        (true, Some(kept)) => {
+            check_buffer(e, layer, "both directions", out_rows * 2 * u)?;
+            Some(kept)
+        }
+        (true, None) => Some(e.scratch(node, "both directions", out_rows * 2 * u)),
     };
-    let params = loop_params(layer, r, &lay, rpg, flags, 1.0, 0)?;
+    let params = loop_params(layer, r, &lay, rpg, flags, 1.0, lay.fin)?;
     let groups = batch.div_ceil(rpg);
     let mut detail = format!(
         "{} {u} units x {} direction(s), {} steps in one loop, {rpg} sequence(s) per workgroup",
@@ -580,7 +667,7 @@ fn train_forward(
         Kernel::RnnTrainForward,
         vec![
             saved,
-            both.unwrap_or(y),
+            both.unwrap_or(ys[0]),
             mask_ids.unwrap_or(BufRef::Dummy),
             st.r,
             st.bias,
@@ -591,33 +678,74 @@ fn train_forward(
         detail,
     )?;
     if let Some(both) = both {
-        let mode = match r.merge_mode {
-            MergeMode::Sum => 1,
-            _ => 2,
+        // recurrent.wgsl's rnn_merge modes; merge_mode None: each direction to its output.
+        let modes: &[(u32, &str)] = match r.merge_mode {
+            MergeMode::Sum => &[(1, "merge_mode sum")],
+            MergeMode::Average => &[(2, "merge_mode ave")],
+            MergeMode::Multiply => &[(3, "merge_mode mul")],
+            MergeMode::None | MergeMode::Concat => &[(4, "forward output"), (5, "backward output")],
         };
-        e.dispatch(
+        for (&(mode, what), &y) in modes.iter().zip(ys) {
+            e.dispatch(
+                layer,
+                node,
+                Kernel::RnnMerge,
+                vec![both, y],
+                vec![
+                    word(layer, "rows", out_rows)?,
+                    word(layer, "units", u)?,
+                    mode,
+                    0,
+                ],
+                linear_workgroups(out_rows * u, LINEAR_THREADS),
+                format!("{what} over {out_rows} rows"),
+            )?;
+        }
+        // merge_mode mul keeps both directions' outputs for the backward.
+        if parts.is_none() {
+            e.release(both);
+        }
+    }
+    // return_state: each final state out of `saved`.
+    let plane = batch * lay.dirs * u;
+    for ((d, _, is_c), &dst) in state_slots(r).into_iter().zip(finals) {
+        let at = lay.fin + if is_c { plane } else { 0 } + d * u;
+        block_copy(
+            e,
             layer,
             node,
-            Kernel::RnnMerge,
-            vec![both, y],
-            vec![
-                word(layer, "rows", out_rows)?,
-                word(layer, "units", u)?,
-                mode,
-                0,
-            ],
-            linear_workgroups(out_rows * u, LINEAR_THREADS),
-            format!("merge_mode {:?} over {out_rows} rows", r.merge_mode).to_lowercase(),
+            (saved, at, lay.dirs * u),
+            (dst, 0, u),
+            batch,
+            u,
+            "final state",
         )?;
-        e.release(both);
     }
     release_all(e, st.scratch);
     Ok(())
 }
 
+/// Whether direction `d` runs backwards in time.
+fn cells_backwards(r: &Recurrent, d: usize) -> bool {
+    r.cells().nth(d).is_some_and(|c| c.go_backwards)
+}
+
+/// The initial-state buffers a node's lowering was handed, checked against the layer.
+fn check_initial(layer: &Node, r: &Recurrent, given: usize) -> Result<()> {
+    let want = if r.initial_state { r.state_count() } else { 0 };
+    if given != want {
+        return Err(Error::Internal(format!(
+            "layer '{}': {given} initial state buffer(s), expected {want}",
+            layer.name
+        )));
+    }
+    Ok(())
+}
+
 /// Backpropagation through time of a recurrent node: from `saved` (its training forward's) and
-/// `dy` (the output's gradient, laid out as the output), writes `dx` (N, T, F) and, for each
-/// direction, the parameter gradients asked for in `grads` (forward direction first).
+/// `dys` (the outputs' gradients, laid out as the outputs; two for merge_mode None) and, for
+/// merge_mode mul, the forward's `parts`, writes `dx` (N, T, F) and, for each direction, the
+/// parameter gradients asked for in `grads` (forward direction first).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn recurrent_backward(
     e: &mut dyn Emit,
@@ -629,13 +757,101 @@ pub(crate) fn recurrent_backward(
     mask_ids: Option<BufRef>,
     cells: &[CellBuffers],
     saved: BufRef,
-    dy: BufRef,
+    parts: Option<BufRef>,
+    dys: &[BufRef],
     dx: Option<BufRef>,
+    dinitial: &[Option<BufRef>],
     grads: &[CellGrads],
 ) -> Result<()> {
     backward(
-        e, layer, node, r, batch, x, mask_ids, cells, saved, dy, dx, grads, true,
+        e, layer, node, r, batch, x, mask_ids, cells, saved, parts, dys, dx, dinitial, grads, true,
     )
+}
+
+/// The output gradient as the BPTT reads it: as given for one direction, concat, sum and
+/// ave; else both directions' gradients side by side as concat lays them out (merge_mode
+/// None: the two outputs' gradients; mul: dy times the other direction's output). Returns it
+/// and whether it is a scratch buffer to release.
+fn concat_dy(
+    e: &mut dyn Emit,
+    layer: &Node,
+    node: usize,
+    r: &Recurrent,
+    out_rows: usize,
+    parts: Option<BufRef>,
+    dys: &[BufRef],
+) -> Result<(BufRef, bool)> {
+    let u = r.units();
+    let len = out_rows * 2 * u;
+    match (r.backward.is_some(), r.merge_mode) {
+        (true, MergeMode::None) => {
+            check_buffer(e, layer, "both directions' output gradients", len)?;
+            let cat = e.scratch(node, "both directions' output gradients", len);
+            for (d, &dy) in dys.iter().enumerate() {
+                block_copy(
+                    e,
+                    layer,
+                    node,
+                    (dy, 0, u),
+                    (cat, d * u, 2 * u),
+                    out_rows,
+                    u,
+                    "a direction's output gradient",
+                )?;
+            }
+            Ok((cat, true))
+        }
+        (true, MergeMode::Multiply) => {
+            let both = parts.ok_or_else(|| {
+                Error::Internal(format!(
+                    "layer '{}': merge_mode mul kept no outputs",
+                    layer.name
+                ))
+            })?;
+            check_buffer(e, layer, "both directions' output gradients", len)?;
+            // d(a ⊙ b)/da = b: dy twice side by side, times the outputs with halves swapped.
+            let twice = e.scratch(node, "output gradient twice", len);
+            let swapped = e.scratch(node, "outputs swapped", len);
+            for d in 0..2 {
+                block_copy(
+                    e,
+                    layer,
+                    node,
+                    (dys[0], 0, u),
+                    (twice, d * u, 2 * u),
+                    out_rows,
+                    u,
+                    "output gradient",
+                )?;
+                block_copy(
+                    e,
+                    layer,
+                    node,
+                    (both, (1 - d) * u, 2 * u),
+                    (swapped, d * u, 2 * u),
+                    out_rows,
+                    u,
+                    "the other direction's output",
+                )?;
+            }
+            let cat = e.scratch(node, "both directions' output gradients", len);
+            let mut params = vec![0u32; 4];
+            params.extend([word(layer, "length", len)?, 1, 0, 0]);
+            e.dispatch(
+                layer,
+                node,
+                Kernel::NoiseApply,
+                vec![twice, swapped, BufRef::Dummy, cat],
+                params,
+                linear_workgroups(len, LINEAR_THREADS),
+                format!("merge_mode mul backward over {out_rows} rows"),
+            )?;
+            e.release(twice);
+            e.release(swapped);
+            Ok((cat, true))
+        }
+        _ => Ok((dys[0], false)),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -649,12 +865,17 @@ fn backward(
     mask_ids: Option<BufRef>,
     cells: &[CellBuffers],
     saved: BufRef,
-    dy: BufRef,
+    parts: Option<BufRef>,
+    dys: &[BufRef],
     dx: Option<BufRef>,
+    dinitial: &[Option<BufRef>],
     grads: &[CellGrads],
     allow_staging: bool,
 ) -> Result<()> {
     check(layer, r, cells.len(), mask_ids.is_some())?;
+    check_outputs(layer, r, dys.len(), parts)?;
+    check_initial(layer, r, dinitial.len())?;
+    let (dys, dfinals) = dys.split_at(main_outputs(r));
     if grads.len() != cells.len() {
         return Err(Error::Internal(format!(
             "layer '{}': {} gradient sets for {} directions",
@@ -673,6 +894,8 @@ fn backward(
     check_buffer(e, layer, "dz", rows * dg)?;
     check_buffer(e, layer, "saved", lay.total)?;
     check_buffer(e, layer, "backward state", dzh + state)?;
+    let out_rows = if r.return_sequences { rows } else { batch };
+    let (dy, dy_scratch) = concat_dy(e, layer, node, r, out_rows, parts, dys)?;
     let st = stack(e, layer, node, &lay, cells, dx.is_some())?;
     let dz = e.scratch(node, "dz of every step", rows * dg);
     let aux = e.scratch(node, "recurrent dz and running dh, dc", dzh + state);
@@ -683,10 +906,28 @@ fn backward(
         flags |= STAGED;
     }
     let mut dy_scale = 1.0;
-    if lay.dirs == 2 && r.merge_mode != MergeMode::Concat {
+    if lay.dirs == 2 && matches!(r.merge_mode, MergeMode::Sum | MergeMode::Average) {
         flags |= DY_MERGED;
         if r.merge_mode == MergeMode::Average {
             dy_scale = 0.5;
+        }
+    }
+    if r.return_state {
+        // The final states' gradients are dh, dc after the last step.
+        flags |= STATE_GRADS;
+        let plane = batch * lay.dirs * u;
+        for ((d, _, is_c), &g) in state_slots(r).into_iter().zip(dfinals) {
+            let at = dzh + if is_c { plane } else { 0 } + d * u;
+            block_copy(
+                e,
+                layer,
+                node,
+                (g, 0, u),
+                (aux, at, lay.dirs * u),
+                batch,
+                u,
+                "final state gradient",
+            )?;
         }
     }
     let params = loop_params(layer, r, &lay, rpg, flags, dy_scale, dzh)?;
@@ -710,6 +951,23 @@ fn backward(
         detail,
     )?;
 
+    // After the loop aux holds dh, dc before the first step: the initial states' gradients.
+    let plane = batch * lay.dirs * u;
+    for ((d, _, is_c), g) in state_slots(r).into_iter().zip(dinitial) {
+        if let Some(g) = *g {
+            let at = dzh + if is_c { plane } else { 0 } + d * u;
+            block_copy(
+                e,
+                layer,
+                node,
+                (aux, at, lay.dirs * u),
+                (g, 0, u),
+                batch,
+                u,
+                "initial state gradient",
+            )?;
+        }
+    }
     if let Some(dx) = dx {
         gemm(
             e,
@@ -890,6 +1148,9 @@ fn backward(
         }
     }
     release_all(e, scratch);
+    if dy_scratch {
+        e.release(dy);
+    }
     e.release(dz);
     e.release(aux);
     release_all(e, st.scratch);

@@ -81,8 +81,17 @@ impl ParamLayout {
                 read[bn.moving_mean.0] = true;
                 read[bn.moving_variance.0] = true;
             }
-            // Recurrent layers' training forward and BPTT read each direction's weights.
-            if let crate::graph::Op::Recurrent(r) = &node.op {
+            // Recurrent layers' training forward and BPTT read each direction's weights (also
+            // inside TimeDistributed).
+            let recurrent = match &node.op {
+                crate::graph::Op::Recurrent(r) => Some(r),
+                crate::graph::Op::TimeDistributed { inner } => match &**inner {
+                    crate::graph::Op::Recurrent(r) => Some(r),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some(r) = recurrent {
                 for c in r.cells() {
                     for id in [Some(c.kernel), Some(c.recurrent_kernel), c.bias]
                         .into_iter()

@@ -97,6 +97,8 @@ struct Builder<'a> {
     bn_saved: Vec<Option<BufRef>>,
     /// Each recurrent layer's saved pre-activations and states, kept for its backward.
     rnn_saved: Vec<Option<BufRef>>,
+    /// Each Bidirectional with merge_mode mul's outputs of both directions, for its backward.
+    rnn_parts: Vec<Option<BufRef>>,
     layout: &'a ParamLayout,
     host_inputs: Vec<HostInput>,
     /// Each drawing Dropout's multiplier input (None: it only adds noise).
@@ -809,33 +811,45 @@ impl<'a> Builder<'a> {
     /// inference ops.
     fn recurrent_training_forwards(&mut self) -> Result<()> {
         for i in 0..self.graph.nodes.len() {
-            let GraphOp::Recurrent(r) = &self.graph.nodes[i].op else {
-                continue;
+            let r = match &self.graph.nodes[i].op {
+                GraphOp::Recurrent(r) => r.clone(),
+                GraphOp::TimeDistributed { inner } => match &**inner {
+                    GraphOp::Recurrent(r) => r.clone(),
+                    _ => continue,
+                },
+                _ => continue,
             };
-            let r = r.clone();
             self.replace_forward(i, |b| {
-                let layer = b.layer(i);
-                if layer.outputs.len() != 1 {
-                    return Err(train_error(
-                        &layer,
-                        "return_state is not supported by GPU training yet",
-                    ));
-                }
+                let (layer, steps) = b.recurrent_layer(i)?;
                 let x = b.value_buf(layer.inputs[0])?;
-                let y = b.value_buf(layer.outputs[0])?;
+                let initial = layer.inputs[1..]
+                    .iter()
+                    .map(|&v| b.value_buf(v))
+                    .collect::<Result<Vec<_>>>()?;
+                let ys = layer
+                    .outputs
+                    .iter()
+                    .map(|&v| b.value_buf(v))
+                    .collect::<Result<Vec<_>>>()?;
                 let mask = b.mask_ids(&layer)?;
-                let batch = b.batch;
+                let batch = b.batch * steps;
                 let saved = b.scratch(
                     i,
                     "recurrent states",
                     grad::recurrent::recurrent_saved_floats(&r, batch),
                 );
                 b.rnn_saved[i] = Some(saved);
+                // Kept to the node's backward: never released.
+                let parts = match grad::recurrent::recurrent_parts_floats(&r, batch) {
+                    0 => None,
+                    floats => Some(b.scratch(i, "both directions' outputs", floats)),
+                };
+                b.rnn_parts[i] = parts;
                 let cells = cell_buffers(&r);
                 // The lowering checks the layer's options first: what it refuses is a
                 // training option the GPU lacks, which the CPU path has.
                 grad::recurrent::recurrent_train_forward(
-                    b, &layer, i, &r, batch, x, mask, &cells, y, saved,
+                    b, &layer, i, &r, batch, x, mask, &cells, &ys, saved, parts, &initial,
                 )
                 .map_err(|e| match e {
                     Error::Gpu(msg) => Error::Train(format!("{msg}; train it with --backend cpu")),
@@ -848,13 +862,14 @@ impl<'a> Builder<'a> {
 
     /// BPTT in one call: gradients not written yet go straight to their buffers, the others
     /// (a shared layer's second call) through scratch parts added in after.
-    fn recurrent_backward(&mut self, i: usize, r: &Recurrent, dy: BufRef) -> Result<()> {
-        let layer = self.layer(i);
+    fn recurrent_backward(&mut self, i: usize, r: &Recurrent, dys: &[BufRef]) -> Result<()> {
+        let (layer, steps) = self.recurrent_layer(i)?;
         let x_value = layer.inputs[0];
         let x = self.value_buf(x_value)?;
         let mask = self.mask_ids(&layer)?;
         let saved = self.rnn_saved[i]
             .ok_or_else(|| Error::Internal(format!("'{}' kept no states", layer.name)))?;
+        let parts = self.rnn_parts[i];
         let mut adds: Vec<(BufRef, BufRef, usize)> = Vec::new();
         let mut grads = Vec::new();
         for cell in r.cells() {
@@ -876,33 +891,143 @@ impl<'a> Builder<'a> {
                 bias: cell.bias.and_then(|id| target(self, id)),
             });
         }
-        let dx = if self.tg.needs_grad(x_value) {
-            let floats = self.floats(x_value);
-            match self.grad[x_value] {
+        // dx and the initial states' gradients, where needed.
+        let mut input_grad = |b: &mut Self, v: ValueId| -> Option<BufRef> {
+            if !b.tg.needs_grad(v) {
+                return None;
+            }
+            let floats = b.floats(v);
+            match b.grad[v] {
                 None => {
-                    let g = self.scratch(i, "gradient", floats);
-                    self.grad[x_value] = Some(g);
+                    let g = b.scratch(i, "gradient", floats);
+                    b.grad[v] = Some(g);
                     Some(g)
                 }
                 Some(acc) => {
-                    let part = self.scratch(i, "gradient part", floats);
+                    let part = b.scratch(i, "gradient part", floats);
                     adds.push((part, acc, floats));
                     Some(part)
                 }
             }
-        } else {
-            None
         };
+        let dx = input_grad(self, x_value);
+        let dinitial: Vec<Option<BufRef>> = layer.inputs[1..]
+            .iter()
+            .map(|&v| input_grad(self, v))
+            .collect();
         let cells = cell_buffers(r);
-        let batch = self.batch;
+        let batch = self.batch * steps;
         grad::recurrent::recurrent_backward(
-            self, &layer, i, r, batch, x, mask, &cells, saved, dy, dx, &grads,
+            self, &layer, i, r, batch, x, mask, &cells, saved, parts, dys, dx, &dinitial, &grads,
         )?;
         for (part, dst, floats) in adds {
             self.accumulate(i, part, dst, floats)?;
             self.release(part);
         }
         Ok(())
+    }
+
+    /// Node `i` as its recurrent lowering sees it, and the steps folded into its batch: a
+    /// recurrent layer as it is (1), or TimeDistributed's inner recurrent layer on the N·T
+    /// folded sequences, unmasked as the CPU path runs it (T).
+    fn recurrent_layer(&self, i: usize) -> Result<(Node, usize)> {
+        let layer = self.layer(i);
+        let GraphOp::TimeDistributed { inner } = &layer.op else {
+            return Ok((layer, 1));
+        };
+        let steps = self.graph.value(layer.inputs[0]).shape.first().copied();
+        let steps = steps.unwrap_or(1);
+        let mut inner_layer = layer.clone();
+        inner_layer.op = (**inner).clone();
+        inner_layer.mask = None;
+        Ok((inner_layer, steps))
+    }
+
+    /// A recurrent layer with several outputs (Bidirectional merge_mode None): BPTT from all
+    /// their gradients, zeros for those no loss reaches.
+    fn several_outputs_backward(&mut self, i: usize, dys: Vec<Option<BufRef>>) -> Result<()> {
+        let node = &self.graph.nodes[i];
+        let GraphOp::Recurrent(r) = &node.op else {
+            return Err(train_error(
+                node,
+                "a layer with several outputs has no GPU backward yet",
+            ));
+        };
+        let (r, outputs) = (r.clone(), node.outputs.clone());
+        let mut bufs = Vec::new();
+        for (&v, dy) in outputs.iter().zip(&dys) {
+            bufs.push(match dy {
+                Some(g) => *g,
+                None => {
+                    let g = self.scratch(i, "gradient", self.floats(v));
+                    self.push(Op::Clear { node: i, buffer: g });
+                    g
+                }
+            });
+        }
+        self.recurrent_backward(i, &r, &bufs)?;
+        for g in bufs {
+            self.release(g);
+        }
+        Ok(())
+    }
+
+    /// TimeDistributed: the inner op's backward on the N·T folded items (its parameters'
+    /// gradients summed over every timestep), as the CPU path runs it.
+    fn time_distributed_backward(&mut self, i: usize, inner: &GraphOp, dy: BufRef) -> Result<()> {
+        let layer = self.layer(i);
+        if layer.mask.is_some() {
+            return Err(train_error(
+                &layer,
+                "a masked TimeDistributed has no GPU backward yet",
+            ));
+        }
+        let x_value = layer.inputs[0];
+        let x = self.value_buf(x_value)?;
+        let item = self.graph.value(x_value).shape.clone();
+        let folded = self.batch * item.first().copied().unwrap_or(1);
+        match inner {
+            GraphOp::Recurrent(r) => self.recurrent_backward(i, r, &[dy]),
+            GraphOp::Conv(c) => {
+                let run = |b: &mut Self,
+                           dx: Option<BufRef>,
+                           dk: Option<BufRef>,
+                           db: Option<BufRef>|
+                 -> Result<()> {
+                    let w = BufRef::Param(c.kernel);
+                    grad::conv::conv_backward(b, &layer, i, c, folded, x, w, dy, dx, dk, db)
+                };
+                if self.trainable(c.kernel) {
+                    self.contribute_param(i, c.kernel, |b, g| run(b, None, Some(g), None))?;
+                }
+                if let Some(bias) = c.bias.filter(|&p| self.trainable(p)) {
+                    self.contribute_param(i, bias, |b, g| run(b, None, None, Some(g)))?;
+                }
+                if self.tg.needs_grad(x_value) {
+                    self.contribute(i, x_value, |b, g| run(b, Some(g), None, None))?;
+                }
+                Ok(())
+            }
+            GraphOp::Pool(p) if self.tg.needs_grad(x_value) => {
+                self.contribute(i, x_value, |b, g| {
+                    grad::pool::pool_backward(b, &layer, i, p, folded, x, dy, g)
+                })
+            }
+            // The item's leading time axis is one more batch axis to the global pooling.
+            GraphOp::GlobalPool { op, rank, .. } if self.tg.needs_grad(x_value) => {
+                let batch = self.batch;
+                self.contribute(i, x_value, |b, g| {
+                    grad::pool::global_pool_backward(
+                        b, &layer, i, *op, *rank, &item, batch, x, dy, g, None,
+                    )
+                })
+            }
+            GraphOp::Pool(_) | GraphOp::GlobalPool { .. } => Ok(()),
+            other => Err(train_error(
+                &layer,
+                format!("TimeDistributed({}) has no GPU backward yet", other.name()),
+            )),
+        }
     }
 
     fn batch_norm_backward(&mut self, i: usize, bn: &BatchNorm, dy: BufRef) -> Result<()> {
@@ -1035,7 +1160,12 @@ impl<'a> Builder<'a> {
             }
             GraphOp::Recurrent(r) => {
                 let r = r.clone();
-                self.recurrent_backward(i, &r, dy)?;
+                self.recurrent_backward(i, &r, &[dy])?;
+                Ok(false)
+            }
+            GraphOp::TimeDistributed { inner } => {
+                let inner = (**inner).clone();
+                self.time_distributed_backward(i, &inner, dy)?;
                 Ok(false)
             }
             GraphOp::BatchNorm(bn) if node.mask.is_none() => {
@@ -1225,6 +1355,7 @@ pub fn build(
         capture: None,
         bn_saved: vec![None; graph.nodes.len()],
         rnn_saved: vec![None; graph.nodes.len()],
+        rnn_parts: vec![None; graph.nodes.len()],
         layout,
         host_inputs: Vec::new(),
         noise_multiplier: vec![None; graph.nodes.len()],
@@ -1260,10 +1391,12 @@ pub fn build(
             }
             let node = &graph.nodes[i];
             if node.outputs.len() != 1 {
-                return Err(train_error(
-                    node,
-                    "a layer with several outputs has no GPU backward yet",
-                ));
+                let dys: Vec<Option<BufRef>> =
+                    node.outputs.iter().map(|&v| b.grad[v].take()).collect();
+                if dys.iter().any(Option::is_some) {
+                    b.several_outputs_backward(i, dys)?;
+                }
+                continue;
             }
             let Some(dy) = b.grad[node.outputs[0]].take() else {
                 continue;
@@ -1346,7 +1479,13 @@ pub fn target_floats(loss: &Loss, item_shape: &[usize], batch: usize) -> usize {
 
 /// The parameter a forward weight buffer holds as it is (no folding or stacking), if any.
 pub fn param_of(graph: &Graph, node: usize, role: WeightRole) -> Option<ParamId> {
-    match (&graph.nodes[node].op, role) {
+    op_param(&graph.nodes[node].op, role)
+}
+
+fn op_param(op: &GraphOp, role: WeightRole) -> Option<ParamId> {
+    match (op, role) {
+        // The inner op's weights, as its lowering binds them on the folded items.
+        (GraphOp::TimeDistributed { inner }, role) => op_param(inner, role),
         (GraphOp::Dense(d), WeightRole::Kernel) => Some(d.kernel),
         (GraphOp::Dense(d), WeightRole::Bias) => d.bias,
         (GraphOp::Conv(c), WeightRole::Kernel) => Some(c.kernel),

@@ -299,7 +299,18 @@ fn check(r: &mut KernelRunner, c: &Case) {
     let (x_buf, y_buf, saved, dy_buf, dx_buf) = (b(0), b(yi), b(si), b(dyi), Some(b(dxi)));
     if c.staging {
         recurrent_train_forward(
-            &mut e, node, 0, rec, n, x_buf, ids_buf, &cell_bufs, y_buf, saved,
+            &mut e,
+            node,
+            0,
+            rec,
+            n,
+            x_buf,
+            ids_buf,
+            &cell_bufs,
+            &[y_buf],
+            saved,
+            None,
+            &[],
         )
         .expect("forward lowering");
         recurrent_backward(
@@ -312,14 +323,28 @@ fn check(r: &mut KernelRunner, c: &Case) {
             ids_buf,
             &cell_bufs,
             saved,
-            dy_buf,
+            None,
+            &[dy_buf],
             dx_buf,
+            &[],
             &cell_grads,
         )
         .expect("backward lowering");
     } else {
         train_forward(
-            &mut e, node, 0, rec, n, x_buf, ids_buf, &cell_bufs, y_buf, saved, false,
+            &mut e,
+            node,
+            0,
+            rec,
+            n,
+            x_buf,
+            ids_buf,
+            &cell_bufs,
+            &[y_buf],
+            saved,
+            None,
+            &[],
+            false,
         )
         .expect("forward lowering");
         backward(
@@ -332,8 +357,10 @@ fn check(r: &mut KernelRunner, c: &Case) {
             ids_buf,
             &cell_bufs,
             saved,
-            dy_buf,
+            None,
+            &[dy_buf],
             dx_buf,
+            &[],
             &cell_grads,
             false,
         )
@@ -522,16 +549,25 @@ fn unsupported_configurations_are_refused() {
         let mut rec = (**base).clone();
         edit(&mut rec);
         let mut e = TestEmit::new(limits, 4);
-        let err = recurrent_train_forward(&mut e, node, 0, &rec, 2, b(0), None, &cells, b(1), b(2))
-            .unwrap_err()
-            .to_string();
+        let err = recurrent_train_forward(
+            &mut e,
+            node,
+            0,
+            &rec,
+            2,
+            b(0),
+            None,
+            &cells,
+            &[b(1)],
+            b(2),
+            None,
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("layer 'rnn'") && err.contains(field), "{err}");
         assert!(e.ops.is_empty(), "{field}: nothing emitted");
     };
-    with(&|r| r.return_state = true, "return_state");
-    with(&|r| r.initial_state = true, "initial_state");
-    with(&|r| r.merge_mode = MergeMode::Multiply, "merge_mode");
-    with(&|r| r.merge_mode = MergeMode::None, "merge_mode");
     with(&|r| r.forward.dropout.input = 0.2, "dropout");
     with(
         &|r| r.backward.as_mut().unwrap().units = 4,

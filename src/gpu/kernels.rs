@@ -34,6 +34,7 @@ const OPTIM: &str = include_str!("../../shaders/optim.wgsl");
 const OPTIM_NORM: &str = include_str!("../../shaders/optim_norm.wgsl");
 const LOSS: &str = include_str!("../../shaders/loss.wgsl");
 const NORM_GRAD: &str = include_str!("../../shaders/norm_grad.wgsl");
+const LAYER_NORM_GRAD: &str = include_str!("../../shaders/layer_norm_grad.wgsl");
 const EMBEDDING_GRAD: &str = include_str!("../../shaders/embedding_grad.wgsl");
 
 /// Every GEMM workgroup computes a tile this many rows by this many columns.
@@ -170,6 +171,15 @@ pub enum Kernel {
     BatchNormMoving,
     /// BatchNormalization input gradient (training, or frozen on the moving statistics).
     BatchNormGrad,
+    /// LayerNormalization / GroupNormalization training: each group's statistics and gradient
+    /// sums (layer_norm_grad.wgsl).
+    NormRowStats,
+    /// LayerNormalization / GroupNormalization input gradient.
+    NormRowGrad,
+    /// LayerNormalization / GroupNormalization weight gradients: partial sums over chunks.
+    NormWeightSums,
+    /// LayerNormalization / GroupNormalization weight gradients: the chunks summed in order.
+    NormWeightReduce,
     /// Training: a recurrent layer's whole time loop in one dispatch, keeping every step's
     /// pre-activations and states (gpu/grad/recurrent.rs, recurrent_grad.wgsl).
     RnnTrainForward,
@@ -250,6 +260,10 @@ impl Kernel {
             Kernel::BatchNormApply => "batch_norm_apply",
             Kernel::BatchNormMoving => "batch_norm_moving",
             Kernel::BatchNormGrad => "batch_norm_grad",
+            Kernel::NormRowStats => "norm_row_stats",
+            Kernel::NormRowGrad => "norm_row_grad",
+            Kernel::NormWeightSums => "norm_weight_sums",
+            Kernel::NormWeightReduce => "norm_weight_reduce",
             Kernel::RnnTrainForward => "rnn_train_forward",
             Kernel::RnnTrainBackward => "rnn_train_backward",
             Kernel::RnnBlockCopy => "rnn_block_copy",
@@ -352,6 +366,10 @@ impl Kernel {
             | Kernel::BatchNormApply
             | Kernel::BatchNormMoving
             | Kernel::BatchNormGrad => &[NORM_GRAD],
+            Kernel::NormRowStats
+            | Kernel::NormRowGrad
+            | Kernel::NormWeightSums
+            | Kernel::NormWeightReduce => &[LAYER_NORM_GRAD],
         };
         let mut source = String::from(COMMON);
         for part in parts {
@@ -437,6 +455,10 @@ impl Kernel {
             | Kernel::BatchNormApply
             | Kernel::BatchNormMoving
             | Kernel::BatchNormGrad => &[Read, Read, Read, Read, Read, ReadWrite],
+            Kernel::NormRowStats
+            | Kernel::NormRowGrad
+            | Kernel::NormWeightSums
+            | Kernel::NormWeightReduce => &[Read, Read, Read, Read, ReadWrite],
             // Binding 5 is unused (so both time loops put their uniform at binding 6).
             Kernel::RnnTrainForward => &[ReadWrite, ReadWrite, Read, Read, Read, Read],
             Kernel::RnnTrainBackward => &[Read, Read, Read, Read, ReadWrite, ReadWrite],
@@ -532,6 +554,10 @@ impl Kernel {
             Kernel::BatchNormApply => &["x", "stats", "gamma", "beta", "-", "y"],
             Kernel::BatchNormMoving => &["stats", "-", "-", "-", "-", "moving"],
             Kernel::BatchNormGrad => &["x", "dy", "stats", "sums", "gamma", "dx"],
+            Kernel::NormRowStats => &["x", "dy", "gamma", "-", "stats"],
+            Kernel::NormRowGrad => &["x", "dy", "gamma", "stats", "dx"],
+            Kernel::NormWeightSums => &["x", "dy", "stats", "-", "partials"],
+            Kernel::NormWeightReduce => &["partials", "-", "-", "-", "out"],
             Kernel::RnnTrainForward => &["saved", "y", "ids", "recurrent_kernel", "bias", "-"],
             Kernel::RnnTrainBackward => &["saved", "dy", "ids", "recurrent_kernel", "dz", "aux"],
             Kernel::RnnBlockCopy => &["src", "dst"],

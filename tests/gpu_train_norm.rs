@@ -215,3 +215,42 @@ fn group_norm_backward_on_images_and_vectors_matches_cpu() {
         group_norm(c, rng, 7, true, true)
     });
 }
+
+/// A BatchNormalization reached by a padding mask (Keras's masked moments) has no GPU training
+/// forward yet: it is refused up front, naming the layer and the mask, never approximated.
+#[test]
+fn masked_batch_norm_is_refused() {
+    let mut rng = Rng::new(8);
+    let mut chain = Chain::ids(6).embedding(&mut rng, "emb", 9, 5, true);
+    let gamma = chain.param("bn/gamma", rng.array(&[5], 0.5) + 1.0);
+    let beta = chain.param("bn/beta", rng.array(&[5], 0.5));
+    let moving_mean = chain.param("bn/moving_mean", rng.array(&[5], 0.5));
+    let moving_variance = chain.param("bn/moving_variance", rng.array(&[5], 0.5) + 1.0);
+    for id in [moving_mean, moving_variance] {
+        chain.graph.params.set_trainable(id, false);
+    }
+    let op = Op::BatchNorm(BatchNorm {
+        axes: vec![1],
+        gamma: Some(gamma),
+        beta: Some(beta),
+        moving_mean,
+        moving_variance,
+        epsilon: 1e-3,
+        momentum: 0.99,
+        trainable: true,
+        unused: Vec::new(),
+    });
+    let graph = chain.op("bn", "BatchNormalization", op).build();
+    assert!(graph.nodes.last().is_some_and(|n| n.mask.is_some()));
+    let tg = wgnn::train::step::TrainGraph::new(&graph).expect("train graph");
+    let ids = gpu_support::padded_ids(&mut rng, 5, 6, 9);
+    let Some(mut gpu) = gpu_support::trainer(&tg) else {
+        return;
+    };
+    let dys = gpu_support::seeds(&mut rng, &tg.graph, 5);
+    let err = gpu
+        .seeded_gradients(&tg, &[ids], &dys, &mut wgnn::train::Rng::new(1))
+        .expect_err("a masked BatchNormalization is refused");
+    let msg = err.to_string();
+    assert!(msg.contains("'bn'") && msg.contains("mask"), "{msg}");
+}

@@ -34,6 +34,7 @@ const OPTIM: &str = include_str!("../../shaders/optim.wgsl");
 const OPTIM_NORM: &str = include_str!("../../shaders/optim_norm.wgsl");
 const LOSS: &str = include_str!("../../shaders/loss.wgsl");
 const NORM_GRAD: &str = include_str!("../../shaders/norm_grad.wgsl");
+const LAYER_NORM_GRAD: &str = include_str!("../../shaders/layer_norm_grad.wgsl");
 const EMBEDDING_GRAD: &str = include_str!("../../shaders/embedding_grad.wgsl");
 const SHAPE_GRAD: &str = include_str!("../../shaders/shape_grad.wgsl");
 
@@ -171,6 +172,15 @@ pub enum Kernel {
     BatchNormMoving,
     /// BatchNormalization input gradient (training, or frozen on the moving statistics).
     BatchNormGrad,
+    /// LayerNormalization / GroupNormalization training: each group's statistics and gradient
+    /// sums (layer_norm_grad.wgsl).
+    NormRowStats,
+    /// LayerNormalization / GroupNormalization input gradient.
+    NormRowGrad,
+    /// LayerNormalization / GroupNormalization weight gradients: partial sums over chunks.
+    NormWeightSums,
+    /// LayerNormalization / GroupNormalization weight gradients: the chunks summed in order.
+    NormWeightReduce,
     /// Training: a recurrent layer's whole time loop in one dispatch, keeping every step's
     /// pre-activations and states (gpu/grad/recurrent.rs, recurrent_grad.wgsl).
     RnnTrainForward,
@@ -259,6 +269,10 @@ impl Kernel {
             Kernel::BatchNormApply => "batch_norm_apply",
             Kernel::BatchNormMoving => "batch_norm_moving",
             Kernel::BatchNormGrad => "batch_norm_grad",
+            Kernel::NormRowStats => "norm_row_stats",
+            Kernel::NormRowGrad => "norm_row_grad",
+            Kernel::NormWeightSums => "norm_weight_sums",
+            Kernel::NormWeightReduce => "norm_weight_reduce",
             Kernel::RnnTrainForward => "rnn_train_forward",
             Kernel::RnnTrainBackward => "rnn_train_backward",
             Kernel::RnnBlockCopy => "rnn_block_copy",
@@ -368,6 +382,10 @@ impl Kernel {
             Kernel::ScaleGrad | Kernel::ScalarGrad | Kernel::BlockSum | Kernel::BilinearGrad => {
                 &[SHAPE_GRAD]
             }
+            Kernel::NormRowStats
+            | Kernel::NormRowGrad
+            | Kernel::NormWeightSums
+            | Kernel::NormWeightReduce => &[LAYER_NORM_GRAD],
         };
         let mut source = String::from(COMMON);
         for part in parts {
@@ -453,6 +471,10 @@ impl Kernel {
             | Kernel::BatchNormApply
             | Kernel::BatchNormMoving
             | Kernel::BatchNormGrad => &[Read, Read, Read, Read, Read, ReadWrite],
+            Kernel::NormRowStats
+            | Kernel::NormRowGrad
+            | Kernel::NormWeightSums
+            | Kernel::NormWeightReduce => &[Read, Read, Read, Read, ReadWrite],
             // Binding 5 is unused (so both time loops put their uniform at binding 6).
             Kernel::RnnTrainForward => &[ReadWrite, ReadWrite, Read, Read, Read, Read],
             Kernel::RnnTrainBackward => &[Read, Read, Read, Read, ReadWrite, ReadWrite],
@@ -551,6 +573,10 @@ impl Kernel {
             Kernel::BatchNormApply => &["x", "stats", "gamma", "beta", "-", "y"],
             Kernel::BatchNormMoving => &["stats", "-", "-", "-", "-", "moving"],
             Kernel::BatchNormGrad => &["x", "dy", "stats", "sums", "gamma", "dx"],
+            Kernel::NormRowStats => &["x", "dy", "gamma", "-", "stats"],
+            Kernel::NormRowGrad => &["x", "dy", "gamma", "stats", "dx"],
+            Kernel::NormWeightSums => &["x", "dy", "stats", "-", "partials"],
+            Kernel::NormWeightReduce => &["partials", "-", "-", "-", "out"],
             Kernel::RnnTrainForward => &["saved", "y", "ids", "recurrent_kernel", "bias", "-"],
             Kernel::RnnTrainBackward => &["saved", "dy", "ids", "recurrent_kernel", "dz", "aux"],
             Kernel::RnnBlockCopy => &["src", "dst"],

@@ -1067,6 +1067,47 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
+    /// LayerNormalization / GroupNormalization: the weight and input gradients each computed
+    /// only where needed.
+    fn row_norm_backward(&mut self, i: usize, dy: BufRef) -> Result<()> {
+        let layer = self.layer(i);
+        let (op, gamma, beta) = match &layer.op {
+            GraphOp::LayerNorm(l) => (grad::layer_norm::RowNorm::Layer(l), l.gamma, l.beta),
+            GraphOp::GroupNorm(g) => (grad::layer_norm::RowNorm::Group(g), g.gamma, g.beta),
+            _ => return Err(Error::Internal("not a layer or group normalization".into())),
+        };
+        let x_value = layer.inputs[0];
+        let item = self.graph.value(x_value).shape.clone();
+        let batch = self.batch;
+        let x = self.value_buf(x_value)?;
+        let run = |b: &mut Self, dx, dgamma, dbeta| {
+            grad::layer_norm::row_norm_backward(
+                b,
+                &layer,
+                i,
+                op,
+                batch,
+                &item,
+                x,
+                dy,
+                gamma.map(BufRef::Param),
+                dx,
+                dgamma,
+                dbeta,
+            )
+        };
+        if let Some(id) = gamma.filter(|&p| self.trainable(p)) {
+            self.contribute_param(i, id, |b, g| run(b, None, Some(g), None))?;
+        }
+        if let Some(id) = beta.filter(|&p| self.trainable(p)) {
+            self.contribute_param(i, id, |b, g| run(b, None, None, Some(g)))?;
+        }
+        if self.tg.needs_grad(x_value) {
+            self.contribute(i, x_value, |b, g| run(b, Some(g), None, None))?;
+        }
+        Ok(())
+    }
+
     /// Conv / DepthwiseConv / ConvTranspose: the input, kernel and bias gradients each
     /// computed only where needed (a shared layer's second call adds into its gradients).
     fn conv_family_backward(&mut self, i: usize, dy: BufRef) -> Result<()> {
@@ -1171,6 +1212,10 @@ impl<'a> Builder<'a> {
             GraphOp::BatchNorm(bn) if node.mask.is_none() => {
                 let bn = bn.clone();
                 self.batch_norm_backward(i, &bn, dy)?;
+                Ok(false)
+            }
+            GraphOp::LayerNorm(_) | GraphOp::GroupNorm(_) => {
+                self.row_norm_backward(i, dy)?;
                 Ok(false)
             }
             GraphOp::Concat { axis } => {
@@ -1495,6 +1540,10 @@ fn op_param(op: &GraphOp, role: WeightRole) -> Option<ParamId> {
         (GraphOp::ConvTranspose(c), WeightRole::Kernel) => Some(c.kernel),
         (GraphOp::ConvTranspose(c), WeightRole::Bias) => c.bias,
         (GraphOp::Embedding(e), WeightRole::Table) => Some(e.table),
+        (GraphOp::LayerNorm(l), WeightRole::Scale) => l.gamma,
+        (GraphOp::LayerNorm(l), WeightRole::Offset) => l.beta,
+        (GraphOp::GroupNorm(g), WeightRole::Scale) => g.gamma,
+        (GraphOp::GroupNorm(g), WeightRole::Offset) => g.beta,
         _ => None,
     }
 }

@@ -8,12 +8,11 @@
 mod common;
 mod gpu_support;
 
-use gpu_support::{assert_close, check_backward, float_input, Chain, Rng, ALL_ACTIVATIONS};
-use ndarray::ArrayD;
+use gpu_support::{check_backward, fit_both, float_input, labels, Chain, Rng, ALL_ACTIVATIONS};
 use wgnn::graph::*;
 use wgnn::train::optim::OptimizerSpec;
 use wgnn::train::train_metrics::TrainMetrics;
-use wgnn::train::{Loss, Quiet, Shuffle, TrainBackend, TrainConfig, TrainData, Trainer};
+use wgnn::train::{Loss, Shuffle, TrainConfig, TrainData};
 use wgnn::PreparedInput;
 
 #[test]
@@ -98,68 +97,6 @@ fn a_value_read_twice_sums_its_gradients() {
     let graph = chain.build();
     let x = float_input(&mut rng, 3, &[6], 1.0);
     check_backward("a value read twice", &graph, &[x], true);
-}
-
-/// `fit` with `config` on the CPU and on the GPU from the same weights: every epoch's loss,
-/// metric and validation loss within 1e-4 relative, and the trained weights within
-/// 1e-4·(1 + |cpu|). Returns false when the GPU is missing outside CI.
-fn fit_both(
-    what: &str,
-    graph: &Graph,
-    data: &TrainData,
-    val: Option<&TrainData>,
-    config: TrainConfig,
-) -> bool {
-    let mut cpu = Trainer::new(graph, config.clone()).unwrap_or_else(|e| panic!("{what}: {e}"));
-    let gpu_backend = TrainBackend::Gpu { adapter: None };
-    let mut gpu = match Trainer::on(graph, config, gpu_backend) {
-        Ok(t) => t,
-        Err(e) if common::no_adapter_outside_ci(&e) => return false,
-        Err(e) => panic!("{what}: gpu trainer: {e}"),
-    };
-    let h_cpu = cpu
-        .fit(data, val, &mut Quiet)
-        .unwrap_or_else(|e| panic!("{what}: cpu fit: {e}"));
-    let h_gpu = gpu
-        .fit(data, val, &mut Quiet)
-        .unwrap_or_else(|e| panic!("{what}: gpu fit: {e}"));
-    let rel = |g: f64, c: f64| (g - c).abs() / c.abs().max(1e-12);
-    for (e, (g, c)) in h_gpu.epochs.iter().zip(&h_cpu.epochs).enumerate() {
-        assert!(
-            rel(g.loss, c.loss) <= 1e-4,
-            "{what}: epoch {e} loss gpu {} vs cpu {}",
-            g.loss,
-            c.loss
-        );
-        for ((name, gv), (_, cv)) in g.metrics.iter().zip(&c.metrics) {
-            assert!(
-                (gv - cv).abs() <= 1e-4 * (1.0 + cv.abs()),
-                "{what}: epoch {e} {name}: gpu {gv} vs cpu {cv}"
-            );
-        }
-        if let (Some(gv), Some(cv)) = (g.val_loss, c.val_loss) {
-            assert!(
-                rel(gv, cv) <= 1e-4,
-                "{what}: epoch {e} val_loss gpu {gv} vs cpu {cv}"
-            );
-        }
-        println!("{what}: epoch {e}: loss gpu {} cpu {}", g.loss, c.loss);
-    }
-    assert_eq!(h_gpu.epochs.len(), h_cpu.epochs.len());
-    for (id, p) in cpu.params().iter() {
-        let g = gpu.params().get(id).to_owned();
-        assert_close(&format!("{what}: trained {}", p.name), &g, &p.value);
-    }
-    let moved = cpu
-        .params()
-        .iter()
-        .any(|(id, p)| p.trainable && p.value != graph.params.get(id));
-    assert!(moved, "{what}: training changed no weight");
-    true
-}
-
-fn labels(rng: &mut Rng, n: usize, classes: usize) -> ArrayD<f32> {
-    ArrayD::from_shape_fn(ndarray::IxDyn(&[n]), |_| rng.below(classes) as f32)
 }
 
 #[test]

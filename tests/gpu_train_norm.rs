@@ -254,3 +254,47 @@ fn masked_batch_norm_is_refused() {
     let msg = err.to_string();
     assert!(msg.contains("'bn'") && msg.contains("mask"), "{msg}");
 }
+
+#[test]
+fn a_model_with_layer_and_group_norm_trains_on_the_gpu_as_on_the_cpu() {
+    // The optimizer steps the normalizations' gamma / beta in the parameter arena, and the
+    // next step's forward reads them there.
+    use wgnn::train::optim::OptimizerSpec;
+    use wgnn::train::train_metrics::TrainMetrics;
+    use wgnn::train::{Loss, Shuffle, TrainConfig, TrainData};
+    let mut rng = Rng::new(61);
+    let chain = Chain::float(&[6, 5]).dense(&mut rng, "d1", 8, Activation::Tanh);
+    let chain = layer_norm(
+        chain,
+        &mut rng,
+        LayerNormKind::Standard,
+        &[1],
+        true,
+        true,
+        1e-3,
+    );
+    let chain = group_norm(chain, &mut rng, 4, true, true);
+    let graph = chain
+        .op("flat", "Flatten", Op::Reshape { shape: vec![48] })
+        .dense(&mut rng, "out", 3, Activation::Softmax)
+        .build();
+    let x = float_input(&mut rng, 45, &[6, 5], 1.0);
+    let data = TrainData {
+        inputs: vec![x],
+        targets: vec![gpu_support::labels(&mut rng, 45, 3)],
+    };
+    let (train, val) = data.split_validation(0.2).unwrap();
+    let config = TrainConfig {
+        epochs: 2,
+        batch_size: 16,
+        shuffle: Shuffle::None,
+        seed: 0,
+        losses: vec![Loss::by_name("sparse_categorical_crossentropy").unwrap()],
+        loss_weights: vec![],
+        optimizer: OptimizerSpec::by_name("adam")
+            .unwrap()
+            .with_learning_rate(0.01),
+        metrics: TrainMetrics::from_names(&["accuracy".into()], &["output".into()]).unwrap(),
+    };
+    gpu_support::fit_both("layer + group norm", &graph, &train, Some(&val), config);
+}

@@ -35,6 +35,7 @@ const OPTIM_NORM: &str = include_str!("../../shaders/optim_norm.wgsl");
 const LOSS: &str = include_str!("../../shaders/loss.wgsl");
 const NORM_GRAD: &str = include_str!("../../shaders/norm_grad.wgsl");
 const EMBEDDING_GRAD: &str = include_str!("../../shaders/embedding_grad.wgsl");
+const MERGE_GRAD: &str = include_str!("../../shaders/merge_grad.wgsl");
 
 /// Every GEMM workgroup computes a tile this many rows by this many columns.
 pub const GEMM_TILE: u32 = 64;
@@ -179,6 +180,19 @@ pub enum Kernel {
     RnnBlockCopy,
     /// Recurrent kernel gradient H_inᵀ·dZ, one GEMM group per (direction, gate).
     RnnGemmGrouped,
+    /// Training, the merge family (gpu/grad/merge.rs, merge_grad.wgsl): one step of a merge's
+    /// fold backwards, one operand's gradient.
+    MergeGradStep,
+    /// A gradient summed over the axes its value was broadcast along, scaled (no atomics).
+    MergeGradSum,
+    /// Dot backward: one operand's rows, dy times the other operand's rows.
+    DotGrad,
+    /// Dot backward through the L2 normalization of its rows (normalize=True).
+    NormalizeRowsGrad,
+    /// PReLU backward: dx, or alpha's gradient before the sum over the shared axes.
+    PReluGrad,
+    /// Softmax / log_softmax over any contiguous axes backward (the Softmax layer).
+    SoftmaxAxesGrad,
 }
 
 /// How a kernel reads one storage binding.
@@ -254,6 +268,12 @@ impl Kernel {
             Kernel::RnnTrainBackward => "rnn_train_backward",
             Kernel::RnnBlockCopy => "rnn_block_copy",
             Kernel::RnnGemmGrouped => "rnn_gemm_grouped",
+            Kernel::MergeGradStep => "merge_grad_step",
+            Kernel::MergeGradSum => "merge_grad_sum",
+            Kernel::DotGrad => "dot_grad",
+            Kernel::NormalizeRowsGrad => "normalize_rows_grad",
+            Kernel::PReluGrad => "prelu_grad",
+            Kernel::SoftmaxAxesGrad => "softmax_axes_grad",
         }
     }
 
@@ -352,6 +372,12 @@ impl Kernel {
             | Kernel::BatchNormApply
             | Kernel::BatchNormMoving
             | Kernel::BatchNormGrad => &[NORM_GRAD],
+            Kernel::MergeGradStep
+            | Kernel::MergeGradSum
+            | Kernel::DotGrad
+            | Kernel::NormalizeRowsGrad
+            | Kernel::PReluGrad
+            | Kernel::SoftmaxAxesGrad => &[MERGE_GRAD],
         };
         let mut source = String::from(COMMON);
         for part in parts {
@@ -442,6 +468,12 @@ impl Kernel {
             Kernel::RnnTrainBackward => &[Read, Read, Read, Read, ReadWrite, ReadWrite],
             Kernel::RnnBlockCopy => &[Read, ReadWrite],
             Kernel::RnnGemmGrouped => &[Read, Read, Read, ReadWrite],
+            Kernel::MergeGradStep
+            | Kernel::MergeGradSum
+            | Kernel::DotGrad
+            | Kernel::NormalizeRowsGrad
+            | Kernel::PReluGrad
+            | Kernel::SoftmaxAxesGrad => &[Read, Read, Read, ReadWrite],
         }
     }
 
@@ -536,6 +568,12 @@ impl Kernel {
             Kernel::RnnTrainBackward => &["saved", "dy", "ids", "recurrent_kernel", "dz", "aux"],
             Kernel::RnnBlockCopy => &["src", "dst"],
             Kernel::RnnGemmGrouped => &["a", "b", "-", "c"],
+            Kernel::MergeGradStep => &["a", "b", "g", "d operand"],
+            Kernel::MergeGradSum => &["g", "-", "-", "sum"],
+            Kernel::DotGrad => &["dy", "rows", "-", "d rows"],
+            Kernel::NormalizeRowsGrad => &["rows", "-", "-", "d rows"],
+            Kernel::PReluGrad => &["x", "alpha", "dy", "d"],
+            Kernel::SoftmaxAxesGrad => &["y", "dy", "-", "dx"],
         }
     }
 

@@ -10,6 +10,7 @@ pub(crate) mod norm;
 pub(crate) mod optim;
 pub(crate) mod pool;
 pub(crate) mod recurrent;
+pub(crate) mod softmax;
 
 use crate::error::{Error, Result};
 use crate::graph::Node;

@@ -267,7 +267,7 @@ fn dot_backward_matches_cpu() {
                 normalize,
             });
             let (graph, shapes) = branches(&mut rng, &items, &dense, "Dot", op);
-            let batch = if (c + normalize as usize) % 2 == 0 {
+            let batch = if (c + normalize as usize).is_multiple_of(2) {
                 33
             } else {
                 1
@@ -349,7 +349,7 @@ fn prelu_backward_matches_cpu_with_shared_axes() {
         for trainable in [true, false] {
             let mut rng = Rng::new(70 + c as u64);
             let (graph, input) = prelu_graph(&mut rng, *conv, alpha, trainable);
-            let batch = if (c + trainable as usize) % 2 == 0 {
+            let batch = if (c + trainable as usize).is_multiple_of(2) {
                 33
             } else {
                 1
@@ -402,7 +402,11 @@ fn softmax_layer_backward_matches_cpu_over_any_axes() {
                 .dense(&mut rng, "dense", *item.last().unwrap(), Activation::Linear)
                 .op("softmax", "Softmax", op)
                 .build();
-            let batch = if (c + log as usize) % 2 == 0 { 33 } else { 1 };
+            let batch = if (c + log as usize).is_multiple_of(2) {
+                33
+            } else {
+                1
+            };
             let x = float_input(&mut rng, batch, &input, 2.0);
             let what = format!("Softmax {item:?} axes {axes:?} log {log}, batch {batch}");
             if !check_backward(&what, &graph, &[x], true) {

@@ -415,3 +415,53 @@ fn softmax_layer_backward_matches_cpu_over_any_axes() {
         }
     }
 }
+
+#[test]
+fn a_prelu_model_trains_on_the_gpu_as_on_the_cpu() {
+    // The forward must read alpha from the parameter arena, where the optimizer updates it.
+    use wgnn::train::optim::OptimizerSpec;
+    use wgnn::train::train_metrics::TrainMetrics;
+    use wgnn::train::{Loss, Quiet, Shuffle, TrainBackend, TrainConfig, TrainData, Trainer};
+    let mut rng = Rng::new(83);
+    let (graph, input) = prelu_graph(&mut rng, false, &[1, 7], true);
+    let data = TrainData {
+        inputs: vec![float_input(&mut rng, 24, &input, 1.0)],
+        targets: vec![rng.array(&[24, 4, 7], 1.0)],
+    };
+    let config = TrainConfig {
+        epochs: 3,
+        batch_size: 8,
+        shuffle: Shuffle::None,
+        seed: 0,
+        losses: vec![Loss::by_name("mse").unwrap()],
+        loss_weights: vec![],
+        optimizer: OptimizerSpec::by_name("sgd")
+            .unwrap()
+            .with_learning_rate(0.5),
+        metrics: TrainMetrics::from_names(&[], &["output".into()]).unwrap(),
+    };
+    let mut cpu = Trainer::new(&graph, config.clone()).unwrap();
+    let mut gpu = match Trainer::on(&graph, config, TrainBackend::Gpu { adapter: None }) {
+        Ok(t) => t,
+        Err(e) if common::no_adapter_outside_ci(&e) => return,
+        Err(e) => panic!("gpu trainer: {e}"),
+    };
+    let h_cpu = cpu.fit(&data, None, &mut Quiet).unwrap();
+    let h_gpu = gpu.fit(&data, None, &mut Quiet).unwrap();
+    for (e, (g, c)) in h_gpu.epochs.iter().zip(&h_cpu.epochs).enumerate() {
+        let rel = (g.loss - c.loss).abs() / c.loss.abs().max(1e-12);
+        assert!(
+            rel <= 1e-4,
+            "epoch {e}: loss gpu {} vs cpu {}",
+            g.loss,
+            c.loss
+        );
+    }
+    for (id, p) in cpu.params().iter() {
+        let g = gpu.params().get(id).to_owned();
+        gpu_support::assert_close(&format!("trained {}", p.name), &g, &p.value);
+        if p.name == "prelu/alpha" {
+            assert!(p.value != graph.params.get(id), "alpha moved");
+        }
+    }
+}

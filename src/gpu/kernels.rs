@@ -37,6 +37,7 @@ const NORM_GRAD: &str = include_str!("../../shaders/norm_grad.wgsl");
 const LAYER_NORM_GRAD: &str = include_str!("../../shaders/layer_norm_grad.wgsl");
 const EMBEDDING_GRAD: &str = include_str!("../../shaders/embedding_grad.wgsl");
 const SHAPE_GRAD: &str = include_str!("../../shaders/shape_grad.wgsl");
+const MERGE_GRAD: &str = include_str!("../../shaders/merge_grad.wgsl");
 
 /// Every GEMM workgroup computes a tile this many rows by this many columns.
 pub const GEMM_TILE: u32 = 64;
@@ -198,6 +199,19 @@ pub enum Kernel {
     BlockSum,
     /// Bilinear upsampling backward as a gather over the outputs each input reaches.
     BilinearGrad,
+    /// Training, the merge family (gpu/grad/merge.rs, merge_grad.wgsl): one step of a merge's
+    /// fold backwards, one operand's gradient.
+    MergeGradStep,
+    /// A gradient summed over the axes its value was broadcast along, scaled (no atomics).
+    MergeGradSum,
+    /// Dot backward: one operand's rows, dy times the other operand's rows.
+    DotGrad,
+    /// Dot backward through the L2 normalization of its rows (normalize=True).
+    NormalizeRowsGrad,
+    /// PReLU backward: dx, or alpha's gradient before the sum over the shared axes.
+    PReluGrad,
+    /// Softmax / log_softmax over any contiguous axes backward (the Softmax layer).
+    SoftmaxAxesGrad,
 }
 
 /// How a kernel reads one storage binding.
@@ -281,6 +295,12 @@ impl Kernel {
             Kernel::ScalarGrad => "scalar_grad",
             Kernel::BlockSum => "block_sum",
             Kernel::BilinearGrad => "bilinear_grad",
+            Kernel::MergeGradStep => "merge_grad_step",
+            Kernel::MergeGradSum => "merge_grad_sum",
+            Kernel::DotGrad => "dot_grad",
+            Kernel::NormalizeRowsGrad => "normalize_rows_grad",
+            Kernel::PReluGrad => "prelu_grad",
+            Kernel::SoftmaxAxesGrad => "softmax_axes_grad",
         }
     }
 
@@ -386,6 +406,12 @@ impl Kernel {
             | Kernel::NormRowGrad
             | Kernel::NormWeightSums
             | Kernel::NormWeightReduce => &[LAYER_NORM_GRAD],
+            Kernel::MergeGradStep
+            | Kernel::MergeGradSum
+            | Kernel::DotGrad
+            | Kernel::NormalizeRowsGrad
+            | Kernel::PReluGrad
+            | Kernel::SoftmaxAxesGrad => &[MERGE_GRAD],
         };
         let mut source = String::from(COMMON);
         for part in parts {
@@ -483,6 +509,12 @@ impl Kernel {
             Kernel::ScaleGrad | Kernel::ScalarGrad | Kernel::BlockSum | Kernel::BilinearGrad => {
                 &[Read, Read, ReadWrite]
             }
+            Kernel::MergeGradStep
+            | Kernel::MergeGradSum
+            | Kernel::DotGrad
+            | Kernel::NormalizeRowsGrad
+            | Kernel::PReluGrad
+            | Kernel::SoftmaxAxesGrad => &[Read, Read, Read, ReadWrite],
         }
     }
 
@@ -584,6 +616,12 @@ impl Kernel {
             Kernel::ScaleGrad => &["dy", "scale", "dx"],
             Kernel::ScalarGrad => &["x", "dy", "dx"],
             Kernel::BlockSum | Kernel::BilinearGrad => &["dy", "-", "dx"],
+            Kernel::MergeGradStep => &["a", "b", "g", "d operand"],
+            Kernel::MergeGradSum => &["g", "-", "-", "sum"],
+            Kernel::DotGrad => &["dy", "rows", "-", "d rows"],
+            Kernel::NormalizeRowsGrad => &["rows", "-", "-", "d rows"],
+            Kernel::PReluGrad => &["x", "alpha", "dy", "d"],
+            Kernel::SoftmaxAxesGrad => &["y", "dy", "-", "dx"],
         }
     }
 

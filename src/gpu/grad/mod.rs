@@ -12,6 +12,7 @@ pub(crate) mod optim;
 pub(crate) mod pool;
 pub(crate) mod recurrent;
 pub(crate) mod shape;
+pub(crate) mod softmax;
 
 use crate::error::{Error, Result};
 use crate::graph::Node;

@@ -12,8 +12,8 @@ use std::fmt::Write as _;
 
 use crate::error::{Error, Result};
 use crate::graph::{
-    Activation, BatchNorm, BinaryOp, DType, Dense, Embedding, Graph, Node, Op as GraphOp, ParamId,
-    Penalized, Recurrent, ValueId,
+    Activation, BatchNorm, BinaryOp, DType, Dense, Embedding, Graph, Merge, Node, Op as GraphOp,
+    ParamId, Penalized, Recurrent, ValueId,
 };
 use crate::train::loss::LossKind;
 use crate::train::optim::OptimizerSpec;
@@ -1152,6 +1152,55 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
+    /// A merge (Add ... Minimum, Average, masked) other than a plain same-shape Add: the fold
+    /// walked back from the last input, each input's share summed over its broadcast axes.
+    fn merge_backward(&mut self, i: usize, m: &Merge, dy: BufRef) -> Result<()> {
+        let layer = self.layer(i);
+        let inputs = layer.inputs.clone();
+        let needs: Vec<bool> = inputs.iter().map(|&v| self.tg.needs_grad(v)).collect();
+        let Some(lowest) = needs.iter().position(|&n| n) else {
+            return Ok(());
+        };
+        let mask = match (m.masked, layer.mask) {
+            (true, Some(mv)) => {
+                // As the forward: Keras masks Multiply, Maximum and Minimum, by the token ids.
+                let out = &self.graph.value(layer.outputs[0]).shape;
+                let ids = self.value_buf(mv)?;
+                let fits = matches!(ids, BufRef::Input(_))
+                    && out.len() == 2
+                    && self.graph.value(mv).shape[..] == out[..1];
+                if !fits || m.average || m.op == BinaryOp::Add || m.op == BinaryOp::Subtract {
+                    return Err(train_error(
+                        &layer,
+                        "a masked merge other than Multiply / Maximum / Minimum on the model's token ids has no GPU backward yet",
+                    ));
+                }
+                Some(grad::merge::MergeMask { ids })
+            }
+            _ => None,
+        };
+        let shapes: Vec<Vec<usize>> = inputs
+            .iter()
+            .map(|&v| self.graph.value(v).shape.clone())
+            .collect();
+        let out = self.graph.value(layer.outputs[0]).shape.clone();
+        let xs = inputs
+            .iter()
+            .map(|&v| self.value_buf(v))
+            .collect::<Result<Vec<_>>>()?;
+        let batch = self.batch;
+        let mut walk = grad::merge::MergeBackward::new(
+            self, &layer, i, m, batch, &shapes, &out, &xs, mask, dy, lowest,
+        )?;
+        for k in (0..inputs.len()).rev() {
+            if needs[k] {
+                self.contribute(i, inputs[k], |b, g| walk.input(b, k, g))?;
+            }
+        }
+        walk.finish(self);
+        Ok(())
+    }
+
     /// Node `i`'s backward from the gradient `dy` of its (only) output. Returns whether `dy`'s
     /// buffer was handed on to an input (so it must not be freed).
     fn node_backward(&mut self, i: usize, dy: BufRef) -> Result<bool> {
@@ -1315,6 +1364,85 @@ impl<'a> Builder<'a> {
                             dy,
                             g,
                         )
+                    })?;
+                }
+                Ok(false)
+            }
+            GraphOp::Merge(m) => {
+                let m = *m;
+                self.merge_backward(i, &m, dy)?;
+                Ok(false)
+            }
+            GraphOp::Dot(d) => {
+                let d = *d;
+                let layer = self.layer(i);
+                let inputs = node.inputs.clone();
+                let shapes: Vec<Vec<usize>> = inputs
+                    .iter()
+                    .map(|&v| self.graph.value(v).shape.clone())
+                    .collect();
+                let xs = [self.value_buf(inputs[0])?, self.value_buf(inputs[1])?];
+                let batch = self.batch;
+                for (side, &v) in inputs.iter().enumerate() {
+                    if !self.tg.needs_grad(v) {
+                        continue;
+                    }
+                    self.contribute(i, v, |b, g| {
+                        grad::softmax::dot_backward(
+                            b,
+                            &layer,
+                            i,
+                            &d,
+                            batch,
+                            [&shapes[0], &shapes[1]],
+                            xs,
+                            dy,
+                            side,
+                            g,
+                        )
+                    })?;
+                }
+                Ok(false)
+            }
+            GraphOp::PRelu(p) => {
+                let alpha = p.alpha;
+                let layer = self.layer(i);
+                let x = self.value_buf(x_value)?;
+                let item = self.graph.value(x_value).shape.clone();
+                let alpha_shape = self.graph.params.param(alpha).value.shape().to_vec();
+                let batch = self.batch;
+                let run = |b: &mut Self, dx, dalpha| {
+                    grad::softmax::prelu_backward(
+                        b,
+                        &layer,
+                        i,
+                        batch,
+                        &item,
+                        &alpha_shape,
+                        x,
+                        BufRef::Param(alpha),
+                        dy,
+                        dx,
+                        dalpha,
+                    )
+                };
+                if self.trainable(alpha) {
+                    self.contribute_param(i, alpha, |b, g| run(b, None, Some(g)))?;
+                }
+                if self.tg.needs_grad(x_value) {
+                    self.contribute(i, x_value, |b, g| run(b, Some(g), None))?;
+                }
+                Ok(false)
+            }
+            GraphOp::Softmax(s) => {
+                let s = s.clone();
+                if self.tg.needs_grad(x_value) {
+                    let layer = self.layer(i);
+                    let y = self.value_buf(node.outputs[0])?;
+                    let item = self.graph.value(x_value).shape.clone();
+                    let batch = self.batch;
+                    self.contribute(i, x_value, |b, g| {
+                        grad::softmax::softmax_backward(b, &layer, i, &s, batch, &item, y, dy, g)
                     })?;
                 }
                 Ok(false)
@@ -1544,6 +1672,7 @@ fn op_param(op: &GraphOp, role: WeightRole) -> Option<ParamId> {
         (GraphOp::LayerNorm(l), WeightRole::Offset) => l.beta,
         (GraphOp::GroupNorm(g), WeightRole::Scale) => g.gamma,
         (GraphOp::GroupNorm(g), WeightRole::Offset) => g.beta,
+        (GraphOp::PRelu(p), WeightRole::Scale) => Some(p.alpha),
         _ => None,
     }
 }

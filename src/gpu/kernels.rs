@@ -22,6 +22,7 @@ const COPY: &str = include_str!("../../shaders/copy.wgsl");
 const MASK: &str = include_str!("../../shaders/mask.wgsl");
 const NORM: &str = include_str!("../../shaders/norm.wgsl");
 const CONV_LSTM: &str = include_str!("../../shaders/conv_lstm.wgsl");
+const CONV_LSTM_GRAD: &str = include_str!("../../shaders/conv_lstm_grad.wgsl");
 const MATMUL_GRAD: &str = include_str!("../../shaders/matmul_grad.wgsl");
 const GRAD: &str = include_str!("../../shaders/grad.wgsl");
 const ACT_GRAD: &str = include_str!("../../shaders/act_grad.wgsl");
@@ -105,6 +106,11 @@ pub enum Kernel {
     RnnCopy,
     /// One ConvLSTM timestep's gates and state update (the convolutions run on Conv2d).
     ConvLstmGates,
+    /// Training: the ConvLSTM gates that also keep each step's pre-activations, carry and
+    /// starting h for BPTT (conv_lstm_grad.wgsl, gpu/grad/conv_lstm.rs).
+    ConvLstmGatesTrain,
+    /// Training: one ConvLSTM step's dL/d(pre-activations) and carry gradient.
+    ConvLstmGatesGrad,
     /// C = Aᵀ·B (a Dense kernel gradient Xᵀ·dY), split-K partials through SplitKReduce.
     MatmulAt,
     /// C = A·Bᵀ (a Dense input gradient dY·Wᵀ).
@@ -251,6 +257,8 @@ impl Kernel {
             Kernel::SoftmaxAxes => "softmax_axes",
             Kernel::RnnCopy => "rnn_copy",
             Kernel::ConvLstmGates => "conv_lstm_gates",
+            Kernel::ConvLstmGatesTrain => "conv_lstm_gates_train",
+            Kernel::ConvLstmGatesGrad => "conv_lstm_gates_grad",
             Kernel::MatmulAt => "matmul_at",
             Kernel::MatmulBt => "matmul_bt",
             Kernel::ActivationGrad => "activation_grad",
@@ -346,6 +354,7 @@ impl Kernel {
             | Kernel::GroupNorm
             | Kernel::SoftmaxAxes => &[NORM],
             Kernel::ConvLstmGates => &[CONV_LSTM],
+            Kernel::ConvLstmGatesTrain | Kernel::ConvLstmGatesGrad => &[ACT_GRAD, CONV_LSTM_GRAD],
             Kernel::MatmulAt => &[
                 UNGROUPED,
                 GEMM,
@@ -456,6 +465,10 @@ impl Kernel {
             | Kernel::GroupNorm
             | Kernel::SoftmaxAxes => &[ReadWrite, Read, Read],
             Kernel::ConvLstmGates => &[Read, Read, ReadWrite, ReadWrite, ReadWrite],
+            Kernel::ConvLstmGatesTrain => &[
+                Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite, ReadWrite,
+            ],
+            Kernel::ConvLstmGatesGrad => &[Read, Read, Read, ReadWrite, ReadWrite, ReadWrite],
             Kernel::ConvGradInput
             | Kernel::ConvGradWeights
             | Kernel::ConvTransposeGradInput
@@ -547,6 +560,8 @@ impl Kernel {
             Kernel::SoftmaxAxes => &["x", "-", "-"],
             Kernel::RnnCopy => &["src", "dst"],
             Kernel::ConvLstmGates => &["xz", "hz", "h", "c", "y"],
+            Kernel::ConvLstmGatesTrain => &["xz", "hz", "h", "c", "y", "tape", "h_in"],
+            Kernel::ConvLstmGatesGrad => &["tape", "dy", "dh_later", "dc", "dz_step", "dz_all"],
             Kernel::ConvGradInput => &["dy", "kernel", "dx"],
             Kernel::ConvGradWeights => &["x", "dy", "dkernel"],
             Kernel::ConvTransposeGradInput => &["dy", "kernel", "dx"],

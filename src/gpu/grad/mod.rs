@@ -4,6 +4,7 @@
 //! [`Emit`]: the training plan's builder, or a test's.
 
 pub(crate) mod conv;
+pub(crate) mod conv_lstm;
 pub(crate) mod layer_norm;
 pub(crate) mod loss;
 pub(crate) mod merge;

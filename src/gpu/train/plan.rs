@@ -12,8 +12,8 @@ use std::fmt::Write as _;
 
 use crate::error::{Error, Result};
 use crate::graph::{
-    Activation, BatchNorm, BinaryOp, DType, Dense, Embedding, Graph, Merge, Node, Op as GraphOp,
-    ParamId, Penalized, Recurrent, ValueId,
+    Activation, BatchNorm, BinaryOp, ConvLstm, DType, Dense, Embedding, Graph, Merge, Node,
+    Op as GraphOp, ParamId, Penalized, Recurrent, ValueId,
 };
 use crate::train::loss::LossKind;
 use crate::train::optim::OptimizerSpec;
@@ -99,6 +99,8 @@ struct Builder<'a> {
     rnn_saved: Vec<Option<BufRef>>,
     /// Each Bidirectional with merge_mode mul's outputs of both directions, for its backward.
     rnn_parts: Vec<Option<BufRef>>,
+    /// Each ConvLSTM's tape and starting states, kept for its backward.
+    conv_lstm_saved: Vec<Option<grad::conv_lstm::Saved>>,
     layout: &'a ParamLayout,
     host_inputs: Vec<HostInput>,
     /// Each drawing Dropout's multiplier input (None: it only adds noise).
@@ -860,6 +862,108 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
+    /// Re-lowers the forward of each ConvLSTM that runs its backward as its training forward
+    /// (the inference ops, keeping every step for BPTT).
+    fn conv_lstm_training_forwards(&mut self) -> Result<()> {
+        for i in 0..self.graph.nodes.len() {
+            let GraphOp::ConvLstm(c) = &self.graph.nodes[i].op else {
+                continue;
+            };
+            if !self.tg.runs_backward(i) {
+                continue;
+            }
+            let c = (**c).clone();
+            let inference: Vec<Op> = self
+                .plan
+                .ops
+                .iter()
+                .filter(|op| op_node(op) == i)
+                .cloned()
+                .collect();
+            self.replace_forward(i, |b| {
+                let layer = b.layer(i);
+                let batch = b.batch;
+                // Kept to the node's backward, which releases them.
+                let saved = grad::conv_lstm::Saved {
+                    tape: b.scratch(i, "ConvLSTM tape", grad::conv_lstm::tape_floats(&c, batch)),
+                    h_in: b.scratch(
+                        i,
+                        "ConvLSTM starting states",
+                        grad::conv_lstm::h_in_floats(&c, batch),
+                    ),
+                };
+                b.conv_lstm_saved[i] = Some(saved);
+                grad::conv_lstm::training_forward(b, &layer, i, &c, batch, inference, saved)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// ConvLSTM BPTT in one call, as [`Self::recurrent_backward`]: gradients not written yet
+    /// go straight to their buffers, the others through scratch parts added in after.
+    fn conv_lstm_backward(&mut self, i: usize, c: &ConvLstm, dy: BufRef) -> Result<()> {
+        let layer = self.layer(i);
+        let x_value = layer.inputs[0];
+        let x = self.value_buf(x_value)?;
+        let saved = self.conv_lstm_saved[i]
+            .ok_or_else(|| Error::Internal(format!("'{}' kept no states", layer.name)))?;
+        let mut adds: Vec<(BufRef, BufRef, usize)> = Vec::new();
+        let mut target = |b: &mut Self, id: ParamId| -> Option<BufRef> {
+            if !b.trainable(id) {
+                return None;
+            }
+            if !std::mem::replace(&mut b.param_written[id.0], true) {
+                return Some(BufRef::ParamGrad(id));
+            }
+            let floats = b.graph.params.len_of(id);
+            let part = b.scratch(i, "parameter gradient part", floats);
+            adds.push((part, BufRef::ParamGrad(id), floats));
+            Some(part)
+        };
+        let mut grads = grad::conv_lstm::Grads {
+            dx: None,
+            kernel: target(self, c.kernel),
+            recurrent_kernel: target(self, c.recurrent_kernel),
+            bias: c.bias.and_then(|id| target(self, id)),
+        };
+        if self.tg.needs_grad(x_value) {
+            let floats = self.floats(x_value);
+            grads.dx = Some(match self.grad[x_value] {
+                None => {
+                    let g = self.scratch(i, "gradient", floats);
+                    self.grad[x_value] = Some(g);
+                    g
+                }
+                Some(acc) => {
+                    let part = self.scratch(i, "gradient part", floats);
+                    adds.push((part, acc, floats));
+                    part
+                }
+            });
+        }
+        let batch = self.batch;
+        grad::conv_lstm::conv_lstm_backward(
+            self,
+            &layer,
+            i,
+            c,
+            batch,
+            x,
+            BufRef::Param(c.kernel),
+            BufRef::Param(c.recurrent_kernel),
+            dy,
+            saved,
+            grads,
+        )?;
+        for (part, dst, floats) in adds {
+            self.accumulate(i, part, dst, floats)?;
+            self.release(part);
+        }
+        self.release(saved.tape);
+        self.release(saved.h_in);
+        Ok(())
+    }
+
     /// BPTT in one call: gradients not written yet go straight to their buffers, the others
     /// (a shared layer's second call) through scratch parts added in after.
     fn recurrent_backward(&mut self, i: usize, r: &Recurrent, dys: &[BufRef]) -> Result<()> {
@@ -1253,6 +1357,11 @@ impl<'a> Builder<'a> {
                 self.recurrent_backward(i, &r, &[dy])?;
                 Ok(false)
             }
+            GraphOp::ConvLstm(c) => {
+                let c = (**c).clone();
+                self.conv_lstm_backward(i, &c, dy)?;
+                Ok(false)
+            }
             GraphOp::TimeDistributed { inner } => {
                 let inner = (**inner).clone();
                 self.time_distributed_backward(i, &inner, dy)?;
@@ -1529,6 +1638,7 @@ pub fn build(
         bn_saved: vec![None; graph.nodes.len()],
         rnn_saved: vec![None; graph.nodes.len()],
         rnn_parts: vec![None; graph.nodes.len()],
+        conv_lstm_saved: vec![None; graph.nodes.len()],
         layout,
         host_inputs: Vec::new(),
         noise_multiplier: vec![None; graph.nodes.len()],
@@ -1538,6 +1648,7 @@ pub fn build(
     } else {
         b.batch_norm_training_forwards()?;
         b.dropout_training_forwards()?;
+        b.conv_lstm_training_forwards()?;
     }
     // Recurrent layers run their training forward in every mode: it reads the weights from
     // the arena (the inference forward reads stacked copies uploaded once) and keeps what
@@ -1673,6 +1784,9 @@ fn op_param(op: &GraphOp, role: WeightRole) -> Option<ParamId> {
         (GraphOp::GroupNorm(g), WeightRole::Scale) => g.gamma,
         (GraphOp::GroupNorm(g), WeightRole::Offset) => g.beta,
         (GraphOp::PRelu(p), WeightRole::Scale) => Some(p.alpha),
+        (GraphOp::ConvLstm(c), WeightRole::Kernel) => Some(c.kernel),
+        (GraphOp::ConvLstm(c), WeightRole::Bias) => c.bias,
+        (GraphOp::ConvLstm(c), WeightRole::RecurrentKernel) => Some(c.recurrent_kernel),
         _ => None,
     }
 }

@@ -10,8 +10,11 @@
 mod common;
 mod gpu_support;
 
-use gpu_support::{check_backward, float_input, Chain, ConvLstmSpec, Rng};
+use gpu_support::{check_backward, fit_both, float_input, Chain, ConvLstmSpec, Rng};
 use wgnn::graph::*;
+use wgnn::train::optim::OptimizerSpec;
+use wgnn::train::train_metrics::TrainMetrics;
+use wgnn::train::{Loss, Shuffle, TrainConfig, TrainData};
 
 /// `spec` after a Dense from 3 channels to the layer's channels, checked at each batch.
 fn check(what: &str, spec: &ConvLstmSpec, batches: &[usize]) -> bool {
@@ -128,4 +131,37 @@ fn conv_lstm2d_many_filters() {
     let mut spec = ConvLstmSpec::new_2d(2, [3, 4, 8], 9, [3, 3]);
     spec.return_sequences = true;
     check("ConvLSTM2D", &spec, &[3]);
+}
+
+/// Training steps end to end: the optimizer updates the ConvLSTM's weights in the parameter
+/// arena, which the next step's forward reads; a short last batch takes a second plan.
+#[test]
+fn conv_lstm2d_fit_matches_cpu() {
+    let mut rng = Rng::new(21);
+    let mut spec = ConvLstmSpec::new_2d(3, [3, 4, 2], 3, [2, 2]);
+    spec.go_backwards = true;
+    let graph = Chain::float(&[3, 3, 4, 3])
+        .dense(&mut rng, "proj", 2, Activation::Linear)
+        .conv_lstm(&mut rng, "convlstm", &spec)
+        .op("flat", "Flatten", Op::Reshape { shape: vec![36] })
+        .dense(&mut rng, "out", 2, Activation::Linear)
+        .build();
+    let x = float_input(&mut rng, 10, &[3, 3, 4, 3], 1.0);
+    let data = TrainData {
+        inputs: vec![x],
+        targets: vec![rng.array(&[10, 2], 1.0)],
+    };
+    let config = TrainConfig {
+        epochs: 2,
+        batch_size: 4,
+        shuffle: Shuffle::None,
+        seed: 0,
+        losses: vec![Loss::by_name("mse").unwrap()],
+        loss_weights: vec![],
+        optimizer: OptimizerSpec::by_name("adam")
+            .unwrap()
+            .with_learning_rate(0.01),
+        metrics: TrainMetrics::from_names(&[], &["output".into()]).unwrap(),
+    };
+    fit_both("ConvLSTM2D adam", &graph, &data, None, config);
 }

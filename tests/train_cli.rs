@@ -783,3 +783,49 @@ fn bench_train_times_steps_on_both_backends() {
         assert_eq!(report["optimizer"], "Adam", "{report}");
     }
 }
+
+#[test]
+fn a_layer_option_gpu_training_lacks_is_refused_in_one_line() {
+    // A SimpleRNN's own recurrent_dropout trains on the CPU only: the GPU refuses it before the
+    // first step, naming the layer, and writes nothing.
+    let case = "text_stacked_simplernn_sgd";
+    let tmp = tempfile::tempdir().unwrap();
+    let (x, y, _) = write_xy(case, tmp.path());
+    let mut config = keras_without_weights(case, &tmp.path().join("bare.keras"));
+    config.as_object_mut().unwrap().remove("compile_config");
+    let layers = config["config"]["layers"].as_array_mut().expect("layers");
+    let rnn = layers
+        .iter_mut()
+        .find(|l| l["class_name"] == "SimpleRNN")
+        .expect("a SimpleRNN layer");
+    rnn["config"]["recurrent_dropout"] = serde_json::json!(0.25);
+    let json = tmp.path().join("model.json");
+    std::fs::write(&json, serde_json::to_string(&config).unwrap()).unwrap();
+    let out = tmp.path().join("out.keras");
+    let extra = [
+        "--loss",
+        "binary_crossentropy",
+        "--optimizer",
+        "sgd",
+        "--backend",
+        "gpu",
+    ];
+    let err = train_json(&json, &x, &y, &out, &extra).expect_err("trained on the GPU");
+    if err.contains("no GPU adapter found") {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but there is no GPU adapter: {err}"
+        );
+        eprintln!("note: no GPU adapter; skipping outside CI");
+        return;
+    }
+    let line = one_error_line(&err);
+    assert!(
+        line.contains("layer '") && line.contains("dropout") && line.contains("--backend cpu"),
+        "{line}"
+    );
+    assert!(!out.exists(), "a refused run wrote its output");
+    // The CPU trains it.
+    let cpu = ["--loss", "binary_crossentropy", "--optimizer", "sgd"];
+    train_json(&json, &x, &y, &out, &cpu).expect("the CPU run");
+}

@@ -100,13 +100,7 @@ pub(crate) fn batch_norm_saved_floats(
 /// What neither training kernel supports; `trainable` is whether the caller needs a layer
 /// running in training mode (else a frozen one).
 fn check_supported(layer: &Node, bn: &BatchNorm, trainable: bool) -> Result<()> {
-    if !bn.unused.is_empty() {
-        return Err(layer_error(
-            layer,
-            "renorm",
-            "batch renormalization (renorm=True) is not supported in training",
-        ));
-    }
+    check_no_renorm(layer, bn)?;
     if trainable && !bn.trainable {
         return Err(Error::Internal(format!(
             "layer '{}' ({}): a frozen BatchNormalization (trainable=False) runs in inference \
@@ -130,6 +124,45 @@ fn check_supported(layer: &Node, bn: &BatchNorm, trainable: bool) -> Result<()> 
         ));
     }
     Ok(())
+}
+
+fn check_no_renorm(layer: &Node, bn: &BatchNorm) -> Result<()> {
+    if !bn.unused.is_empty() {
+        return Err(layer_error(
+            layer,
+            "renorm",
+            "batch renormalization (renorm=True) is not supported in training",
+        ));
+    }
+    Ok(())
+}
+
+/// y = x normalized with `stats` (laid out as `saved`), then gamma / beta: the training
+/// forward's and the evaluation forward's last dispatch.
+#[allow(clippy::too_many_arguments)]
+fn apply_stats(
+    e: &mut dyn Emit,
+    layer: &Node,
+    node: usize,
+    bn: &BatchNorm,
+    l: &Layout,
+    x: BufRef,
+    stats: BufRef,
+    gamma: BufRef,
+    beta: BufRef,
+    y: BufRef,
+    what: &str,
+) -> Result<()> {
+    let flags = u32::from(bn.gamma.is_some()) * HAS_GAMMA + u32::from(bn.beta.is_some()) * HAS_BETA;
+    e.dispatch(
+        layer,
+        node,
+        Kernel::BatchNormApply,
+        vec![x, stats, gamma, beta, BufRef::Dummy, y],
+        l.words(layer, 0, [bn.epsilon, 0.0, 0.0], flags)?,
+        linear_workgroups(l.elements(), LINEAR_THREADS),
+        format!("batch norm ({what}) over {} channels", l.channels),
+    )
 }
 
 fn bound(layer: &Node, what: &str, has: bool, given: Option<BufRef>) -> Result<BufRef> {
@@ -240,16 +273,7 @@ pub(crate) fn batch_norm_train_forward(
     let d = BufRef::Dummy;
     channel_sums(e, layer, node, &l, SUM_X, eps, x, d, d, saved)?;
     channel_sums(e, layer, node, &l, SUM_SQUARES, eps, x, d, saved, saved)?;
-    let flags = u32::from(bn.gamma.is_some()) * HAS_GAMMA + u32::from(bn.beta.is_some()) * HAS_BETA;
-    e.dispatch(
-        layer,
-        node,
-        Kernel::BatchNormApply,
-        vec![x, saved, gamma, beta, d, y],
-        l.words(layer, 0, [eps, 0.0, 0.0], flags)?,
-        linear_workgroups(l.elements(), LINEAR_THREADS),
-        format!("batch norm (training) over {} channels", l.channels),
-    )?;
+    apply_stats(e, layer, node, bn, &l, x, saved, gamma, beta, y, "training")?;
     // Keras: moving * momentum + stat * (1 - momentum), the Python floats rounded to f32.
     let (keep, take) = (bn.momentum as f32, (1.0 - bn.momentum) as f32);
     for (which, moving, what) in [(0, moving_mean, "mean"), (1, moving_var, "variance")] {
@@ -398,13 +422,7 @@ pub(crate) fn batch_norm_evaluate_forward(
     moving_var: BufRef,
     y: BufRef,
 ) -> Result<()> {
-    if !bn.unused.is_empty() {
-        return Err(layer_error(
-            layer,
-            "renorm",
-            "batch renormalization (renorm=True) is not supported in training",
-        ));
-    }
+    check_no_renorm(layer, bn)?;
     let gamma = bound(layer, "gamma", bn.gamma.is_some(), gamma)?;
     let beta = bound(layer, "beta", bn.beta.is_some(), beta)?;
     let l = Layout::of(layer, bn, batch, item)?;
@@ -439,15 +457,18 @@ pub(crate) fn batch_norm_evaluate_forward(
             format!("batch norm (evaluation): moving {what} of {c} channels"),
         )?;
     }
-    let flags = u32::from(bn.gamma.is_some()) * HAS_GAMMA + u32::from(bn.beta.is_some()) * HAS_BETA;
-    e.dispatch(
+    apply_stats(
+        e,
         layer,
         node,
-        Kernel::BatchNormApply,
-        vec![x, stats, gamma, beta, d, y],
-        l.words(layer, 0, [eps, 0.0, 0.0], flags)?,
-        linear_workgroups(l.elements(), LINEAR_THREADS),
-        format!("batch norm (evaluation) over {c} channels"),
+        bn,
+        &l,
+        x,
+        stats,
+        gamma,
+        beta,
+        y,
+        "evaluation",
     )?;
     e.release(stats);
     Ok(())

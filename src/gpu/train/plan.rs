@@ -577,9 +577,11 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
-    /// Re-lowers each trainable BatchNormalization's forward as its training forward (batch
-    /// statistics, moving statistics updated in place), in the place of its inference ops.
-    fn batch_norm_training_forwards(&mut self) -> Result<()> {
+    /// Re-lowers each trainable BatchNormalization's forward in the place of its inference ops
+    /// (whose scale and shift were computed once from the weights the plan was built with):
+    /// in training, on the batch statistics (kept for the backward), moving statistics updated
+    /// in place; in evaluation, on the moving statistics read from the parameter arena.
+    fn batch_norm_forwards(&mut self, mode: Mode) -> Result<()> {
         for i in 0..self.graph.nodes.len() {
             let GraphOp::BatchNorm(bn) = &self.graph.nodes[i].op else {
                 continue;
@@ -593,11 +595,31 @@ impl<'a> Builder<'a> {
                 let (x_value, y_value) = (layer.inputs[0], layer.outputs[0]);
                 let (x, y) = (b.value_buf(x_value)?, b.value_buf(y_value)?);
                 let item = b.graph.value(x_value).shape.clone();
+                let batch = b.batch;
+                let gamma = bn.gamma.map(BufRef::Param);
+                let beta = bn.beta.map(BufRef::Param);
+                let moving_mean = BufRef::Param(bn.moving_mean);
+                let moving_var = BufRef::Param(bn.moving_variance);
+                if mode == Mode::Evaluate {
+                    return grad::norm::batch_norm_evaluate_forward(
+                        b,
+                        &layer,
+                        i,
+                        &bn,
+                        batch,
+                        &item,
+                        x,
+                        gamma,
+                        beta,
+                        moving_mean,
+                        moving_var,
+                        y,
+                    );
+                }
                 let floats = grad::norm::batch_norm_saved_floats(&layer, &bn, &item)?;
                 // Kept to the node's backward: never released.
                 let saved = b.scratch(i, "batch statistics", floats);
                 b.bn_saved[i] = Some(saved);
-                let batch = b.batch;
                 grad::norm::batch_norm_train_forward(
                     b,
                     &layer,
@@ -606,49 +628,12 @@ impl<'a> Builder<'a> {
                     batch,
                     &item,
                     x,
-                    bn.gamma.map(BufRef::Param),
-                    bn.beta.map(BufRef::Param),
-                    BufRef::Param(bn.moving_mean),
-                    BufRef::Param(bn.moving_variance),
+                    gamma,
+                    beta,
+                    moving_mean,
+                    moving_var,
                     y,
                     saved,
-                )
-            })?;
-        }
-        Ok(())
-    }
-
-    /// Re-lowers each trainable BatchNormalization's forward for evaluation: on the moving
-    /// statistics read from the parameter arena (the inference forward's scale and shift were
-    /// computed once from the weights the plan was built with).
-    fn batch_norm_evaluate_forwards(&mut self) -> Result<()> {
-        for i in 0..self.graph.nodes.len() {
-            let GraphOp::BatchNorm(bn) = &self.graph.nodes[i].op else {
-                continue;
-            };
-            if !bn.trainable {
-                continue;
-            }
-            let bn = bn.clone();
-            self.replace_forward(i, |b| {
-                let layer = b.layer(i);
-                let (x_value, y_value) = (layer.inputs[0], layer.outputs[0]);
-                let (x, y) = (b.value_buf(x_value)?, b.value_buf(y_value)?);
-                let item = b.graph.value(x_value).shape.clone();
-                let batch = b.batch;
-                grad::norm::batch_norm_evaluate_forward(
-                    b,
-                    &layer,
-                    i,
-                    &bn,
-                    batch,
-                    &item,
-                    x,
-                    bn.gamma.map(BufRef::Param),
-                    bn.beta.map(BufRef::Param),
-                    BufRef::Param(bn.moving_mean),
-                    BufRef::Param(bn.moving_variance),
-                    y,
                 )
             })?;
         }
@@ -1643,10 +1628,8 @@ pub fn build(
         host_inputs: Vec::new(),
         noise_multiplier: vec![None; graph.nodes.len()],
     };
-    if mode == Mode::Evaluate {
-        b.batch_norm_evaluate_forwards()?;
-    } else {
-        b.batch_norm_training_forwards()?;
+    b.batch_norm_forwards(mode)?;
+    if mode != Mode::Evaluate {
         b.dropout_training_forwards()?;
         b.conv_lstm_training_forwards()?;
     }

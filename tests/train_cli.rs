@@ -46,6 +46,19 @@ fn run(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Whether a GPU run's stderr says no adapter was found: a failure under CI, a note otherwise.
+fn no_gpu_outside_ci(stderr: &str) -> bool {
+    if !stderr.contains("no GPU adapter found") {
+        return false;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI is set but there is no GPU adapter: {stderr}"
+    );
+    eprintln!("note: no GPU adapter; skipping outside CI");
+    true
+}
+
 fn one_error_line(stderr: &str) -> &str {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one error line, got:\n{stderr}");
@@ -609,12 +622,7 @@ fn gpu_training_from_the_command_line_tracks_the_cpu() {
         &["--backend", "gpu"],
     ) {
         Ok(r) => r,
-        Err(stderr) if stderr.contains("no GPU adapter found") => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI is set but there is no GPU adapter: {stderr}"
-            );
-            eprintln!("note: no GPU adapter; skipping outside CI");
+        Err(stderr) if no_gpu_outside_ci(&stderr) => {
             return;
         }
         Err(stderr) => panic!("the GPU run failed: {stderr}"),
@@ -714,12 +722,7 @@ fn a_loss_that_blows_up_on_the_gpu_stops_where_the_cpu_does() {
     let (ok, cpu) = blow_up("cpu", &model, &x, &y, &cpu_out);
     assert!(!ok, "the CPU run did not blow up");
     let (ok, gpu) = blow_up("gpu", &model, &x, &y, &gpu_out);
-    if gpu.contains("no GPU adapter found") {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but there is no GPU adapter: {gpu}"
-        );
-        eprintln!("note: no GPU adapter; skipping outside CI");
+    if no_gpu_outside_ci(&gpu) {
         return;
     }
     assert!(!ok, "the GPU run did not blow up");
@@ -764,12 +767,7 @@ fn bench_train_times_steps_on_both_backends() {
             "--backend",
             backend,
         ]);
-        if backend == "gpu" && stderr.contains("no GPU adapter found") {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI is set but there is no GPU adapter: {stderr}"
-            );
-            eprintln!("note: no GPU adapter; skipping outside CI");
+        if backend == "gpu" && no_gpu_outside_ci(&stderr) {
             return;
         }
         assert!(ok, "wgnn bench --train --backend {backend}: {stderr}");
@@ -811,12 +809,7 @@ fn a_layer_option_gpu_training_lacks_is_refused_in_one_line() {
         "gpu",
     ];
     let err = train_json(&json, &x, &y, &out, &extra).expect_err("trained on the GPU");
-    if err.contains("no GPU adapter found") {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but there is no GPU adapter: {err}"
-        );
-        eprintln!("note: no GPU adapter; skipping outside CI");
+    if no_gpu_outside_ci(&err) {
         return;
     }
     let line = one_error_line(&err);

@@ -267,7 +267,7 @@ pub fn run_train(
     Ok(TrainBenchReport {
         model: model.source().display().to_string(),
         backend: if adapter.is_some() { "gpu" } else { "cpu" }.into(),
-        adapter: adapter.unwrap_or_else(|| "cpu".into()),
+        adapter: adapter.unwrap_or_else(crate::cpu::simd::describe),
         batch_size: batch,
         steps,
         steps_per_s: steps as f64 / total,

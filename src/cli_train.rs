@@ -208,7 +208,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
             "seconds": seconds,
             "epoch_seconds": history.epochs.iter().map(|e| e.seconds).collect::<Vec<_>>(),
             "backend": if adapter.is_some() { "gpu" } else { "cpu" },
-            "adapter": adapter.clone().unwrap_or_else(|| "cpu".into()),
+            "adapter": adapter.clone().unwrap_or_else(wgnn::cpu::simd::describe),
             "output": args.output.display().to_string(),
         });
         println!("{out}");

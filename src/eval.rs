@@ -76,20 +76,20 @@ pub struct EvalOutcome {
 pub fn resolve_backend(model: &Model, opts: &EvalOptions) -> Result<(Backend, String)> {
     let gpu = || model.with_gpu(opts.adapter.as_deref(), |g| Ok(g.adapter_name()));
     match opts.backend {
-        Backend::Cpu => Ok((Backend::Cpu, "cpu".into())),
+        Backend::Cpu => Ok((Backend::Cpu, crate::cpu::simd::describe())),
         Backend::Gpu => Ok((Backend::Gpu, gpu()?)),
         Backend::Auto => match crate::gpu::auto_adapter_is_software(opts.adapter.as_deref()) {
             Some(name) => {
                 eprintln!(
                     "warning: the only GPU adapter is a software one ({name}); running on the CPU (--backend gpu runs on it)"
                 );
-                Ok((Backend::Cpu, "cpu".into()))
+                Ok((Backend::Cpu, crate::cpu::simd::describe()))
             }
             None => match gpu() {
                 Ok(name) => Ok((Backend::Gpu, name)),
                 Err(Error::Gpu(msg)) if crate::gpu::is_no_adapter(&msg) => {
                     eprintln!("warning: {msg}; running on the CPU instead");
-                    Ok((Backend::Cpu, "cpu".into()))
+                    Ok((Backend::Cpu, crate::cpu::simd::describe()))
                 }
                 Err(e) => Err(e),
             },

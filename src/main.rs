@@ -272,7 +272,8 @@ fn main() -> ExitCode {
     quiet_mesa_device_select();
     keep_freed_memory();
     let cli = Cli::parse();
-    let result = match cli.command {
+    // A bad WGNN_CPU is refused before any command runs, CPU or not.
+    let result = wgnn::cpu::simd::checked_level().and_then(|_| match cli.command {
         Command::Info(args) => info(args),
         Command::Train(args) => cli_train::train(*args),
         Command::Predict(args) => predict(args),
@@ -282,7 +283,7 @@ fn main() -> ExitCode {
         Command::Sentiment(args) => sentiment(args),
         Command::Tokenizer(TokenizerCommand::Fit(args)) => tokenizer_fit(args),
         Command::Bench(args) => bench(args),
-    };
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -295,6 +295,7 @@ pub fn scalar(act: Activation, x: f32) -> f32 {
 }
 
 /// Numerically stable softmax of one contiguous row, in place.
+#[inline(always)]
 pub fn softmax_slice(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0f32;
@@ -308,6 +309,7 @@ pub fn softmax_slice(row: &mut [f32]) {
 }
 
 /// log_softmax of one contiguous row, in place: x - max - log(sum(exp(x - max))).
+#[inline(always)]
 pub fn log_softmax_slice(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
@@ -336,6 +338,7 @@ pub fn apply_rows(act: Activation, data: &mut [f32], width: usize) {
 /// than four pieces stay on the calling thread.
 pub(crate) const PARALLEL_PIECE: usize = 1 << 14;
 
+super::simd::multiversion! {
 fn apply_rows_serial(act: Activation, data: &mut [f32], width: usize) {
     match act {
         Activation::Linear => {}
@@ -348,6 +351,7 @@ fn apply_rows_serial(act: Activation, data: &mut [f32], width: usize) {
         Activation::Tanh => data.iter_mut().for_each(|v| *v = tanh(*v)),
         other => data.iter_mut().for_each(|v| *v = scalar(other, *v)),
     }
+}
 }
 
 #[cfg(test)]

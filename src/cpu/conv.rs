@@ -37,11 +37,13 @@ fn tap_at(
     (i >= 0 && (i as usize) < size).then_some(i as usize)
 }
 
-/// Conv1D/2D/3D. `out_dims` includes the batch axis.
+/// Conv1D/2D/3D. `out_dims` includes the batch axis. With `pool` (only for a plain 2-D or 1-D
+/// convolution, [`Conv::plane`]) the result is the pooled output, pooled group by group.
 pub(super) fn conv(
     c: &Conv,
     params: &ParamStore,
     x: &ArrayD<f32>,
+    pool: Option<&Pool>,
     out_dims: &[usize],
 ) -> Result<ArrayD<f32>> {
     let n = x.shape()[0];
@@ -66,8 +68,13 @@ pub(super) fn conv(
             .view()
             .into_shape_with_order((n, plane.in_hw[0], plane.in_hw[1], c.in_channels))
             .map_err(|e| Error::Internal(format!("conv input: {e}")))?;
-        let y = super::conv2d(&args, &x4);
+        let y = super::conv2d_then_pool(&args, &x4, pool);
         return super::reshape(y.into_dyn(), out_dims);
+    }
+    if pool.is_some() {
+        return Err(Error::Internal(
+            "a pooling is fused only into a plain convolution".into(),
+        ));
     }
     let input = contiguous(x);
     let groups = c.groups.max(1);
@@ -309,53 +316,62 @@ pub(super) fn pool(p: &Pool, x: &ArrayD<f32>, out_dims: &[usize]) -> Result<Arra
     if out.is_empty() || input.is_empty() {
         return shaped(out, out_dims);
     }
+    // One task per image, as plain nested loops (the shipped CNNs' 2x2 pools run here).
+    out.par_chunks_mut(od * oh * ow * ch)
+        .zip(input.par_chunks(in_image))
+        .for_each(|(o, img)| pool_image(p, o, img));
+    shaped(out, out_dims)
+}
+
+super::simd::multiversion! {
+/// One image's max or average pooling into `o` (NDHWC, any rank as 3-D).
+pub(super) fn pool_image(p: &Pool, o: &mut [f32], img: &[f32]) {
+    let w = &p.window;
+    let [od, oh, ow] = w.output;
+    let [id, ih, iw] = w.input;
+    let ch = p.channels;
     let range = |o: usize, a: usize, size: usize| {
         let start = (o * w.strides[a]) as isize - w.pad_before[a] as isize;
         let end = (start + w.kernel[a] as isize).min(size as isize);
         start.max(0) as usize..end.max(0) as usize
     };
-    // One task per image, as plain nested loops (the shipped CNNs' 2x2 pools run here).
-    out.par_chunks_mut(od * oh * ow * ch)
-        .zip(input.par_chunks(in_image))
-        .for_each(|(o, img)| {
-            let mut at = 0;
-            for oz in 0..od {
-                let zs = range(oz, 0, id);
-                for oy in 0..oh {
-                    let ys = range(oy, 1, ih);
-                    for ox in 0..ow {
-                        let xs = range(ox, 2, iw);
-                        let acc = &mut o[at..at + ch];
-                        at += ch;
-                        let count = (zs.len() * ys.len() * xs.len()) as f32;
-                        match p.op {
-                            PoolOp::Max => acc.fill(f32::NEG_INFINITY),
-                            PoolOp::Average => acc.fill(0.0),
-                        }
-                        for z in zs.clone() {
-                            for yy in ys.clone() {
-                                for xx in xs.clone() {
-                                    let src = &img[((z * ih + yy) * iw + xx) * ch..][..ch];
-                                    match p.op {
-                                        PoolOp::Max => acc
-                                            .iter_mut()
-                                            .zip(src)
-                                            .for_each(|(a, &v)| *a = a.max(v)),
-                                        PoolOp::Average => {
-                                            acc.iter_mut().zip(src).for_each(|(a, &v)| *a += v)
-                                        }
-                                    }
+    let mut at = 0;
+    for oz in 0..od {
+        let zs = range(oz, 0, id);
+        for oy in 0..oh {
+            let ys = range(oy, 1, ih);
+            for ox in 0..ow {
+                let xs = range(ox, 2, iw);
+                let acc = &mut o[at..at + ch];
+                at += ch;
+                let count = (zs.len() * ys.len() * xs.len()) as f32;
+                match p.op {
+                    PoolOp::Max => acc.fill(f32::NEG_INFINITY),
+                    PoolOp::Average => acc.fill(0.0),
+                }
+                for z in zs.clone() {
+                    for yy in ys.clone() {
+                        for xx in xs.clone() {
+                            let src = &img[((z * ih + yy) * iw + xx) * ch..][..ch];
+                            match p.op {
+                                PoolOp::Max => acc
+                                    .iter_mut()
+                                    .zip(src)
+                                    .for_each(|(a, &v)| *a = a.max(v)),
+                                PoolOp::Average => {
+                                    acc.iter_mut().zip(src).for_each(|(a, &v)| *a += v)
                                 }
                             }
                         }
-                        if p.op == PoolOp::Average {
-                            acc.iter_mut().for_each(|a| *a /= count);
-                        }
                     }
                 }
+                if p.op == PoolOp::Average {
+                    acc.iter_mut().for_each(|a| *a /= count);
+                }
             }
-        });
-    shaped(out, out_dims)
+        }
+    }
+}
 }
 
 /// Global max or average over all spatial positions; with a mask (GlobalAveragePooling1D after

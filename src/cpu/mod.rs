@@ -10,7 +10,10 @@ mod gemm;
 pub(crate) mod grad;
 mod merge;
 mod norm;
+#[cfg(test)]
+mod pooled_conv_tests;
 mod recurrent;
+pub mod simd;
 mod time_distributed;
 mod winograd;
 
@@ -58,6 +61,7 @@ pub(crate) struct ConvArgs<'a> {
 
 /// Runs the whole graph on validated batches (one per graph input); returns every output.
 pub fn run(graph: &Graph, inputs: &[PreparedInput]) -> Result<Vec<ArrayD<f32>>> {
+    simd::checked_level()?;
     if inputs.len() != graph.inputs.len() {
         return Err(Error::Input(format!(
             "the model takes {} input(s), got {}",
@@ -74,7 +78,12 @@ pub fn run(graph: &Graph, inputs: &[PreparedInput]) -> Result<Vec<ArrayD<f32>>> 
             PreparedInput::Ids(ids) => Tensor::Ids(ids.clone()),
         });
     }
+    // A pooling node fused into the convolution before it, which already wrote its output.
+    let mut fused_into = None;
     for (i, node) in graph.nodes.iter().enumerate() {
+        if fused_into == Some(i) {
+            continue;
+        }
         // An input read for the last time is moved into the op (activations run in place);
         // one read again later, or twice by this node, is copied.
         let mut args = Vec::with_capacity(node.inputs.len());
@@ -103,16 +112,25 @@ pub fn run(graph: &Graph, inputs: &[PreparedInput]) -> Result<Vec<ArrayD<f32>>> 
             }
             None => None,
         };
-        let outs = run_node(graph, node, args, mask.as_ref())?;
-        if outs.len() != node.outputs.len() {
+        let (outs, made_by) = match (pooled_conv(graph, i, &last_use), args.as_slice()) {
+            (Some((conv, pool, next)), [Tensor::F32(x)]) => {
+                fused_into = Some(i + 1);
+                let mut dims = vec![batch];
+                dims.extend_from_slice(&graph.value(next.outputs[0]).shape);
+                let y = conv::conv(conv, &graph.params, x, Some(pool), &dims)?;
+                (vec![Tensor::F32(y)], next)
+            }
+            _ => (run_node(graph, node, args, mask.as_ref())?, node),
+        };
+        if outs.len() != made_by.outputs.len() {
             return Err(Error::Internal(format!(
                 "node '{}' made {} outputs, the graph expects {}",
-                node.name,
+                made_by.name,
                 outs.len(),
-                node.outputs.len()
+                made_by.outputs.len()
             )));
         }
-        for (&v, t) in node.outputs.iter().zip(outs) {
+        for (&v, t) in made_by.outputs.iter().zip(outs) {
             let info = graph.value(v);
             let mut expected = vec![batch];
             expected.extend_from_slice(&info.shape);
@@ -125,7 +143,7 @@ pub fn run(graph: &Graph, inputs: &[PreparedInput]) -> Result<Vec<ArrayD<f32>>> 
                 // A bug, not bad input: the op's shape rule and this backend disagree.
                 return Err(Error::Internal(format!(
                     "node '{}' produced shape {shape:?}, the graph expects {expected:?}",
-                    node.name
+                    made_by.name
                 )));
             }
             values[v] = Some(t);
@@ -152,6 +170,33 @@ pub fn run(graph: &Graph, inputs: &[PreparedInput]) -> Result<Vec<ArrayD<f32>>> 
             ))),
         })
         .collect()
+}
+
+/// Node `i` when it is a plain 2-D (or 1-D) convolution whose output only the next node reads,
+/// a 2-D (or 1-D) pooling: the two then run as one ([`conv2d_then_pool`]), which never writes
+/// the full-size convolution output. Returns the convolution, the pooling and its node.
+fn pooled_conv<'g>(
+    graph: &'g Graph,
+    i: usize,
+    last_use: &[usize],
+) -> Option<(&'g Conv, &'g Pool, &'g Node)> {
+    let node = &graph.nodes[i];
+    let next = graph.nodes.get(i + 1)?;
+    let (Op::Conv(conv), Op::Pool(pool)) = (&node.op, &next.op) else {
+        return None;
+    };
+    let y = *node.outputs.first()?;
+    let fusable = conv.plane().is_some()
+        && node.mask.is_none()
+        && next.mask.is_none()
+        && node.outputs.len() == 1
+        && next.inputs == [y]
+        && next.outputs.len() == 1
+        && last_use[y] == i + 1
+        && pool.window.input[0] == 1
+        && pool.window.kernel[0] == 1
+        && pool.channels == conv.filters;
+    fusable.then_some((conv, pool, next))
 }
 
 fn float(t: Tensor, node: &Node) -> Result<ArrayD<f32>> {
@@ -341,7 +386,7 @@ fn read_only(
 ) -> Result<Tensor> {
     let params = &graph.params;
     let y = match &node.op {
-        Op::Conv(c) => conv::conv(c, params, x, out_dims)?,
+        Op::Conv(c) => conv::conv(c, params, x, None, out_dims)?,
         Op::DepthwiseConv(c) => conv::depthwise(c, params, x, out_dims)?,
         Op::ConvTranspose(c) => conv::conv_transpose(c, params, x, out_dims)?,
         Op::Pool(p) => conv::pool(p, x, out_dims)?,
@@ -418,10 +463,33 @@ fn embedding(e: &Embedding, params: &ParamStore, ids: &Array2<u32>) -> Array3<f3
     out
 }
 
+simd::multiversion! {
 /// im2col of one NHWC image into `cols` (one row per output pixel, columns (kh, kw, c) — the
 /// order of an HWIO kernel flattened to (kh*kw*c, filters)). Out-of-bounds taps are zero
-/// padding. The taps of one kernel row are neighbouring pixels, so each is one contiguous copy.
+/// padding. The taps of one kernel row are neighbouring pixels, so each is one contiguous copy;
+/// for an image's few channels (RGB) each tap is a copy of a constant size instead, which the
+/// compiler turns into a few moves rather than a call to memcpy.
 fn im2col_image(w: &Window2d, channels: usize, img: &[f32], cols: &mut [f32]) {
+    match channels {
+        1 => im2col_taps::<1>(w, img, cols),
+        3 => im2col_taps::<3>(w, img, cols),
+        4 => im2col_taps::<4>(w, img, cols),
+        _ => im2col_rows(w, channels, img, cols),
+    }
+}
+}
+
+/// The in-bounds taps `lo..hi` of a kernel row that starts at input column `x0`.
+#[inline(always)]
+fn tap_range(x0: isize, kw: usize, iw: usize) -> (usize, usize) {
+    let lo = (-x0).clamp(0, kw as isize) as usize;
+    let hi = (iw as isize - x0).clamp(lo as isize, kw as isize) as usize;
+    (lo, hi)
+}
+
+/// [`im2col_image`] with one copy per kernel row.
+#[inline(always)]
+fn im2col_rows(w: &Window2d, channels: usize, img: &[f32], cols: &mut [f32]) {
     let [kh, kw] = w.kernel;
     let [oh, ow] = w.out_hw;
     let [ih, iw] = w.in_hw;
@@ -431,9 +499,7 @@ fn im2col_image(w: &Window2d, channels: usize, img: &[f32], cols: &mut [f32]) {
         for ox in 0..ow {
             let row = &mut cols[(oy * ow + ox) * row_len..][..row_len];
             let x0 = (ox * w.strides[1]) as isize - w.pad_top_left[1] as isize;
-            // Taps lo..hi of each kernel row fall inside the image.
-            let lo = (-x0).clamp(0, kw as isize) as usize;
-            let hi = (iw as isize - x0).clamp(lo as isize, kw as isize) as usize;
+            let (lo, hi) = tap_range(x0, kw, iw);
             for ky in 0..kh {
                 let dst = &mut row[ky * tap_row..][..tap_row];
                 let y = (oy * w.strides[0] + ky) as isize - w.pad_top_left[0] as isize;
@@ -451,6 +517,38 @@ fn im2col_image(w: &Window2d, channels: usize, img: &[f32], cols: &mut [f32]) {
     }
 }
 
+/// [`im2col_image`] for `C` channels: one constant-size copy per tap.
+#[inline(always)]
+fn im2col_taps<const C: usize>(w: &Window2d, img: &[f32], cols: &mut [f32]) {
+    let [kh, kw] = w.kernel;
+    let [oh, ow] = w.out_hw;
+    let [ih, iw] = w.in_hw;
+    let row_len = kh * kw * C;
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let row = &mut cols[(oy * ow + ox) * row_len..][..row_len];
+            let x0 = (ox * w.strides[1]) as isize - w.pad_top_left[1] as isize;
+            let (lo, hi) = tap_range(x0, kw, iw);
+            for ky in 0..kh {
+                let y = (oy * w.strides[0] + ky) as isize - w.pad_top_left[0] as isize;
+                let inside = y >= 0 && y < ih as isize;
+                for kx in 0..kw {
+                    let dst: &mut [f32; C] = (&mut row[(ky * kw + kx) * C..][..C])
+                        .try_into()
+                        .expect("C floats");
+                    if inside && (lo..hi).contains(&kx) {
+                        let start = (y as usize * iw + (x0 + kx as isize) as usize) * C;
+                        *dst = img[start..start + C].try_into().expect("C floats");
+                    } else {
+                        *dst = [0.0; C];
+                    }
+                }
+            }
+        }
+    }
+}
+
+simd::multiversion! {
 /// Adds the bias to contiguous rows of `width` values and applies the activation.
 fn bias_activation_rows(
     data: &mut [f32],
@@ -466,6 +564,7 @@ fn bias_activation_rows(
     }
     activation::apply_rows(act, data, width);
 }
+}
 
 /// Bias + activation over GEMM output rows, in parallel chunks of rows.
 fn bias_activation(data: &mut [f32], width: usize, bias: Option<ArrayView1<f32>>, act: Activation) {
@@ -476,15 +575,29 @@ fn bias_activation(data: &mut [f32], width: usize, bias: Option<ArrayView1<f32>>
 /// Convolution: Winograd F(2x2, 3x3) for 3x3 stride-1 layers with enough input channels,
 /// im2col + GEMM for everything else.
 fn conv2d<S: ndarray::Data<Elem = f32>>(c: &ConvArgs, x: &ArrayBase<S, Ix4>) -> Array4<f32> {
-    if let Some(y) = winograd::conv2d(c, x) {
-        return y;
-    }
-    conv2d_im2col(c, x)
+    conv2d_then_pool(c, x, None)
 }
 
-/// Convolution as im2col + GEMM, threads over groups of images: each group's im2col, GEMM, bias
-/// and activation run on one thread while its rows are still in cache.
-fn conv2d_im2col<S: ndarray::Data<Elem = f32>>(c: &ConvArgs, x: &ArrayBase<S, Ix4>) -> Array4<f32> {
+/// [`conv2d`], then `pool` (a pooling that reads only this output) on each group of images
+/// while it is in cache: the full-size convolution output is never written.
+fn conv2d_then_pool<S: ndarray::Data<Elem = f32>>(
+    c: &ConvArgs,
+    x: &ArrayBase<S, Ix4>,
+    pool: Option<&Pool>,
+) -> Array4<f32> {
+    if let Some(y) = winograd::conv2d(c, x, pool) {
+        return y;
+    }
+    conv2d_im2col(c, x, pool)
+}
+
+/// Convolution as im2col + GEMM, threads over groups of images: each group's im2col, GEMM, bias,
+/// activation and (with `pool`) pooling run on one thread while its rows are still in cache.
+fn conv2d_im2col<S: ndarray::Data<Elem = f32>>(
+    c: &ConvArgs,
+    x: &ArrayBase<S, Ix4>,
+    pool: Option<&Pool>,
+) -> Array4<f32> {
     let n = x.shape()[0];
     let [oh, ow] = c.window.out_hw;
     let [ih, iw] = c.window.in_hw;
@@ -499,30 +612,61 @@ fn conv2d_im2col<S: ndarray::Data<Elem = f32>>(c: &ConvArgs, x: &ArrayBase<S, Ix
     let input = x.as_slice().expect("standard layout is contiguous");
     let in_image = ih * iw * c.in_channels;
     let out_image = pixels * c.filters;
-    let mut out = vec![0.0f32; n * out_image];
-    if in_image == 0 || out_image == 0 {
-        return Array4::from_shape_vec((n, oh, ow, c.filters), out).expect("NHWC output");
+    // Where each image's result goes: its convolution, or with `pool` its pooled output.
+    let (dest_h, dest_w) = match pool {
+        Some(p) => (p.window.output[1], p.window.output[2]),
+        None => (oh, ow),
+    };
+    let dest_image = dest_h * dest_w * c.filters;
+    let mut out = vec![0.0f32; n * dest_image];
+    if in_image == 0 || out_image == 0 || dest_image == 0 {
+        return Array4::from_shape_vec((n, dest_h, dest_w, c.filters), out).expect("NHWC output");
     }
     // About 4096 GEMM rows per group; with fewer groups than threads (small batches) the GEMM
     // itself is threaded instead.
     let group = (4096 / pixels.max(1)).clamp(1, n.max(1));
     let threaded_gemm = n.div_ceil(group) < rayon::current_num_threads();
-    out.par_chunks_mut(group * out_image)
+    out.par_chunks_mut(group * dest_image)
         .zip(input.par_chunks(group * in_image))
-        .for_each(|(y, images)| {
-            let m = y.len() / c.filters.max(1);
-            let mut cols = vec![0.0f32; m * k];
+        .for_each(|(dest, images)| {
+            let m = images.len() / in_image * pixels;
+            // im2col writes every column, and the GEMM every output: reused scratch, unzeroed.
+            let mut scratch = IM2COL_SCRATCH.take();
+            let staged_len = if pool.is_some() { m * c.filters } else { 0 };
+            if scratch.len() < m * k + staged_len {
+                scratch.resize(m * k + staged_len, 0.0);
+            }
+            let (cols, staged) = scratch.split_at_mut(m * k);
+            let (y, pooled) = match pool {
+                Some(p) => (&mut staged[..staged_len], Some((p, dest))),
+                None => (dest, None),
+            };
+            let cols = &mut cols[..m * k];
             for (img, dst) in images
                 .chunks_exact(in_image)
                 .zip(cols.chunks_exact_mut(pixels * k))
             {
                 im2col_image(&c.window, c.in_channels, img, dst);
             }
-            let a = ndarray::ArrayView2::from_shape((m, k), &cols).expect("m x k scratch");
+            let a = ndarray::ArrayView2::from_shape((m, k), &*cols).expect("m x k scratch");
             let yv = ndarray::ArrayViewMut2::from_shape((m, c.filters), &mut *y)
                 .expect("m x filters output");
             gemm::matmul_into_on(a, kernel, yv, threaded_gemm);
             bias_activation_rows(y, c.filters, c.bias, c.activation);
+            if let Some((p, dest)) = pooled {
+                for (d, img) in dest
+                    .chunks_exact_mut(dest_image)
+                    .zip(y.chunks_exact(out_image))
+                {
+                    conv::pool_image(p, d, img);
+                }
+            }
+            IM2COL_SCRATCH.set(scratch);
         });
-    Array4::from_shape_vec((n, oh, ow, c.filters), out).expect("NHWC output")
+    Array4::from_shape_vec((n, dest_h, dest_w, c.filters), out).expect("NHWC output")
+}
+
+thread_local! {
+    /// Per-thread im2col columns and staged outputs, reused across groups and calls.
+    static IM2COL_SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }

@@ -94,12 +94,7 @@ fn run_direction(
         .enumerate()
         .for_each(|(group, (((seq, last), hf), cf))| {
             let first_row = group * rows_per_group;
-            let out = GroupOut { seq, last, hf, cf };
-            if u >= GEMM_MIN_UNITS {
-                direction.rows_stepwise(first_row, out);
-            } else {
-                direction.rows_one_by_one(first_row, out);
-            }
+            run_rows(&direction, first_row, GroupOut { seq, last, hf, cf });
         });
     DirectionOutput {
         sequence: Array3::from_shape_vec((n, t_len, u), sequence).expect("N x T x U"),
@@ -107,6 +102,18 @@ fn run_direction(
         h: Array2::from_shape_vec((n, u), h_final).expect("N x U"),
         c: Array2::from_shape_vec((n, u), c_final).expect("N x U"),
     }
+}
+
+super::simd::multiversion! {
+/// One group of rows from `first_row`: stepwise with `h R` as a GEMM for enough units, else
+/// row by row.
+fn run_rows(direction: &Direction, first_row: usize, out: GroupOut) {
+    if direction.cell.units >= GEMM_MIN_UNITS {
+        direction.rows_stepwise(first_row, out);
+    } else {
+        direction.rows_one_by_one(first_row, out);
+    }
+}
 }
 
 /// What one group of rows writes: the sequence (rows, T, U), the last output and the final
@@ -137,6 +144,7 @@ struct Direction<'a> {
 }
 
 impl Direction<'_> {
+    #[inline(always)]
     fn timestep(&self, step: usize) -> usize {
         if self.cell.go_backwards {
             self.t_len - 1 - step
@@ -145,11 +153,13 @@ impl Direction<'_> {
         }
     }
 
+    #[inline(always)]
     fn live(&self, row: usize, t: usize) -> bool {
         self.mask.is_none_or(|m| m[[row, t]])
     }
 
     /// Row `b`'s initial h and c.
+    #[inline(always)]
     fn start(&self, b: usize, h: &mut [f32], c: &mut [f32]) {
         let u = h.len();
         match self.initial.h {
@@ -201,6 +211,7 @@ impl Direction<'_> {
 
     /// Rows from `first_row`, all timesteps of one row before the next (few units: the state
     /// stays in registers and `x W` is read in order).
+    #[inline(always)]
     fn rows_one_by_one(&self, first_row: usize, o: GroupOut) {
         let u = self.cell.units;
         let g = self.cell.gate_columns();
@@ -231,6 +242,7 @@ impl Direction<'_> {
     }
 
     /// Rows from `first_row`, one timestep of all of them at a time, `h R` as one GEMM.
+    #[inline(always)]
     fn rows_stepwise(&self, first_row: usize, o: GroupOut) {
         let u = self.cell.units;
         let g = self.cell.gate_columns();
@@ -278,6 +290,7 @@ impl Direction<'_> {
 /// One cell update from the pre-activations `z` (for a GRU: x W + b, then h R (+ recurrent
 /// bias), then `units` of scratch). `recurrent_rows` is R, read again by a GRU with
 /// reset_after=False for (r * h) R_h.
+#[inline(always)]
 fn step_cell(
     cell: &RecurrentCell,
     z: &mut [f32],

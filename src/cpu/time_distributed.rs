@@ -27,7 +27,7 @@ pub(super) fn run(
     let mut folded_out = vec![items];
     folded_out.extend_from_slice(out_dims.get(2..).unwrap_or_default());
     let y = match inner {
-        Op::Conv(c) => conv::conv(c, params, &x, &folded_out)?,
+        Op::Conv(c) => conv::conv(c, params, &x, None, &folded_out)?,
         Op::Pool(p) => conv::pool(p, &x, &folded_out)?,
         Op::GlobalPool { op, .. } => conv::global_pool(*op, &x, None, &folded_out)?,
         Op::Recurrent(r) => {

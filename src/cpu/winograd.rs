@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use super::activation;
 use super::gemm::matmul_into;
 use super::ConvArgs as Conv2d;
-use crate::graph::Activation;
+use crate::graph::{Activation, Pool, Window};
 
 /// Positions in a transformed 4x4 tile: one GEMM each.
 const POSITIONS: usize = 16;
@@ -56,9 +56,8 @@ struct Geometry {
 }
 
 /// One unit of parallel work: `images` whole images, or one band of tile rows of one image.
-struct Block<'a> {
-    /// The block's output rows, NHWC, contiguous: `images` x `out_rows` x out_w x out_channels.
-    out: &'a mut [f32],
+#[derive(Debug, Clone, Copy)]
+struct Span {
     first_image: usize,
     images: usize,
     first_tile_row: usize,
@@ -66,17 +65,38 @@ struct Block<'a> {
     out_rows: usize,
 }
 
-impl Block<'_> {
+/// A span with where its results go: the convolution's rows, or with a fused pooling the
+/// pooled rows, NHWC and contiguous.
+struct Block<'a> {
+    out: &'a mut [f32],
+    span: Span,
+}
+
+impl Span {
     fn tile_rows(&self) -> usize {
         self.out_rows.div_ceil(2)
     }
 }
 
+impl std::ops::Deref for Block<'_> {
+    type Target = Span;
+    fn deref(&self) -> &Span {
+        &self.span
+    }
+}
+
 /// The convolution of `x` (NHWC) with bias and activation, or `None` when the layer or the
 /// input is not one this path handles (the caller then uses im2col).
+///
+/// With `pool` (a pooling layer that reads only this convolution's output) the result is the
+/// pooled output: each block's convolution is staged in the thread's scratch and pooled while
+/// in cache, so the full-size output is never written. Blocks that are bands of a large image
+/// are pooled the same way when no pooling window crosses a band; otherwise the whole output is
+/// made and then pooled.
 pub(super) fn conv2d<S: ndarray::Data<Elem = f32>>(
     c: &Conv2d,
     x: &ndarray::ArrayBase<S, ndarray::Ix4>,
+    pool: Option<&Pool>,
 ) -> Option<Array4<f32>> {
     if !supports(c) {
         return None;
@@ -106,7 +126,21 @@ pub(super) fn conv2d<S: ndarray::Data<Elem = f32>>(
         pad_left: c.window.pad_top_left[1],
         tiles_w: out_w.div_ceil(2),
     };
-    let mut out = Array4::<f32>::zeros((n, out_h, out_w, c.filters));
+    let spans = block_spans(&geo, n);
+    if let Some(p) = pool {
+        if !pools_by_block(p, &geo, &spans) {
+            let y = conv2d(c, &x, None)?.into_dyn();
+            let dims = [n, p.window.output[1], p.window.output[2], p.channels];
+            let pooled = super::conv::pool(p, &y, &dims).ok()?;
+            return pooled.into_dimensionality().ok();
+        }
+    }
+    // Rows and row length of the destination: the convolution's, or the pooling's.
+    let (dest_h, dest_w) = match pool {
+        Some(p) => (p.window.output[1], p.window.output[2]),
+        None => (out_h, out_w),
+    };
+    let mut out = Array4::<f32>::zeros((n, dest_h, dest_w, c.filters));
     let out_all = out.as_slice_mut()?;
     if out_all.is_empty() {
         return Some(out);
@@ -116,14 +150,21 @@ pub(super) fn conv2d<S: ndarray::Data<Elem = f32>>(
     let u = ArrayView3::from_shape((cin, POSITIONS, cout), &u[..]).ok()?;
     // Plain relu, by far the most common, is fused into the output transform.
     let fused_relu = c.activation == Activation::RELU;
-    let blocks = split_blocks(out_all, &geo, n);
+    let blocks = carve_blocks(out_all, &spans, |span| {
+        let rows = pool.map_or(span.out_rows, |p| pooled_rows(p, span, geo.out_h));
+        span.images * rows * dest_w * cout
+    });
     blocks.into_par_iter().for_each(|block| {
         let tiles = block.images * block.tile_rows() * geo.tiles_w;
+        let staged_len = match pool {
+            Some(_) => block.images * block.out_rows * geo.out_w * cout,
+            None => 0,
+        };
         // A stolen nested task (the GEMMs may use rayon) finds the cell empty and allocates
         // its own scratch, so taking it out is safe where a RefCell borrow would panic.
         let mut scratch = SCRATCH.take();
-        let (v, m, work) = carve_scratch(&mut scratch, tiles, cin, cout);
-        transform_input(input, &geo, &block, v, work);
+        let (v, m, work, staged) = carve_scratch(&mut scratch, tiles, cin, cout, staged_len);
+        transform_input(input, &geo, &block.span, v, work);
         let v = ArrayView3::from_shape((tiles, POSITIONS, cin), &*v)
             .expect("the scratch holds tiles x 16 x Cin floats");
         let mut m = ArrayViewMut3::from_shape((tiles, POSITIONS, cout), m)
@@ -136,9 +177,17 @@ pub(super) fn conv2d<S: ndarray::Data<Elem = f32>>(
             );
         }
         let m = m.into_slice().expect("a standard-layout view of a slice");
-        transform_output(m, &bias, fused_relu, &geo, block.out, block.out_rows, work);
+        let span = block.span;
+        let (conv_out, pooled) = match pool {
+            Some(p) => (staged, Some((p, block.out))),
+            None => (block.out, None),
+        };
+        transform_output(m, &bias, fused_relu, &geo, conv_out, span.out_rows, work);
         if !fused_relu {
-            activation::apply_rows(c.activation, block.out, cout);
+            activation::apply_rows(c.activation, conv_out, cout);
+        }
+        if let Some((p, dest)) = pooled {
+            pool_block(p, &span, geo.out_h, conv_out, dest);
         }
         SCRATCH.set(scratch);
     });
@@ -151,22 +200,26 @@ thread_local! {
 }
 
 /// Splits the per-thread scratch into the block's transformed input V ([tile][position][Cin]),
-/// GEMM results M ([tile][position][Cout]) and the transforms' small work area.
+/// GEMM results M ([tile][position][Cout]), the transforms' small work area, and `staged_len`
+/// floats for a convolution output that is pooled before it leaves the block.
 fn carve_scratch(
     scratch: &mut Vec<f32>,
     tiles: usize,
     cin: usize,
     cout: usize,
-) -> (&mut [f32], &mut [f32], &mut [f32]) {
+    staged_len: usize,
+) -> (&mut [f32], &mut [f32], &mut [f32], &mut [f32]) {
     let v_len = tiles * POSITIONS * cin;
     let m_len = tiles * POSITIONS * cout;
-    let need = v_len + m_len + work_len(cin, cout);
+    let w_len = work_len(cin, cout);
+    let need = v_len + m_len + w_len + staged_len;
     if scratch.len() < need {
         scratch.resize(need, 0.0);
     }
     let (v, rest) = scratch.split_at_mut(v_len);
-    let (m, work) = rest.split_at_mut(m_len);
-    (v, m, work)
+    let (m, rest) = rest.split_at_mut(m_len);
+    let (work, rest) = rest.split_at_mut(w_len);
+    (v, m, work, &mut rest[..staged_len])
 }
 
 /// Work area of the transforms: 16 x Cin half-transformed input plus Cin zeros (the padding),
@@ -175,42 +228,115 @@ fn work_len(cin: usize, cout: usize) -> usize {
     (17 * cin).max(10 * cout)
 }
 
-/// Cuts the output into blocks of about [`BLOCK_TILES`] tiles.
-fn split_blocks<'a>(out: &'a mut [f32], geo: &Geometry, n: usize) -> Vec<Block<'a>> {
+/// Cuts the output into blocks of about [`BLOCK_TILES`] tiles: groups of whole images when
+/// they are small, bands of tile rows of one image when they are large.
+fn block_spans(geo: &Geometry, n: usize) -> Vec<Span> {
     let tiles_h = geo.out_h.div_ceil(2);
     let tiles_per_image = tiles_h * geo.tiles_w;
-    let images_per_block = (BLOCK_TILES / tiles_per_image).clamp(1, n.max(1));
-    let row_len = geo.out_w * geo.out_channels;
-    let image_len = geo.out_h * row_len;
-    let mut blocks = Vec::new();
+    let images_per_block = (BLOCK_TILES / tiles_per_image.max(1)).clamp(1, n.max(1));
+    let mut spans = Vec::new();
     if images_per_block > 1 || tiles_per_image <= BLOCK_TILES {
-        for (i, group) in out.chunks_mut(images_per_block * image_len).enumerate() {
-            blocks.push(Block {
-                images: group.len() / image_len,
-                out: group,
-                first_image: i * images_per_block,
+        for first_image in (0..n).step_by(images_per_block) {
+            spans.push(Span {
+                first_image,
+                images: images_per_block.min(n - first_image),
                 first_tile_row: 0,
                 out_rows: geo.out_h,
             });
         }
     } else {
         let band_tile_rows = (BLOCK_TILES / geo.tiles_w).clamp(1, tiles_h);
-        for (image, image_out) in out.chunks_mut(image_len).enumerate() {
-            for (band, rows) in image_out
-                .chunks_mut(2 * band_tile_rows * row_len)
-                .enumerate()
-            {
-                blocks.push(Block {
-                    out_rows: rows.len() / row_len,
-                    out: rows,
+        for image in 0..n {
+            for first_tile_row in (0..tiles_h).step_by(band_tile_rows) {
+                let first_row = 2 * first_tile_row;
+                spans.push(Span {
                     first_image: image,
                     images: 1,
-                    first_tile_row: band * band_tile_rows,
+                    first_tile_row,
+                    out_rows: (2 * band_tile_rows).min(geo.out_h - first_row),
                 });
             }
         }
     }
-    blocks
+    spans
+}
+
+/// Hands each span its consecutive part of `out`, `len(span)` floats.
+fn carve_blocks<'a>(
+    mut out: &'a mut [f32],
+    spans: &[Span],
+    len: impl Fn(&Span) -> usize,
+) -> Vec<Block<'a>> {
+    spans
+        .iter()
+        .map(|span| {
+            let (part, rest) = std::mem::take(&mut out).split_at_mut(len(span));
+            out = rest;
+            Block {
+                out: part,
+                span: *span,
+            }
+        })
+        .collect()
+}
+
+/// Whether each block can pool its own rows: always for whole images; for bands, when the
+/// pooling has no padding before and its row windows are its row strides and tile the bands.
+fn pools_by_block(p: &Pool, geo: &Geometry, spans: &[Span]) -> bool {
+    let w = &p.window;
+    if w.input != [1, geo.out_h, geo.out_w] || p.channels != geo.out_channels {
+        return false;
+    }
+    spans.iter().all(|s| s.out_rows == geo.out_h)
+        || (w.pad_before == [0, 0, 0]
+            && w.kernel[1] == w.strides[1]
+            && spans.iter().all(|s| {
+                s.out_rows % w.kernel[1] == 0 || 2 * s.first_tile_row + s.out_rows == geo.out_h
+            }))
+}
+
+/// Pooled rows per image of a span: the pooling's for whole images; for a band, its rows'
+/// windows ([`pools_by_block`] holds).
+fn pooled_rows(p: &Pool, span: &Span, out_h: usize) -> usize {
+    let w = &p.window;
+    if span.out_rows == out_h {
+        return w.output[1];
+    }
+    let first = 2 * span.first_tile_row / w.kernel[1];
+    let end = if 2 * span.first_tile_row + span.out_rows == out_h {
+        w.output[1]
+    } else {
+        (2 * span.first_tile_row + span.out_rows) / w.kernel[1]
+    };
+    end - first
+}
+
+/// Pools a block's staged convolution rows into `dest`: image by image, or one band as an
+/// image of the band's rows (its windows stop at the band's end, which is the image's end for
+/// the last band).
+fn pool_block(p: &Pool, span: &Span, out_h: usize, conv_out: &[f32], dest: &mut [f32]) {
+    if span.out_rows == out_h {
+        let conv_image = conv_out.len() / span.images;
+        let dest_image = dest.len() / span.images;
+        for (d, x) in dest
+            .chunks_exact_mut(dest_image)
+            .zip(conv_out.chunks_exact(conv_image))
+        {
+            super::conv::pool_image(p, d, x);
+        }
+        return;
+    }
+    let rows = pooled_rows(p, span, out_h);
+    let band = Pool {
+        op: p.op,
+        channels: p.channels,
+        window: Window {
+            input: [1, span.out_rows, p.window.input[2]],
+            output: [1, rows, p.window.output[2]],
+            ..p.window
+        },
+    };
+    super::conv::pool_image(&band, dest, conv_out);
 }
 
 /// Splits `buf` into `N` consecutive slices of `len`.
@@ -224,7 +350,7 @@ fn split_rows<const N: usize>(buf: &mut [f32], len: usize) -> [&mut [f32]; N] {
 }
 
 /// One 1-D pass of Bᵀ over four channel vectors: (x0 - x2, x1 + x2, x2 - x1, x1 - x3).
-#[inline]
+#[inline(always)]
 fn input_pass(x: [&[f32]; 4], out: [&mut [f32]; 4]) {
     let len = out[0].len();
     let [x0, x1, x2, x3] = x.map(|x| &x[..len]);
@@ -239,7 +365,7 @@ fn input_pass(x: [&[f32]; 4], out: [&mut [f32]; 4]) {
 }
 
 /// One 1-D pass of Aᵀ over four channel vectors: (m0 + m1 + m2, m1 - m2 - m3).
-#[inline]
+#[inline(always)]
 fn output_pass(m: [&[f32]; 4], o0: &mut [f32], o1: &mut [f32]) {
     let len = o0.len();
     let [m0, m1, m2, m3] = m.map(|m| &m[..len]);
@@ -251,7 +377,7 @@ fn output_pass(m: [&[f32]; 4], o0: &mut [f32], o1: &mut [f32]) {
 }
 
 /// The last Aᵀ pass, plus bias and, if `relu`, max(0, ·), written to two output pixels.
-#[inline]
+#[inline(always)]
 fn output_final(m: [&[f32]; 4], bias: &[f32], relu: bool, o0: &mut [f32], o1: &mut [f32]) {
     let len = o0.len();
     let [m0, m1, m2, m3] = m.map(|m| &m[..len]);
@@ -365,11 +491,12 @@ fn transform_kernel(kernel: &[f32], cin: usize, cout: usize) -> Vec<f32> {
     u
 }
 
+super::simd::multiversion! {
 /// Fills `v` ([tile][position][Cin]) with V = Bᵀ d B of the block's tiles; taps outside the
 /// image are the convolution's zero padding.
 ///
 /// Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]].
-fn transform_input(input: &[f32], geo: &Geometry, block: &Block, v: &mut [f32], work: &mut [f32]) {
+fn transform_input(input: &[f32], geo: &Geometry, block: &Span, v: &mut [f32], work: &mut [f32]) {
     let cin = geo.in_channels;
     let image_len = geo.in_h * geo.in_w * cin;
     let (half, zeros) = work.split_at_mut(POSITIONS * cin);
@@ -410,7 +537,9 @@ fn transform_input(input: &[f32], geo: &Geometry, block: &Block, v: &mut [f32], 
         }
     }
 }
+}
 
+super::simd::multiversion! {
 /// Writes Y = Aᵀ m A + bias (then max(0, ·) if `relu`) for every tile of `m`
 /// ([tile][position][Cout]) into the block's output `out` (`out_rows` rows per image); the
 /// parts of partial tiles past an odd-sized output go to the work area and are dropped.
@@ -464,6 +593,7 @@ fn transform_output(
             }
         }
     }
+}
 }
 
 #[cfg(test)]
@@ -541,8 +671,8 @@ mod tests {
     /// Winograd against the im2col reference within 1e-5 * (1 + |ref|).
     fn assert_matches_im2col(layer: &Layer, x: &Array4<f32>) {
         let c = &layer.args();
-        let got = conv2d(c, x).expect("a 3x3 stride-1 layer takes the Winograd path");
-        let want = super::super::conv2d_im2col(c, x);
+        let got = conv2d(c, x, None).expect("a 3x3 stride-1 layer takes the Winograd path");
+        let want = super::super::conv2d_im2col(c, x, None);
         assert_eq!(got.shape(), want.shape());
         for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
             assert!(
@@ -623,11 +753,11 @@ mod tests {
     fn an_empty_batch_or_output_is_empty() {
         let c = layer([8, 8], 8, 4, Padding::Same, Activation::Linear, 21);
         assert_eq!(
-            conv2d(&c.args(), &input(0, [8, 8], 8, 22)).map(|y| y.len()),
+            conv2d(&c.args(), &input(0, [8, 8], 8, 22), None).map(|y| y.len()),
             Some(0)
         );
         let valid_too_small = layer([2, 2], 8, 4, Padding::Valid, Activation::Linear, 23);
-        let y = conv2d(&valid_too_small.args(), &input(1, [2, 2], 8, 24));
+        let y = conv2d(&valid_too_small.args(), &input(1, [2, 2], 8, 24), None);
         assert_eq!(y.map(|y| y.shape().to_vec()), Some(vec![1, 0, 0, 4]));
     }
 
@@ -643,6 +773,6 @@ mod tests {
         assert!(!supports(&five_by_five.args()));
         // An input whose shape disagrees with the layer goes back to the caller.
         let c = layer([8, 8], 8, 4, Padding::Same, Activation::Linear, 34);
-        assert!(conv2d(&c.args(), &input(1, [8, 7], 8, 35)).is_none());
+        assert!(conv2d(&c.args(), &input(1, [8, 7], 8, 35), None).is_none());
     }
 }

@@ -98,7 +98,7 @@ fn selected() -> &'static Result<Level, String> {
 /// The level in use, or the one-line error for a bad `WGNN_CPU` (the CPU path checks it before
 /// it runs anything).
 pub fn checked_level() -> crate::Result<Level> {
-    selected().clone().map_err(crate::Error::Input)
+    selected().clone().map_err(crate::Error::Usage)
 }
 
 /// The level the loops run at: `WGNN_CPU`'s, else the host's. A bad `WGNN_CPU` is reported by
@@ -108,13 +108,14 @@ pub fn level() -> Level {
     *selected().as_ref().unwrap_or(&Level::Baseline)
 }
 
-/// How benchmarks and reports name the CPU path: `cpu (avx512)`, `cpu (sse2, forced)` ...
+/// How benchmarks and reports name the CPU path (their `adapter` field): `avx2`,
+/// `sse2, forced by WGNN_CPU` ...
 pub fn describe() -> String {
     let level = level();
     if level < detected() {
-        format!("cpu ({}, forced by WGNN_CPU)", level.name())
+        format!("{}, forced by WGNN_CPU", level.name())
     } else {
-        format!("cpu ({})", level.name())
+        level.name().to_string()
     }
 }
 

@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -91,7 +92,9 @@ def onnx_export(model, keras_path, cache):
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".partial.onnx")
-        model.export(str(tmp), format="onnx", verbose=False)
+        with warnings.catch_warnings():  # tf2onnx's np.object probe
+            warnings.simplefilter("ignore", FutureWarning)
+            model.export(str(tmp), format="onnx", verbose=False)
         tmp.replace(path)
     return path
 
@@ -204,6 +207,9 @@ def main():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import numpy as np
     import onnxruntime as ort
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")  # predict_on_batch's retracing notes at batch 1 and 16
 
     cpu, simd = cpu_info()
     vers = versions(args.wgnn)

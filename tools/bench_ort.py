@@ -13,7 +13,8 @@ names or .keras paths (a path runs at --batch-size, default 250).
 
 Throughput (items/s): each round times ORT, then Keras, then wgnn on the model (rounds interleaved:
 ORT, Keras, wgnn, ORT, Keras, wgnn, ...); each figure is the median of --rounds rounds, a round
-being --iters batches after warm-up. Batch-1 latency (ms) for --latency-models (default VGG6 and the
+being --iters batches (default about a second's work per model) after warm-up (--warmup batches
+for ORT and Keras before round 1; `wgnn bench` warms up 2 batches in each of its processes). Batch-1 latency (ms) for --latency-models (default VGG6 and the
 base CNN): per round the median of --latency-runs single-item calls, then the median over rounds.
 
 - ORT: `onnxruntime.InferenceSession(..., providers=["CPUExecutionProvider"])`, default threads,
@@ -51,10 +52,11 @@ from bench_keras import ROOT, wgnn_bench  # noqa: E402
 
 SEED = os.environ.get("WGNN_SEED_MODELS", "/work/shared/models/seed")
 MODELS = {
-    "cifar10_base": (str(ROOT / "models" / "cifar10_base.keras"), 250),
-    "cifar10_vgg6": (str(ROOT / "models" / "cifar10_vgg6.keras"), 250),
-    "lstm_layer3": (os.path.join(SEED, "lstm_layer3.keras"), 400),
-    "rnn_layer1Bi": (os.path.join(SEED, "rnn_layer1Bi.keras"), 400),
+    # name: (path, batch, timed batches per round: about a second of work on a 2-core host)
+    "cifar10_base": (str(ROOT / "models" / "cifar10_base.keras"), 250, 20),
+    "cifar10_vgg6": (str(ROOT / "models" / "cifar10_vgg6.keras"), 250, 4),
+    "lstm_layer3": (os.path.join(SEED, "lstm_layer3.keras"), 400, 20),
+    "rnn_layer1Bi": (os.path.join(SEED, "rnn_layer1Bi.keras"), 400, 20),
 }
 LATENCY_MODELS = "cifar10_vgg6,cifar10_base"
 SEQ_LEN = 60  # the seed models' token count, where the model leaves it open
@@ -160,11 +162,11 @@ class Engines:
         return self.session.run(None, {self.ort_name: x.astype(self.ort_dtype, copy=False)})
 
 
-def resolve(spec, batch_override):
+def resolve(spec, batch_override, iters_override):
     if spec in MODELS:
-        path, batch = MODELS[spec]
-        return spec, path, batch_override or batch
-    return Path(spec).stem, spec, batch_override or 250
+        path, batch, iters = MODELS[spec]
+        return spec, path, batch_override or batch, iters_override or iters
+    return Path(spec).stem, spec, batch_override or 250, iters_override or 10
 
 
 def versions(wgnn):
@@ -194,7 +196,8 @@ def main():
                     help=f"comma-separated built-in names ({', '.join(MODELS)}) or .keras paths")
     ap.add_argument("--batch-size", type=int, help="one batch for every model (default: 250 / 400 as above)")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--iters", type=int, default=4, help="timed batches per round and engine")
+    ap.add_argument("--iters", type=int,
+                    help="timed batches per round and engine (default: 20, VGG6 4, a .keras path 10)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed batches per engine before round 1")
     ap.add_argument("--latency-models", default=LATENCY_MODELS, help="comma-separated, or none")
     ap.add_argument("--latency-runs", type=int, default=50, help="single-item calls per round and engine")
@@ -216,7 +219,7 @@ def main():
     latency_specs = [] if args.latency_models in ("", "none") else args.latency_models.split(",")
     throughput, latency = [], []
     for spec in args.models.split(","):
-        name, path, batch = resolve(spec, args.batch_size)
+        name, path, batch, iters = resolve(spec, args.batch_size, args.iters)
         print(f"[{name}] loading, exporting ONNX ...", file=sys.stderr, flush=True)
         eng = Engines(path, batch, args.cache, ort)
         x = eng.x
@@ -228,12 +231,12 @@ def main():
         report = None
         for r in range(args.rounds):
             print(f"[{name}] batch {batch}, round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
-            rounds["ort"].append(timed(eng.ort, x, args.iters))
-            rounds["keras"].append(timed(eng.keras, x, args.iters))
-            report = wgnn_bench(args.wgnn, path, batch, args.iters, 1, "cpu")
+            rounds["ort"].append(timed(eng.ort, x, iters))
+            rounds["keras"].append(timed(eng.keras, x, iters))
+            report = wgnn_bench(args.wgnn, path, batch, iters, 1, "cpu")
             rounds["wgnn"].append(report["items_per_s"])
         med = {k: statistics.median(v) for k, v in rounds.items()}
-        throughput.append({"model": name, "path": path, "batch_size": batch,
+        throughput.append({"model": name, "path": path, "batch_size": batch, "iters": iters,
                            "input_shape": list(x.shape), "input_dtype": str(x.dtype),
                            "max_abs_ort_minus_keras": agree,
                            "gflop_per_item": report["flops_per_item"] / 1e9,
@@ -259,12 +262,12 @@ def main():
           f"onnx {vers['onnx']}, tf2onnx {vers['tf2onnx']}, Keras {vers['keras']}, TF {vers['tensorflow']}, "
           f"numpy {vers['numpy']}, {vers['wgnn']} ({args.wgnn})")
     print(f"method     median of {args.rounds} interleaved rounds (ORT, Keras, wgnn), "
-          f"{args.iters} timed batches per round; ratios > 1: wgnn faster")
+          f"'iters' timed batches per round and engine; ratios > 1: wgnn faster")
     print()
-    print(f"{'model':<14} {'batch':>5} {'GFLOP/item':>10} {'ORT items/s':>12} {'Keras items/s':>14} "
+    print(f"{'model':<14} {'batch':>5} {'iters':>5} {'GFLOP/item':>10} {'ORT items/s':>12} {'Keras items/s':>14} "
           f"{'wgnn items/s':>13} {'wgnn/ORT':>9} {'wgnn/Keras':>11} {'|ORT-Keras|':>11}")
     for t in throughput:
-        print(f"{t['model']:<14} {t['batch_size']:>5} {t['gflop_per_item']:>10.4f} {t['ort_items_per_s']:>12.1f} "
+        print(f"{t['model']:<14} {t['batch_size']:>5} {t['iters']:>5} {t['gflop_per_item']:>10.4f} {t['ort_items_per_s']:>12.1f} "
               f"{t['keras_items_per_s']:>14.1f} {t['wgnn_items_per_s']:>13.1f} {t['wgnn_over_ort']:>8.2f}x "
               f"{t['wgnn_over_keras']:>10.2f}x {t['max_abs_ort_minus_keras']:>11.1e}")
     if latency:
@@ -275,7 +278,7 @@ def main():
             print(f"{t['model']:<14} {t['ort_ms']:>9.3f} {t['keras_ms']:>9.3f} {t['wgnn_ms']:>9.3f} "
                   f"{t['wgnn_over_ort']:>8.2f}x {t['wgnn_over_keras']:>10.2f}x")
     print(json.dumps({"host_cpu": cpu, "cpus": os.cpu_count(), "simd": simd, "versions": vers,
-                      "rounds": args.rounds, "iters": args.iters, "latency_runs": args.latency_runs,
+                      "rounds": args.rounds, "latency_runs": args.latency_runs,
                       "throughput": throughput, "latency": latency}))
 
 

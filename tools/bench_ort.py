@@ -7,23 +7,24 @@
     .venv-keras/bin/python tools/bench_ort.py --models path/to/model.keras --batch-size 64 --latency-models none
 
 Built-in models: models/cifar10_base.keras and models/cifar10_vgg6.keras at batch 250, and the seed
-models $WGNN_SEED_MODELS/lstm_layer3.keras and $WGNN_SEED_MODELS/rnn_layer1Bi.keras at batch 400
-(their 60-token inputs: int ids drawn below the Embedding's input_dim). --models takes built-in
-names or .keras paths (a path runs at --batch-size, default 250).
+models $WGNN_SEED_MODELS/lstm_layer3.keras and $WGNN_SEED_MODELS/rnn_layer1Bi.keras (default
+../shared/models/seed beside the repository) at batch 400, their 60-token inputs int ids drawn
+below the Embedding's input_dim. --models takes built-in names or .keras paths (a path runs at
+--batch-size, default 250).
 
 Throughput (items/s): each round times ORT, then Keras, then wgnn on the model (rounds interleaved:
 ORT, Keras, wgnn, ORT, Keras, wgnn, ...); each figure is the median of --rounds rounds, a round
-being --iters batches (default about a second's work per model) after warm-up (--warmup batches
-for ORT and Keras before round 1; `wgnn bench` warms up 2 batches in each of its processes). Batch-1 latency (ms) for --latency-models (default VGG6 and the
-base CNN): per round the median of --latency-runs single-item calls, then the median over rounds.
+being --iters batches (by default about a second's work per model) after warm-up (--warmup
+batches for ORT and Keras before round 1; `wgnn bench` warms up 2 batches in each of its
+processes). Batch-1 latency (ms) for --latency-models (default VGG6 and the base CNN): per round
+the median of --latency-runs single-item calls, then the median over rounds.
 
 - ORT: `onnxruntime.InferenceSession(..., providers=["CPUExecutionProvider"])`, default threads,
   `session.run` on the batch. The ONNX file is Keras's own `model.export(path, format="onnx")`
   (through tf2onnx), cached under the system temp dir (--cache), never in the repository.
 - Keras: `model.predict_on_batch` on the same numpy array (ORT gets that array cast to the ONNX
-  input's dtype only if it differs, so the values are identical).
-  The table's last column is the largest |ORT - Keras| output difference on 16 items of that
-  array: the export is the same model.
+  input's dtype only if it differs, so the values are identical). The table's last column is the
+  largest |ORT - Keras| output difference on 16 items of that array: the export is the same model.
 - wgnn: `wgnn bench MODEL --backend cpu --json` (the helper from tools/bench_keras.py), which times
   its own deterministic synthetic input of the same shape and value ranges (pixels in [0, 1), ids
   below input_dim), not the numpy array: the work is the same, which is all throughput needs.
@@ -50,7 +51,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_keras import ROOT, wgnn_bench  # noqa: E402
 
-SEED = os.environ.get("WGNN_SEED_MODELS", "/work/shared/models/seed")
+SEED = os.environ.get("WGNN_SEED_MODELS", str(ROOT.parent / "shared" / "models" / "seed"))
 MODELS = {
     # name: (path, batch, timed batches per round: about a second of work on a 2-core host)
     "cifar10_base": (str(ROOT / "models" / "cifar10_base.keras"), 250, 20),
@@ -267,8 +268,8 @@ def main():
     print(f"{'model':<14} {'batch':>5} {'iters':>5} {'GFLOP/item':>10} {'ORT items/s':>12} {'Keras items/s':>14} "
           f"{'wgnn items/s':>13} {'wgnn/ORT':>9} {'wgnn/Keras':>11} {'|ORT-Keras|':>11}")
     for t in throughput:
-        print(f"{t['model']:<14} {t['batch_size']:>5} {t['iters']:>5} {t['gflop_per_item']:>10.4f} {t['ort_items_per_s']:>12.1f} "
-              f"{t['keras_items_per_s']:>14.1f} {t['wgnn_items_per_s']:>13.1f} {t['wgnn_over_ort']:>8.2f}x "
+        print(f"{t['model']:<14} {t['batch_size']:>5} {t['iters']:>5} {t['gflop_per_item']:>10.4f} "
+              f"{t['ort_items_per_s']:>12.1f} {t['keras_items_per_s']:>14.1f} {t['wgnn_items_per_s']:>13.1f} {t['wgnn_over_ort']:>8.2f}x "
               f"{t['wgnn_over_keras']:>10.2f}x {t['max_abs_ort_minus_keras']:>11.1e}")
     if latency:
         print()

@@ -16,11 +16,11 @@
 use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 
-use ndarray::{s, Array4, ArrayView3, ArrayViewMut3};
+use ndarray::{s, Array4, ArrayView3, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 
 use super::activation;
-use super::gemm::matmul_into;
+use super::gemm::{matmul_into, matmul_into_on};
 use super::ConvArgs as Conv2d;
 use crate::graph::{Activation, Pool, Window};
 
@@ -154,6 +154,7 @@ pub(super) fn conv2d<S: ndarray::Data<Elem = f32>>(
         let rows = pool.map_or(span.out_rows, |p| pooled_rows(p, span, geo.out_h));
         span.images * rows * dest_w * cout
     });
+    let few_blocks = blocks.len() < rayon::current_num_threads();
     blocks.into_par_iter().for_each(|block| {
         let tiles = block.images * block.tile_rows() * geo.tiles_w;
         let staged_len = match pool {
@@ -169,12 +170,26 @@ pub(super) fn conv2d<S: ndarray::Data<Elem = f32>>(
             .expect("the scratch holds tiles x 16 x Cin floats");
         let mut m = ArrayViewMut3::from_shape((tiles, POSITIONS, cout), m)
             .expect("the scratch holds tiles x 16 x Cout floats");
-        for pos in 0..POSITIONS {
-            matmul_into(
-                v.slice(s![.., pos, ..]),
-                u.slice(s![.., pos, ..]),
-                m.slice_mut(s![.., pos, ..]),
-            );
+        if few_blocks {
+            // Fewer blocks than threads (batch 1): the 16 GEMMs side by side on the threads,
+            // one fork-join per block instead of one per GEMM.
+            let per_position: Vec<_> = m.axis_iter_mut(Axis(1)).enumerate().collect();
+            per_position.into_par_iter().for_each(|(pos, mp)| {
+                matmul_into_on(
+                    v.slice(s![.., pos, ..]),
+                    u.slice(s![.., pos, ..]),
+                    mp,
+                    false,
+                );
+            });
+        } else {
+            for pos in 0..POSITIONS {
+                matmul_into(
+                    v.slice(s![.., pos, ..]),
+                    u.slice(s![.., pos, ..]),
+                    m.slice_mut(s![.., pos, ..]),
+                );
+            }
         }
         let m = m.into_slice().expect("a standard-layout view of a slice");
         let span = block.span;
@@ -445,7 +460,8 @@ fn transformed_kernel(kernel: &[f32], cin: usize, cout: usize) -> Arc<Vec<f32>> 
 
 /// Bitwise equality, so that NaN weights match themselves.
 fn same_bits(a: &[f32], b: &[f32]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    // As bytes, one memcmp: at batch 1 this check reads every kernel on every call.
+    bytemuck::cast_slice::<f32, u8>(a) == bytemuck::cast_slice::<f32, u8>(b)
 }
 
 /// U = G g Gᵀ for every (input, output) channel pair, laid out [Cin][position][Cout] (each

@@ -45,8 +45,9 @@ fn product(
         }
         return;
     }
-    // Threads only pay off for enough work; tiny products stay on the calling thread.
-    let parallelism = if threaded && m * n * k >= 1 << 18 {
+    // Threads only pay off for enough work: a fork-join costs tens of microseconds, about a
+    // million multiply-adds on one core, so smaller products stay on the calling thread.
+    let parallelism = if threaded && m * n * k >= 1 << 20 {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None

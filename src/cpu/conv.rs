@@ -323,9 +323,21 @@ pub(super) fn pool(p: &Pool, x: &ArrayD<f32>, out_dims: &[usize]) -> Result<Arra
     shaped(out, out_dims)
 }
 
+/// Pools consecutive whole images of `src` into `dest`: a fused convolution's staged group.
+pub(super) fn pool_images(p: &Pool, dest: &mut [f32], src: &[f32]) {
+    let in_image = p.window.input.iter().product::<usize>() * p.channels;
+    let out_image = p.window.output.iter().product::<usize>() * p.channels;
+    for (d, x) in dest
+        .chunks_exact_mut(out_image)
+        .zip(src.chunks_exact(in_image))
+    {
+        pool_image(p, d, x);
+    }
+}
+
 super::simd::multiversion! {
 /// One image's max or average pooling into `o` (NDHWC, any rank as 3-D).
-pub(super) fn pool_image(p: &Pool, o: &mut [f32], img: &[f32]) {
+fn pool_image(p: &Pool, o: &mut [f32], img: &[f32]) {
     let w = &p.window;
     let [od, oh, ow] = w.output;
     let [id, ih, iw] = w.input;

@@ -591,6 +591,11 @@ fn conv2d_then_pool<S: ndarray::Data<Elem = f32>>(
     conv2d_im2col(c, x, pool)
 }
 
+/// Rows and columns of each image's result: the convolution's, or with `pool` the pooling's.
+fn dest_hw(pool: Option<&Pool>, conv_hw: [usize; 2]) -> [usize; 2] {
+    pool.map_or(conv_hw, |p| [p.window.output[1], p.window.output[2]])
+}
+
 /// Convolution as im2col + GEMM, threads over groups of images: each group's im2col, GEMM, bias,
 /// activation and (with `pool`) pooling run on one thread while its rows are still in cache.
 fn conv2d_im2col<S: ndarray::Data<Elem = f32>>(
@@ -612,11 +617,7 @@ fn conv2d_im2col<S: ndarray::Data<Elem = f32>>(
     let input = x.as_slice().expect("standard layout is contiguous");
     let in_image = ih * iw * c.in_channels;
     let out_image = pixels * c.filters;
-    // Where each image's result goes: its convolution, or with `pool` its pooled output.
-    let (dest_h, dest_w) = match pool {
-        Some(p) => (p.window.output[1], p.window.output[2]),
-        None => (oh, ow),
-    };
+    let [dest_h, dest_w] = dest_hw(pool, [oh, ow]);
     let dest_image = dest_h * dest_w * c.filters;
     let mut out = vec![0.0f32; n * dest_image];
     if in_image == 0 || out_image == 0 || dest_image == 0 {
@@ -654,12 +655,7 @@ fn conv2d_im2col<S: ndarray::Data<Elem = f32>>(
             gemm::matmul_into_on(a, kernel, yv, threaded_gemm);
             bias_activation_rows(y, c.filters, c.bias, c.activation);
             if let Some((p, dest)) = pooled {
-                for (d, img) in dest
-                    .chunks_exact_mut(dest_image)
-                    .zip(y.chunks_exact(out_image))
-                {
-                    conv::pool_image(p, d, img);
-                }
+                conv::pool_images(p, dest, y);
             }
             IM2COL_SCRATCH.set(scratch);
         });

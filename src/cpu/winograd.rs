@@ -78,13 +78,6 @@ impl Span {
     }
 }
 
-impl std::ops::Deref for Block<'_> {
-    type Target = Span;
-    fn deref(&self) -> &Span {
-        &self.span
-    }
-}
-
 /// The convolution of `x` (NHWC) with bias and activation, or `None` when the layer or the
 /// input is not one this path handles (the caller then uses im2col).
 ///
@@ -135,11 +128,7 @@ pub(super) fn conv2d<S: ndarray::Data<Elem = f32>>(
             return pooled.into_dimensionality().ok();
         }
     }
-    // Rows and row length of the destination: the convolution's, or the pooling's.
-    let (dest_h, dest_w) = match pool {
-        Some(p) => (p.window.output[1], p.window.output[2]),
-        None => (out_h, out_w),
-    };
+    let [dest_h, dest_w] = super::dest_hw(pool, [out_h, out_w]);
     let mut out = Array4::<f32>::zeros((n, dest_h, dest_w, c.filters));
     let out_all = out.as_slice_mut()?;
     if out_all.is_empty() {
@@ -155,17 +144,17 @@ pub(super) fn conv2d<S: ndarray::Data<Elem = f32>>(
         span.images * rows * dest_w * cout
     });
     let few_blocks = blocks.len() < rayon::current_num_threads();
-    blocks.into_par_iter().for_each(|block| {
-        let tiles = block.images * block.tile_rows() * geo.tiles_w;
+    blocks.into_par_iter().for_each(|Block { out, span }| {
+        let tiles = span.images * span.tile_rows() * geo.tiles_w;
         let staged_len = match pool {
-            Some(_) => block.images * block.out_rows * geo.out_w * cout,
+            Some(_) => span.images * span.out_rows * geo.out_w * cout,
             None => 0,
         };
         // A stolen nested task (the GEMMs may use rayon) finds the cell empty and allocates
         // its own scratch, so taking it out is safe where a RefCell borrow would panic.
         let mut scratch = SCRATCH.take();
         let (v, m, work, staged) = carve_scratch(&mut scratch, tiles, cin, cout, staged_len);
-        transform_input(input, &geo, &block.span, v, work);
+        transform_input(input, &geo, &span, v, work);
         let v = ArrayView3::from_shape((tiles, POSITIONS, cin), &*v)
             .expect("the scratch holds tiles x 16 x Cin floats");
         let mut m = ArrayViewMut3::from_shape((tiles, POSITIONS, cout), m)
@@ -192,10 +181,9 @@ pub(super) fn conv2d<S: ndarray::Data<Elem = f32>>(
             }
         }
         let m = m.into_slice().expect("a standard-layout view of a slice");
-        let span = block.span;
         let (conv_out, pooled) = match pool {
-            Some(p) => (staged, Some((p, block.out))),
-            None => (block.out, None),
+            Some(p) => (staged, Some((p, out))),
+            None => (out, None),
         };
         transform_output(m, &bias, fused_relu, &geo, conv_out, span.out_rows, work);
         if !fused_relu {
@@ -331,15 +319,7 @@ fn pooled_rows(p: &Pool, span: &Span, out_h: usize) -> usize {
 /// the last band).
 fn pool_block(p: &Pool, span: &Span, out_h: usize, conv_out: &[f32], dest: &mut [f32]) {
     if span.out_rows == out_h {
-        let conv_image = conv_out.len() / span.images;
-        let dest_image = dest.len() / span.images;
-        for (d, x) in dest
-            .chunks_exact_mut(dest_image)
-            .zip(conv_out.chunks_exact(conv_image))
-        {
-            super::conv::pool_image(p, d, x);
-        }
-        return;
+        return super::conv::pool_images(p, dest, conv_out);
     }
     let rows = pooled_rows(p, span, out_h);
     let band = Pool {
@@ -351,7 +331,7 @@ fn pool_block(p: &Pool, span: &Span, out_h: usize, conv_out: &[f32], dest: &mut 
             ..p.window
         },
     };
-    super::conv::pool_image(&band, dest, conv_out);
+    super::conv::pool_images(&band, dest, conv_out);
 }
 
 /// Splits `buf` into `N` consecutive slices of `len`.

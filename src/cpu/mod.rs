@@ -6,6 +6,7 @@
 pub mod activation;
 mod conv;
 mod conv_lstm;
+mod direct_conv;
 mod gemm;
 pub(crate) mod grad;
 mod merge;
@@ -623,6 +624,12 @@ fn conv2d_im2col<S: ndarray::Data<Elem = f32>>(
     if in_image == 0 || out_image == 0 || dest_image == 0 {
         return Array4::from_shape_vec((n, dest_h, dest_w, c.filters), out).expect("NHWC output");
     }
+    // A layer on few input channels skips im2col (see `direct_conv`).
+    let direct = direct_conv::supports(&c.window, c.in_channels).then(|| {
+        let kernel = kernel.as_standard_layout();
+        let flat = kernel.as_slice().expect("standard layout is contiguous");
+        direct_conv::Direct::new(c.window, c.in_channels, c.filters, flat)
+    });
     // About 4096 GEMM rows per group; with fewer groups than threads (small batches) the GEMM
     // itself is threaded instead.
     let group = (4096 / pixels.max(1)).clamp(1, n.max(1));
@@ -634,25 +641,39 @@ fn conv2d_im2col<S: ndarray::Data<Elem = f32>>(
             // im2col writes every column, and the GEMM every output: reused scratch, unzeroed.
             let mut scratch = IM2COL_SCRATCH.take();
             let staged_len = if pool.is_some() { m * c.filters } else { 0 };
-            if scratch.len() < m * k + staged_len {
-                scratch.resize(m * k + staged_len, 0.0);
+            let cols_len = match &direct {
+                Some(d) => d.padded_len(),
+                None => m * k,
+            };
+            if scratch.len() < cols_len + staged_len {
+                scratch.resize(cols_len + staged_len, 0.0);
             }
-            let (cols, staged) = scratch.split_at_mut(m * k);
+            let (cols, staged) = scratch.split_at_mut(cols_len);
             let (y, pooled) = match pool {
                 Some(p) => (&mut staged[..staged_len], Some((p, dest))),
                 None => (dest, None),
             };
-            let cols = &mut cols[..m * k];
-            for (img, dst) in images
-                .chunks_exact(in_image)
-                .zip(cols.chunks_exact_mut(pixels * k))
-            {
-                im2col_image(&c.window, c.in_channels, img, dst);
+            if let Some(d) = &direct {
+                for (img, y_img) in images
+                    .chunks_exact(in_image)
+                    .zip(y.chunks_exact_mut(out_image))
+                {
+                    d.pad_image(img, cols);
+                    direct_rows(d, cols, ow * c.filters, y_img, threaded_gemm);
+                }
+            } else {
+                let cols = &mut cols[..m * k];
+                for (img, dst) in images
+                    .chunks_exact(in_image)
+                    .zip(cols.chunks_exact_mut(pixels * k))
+                {
+                    im2col_image(&c.window, c.in_channels, img, dst);
+                }
+                let a = ndarray::ArrayView2::from_shape((m, k), &*cols).expect("m x k scratch");
+                let yv = ndarray::ArrayViewMut2::from_shape((m, c.filters), &mut *y)
+                    .expect("m x filters output");
+                gemm::matmul_into_on(a, kernel, yv, threaded_gemm);
             }
-            let a = ndarray::ArrayView2::from_shape((m, k), &*cols).expect("m x k scratch");
-            let yv = ndarray::ArrayViewMut2::from_shape((m, c.filters), &mut *y)
-                .expect("m x filters output");
-            gemm::matmul_into_on(a, kernel, yv, threaded_gemm);
             bias_activation_rows(y, c.filters, c.bias, c.activation);
             if let Some((p, dest)) = pooled {
                 conv::pool_images(p, dest, y);
@@ -660,6 +681,28 @@ fn conv2d_im2col<S: ndarray::Data<Elem = f32>>(
             IM2COL_SCRATCH.set(scratch);
         });
     Array4::from_shape_vec((n, dest_h, dest_w, c.filters), out).expect("NHWC output")
+}
+
+/// One image's direct convolution into `y_img` (rows of `row_len` floats), in bands of rows
+/// on the threads when `threaded` (a batch too small to keep them busy with whole images).
+fn direct_rows(
+    d: &direct_conv::Direct,
+    padded: &[f32],
+    row_len: usize,
+    y_img: &mut [f32],
+    threaded: bool,
+) {
+    let rows = y_img.len() / row_len.max(1);
+    let threads = rayon::current_num_threads();
+    if !threaded || threads < 2 || rows < 2 {
+        d.rows(padded, 0, y_img);
+        return;
+    }
+    let band = rows.div_ceil(threads);
+    y_img
+        .par_chunks_mut(band * row_len)
+        .enumerate()
+        .for_each(|(i, out)| d.rows(padded, i * band, out));
 }
 
 thread_local! {

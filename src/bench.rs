@@ -19,6 +19,8 @@ pub struct BenchOptions {
     pub warmup: usize,
     /// Timed batch-1 runs for the latency percentiles (0 skips them).
     pub latency_runs: usize,
+    /// Also time each GPU dispatch of one batch (timestamp queries; GPU backend only).
+    pub profile: bool,
 }
 
 impl Default for BenchOptions {
@@ -29,6 +31,7 @@ impl Default for BenchOptions {
             iters: 10,
             warmup: 2,
             latency_runs: 20,
+            profile: false,
         }
     }
 }
@@ -50,7 +53,15 @@ pub struct BenchReport {
     pub latency_ms_p99: Option<f64>,
     /// Peak resident memory of this process (VmHWM), where the OS reports it.
     pub peak_rss_mb: Option<f64>,
+    /// With `profile`: per dispatch op of one batch, the least GPU time over
+    /// [`PROFILE_RUNS`] runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Vec<crate::gpu::DispatchTime>>,
 }
+
+/// Batches timed by `--profile`; each dispatch's least time is kept (the others include
+/// clock ramp-up and interference).
+pub const PROFILE_RUNS: usize = 5;
 
 /// Deterministic pseudo-random inputs of the model's shapes, one per model input: pixels in
 /// [0, 1) or ids in the vocabulary.
@@ -131,6 +142,11 @@ pub fn run(model: &Model, adapter: &str, opts: &BenchOptions) -> Result<BenchRep
         }
         latencies.sort_by(f64::total_cmp);
     }
+    let profile = if opts.profile {
+        Some(profile(model, &input)?)
+    } else {
+        None
+    };
     Ok(BenchReport {
         model: model.source().display().to_string(),
         backend: match opts.backend {
@@ -148,7 +164,33 @@ pub fn run(model: &Model, adapter: &str, opts: &BenchOptions) -> Result<BenchRep
         latency_ms_p90: percentile(&latencies, 0.9),
         latency_ms_p99: percentile(&latencies, 0.99),
         peak_rss_mb: peak_rss_mb(),
+        profile,
     })
+}
+
+/// [`PROFILE_RUNS`] timed batches of `input` on the model's GPU runtime, each dispatch's least
+/// time.
+#[cfg(not(target_arch = "wasm32"))]
+fn profile(model: &Model, input: &[PreparedInput]) -> Result<Vec<crate::gpu::DispatchTime>> {
+    let mut best: Option<Vec<crate::gpu::DispatchTime>> = None;
+    for _ in 0..PROFILE_RUNS {
+        let run = model.with_gpu(None, |gpu| gpu.profile(model.graph(), input))?;
+        best = Some(match best {
+            None => run,
+            Some(mut kept) => {
+                for (k, r) in kept.iter_mut().zip(&run) {
+                    k.ms = k.ms.min(r.ms);
+                }
+                kept
+            }
+        });
+    }
+    Ok(best.unwrap_or_default())
+}
+
+#[cfg(target_arch = "wasm32")]
+fn profile(_: &Model, _: &[PreparedInput]) -> Result<Vec<crate::gpu::DispatchTime>> {
+    Err(Error::Usage("--profile runs natively only".into()))
 }
 
 /// `wgnn bench --train`: training steps per second on synthetic batches.

@@ -85,6 +85,10 @@ struct BenchArgs {
     /// model's compile config (else sparse_categorical_crossentropy and adam).
     #[arg(long)]
     train: bool,
+    /// Also time every GPU dispatch of one batch with timestamp queries and print them by
+    /// layer and kernel (--backend gpu; the adapter needs timestamp queries).
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(Subcommand)]
@@ -849,7 +853,13 @@ fn bench(args: BenchArgs) -> Result<()> {
         iters: args.iters,
         warmup: args.warmup,
         latency_runs: args.latency_runs,
+        profile: args.profile,
     };
+    if args.profile && (args.train || backend != Backend::Gpu) {
+        return Err(Error::Usage(
+            "--profile times the GPU's dispatches of inference: use it with --backend gpu, without --train".into(),
+        ));
+    }
     if args.train {
         let backend = match backend {
             Backend::Gpu => wgnn::train::TrainBackend::Gpu {
@@ -907,6 +917,9 @@ fn bench(args: BenchArgs) -> Result<()> {
             .peak_rss_mb
             .map_or("-".to_string(), |m| format!("{m:.0} MiB"))
     );
+    if let Some(profile) = &report.profile {
+        print_profile(profile, report.batch_s);
+    }
     Ok(())
 }
 
@@ -920,4 +933,39 @@ fn nusax_labels() -> Vec<String> {
         .iter()
         .map(|s| s.to_string())
         .collect()
+}
+
+/// `wgnn bench --profile`'s table: each dispatch's GPU time and share, then the total against
+/// the measured wall time per batch.
+fn print_profile(profile: &[wgnn::gpu::DispatchTime], batch_s: f64) {
+    let total: f64 = profile.iter().map(|d| d.ms).sum();
+    let batch = profile.first().map_or(0, |d| d.batch);
+    println!(
+        "GPU time per dispatch, batch {batch} (least of {} runs, timestamp queries):",
+        wgnn::bench::PROFILE_RUNS
+    );
+    println!(
+        "{:<28} {:<16} {:>18} {:>10} {:>7}",
+        "layer", "kernel", "grid x repeat", "ms", "share"
+    );
+    for d in profile {
+        let [x, y, z] = d.grid;
+        println!(
+            "{:<28} {:<16} {:>18} {:>10.4} {:>6.1}%",
+            d.layer,
+            d.kernel,
+            format!("{x}x{y}x{z} x{}", d.repeat.max(1)),
+            d.ms,
+            if total > 0.0 {
+                100.0 * d.ms / total
+            } else {
+                0.0
+            }
+        );
+    }
+    println!(
+        "total {total:.4} ms GPU in {} dispatch ops; {:.4} ms wall per batch",
+        profile.len(),
+        batch_s * 1e3
+    );
 }

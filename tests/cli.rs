@@ -452,3 +452,68 @@ fn predict_two_inputs_two_outputs_writes_an_npz_named_after_the_outputs() {
     );
     assert!(!Path::new(&o).exists(), "no output on a usage error");
 }
+
+#[test]
+fn bench_profile_times_gpu_dispatches_and_is_refused_on_the_cpu() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/cifar10_base.keras");
+    let model = model.to_str().unwrap();
+    let args = |backend: &'static str| {
+        vec![
+            "bench",
+            model,
+            "--backend",
+            backend,
+            "--profile",
+            "--json",
+            "--batch-size",
+            "2",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--latency-runs",
+            "0",
+        ]
+    };
+    // A usage error: exit 2, one line.
+    let refused = wgnn(&args("cpu"));
+    let err = stderr(&refused);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("--profile") && err.contains("--backend gpu"),
+        "{err}"
+    );
+    let out = wgnn(&args("gpu"));
+    let err = stderr(&out);
+    if err.contains("no GPU adapter found") {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but there is no GPU adapter: {err}"
+        );
+        eprintln!("note: no GPU adapter; skipping outside CI");
+        return;
+    }
+    assert!(out.status.success(), "wgnn bench --profile: {err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("a JSON line")).expect("JSON");
+    let profile = report["profile"].as_array().expect("a profile array");
+    // Both convolutions, both poolings and the two Dense layers, each timed.
+    for layer in [
+        "conv2d_2",
+        "max_pooling2d_2",
+        "conv2d_3",
+        "max_pooling2d_3",
+        "dense_2",
+        "dense_3",
+    ] {
+        let timed = profile.iter().find(|d| d["layer"] == layer);
+        let ms = timed.and_then(|d| d["ms"].as_f64());
+        assert!(
+            ms.is_some_and(|ms| ms.is_finite() && ms >= 0.0),
+            "{layer}: {profile:?}"
+        );
+    }
+    assert!(profile.iter().all(|d| d["batch"] == 2), "{profile:?}");
+}

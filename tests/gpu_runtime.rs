@@ -264,3 +264,50 @@ fn plans_print_kernels_workgroups_buffers_and_memory() {
         assert!(text.contains(needle), "plan lacks '{needle}':\n{text}");
     }
 }
+
+#[test]
+fn profiling_times_every_dispatch_by_layer_and_leaves_results_unchanged() {
+    let mut rng = Rng::new(140);
+    let graph = small_cnn(&mut rng);
+    let Some(gpu) = runtime(&graph) else { return };
+    let input = float_input(&mut rng, 6, &[12, 12, 3], 255.0);
+    let before = run1(&gpu, &graph, &input).unwrap();
+    let profile = gpu
+        .profile(&graph, std::slice::from_ref(&input))
+        .expect("lavapipe and real GPUs have timestamp queries");
+    // One entry per dispatch op of the batch-6 plan, as the plan printout counts them.
+    let plan = gpu.describe_plan(&graph, 6).unwrap();
+    let dispatches: usize = plan
+        .lines()
+        .find_map(|l| {
+            l.split('(')
+                .nth(1)?
+                .strip_suffix(" dispatches in one submit)")
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no dispatch count in the plan:\n{plan}"));
+    assert_eq!(profile.len(), dispatches, "{profile:?}");
+    for d in &profile {
+        assert!(d.ms.is_finite() && d.ms >= 0.0, "{d:?}");
+        assert_eq!(d.batch, 6);
+        assert!(
+            graph.nodes.iter().any(|n| n.name == d.layer),
+            "{d:?} names no layer"
+        );
+    }
+    // Every layer that computes something at inference (all of small_cnn's but the Flatten
+    // reshape and the Dropout) has a dispatch.
+    for node in graph
+        .nodes
+        .iter()
+        .filter(|n| !matches!(n.op, Op::Reshape { .. } | Op::Identity))
+    {
+        assert!(
+            profile.iter().any(|d| d.layer == node.name),
+            "layer '{}' has no timed dispatch: {profile:?}",
+            node.name
+        );
+    }
+    assert!(profile.iter().map(|d| d.ms).sum::<f64>() > 0.0);
+    assert_eq!(run1(&gpu, &graph, &input).unwrap(), before);
+}

@@ -11,6 +11,7 @@
 #   --seed     the seed report's NusaX models and nusax_tokenizer.json (default env WGNN_SEED_MODELS)
 #   --images   CIFAR-10 test images per model (default 10000: the whole test set)
 #   --batches  bench batch sizes (default "1 64 256 1024 4096")
+#   --profile-batch batch size of the per-dispatch GPU profile (default 256; 0 skips it)
 #   --train-images  CIFAR-10 images each training run takes (default 2048)
 #   --train-batches training batch sizes (default "64 256"; "" skips training)
 #   --peak-gflops  the GPU's FP32 peak for the share column (default: known from the adapter's
@@ -23,7 +24,8 @@
 # seed model (and against the seed's Keras probabilities); every
 # single-input Keras fixture of tests/fixtures through `wgnn predict --backend gpu` against
 # Keras's expected output (|got - want| <= 1e-4 (1 + |want|)); `wgnn bench --backend gpu` of the
-# CNNs and the NusaX LSTM at each batch size, with GFLOP/s and the share of the FP32 peak; then
+# CNNs and the NusaX LSTM at each batch size, with GFLOP/s and the share of the FP32 peak, and
+# `wgnn bench --profile` of each at --profile-batch (every dispatch's GPU time); then
 # training: `wgnn train` of both CNNs (sparse cross-entropy, Adam, one epoch over the first
 # --train-images test images, used as a training batch file) and of the seed's NusaX lstm_layer2
 # (its Dropout included) on `--backend gpu` and `--backend cpu` at each --train-batches size (the
@@ -47,6 +49,7 @@ DATA=${WGNN_DATA:-}
 SEED=${WGNN_SEED_MODELS:-}
 IMAGES=10000
 BATCHES="1 64 256 1024 4096"
+PROFILE_BATCH=256
 TRAIN_IMAGES=2048
 TRAIN_BATCHES="64 256"
 PEAK=""
@@ -58,6 +61,7 @@ while [ $# -gt 0 ]; do
     --seed) SEED=$2; shift 2 ;;
     --images) IMAGES=$2; shift 2 ;;
     --batches) BATCHES=$2; shift 2 ;;
+    --profile-batch) PROFILE_BATCH=$2; shift 2 ;;
     --train-images) TRAIN_IMAGES=$2; shift 2 ;;
     --train-batches) TRAIN_BATCHES=$2; shift 2 ;;
     --peak-gflops) PEAK=$2; shift 2 ;;
@@ -172,6 +176,14 @@ for m in models/cifar10_base.keras models/cifar10_vgg6.keras "$SEED/lstm_layer2.
   done
 done
 
+if [ "$PROFILE_BATCH" -gt 0 ]; then
+  echo "== bench --profile at batch $PROFILE_BATCH (GPU time per dispatch, timestamp queries)"
+  for m in models/cifar10_base.keras models/cifar10_vgg6.keras "$SEED/lstm_layer2.keras"; do
+    json_step "profile/$(basename "$m" .keras)/$PROFILE_BATCH" "$WGNN" bench "$m" --backend gpu \
+      --batch-size "$PROFILE_BATCH" --iters 3 --warmup 1 --latency-runs 0 --profile --json
+  done
+fi
+
 echo "== training, GPU vs CPU, and bench --train at batch sizes $TRAIN_BATCHES"
 # `wgnn train --dataset cifar10` reads data_batch_*.bin: the test batch (the part carried) serves.
 mkdir -p "$WORK/cifar_train"
@@ -244,6 +256,12 @@ for s in steps:
         share = r.get("share_of_fp32_peak")
         print(f"  {s['step']:32} {r.get('items_per_s', 0):12.1f} items/s  {r.get('gflops', 0):9.1f} GFLOP/s"
               + (f"  {100 * share:5.2f}% of peak" if share is not None else ""))
+    if s["step"].startswith("profile/") and isinstance(r, dict) and r.get("profile"):
+        prof = r["profile"]
+        total = sum(d["ms"] for d in prof) or 1.0
+        top = sorted(prof, key=lambda d: -d["ms"])[:3]
+        print(f"  {s['step']:32} {total:9.3f} ms GPU in {len(prof)} dispatch ops; top: "
+              + ", ".join(f"{d['layer']}/{d['kernel']} {100 * d['ms'] / total:.0f}%" for d in top))
     if s["step"].startswith("train/") and isinstance(r, dict):
         rel = s.get("loss_vs_cpu_relative")
         print(f"  {s['step']:32} {r.get('items_per_s', 0):12.1f} items/s  loss {r.get('history', {}).get('loss')}"

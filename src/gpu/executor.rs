@@ -313,11 +313,54 @@ impl GpuPlan {
         self.read(ctx, in_flight).await
     }
 
+    /// Runs one batch like [`execute`](Self::execute) with every dispatch op in a compute pass
+    /// of its own, timed by timestamp queries (the device needs `TIMESTAMP_QUERY`); returns the
+    /// GPU time of each dispatch op in milliseconds, in plan order (a recurrent op's repeats
+    /// together).
+    // Natively only so far: `GpuRuntime::profile` blocks.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    pub async fn profile(
+        &self,
+        ctx: &DeviceContext,
+        inputs: &[&[u8]],
+        stride: u64,
+    ) -> Result<Vec<f64>> {
+        let dispatches = self
+            .plan
+            .ops
+            .iter()
+            .filter(|op| matches!(op, Op::Dispatch(_)))
+            .count();
+        let timestamps = Timestamps::new(ctx, dispatches as u32);
+        let recorded = self.record_with(ctx, inputs, stride, Some(&timestamps))?;
+        let in_flight = self.submit(ctx, recorded);
+        self.read(ctx, in_flight).await?;
+        let bytes = u64::from(timestamps.count) * 8;
+        let raw = read_bytes(ctx, &timestamps.resolved, bytes).await?;
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&raw);
+        let period_ns = f64::from(ctx.queue.get_timestamp_period());
+        Ok(ticks
+            .chunks_exact(2)
+            .map(|t| t[1].saturating_sub(t[0]) as f64 * period_ns * 1e-6)
+            .collect())
+    }
+
     /// [`execute`](Self::execute)'s first half: queues the input uploads and records every op
     /// and the output copies, without submitting. The uploads take effect at the next submit,
     /// after all work submitted before, so a batch can be recorded while the previous one still
     /// runs on the GPU (that one has read its inputs by then).
     pub fn record(&self, ctx: &DeviceContext, inputs: &[&[u8]], stride: u64) -> Result<Recorded> {
+        self.record_with(ctx, inputs, stride, None)
+    }
+
+    /// [`record`](Self::record), with each dispatch op in its own timed pass when `timestamps`.
+    fn record_with(
+        &self,
+        ctx: &DeviceContext,
+        inputs: &[&[u8]],
+        stride: u64,
+        timestamps: Option<&Timestamps>,
+    ) -> Result<Recorded> {
         if inputs.len() != self.plan.inputs.len() {
             return Err(Error::Internal(format!(
                 "{} inputs for a plan expecting {}",
@@ -343,6 +386,7 @@ impl GpuPlan {
                 label: Some("wgnn batch"),
             });
         let mut pass: Option<wgpu::ComputePass<'static>> = None;
+        let mut timed = 0u32;
         for (op, bind_group) in self.plan.ops.iter().zip(&self.bind_groups) {
             match (op, bind_group) {
                 (Op::Clear { buffer, .. }, _) => {
@@ -369,14 +413,20 @@ impl GpuPlan {
                     }
                 }
                 (Op::Dispatch(d), Some(bind_group)) => {
+                    if timestamps.is_some() {
+                        // A pass per dispatch, so that its two timestamps bracket only it.
+                        drop(pass.take());
+                    }
                     let pass = pass.get_or_insert_with(|| {
+                        let timestamp_writes = timestamps.map(|t| t.writes(timed));
                         encoder
                             .begin_compute_pass(&wgpu::ComputePassDescriptor {
                                 label: Some("wgnn layers"),
-                                timestamp_writes: None,
+                                timestamp_writes,
                             })
                             .forget_lifetime()
                     });
+                    timed += 1;
                     let pipeline = ctx.pipelines.get(d.kernel)?;
                     pass.set_pipeline(&pipeline.pipeline);
                     pass.set_bind_group(0, bind_group, &[]);
@@ -403,6 +453,9 @@ impl GpuPlan {
             }
         }
         drop(pass);
+        if let Some(t) = timestamps {
+            t.resolve(&mut encoder);
+        }
         // Every output goes into one readback buffer, one after another.
         let mut at = 0u64;
         for output in &self.plan.outputs {
@@ -494,6 +547,62 @@ pub struct InFlight {
     bytes: u64,
 }
 
+/// Timestamp queries for [`GpuPlan::profile`]: a begin and an end per dispatch op, in query
+/// sets of at most wgpu's 4096 queries, resolved into one buffer.
+struct Timestamps {
+    sets: Vec<wgpu::QuerySet>,
+    resolved: wgpu::Buffer,
+    /// Queries in all: two per dispatch op.
+    count: u32,
+}
+
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+impl Timestamps {
+    const PER_SET: u32 = wgpu::QUERY_SET_MAX_QUERIES;
+
+    fn new(ctx: &DeviceContext, dispatches: u32) -> Timestamps {
+        let count = dispatches * 2;
+        let sets = (0..count.div_ceil(Self::PER_SET))
+            .map(|i| {
+                ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("dispatch timestamps"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: (count - i * Self::PER_SET).min(Self::PER_SET),
+                })
+            })
+            .collect();
+        let resolved = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("resolved timestamps"),
+            size: padded(u64::from(count) * 8),
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        Timestamps {
+            sets,
+            resolved,
+            count,
+        }
+    }
+
+    /// The begin and end writes of dispatch op `i` (PER_SET is even: both land in one set).
+    fn writes(&self, i: u32) -> wgpu::ComputePassTimestampWrites<'_> {
+        let first = i * 2;
+        wgpu::ComputePassTimestampWrites {
+            query_set: &self.sets[(first / Self::PER_SET) as usize],
+            beginning_of_pass_write_index: Some(first % Self::PER_SET),
+            end_of_pass_write_index: Some(first % Self::PER_SET + 1),
+        }
+    }
+
+    fn resolve(&self, encoder: &mut wgpu::CommandEncoder) {
+        for (i, set) in self.sets.iter().enumerate() {
+            let first = i as u32 * Self::PER_SET;
+            let queries = (self.count - first).min(Self::PER_SET);
+            encoder.resolve_query_set(set, 0..queries, &self.resolved, u64::from(first) * 8);
+        }
+    }
+}
+
 /// Reads the first `bytes` of `buffer` (which needs COPY_SRC) back to the host.
 // GPU training (native-only for now) reads its arenas back with it.
 #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
@@ -502,6 +611,13 @@ pub async fn read_buffer(
     buffer: &wgpu::Buffer,
     bytes: u64,
 ) -> Result<Vec<f32>> {
+    let raw = read_bytes(ctx, buffer, bytes).await?;
+    Ok(bytemuck::pod_collect_to_vec::<u8, f32>(&raw))
+}
+
+/// [`read_buffer`] as bytes.
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+async fn read_bytes(ctx: &DeviceContext, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
     if bytes == 0 {
         return Ok(Vec::new());
     }
@@ -536,9 +652,7 @@ pub async fn read_buffer(
         Some(Err(e)) => return Err(Error::Gpu(format!("reading a buffer back failed: {e}"))),
         None => return Err(Error::Gpu("reading a buffer back was cancelled".into())),
     }
-    let values = slice
-        .get_mapped_range()
-        .map(|view| bytemuck::pod_collect_to_vec::<u8, f32>(&view));
+    let values = slice.get_mapped_range().map(|view| view.to_vec());
     staging.unmap();
     values.map_err(|e| Error::Gpu(format!("reading a buffer back failed: {e}")))
 }

@@ -558,6 +558,57 @@ impl GpuRuntime {
             .collect()
     }
 
+    /// GPU time of each dispatch op of one batch of `inputs` (at most one submit's worth of
+    /// items), in plan order, with the op's layer and kernel: what `wgnn bench --profile`
+    /// prints. Needs an adapter with timestamp queries.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profile(&self, graph: &Graph, inputs: &[PreparedInput]) -> Result<Vec<DispatchTime>> {
+        if !self
+            .ctx
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+        {
+            return Err(Error::Gpu(format!(
+                "adapter {} has no timestamp queries: dispatches cannot be timed",
+                self.adapter_name()
+            )));
+        }
+        check_inputs(graph, inputs)?;
+        let batch = crate::input::common_batch(inputs)?.min(self.max_items.max(1));
+        let sub: Vec<_> = inputs.iter().map(|x| x.slice(0, batch)).collect();
+        let mut plans = pollster::block_on(self.plans.lock());
+        // The plan and its pipelines are built (and warmed) by a plain run first.
+        pollster::block_on(self.run_chunk(&mut plans, graph, &sub))?;
+        let plan = plans
+            .get(&batch)
+            .ok_or_else(|| Error::Internal("the profiled plan was not cached".into()))?;
+        let bytes = input_bytes(&sub)?;
+        let scope = ErrorScopes::push(&self.ctx.device);
+        let times = pollster::block_on(plan.profile(&self.ctx, &bytes, self.ctx.uniform_stride));
+        pollster::block_on(scope.check(&format!("timing a batch of {batch}")))?;
+        self.check_device()?;
+        let times = times?;
+        let dispatches = plan.plan.ops.iter().filter_map(|op| match op {
+            plan::Op::Dispatch(d) => Some(d),
+            _ => None,
+        });
+        Ok(dispatches
+            .zip(times)
+            .map(|(d, ms)| DispatchTime {
+                layer: graph
+                    .nodes
+                    .get(d.node)
+                    .map_or_else(String::new, |n| n.name.clone()),
+                kernel: d.kernel.name().to_string(),
+                grid: d.grid,
+                repeat: d.repeat,
+                batch,
+                ms,
+            })
+            .collect())
+    }
+
     async fn run_chunk(
         &self,
         plans: &mut HashMap<usize, GpuPlan>,
@@ -573,25 +624,7 @@ impl GpuRuntime {
                 slot.insert(GpuPlan::new(&self.ctx, plan)?)
             }
         };
-        let bytes = inputs
-            .iter()
-            .map(|input| -> Result<&[u8]> {
-                Ok(match input {
-                    PreparedInput::Float(x) => {
-                        let x = x.as_slice().ok_or_else(|| {
-                            Error::Input("float input is not in standard layout".into())
-                        })?;
-                        bytemuck::cast_slice(x)
-                    }
-                    PreparedInput::Ids(ids) => {
-                        let ids = ids.as_slice().ok_or_else(|| {
-                            Error::Input("token ids are not in standard layout".into())
-                        })?;
-                        bytemuck::cast_slice(ids)
-                    }
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let bytes = input_bytes(inputs)?;
         let result = plan
             .execute(&self.ctx, &bytes, self.ctx.uniform_stride)
             .await;
@@ -606,6 +639,45 @@ impl GpuRuntime {
     }
 }
 
+/// One timed dispatch op of [`GpuRuntime::profile`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DispatchTime {
+    /// The graph node (layer) it belongs to.
+    pub layer: String,
+    pub kernel: String,
+    /// Workgroups in x, y, z.
+    pub grid: [u32; 3],
+    /// Dispatches of the op (recurrent steps), timed together.
+    pub repeat: u32,
+    /// Items in the timed batch.
+    pub batch: usize,
+    /// GPU time between the pass's two timestamps.
+    pub ms: f64,
+}
+
+/// Each prepared input's bytes, as the plan uploads them.
+fn input_bytes(inputs: &[PreparedInput]) -> Result<Vec<&[u8]>> {
+    inputs
+        .iter()
+        .map(|input| -> Result<&[u8]> {
+            Ok(match input {
+                PreparedInput::Float(x) => {
+                    let x = x.as_slice().ok_or_else(|| {
+                        Error::Input("float input is not in standard layout".into())
+                    })?;
+                    bytemuck::cast_slice(x)
+                }
+                PreparedInput::Ids(ids) => {
+                    let ids = ids.as_slice().ok_or_else(|| {
+                        Error::Input("token ids are not in standard layout".into())
+                    })?;
+                    bytemuck::cast_slice(ids)
+                }
+            })
+        })
+        .collect()
+}
+
 /// The device and queue on `adapter` with its own limits, and the log that errors outside an
 /// error scope (and a lost device) are written to.
 async fn open_device(
@@ -616,7 +688,8 @@ async fn open_device(
     let (device, queue) = adapter
         .request_device(&wgpu::DeviceDescriptor {
             label: Some("wgnn"),
-            required_features: wgpu::Features::empty(),
+            // Timestamps where the adapter has them, for `wgnn bench --profile`.
+            required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,

@@ -24,6 +24,11 @@
 //          reverse_bits has d), else [n][d][unit]; dy_merged: no [d] (sum / average merges).
 //   dz: like Z; aux: dZ of a reset_after GRU's recurrent side (h block scaled by r) at 0, then
 //          the running dh [n][d][unit] and dc at dstate_off.
+//   cell_masks: the cell's dropout masks drawn on the host for this step (binding 6, both loops):
+//          the recurrent ones [d][block][n][unit] at rec_mask_off, rec_blocks per direction
+//          (0: none, 1: one shared by every gate block, else one per gate block). h_prev is
+//          multiplied by its block's mask before each recurrent kernel block; the input masks
+//          are applied to x before the input projection (`rnn_dropout` and recurrent_gemm.wgsl).
 
 struct RnnTrainParams {
     act: Act,
@@ -49,6 +54,8 @@ struct RnnTrainParams {
     rh_off: u32,
     dy_scale: f32,
     dstate_off: u32,
+    rec_blocks: u32,
+    rec_mask_off: u32,
 }
 
 const THREADS: u32 = 128u;
@@ -69,7 +76,8 @@ const STATE_GRADS: u32 = 256u;
 @group(0) @binding(2) var<storage, read> ids: array<u32>;
 @group(0) @binding(3) var<storage, read> rk: array<f32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
-@group(0) @binding(6) var<uniform> p: RnnTrainParams;
+@group(0) @binding(6) var<storage, read> cell_masks: array<f32>;
+@group(0) @binding(7) var<uniform> p: RnnTrainParams;
 
 var<workgroup> stage: array<f32, 3072>;
 
@@ -104,6 +112,15 @@ fn rk_at(k: u32, d: u32, col: u32) -> f32 {
     return rk[(k * p.dirs + d) * p.gates * p.units + col];
 }
 
+// The recurrent dropout mask gate block q multiplies unit k of row n's h_prev by (1 without).
+fn rec_mask(n: u32, d: u32, q: u32, k: u32) -> f32 {
+    if (p.rec_blocks == 0u) {
+        return 1.0;
+    }
+    let blk = d * p.rec_blocks + min(q, p.rec_blocks - 1u);
+    return cell_masks[p.rec_mask_off + (blk * p.batch + n) * p.units + k];
+}
+
 // ---- forward ------------------------------------------------------------------------------
 
 // h_prev[k] of group row r at step parity `parity`.
@@ -114,22 +131,32 @@ fn f_h(r: u32, k: u32, n: u32, t: u32, d: u32, parity: u32) -> f32 {
     return saved[p.hin_off + unit_row(n, t, d) + k];
 }
 
-// h_prev · R for columns j + g * units, g < count.
+// h_prev · R for columns j + g * units, g < count (h_prev times gate block g's recurrent
+// dropout mask, if any).
 fn f_dots(r: u32, n: u32, t: u32, d: u32, parity: u32, j: u32, count: u32) -> vec4<f32> {
     var acc = vec4<f32>(0.0);
     let u = p.units;
+    let masked = p.rec_blocks != 0u;
     for (var k = 0u; k < u; k++) {
-        let h = f_h(r, k, n, t, d, parity);
+        var h = vec4<f32>(f_h(r, k, n, t, d, parity));
+        if (masked) {
+            h *= vec4<f32>(
+                rec_mask(n, d, 0u, k),
+                rec_mask(n, d, 1u, k),
+                rec_mask(n, d, 2u, k),
+                rec_mask(n, d, 3u, k),
+            );
+        }
         let base = (k * p.dirs + d) * p.gates * u + j;
-        acc.x = fma(h, rk[base], acc.x);
+        acc.x = fma(h.x, rk[base], acc.x);
         if (count > 1u) {
-            acc.y = fma(h, rk[base + u], acc.y);
+            acc.y = fma(h.y, rk[base + u], acc.y);
         }
         if (count > 2u) {
-            acc.z = fma(h, rk[base + 2u * u], acc.z);
+            acc.z = fma(h.z, rk[base + 2u * u], acc.z);
         }
         if (count > 3u) {
-            acc.w = fma(h, rk[base + 3u * u], acc.w);
+            acc.w = fma(h.w, rk[base + 3u * u], acc.w);
         }
     }
     return acc;
@@ -194,7 +221,8 @@ fn rnn_train_forward(
                 let pr = saved[zb + u + j] + acc.y;
                 saved[zb + j] = pz;
                 saved[zb + u + j] = pr;
-                let rh = activate(pr, p.ract) * f_h(r, j, n, t, d, parity);
+                let h_rec = f_h(r, j, n, t, d, parity) * rec_mask(n, d, 2u, j);
+                let rh = activate(pr, p.ract) * h_rec;
                 saved[p.rh_off + unit_row(n, t, d) + j] = rh;
             }
             barriers();
@@ -476,10 +504,12 @@ fn rnn_train_backward(
                 }
                 let pr = s_in[zb + u + k];
                 let rg = activate(pr, p.ract);
-                let v = drh * s_in[p.hin_off + ub + k] * derivative(pr, rg, p.ract);
+                // R_h's operand is r ⊙ h_prev ⊙ (its recurrent dropout mask).
+                let m = rec_mask(n, d, 2u, k);
+                let v = drh * s_in[p.hin_off + ub + k] * m * derivative(pr, rg, p.ract);
                 put_dz(r, zb, u + k, v, v);
                 let dh_at = p.dstate_off + (n * p.dirs + d) * u + k;
-                aux[dh_at] += drh * rg;
+                aux[dh_at] += drh * rg * m;
             }
             barriers();
         }
@@ -493,8 +523,20 @@ fn rnn_train_backward(
             }
             let zb = gate_row(n, t, d);
             var acc = 0.0;
-            for (var col = 0u; col < rec_cols; col++) {
-                acc = fma(dz_rec(r, zb, col), rk_at(k, d, col), acc);
+            if (p.rec_blocks == 0u) {
+                for (var col = 0u; col < rec_cols; col++) {
+                    acc = fma(dz_rec(r, zb, col), rk_at(k, d, col), acc);
+                }
+            } else {
+                // Each gate block read h_prev times its own mask.
+                for (var q = 0u; q < rec_cols / u; q++) {
+                    var part = 0.0;
+                    for (var j = 0u; j < u; j++) {
+                        let col = q * u + j;
+                        part = fma(dz_rec(r, zb, col), rk_at(k, d, col), part);
+                    }
+                    acc = fma(part, rec_mask(n, d, q, k), acc);
+                }
             }
             let dh_at = p.dstate_off + (n * p.dirs + d) * u + k;
             aux[dh_at] += acc;
@@ -534,4 +576,59 @@ fn rnn_block_copy(
     let r = i / bp.cols;
     let c = i % bp.cols;
     block_dst[bp.dst_off + r * bp.dst_ld + c] = block_src[bp.src_off + r * bp.src_ld + c];
+}
+
+// ---- input dropout ------------------------------------------------------------------------
+
+// The input dropout masks m [block][n][f] (at mask_off) on x or dx rows (n, t) of `width`:
+//   mode 0 (expand): dst[block][(n, t)][f] = src[(n, t)][f] * m[block][n][f], every block;
+//   mode 1 (reduce): dst[(n, t)][f] = Σ_block src[(n, t)][block][f] * m[block][n][f].
+struct DropParams {
+    rows: u32,
+    width: u32,
+    timesteps: u32,
+    blocks: u32,
+    mode: u32,
+    mask_off: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<storage, read> drop_src: array<f32>;
+@group(0) @binding(1) var<storage, read> drop_mask: array<f32>;
+@group(0) @binding(2) var<storage, read_write> drop_dst: array<f32>;
+@group(0) @binding(3) var<uniform> dpp: DropParams;
+
+fn drop_mask_at(block: u32, row: u32, f: u32) -> f32 {
+    let seqs = dpp.rows / dpp.timesteps;
+    return drop_mask[dpp.mask_off + (block * seqs + row / dpp.timesteps) * dpp.width + f];
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn rnn_dropout(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let i = linear_workgroup(wg, nwg) * 64u + li;
+    let plane = dpp.rows * dpp.width;
+    if (dpp.mode == 0u) {
+        if (i >= plane * dpp.blocks) {
+            return;
+        }
+        let block = i / plane;
+        let at = i % plane;
+        drop_dst[i] = drop_src[at] * drop_mask_at(block, at / dpp.width, at % dpp.width);
+        return;
+    }
+    if (i >= plane) {
+        return;
+    }
+    let row = i / dpp.width;
+    let f = i % dpp.width;
+    var sum = 0.0;
+    for (var b = 0u; b < dpp.blocks; b++) {
+        sum = fma(drop_src[(row * dpp.blocks + b) * dpp.width + f], drop_mask_at(b, row, f), sum);
+    }
+    drop_dst[i] = sum;
 }

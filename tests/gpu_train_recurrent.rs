@@ -5,6 +5,9 @@
 //! batches 1 and 33, each layer after a trainable one so that both parameter and input
 //! gradients flow through it; every gradient must match the CPU's within 1e-4·(1 + |cpu|).
 //!
+//! The cells' dropout / recurrent_dropout draw their masks on the host from the run's RNG in
+//! node order, between the Dropout layers' draws, as the CPU does.
+//!
 //! Without a GPU adapter these tests fail when env `CI` is set and print a note otherwise.
 
 mod common;
@@ -401,6 +404,78 @@ fn masked_return_state_and_initial_state_backward_matches_cpu() {
         let ids = padded_ids(&mut rng, 33, 6, 9);
         let what = format!("masked encoder {} -> decoder", enc.describe());
         if !check_backward(&what, &graph, &[ids], false) {
+            return;
+        }
+    }
+}
+
+fn dropout_layer(chain: Chain, name: &str) -> Chain {
+    chain.op(
+        name,
+        "Dropout",
+        Op::Dropout(Dropout {
+            kind: DropoutKind::Dropout,
+            rate: 0.2,
+            shared_axes: vec![],
+        }),
+    )
+}
+
+#[test]
+fn recurrent_dropout_between_dropout_layers_matches_cpu_with_the_same_draws() {
+    for (k, kind) in CELLS.into_iter().enumerate() {
+        for (bidirectional, per_gate) in [(false, false), (true, true), (true, false)] {
+            let mut rng = Rng::new(200 + k as u64);
+            let mut spec = RnnSpec::new(kind, 7, 6, 5);
+            spec.bidirectional = bidirectional;
+            spec.return_sequences = true;
+            spec.dropout = CellDropout {
+                input: 0.3,
+                recurrent: 0.3,
+                per_gate,
+            };
+            let chain = Chain::float(&[7, 3]).dense(&mut rng, "dense", 6, Activation::Tanh);
+            let chain = dropout_layer(chain, "drop_before").rnn(&mut rng, "rnn", &spec);
+            let graph = dropout_layer(chain, "drop_after").build();
+            let x = float_input(&mut rng, 3, &[7, 3], 1.0);
+            let what = format!("{} between Dropout layers", spec.describe());
+            if !check_backward(&what, &graph, &[x], true) {
+                return;
+            }
+        }
+        // Masked mixed lengths, and a TimeDistributed recurrent layer (masks over the folded
+        // batch).
+        let mut rng = Rng::new(220 + k as u64);
+        let mut spec = bidi(kind, 6, 4, 3, MergeMode::Concat);
+        spec.return_sequences = true;
+        spec.dropout = CellDropout {
+            input: 0.3,
+            recurrent: 0.3,
+            per_gate: true,
+        };
+        let graph = Chain::ids(6)
+            .embedding(&mut rng, "embedding", 9, 4, true)
+            .rnn(&mut rng, "bidirectional", &spec)
+            .build();
+        let ids = padded_ids(&mut rng, 33, 6, 9);
+        if !check_backward(
+            &format!("masked {}", spec.describe()),
+            &graph,
+            &[ids],
+            false,
+        ) {
+            return;
+        }
+        let mut spec = RnnSpec::new(kind, 4, 4, 5);
+        spec.dropout = CellDropout {
+            input: 0.3,
+            recurrent: 0.3,
+            per_gate: false,
+        };
+        let graph = time_distributed_rnn(&mut rng, 3, &spec);
+        let x = float_input(&mut rng, 2, &[3, 4, 3], 1.0);
+        let what = format!("TimeDistributed({})", spec.describe());
+        if !check_backward(&what, &graph, &[x], true) {
             return;
         }
     }

@@ -195,8 +195,13 @@ pub enum Kernel {
     RnnTrainBackward,
     /// Copies a 2-D block between strided matrices (stacking directions' weights).
     RnnBlockCopy,
-    /// Recurrent kernel gradient H_inᵀ·dZ, one GEMM group per (direction, gate).
+    /// Recurrent training's grouped GEMMs, one group per (direction, gate block): the
+    /// recurrent kernel gradient H_inᵀ·dZ, and with input dropout the input projection, the
+    /// kernel gradient and the input gradient's parts (recurrent_gemm.wgsl's modes).
     RnnGemmGrouped,
+    /// A recurrent cell's input dropout masks on x (one copy per mask block) or on the input
+    /// gradient's parts (summed over the blocks).
+    RnnDropout,
     /// dx = dy times a broadcast weight: Rescaling, Normalization backward (shape_grad.wgsl).
     ScaleGrad,
     /// An operator node with one constant, backward.
@@ -298,6 +303,7 @@ impl Kernel {
             Kernel::RnnTrainForward => "rnn_train_forward",
             Kernel::RnnTrainBackward => "rnn_train_backward",
             Kernel::RnnBlockCopy => "rnn_block_copy",
+            Kernel::RnnDropout => "rnn_dropout",
             Kernel::RnnGemmGrouped => "rnn_gemm_grouped",
             Kernel::ScaleGrad => "scale_grad",
             Kernel::ScalarGrad => "scalar_grad",
@@ -374,9 +380,10 @@ impl Kernel {
             | Kernel::NoiseApply
             | Kernel::PenaltySum => &[ACT_GRAD, GRAD],
             Kernel::EmbeddingGrad => &[EMBEDDING_GRAD],
-            Kernel::RnnTrainForward | Kernel::RnnTrainBackward | Kernel::RnnBlockCopy => {
-                &[ACT_GRAD, RECURRENT_GRAD]
-            }
+            Kernel::RnnTrainForward
+            | Kernel::RnnTrainBackward
+            | Kernel::RnnBlockCopy
+            | Kernel::RnnDropout => &[ACT_GRAD, RECURRENT_GRAD],
             Kernel::RnnGemmGrouped => &["const GROUPED: bool = true;", GEMM, RECURRENT_GEMM],
             // conv_grad.wgsl's constants pick the GEMM's mode (unused by the others).
             Kernel::ConvGradInput => &[
@@ -514,10 +521,12 @@ impl Kernel {
             | Kernel::NormRowGrad
             | Kernel::NormWeightSums
             | Kernel::NormWeightReduce => &[Read, Read, Read, Read, ReadWrite],
-            // Binding 5 is unused (so both time loops put their uniform at binding 6).
-            Kernel::RnnTrainForward => &[ReadWrite, ReadWrite, Read, Read, Read, Read],
-            Kernel::RnnTrainBackward => &[Read, Read, Read, Read, ReadWrite, ReadWrite],
+            // The forward leaves binding 5 unused (so both time loops bind the dropout masks
+            // at 6 and their uniform at 7).
+            Kernel::RnnTrainForward => &[ReadWrite, ReadWrite, Read, Read, Read, Read, Read],
+            Kernel::RnnTrainBackward => &[Read, Read, Read, Read, ReadWrite, ReadWrite, Read],
             Kernel::RnnBlockCopy => &[Read, ReadWrite],
+            Kernel::RnnDropout => &[Read, Read, ReadWrite],
             Kernel::RnnGemmGrouped => &[Read, Read, Read, ReadWrite],
             Kernel::ScaleGrad | Kernel::ScalarGrad | Kernel::BlockSum | Kernel::BilinearGrad => {
                 &[Read, Read, ReadWrite]
@@ -624,10 +633,27 @@ impl Kernel {
             Kernel::NormRowGrad => &["x", "dy", "gamma", "stats", "dx"],
             Kernel::NormWeightSums => &["x", "dy", "stats", "-", "partials"],
             Kernel::NormWeightReduce => &["partials", "-", "-", "-", "out"],
-            Kernel::RnnTrainForward => &["saved", "y", "ids", "recurrent_kernel", "bias", "-"],
-            Kernel::RnnTrainBackward => &["saved", "dy", "ids", "recurrent_kernel", "dz", "aux"],
+            Kernel::RnnTrainForward => &[
+                "saved",
+                "y",
+                "ids",
+                "recurrent_kernel",
+                "bias",
+                "-",
+                "dropout masks",
+            ],
+            Kernel::RnnTrainBackward => &[
+                "saved",
+                "dy",
+                "ids",
+                "recurrent_kernel",
+                "dz",
+                "aux",
+                "dropout masks",
+            ],
             Kernel::RnnBlockCopy => &["src", "dst"],
-            Kernel::RnnGemmGrouped => &["a", "b", "-", "c"],
+            Kernel::RnnGemmGrouped => &["a", "b", "bias or dropout masks", "c"],
+            Kernel::RnnDropout => &["x", "dropout masks", "y"],
             Kernel::ScaleGrad => &["dy", "scale", "dx"],
             Kernel::ScalarGrad => &["x", "dy", "dx"],
             Kernel::BlockSum | Kernel::BilinearGrad => &["dy", "-", "dx"],

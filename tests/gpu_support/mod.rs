@@ -410,6 +410,8 @@ pub struct RnnSpec {
     pub bias: bool,
     /// A plain layer's `zero_output_for_mask`.
     pub zero_masked_outputs: bool,
+    /// Both directions' dropout / recurrent_dropout.
+    pub dropout: CellDropout,
 }
 
 impl RnnSpec {
@@ -427,6 +429,7 @@ impl RnnSpec {
             recurrent_activation: Activation::Sigmoid,
             bias: true,
             zero_masked_outputs: false,
+            dropout: CellDropout::default(),
         }
     }
 
@@ -495,7 +498,7 @@ impl RnnSpec {
             recurrent_kernel,
             bias,
             go_backwards,
-            dropout: CellDropout::default(),
+            dropout: self.dropout,
         }
     }
 }

@@ -20,7 +20,7 @@ mod merge;
 pub(super) mod node_step;
 mod norm;
 mod pool;
-mod recurrent;
+pub(crate) mod recurrent;
 mod shape;
 mod spatial;
 #[cfg(test)]

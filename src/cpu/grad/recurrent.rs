@@ -8,7 +8,7 @@
 /// The cell rows, shared with ConvLSTM (`super::conv_lstm`).
 pub(super) mod cells;
 mod direction;
-mod masks;
+pub(crate) mod masks;
 #[cfg(test)]
 mod tests;
 

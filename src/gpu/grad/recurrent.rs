@@ -17,11 +17,20 @@
 //! Units that do not fit workgroup memory (forward: 2·units floats per sequence; backward:
 //! gates·units) run the same single dispatch reading the shared state back from storage
 //! instead (slower, same results).
+//!
+//! A cell's dropout / recurrent_dropout: the host draws the masks with the CPU's own
+//! `Masks::draw`, in the CPU's order, and uploads them as one buffer ([`recurrent_dropout_masks`]).
+//! The time loops multiply h_prev by each gate block's recurrent mask before R (and dR's grouped
+//! GEMM reads the masked h_in); with input masks x is copied once per mask block times its
+//! mask and the input projection, dW and the parts of dx are grouped GEMMs over those copies
+//! (dx then summed over the blocks through the masks).
 
 // The training plan binds these once it lowers recurrent nodes; until then only the tests do.
 
+use crate::cpu::grad::recurrent::masks::{MaskSet, Masks};
 use crate::error::{Error, Result};
 use crate::graph::{CellKind, MergeMode, Node, Recurrent, RecurrentCell};
+use crate::train::Rng;
 
 use super::super::kernels::{
     Kernel, GEMM_TILE, LINEAR_THREADS, RNN_TRAIN_THREADS, RNN_TRAIN_WG_FLOATS,
@@ -193,6 +202,87 @@ pub(crate) fn recurrent_saved_floats(r: &Recurrent, batch: usize) -> usize {
     Layout::new(r, batch).total
 }
 
+/// Where the dropout masks lie in the one buffer of a layer's masks: every direction's input
+/// masks [d][block][n][feature] at 0, then the recurrent ones [d][block][n][unit]. Blocks per
+/// direction: 0 (no mask), 1 (shared by every gate block) or one per gate block; a direction
+/// with fewer than the other gets its one mask repeated, or ones (exact: x · 1 = x).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DropLayout {
+    input_blocks: usize,
+    rec_blocks: usize,
+    rec_off: usize,
+    total: usize,
+}
+
+/// How many masks a set holds as the kernels read them: 0, 1 shared, or one per gate block.
+fn mask_blocks(set: &MaskSet, gates: usize) -> usize {
+    match set.for_block(0) {
+        None => 0,
+        Some(_) if set.per_block() => gates,
+        Some(_) => 1,
+    }
+}
+
+impl DropLayout {
+    fn new(r: &Recurrent, batch: usize) -> DropLayout {
+        // Which masks the CPU's rules draw depends only on the rates: draw them for no rows
+        // (which takes nothing from the generator) to see.
+        let mut probe = Rng::new(0);
+        let gates = r.forward.kind.gates();
+        let (mut input_blocks, mut rec_blocks) = (0, 0);
+        for cell in r.cells() {
+            let m = Masks::draw(cell, 0, r.input_features, &mut probe);
+            input_blocks = input_blocks.max(mask_blocks(&m.input, gates));
+            rec_blocks = rec_blocks.max(mask_blocks(&m.recurrent, gates));
+        }
+        let dirs = r.cells().count();
+        let rec_off = dirs * input_blocks * batch * r.input_features;
+        DropLayout {
+            input_blocks,
+            rec_blocks,
+            rec_off,
+            total: rec_off + dirs * rec_blocks * batch * r.units(),
+        }
+    }
+
+    /// The masks of every direction (forward first) laid out for the kernels.
+    fn pack(&self, masks: &[Masks], batch: usize, features: usize, units: usize) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.total);
+        let mut put = |set: &MaskSet, blocks: usize, width: usize| {
+            for k in 0..blocks {
+                match set.for_block(k) {
+                    Some(m) => out.extend_from_slice(m),
+                    None => out.extend(std::iter::repeat_n(1.0, batch * width)),
+                }
+            }
+        };
+        for m in masks {
+            put(&m.input, self.input_blocks, features);
+        }
+        for m in masks {
+            put(&m.recurrent, self.rec_blocks, units);
+        }
+        out
+    }
+}
+
+/// Floats of the dropout masks buffer a recurrent layer's training forward and backward read
+/// for `batch` sequences (0: its cells apply no dropout).
+pub(crate) fn recurrent_dropout_floats(r: &Recurrent, batch: usize) -> usize {
+    DropLayout::new(r, batch).total
+}
+
+/// Draws a training step's dropout masks of a recurrent layer from `rng` exactly as the CPU's
+/// training forward does (`Masks::draw` per direction, forward first), laid out for the GPU
+/// ([`recurrent_dropout_floats`] floats).
+pub(crate) fn recurrent_dropout_masks(r: &Recurrent, batch: usize, rng: &mut Rng) -> Vec<f32> {
+    let masks: Vec<Masks> = r
+        .cells()
+        .map(|c| Masks::draw(c, batch, r.input_features, rng))
+        .collect();
+    DropLayout::new(r, batch).pack(&masks, batch, r.input_features, r.units())
+}
+
 /// What the GPU path supports, else an error naming the layer and the field.
 fn check(layer: &Node, r: &Recurrent, cells: usize, masked: bool) -> Result<()> {
     let refuse = |field: &str, why: &str| Err(layer_error(layer, field, why));
@@ -206,12 +296,6 @@ fn check(layer: &Node, r: &Recurrent, cells: usize, masked: bool) -> Result<()> 
     }
     let first = &r.forward;
     for cell in r.cells() {
-        if cell.dropout.input != 0.0 || cell.dropout.recurrent != 0.0 {
-            return refuse(
-                "dropout",
-                "GPU training does not support a recurrent cell's dropout / recurrent_dropout yet",
-            );
-        }
         let same = cell.kind == first.kind
             && cell.units == first.units
             && cell.activation == first.activation
@@ -278,6 +362,7 @@ fn loop_params(
     flags: u32,
     dy_scale: f32,
     dstate_off: usize,
+    drop: Option<DropLayout>,
 ) -> Result<Vec<u32>> {
     let w = |what: &str, v: usize| word(layer, what, v);
     let backwards_bits = r
@@ -304,6 +389,8 @@ fn loop_params(
         w("saved", lay.rh)?,
         dy_scale.to_bits(),
         w("state", dstate_off)?,
+        drop.map_or(0, |d| d.rec_blocks as u32),
+        w("dropout masks", drop.map_or(0, |d| d.rec_off))?,
     ]);
     Ok(p)
 }
@@ -388,6 +475,131 @@ fn gemm(
     )?;
     e.release(partials);
     Ok(())
+}
+
+/// recurrent_gemm.wgsl's words for one grouped GEMM (its header gives each mode's meaning):
+/// `groups` GEMMs of M×N×K, group g writing C's columns g·N.. of rows N·groups long.
+#[derive(Default)]
+struct Grouped {
+    mode: u32,
+    m: usize,
+    n: usize,
+    k: usize,
+    groups: usize,
+    has_bias: bool,
+    in_h: usize,
+    in_w: usize,
+    in_c: usize,
+    out_h: u32,
+    out_w: u32,
+    mask_blocks: usize,
+    mask_off: usize,
+    timesteps: usize,
+    batch: usize,
+}
+
+fn grouped_gemm(
+    e: &mut dyn Emit,
+    layer: &Node,
+    node: usize,
+    g: &Grouped,
+    buffers: [BufRef; 4],
+    what: String,
+) -> Result<()> {
+    if g.m == 0 || g.n == 0 || g.groups == 0 {
+        return Ok(());
+    }
+    let w = |what: &str, v: usize| word(layer, what, v);
+    let mut params = vec![0u32; 4];
+    params.extend([
+        w("rows", g.m)?,
+        w("columns", g.n)?,
+        w("depth", g.k)?,
+        u32::from(g.has_bias),
+    ]);
+    params.extend([
+        w("offset", g.in_h)?,
+        w("offset", g.in_w)?,
+        w("stride", g.in_c)?,
+        g.out_h,
+        g.out_w,
+        0,
+        0,
+        g.mode,
+        w("timesteps", g.timesteps)?,
+        w("mask blocks", g.mask_blocks)?,
+        w("dropout masks", g.mask_off)?,
+    ]);
+    params.push(0);
+    params.extend([w("groups", g.groups)?, w("batch", g.batch)?]);
+    params.extend([0u32; 8]);
+    let tiles = g.m.div_ceil(GEMM_TILE as usize) * g.n.div_ceil(GEMM_TILE as usize);
+    e.dispatch(
+        layer,
+        node,
+        Kernel::RnnGemmGrouped,
+        buffers.to_vec(),
+        params,
+        (tiles * g.groups) as u64,
+        format!(
+            "{what}: {} blocks of M={} N={} K={}",
+            g.groups, g.m, g.n, g.k
+        ),
+    )
+}
+
+/// x (rows (n, t) × width) times each of `blocks` input dropout masks [block][n][width] (at 0
+/// of `masks`) into dst [block][rows][width] (`reduce` false); or (`reduce`) src
+/// [rows][block][width] masked and summed over the blocks into dst [rows][width].
+#[allow(clippy::too_many_arguments)]
+fn input_dropout(
+    e: &mut dyn Emit,
+    layer: &Node,
+    node: usize,
+    [src, masks, dst]: [BufRef; 3],
+    rows: usize,
+    width: usize,
+    timesteps: usize,
+    blocks: usize,
+    reduce: bool,
+) -> Result<()> {
+    let w = |what: &str, v: usize| word(layer, what, v);
+    let params = vec![
+        w("rows", rows)?,
+        w("features", width)?,
+        w("timesteps", timesteps)?,
+        w("mask blocks", blocks)?,
+        u32::from(reduce),
+        0,
+        0,
+        0,
+    ];
+    let (len, what) = if reduce {
+        (rows * width, "input gradient through the dropout masks")
+    } else {
+        (blocks * rows * width, "x times its dropout masks")
+    };
+    e.dispatch(
+        layer,
+        node,
+        Kernel::RnnDropout,
+        vec![src, masks, dst],
+        params,
+        linear_workgroups(len, LINEAR_THREADS),
+        format!("{what}: {blocks} mask(s) over {rows}x{width}"),
+    )
+}
+
+/// The layer's dropout masks buffer and layout, where this run applies any: with input masks,
+/// how many blocks x is copied into (directions × input mask blocks).
+fn dropout_of(r: &Recurrent, batch: usize, buf: Option<BufRef>) -> Option<(BufRef, DropLayout)> {
+    let dl = DropLayout::new(r, batch);
+    buf.filter(|_| dl.total > 0).map(|b| (b, dl))
+}
+
+fn input_blocks(r: &Recurrent, drop: Option<(BufRef, DropLayout)>) -> Option<(BufRef, usize)> {
+    drop.filter(|(_, d)| d.input_blocks > 0)
+        .map(|(b, d)| (b, r.cells().count() * d.input_blocks))
 }
 
 /// dst[dst.0 + r·dst.1 + c] = src[src.0 + r·src.1 + c] for r < rows, c < cols.
@@ -521,13 +733,41 @@ fn release_all(e: &mut dyn Emit, bufs: Vec<BufRef>) {
     }
 }
 
+/// A scratch buffer of x times each input dropout mask block, [block][rows][features].
+fn masked_inputs(
+    e: &mut dyn Emit,
+    layer: &Node,
+    lay: &Layout,
+    node: usize,
+    x: BufRef,
+    masks: BufRef,
+    blocks: usize,
+) -> Result<BufRef> {
+    let floats = blocks * lay.rows() * lay.f;
+    check_buffer(e, layer, "x times its dropout masks", floats)?;
+    let xm = e.scratch(node, "x times its dropout masks", floats);
+    input_dropout(
+        e,
+        layer,
+        node,
+        [x, masks, xm],
+        lay.rows(),
+        lay.f,
+        lay.t,
+        blocks,
+        false,
+    )?;
+    Ok(xm)
+}
+
 /// Training forward of a recurrent node for `batch` sequences: `x` (N, T, F); `mask_ids` the
 /// u32 token ids (N, T) Keras's padding mask comes from (0 = padding), if the layer is masked;
 /// `cells` each direction's weights (forward first). Writes `y` exactly as the inference
 /// forward lays out the node's output (return_sequences, merge mode, go_backwards, masked
 /// steps as Keras: zero or repeat per `r.zero_output_for_mask()`; `ys` the outputs, two for
 /// merge_mode None), `saved` ([`recurrent_saved_floats`]) and, for merge_mode mul, `parts`
-/// ([`recurrent_parts_floats`]) for [`recurrent_backward`].
+/// ([`recurrent_parts_floats`]) for [`recurrent_backward`]. `dropout`: this step's masks
+/// ([`recurrent_dropout_masks`]), None at evaluation.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn recurrent_train_forward(
     e: &mut dyn Emit,
@@ -542,9 +782,10 @@ pub(crate) fn recurrent_train_forward(
     saved: BufRef,
     parts: Option<BufRef>,
     initial: &[BufRef],
+    dropout: Option<BufRef>,
 ) -> Result<()> {
     train_forward(
-        e, layer, node, r, batch, x, mask_ids, cells, ys, saved, parts, initial, true,
+        e, layer, node, r, batch, x, mask_ids, cells, ys, saved, parts, initial, dropout, true,
     )
 }
 
@@ -577,6 +818,7 @@ fn train_forward(
     saved: BufRef,
     parts: Option<BufRef>,
     initial: &[BufRef],
+    dropout: Option<BufRef>,
     allow_staging: bool,
 ) -> Result<()> {
     check(layer, r, cells.len(), mask_ids.is_some())?;
@@ -591,18 +833,42 @@ fn train_forward(
     check_buffer(e, layer, "x", rows * lay.f)?;
     check_buffer(e, layer, "saved", lay.total)?;
     let st = stack(e, layer, node, &lay, cells, true)?;
-    gemm(
-        e,
-        layer,
-        node,
-        Kernel::Matmul,
-        x,
-        st.w,
-        st.bias,
-        saved,
-        [rows, dg, lay.f],
-        "input projection x.W + b of every step",
-    )?;
+    let drop = dropout_of(r, batch, dropout);
+    if let Some((masks, blocks)) = input_blocks(r, drop) {
+        let xm = masked_inputs(e, layer, &lay, node, x, masks, blocks)?;
+        grouped_gemm(
+            e,
+            layer,
+            node,
+            &Grouped {
+                mode: 1,
+                m: rows,
+                n: dg / blocks,
+                k: lay.f,
+                groups: blocks,
+                has_bias: st.bias != BufRef::Dummy,
+                in_h: rows * lay.f,
+                in_c: lay.f,
+                ..Grouped::default()
+            },
+            [xm, st.w, st.bias, saved],
+            "input projection (x times its dropout mask).W + b of every step".into(),
+        )?;
+        e.release(xm);
+    } else {
+        gemm(
+            e,
+            layer,
+            node,
+            Kernel::Matmul,
+            x,
+            st.w,
+            st.bias,
+            saved,
+            [rows, dg, lay.f],
+            "input projection x.W + b of every step",
+        )?;
+    }
 
     let (rpg, staged) = rows_per_group(batch, u, 2 * u, allow_staging);
     let mut flags = base_flags(r, mask_ids.is_some());
@@ -647,7 +913,7 @@ fn train_forward(
         }
         (true, None) => Some(e.scratch(node, "both directions", out_rows * 2 * u)),
     };
-    let params = loop_params(layer, r, &lay, rpg, flags, 1.0, lay.fin)?;
+    let params = loop_params(layer, r, &lay, rpg, flags, 1.0, lay.fin, drop.map(|d| d.1))?;
     let groups = batch.div_ceil(rpg);
     let mut detail = format!(
         "{} {u} units x {} direction(s), {} steps in one loop, {rpg} sequence(s) per workgroup",
@@ -661,6 +927,9 @@ fn train_forward(
     if mask_ids.is_some() {
         detail.push_str(", masked by token id 0");
     }
+    if drop.is_some_and(|(_, d)| d.rec_blocks > 0) {
+        detail.push_str(", recurrent dropout");
+    }
     e.dispatch(
         layer,
         node,
@@ -672,6 +941,7 @@ fn train_forward(
             st.r,
             st.bias,
             BufRef::Dummy,
+            drop.map_or(BufRef::Dummy, |d| d.0),
         ],
         params,
         (groups * lay.dirs) as u64,
@@ -745,7 +1015,8 @@ fn check_initial(layer: &Node, r: &Recurrent, given: usize) -> Result<()> {
 /// Backpropagation through time of a recurrent node: from `saved` (its training forward's) and
 /// `dys` (the outputs' gradients, laid out as the outputs; two for merge_mode None) and, for
 /// merge_mode mul, the forward's `parts`, writes `dx` (N, T, F) and, for each direction, the
-/// parameter gradients asked for in `grads` (forward direction first).
+/// parameter gradients asked for in `grads` (forward direction first). `dropout`: the masks
+/// the training forward applied (the same buffer).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn recurrent_backward(
     e: &mut dyn Emit,
@@ -762,9 +1033,11 @@ pub(crate) fn recurrent_backward(
     dx: Option<BufRef>,
     dinitial: &[Option<BufRef>],
     grads: &[CellGrads],
+    dropout: Option<BufRef>,
 ) -> Result<()> {
     backward(
-        e, layer, node, r, batch, x, mask_ids, cells, saved, parts, dys, dx, dinitial, grads, true,
+        e, layer, node, r, batch, x, mask_ids, cells, saved, parts, dys, dx, dinitial, grads,
+        dropout, true,
     )
 }
 
@@ -870,6 +1143,7 @@ fn backward(
     dx: Option<BufRef>,
     dinitial: &[Option<BufRef>],
     grads: &[CellGrads],
+    dropout: Option<BufRef>,
     allow_staging: bool,
 ) -> Result<()> {
     check(layer, r, cells.len(), mask_ids.is_some())?;
@@ -930,7 +1204,8 @@ fn backward(
             )?;
         }
     }
-    let params = loop_params(layer, r, &lay, rpg, flags, dy_scale, dzh)?;
+    let drop = dropout_of(r, batch, dropout);
+    let params = loop_params(layer, r, &lay, rpg, flags, dy_scale, dzh, drop.map(|d| d.1))?;
     let groups = batch.div_ceil(rpg);
     let mut detail = format!(
         "BPTT of {} {u} units x {} direction(s), {} steps in one loop",
@@ -945,7 +1220,15 @@ fn backward(
         layer,
         node,
         Kernel::RnnTrainBackward,
-        vec![saved, dy, mask_ids.unwrap_or(BufRef::Dummy), st.r, dz, aux],
+        vec![
+            saved,
+            dy,
+            mask_ids.unwrap_or(BufRef::Dummy),
+            st.r,
+            dz,
+            aux,
+            drop.map_or(BufRef::Dummy, |d| d.0),
+        ],
         params,
         (groups * lay.dirs) as u64,
         detail,
@@ -968,8 +1251,43 @@ fn backward(
             )?;
         }
     }
-    if let Some(dx) = dx {
-        gemm(
+    let in_masks = input_blocks(r, drop);
+    match (dx, in_masks) {
+        (Some(dx), Some((masks, blocks))) => {
+            // Each block's dZ.Wᵀ apart, then masked by its block's mask and summed.
+            let floats = rows * blocks * f;
+            check_buffer(e, layer, "input gradient parts", floats)?;
+            let parts = e.scratch(node, "input gradient parts", floats);
+            grouped_gemm(
+                e,
+                layer,
+                node,
+                &Grouped {
+                    mode: 3,
+                    m: rows,
+                    n: f,
+                    k: dg / blocks,
+                    groups: blocks,
+                    in_c: dg,
+                    ..Grouped::default()
+                },
+                [dz, st.w, BufRef::Dummy, parts],
+                "input gradient parts dZ.WT".into(),
+            )?;
+            input_dropout(
+                e,
+                layer,
+                node,
+                [parts, masks, dx],
+                rows,
+                f,
+                lay.t,
+                blocks,
+                true,
+            )?;
+            e.release(parts);
+        }
+        (Some(dx), None) => gemm(
             e,
             layer,
             node,
@@ -980,7 +1298,8 @@ fn backward(
             dx,
             [rows, f, dg],
             "input gradient dZ.WT",
-        )?;
+        )?,
+        (None, _) => {}
     }
     // A stacked gradient: straight into the one direction's buffer, else into scratch and
     // copied out to each direction's (rows, G) block.
@@ -1001,18 +1320,41 @@ fn backward(
                 b
             }
         };
-        gemm(
-            e,
-            layer,
-            node,
-            Kernel::MatmulAt,
-            x,
-            dz,
-            BufRef::Dummy,
-            target,
-            [f, dg, rows],
-            "kernel gradient xT.dZ",
-        )?;
+        match in_masks {
+            Some((masks, blocks)) => {
+                let xm = masked_inputs(e, layer, &lay, node, x, masks, blocks)?;
+                grouped_gemm(
+                    e,
+                    layer,
+                    node,
+                    &Grouped {
+                        mode: 2,
+                        m: f,
+                        n: dg / blocks,
+                        k: rows,
+                        groups: blocks,
+                        in_h: rows * f,
+                        in_c: f,
+                        ..Grouped::default()
+                    },
+                    [xm, dz, BufRef::Dummy, target],
+                    "kernel gradient (x times its dropout mask)T.dZ".into(),
+                )?;
+                e.release(xm);
+            }
+            None => gemm(
+                e,
+                layer,
+                node,
+                Kernel::MatmulAt,
+                x,
+                dz,
+                BufRef::Dummy,
+                target,
+                [f, dg, rows],
+                "kernel gradient xT.dZ",
+            )?,
+        }
         if lay.dirs == 2 {
             for (d, c) in grads.iter().enumerate() {
                 if let Some(dst) = c.kernel {
@@ -1045,38 +1387,34 @@ fn backward(
         } else {
             u32::MAX
         };
-        let groups = lay.dirs * lay.gates;
-        let mut params = vec![0u32; 4];
-        params.extend([
-            word(layer, "units", u)?,
-            word(layer, "units", u)?,
-            word(layer, "rows", rows)?,
-            0,
-        ]);
-        params.extend([
-            word(layer, "saved", lay.hin)?,
-            word(layer, "saved", lay.rh)?,
-            word(layer, "units", lay.dirs * u)?,
-            lay.gates as u32,
-            alt,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-        ]);
-        params.push(0);
-        params.extend([groups as u32, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        let tiles = u.div_ceil(GEMM_TILE as usize).pow(2);
-        e.dispatch(
+        let rec = drop.filter(|(_, d)| d.rec_blocks > 0);
+        grouped_gemm(
+            e,
             layer,
             node,
-            Kernel::RnnGemmGrouped,
-            vec![saved, rec_dz, BufRef::Dummy, target],
-            params,
-            (tiles * groups) as u64,
-            format!("recurrent kernel gradient h_inT.dZ: {groups} blocks of M={u} N={u} K={rows}"),
+            &Grouped {
+                mode: 0,
+                m: u,
+                n: u,
+                k: rows,
+                groups: lay.dirs * lay.gates,
+                in_h: lay.hin,
+                in_w: lay.rh,
+                in_c: lay.dirs * u,
+                out_h: lay.gates as u32,
+                out_w: alt,
+                mask_blocks: rec.map_or(0, |d| d.1.rec_blocks),
+                mask_off: rec.map_or(0, |d| d.1.rec_off),
+                timesteps: lay.t,
+                batch,
+                ..Grouped::default()
+            },
+            [saved, rec_dz, rec.map_or(BufRef::Dummy, |d| d.0), target],
+            if rec.is_some() {
+                "recurrent kernel gradient (h_in times its dropout mask)T.dZ".into()
+            } else {
+                "recurrent kernel gradient h_inT.dZ".into()
+            },
         )?;
         if lay.dirs == 2 {
             for (d, c) in grads.iter().enumerate() {

@@ -892,8 +892,17 @@ fn batch_losses(graph: &Graph, batch: usize, outs: &[Vec<f32>]) -> Result<BatchL
     })
 }
 
-/// The step's host-made inputs (`TrainPlan::host_inputs`, in order). Noise is drawn in node
-/// order, as the CPU forward draws it, so both backends see the same noise from the same RNG.
+/// What a node draws from the step's RNG for the host-made inputs.
+enum Drawn {
+    /// A Dropout / noise layer's multiplier and addend (each taken once uploaded).
+    Noise(crate::cpu::grad::dropout::Noise),
+    /// A recurrent layer's cell dropout masks.
+    Masks(Option<Vec<f32>>),
+}
+
+/// The step's host-made inputs (`TrainPlan::host_inputs`, in order). Noise and recurrent
+/// dropout masks are drawn in node order, as the CPU forward draws them, so both backends see
+/// the same noise from the same RNG.
 fn host_inputs(
     wanted: &[plan::HostInput],
     graph: &Graph,
@@ -901,7 +910,49 @@ fn host_inputs(
     mut rng: Option<&mut Rng>,
 ) -> Result<Vec<HostData>> {
     let batch = crate::input::common_batch(inputs)?;
-    let mut drawn: HashMap<usize, crate::cpu::grad::dropout::Noise> = HashMap::new();
+    let mut drawing: Vec<&plan::HostInput> = wanted
+        .iter()
+        .filter(|h| !matches!(h, plan::HostInput::IdGroups { .. }))
+        .collect();
+    let node_of = |h: &plan::HostInput| match *h {
+        plan::HostInput::Noise { node, .. } | plan::HostInput::RecurrentMasks { node, .. } => node,
+        plan::HostInput::IdGroups { .. } => usize::MAX,
+    };
+    drawing.sort_by_key(|h| node_of(h));
+    let mut drawn: HashMap<usize, Drawn> = HashMap::new();
+    for h in drawing {
+        let node = node_of(h);
+        let std::collections::hash_map::Entry::Vacant(slot) = drawn.entry(node) else {
+            continue;
+        };
+        let n = &graph.nodes[node];
+        let rng = rng.as_deref_mut().ok_or_else(|| {
+            Error::Internal(format!("'{}' draws noise but no RNG was given", n.name))
+        })?;
+        slot.insert(match (h, &n.op) {
+            (plan::HostInput::Noise { .. }, crate::graph::Op::Dropout(d)) => {
+                let mut shape = vec![batch];
+                shape.extend_from_slice(&graph.value(n.inputs[0]).shape);
+                Drawn::Noise(crate::cpu::grad::dropout::training_noise(d, &shape, rng))
+            }
+            (&plan::HostInput::RecurrentMasks { steps, .. }, op) => {
+                let r = match op {
+                    crate::graph::Op::Recurrent(r) => r,
+                    crate::graph::Op::TimeDistributed { inner } => match &**inner {
+                        crate::graph::Op::Recurrent(r) => r,
+                        _ => return Err(Error::Internal(format!("'{}' has no cells", n.name))),
+                    },
+                    _ => return Err(Error::Internal(format!("'{}' has no cells", n.name))),
+                };
+                Drawn::Masks(Some(crate::gpu::grad::recurrent::recurrent_dropout_masks(
+                    r,
+                    batch * steps,
+                    rng,
+                )))
+            }
+            _ => return Err(Error::Internal(format!("'{}' draws no noise", n.name))),
+        });
+    }
     let mut made = Vec::with_capacity(wanted.len());
     for h in wanted {
         match *h {
@@ -921,27 +972,24 @@ fn host_inputs(
                 made.push(HostData::Words(words));
             }
             plan::HostInput::Noise { node, addend } => {
-                if let std::collections::hash_map::Entry::Vacant(slot) = drawn.entry(node) {
-                    let n = &graph.nodes[node];
-                    let crate::graph::Op::Dropout(d) = &n.op else {
-                        return Err(Error::Internal(format!("'{}' draws no noise", n.name)));
-                    };
-                    let rng = rng.as_deref_mut().ok_or_else(|| {
-                        Error::Internal(format!("'{}' draws noise but no RNG was given", n.name))
-                    })?;
-                    let mut shape = vec![batch];
-                    shape.extend_from_slice(&graph.value(n.inputs[0]).shape);
-                    slot.insert(crate::cpu::grad::dropout::training_noise(d, &shape, rng));
-                }
                 // Each term is uploaded once: move it out rather than copy it.
-                let (m, a) = drawn
-                    .get_mut(&node)
-                    .ok_or_else(|| Error::Internal(format!("no noise drawn for node #{node}")))?;
+                let Some(Drawn::Noise((m, a))) = drawn.get_mut(&node) else {
+                    return Err(Error::Internal(format!("no noise drawn for node #{node}")));
+                };
                 let term = if addend { a } else { m };
                 let term = term.take().ok_or_else(|| {
                     Error::Internal(format!("'{}' drew no such term", graph.nodes[node].name))
                 })?;
                 made.push(HostData::Floats(term));
+            }
+            plan::HostInput::RecurrentMasks { node, .. } => {
+                let Some(Drawn::Masks(masks)) = drawn.get_mut(&node) else {
+                    return Err(Error::Internal(format!("no masks drawn for node #{node}")));
+                };
+                let masks = masks.take().ok_or_else(|| {
+                    Error::Internal(format!("'{}' masks wanted twice", graph.nodes[node].name))
+                })?;
+                made.push(HostData::Floats(masks));
             }
         }
     }

@@ -53,6 +53,10 @@ pub enum HostInput {
     /// One term of the noise Dropout / a noise layer (node `node`) draws for this step, over
     /// its input: the multiplier, or (`addend`) what is added.
     Noise { node: usize, addend: bool },
+    /// The dropout / recurrent_dropout masks of recurrent node `node`'s cells for this step
+    /// (`grad::recurrent::recurrent_dropout_masks`), over the batch times `steps` (the steps a
+    /// TimeDistributed folds into it).
+    RecurrentMasks { node: usize, steps: usize },
 }
 
 /// What a plan runs.
@@ -99,6 +103,8 @@ struct Builder<'a> {
     rnn_saved: Vec<Option<BufRef>>,
     /// Each Bidirectional with merge_mode mul's outputs of both directions, for its backward.
     rnn_parts: Vec<Option<BufRef>>,
+    /// Each recurrent layer's dropout masks of this step (a host input), for its backward.
+    rnn_dropout: Vec<Option<BufRef>>,
     /// Each ConvLSTM's tape and starting states, kept for its backward.
     conv_lstm_saved: Vec<Option<grad::conv_lstm::Saved>>,
     layout: &'a ParamLayout,
@@ -795,8 +801,9 @@ impl<'a> Builder<'a> {
     }
 
     /// Re-lowers each recurrent layer's forward as its training forward, in place of its
-    /// inference ops.
-    fn recurrent_training_forwards(&mut self) -> Result<()> {
+    /// inference ops; `training`: with its cells' dropout (masks drawn on the host in node
+    /// order, as the CPU forward draws them), else none (evaluation).
+    fn recurrent_training_forwards(&mut self, training: bool) -> Result<()> {
         for i in 0..self.graph.nodes.len() {
             let r = match &self.graph.nodes[i].op {
                 GraphOp::Recurrent(r) => r.clone(),
@@ -833,10 +840,20 @@ impl<'a> Builder<'a> {
                 };
                 b.rnn_parts[i] = parts;
                 let cells = cell_buffers(&r);
+                let dropout = match grad::recurrent::recurrent_dropout_floats(&r, batch) {
+                    0 => None,
+                    _ if !training => None,
+                    floats => Some(b.host_input(
+                        HostInput::RecurrentMasks { node: i, steps },
+                        floats,
+                        format!("{}.dropout_masks", layer.name),
+                    )),
+                };
+                b.rnn_dropout[i] = dropout;
                 // The lowering checks the layer's options first: what it refuses is a
                 // training option the GPU lacks, which the CPU path has.
                 grad::recurrent::recurrent_train_forward(
-                    b, &layer, i, &r, batch, x, mask, &cells, &ys, saved, parts, &initial,
+                    b, &layer, i, &r, batch, x, mask, &cells, &ys, saved, parts, &initial, dropout,
                 )
                 .map_err(|e| match e {
                     Error::Gpu(msg) => Error::Train(format!("{msg}; train it with --backend cpu")),
@@ -1006,8 +1023,10 @@ impl<'a> Builder<'a> {
             .collect();
         let cells = cell_buffers(r);
         let batch = self.batch * steps;
+        let dropout = self.rnn_dropout[i];
         grad::recurrent::recurrent_backward(
             self, &layer, i, r, batch, x, mask, &cells, saved, parts, dys, dx, &dinitial, &grads,
+            dropout,
         )?;
         for (part, dst, floats) in adds {
             self.accumulate(i, part, dst, floats)?;
@@ -1623,6 +1642,7 @@ pub fn build(
         bn_saved: vec![None; graph.nodes.len()],
         rnn_saved: vec![None; graph.nodes.len()],
         rnn_parts: vec![None; graph.nodes.len()],
+        rnn_dropout: vec![None; graph.nodes.len()],
         conv_lstm_saved: vec![None; graph.nodes.len()],
         layout,
         host_inputs: Vec::new(),
@@ -1636,7 +1656,7 @@ pub fn build(
     // Recurrent layers run their training forward in every mode: it reads the weights from
     // the arena (the inference forward reads stacked copies uploaded once) and keeps what
     // BPTT needs.
-    b.recurrent_training_forwards()?;
+    b.recurrent_training_forwards(mode != Mode::Evaluate)?;
     match mode {
         Mode::Seeded => {
             for (k, port) in graph.outputs.iter().enumerate() {

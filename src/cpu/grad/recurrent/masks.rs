@@ -12,7 +12,7 @@ use crate::train::Rng;
 
 /// None, one mask for all gate blocks, or one per block; each (N, width) row-major.
 #[derive(Debug, Default)]
-pub(super) struct MaskSet(Vec<Vec<f32>>);
+pub(crate) struct MaskSet(Vec<Vec<f32>>);
 
 impl MaskSet {
     /// The mask gate block `block` reads, if any.
@@ -32,7 +32,7 @@ impl MaskSet {
 
 /// Both mask sets of one direction.
 #[derive(Debug, Default)]
-pub(super) struct Masks {
+pub(crate) struct Masks {
     /// On x_t, (N, features).
     pub input: MaskSet,
     /// On h_{t-1} before the recurrent kernel, (N, units).

@@ -1,5 +1,6 @@
 //! The GPU training forward and BPTT against the CPU's (`cpu::grad::recurrent`): y, dx and
-//! every parameter gradient, for each cell, Bidirectional merges, go_backwards and masks.
+//! every parameter gradient, for each cell, Bidirectional merges, go_backwards, masks and the
+//! cells' dropout / recurrent_dropout (masks drawn from the same seed as the CPU's).
 
 use ndarray::{Array2, ArrayD, IxDyn};
 
@@ -39,6 +40,9 @@ struct Case {
     /// Stage the shared state in workgroup memory (else read it back from storage, the path
     /// units too large for workgroup memory take).
     staging: bool,
+    /// The cells' dropout: the forward direction's, and the backward's where it differs.
+    dropout: CellDropout,
+    backward_dropout: Option<CellDropout>,
 }
 
 fn case(kind: CellKind) -> Case {
@@ -57,6 +61,17 @@ fn case(kind: CellKind) -> Case {
         recurrent_activation: Activation::Sigmoid,
         use_bias: true,
         staging: true,
+        dropout: CellDropout::default(),
+        backward_dropout: None,
+    }
+}
+
+/// Dropout on x and on h_prev; `per_gate`: Keras's implementation=1 (one mask per gate block).
+fn drop(input: f32, recurrent: f32, per_gate: bool) -> CellDropout {
+    CellDropout {
+        input,
+        recurrent,
+        per_gate,
     }
 }
 
@@ -98,8 +113,28 @@ impl Case {
         self.staging = false;
         self
     }
+    fn dropout(mut self, d: CellDropout) -> Self {
+        self.dropout = d;
+        self
+    }
+    fn backward_dropout(mut self, d: CellDropout) -> Self {
+        self.backward_dropout = Some(d);
+        self
+    }
+    fn without_dropout(mut self) -> Self {
+        self.dropout = CellDropout::default();
+        self.backward_dropout = None;
+        self
+    }
 
-    fn cell(&self, p: &mut ParamStore, dir: &str, seed: u64, go_backwards: bool) -> RecurrentCell {
+    fn cell(
+        &self,
+        p: &mut ParamStore,
+        dir: &str,
+        seed: u64,
+        go_backwards: bool,
+        dropout: CellDropout,
+    ) -> RecurrentCell {
         let g = self.kind.gates() * self.units;
         let kernel = p.add(
             format!("{dir}/kernel"),
@@ -131,17 +166,24 @@ impl Case {
             recurrent_kernel,
             bias,
             go_backwards,
-            dropout: CellDropout::default(),
+            dropout,
         }
     }
 
     fn graph(&self) -> Graph {
         let mut g = Graph::new("t");
         let x = g.add_input("x", vec![self.timesteps, self.features], DType::F32);
-        let forward = self.cell(&mut g.params, "forward", 10, self.go_backwards);
-        let backward = self
-            .merge
-            .map(|_| self.cell(&mut g.params, "backward", 20, !self.go_backwards));
+        let forward = self.cell(
+            &mut g.params,
+            "forward",
+            10,
+            self.go_backwards,
+            self.dropout,
+        );
+        let backward = self.merge.map(|_| {
+            let d = self.backward_dropout.unwrap_or(self.dropout);
+            self.cell(&mut g.params, "backward", 20, !self.go_backwards, d)
+        });
         let op = Recurrent {
             forward,
             backward,
@@ -199,6 +241,18 @@ impl Case {
                 s.push_str(what);
             }
         }
+        let d = self.dropout;
+        if d != CellDropout::default() {
+            s.push_str(&format!(
+                " dropout={} recurrent_dropout={}{}",
+                d.input,
+                d.recurrent,
+                if d.per_gate { " per gate" } else { "" }
+            ));
+        }
+        if let Some(d) = self.backward_dropout {
+            s.push_str(&format!(" backward {d:?}"));
+        }
         s
     }
 }
@@ -211,9 +265,28 @@ fn shaped(v: &[f32], shape: &[usize]) -> ArrayD<f32> {
     ArrayD::from_shape_vec(IxDyn(shape), v.to_vec()).expect("shape")
 }
 
+/// The CPU training forward's y of a case (its masks drawn from seed 1).
+fn cpu_y(c: &Case) -> ArrayD<f32> {
+    let g = c.graph();
+    let x = uniform(&[c.batch, c.timesteps, c.features], 3, 1.0);
+    let fw = crate::cpu::grad::forward(
+        &g,
+        &g.nodes[0],
+        &[Tensor::F32(x)],
+        c.mask().as_ref(),
+        &mut Rng::new(1),
+    )
+    .expect("CPU forward");
+    match fw.outputs.into_iter().next() {
+        Some(Tensor::F32(y)) => y,
+        _ => panic!("float output"),
+    }
+}
+
 /// Runs the case's training forward and backward on the CPU and the GPU (one submit) and
-/// compares y, dx and every parameter gradient.
-fn check(r: &mut KernelRunner, c: &Case) {
+/// compares y, dx and every parameter gradient; returns the GPU's y and dx. The cells'
+/// dropout masks are drawn on the host from the seed the CPU's forward draws them from.
+fn check(r: &mut KernelRunner, c: &Case) -> (Vec<f32>, Vec<f32>) {
     let name = c.name();
     let g = c.graph();
     let node = &g.nodes[0];
@@ -258,6 +331,15 @@ fn check(r: &mut KernelRunner, c: &Case) {
         bufs.push(g.params.slice(cell.recurrent_kernel).to_vec());
         bufs.push(cell.bias.map_or(vec![0.0], |b| g.params.slice(b).to_vec()));
     }
+    let drop_floats = recurrent_dropout_floats(rec, n);
+    let mi = bufs.len();
+    bufs.push(if drop_floats > 0 {
+        let masks = recurrent_dropout_masks(rec, n, &mut Rng::new(1));
+        assert_eq!(masks.len(), drop_floats, "{name}: dropout masks' size");
+        masks
+    } else {
+        vec![0.0]
+    });
     let yi = bufs.len();
     bufs.push(vec![STALE; y_cpu.len()]);
     let si = bufs.len();
@@ -295,6 +377,7 @@ fn check(r: &mut KernelRunner, c: &Case) {
         })
         .collect();
     let ids_buf = c.masked.then_some(b(1));
+    let drop_buf = (drop_floats > 0).then_some(b(mi));
     let mut e = TestEmit::new(r.limits, bufs.len());
     let (x_buf, y_buf, saved, dy_buf, dx_buf) = (b(0), b(yi), b(si), b(dyi), Some(b(dxi)));
     if c.staging {
@@ -311,6 +394,7 @@ fn check(r: &mut KernelRunner, c: &Case) {
             saved,
             None,
             &[],
+            drop_buf,
         )
         .expect("forward lowering");
         recurrent_backward(
@@ -328,6 +412,7 @@ fn check(r: &mut KernelRunner, c: &Case) {
             dx_buf,
             &[],
             &cell_grads,
+            drop_buf,
         )
         .expect("backward lowering");
     } else {
@@ -344,6 +429,7 @@ fn check(r: &mut KernelRunner, c: &Case) {
             saved,
             None,
             &[],
+            drop_buf,
             false,
         )
         .expect("forward lowering");
@@ -362,6 +448,7 @@ fn check(r: &mut KernelRunner, c: &Case) {
             dx_buf,
             &[],
             &cell_grads,
+            drop_buf,
             false,
         )
         .expect("backward lowering");
@@ -392,6 +479,7 @@ fn check(r: &mut KernelRunner, c: &Case) {
             );
         }
     }
+    (got[yi].clone(), got[dxi].clone())
 }
 
 #[test]
@@ -562,15 +650,163 @@ fn unsupported_configurations_are_refused() {
             b(2),
             None,
             &[],
+            None,
         )
         .unwrap_err()
         .to_string();
         assert!(err.contains("layer 'rnn'") && err.contains(field), "{err}");
         assert!(e.ops.is_empty(), "{field}: nothing emitted");
     };
-    with(&|r| r.forward.dropout.input = 0.2, "dropout");
     with(
         &|r| r.backward.as_mut().unwrap().units = 4,
         "backward_layer",
     );
+}
+
+const RATE: f32 = 0.3;
+
+/// Dropout and recurrent dropout of every cell, with one mask shared by the gate blocks and
+/// one per gate block (Keras's implementation 2 and 1), one and seven steps, batch 3, 5 units.
+#[test]
+fn cell_dropout_matches_the_cpu() {
+    let Some(mut r) = runner() else { return };
+    for kind in [RNN, LSTM, GRU, GRU_BEFORE] {
+        for per_gate in [false, true] {
+            if kind == RNN && per_gate {
+                continue;
+            }
+            let d = drop(RATE, RATE, per_gate);
+            for t in [1, 7] {
+                check(&mut r, &case(kind).steps(t).dropout(d));
+                check(&mut r, &case(kind).steps(t).dropout(d).sequences());
+            }
+            check(
+                &mut r,
+                &case(kind).steps(7).dropout(d).sequences().backwards(),
+            );
+            // Only one of the two.
+            check(
+                &mut r,
+                &case(kind).steps(7).dropout(drop(RATE, 0.0, per_gate)),
+            );
+            check(
+                &mut r,
+                &case(kind).steps(7).dropout(drop(0.0, RATE, per_gate)),
+            );
+            // The state read back from storage; 33 sequences (two workgroups of rows).
+            check(
+                &mut r,
+                &case(kind).steps(7).dropout(d).unstaged().sequences(),
+            );
+            check(&mut r, &case(kind).steps(4).batch(33).dropout(d));
+        }
+    }
+    // A SimpleRNN drops everything at rate 1 (Keras draws zeros), LSTM and GRU nothing.
+    check(&mut r, &case(RNN).steps(7).dropout(drop(1.0, 1.0, false)));
+    check(&mut r, &case(LSTM).steps(7).dropout(drop(1.0, 1.0, true)));
+}
+
+/// Dropout with Keras's padding mask (mixed lengths) and in both directions of a
+/// Bidirectional, each direction with its own masks (and its own rates).
+#[test]
+fn cell_dropout_masked_and_bidirectional_match_the_cpu() {
+    let Some(mut r) = runner() else { return };
+    for kind in [RNN, LSTM, GRU, GRU_BEFORE] {
+        for per_gate in [false, true] {
+            if kind == RNN && per_gate {
+                continue;
+            }
+            let d = drop(RATE, RATE, per_gate);
+            for t in [1, 7] {
+                for zero in [false, true] {
+                    let c = case(kind).steps(t).batch(5).masked(zero).dropout(d);
+                    check(&mut r, &c.clone().sequences());
+                    check(&mut r, &c.backwards());
+                }
+                check(
+                    &mut r,
+                    &case(kind).steps(t).dropout(d).bidi(MergeMode::Concat),
+                );
+            }
+            check(
+                &mut r,
+                &case(kind)
+                    .steps(7)
+                    .batch(6)
+                    .masked(true)
+                    .sequences()
+                    .dropout(d)
+                    .bidi(MergeMode::Concat),
+            );
+            check(
+                &mut r,
+                &case(kind)
+                    .steps(7)
+                    .dropout(d)
+                    .sequences()
+                    .bidi(MergeMode::Average),
+            );
+            // The directions' masks differ in kind: the backward's are repeated per block or
+            // stand in as ones.
+            check(
+                &mut r,
+                &case(kind)
+                    .steps(7)
+                    .dropout(drop(RATE, 0.0, per_gate))
+                    .backward_dropout(drop(0.0, 0.5, !per_gate))
+                    .bidi(MergeMode::Sum),
+            );
+            check(
+                &mut r,
+                &case(kind)
+                    .steps(7)
+                    .batch(5)
+                    .masked(false)
+                    .dropout(CellDropout::default())
+                    .backward_dropout(d)
+                    .bidi(MergeMode::Concat),
+            );
+        }
+    }
+}
+
+/// The GPU's outputs and input gradients differ from a run without dropout, for each mask on
+/// its own: a GPU that ignored a mask would fail here (having matched the CPU above).
+#[test]
+fn cell_dropout_changes_the_results() {
+    let Some(mut r) = runner() else { return };
+    let differs = |a: &[f32], b: &ArrayD<f32>| {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b.iter())
+            .any(|(x, y)| (x - y).abs() > 1e-2 * (1.0 + y.abs()))
+    };
+    for kind in [RNN, LSTM, GRU, GRU_BEFORE] {
+        for per_gate in [false, true] {
+            for (input, recurrent) in [(RATE, 0.0), (0.0, RATE)] {
+                for bidi in [false, true] {
+                    let mut c = case(kind)
+                        .steps(7)
+                        .sequences()
+                        .dropout(drop(input, recurrent, per_gate));
+                    if bidi {
+                        c = c.bidi(MergeMode::Concat);
+                    }
+                    let name = c.name();
+                    let (y, dx) = check(&mut r, &c);
+                    let plain = c.clone().without_dropout();
+                    assert!(differs(&y, &cpu_y(&plain)), "{name}: y ignores the masks");
+                    let x = uniform(&[c.batch, c.timesteps, c.features], 3, 1.0);
+                    let dy = uniform(
+                        &[c.batch, c.timesteps, c.units * if bidi { 2 } else { 1 }],
+                        4,
+                        1.0,
+                    );
+                    let (dx_plain, _) = run_backward(&plain.graph(), &x, &dy, true, None);
+                    let dx_plain = dx_plain.expect("dx");
+                    assert!(differs(&dx, &dx_plain), "{name}: dx ignores the masks");
+                }
+            }
+        }
+    }
 }

@@ -62,7 +62,11 @@ const TILE_N: u32 = 64u;
 const TILE_K: u32 = 16u;
 const THREADS: u32 = 256u;
 
-var<workgroup> a_tile: array<f32, 1024>; // [TILE_K][TILE_M]
+// A's tile is stored transposed, rows A_STRIDE apart: with a stride of 64 the 16 threads
+// storing one row's 16 k values would all hit one shared-memory bank (a 16-way conflict); 66
+// spreads a warp's stores over all 32 banks, and the reads stay broadcasts.
+const A_STRIDE: u32 = TILE_M + 2u;
+var<workgroup> a_tile: array<f32, 1056>; // [TILE_K][A_STRIDE]
 var<workgroup> b_tile: array<f32, 1024>; // [TILE_K][TILE_N]
 
 @compute @workgroup_size(16, 16, 1)
@@ -116,7 +120,7 @@ fn main(
             if (row0 + r < p.m && k0 + kk < k_end) {
                 v = load_a(row0 + r, k0 + kk, group);
             }
-            a_tile[kk * TILE_M + r] = v;
+            a_tile[kk * A_STRIDE + r] = v;
         }
         for (var e = li; e < TILE_K * TILE_N; e += THREADS) {
             let kk = e / TILE_N;
@@ -129,7 +133,7 @@ fn main(
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk++) {
-            let a_at = kk * TILE_M + lid.y;
+            let a_at = kk * A_STRIDE + lid.y;
             let b_at = kk * TILE_N + lid.x;
             let bv = vec4<f32>(b_tile[b_at], b_tile[b_at + 16u], b_tile[b_at + 32u], b_tile[b_at + 48u]);
             acc[0] = fma(vec4<f32>(a_tile[a_at]), bv, acc[0]);

@@ -339,13 +339,13 @@ fn plan_limits(limits: &wgpu::Limits, overrides: LimitOverrides) -> PlanLimits {
     }
 }
 
-/// What the kernels need beyond WebGPU's downlevel defaults: 16x16 GEMM workgroups with 8 KiB
-/// of tiles, 5 storage buffers in the recurrent step, and a second bind group for its step index.
+/// What the kernels need beyond WebGPU's downlevel defaults: 16x16 GEMM workgroups with 8,320
+/// bytes of tiles, 5 storage buffers in the recurrent step, and a second bind group for its step index.
 fn runs_our_kernels(limits: &wgpu::Limits) -> bool {
     limits.max_compute_invocations_per_workgroup >= 256
         && limits.max_compute_workgroup_size_x >= 64
         && limits.max_compute_workgroup_size_y >= 16
-        && limits.max_compute_workgroup_storage_size >= 8192
+        && limits.max_compute_workgroup_storage_size >= 8320
         && limits.max_storage_buffers_per_shader_stage >= 5
         && limits.max_bind_groups >= 2
 }

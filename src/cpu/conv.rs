@@ -62,6 +62,7 @@ pub(super) fn conv(
             kernel,
             bias: c.bias.map(|b| params.view1(b)),
             activation: c.activation,
+            kernel_generation: Some(params.generation(c.kernel)),
         };
         let x = x.as_standard_layout();
         let x4 = x

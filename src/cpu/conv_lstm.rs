@@ -25,6 +25,7 @@ pub(crate) fn convs<'a>(
         kernel: view(c.kernel, c.in_channels)?,
         bias: c.bias.map(|b| params.view1(b)),
         activation: Activation::Linear,
+        kernel_generation: Some(params.generation(c.kernel)),
     };
     let recurrent_conv = ConvArgs {
         filters: g,
@@ -33,6 +34,7 @@ pub(crate) fn convs<'a>(
         kernel: view(c.recurrent_kernel, c.filters)?,
         bias: None,
         activation: Activation::Linear,
+        kernel_generation: Some(params.generation(c.recurrent_kernel)),
     };
     Ok((input_conv, recurrent_conv))
 }

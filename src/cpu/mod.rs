@@ -58,6 +58,9 @@ pub(crate) struct ConvArgs<'a> {
     pub kernel: ArrayView4<'a, f32>,
     pub bias: Option<ArrayView1<'a, f32>>,
     pub activation: Activation,
+    /// The kernel's `ParamStore::generation` when it is a stored parameter viewed in place;
+    /// None for a kernel made on the fly (caches then compare its values).
+    pub kernel_generation: Option<u64>,
 }
 
 /// Runs the whole graph on validated batches (one per graph input); returns every output.

@@ -135,8 +135,8 @@ pub(super) fn conv2d<S: ndarray::Data<Elem = f32>>(
         return Some(out);
     }
     let (cin, cout) = (geo.in_channels, geo.out_channels);
-    let u = transformed_kernel(kernel, cin, cout);
-    let u = ArrayView3::from_shape((cin, POSITIONS, cout), &u[..]).ok()?;
+    let u = transformed_kernel(kernel, c.kernel_generation, cin, cout);
+    let u = ArrayView3::from_shape((POSITIONS, cin, cout), &u[..]).ok()?;
     // Plain relu, by far the most common, is fused into the output transform.
     let fused_relu = c.activation == Activation::RELU;
     let blocks = carve_blocks(out_all, &spans, |span| {
@@ -166,7 +166,7 @@ pub(super) fn conv2d<S: ndarray::Data<Elem = f32>>(
             per_position.into_par_iter().for_each(|(pos, mp)| {
                 matmul_into_on(
                     v.slice(s![.., pos, ..]),
-                    u.slice(s![.., pos, ..]),
+                    u.slice(s![pos, .., ..]),
                     mp,
                     false,
                 );
@@ -175,7 +175,7 @@ pub(super) fn conv2d<S: ndarray::Data<Elem = f32>>(
             for pos in 0..POSITIONS {
                 matmul_into(
                     v.slice(s![.., pos, ..]),
-                    u.slice(s![.., pos, ..]),
+                    u.slice(s![pos, .., ..]),
                     m.slice_mut(s![.., pos, ..]),
                 );
             }
@@ -396,21 +396,38 @@ struct CachedKernel {
     cin: usize,
     cout: usize,
     kernel: Vec<f32>,
+    /// The stored parameter's generation and address, when the kernel was one.
+    stored: Option<(u64, usize)>,
     u: Arc<Vec<f32>>,
 }
 
 /// Recently transformed kernels, least recently used first. Recomputing U costs little next to
-/// a large batch but as much as the layer itself at batch 1. Entries match on the kernel's
-/// contents, never on its address alone, so a freed and reused allocation cannot hit.
+/// a large batch but as much as the layer itself at batch 1. A stored parameter matches on its
+/// generation and address (both change when its values may have: see
+/// `ParamStore::generation`), so a batch-1 call reads no kernel; any other kernel matches on
+/// its contents, never on its address alone, so a freed and reused allocation cannot hit.
 static KERNEL_CACHE: Mutex<Vec<CachedKernel>> = Mutex::new(Vec::new());
 /// Bound on the cache: floats held (kernel copies and transforms), about 128 MiB.
 const KERNEL_CACHE_FLOATS: usize = 32 << 20;
 
 /// U for `kernel`, from the cache when the same weights were transformed before.
-fn transformed_kernel(kernel: &[f32], cin: usize, cout: usize) -> Arc<Vec<f32>> {
+fn transformed_kernel(
+    kernel: &[f32],
+    generation: Option<u64>,
+    cin: usize,
+    cout: usize,
+) -> Arc<Vec<f32>> {
+    let stored = generation.map(|g| (g, kernel.as_ptr() as usize));
     // A poisoned lock only means another thread panicked mid-update: skip the cache then.
     if let Ok(mut cache) = KERNEL_CACHE.lock() {
-        let hit = |e: &CachedKernel| (e.cin, e.cout) == (cin, cout) && same_bits(&e.kernel, kernel);
+        let hit = |e: &CachedKernel| {
+            (e.cin, e.cout) == (cin, cout)
+                && e.kernel.len() == kernel.len()
+                && match (stored, e.stored) {
+                    (Some(now), Some(then)) => now == then,
+                    _ => same_bits(&e.kernel, kernel),
+                }
+        };
         if let Some(i) = cache.iter().position(hit) {
             let entry = cache.remove(i);
             let u = Arc::clone(&entry.u);
@@ -431,6 +448,7 @@ fn transformed_kernel(kernel: &[f32], cin: usize, cout: usize) -> Arc<Vec<f32>> 
                 cin,
                 cout,
                 kernel: kernel.to_vec(),
+                stored,
                 u: Arc::clone(&u),
             });
         }
@@ -444,8 +462,8 @@ fn same_bits(a: &[f32], b: &[f32]) -> bool {
     bytemuck::cast_slice::<f32, u8>(a) == bytemuck::cast_slice::<f32, u8>(b)
 }
 
-/// U = G g Gᵀ for every (input, output) channel pair, laid out [Cin][position][Cout] (each
-/// position's GEMM reads a strided Cin x Cout matrix). `kernel` is HWIO.
+/// U = G g Gᵀ for every (input, output) channel pair, laid out [position][Cin][Cout] (each
+/// position's GEMM reads one contiguous Cin x Cout matrix). `kernel` is HWIO.
 ///
 /// G = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]].
 fn transform_kernel(kernel: &[f32], cin: usize, cout: usize) -> Vec<f32> {
@@ -484,7 +502,15 @@ fn transform_kernel(kernel: &[f32], cin: usize, cout: usize) -> Vec<f32> {
                 }
             },
         );
-    u
+    // Regrouped [position][Cin][Cout], so that each position's GEMM reads one contiguous
+    // Cin x Cout matrix (built per channel above, where the taps are at hand).
+    let mut by_position = vec![0.0f32; u.len()];
+    for (ci, u_ci) in u.chunks_exact(POSITIONS * cout).enumerate() {
+        for (pos, row) in u_ci.chunks_exact(cout).enumerate() {
+            by_position[(pos * cin + ci) * cout..][..cout].copy_from_slice(row);
+        }
+    }
+    by_position
 }
 
 super::simd::multiversion! {
@@ -617,6 +643,7 @@ mod tests {
                 kernel: self.kernel.view(),
                 bias: self.bias.as_ref().map(|b| b.view()),
                 activation: self.activation,
+                kernel_generation: None,
             }
         }
     }
@@ -743,6 +770,39 @@ mod tests {
         // Same allocation, same shape, new weights: the cached transform must not be used.
         c.kernel.mapv_inplace(|w| -2.0 * w);
         assert_matches_im2col(&c, &x);
+    }
+
+    #[test]
+    fn a_stored_kernel_is_found_by_generation_and_missed_after_get_mut() {
+        let c = layer([6, 6], 8, 4, Padding::Same, Activation::Linear, 43);
+        let x = input(2, [6, 6], 8, 44);
+        let mut store = crate::graph::ParamStore::default();
+        let id = store.add("k", c.kernel.clone().into_dyn(), true);
+        let run = |store: &crate::graph::ParamStore| {
+            let kernel = store.view4(id);
+            let args = Conv2d {
+                kernel,
+                kernel_generation: Some(store.generation(id)),
+                ..c.args()
+            };
+            (
+                conv2d(&args, &x, None).expect("the Winograd path"),
+                super::super::conv2d_im2col(&args, &x, None),
+            )
+        };
+        let (first, want) = run(&store);
+        let (again, _) = run(&store);
+        assert_eq!(first, again, "the cached transform gives the same bits");
+        let before = store.generation(id);
+        store.get_mut(id).mapv_inplace(|w| 3.0 * w - 0.5);
+        assert_ne!(store.generation(id), before);
+        let (changed, want_changed) = run(&store);
+        for (got, want) in [(&first, &want), (&changed, &want_changed)] {
+            for (g, w) in got.iter().zip(want.iter()) {
+                assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{g} vs {w}");
+            }
+        }
+        assert_ne!(first, changed, "the new weights were used");
     }
 
     #[test]

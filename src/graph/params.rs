@@ -45,10 +45,20 @@ pub enum KerasDType {
 #[derive(Debug, Clone, Default)]
 pub struct ParamStore {
     params: Vec<Param>,
+    /// Per parameter, its values' [`generation`](ParamStore::generation).
+    generations: Vec<u64>,
+}
+
+/// Source of generations: unique across every store of the process.
+static NEXT_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_generation() -> u64 {
+    NEXT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl ParamStore {
     pub fn add(&mut self, name: impl Into<String>, value: ArrayD<f32>, trainable: bool) -> ParamId {
+        self.generations.push(next_generation());
         self.params.push(Param {
             name: name.into(),
             value: value.as_standard_layout().into_owned(),
@@ -90,8 +100,19 @@ impl ParamStore {
         self.params[id.0].value.view()
     }
 
+    /// Mutable values; the parameter gets a new [`generation`](ParamStore::generation).
     pub fn get_mut(&mut self, id: ParamId) -> &mut ArrayD<f32> {
+        self.generations[id.0] = next_generation();
         &mut self.params[id.0].value
+    }
+
+    /// A number that changes whenever the values of `id` may have changed (every `get_mut`) and
+    /// that no other parameter of any store in this process has had: with the values' address
+    /// it identifies them, so caches of derived data (the CPU path's Winograd kernel
+    /// transforms) need not compare the values themselves. A clone keeps the generations, but
+    /// its values live at other addresses.
+    pub fn generation(&self, id: ParamId) -> u64 {
+        self.generations[id.0]
     }
 
     /// The values in row-major order (every stored array is in standard layout).

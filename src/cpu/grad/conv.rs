@@ -321,6 +321,7 @@ fn flipped_conv(
         kernel: ndarray::ArrayView4::from_shape((kh, kw, f, cin), &flipped).map_err(bad)?,
         bias: None,
         activation: Activation::Linear,
+        kernel_generation: None,
     };
     let dy4 = dy
         .as_standard_layout()

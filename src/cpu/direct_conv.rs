@@ -8,7 +8,8 @@
 //! to a whole number of register blocks of filters, stay in L1.
 //!
 //! Each output is one sum over K in kernel order, `acc + x * w` without FMA contraction, the
-//! same at every SIMD level: the levels differ in speed only (see `simd`).
+//! same at AVX2 and AVX-512 (see `simd`). The baseline level (SSE2, 4 lanes) keeps im2col and
+//! the `gemm` crate, which are faster there.
 
 use super::simd::{self, Level};
 use crate::graph::Window2d;

@@ -627,8 +627,11 @@ fn conv2d_im2col<S: ndarray::Data<Elem = f32>>(
     if in_image == 0 || out_image == 0 || dest_image == 0 {
         return Array4::from_shape_vec((n, dest_h, dest_w, c.filters), out).expect("NHWC output");
     }
-    // A layer on few input channels skips im2col (see `direct_conv`).
-    let direct = direct_conv::supports(&c.window, c.in_channels).then(|| {
+    // A layer on few input channels skips im2col (see `direct_conv`), with AVX2 or AVX-512:
+    // at 4 lanes the direct loop is slower than im2col and the `gemm` crate's own kernels.
+    let direct = (simd::level() > simd::Level::Baseline
+        && direct_conv::supports(&c.window, c.in_channels))
+    .then(|| {
         let kernel = kernel.as_standard_layout();
         let flat = kernel.as_slice().expect("standard layout is contiguous");
         direct_conv::Direct::new(c.window, c.in_channels, c.filters, flat)

@@ -228,10 +228,7 @@ impl Direction<'_> {
                 if live {
                     // z = x_t W + b (+ h R), as axpys over the rows of R.
                     self.start_z(b, t, &mut z);
-                    let zh = &mut z[zo..zo + g];
-                    for (&hj, r_row) in h.iter().zip(self.recurrent_rows.chunks_exact(g)) {
-                        zh.iter_mut().zip(r_row).for_each(|(zk, &w)| *zk += hj * w);
-                    }
+                    add_h_r(&mut z[zo..zo + g], &h, self.recurrent_rows);
                 }
                 let slot = &mut o.seq[(r * self.t_len + step) * u..][..u];
                 self.advance(live.then_some(&mut z[..]), &mut h, &mut c, out, slot);
@@ -284,6 +281,34 @@ impl Direction<'_> {
         }
         o.hf.copy_from_slice(&h);
         o.cf.copy_from_slice(&c);
+    }
+}
+
+/// `z += h R` for one row (R: units x z.len(), row-major), each z[k] summed over the units in
+/// order, as axpys over R's rows would. Eight columns at a time stay in a register across all
+/// units, instead of each axpy storing z and the next loading it again (a store-to-load chain
+/// through memory per unit).
+#[inline(always)]
+fn add_h_r(z: &mut [f32], h: &[f32], recurrent_rows: &[f32]) {
+    const LANES: usize = 8;
+    let g = z.len();
+    let mut chunks = z.chunks_exact_mut(LANES);
+    for (k0, zc) in (0..g).step_by(LANES).zip(&mut chunks) {
+        let mut acc: [f32; LANES] = (&*zc).try_into().expect("a whole chunk");
+        for (&hj, r_row) in h.iter().zip(recurrent_rows.chunks_exact(g)) {
+            let w: &[f32; LANES] = r_row[k0..k0 + LANES].try_into().expect("a whole chunk");
+            for (a, &wk) in acc.iter_mut().zip(w) {
+                *a += hj * wk;
+            }
+        }
+        zc.copy_from_slice(&acc);
+    }
+    let tail = chunks.into_remainder();
+    let k0 = g - tail.len();
+    for (j, zk) in tail.iter_mut().enumerate() {
+        for (&hj, r_row) in h.iter().zip(recurrent_rows.chunks_exact(g)) {
+            *zk += hj * r_row[k0 + j];
+        }
     }
 }
 

@@ -340,7 +340,8 @@ fn plan_limits(limits: &wgpu::Limits, overrides: LimitOverrides) -> PlanLimits {
 }
 
 /// What the kernels need beyond WebGPU's downlevel defaults: 16x16 GEMM workgroups with 8,320
-/// bytes of tiles, 5 storage buffers in the recurrent step, and a second bind group for its step index.
+/// bytes of tiles, 5 storage buffers in the recurrent step, and a second bind group for its step
+/// index.
 fn runs_our_kernels(limits: &wgpu::Limits) -> bool {
     limits.max_compute_invocations_per_workgroup >= 256
         && limits.max_compute_workgroup_size_x >= 64
@@ -509,12 +510,7 @@ impl GpuRuntime {
         graph: &Graph,
         inputs: &[PreparedInput],
     ) -> Result<Vec<ArrayD<f32>>> {
-        if graph.name != self.model_name || graph.nodes.len() != self.node_count {
-            return Err(Error::Gpu(format!(
-                "this GPU runtime was created for model '{}', not '{}'",
-                self.model_name, graph.name
-            )));
-        }
+        self.check_graph(graph)?;
         check_inputs(graph, inputs)?;
         let batch = crate::input::common_batch(inputs)?;
         let mut values: Vec<Vec<f32>> = graph
@@ -574,6 +570,7 @@ impl GpuRuntime {
                 self.adapter_name()
             )));
         }
+        self.check_graph(graph)?;
         check_inputs(graph, inputs)?;
         let batch = crate::input::common_batch(inputs)?.min(self.max_items.max(1));
         let sub: Vec<_> = inputs.iter().map(|x| x.slice(0, batch)).collect();
@@ -607,6 +604,17 @@ impl GpuRuntime {
                 ms,
             })
             .collect())
+    }
+
+    /// `graph` is the model this runtime holds the weights of.
+    fn check_graph(&self, graph: &Graph) -> Result<()> {
+        if graph.name != self.model_name || graph.nodes.len() != self.node_count {
+            return Err(Error::Gpu(format!(
+                "this GPU runtime was created for model '{}', not '{}'",
+                self.model_name, graph.name
+            )));
+        }
+        Ok(())
     }
 
     async fn run_chunk(

@@ -191,19 +191,8 @@ fn store<const P: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::winograd::tests::noise;
     use crate::graph::Padding;
-
-    fn noise(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
 
     /// The convolution by its definition, in f64.
     fn naive(w: &Window2d, c: usize, f: usize, img: &[f32], kernel: &[f32]) -> Vec<f64> {

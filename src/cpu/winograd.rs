@@ -619,7 +619,7 @@ fn transform_output(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::graph::{Padding, Window2d};
     use ndarray::Array1;
@@ -649,7 +649,7 @@ mod tests {
     }
 
     /// Deterministic values in [-1, 1) (xorshift), so failures reproduce.
-    fn noise(len: usize, seed: u64) -> Vec<f32> {
+    pub(in crate::cpu) fn noise(len: usize, seed: u64) -> Vec<f32> {
         let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..len)
             .map(|_| {

@@ -97,12 +97,7 @@ fn a_run_tracks_keras_and_saves_a_model_wgnn_loads_back() {
     assert!(ok, "{stderr}");
     let last = stdout.lines().last().expect("a JSON line");
     let report: serde_json::Value = serde_json::from_str(last).expect("JSON");
-    let losses: Vec<f64> = report["history"]["loss"]
-        .as_array()
-        .expect("history.loss")
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+    let losses = epoch_losses(&report);
     let keras = float(&arrays.iter().find(|(n, _)| n == "loss").unwrap().1);
     assert_eq!(losses.len(), 3);
     for (got, want) in losses.iter().zip(keras.iter()) {
@@ -328,6 +323,11 @@ fn train_losses(model: &Path, x: &Path, y: &Path, out: &Path, extra: &[&str]) ->
     assert!(ok, "{args:?}: {stderr}");
     let report: serde_json::Value =
         serde_json::from_str(stdout.lines().last().expect("a JSON line")).expect("JSON");
+    epoch_losses(&report)
+}
+
+/// A `wgnn train --json` report's per-epoch losses.
+fn epoch_losses(report: &serde_json::Value) -> Vec<f64> {
     report["history"]["loss"]
         .as_array()
         .expect("history.loss")
@@ -628,15 +628,7 @@ fn gpu_training_from_the_command_line_tracks_the_cpu() {
         Err(stderr) => panic!("the GPU run failed: {stderr}"),
     };
     assert_eq!(gpu["backend"], "gpu", "{gpu}");
-    let losses = |r: &serde_json::Value| -> Vec<f64> {
-        r["history"]["loss"]
-            .as_array()
-            .expect("history.loss")
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect()
-    };
-    let (c, g) = (losses(&cpu), losses(&gpu));
+    let (c, g) = (epoch_losses(&cpu), epoch_losses(&gpu));
     assert_eq!(c.len(), 3);
     for (e, (g, c)) in g.iter().zip(&c).enumerate() {
         assert!(
@@ -672,7 +664,7 @@ fn gpu_training_from_the_command_line_tracks_the_cpu() {
     };
     let (cpu, gpu) = (run_on("cpu"), run_on("gpu"));
     assert_eq!(gpu["backend"], "gpu", "{gpu}");
-    let (lc, lg) = (losses(&cpu), losses(&gpu));
+    let (lc, lg) = (epoch_losses(&cpu), epoch_losses(&gpu));
     assert_eq!(lc.len(), lg.len());
     for (e, (g, c)) in lg.iter().zip(&lc).enumerate() {
         assert!(
@@ -824,15 +816,7 @@ fn recurrent_dropout_trains_on_the_gpu_as_on_the_cpu() {
         Err(stderr) => panic!("the GPU run failed: {stderr}"),
     };
     assert_eq!(gpu["backend"], "gpu", "{gpu}");
-    let losses = |r: &serde_json::Value| -> Vec<f64> {
-        r["history"]["loss"]
-            .as_array()
-            .expect("history.loss")
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect()
-    };
-    let (c, g) = (losses(&cpu), losses(&gpu));
+    let (c, g) = (epoch_losses(&cpu), epoch_losses(&gpu));
     assert_eq!(c.len(), 3);
     assert_eq!(g.len(), 3);
     for (e, (g, c)) in g.iter().zip(&c).enumerate() {
@@ -843,7 +827,7 @@ fn recurrent_dropout_trains_on_the_gpu_as_on_the_cpu() {
     }
     // The masks matter: without them the GPU's losses are others.
     let plain = run_on(&with_rates(0.0, "plain.json"), "gpu").expect("the GPU run at rate 0");
-    let p = losses(&plain);
+    let p = epoch_losses(&plain);
     assert!(
         p.iter()
             .zip(&g)

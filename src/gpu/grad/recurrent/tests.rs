@@ -665,41 +665,45 @@ fn unsupported_configurations_are_refused() {
 
 const RATE: f32 = 0.3;
 
+/// Every cell with one mask shared by its gate blocks and (but a SimpleRNN, which has one
+/// block) one mask per block.
+fn cells_and_mask_sharing() -> impl Iterator<Item = (CellKind, bool)> {
+    [RNN, LSTM, GRU, GRU_BEFORE]
+        .into_iter()
+        .flat_map(|kind| [false, true].map(|per_gate| (kind, per_gate)))
+        .filter(|&(kind, per_gate)| !(kind == RNN && per_gate))
+}
+
 /// Dropout and recurrent dropout of every cell, with one mask shared by the gate blocks and
 /// one per gate block (Keras's implementation 2 and 1), one and seven steps, batch 3, 5 units.
 #[test]
 fn cell_dropout_matches_the_cpu() {
     let Some(mut r) = runner() else { return };
-    for kind in [RNN, LSTM, GRU, GRU_BEFORE] {
-        for per_gate in [false, true] {
-            if kind == RNN && per_gate {
-                continue;
-            }
-            let d = drop(RATE, RATE, per_gate);
-            for t in [1, 7] {
-                check(&mut r, &case(kind).steps(t).dropout(d));
-                check(&mut r, &case(kind).steps(t).dropout(d).sequences());
-            }
-            check(
-                &mut r,
-                &case(kind).steps(7).dropout(d).sequences().backwards(),
-            );
-            // Only one of the two.
-            check(
-                &mut r,
-                &case(kind).steps(7).dropout(drop(RATE, 0.0, per_gate)),
-            );
-            check(
-                &mut r,
-                &case(kind).steps(7).dropout(drop(0.0, RATE, per_gate)),
-            );
-            // The state read back from storage; 33 sequences (two workgroups of rows).
-            check(
-                &mut r,
-                &case(kind).steps(7).dropout(d).unstaged().sequences(),
-            );
-            check(&mut r, &case(kind).steps(4).batch(33).dropout(d));
+    for (kind, per_gate) in cells_and_mask_sharing() {
+        let d = drop(RATE, RATE, per_gate);
+        for t in [1, 7] {
+            check(&mut r, &case(kind).steps(t).dropout(d));
+            check(&mut r, &case(kind).steps(t).dropout(d).sequences());
         }
+        check(
+            &mut r,
+            &case(kind).steps(7).dropout(d).sequences().backwards(),
+        );
+        // Only one of the two.
+        check(
+            &mut r,
+            &case(kind).steps(7).dropout(drop(RATE, 0.0, per_gate)),
+        );
+        check(
+            &mut r,
+            &case(kind).steps(7).dropout(drop(0.0, RATE, per_gate)),
+        );
+        // The state read back from storage; 33 sequences (two workgroups of rows).
+        check(
+            &mut r,
+            &case(kind).steps(7).dropout(d).unstaged().sequences(),
+        );
+        check(&mut r, &case(kind).steps(4).batch(33).dropout(d));
     }
     // A SimpleRNN drops everything at rate 1 (Keras draws zeros), LSTM and GRU nothing.
     check(&mut r, &case(RNN).steps(7).dropout(drop(1.0, 1.0, false)));
@@ -711,62 +715,57 @@ fn cell_dropout_matches_the_cpu() {
 #[test]
 fn cell_dropout_masked_and_bidirectional_match_the_cpu() {
     let Some(mut r) = runner() else { return };
-    for kind in [RNN, LSTM, GRU, GRU_BEFORE] {
-        for per_gate in [false, true] {
-            if kind == RNN && per_gate {
-                continue;
-            }
-            let d = drop(RATE, RATE, per_gate);
-            for t in [1, 7] {
-                for zero in [false, true] {
-                    let c = case(kind).steps(t).batch(5).masked(zero).dropout(d);
-                    check(&mut r, &c.clone().sequences());
-                    check(&mut r, &c.backwards());
-                }
-                check(
-                    &mut r,
-                    &case(kind).steps(t).dropout(d).bidi(MergeMode::Concat),
-                );
+    for (kind, per_gate) in cells_and_mask_sharing() {
+        let d = drop(RATE, RATE, per_gate);
+        for t in [1, 7] {
+            for zero in [false, true] {
+                let c = case(kind).steps(t).batch(5).masked(zero).dropout(d);
+                check(&mut r, &c.clone().sequences());
+                check(&mut r, &c.backwards());
             }
             check(
                 &mut r,
-                &case(kind)
-                    .steps(7)
-                    .batch(6)
-                    .masked(true)
-                    .sequences()
-                    .dropout(d)
-                    .bidi(MergeMode::Concat),
-            );
-            check(
-                &mut r,
-                &case(kind)
-                    .steps(7)
-                    .dropout(d)
-                    .sequences()
-                    .bidi(MergeMode::Average),
-            );
-            // The directions' masks differ in kind: the backward's are repeated per block or
-            // stand in as ones.
-            check(
-                &mut r,
-                &case(kind)
-                    .steps(7)
-                    .dropout(drop(RATE, 0.0, per_gate))
-                    .backward_dropout(drop(0.0, 0.5, !per_gate))
-                    .bidi(MergeMode::Sum),
-            );
-            check(
-                &mut r,
-                &case(kind)
-                    .steps(7)
-                    .batch(5)
-                    .masked(false)
-                    .dropout(CellDropout::default())
-                    .backward_dropout(d)
-                    .bidi(MergeMode::Concat),
+                &case(kind).steps(t).dropout(d).bidi(MergeMode::Concat),
             );
         }
+        check(
+            &mut r,
+            &case(kind)
+                .steps(7)
+                .batch(6)
+                .masked(true)
+                .sequences()
+                .dropout(d)
+                .bidi(MergeMode::Concat),
+        );
+        check(
+            &mut r,
+            &case(kind)
+                .steps(7)
+                .dropout(d)
+                .sequences()
+                .bidi(MergeMode::Average),
+        );
+        // The directions' masks differ in kind: the backward's are repeated per block or
+        // stand in as ones.
+        check(
+            &mut r,
+            &case(kind)
+                .steps(7)
+                .dropout(drop(RATE, 0.0, per_gate))
+                .backward_dropout(drop(0.0, 0.5, !per_gate))
+                .bidi(MergeMode::Sum),
+        );
+        check(
+            &mut r,
+            &case(kind)
+                .steps(7)
+                .batch(5)
+                .masked(false)
+                .dropout(CellDropout::default())
+                .backward_dropout(d)
+                .bidi(MergeMode::Concat),
+        );
     }
 }
 

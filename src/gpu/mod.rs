@@ -575,13 +575,9 @@ impl GpuRuntime {
         let batch = crate::input::common_batch(inputs)?.min(self.max_items.max(1));
         let sub: Vec<_> = inputs.iter().map(|x| x.slice(0, batch)).collect();
         let mut plans = pollster::block_on(self.plans.lock());
-        // The plan and its pipelines are built (and warmed) by a plain run first.
-        pollster::block_on(self.run_chunk(&mut plans, graph, &sub))?;
-        let plan = plans
-            .get(&batch)
-            .ok_or_else(|| Error::Internal("the profiled plan was not cached".into()))?;
-        let bytes = input_bytes(&sub)?;
         let scope = ErrorScopes::push(&self.ctx.device);
+        let plan = self.plan_for(&mut plans, graph, batch)?;
+        let bytes = input_bytes(&sub)?;
         let times = pollster::block_on(plan.profile(&self.ctx, &bytes, self.ctx.uniform_stride));
         pollster::block_on(scope.check(&format!("timing a batch of {batch}")))?;
         self.check_device()?;
@@ -617,6 +613,22 @@ impl GpuRuntime {
         Ok(())
     }
 
+    /// The plan for `batch` items, built and cached on first use.
+    fn plan_for<'p>(
+        &self,
+        plans: &'p mut HashMap<usize, GpuPlan>,
+        graph: &Graph,
+        batch: usize,
+    ) -> Result<&'p GpuPlan> {
+        Ok(match plans.entry(batch) {
+            std::collections::hash_map::Entry::Occupied(cached) => cached.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                let plan = Plan::build(graph, batch, self.plan_limits)?;
+                slot.insert(GpuPlan::new(&self.ctx, plan)?)
+            }
+        })
+    }
+
     async fn run_chunk(
         &self,
         plans: &mut HashMap<usize, GpuPlan>,
@@ -625,13 +637,7 @@ impl GpuRuntime {
     ) -> Result<Vec<Vec<f32>>> {
         let batch = crate::input::common_batch(inputs)?;
         let scope = ErrorScopes::push(&self.ctx.device);
-        let plan = match plans.entry(batch) {
-            std::collections::hash_map::Entry::Occupied(cached) => cached.into_mut(),
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                let plan = Plan::build(graph, batch, self.plan_limits)?;
-                slot.insert(GpuPlan::new(&self.ctx, plan)?)
-            }
-        };
+        let plan = self.plan_for(plans, graph, batch)?;
         let bytes = input_bytes(inputs)?;
         let result = plan
             .execute(&self.ctx, &bytes, self.ctx.uniform_stride)

@@ -1,15 +1,20 @@
-// SimpleRNN / GRU / LSTM time steps (concatenated after common.wgsl). The input projection
-// x_t * W + b for every timestep and both directions was computed before the time loop by one
-// GEMM (matmul.wgsl) into `xproj`, laid out (batch, time, direction, gate, unit). Each dispatch of
-// `step` then advances BOTH directions of a Bidirectional by one step: recurrent matvec, gates
-// and state update fused, one thread per (direction, batch item, unit).
+// SimpleRNN / GRU / LSTM time loops (concatenated after common.wgsl). The input projection
+// x_t * W + b for every timestep and both directions was computed before the loop by one GEMM
+// (matmul.wgsl) into `xproj`, laid out (batch, time, direction, gate, unit). `sequence` then runs
+// the WHOLE time loop in one dispatch: each workgroup owns `rows_per_group` sequences of one
+// direction (direction = workgroup index / groups) and steps them with barriers between steps;
+// recurrent matvec, gates and state update fused, one thread per (sequence, unit) item. Where an
+// adapter caps the loop iterations of one invocation (llvmpipe: 65,535 in all), the plan splits
+// the loop into dispatches of consecutive steps [step_begin, step_end) that hand the state over
+// through `state`.
 //
 // `state` holds h twice (ping-pong by step parity, since every unit reads all of h_prev while
-// others write h_next), then c, then the previous output (each unit reads and writes only its
-// own c and output):
-//   h[parity][dir][batch][unit], c[dir][batch][unit], out[dir][batch][unit].
-// It starts as zeros, or with the initial states copied in by `copy_state`; after T steps the
-// final h is in plane T % 2.
+// others write h_next), then c, then the previous output, then (GRU reset_after=False) r ⊙ h_prev:
+//   h[parity][dir][batch][unit], c[dir][batch][unit], out[dir][batch][unit], rh[dir][batch][unit].
+// Each thread owns its items' c and out for the whole loop. When `staged`, h (and rh) live in
+// workgroup memory instead and `state`'s h planes are read only at the start (zeros, or the
+// initial states copied in by `copy_state`) and written at the last step: after step s the
+// h is in plane (s + 1) % 2 either way.
 
 struct RnnParams {
     act: Act,            // cell activation (tanh by default)
@@ -30,10 +35,12 @@ struct RnnParams {
     cell: u32,
     // 1: a reset_after GRU's recurrent biases follow the recurrent kernels ([dir][gate*units]).
     recurrent_bias: u32,
-}
-
-struct StepParams {
-    step: u32,
+    rows_per_group: u32,
+    // 1: h (and rh) of the group's sequences fit in workgroup memory.
+    staged: u32,
+    // This dispatch's processing steps.
+    step_begin: u32,
+    step_end: u32,
 }
 
 @group(0) @binding(0) var<storage, read> xproj: array<f32>;
@@ -45,155 +52,204 @@ struct StepParams {
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read> ids: array<u32>;
 @group(0) @binding(5) var<uniform> p: RnnParams;
-@group(1) @binding(0) var<uniform> sp: StepParams;
 
-const THREADS: u32 = 64u;
-var<workgroup> h_tile: array<f32, 64>;
+// RNN_SEQUENCE_THREADS and RNN_SEQUENCE_WG_FLOATS in kernels.rs.
+const THREADS: u32 = 128u;
+var<workgroup> stage: array<f32, 3072>;
 
-@compute @workgroup_size(64, 1, 1)
-fn step(
+fn plane() -> u32 {
+    return p.directions * p.batch * p.units;
+}
+
+// Where sequence n's unit k sits in a [dir][batch][unit] plane.
+fn plane_index(dir: u32, n: u32, k: u32) -> u32 {
+    return (dir * p.batch + n) * p.units + k;
+}
+
+// h_prev[k] of group row r (sequence n) at step parity `parity`.
+fn h_at(r: u32, n: u32, dir: u32, k: u32, parity: u32) -> f32 {
+    if (p.staged != 0u) {
+        return stage[(parity * p.rows_per_group + r) * p.units + k];
+    }
+    return state[parity * plane() + plane_index(dir, n, k)];
+}
+
+// r ⊙ h_prev at unit k (GRU reset_after=False).
+fn rh_at(r: u32, n: u32, dir: u32, k: u32) -> f32 {
+    if (p.staged != 0u) {
+        return stage[(2u * p.rows_per_group + r) * p.units + k];
+    }
+    return state[4u * plane() + plane_index(dir, n, k)];
+}
+
+// h_prev · R for the columns (first + g) * units + j, g < count.
+fn dots(r: u32, n: u32, dir: u32, parity: u32, j: u32, first: u32, count: u32) -> vec4<f32> {
+    let u = p.units;
+    let gate_cols = p.gates * u;
+    var acc = vec4<f32>(0.0);
+    var row = dir * u * gate_cols + first * u + j;
+    for (var k = 0u; k < u; k++) {
+        let h = h_at(r, n, dir, k, parity);
+        acc.x = fma(h, recurrent_kernel[row], acc.x);
+        if (count > 1u) {
+            acc.y = fma(h, recurrent_kernel[row + u], acc.y);
+        }
+        if (count > 2u) {
+            acc.z = fma(h, recurrent_kernel[row + 2u * u], acc.z);
+        }
+        if (count > 3u) {
+            acc.w = fma(h, recurrent_kernel[row + 3u * u], acc.w);
+        }
+        row += gate_cols;
+    }
+    return acc;
+}
+
+fn barriers() {
+    storageBarrier();
+    workgroupBarrier();
+}
+
+@compute @workgroup_size(128, 1, 1)
+fn sequence(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let unit_blocks = (p.units + THREADS - 1u) / THREADS;
+    let rpg = p.rows_per_group;
+    let u = p.units;
+    let groups = (p.batch + rpg - 1u) / rpg;
     let block = linear_workgroup(wg, nwg);
-    if (block >= unit_blocks * p.batch * p.directions) {
+    if (block >= groups * p.directions) {
         return;
     }
-    let dir = block / (unit_blocks * p.batch);
-    let n = (block / unit_blocks) % p.batch;
-    let j = (block % unit_blocks) * THREADS + li;
-    let in_range = j < p.units;
+    let dir = block / groups;
+    let n0 = (block % groups) * rpg;
+    let items = min(rpg, p.batch - n0) * u;
+    let h_plane = plane();
+    let gate_cols = p.gates * u;
+    let staged = p.staged != 0u;
+    let backwards = ((p.backwards_bits >> dir) & 1u) != 0u;
+    let reversed_output = ((p.reverse_output_bits >> dir) & 1u) != 0u;
 
-    let s = sp.step;
-    let t_in = select(s, p.timesteps - 1u - s, ((p.backwards_bits >> dir) & 1u) != 0u);
-    let parity = s % 2u;
-    let h_plane = p.directions * p.batch * p.units;
-    let h_prev_base = parity * h_plane + (dir * p.batch + n) * p.units;
-    let h_next_base = (1u - parity) * h_plane + (dir * p.batch + n) * p.units;
-    let c_base = 2u * h_plane + (dir * p.batch + n) * p.units;
-    let gate_cols = p.gates * p.units;
-    let rk_base = dir * p.units * gate_cols;
-
-    // Recurrent matvec h_prev * U for this unit's gate columns, h_prev staged 64 at a time.
-    var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
-    for (var k0 = 0u; k0 < p.units; k0 += THREADS) {
-        var hv = 0.0;
-        if (k0 + li < p.units) {
-            hv = state[h_prev_base + k0 + li];
-        }
-        h_tile[li] = hv;
-        workgroupBarrier();
-        if (in_range) {
-            let k_end = min(THREADS, p.units - k0);
-            for (var kk = 0u; kk < k_end; kk++) {
-                let h = h_tile[kk];
-                let row = rk_base + (k0 + kk) * gate_cols + j;
-                for (var g = 0u; g < p.gates; g++) {
-                    acc[g] = fma(h, recurrent_kernel[row + g * p.units], acc[g]);
-                }
-            }
-        }
-        workgroupBarrier();
-    }
-    let x_row = ((n * p.timesteps + t_in) * p.directions + dir) * gate_cols;
-
-    // GRU with reset_after=False: the candidate reads (r * h_prev) R_h, which needs r of every
-    // unit. Each workgroup recomputes r for 64 units at a time (uniform control flow: every
-    // thread reaches the barriers).
-    var acc_h = 0.0;
-    if (p.cell == 3u) {
-        for (var k0 = 0u; k0 < p.units; k0 += THREADS) {
-            let k = k0 + li;
-            var rh = 0.0;
-            if (k < p.units) {
-                var dot = 0.0;
-                for (var m = 0u; m < p.units; m++) {
-                    dot = fma(state[h_prev_base + m],
-                              recurrent_kernel[rk_base + m * gate_cols + p.units + k], dot);
-                }
-                let r_gate = activate(xproj[x_row + p.units + k] + dot, p.recurrent_act);
-                rh = r_gate * state[h_prev_base + k];
-            }
-            h_tile[li] = rh;
-            workgroupBarrier();
-            if (in_range) {
-                let k_end = min(THREADS, p.units - k0);
-                for (var kk = 0u; kk < k_end; kk++) {
-                    let row = rk_base + (k0 + kk) * gate_cols + 2u * p.units + j;
-                    acc_h = fma(h_tile[kk], recurrent_kernel[row], acc_h);
-                }
-            }
-            workgroupBarrier();
+    if (staged) {
+        // The state this dispatch starts from, into the plane of its first step's parity.
+        let parity = p.step_begin % 2u;
+        for (var it = li; it < items; it += THREADS) {
+            let n = n0 + it / u;
+            stage[parity * rpg * u + it] = state[parity * h_plane + plane_index(dir, n, it % u)];
         }
     }
-    if (!in_range) {
-        return;
-    }
+    barriers();
 
-    let h_prev = state[h_prev_base + j];
-    let out_index = 3u * h_plane + (dir * p.batch + n) * p.units + j;
-    let x_base = x_row + j;
-    var masked_step = false;
-    if (p.masked != 0u) {
-        masked_step = ids[n * p.timesteps + t_in] == 0u;
-    }
-
-    var h = h_prev;
-    var out = state[out_index];
-    if (masked_step) {
-        // State carried over unchanged; the output repeats the previous one (zeros before the
-        // first live step, or always with zero_masked_output).
-        if (p.zero_masked_output != 0u) {
-            out = 0.0;
-        }
-    } else {
-        switch p.cell {
-            case 0u: {
-                h = activate(xproj[x_base] + acc[0], p.act);
-            }
-            case 1u: {
-                let i_gate = activate(xproj[x_base] + acc[0], p.recurrent_act);
-                let f_gate = activate(xproj[x_base + p.units] + acc[1], p.recurrent_act);
-                let candidate = activate(xproj[x_base + 2u * p.units] + acc[2], p.act);
-                let o_gate = activate(xproj[x_base + 3u * p.units] + acc[3], p.recurrent_act);
-                let c = f_gate * state[c_base + j] + i_gate * candidate;
-                state[c_base + j] = c;
-                h = o_gate * activate(c, p.act);
-            }
-            default: {
-                var rz = acc[0];
-                var rr = acc[1];
-                var rhh = acc[2];
-                if (p.recurrent_bias != 0u) {
-                    let rb = p.directions * p.units * gate_cols + dir * gate_cols + j;
-                    rz += recurrent_kernel[rb];
-                    rr += recurrent_kernel[rb + p.units];
-                    rhh += recurrent_kernel[rb + 2u * p.units];
-                }
-                let z_gate = activate(xproj[x_base] + rz, p.recurrent_act);
-                var candidate = 0.0;
-                if (p.cell == 2u) {
-                    let r_gate = activate(xproj[x_base + p.units] + rr, p.recurrent_act);
-                    candidate = activate(xproj[x_base + 2u * p.units] + r_gate * rhh, p.act);
+    for (var s = p.step_begin; s < p.step_end; s++) {
+        let t_in = select(s, p.timesteps - 1u - s, backwards);
+        let parity = s % 2u;
+        if (p.cell == 3u) {
+            // GRU reset_after=False: the candidate reads (r ⊙ h_prev) R_h, which needs r of
+            // every unit first.
+            for (var it = li; it < items; it += THREADS) {
+                let r = it / u;
+                let j = it % u;
+                let n = n0 + r;
+                let x_row = ((n * p.timesteps + t_in) * p.directions + dir) * gate_cols;
+                let pre = xproj[x_row + u + j] + dots(r, n, dir, parity, j, 1u, 1u).x;
+                let rh = activate(pre, p.recurrent_act) * h_at(r, n, dir, j, parity);
+                if (staged) {
+                    stage[(2u * rpg + r) * u + j] = rh;
                 } else {
-                    candidate = activate(xproj[x_base + 2u * p.units] + acc_h, p.act);
+                    state[4u * h_plane + plane_index(dir, n, j)] = rh;
                 }
-                h = z_gate * h_prev + (1.0 - z_gate) * candidate;
+            }
+            barriers();
+        }
+        for (var it = li; it < items; it += THREADS) {
+            let r = it / u;
+            let j = it % u;
+            let n = n0 + r;
+            let own = plane_index(dir, n, j);
+            let x_base = ((n * p.timesteps + t_in) * p.directions + dir) * gate_cols + j;
+            let h_prev = h_at(r, n, dir, j, parity);
+            var masked_step = false;
+            if (p.masked != 0u) {
+                masked_step = ids[n * p.timesteps + t_in] == 0u;
+            }
+
+            var h = h_prev;
+            var out = state[3u * h_plane + own];
+            if (masked_step) {
+                // State carried over unchanged; the output repeats the previous one (zeros
+                // before the first live step, or always with zero_masked_output).
+                if (p.zero_masked_output != 0u) {
+                    out = 0.0;
+                }
+            } else {
+                switch p.cell {
+                    case 0u: {
+                        h = activate(xproj[x_base] + dots(r, n, dir, parity, j, 0u, 1u).x, p.act);
+                    }
+                    case 1u: {
+                        let acc = dots(r, n, dir, parity, j, 0u, 4u);
+                        let i_gate = activate(xproj[x_base] + acc.x, p.recurrent_act);
+                        let f_gate = activate(xproj[x_base + u] + acc.y, p.recurrent_act);
+                        let candidate = activate(xproj[x_base + 2u * u] + acc.z, p.act);
+                        let o_gate = activate(xproj[x_base + 3u * u] + acc.w, p.recurrent_act);
+                        let c = f_gate * state[2u * h_plane + own] + i_gate * candidate;
+                        state[2u * h_plane + own] = c;
+                        h = o_gate * activate(c, p.act);
+                    }
+                    case 2u: {
+                        var acc = dots(r, n, dir, parity, j, 0u, 3u);
+                        if (p.recurrent_bias != 0u) {
+                            let rb = p.directions * u * gate_cols + dir * gate_cols + j;
+                            acc += vec4<f32>(
+                                recurrent_kernel[rb],
+                                recurrent_kernel[rb + u],
+                                recurrent_kernel[rb + 2u * u],
+                                0.0,
+                            );
+                        }
+                        let z_gate = activate(xproj[x_base] + acc.x, p.recurrent_act);
+                        let r_gate = activate(xproj[x_base + u] + acc.y, p.recurrent_act);
+                        let candidate = activate(xproj[x_base + 2u * u] + r_gate * acc.z, p.act);
+                        h = z_gate * h_prev + (1.0 - z_gate) * candidate;
+                    }
+                    default: {
+                        let z_gate = activate(
+                            xproj[x_base] + dots(r, n, dir, parity, j, 0u, 1u).x,
+                            p.recurrent_act,
+                        );
+                        var rhr = 0.0;
+                        var row = dir * u * gate_cols + 2u * u + j;
+                        for (var k = 0u; k < u; k++) {
+                            rhr = fma(rh_at(r, n, dir, k), recurrent_kernel[row], rhr);
+                            row += gate_cols;
+                        }
+                        let candidate = activate(xproj[x_base + 2u * u] + rhr, p.act);
+                        h = z_gate * h_prev + (1.0 - z_gate) * candidate;
+                    }
+                }
+                out = h;
+            }
+            state[3u * h_plane + own] = out;
+            let last = s + 1u == p.timesteps;
+            if (staged) {
+                stage[((1u - parity) * rpg + r) * u + j] = h;
+            }
+            if (!staged || s + 1u == p.step_end) {
+                state[(1u - parity) * h_plane + own] = h;
+            }
+
+            if (p.return_sequences != 0u) {
+                let pos = select(s, p.timesteps - 1u - s, reversed_output);
+                y[((n * p.timesteps + pos) * p.directions + dir) * u + j] = out;
+            } else if (last) {
+                // Keras's last output: the output of the last step (masked steps repeat the
+                // previous).
+                y[(n * p.directions + dir) * u + j] = out;
             }
         }
-        out = h;
-    }
-    state[h_next_base + j] = h;
-    state[out_index] = out;
-
-    if (p.return_sequences != 0u) {
-        let pos = select(s, p.timesteps - 1u - s, ((p.reverse_output_bits >> dir) & 1u) != 0u);
-        y[((n * p.timesteps + pos) * p.directions + dir) * p.units + j] = out;
-    } else if (s + 1u == p.timesteps) {
-        // Keras's last output: the output of the last step (masked steps repeat the previous).
-        y[(n * p.directions + dir) * p.units + j] = out;
+        barriers();
     }
 }
 

@@ -56,6 +56,11 @@ struct RnnTrainParams {
     dstate_off: u32,
     rec_blocks: u32,
     rec_mask_off: u32,
+    // This dispatch's processing steps [step_begin, step_end): the plan splits a loop where
+    // the adapter caps one invocation's loop iterations (llvmpipe); the steps hand over
+    // through `saved` (forward) and aux's running dh, dc (backward).
+    step_begin: u32,
+    step_end: u32,
 }
 
 const THREADS: u32 = 128u;
@@ -186,13 +191,14 @@ fn rnn_train_forward(
     let lstm = p.cell == 1u;
     let g_cols = p.gates * u;
 
-    let t0 = timestep(0u, d);
+    let t0 = timestep(p.step_begin, d);
     for (var it = li; it < items; it += THREADS) {
         let r = it / u;
         let j = it % u;
         let n = n0 + r;
         var h0 = 0.0;
-        if (flag(INIT_STATE)) {
+        if (flag(INIT_STATE) || p.step_begin > 0u) {
+            // The given initial state, or where the previous dispatch left off.
             h0 = saved[p.hin_off + unit_row(n, t0, d) + j];
         } else {
             saved[p.hin_off + unit_row(n, t0, d) + j] = 0.0;
@@ -201,12 +207,12 @@ fn rnn_train_forward(
             }
         }
         if (flag(STAGED)) {
-            stage[r * u + j] = h0;
+            stage[((p.step_begin % 2u) * rpg + r) * u + j] = h0;
         }
     }
     barriers();
 
-    for (var s = 0u; s < p.timesteps; s++) {
+    for (var s = p.step_begin; s < p.step_end; s++) {
         let t = timestep(s, d);
         let parity = s % 2u;
         if (p.cell == 3u) {
@@ -385,8 +391,10 @@ fn rnn_train_backward(
     // Each (row, unit)'s dL/dh and dL/dc of the state after the current step: read and
     // written only by the thread that owns the item.
     let dc_off = p.dstate_off + p.batch * p.dirs * u;
-    // (The final states' gradients, when given, are there already.)
-    for (var it = li; it < items && !flag(STATE_GRADS); it += THREADS) {
+    // (The final states' gradients, when given, are there already; a later dispatch of a
+    // split loop continues from the previous one's.)
+    let first = p.step_end == p.timesteps;
+    for (var it = li; it < items && first && !flag(STATE_GRADS); it += THREADS) {
         let at = ((n0 + it / u) * p.dirs + d) * u + it % u;
         aux[p.dstate_off + at] = 0.0;
         aux[dc_off + at] = 0.0;
@@ -398,7 +406,7 @@ fn rnn_train_backward(
         rec_cols = 2u * u;
     }
 
-    for (var s1 = p.timesteps; s1 > 0u; s1--) {
+    for (var s1 = p.step_end; s1 > p.step_begin; s1--) {
         let s = s1 - 1u;
         let t = timestep(s, d);
         for (var it = li; it < items; it += THREADS) {

@@ -946,7 +946,7 @@ fn print_profile(profile: &[wgnn::gpu::DispatchTime], batch_s: f64) {
     );
     println!(
         "{:<28} {:<16} {:>18} {:>10} {:>7}",
-        "layer", "kernel", "grid x repeat", "ms", "share"
+        "layer", "kernel", "grid", "ms", "share"
     );
     for d in profile {
         let [x, y, z] = d.grid;
@@ -954,7 +954,7 @@ fn print_profile(profile: &[wgnn::gpu::DispatchTime], batch_s: f64) {
             "{:<28} {:<16} {:>18} {:>10.4} {:>6.1}%",
             d.layer,
             d.kernel,
-            format!("{x}x{y}x{z} x{}", d.repeat.max(1)),
+            format!("{x}x{y}x{z}"),
             d.ms,
             if total > 0.0 {
                 100.0 * d.ms / total

@@ -316,6 +316,75 @@ fn lstm_matches_cpu_for_long_sequences_and_wide_layers() {
 }
 
 #[test]
+fn gru_matches_cpu_both_reset_after_variants() {
+    let mut rng = Rng::new(37);
+    for reset_after in [true, false] {
+        let kind = CellKind::Gru { reset_after };
+        // 26 sequences of 5 units share a workgroup: batch 33 leaves a part-filled group.
+        let mut spec = RnnSpec::new(kind, 9, 4, 5);
+        spec.return_sequences = true;
+        check_rnn(&mut rng, &spec, 33);
+        spec.bias = false;
+        spec.return_sequences = false;
+        spec.go_backwards = true;
+        check_rnn(&mut rng, &spec, 2);
+        let mut bidi = RnnSpec::new(kind, 6, 3, 13);
+        bidi.bidirectional = true;
+        bidi.merge = MergeMode::Sum;
+        bidi.return_sequences = true;
+        check_rnn(&mut rng, &bidi, 3);
+        check_masked(&mut rng, &bidi, 9);
+    }
+}
+
+/// Layers whose h does not fit the time loop's workgroup memory (over 1536 units, or 1024 for
+/// a reset_after=False GRU, which also keeps r * h) read it back from storage between steps.
+/// On llvmpipe their 5 steps also outrun its loop-iteration cap, so the loop is split.
+#[test]
+fn recurrent_layers_too_wide_for_workgroup_memory_match_cpu() {
+    let mut rng = Rng::new(38);
+    for (kind, units) in [
+        (CellKind::SimpleRnn, 1537),
+        (CellKind::Gru { reset_after: false }, 1025),
+    ] {
+        let mut spec = RnnSpec::new(kind, 5, 4, units);
+        spec.return_sequences = true;
+        let graph = Chain::float(&[spec.timesteps, spec.features])
+            .rnn(&mut rng, "rnn", &spec)
+            .build();
+        let plan = wgnn::gpu::describe_plan(&graph, 2, None).unwrap();
+        assert!(plan.contains("state read back from storage"), "{plan}");
+        check_rnn(&mut rng, &spec, 2);
+    }
+}
+
+/// The whole time loop of both directions is one dispatch, whatever the sequence length.
+#[test]
+fn recurrent_plan_runs_the_time_loop_in_one_dispatch() {
+    let mut rng = Rng::new(39);
+    let mut spec = RnnSpec::new(CellKind::Lstm, 70, 6, 13);
+    spec.bidirectional = true;
+    spec.merge = MergeMode::Sum;
+    let graph = Chain::float(&[spec.timesteps, spec.features])
+        .rnn(&mut rng, "rnn", &spec)
+        .build();
+    let plan = wgnn::gpu::describe_plan(&graph, 33, None).unwrap();
+    assert_eq!(plan.matches("rnn_sequence").count(), 1, "{plan}");
+    assert!(
+        plan.contains(
+            "LSTM 13 units x 2 direction(s), 70 steps in one loop, 10 sequence(s) per workgroup"
+        ),
+        "{plan}"
+    );
+    // 4 groups of 10 sequences (the last of 3) for each direction.
+    assert!(
+        plan.contains("workgroups 8 as [8, 1, 1] of 128 threads"),
+        "{plan}"
+    );
+    assert!(!plan.contains("state read back"), "{plan}");
+}
+
+#[test]
 fn standalone_go_backwards_keeps_processing_order() {
     let mut rng = Rng::new(15);
     let mut spec = RnnSpec::new(CellKind::Lstm, 11, 4, 7);

@@ -112,6 +112,75 @@ fn dispatches_fold_into_3d_grids_under_a_small_per_dimension_limit() {
     check_with("bilstm on folded grids", &gpu, &bilstm, &ids);
 }
 
+/// Under a cap on one invocation's loop iterations (llvmpipe's, or here a small forced one) a
+/// recurrent time loop runs as several dispatches of consecutive steps, handing h, c and the
+/// previous output over through storage: odd step counts (a split starting at an odd step reads
+/// the other ping-pong plane), both directions, masks, every cell type.
+#[test]
+fn recurrent_time_loops_split_under_a_loop_iteration_cap_match_cpu() {
+    let mut rng = Rng::new(111);
+    let overrides = LimitOverrides {
+        loop_iterations: Some(300),
+        ..LimitOverrides::default()
+    };
+    let bilstm = small_bilstm(&mut rng, 20);
+    let Some(_) = runtime(&bilstm) else { return };
+    let gpu = GpuRuntime::with_limits(&bilstm, None, overrides).unwrap();
+    let plan = gpu.describe_plan(&bilstm, 17).unwrap();
+    assert!(
+        plan.contains("(the adapter's loop-iteration cap)"),
+        "{plan}"
+    );
+    assert!(plan.contains(": steps 0.."), "{plan}");
+    let ids = padded_ids(&mut rng, 17, 20, 100);
+    check_with("bilstm in split time loops", &gpu, &bilstm, &ids);
+
+    for kind in [
+        CellKind::SimpleRnn,
+        CellKind::Lstm,
+        CellKind::Gru { reset_after: true },
+        CellKind::Gru { reset_after: false },
+    ] {
+        let mut spec = RnnSpec::new(kind, 23, 5, 21);
+        spec.return_sequences = true;
+        spec.go_backwards = kind == CellKind::SimpleRnn;
+        let graph = Chain::float(&[spec.timesteps, spec.features])
+            .rnn(&mut rng, "rnn", &spec)
+            .build();
+        let gpu = GpuRuntime::with_limits(&graph, None, overrides).unwrap();
+        let plan = gpu.describe_plan(&graph, 13).unwrap();
+        let splits = plan.matches("rnn_sequence").count();
+        assert!(
+            splits >= 3,
+            "{} steps in {splits} dispatches:\n{plan}",
+            spec.timesteps
+        );
+        let input = float_input(&mut rng, 13, &[spec.timesteps, spec.features], 1.0);
+        check_with(
+            &format!("{} in split time loops", spec.describe()),
+            &gpu,
+            &graph,
+            &input,
+        );
+    }
+
+    // One step that alone outruns the cap is refused, naming the layer.
+    let spec = RnnSpec::new(CellKind::Lstm, 4, 3, 200);
+    let graph = Chain::float(&[spec.timesteps, spec.features])
+        .rnn(&mut rng, "rnn", &spec)
+        .build();
+    let err = match GpuRuntime::with_limits(&graph, None, overrides)
+        .and_then(|gpu| gpu.describe_plan(&graph, 1))
+    {
+        Ok(plan) => panic!("200 units cannot step under a 300-iteration cap:\n{plan}"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("layer 'rnn'") && err.contains("loop iterations"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_model_that_cannot_fit_one_item_names_the_layer_and_size() {
     let mut rng = Rng::new(103);
@@ -255,10 +324,10 @@ fn plans_print_kernels_workgroups_buffers_and_memory() {
     println!("{text}");
     for needle in [
         "embedding",
-        "rnn_step",
-        ", x20 steps",
+        "rnn_sequence",
         "clear",
-        "LSTM 12 units x 2 direction(s), 20 steps, masked by token id 0, sequences",
+        "LSTM 12 units x 2 direction(s), 20 steps in one loop, 4 sequence(s) per workgroup, \
+         masked by token id 0, sequences",
         "u32 token ids [4, 20]",
     ] {
         assert!(text.contains(needle), "plan lacks '{needle}':\n{text}");

@@ -61,12 +61,10 @@ pub struct GpuPlan {
     readback: wgpu::Buffer,
     /// One per op (None for clears), built up front.
     bind_groups: Vec<Option<wgpu::BindGroup>>,
-    step_bind_group: Option<wgpu::BindGroup>,
     /// The training arenas, for the plan's copies between them.
     arenas: Option<Arenas>,
     // Kept alive for the bind groups that point into them.
     _params: wgpu::Buffer,
-    _steps: Option<wgpu::Buffer>,
 }
 
 impl GpuPlan {
@@ -152,23 +150,6 @@ impl GpuPlan {
         });
         ctx.queue.write_buffer(&params, 0, &param_bytes);
 
-        // Recurrent layers read their step index at a dynamic offset into this buffer.
-        let steps = (plan.max_steps > 0).then(|| {
-            let mut bytes = vec![0u8; (stride * u64::from(plan.max_steps)) as usize];
-            for step in 0..plan.max_steps {
-                let at = (u64::from(step) * stride) as usize;
-                bytes[at..at + 4].copy_from_slice(&step.to_le_bytes());
-            }
-            let buffer = device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("rnn steps"),
-                size: bytes.len() as u64,
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            ctx.queue.write_buffer(&buffer, 0, &bytes);
-            buffer
-        });
-
         let no_arenas = || Error::Internal("a training buffer in a plan without arenas".into());
         let resolve = |b: BufRef| -> Result<wgpu::BufferBinding<'_>> {
             fn whole(buffer: &wgpu::Buffer) -> wgpu::BufferBinding<'_> {
@@ -232,7 +213,6 @@ impl GpuPlan {
         };
 
         let mut bind_groups = Vec::with_capacity(plan.ops.len());
-        let mut step_bind_group = None;
         for (op, offset) in plan.ops.iter().zip(&offsets) {
             let (Op::Dispatch(d), Some(offset)) = (op, offset) else {
                 bind_groups.push(None);
@@ -259,22 +239,6 @@ impl GpuPlan {
                 layout: &pipeline.layout,
                 entries: &entries,
             })));
-            if let (Some(layout), Some(steps), None) =
-                (&pipeline.step_layout, &steps, &step_bind_group)
-            {
-                step_bind_group = Some(device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some("rnn step index"),
-                    layout,
-                    entries: &[wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                            buffer: steps,
-                            offset: 0,
-                            size: wgpu::BufferSize::new(16),
-                        }),
-                    }],
-                }));
-            }
         }
 
         Ok(GpuPlan {
@@ -283,10 +247,8 @@ impl GpuPlan {
             slots,
             readback,
             bind_groups,
-            step_bind_group,
             arenas: arenas.cloned(),
             _params: params,
-            _steps: steps,
         })
     }
 
@@ -302,29 +264,18 @@ impl GpuPlan {
 
     /// Uploads one byte slice per model input (exactly each `PlanInput::bytes`), runs every op
     /// in one submit and reads back every output, in the plan's output order.
-    pub async fn execute(
-        &self,
-        ctx: &DeviceContext,
-        inputs: &[&[u8]],
-        stride: u64,
-    ) -> Result<Vec<Vec<f32>>> {
-        let recorded = self.record(ctx, inputs, stride)?;
+    pub async fn execute(&self, ctx: &DeviceContext, inputs: &[&[u8]]) -> Result<Vec<Vec<f32>>> {
+        let recorded = self.record(ctx, inputs)?;
         let in_flight = self.submit(ctx, recorded);
         self.read(ctx, in_flight).await
     }
 
     /// Runs one batch like [`execute`](Self::execute) with every dispatch op in a compute pass
     /// of its own, timed by timestamp queries (the device needs `TIMESTAMP_QUERY`); returns the
-    /// GPU time of each dispatch op in milliseconds, in plan order (a recurrent op's repeats
-    /// together).
+    /// GPU time of each dispatch op in milliseconds, in plan order.
     // Natively only so far: `GpuRuntime::profile` blocks.
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
-    pub async fn profile(
-        &self,
-        ctx: &DeviceContext,
-        inputs: &[&[u8]],
-        stride: u64,
-    ) -> Result<Vec<f64>> {
+    pub async fn profile(&self, ctx: &DeviceContext, inputs: &[&[u8]]) -> Result<Vec<f64>> {
         let dispatches = self
             .plan
             .ops
@@ -332,7 +283,7 @@ impl GpuPlan {
             .filter(|op| matches!(op, Op::Dispatch(_)))
             .count();
         let timestamps = Timestamps::new(ctx, dispatches as u32);
-        let recorded = self.record_with(ctx, inputs, stride, Some(&timestamps))?;
+        let recorded = self.record_with(ctx, inputs, Some(&timestamps))?;
         let in_flight = self.submit(ctx, recorded);
         self.read(ctx, in_flight).await?;
         let bytes = u64::from(timestamps.count) * 8;
@@ -349,8 +300,8 @@ impl GpuPlan {
     /// and the output copies, without submitting. The uploads take effect at the next submit,
     /// after all work submitted before, so a batch can be recorded while the previous one still
     /// runs on the GPU (that one has read its inputs by then).
-    pub fn record(&self, ctx: &DeviceContext, inputs: &[&[u8]], stride: u64) -> Result<Recorded> {
-        self.record_with(ctx, inputs, stride, None)
+    pub fn record(&self, ctx: &DeviceContext, inputs: &[&[u8]]) -> Result<Recorded> {
+        self.record_with(ctx, inputs, None)
     }
 
     /// [`record`](Self::record), with each dispatch op in its own timed pass when `timestamps`.
@@ -358,7 +309,6 @@ impl GpuPlan {
         &self,
         ctx: &DeviceContext,
         inputs: &[&[u8]],
-        stride: u64,
         timestamps: Option<&Timestamps>,
     ) -> Result<Recorded> {
         if inputs.len() != self.plan.inputs.len() {
@@ -431,18 +381,7 @@ impl GpuPlan {
                     pass.set_pipeline(&pipeline.pipeline);
                     pass.set_bind_group(0, bind_group, &[]);
                     let [x, y, z] = d.grid;
-                    if d.kernel.has_step_group() {
-                        let steps = self.step_bind_group.as_ref().ok_or_else(|| {
-                            Error::Gpu("internal: recurrent plan without step indices".into())
-                        })?;
-                        for step in 0..d.repeat {
-                            let offset = u64::from(step) * stride;
-                            pass.set_bind_group(1, steps, &[offset as u32]);
-                            pass.dispatch_workgroups(x, y, z);
-                        }
-                    } else {
-                        pass.dispatch_workgroups(x, y, z);
-                    }
+                    pass.dispatch_workgroups(x, y, z);
                 }
                 (Op::Dispatch(d), None) => {
                     return Err(Error::Gpu(format!(

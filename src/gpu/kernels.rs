@@ -54,12 +54,48 @@ pub const SPLIT_K_MIN_DEPTH: usize = 256;
 pub const LINEAR_THREADS: u32 = 64;
 /// Threads per workgroup of the single-pass tree reductions (optimizer norms, loss).
 pub const REDUCE_THREADS: u32 = 256;
-/// Threads per workgroup of the recurrent training time loops (`THREADS` in
+/// Threads per workgroup of the recurrent time loops (`THREADS` in recurrent.wgsl and
 /// recurrent_grad.wgsl).
-pub const RNN_TRAIN_THREADS: u32 = 128;
-/// Floats of workgroup memory the recurrent training time loops stage through (`WG_FLOATS` in
-/// recurrent_grad.wgsl).
-pub const RNN_TRAIN_WG_FLOATS: usize = 3072;
+pub const RNN_LOOP_THREADS: u32 = 128;
+/// Floats of workgroup memory the recurrent time loops stage through (`stage` in recurrent.wgsl
+/// and recurrent_grad.wgsl).
+pub const RNN_LOOP_WG_FLOATS: usize = 3072;
+
+/// How a recurrent time loop groups its sequences: (sequences per workgroup, staged in workgroup
+/// memory) for `per_row` floats of workgroup memory per sequence. Enough sequences to give every
+/// thread a unit, as many as fit; unstaged (state read back from storage) when not one fits.
+pub fn rnn_rows_per_group(
+    batch: usize,
+    units: usize,
+    per_row: usize,
+    allow_staging: bool,
+) -> (usize, bool) {
+    let want = (RNN_LOOP_THREADS as usize)
+        .div_ceil(units.max(1))
+        .clamp(1, batch.max(1));
+    let fit = RNN_LOOP_WG_FLOATS / per_row.max(1);
+    if allow_staging && fit > 0 {
+        (want.min(fit), true)
+    } else {
+        (want, false)
+    }
+}
+
+/// How many of a time loop's `timesteps` steps one dispatch may run when every step costs one
+/// invocation `per_step` loop iterations on top of `setup`, under the adapter's `cap` (all of
+/// them without one); None when not even one step fits.
+pub fn rnn_steps_per_dispatch(
+    timesteps: usize,
+    setup: usize,
+    per_step: usize,
+    cap: Option<u32>,
+) -> Option<usize> {
+    let Some(cap) = cap else {
+        return Some(timesteps.max(1));
+    };
+    let steps = (cap as usize).saturating_sub(setup) / per_step.max(1);
+    (steps > 0).then(|| steps.min(timesteps.max(1)))
+}
 
 /// One compute kernel (a WGSL entry point with a fixed binding layout).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -81,7 +117,8 @@ pub enum Kernel {
     Rescale,
     Softmax,
     Embedding,
-    RnnStep,
+    /// A SimpleRNN / LSTM / GRU layer's whole time loop, both directions, in one dispatch.
+    RnnSequence,
     RnnMerge,
     /// Broadcast elementwise binary op (merges, operator nodes), or one tensor with a constant.
     Binary,
@@ -247,7 +284,7 @@ impl Kernel {
             Kernel::Rescale => "rescale",
             Kernel::Softmax => "softmax",
             Kernel::Embedding => "embedding",
-            Kernel::RnnStep => "rnn_step",
+            Kernel::RnnSequence => "rnn_sequence",
             Kernel::RnnMerge => "rnn_merge",
             Kernel::Binary => "binary",
             Kernel::NormalizeRows => "normalize_rows",
@@ -323,7 +360,7 @@ impl Kernel {
             Kernel::Matmul | Kernel::Conv2d | Kernel::ConvNd => "main",
             Kernel::MatmulAt | Kernel::MatmulBt | Kernel::RnnGemmGrouped => "main",
             Kernel::SplitKReduce => "reduce_split_k",
-            Kernel::RnnStep => "step",
+            Kernel::RnnSequence => "sequence",
             Kernel::RnnMerge => "merge",
             Kernel::RnnCopy => "copy_state",
             Kernel::ConvGradInput | Kernel::ConvGradWeights | Kernel::ConvTransposeGradInput => {
@@ -350,7 +387,7 @@ impl Kernel {
             Kernel::Activation | Kernel::Rescale => &[ELEMENTWISE],
             Kernel::Softmax => &[SOFTMAX],
             Kernel::Embedding => &[EMBEDDING],
-            Kernel::RnnStep | Kernel::RnnMerge | Kernel::RnnCopy => &[RECURRENT],
+            Kernel::RnnSequence | Kernel::RnnMerge | Kernel::RnnCopy => &[RECURRENT],
             Kernel::Binary | Kernel::NormalizeRows | Kernel::BatchedDot => &[MERGE],
             Kernel::StridedCopy | Kernel::Bilinear => &[COPY],
             Kernel::MaskSelect => &[MASK],
@@ -460,7 +497,7 @@ impl Kernel {
             Kernel::Activation | Kernel::Rescale => &[ReadWrite, Read, Read],
             Kernel::Softmax => &[ReadWrite],
             Kernel::Embedding => &[Read, Read, ReadWrite],
-            Kernel::RnnStep => &[Read, Read, ReadWrite, ReadWrite, Read],
+            Kernel::RnnSequence => &[Read, Read, ReadWrite, ReadWrite, Read],
             Kernel::RnnMerge | Kernel::RnnCopy => &[Read, ReadWrite],
             Kernel::Binary | Kernel::NormalizeRows | Kernel::BatchedDot | Kernel::MaskSelect => {
                 &[Read, Read, ReadWrite]
@@ -557,7 +594,7 @@ impl Kernel {
             Kernel::Activation | Kernel::Rescale => &["x", "scale", "offset"],
             Kernel::Softmax => &["x"],
             Kernel::Embedding => &["ids", "table", "y"],
-            Kernel::RnnStep => &["xproj", "recurrent_kernel", "state", "y", "ids"],
+            Kernel::RnnSequence => &["xproj", "recurrent_kernel", "state", "y", "ids"],
             Kernel::RnnMerge => &["both", "merged"],
             Kernel::Binary | Kernel::BatchedDot => &["a", "b", "y"],
             Kernel::NormalizeRows => &["-", "-", "y"],
@@ -679,19 +716,15 @@ impl Kernel {
             | Kernel::ConvGradWeights
             | Kernel::ConvTransposeGradInput
             | Kernel::RnnGemmGrouped => 256,
-            Kernel::RnnTrainForward | Kernel::RnnTrainBackward => RNN_TRAIN_THREADS,
+            Kernel::RnnSequence | Kernel::RnnTrainForward | Kernel::RnnTrainBackward => {
+                RNN_LOOP_THREADS
+            }
             Kernel::OptimSegmentSums
             | Kernel::OptimTotal
             | Kernel::LossCount
             | Kernel::LossReduce => REDUCE_THREADS,
             _ => LINEAR_THREADS,
         }
-    }
-
-    /// The recurrent step reads its step index from a second bind group with a dynamic offset,
-    /// so all timesteps are encoded up front into one submit.
-    pub fn has_step_group(self) -> bool {
-        self == Kernel::RnnStep
     }
 
     /// An optimizer kernel's own declarations: its flags, the state arenas it binds (in
@@ -760,7 +793,6 @@ impl Kernel {
 pub struct Pipeline {
     pub pipeline: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,
-    pub step_layout: Option<wgpu::BindGroupLayout>,
 }
 
 /// Pipelines are compiled once per runtime and shared by every plan.
@@ -817,24 +849,14 @@ fn create(device: &wgpu::Device, kernel: Kernel) -> Pipeline {
             count: None,
         })
         .collect();
-    entries.push(uniform_entry(storage.len() as u32, false));
+    entries.push(uniform_entry(storage.len() as u32));
     let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some(kernel.name()),
         entries: &entries,
     });
-    let step_layout = kernel.has_step_group().then(|| {
-        device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("rnn_step_index"),
-            entries: &[uniform_entry(0, true)],
-        })
-    });
-    let mut groups = vec![Some(&layout)];
-    if let Some(step) = &step_layout {
-        groups.push(Some(step));
-    }
     let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label: Some(kernel.name()),
-        bind_group_layouts: &groups,
+        bind_group_layouts: &[Some(&layout)],
         immediate_size: 0,
     });
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -845,20 +867,16 @@ fn create(device: &wgpu::Device, kernel: Kernel) -> Pipeline {
         compilation_options: wgpu::PipelineCompilationOptions::default(),
         cache: None,
     });
-    Pipeline {
-        pipeline,
-        layout,
-        step_layout,
-    }
+    Pipeline { pipeline, layout }
 }
 
-fn uniform_entry(binding: u32, dynamic: bool) -> wgpu::BindGroupLayoutEntry {
+fn uniform_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
     wgpu::BindGroupLayoutEntry {
         binding,
         visibility: wgpu::ShaderStages::COMPUTE,
         ty: wgpu::BindingType::Buffer {
             ty: wgpu::BufferBindingType::Uniform,
-            has_dynamic_offset: dynamic,
+            has_dynamic_offset: false,
             min_binding_size: None,
         },
         count: None,

@@ -316,9 +316,29 @@ pub struct LimitOverrides {
     pub max_workgroups_per_dimension: Option<u32>,
     /// Keep every BatchNormalization as its own kernel (tests compare both ways).
     pub no_batch_norm_folding: bool,
+    /// Cap the loop iterations of one invocation, as llvmpipe does (tests split recurrent time
+    /// loops on any adapter).
+    pub loop_iterations: Option<u32>,
 }
 
-fn plan_limits(limits: &wgpu::Limits, overrides: LimitOverrides) -> PlanLimits {
+/// llvmpipe (lavapipe) ends every loop of an invocation once all its loops together have run
+/// 65,535 iterations (gallivm's `LP_MAX_TGSI_LOOP_ITERATIONS`), silently: longer time loops
+/// would compute wrong values there.
+const LLVMPIPE_LOOP_ITERATIONS: u32 = 65_535;
+
+/// The loop-iteration cap of the adapter `info` describes, if it has one.
+fn loop_iteration_cap(info: &wgpu::AdapterInfo) -> Option<u32> {
+    let llvmpipe = [&info.name, &info.driver]
+        .iter()
+        .any(|s| s.to_ascii_lowercase().contains("llvmpipe"));
+    llvmpipe.then_some(LLVMPIPE_LOOP_ITERATIONS)
+}
+
+fn plan_limits(
+    limits: &wgpu::Limits,
+    info: Option<&wgpu::AdapterInfo>,
+    overrides: LimitOverrides,
+) -> PlanLimits {
     let mut max_binding = limits
         .max_storage_buffer_binding_size
         .min(limits.max_buffer_size)
@@ -336,19 +356,22 @@ fn plan_limits(limits: &wgpu::Limits, overrides: LimitOverrides) -> PlanLimits {
         max_workgroups_per_dim: max_workgroups,
         max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
         fold_batch_norm: !overrides.no_batch_norm_folding,
+        loop_iterations: [info.and_then(loop_iteration_cap), overrides.loop_iterations]
+            .into_iter()
+            .flatten()
+            .min(),
     }
 }
 
-/// What the kernels need beyond WebGPU's downlevel defaults: 16x16 GEMM workgroups with 8,320
-/// bytes of tiles, 5 storage buffers in the recurrent step, and a second bind group for its step
-/// index.
+/// What the kernels need beyond WebGPU's downlevel defaults: 16x16 GEMM workgroups, 12,288
+/// bytes of workgroup memory (the recurrent time loops' staged state; the GEMM tiles take
+/// 8,320) and 5 storage buffers in the recurrent inference loop.
 fn runs_our_kernels(limits: &wgpu::Limits) -> bool {
     limits.max_compute_invocations_per_workgroup >= 256
         && limits.max_compute_workgroup_size_x >= 64
         && limits.max_compute_workgroup_size_y >= 16
-        && limits.max_compute_workgroup_storage_size >= 8320
+        && limits.max_compute_workgroup_storage_size >= 12288
         && limits.max_storage_buffers_per_shader_stage >= 5
-        && limits.max_bind_groups >= 2
 }
 
 /// A model's GPU state: device, kernels, weights, and a plan per batch size.
@@ -418,7 +441,7 @@ impl GpuRuntime {
             };
         }
         let limits = adapter.limits();
-        let plan_limits = plan_limits(&limits, overrides);
+        let plan_limits = plan_limits(&limits, Some(&info), overrides);
         // Fails early, naming the layer, if one item does not fit.
         let max_items = Plan::max_items(graph, plan_limits)?;
 
@@ -578,7 +601,7 @@ impl GpuRuntime {
         let scope = ErrorScopes::push(&self.ctx.device);
         let plan = self.plan_for(&mut plans, graph, batch)?;
         let bytes = input_bytes(&sub)?;
-        let times = pollster::block_on(plan.profile(&self.ctx, &bytes, self.ctx.uniform_stride));
+        let times = pollster::block_on(plan.profile(&self.ctx, &bytes));
         pollster::block_on(scope.check(&format!("timing a batch of {batch}")))?;
         self.check_device()?;
         let times = times?;
@@ -595,7 +618,6 @@ impl GpuRuntime {
                     .map_or_else(String::new, |n| n.name.clone()),
                 kernel: d.kernel.name().to_string(),
                 grid: d.grid,
-                repeat: d.repeat,
                 batch,
                 ms,
             })
@@ -639,9 +661,7 @@ impl GpuRuntime {
         let scope = ErrorScopes::push(&self.ctx.device);
         let plan = self.plan_for(plans, graph, batch)?;
         let bytes = input_bytes(inputs)?;
-        let result = plan
-            .execute(&self.ctx, &bytes, self.ctx.uniform_stride)
-            .await;
+        let result = plan.execute(&self.ctx, &bytes).await;
         let scoped = scope.check(&format!("running a batch of {batch}")).await;
         self.check_device()?;
         scoped?;
@@ -661,8 +681,6 @@ pub struct DispatchTime {
     pub kernel: String,
     /// Workgroups in x, y, z.
     pub grid: [u32; 3],
-    /// Dispatches of the op (recurrent steps), timed together.
-    pub repeat: u32,
     /// Items in the timed batch.
     pub batch: usize,
     /// GPU time between the pass's two timestamps.
@@ -908,15 +926,18 @@ fn describe(
 /// then buffer sizes and total GPU memory. Uses the chosen adapter's limits (no device is
 /// created); without an adapter, WebGPU's default limits.
 pub fn describe_plan(graph: &Graph, batch: usize, adapter: Option<&str>) -> Result<String> {
-    let (label, limits) = match choose_adapter(adapter) {
-        Ok(a) => (adapter_label(&a.get_info()), a.limits()),
-        Err(Error::Gpu(msg)) if is_no_adapter(&msg) && adapter.is_none() => (
-            "no adapter found: WebGPU default limits".to_string(),
-            wgpu::Limits::default(),
-        ),
+    let (info, limits) = match choose_adapter(adapter) {
+        Ok(a) => (Some(a.get_info()), a.limits()),
+        Err(Error::Gpu(msg)) if is_no_adapter(&msg) && adapter.is_none() => {
+            (None, wgpu::Limits::default())
+        }
         Err(e) => return Err(e),
     };
-    let plan_limits = plan_limits(&limits, LimitOverrides::default());
+    let label = info.as_ref().map_or_else(
+        || "no adapter found: WebGPU default limits".to_string(),
+        adapter_label,
+    );
+    let plan_limits = plan_limits(&limits, info.as_ref(), LimitOverrides::default());
     let max_items = Plan::max_items(graph, plan_limits)?;
     describe(graph, batch, &label, &limits, plan_limits, max_items)
 }

@@ -40,6 +40,9 @@ pub struct PlanLimits {
     /// Fold a BatchNormalization into the Conv2D or Dense before it where that is exact
     /// (`plan/norm.rs`); off only to test the unfolded kernels.
     pub fold_batch_norm: bool,
+    /// The most loop iterations one invocation may run, where the adapter ends longer loops
+    /// early (llvmpipe); the recurrent time loops are split into dispatches below it.
+    pub loop_iterations: Option<u32>,
 }
 
 /// A buffer a dispatch binds.
@@ -88,8 +91,6 @@ pub struct Dispatch {
     /// Workgroups needed, and the grid they are folded into.
     pub workgroups: u64,
     pub grid: [u32; 3],
-    /// Dispatched this many times, with the step index 0..repeat in bind group 1 (recurrent).
-    pub repeat: u32,
     /// One line for plan printing.
     pub detail: String,
 }
@@ -149,8 +150,6 @@ pub struct Plan {
     pub slot_users: Vec<Vec<String>>,
     pub ops: Vec<Op>,
     pub outputs: Vec<PlanOutput>,
-    /// Longest recurrent time loop (entries of the step-index uniform buffer).
-    pub max_steps: u32,
     pub tensors: Vec<BatchTensor>,
     /// Whether BatchNormalization was folded (the weight buffers depend on it).
     pub fold_batch_norm: bool,
@@ -249,7 +248,6 @@ struct Builder<'a> {
     slot_users: Vec<Vec<String>>,
     ops: Vec<Op>,
     tensors: Vec<BatchTensor>,
-    max_steps: u32,
     weights: Vec<WeightKey>,
     /// The buffer holding each value, once computed.
     value_buf: Vec<Option<BufRef>>,
@@ -339,7 +337,6 @@ impl<'a> Builder<'a> {
         buffers: Vec<BufRef>,
         params: Vec<u32>,
         workgroups: u64,
-        repeat: u32,
         detail: String,
     ) -> Result<()> {
         let grid = fold_grid(workgroups, self.limits.max_workgroups_per_dim).ok_or_else(|| {
@@ -367,7 +364,6 @@ impl<'a> Builder<'a> {
             params,
             workgroups,
             grid,
-            repeat,
             detail,
         }));
         Ok(())
@@ -480,7 +476,7 @@ impl<'a> Builder<'a> {
         let tiles = (tiles_m * tiles_n * groups) as u64;
         if splits == 1 {
             detail.push_str(&epilogue);
-            self.dispatch(layer, kernel, vec![a, b, bias, c], params, tiles, 1, detail)?;
+            self.dispatch(layer, kernel, vec![a, b, bias, c], params, tiles, detail)?;
         } else {
             let partials = self.alloc(layer, "split-K partial sums", splits * m * n);
             write!(detail, "; K split {splits} ways of {k_chunk}").ok();
@@ -492,7 +488,6 @@ impl<'a> Builder<'a> {
                 vec![a, b, BufRef::Dummy, partials],
                 gemm_params,
                 workgroups,
-                1,
                 detail,
             )?;
             let detail = format!("sum {splits} partial products of {m}x{n}{epilogue}");
@@ -504,7 +499,6 @@ impl<'a> Builder<'a> {
                 buffers,
                 params,
                 workgroups,
-                1,
                 detail,
             )?;
             self.release(partials);
@@ -521,15 +515,7 @@ impl<'a> Builder<'a> {
         let l = self.layer(layer);
         let params = vec![to_u32(l, "rows", rows)?, to_u32(l, "columns", cols)?, 0, 0];
         let detail = format!("{rows} rows of {cols}, in place");
-        self.dispatch(
-            layer,
-            Kernel::Softmax,
-            vec![x],
-            params,
-            rows as u64,
-            1,
-            detail,
-        )
+        self.dispatch(layer, Kernel::Softmax, vec![x], params, rows as u64, detail)
     }
 
     fn linear_workgroups(elements: usize) -> u64 {
@@ -575,7 +561,6 @@ impl<'a> Builder<'a> {
                     vec![x, BufRef::Dummy, BufRef::Dummy],
                     params,
                     Self::linear_workgroups(len),
-                    1,
                     detail,
                 )
             }
@@ -622,7 +607,6 @@ impl<'a> Builder<'a> {
             buffers,
             params,
             Self::linear_workgroups(len),
-            1,
             detail,
         )
     }
@@ -653,7 +637,6 @@ impl<'a> Builder<'a> {
             vec![x, table, out],
             params,
             Self::linear_workgroups(tokens * dim),
-            1,
             detail,
         )?;
         Ok(out)
@@ -805,7 +788,6 @@ impl Plan {
             slot_users: Vec::new(),
             ops: Vec::new(),
             tensors: Vec::new(),
-            max_steps: 0,
             weights: weight_specs(graph, limits.fold_batch_norm)
                 .iter()
                 .map(|s| s.key)
@@ -875,7 +857,6 @@ impl Plan {
             slot_users: b.slot_users,
             ops: b.ops,
             outputs,
-            max_steps: b.max_steps,
             tensors: b.tensors,
             fold_batch_norm: limits.fold_batch_norm,
             values: b.value_buf,
@@ -924,7 +905,7 @@ impl Plan {
         self.ops
             .iter()
             .map(|op| match op {
-                Op::Dispatch(d) => u64::from(d.repeat),
+                Op::Dispatch(_) => 1,
                 Op::Clear { .. } | Op::Copy { .. } => 0,
             })
             .sum()
@@ -994,14 +975,9 @@ impl Plan {
                     .map(|(name, b)| format!("{name}={}", buf_name(*b)))
                     .collect::<Vec<_>>()
                     .join(" ");
-                let repeat = if d.repeat > 1 {
-                    format!(", x{} steps", d.repeat)
-                } else {
-                    String::new()
-                };
                 writeln!(
                     out,
-                    "      {:<13} workgroups {} as [{}, {}, {}] of {} threads{repeat}",
+                    "      {:<13} workgroups {} as [{}, {}, {}] of {} threads",
                     d.kernel.name(),
                     d.workgroups,
                     d.grid[0],
@@ -1097,14 +1073,9 @@ impl Plan {
         let uniform_bytes = self.uniform_bytes(uniform_stride);
         writeln!(
             out,
-            "  uniforms   {:>10}  parameters of {} dispatches{}",
+            "  uniforms   {:>10}  parameters of {} dispatches",
             bytes_text(uniform_bytes),
             self.ops.len(),
-            if self.max_steps > 0 {
-                format!(" + {} step indices", self.max_steps)
-            } else {
-                String::new()
-            }
         )
         .ok();
         for (k, o) in self.outputs.iter().enumerate() {
@@ -1129,14 +1100,14 @@ impl Plan {
         out
     }
 
-    /// Bytes of the per-dispatch parameter buffer plus the recurrent step-index buffer.
+    /// Bytes of the per-dispatch parameter buffer.
     pub fn uniform_bytes(&self, stride: u64) -> u64 {
         let dispatches = self
             .ops
             .iter()
             .filter(|op| matches!(op, Op::Dispatch(_)))
             .count() as u64;
-        stride * (dispatches + u64::from(self.max_steps))
+        stride * dispatches
     }
 }
 

@@ -43,7 +43,11 @@ pub(crate) fn runner() -> Option<KernelRunner> {
         usage: wgpu::BufferUsages::STORAGE,
         mapped_at_creation: false,
     });
-    let plan_limits = super::plan_limits(&limits, super::LimitOverrides::default());
+    let plan_limits = super::plan_limits(
+        &limits,
+        Some(&adapter.get_info()),
+        super::LimitOverrides::default(),
+    );
     Some(KernelRunner {
         ctx: DeviceContext {
             device,
@@ -88,14 +92,13 @@ impl KernelRunner {
                     shape: vec![b.len()],
                 })
                 .collect(),
-            max_steps: 0,
             tensors: Vec::new(),
             fold_batch_norm: false,
             values: Vec::new(),
         };
         let gpu = GpuPlan::new(&self.ctx, plan)?;
         let bytes: Vec<&[u8]> = buffers.iter().map(|b| bytemuck::cast_slice(b)).collect();
-        pollster::block_on(gpu.execute(&self.ctx, &bytes, self.ctx.uniform_stride))
+        pollster::block_on(gpu.execute(&self.ctx, &bytes))
     }
 }
 
@@ -115,7 +118,6 @@ pub(crate) fn dispatch(
         params,
         workgroups,
         grid: fold_grid(workgroups, 65535).expect("grid fits"),
-        repeat: 1,
         detail: String::new(),
     })
 }

@@ -902,6 +902,7 @@ mod tests {
             max_workgroups_per_dim: 65535,
             max_storage_buffers_per_stage: 8,
             fold_batch_norm: false,
+            loop_iterations: None,
         };
         let mut emit = TestEmit::new(limits, 6);
         let i = BufRef::Input;

@@ -709,6 +709,7 @@ mod tests {
             max_workgroups_per_dim: 65535,
             max_storage_buffers_per_stage: 8,
             fold_batch_norm: false,
+            loop_iterations: None,
         };
         let mut emit = TestEmit::new(limits, 3);
         let shapes = [vec![2, 3], vec![2, 4]];

@@ -104,7 +104,6 @@ pub(crate) trait Emit {
             params,
             workgroups,
             grid,
-            repeat: 1,
             detail,
         }));
         Ok(())

@@ -779,6 +779,7 @@ mod tests {
             max_workgroups_per_dim: 65535,
             max_storage_buffers_per_stage: 8,
             fold_batch_norm: false,
+            loop_iterations: None,
         };
         let c = case(&[4, 3], 2);
         let g = bn_graph(&c);

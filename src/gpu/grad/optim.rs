@@ -676,6 +676,7 @@ mod tests {
             max_workgroups_per_dim: 65535,
             max_storage_buffers_per_stage: 8,
             fold_batch_norm: true,
+            loop_iterations: None,
         };
         let mut e = TestEmit::new(limits, 5);
         let state = [BufRef::Input(3), BufRef::Input(4)];

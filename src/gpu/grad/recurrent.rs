@@ -33,7 +33,7 @@ use crate::graph::{CellKind, MergeMode, Node, Recurrent, RecurrentCell};
 use crate::train::Rng;
 
 use super::super::kernels::{
-    Kernel, GEMM_TILE, LINEAR_THREADS, RNN_TRAIN_THREADS, RNN_TRAIN_WG_FLOATS,
+    rnn_rows_per_group, rnn_steps_per_dispatch, Kernel, GEMM_TILE, LINEAR_THREADS, RNN_LOOP_THREADS,
 };
 use super::super::plan::{act_words, split_k_chunk, BufRef};
 use super::conv::{bias_grad, check_buffer, layer_error};
@@ -333,25 +333,6 @@ fn act_pair(layer: &Node, cell: &RecurrentCell) -> Result<Vec<u32>> {
     Ok(words)
 }
 
-/// (rows per workgroup, staged in workgroup memory) for `per_row` floats of workgroup memory
-/// per sequence.
-fn rows_per_group(
-    batch: usize,
-    units: usize,
-    per_row: usize,
-    allow_staging: bool,
-) -> (usize, bool) {
-    let want = (RNN_TRAIN_THREADS as usize)
-        .div_ceil(units.max(1))
-        .clamp(1, batch.max(1));
-    let fit = RNN_TRAIN_WG_FLOATS / per_row.max(1);
-    if allow_staging && fit > 0 {
-        (want.min(fit), true)
-    } else {
-        (want, false)
-    }
-}
-
 /// recurrent_grad.wgsl's `RnnTrainParams`.
 #[allow(clippy::too_many_arguments)]
 fn loop_params(
@@ -393,6 +374,64 @@ fn loop_params(
         w("dropout masks", drop.map_or(0, |d| d.rec_off))?,
     ]);
     Ok(p)
+}
+
+/// One time-loop kernel (`RnnTrainForward` or `RnnTrainBackward`, `params` without its step
+/// range) dispatched over all `lay.t` steps: once, or where the adapter caps one invocation's
+/// loop iterations (llvmpipe) once per run of steps that fits, in the loop's own order
+/// (backward: from the last step). `unit_loops` is how many passes over the units one item
+/// makes per step.
+#[allow(clippy::too_many_arguments)]
+fn dispatch_time_loop(
+    e: &mut dyn Emit,
+    layer: &Node,
+    node: usize,
+    kernel: Kernel,
+    buffers: Vec<BufRef>,
+    params: Vec<u32>,
+    (lay, rpg, unit_loops): (&Layout, usize, usize),
+    detail: String,
+) -> Result<()> {
+    let t = lay.t;
+    let cap = e.limits().loop_iterations;
+    // Every loop counted, as llvmpipe counts them: each thread's items, each with its passes
+    // over the units (and the gate blocks), per step.
+    let per_thread = (rpg * lay.u).div_ceil(RNN_LOOP_THREADS as usize);
+    let per_step = per_thread * (unit_loops * (lay.u + 1) + lay.gates + 4) + 4;
+    let chunk = rnn_steps_per_dispatch(t, per_thread + 4, per_step, cap).ok_or_else(|| {
+        layer_error(
+            layer,
+            "units",
+            format!(
+                "{} units need {per_step} loop iterations per step in one invocation; this \
+                 adapter ends loops after {}",
+                lay.u,
+                cap.unwrap_or(0)
+            ),
+        )
+    })?;
+    let mut runs: Vec<(usize, usize)> = (0..t)
+        .step_by(chunk.max(1))
+        .map(|b| (b, (b + chunk).min(t)))
+        .collect();
+    if kernel == Kernel::RnnTrainBackward {
+        runs.reverse();
+    }
+    let workgroups = (lay.n.div_ceil(rpg) * lay.dirs) as u64;
+    for (begin, end) in runs {
+        let mut p = params.clone();
+        p.extend([
+            word(layer, "timesteps", begin)?,
+            word(layer, "timesteps", end)?,
+        ]);
+        let detail = if chunk < t {
+            format!("{detail}: steps {begin}..{end} (the adapter's loop-iteration cap)")
+        } else {
+            detail.clone()
+        };
+        e.dispatch(layer, node, kernel, buffers.clone(), p, workgroups, detail)?;
+    }
+    Ok(())
 }
 
 fn base_flags(r: &Recurrent, masked: bool) -> u32 {
@@ -870,7 +909,7 @@ fn train_forward(
         )?;
     }
 
-    let (rpg, staged) = rows_per_group(batch, u, 2 * u, allow_staging);
+    let (rpg, staged) = rnn_rows_per_group(batch, u, 2 * u, allow_staging);
     let mut flags = base_flags(r, mask_ids.is_some());
     if staged {
         flags |= STAGED;
@@ -914,7 +953,6 @@ fn train_forward(
         (true, None) => Some(e.scratch(node, "both directions", out_rows * 2 * u)),
     };
     let params = loop_params(layer, r, &lay, rpg, flags, 1.0, lay.fin, drop.map(|d| d.1))?;
-    let groups = batch.div_ceil(rpg);
     let mut detail = format!(
         "{} {u} units x {} direction(s), {} steps in one loop, {rpg} sequence(s) per workgroup",
         lay.kind.name(),
@@ -930,7 +968,8 @@ fn train_forward(
     if drop.is_some_and(|(_, d)| d.rec_blocks > 0) {
         detail.push_str(", recurrent dropout");
     }
-    e.dispatch(
+    dispatch_time_loop(
+        e,
         layer,
         node,
         Kernel::RnnTrainForward,
@@ -944,7 +983,7 @@ fn train_forward(
             drop.map_or(BufRef::Dummy, |d| d.0),
         ],
         params,
-        (groups * lay.dirs) as u64,
+        (&lay, rpg, if lay.cell_code() == 3 { 2 } else { 1 }),
         detail,
     )?;
     if let Some(both) = both {
@@ -1174,7 +1213,7 @@ fn backward(
     let dz = e.scratch(node, "dz of every step", rows * dg);
     let aux = e.scratch(node, "recurrent dz and running dh, dc", dzh + state);
 
-    let (rpg, staged) = rows_per_group(batch, u, g, allow_staging);
+    let (rpg, staged) = rnn_rows_per_group(batch, u, g, allow_staging);
     let mut flags = base_flags(r, mask_ids.is_some());
     if staged {
         flags |= STAGED;
@@ -1206,7 +1245,6 @@ fn backward(
     }
     let drop = dropout_of(r, batch, dropout);
     let params = loop_params(layer, r, &lay, rpg, flags, dy_scale, dzh, drop.map(|d| d.1))?;
-    let groups = batch.div_ceil(rpg);
     let mut detail = format!(
         "BPTT of {} {u} units x {} direction(s), {} steps in one loop",
         lay.kind.name(),
@@ -1216,7 +1254,9 @@ fn backward(
     if !staged {
         detail.push_str(", dz read back from storage");
     }
-    e.dispatch(
+    // dh_prev walks every gate column (the reset gate's pass once more).
+    dispatch_time_loop(
+        e,
         layer,
         node,
         Kernel::RnnTrainBackward,
@@ -1230,7 +1270,7 @@ fn backward(
             drop.map_or(BufRef::Dummy, |d| d.0),
         ],
         params,
-        (groups * lay.dirs) as u64,
+        (&lay, rpg, lay.gates + 1),
         detail,
     )?;
 

@@ -105,7 +105,6 @@ impl Builder<'_> {
             vec![x, kernel, bias, out],
             params,
             Self::linear_workgroups(out_len),
-            1,
             detail,
         )?;
         Ok(out)
@@ -151,7 +150,6 @@ impl Builder<'_> {
             vec![x, kernel, bias, out],
             params,
             Self::linear_workgroups(out_len),
-            1,
             detail,
         )?;
         Ok(out)
@@ -194,7 +192,6 @@ impl Builder<'_> {
             vec![x, out, BufRef::Dummy],
             params,
             Self::linear_workgroups(out_len),
-            1,
             detail,
         )?;
         Ok(out)
@@ -254,7 +251,6 @@ impl Builder<'_> {
             vec![x, out, ids],
             params,
             Self::linear_workgroups(out_len),
-            1,
             detail,
         )?;
         Ok(out)

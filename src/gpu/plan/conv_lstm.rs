@@ -110,7 +110,6 @@ impl Builder<'_> {
                 vec![xz, hz, h, cell, y.unwrap_or(BufRef::Dummy)],
                 params,
                 Self::linear_workgroups(rows * f),
-                1,
                 detail,
             )?;
         }

@@ -120,7 +120,6 @@ impl Builder<'_> {
             vec![a, b, y],
             words,
             Self::linear_workgroups(total),
-            1,
             detail,
         )
     }
@@ -220,7 +219,6 @@ impl Builder<'_> {
             vec![ids, first, y],
             params,
             Self::linear_workgroups(total),
-            1,
             format!("padded steps (id 0) -> {what}"),
         )
     }
@@ -282,7 +280,6 @@ impl Builder<'_> {
             vec![x, y],
             words,
             Self::linear_workgroups(total),
-            1,
             detail,
         )
     }
@@ -388,7 +385,6 @@ impl Builder<'_> {
                     vec![BufRef::Dummy, BufRef::Dummy, buf],
                     words,
                     Self::linear_workgroups(total_rows),
-                    1,
                     format!("L2-normalize {total_rows} rows of {k}, in place"),
                 )?;
             }
@@ -413,7 +409,6 @@ impl Builder<'_> {
             vec![operands[0], operands[1], y],
             words,
             Self::linear_workgroups(total),
-            1,
             format!("{batch} products of {m}x{k} by {k}x{n}"),
         )?;
         for buf in scratch {
@@ -452,7 +447,6 @@ impl Builder<'_> {
             vec![x, y],
             words,
             Self::linear_workgroups(total),
-            1,
             format!("bilinear {ih}x{iw} -> {oh}x{ow}, {c} channels"),
         )?;
         Ok(y)

@@ -160,7 +160,6 @@ impl Builder<'_> {
             vec![x, weights[0], weights[1]],
             words.words(),
             Self::linear_workgroups(len),
-            1,
             detail,
         )
     }
@@ -256,7 +255,6 @@ impl Builder<'_> {
             buffers,
             words.words(),
             u64::from(groups),
-            1,
             detail,
         )?;
         Ok(y)
@@ -291,7 +289,6 @@ impl Builder<'_> {
             buffers,
             words.words(),
             u64::from(groups),
-            1,
             detail,
         )?;
         Ok(y)
@@ -315,7 +312,6 @@ impl Builder<'_> {
             vec![x, BufRef::Dummy, BufRef::Dummy],
             words.words(),
             u64::from(groups),
-            1,
             detail,
         )
     }

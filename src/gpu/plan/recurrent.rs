@@ -1,10 +1,10 @@
 //! SimpleRNN / GRU / LSTM / Bidirectional lowering: one GEMM for the input projection of every
-//! timestep and direction, the initial states copied into the state buffer, one `step` dispatch
-//! per timestep, then the merge and the final states copied out.
+//! timestep and direction, the initial states copied into the state buffer, the whole time loop
+//! of every direction in one `sequence` dispatch, then the merge and the final states copied out.
 
 use super::{act_words, layer_error, to_u32, BufRef, Builder, Op};
 use crate::error::Result;
-use crate::gpu::kernels::{Kernel, LINEAR_THREADS};
+use crate::gpu::kernels::{rnn_rows_per_group, rnn_steps_per_dispatch, Kernel, RNN_LOOP_THREADS};
 use crate::gpu::weights::{recurrent_bias_len, WeightRole};
 use crate::graph::{Activation, CellKind, MergeMode, Recurrent};
 
@@ -31,7 +31,6 @@ impl Builder<'_> {
             vec![src.0, dst.0],
             params,
             Self::linear_workgroups(count),
-            1,
             detail,
         )
     }
@@ -101,9 +100,12 @@ impl Builder<'_> {
             None,
         )?;
 
-        // h twice (ping-pong), c, the previous output: one plane each.
+        // h twice (ping-pong), c, the previous output, and r ⊙ h for a reset_after=False GRU:
+        // one plane each.
+        let gru_before = cell_code == 3;
         let plane = dirs * self.batch * units;
-        let state = self.alloc(i, "state", 4 * plane);
+        let planes = if gru_before { 5 } else { 4 };
+        let state = self.alloc(i, "state", planes * plane);
         self.ops.push(Op::Clear {
             node: i,
             buffer: state,
@@ -153,19 +155,51 @@ impl Builder<'_> {
             cell_code,
             u32::from(recurrent_bias_len(r) > 0),
         ]);
-        let steps = to_u32(l, "timesteps", t)?;
-        self.max_steps = self.max_steps.max(steps);
+        // Workgroup memory per sequence: h twice, and r ⊙ h.
+        let per_row = if gru_before { 3 * units } else { 2 * units };
+        let (rows_per_group, staged) = rnn_rows_per_group(self.batch, units, per_row, true);
+        params.extend([
+            to_u32(l, "rows_per_group", rows_per_group)?,
+            u32::from(staged),
+        ]);
+        // Loop iterations of one invocation (every loop counted, as llvmpipe counts them): its
+        // items, each with a pass over the units per h·R loop (three for r ⊙ h), per step.
+        let per_thread = (rows_per_group * units).div_ceil(RNN_LOOP_THREADS as usize);
+        let unit_loops = if gru_before { 3 } else { 1 };
+        let per_step = per_thread * (unit_loops * (units + 1) + 2) + 2;
+        let chunk =
+            rnn_steps_per_dispatch(t, per_thread + 2, per_step, self.limits.loop_iterations)
+                .ok_or_else(|| {
+                    layer_error(
+                        l,
+                        "units",
+                        format!(
+                            "{units} units need {per_step} loop iterations per step in one \
+                         invocation; this adapter ends loops after {}",
+                            self.limits.loop_iterations.unwrap_or(0)
+                        ),
+                    )
+                })?;
+        let loops = if chunk < t {
+            format!("in loops of {chunk} (the adapter's loop-iteration cap)")
+        } else {
+            "in one loop".to_string()
+        };
         let mut detail = format!(
-            "{} {units} units x {dirs} direction(s), {t} steps",
+            "{} {units} units x {dirs} direction(s), {t} steps {loops}, \
+             {rows_per_group} sequence(s) per workgroup",
             cell.kind.name()
         );
+        if !staged {
+            detail.push_str(", state read back from storage");
+        }
         if masked {
             detail.push_str(", masked by token id 0");
         }
         if r.return_sequences {
             detail.push_str(", sequences");
         }
-        let workgroups = (units.div_ceil(LINEAR_THREADS as usize) * self.batch * dirs) as u64;
+        let workgroups = (self.batch.div_ceil(rows_per_group) * dirs) as u64;
         let buffers = vec![
             xproj,
             self.weight(i, WeightRole::RecurrentKernel),
@@ -173,15 +207,24 @@ impl Builder<'_> {
             y,
             ids,
         ];
-        self.dispatch(
-            i,
-            Kernel::RnnStep,
-            buffers,
-            params,
-            workgroups,
-            steps,
-            detail,
-        )?;
+        for begin in (0..t).step_by(chunk) {
+            let end = (begin + chunk).min(t);
+            let mut params = params.clone();
+            params.extend([to_u32(l, "timesteps", begin)?, to_u32(l, "timesteps", end)?]);
+            let detail = if chunk < t {
+                format!("{detail}: steps {begin}..{end}")
+            } else {
+                detail.clone()
+            };
+            self.dispatch(
+                i,
+                Kernel::RnnSequence,
+                buffers.clone(),
+                params,
+                workgroups,
+                detail,
+            )?;
+        }
         self.release(xproj);
 
         let mut outs = Vec::new();
@@ -214,7 +257,6 @@ impl Builder<'_> {
                     vec![y, out],
                     params,
                     workgroups,
-                    1,
                     detail,
                 )?;
                 outs.push(out);

@@ -263,7 +263,7 @@ impl GpuTrainer {
         let adapter = super::find_adapter(adapter).await?;
         let info = adapter.get_info();
         let limits = adapter.limits();
-        let plan_limits = super::plan_limits(&limits, LimitOverrides::default());
+        let plan_limits = super::plan_limits(&limits, Some(&info), LimitOverrides::default());
         let (device, queue, device_errors) =
             super::open_device(&adapter, &limits, &info.name).await?;
         let mut layout = ParamLayout::new(tg);
@@ -531,7 +531,7 @@ impl GpuTrainer {
         }
         bytes.extend(extra.iter().map(|e| bytemuck::cast_slice::<f32, u8>(e)));
         bytes.extend(made.iter().map(HostData::bytes));
-        let recorded = gpu.record(&self.ctx, &bytes, self.ctx.uniform_stride)?;
+        let recorded = gpu.record(&self.ctx, &bytes)?;
         Ok(PreparedRun {
             key,
             recorded,
@@ -1038,15 +1038,18 @@ pub fn describe_train_plan(
     batch: usize,
     adapter: Option<&str>,
 ) -> Result<String> {
-    let (label, limits) = match super::choose_adapter(adapter) {
-        Ok(a) => (super::adapter_label(&a.get_info()), a.limits()),
-        Err(Error::Gpu(msg)) if super::is_no_adapter(&msg) && adapter.is_none() => (
-            "no adapter found: WebGPU default limits".to_string(),
-            wgpu::Limits::default(),
-        ),
+    let (info, limits) = match super::choose_adapter(adapter) {
+        Ok(a) => (Some(a.get_info()), a.limits()),
+        Err(Error::Gpu(msg)) if super::is_no_adapter(&msg) && adapter.is_none() => {
+            (None, wgpu::Limits::default())
+        }
         Err(e) => return Err(e),
     };
-    let plan_limits = super::plan_limits(&limits, LimitOverrides::default());
+    let label = info.as_ref().map_or_else(
+        || "no adapter found: WebGPU default limits".to_string(),
+        super::adapter_label,
+    );
+    let plan_limits = super::plan_limits(&limits, info.as_ref(), LimitOverrides::default());
     let mut layout = ParamLayout::new(tg);
     if let Some(opt) = spec.optimizer {
         layout.state_arenas = crate::train::optim::Optimizer::new(opt.clone(), &tg.graph.params)

@@ -43,6 +43,8 @@ struct Case {
     /// The cells' dropout: the forward direction's, and the backward's where it differs.
     dropout: CellDropout,
     backward_dropout: Option<CellDropout>,
+    /// Cap one invocation's loop iterations (as llvmpipe does), splitting the time loops.
+    loop_cap: Option<u32>,
 }
 
 fn case(kind: CellKind) -> Case {
@@ -63,6 +65,7 @@ fn case(kind: CellKind) -> Case {
         staging: true,
         dropout: CellDropout::default(),
         backward_dropout: None,
+        loop_cap: None,
     }
 }
 
@@ -107,6 +110,10 @@ impl Case {
     fn masked(mut self, zero: bool) -> Self {
         self.masked = true;
         self.zero_masked = zero;
+        self
+    }
+    fn loop_cap(mut self, cap: u32) -> Self {
+        self.loop_cap = Some(cap);
         self
     }
     fn unstaged(mut self) -> Self {
@@ -378,7 +385,9 @@ fn check(r: &mut KernelRunner, c: &Case) -> (Vec<f32>, Vec<f32>) {
         .collect();
     let ids_buf = c.masked.then_some(b(1));
     let drop_buf = (drop_floats > 0).then_some(b(mi));
-    let mut e = TestEmit::new(r.limits, bufs.len());
+    let mut limits = r.limits;
+    limits.loop_iterations = c.loop_cap.or(limits.loop_iterations);
+    let mut e = TestEmit::new(limits, bufs.len());
     let (x_buf, y_buf, saved, dy_buf, dx_buf) = (b(0), b(yi), b(si), b(dyi), Some(b(dxi)));
     if c.staging {
         recurrent_train_forward(
@@ -452,6 +461,16 @@ fn check(r: &mut KernelRunner, c: &Case) -> (Vec<f32>, Vec<f32>) {
             false,
         )
         .expect("backward lowering");
+    }
+    if c.loop_cap.is_some() {
+        for kernel in [Kernel::RnnTrainForward, Kernel::RnnTrainBackward] {
+            let runs = e
+                .ops
+                .iter()
+                .filter(|op| matches!(op, crate::gpu::plan::Op::Dispatch(d) if d.kernel == kernel))
+                .count();
+            assert!(runs >= 3, "{name}: {} in {runs} dispatches", kernel.name());
+        }
     }
     let got = e.run(r, &bufs).expect("GPU run");
     assert_close(
@@ -614,6 +633,20 @@ fn state_in_storage_and_large_units_match_the_cpu() {
     );
 }
 
+/// Under a cap on one invocation's loop iterations (llvmpipe's, or here a small forced one) the
+/// forward and BPTT loops run as several dispatches of consecutive steps, handing h, c and the
+/// running dh, dc over through storage; runs that start at odd steps, masks, both directions.
+#[test]
+fn time_loops_split_under_a_loop_iteration_cap_match_the_cpu() {
+    let Some(mut r) = runner() else { return };
+    for kind in [LSTM, RNN, GRU, GRU_BEFORE] {
+        let c = case(kind).steps(23).batch(5).loop_cap(150);
+        check(&mut r, &c.clone().sequences().masked(false));
+        check(&mut r, &c.clone().bidi(MergeMode::Concat).units(13));
+        check(&mut r, &c.unstaged().sequences().backwards());
+    }
+}
+
 #[test]
 fn unsupported_configurations_are_refused() {
     let limits = crate::gpu::plan::PlanLimits {
@@ -621,6 +654,7 @@ fn unsupported_configurations_are_refused() {
         max_workgroups_per_dim: 65535,
         max_storage_buffers_per_stage: 8,
         fold_batch_norm: false,
+        loop_iterations: None,
     };
     let g = case(LSTM).bidi(MergeMode::Concat).graph();
     let node = &g.nodes[0];

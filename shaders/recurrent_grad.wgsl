@@ -23,7 +23,8 @@
 //   y / dy: return_sequences [n][pos][d][unit] (pos: processing step, or T-1-step where
 //          reverse_bits has d), else [n][d][unit]; dy_merged: no [d] (sum / average merges).
 //   dz: like Z; aux: dZ of a reset_after GRU's recurrent side (h block scaled by r) at 0, then
-//          the running dh [n][d][unit] and dc at dstate_off.
+//          the running dh [n][d][unit], dc, and the carried dL/d(previous output) at
+//          dstate_off.
 //   cell_masks: the cell's dropout masks drawn on the host for this step (binding 6, both loops):
 //          the recurrent ones [d][block][n][unit] at rec_mask_off, rec_blocks per direction
 //          (0: none, 1: one shared by every gate block, else one per gate block). h_prev is
@@ -85,6 +86,9 @@ const STATE_GRADS: u32 = 256u;
 @group(0) @binding(7) var<uniform> p: RnnTrainParams;
 
 var<workgroup> stage: array<f32, 3072>;
+// Forward with a mask: each group row's first live processing step (timesteps if none). Before
+// it a masked step outputs zeros, even when an initial state is given; after it, the state.
+var<workgroup> first_live: array<u32, 128>;
 
 fn flag(bit: u32) -> bool {
     return (p.flags & bit) != 0u;
@@ -210,6 +214,18 @@ fn rnn_train_forward(
             stage[((p.step_begin % 2u) * rpg + r) * u + j] = h0;
         }
     }
+    if (flag(MASKED)) {
+        for (var r = li; r < min(rpg, p.batch - n0); r += THREADS) {
+            var first = p.timesteps;
+            for (var s = 0u; s < p.timesteps; s++) {
+                if (live_at(n0 + r, timestep(s, d))) {
+                    first = s;
+                    break;
+                }
+            }
+            first_live[r] = first;
+        }
+    }
     barriers();
 
     for (var s = p.step_begin; s < p.step_end; s++) {
@@ -293,11 +309,12 @@ fn rnn_train_forward(
                 }
             }
             // Keras's mask rule: a masked step keeps the state; its output repeats the previous
-            // output, which (with zero initial states) is the state itself, or is zero.
+            // output (zeros before the first live step, which is the state after it), or is
+            // zero.
             let live = live_at(n, t);
             let h_next = select(hp, hn, live);
             var out = h_next;
-            if (!live && flag(ZERO_MASKED)) {
+            if (!live && (flag(ZERO_MASKED) || s < first_live[r])) {
                 out = 0.0;
             }
             if (s + 1u < p.timesteps) {
@@ -390,14 +407,20 @@ fn rnn_train_backward(
     let items = min(rpg, p.batch - n0) * u;
     // Each (row, unit)'s dL/dh and dL/dc of the state after the current step: read and
     // written only by the thread that owns the item.
+    // And dL/d(the previous output) a masked step carries back to the live step that made it
+    // (dropped before the first live step, where the output was a constant zero).
     let dc_off = p.dstate_off + p.batch * p.dirs * u;
+    let carry_off = dc_off + p.batch * p.dirs * u;
     // (The final states' gradients, when given, are there already; a later dispatch of a
     // split loop continues from the previous one's.)
     let first = p.step_end == p.timesteps;
-    for (var it = li; it < items && first && !flag(STATE_GRADS); it += THREADS) {
+    for (var it = li; it < items && first; it += THREADS) {
         let at = ((n0 + it / u) * p.dirs + d) * u + it % u;
-        aux[p.dstate_off + at] = 0.0;
-        aux[dc_off + at] = 0.0;
+        if (!flag(STATE_GRADS)) {
+            aux[p.dstate_off + at] = 0.0;
+            aux[dc_off + at] = 0.0;
+        }
+        aux[carry_off + at] = 0.0;
     }
     // Columns of dz that reach h_prev through R (a reset_after=False GRU's candidate block
     // does so through r ⊙ h, in its own pass).
@@ -417,12 +440,19 @@ fn rnn_train_backward(
             let ub = unit_row(n, t, d);
             let dh_at = p.dstate_off + (n * p.dirs + d) * u + j;
             let dc_at = dh_at + p.batch * p.dirs * u;
+            let carry_at = dc_at + p.batch * p.dirs * u;
             let live = live_at(n, t);
             var dh = aux[dh_at];
+            var carry = aux[carry_at];
             if (live || !flag(ZERO_MASKED)) {
-                // A masked step's output is the state (or zero): its gradient joins dh.
-                dh += incoming(n, s, d, j);
+                // A masked step's output repeats the previous one (or is zero).
+                carry += incoming(n, s, d, j);
             }
+            if (live) {
+                dh += carry;
+                carry = 0.0;
+            }
+            aux[carry_at] = carry;
             if (!live) {
                 // The state passed through unchanged.
                 for (var q = 0u; q < p.gates; q++) {

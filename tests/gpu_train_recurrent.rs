@@ -13,8 +13,11 @@
 mod common;
 mod gpu_support;
 
-use gpu_support::{check_backward, float_input, padded_ids, Chain, Rng, RnnSpec};
+use gpu_support::{check_backward, fit_both, float_input, labels, padded_ids, Chain, Rng, RnnSpec};
 use wgnn::graph::*;
+use wgnn::train::optim::OptimizerSpec;
+use wgnn::train::train_metrics::TrainMetrics;
+use wgnn::train::{Loss, Shuffle, TrainConfig, TrainData};
 
 const CELLS: [CellKind; 4] = [
     CellKind::SimpleRnn,
@@ -389,21 +392,99 @@ fn return_state_and_initial_state_backward_matches_cpu_after_a_dense() {
     }
 }
 
+/// A masked decoder started from the encoder's states: its masked steps output zeros
+/// (zero_output_for_mask), or repeat the previous output, which is zero before the row's first
+/// live step (not the given state) and carries its gradient back to the live step that made it.
 #[test]
 fn masked_return_state_and_initial_state_backward_matches_cpu() {
     for (k, kind) in CELLS.into_iter().enumerate() {
-        let mut rng = Rng::new(180 + k as u64);
-        let enc = RnnSpec::new(kind, 6, 4, 5);
-        let mut dec = RnnSpec::new(kind, 6, 4, 5);
-        dec.return_sequences = true;
-        // Masked steps repeating the previous output would not be the state once it starts
-        // from the encoder's: the GPU needs zero_output_for_mask there.
-        dec.zero_masked_outputs = true;
-        let chain = Chain::ids(6).embedding(&mut rng, "embedding", 9, 4, true);
-        let graph = encoder_decoder(&mut rng, chain, &enc, &dec);
-        let ids = padded_ids(&mut rng, 33, 6, 9);
-        let what = format!("masked encoder {} -> decoder", enc.describe());
-        if !check_backward(&what, &graph, &[ids], false) {
+        for (zero_masked, sequences) in [(true, true), (false, true), (false, false)] {
+            let mut rng = Rng::new(180 + k as u64);
+            let enc = RnnSpec::new(kind, 6, 4, 5);
+            let mut dec = RnnSpec::new(kind, 6, 4, 5);
+            dec.return_sequences = sequences;
+            dec.zero_masked_outputs = zero_masked;
+            let chain = Chain::ids(6).embedding(&mut rng, "embedding", 9, 4, true);
+            let graph = encoder_decoder(&mut rng, chain, &enc, &dec);
+            let ids = padded_ids(&mut rng, 33, 6, 9);
+            let what = format!(
+                "masked encoder {} -> decoder {}, zero_output_for_mask {zero_masked}",
+                enc.describe(),
+                dec.describe()
+            );
+            if !check_backward(&what, &graph, &[ids], false) {
+                return;
+            }
+        }
+    }
+}
+
+/// `fit` of a masked encoder-decoder classifier whose decoder starts from the encoder's states
+/// and repeats its previous output at masked steps (zero_output_for_mask false): an all-padding
+/// row outputs zeros, not the given (non-zero) state, so the loss sees the forward rule too.
+#[test]
+fn masked_encoder_decoder_with_repeated_outputs_fits_on_the_gpu_as_on_the_cpu() {
+    for (k, kind) in [CellKind::Lstm, CellKind::Gru { reset_after: false }]
+        .into_iter()
+        .enumerate()
+    {
+        let mut rng = Rng::new(190 + k as u64);
+        let chain = Chain::ids(7).embedding(&mut rng, "embedding", 12, 4, true);
+        let (x, mask) = (chain.x, chain.mask);
+        let mut graph = chain.graph;
+        let mut e = recurrent_op(
+            &mut rng,
+            &mut graph,
+            "encoder",
+            &RnnSpec::new(kind, 7, 4, 6),
+        );
+        e.return_state = true;
+        // The encoder reads the padding too, so an all-padding row's state is not zero.
+        let enc = graph
+            .add_node("encoder", "RNN", Op::Recurrent(Box::new(e)), &[x], None)
+            .unwrap();
+        let mut d = recurrent_op(
+            &mut rng,
+            &mut graph,
+            "decoder",
+            &RnnSpec::new(kind, 7, 4, 6),
+        );
+        d.initial_state = true;
+        let mut inputs = vec![x];
+        inputs.extend_from_slice(&enc[1..]);
+        let dec = graph
+            .add_node("decoder", "RNN", Op::Recurrent(Box::new(d)), &inputs, mask)
+            .unwrap();
+        let graph = Chain {
+            graph,
+            x: dec[0],
+            mask: None,
+        }
+        .dense(&mut rng, "out", 3, Activation::Softmax)
+        .build();
+        let data = TrainData {
+            inputs: vec![padded_ids(&mut rng, 24, 7, 12)],
+            targets: vec![labels(&mut rng, 24, 3)],
+        };
+        let config = TrainConfig {
+            epochs: 2,
+            batch_size: 12,
+            shuffle: Shuffle::None,
+            seed: 5,
+            losses: vec![Loss::by_name("sparse_categorical_crossentropy").unwrap()],
+            loss_weights: vec![],
+            optimizer: OptimizerSpec::by_name("adam")
+                .unwrap()
+                .with_learning_rate(0.02),
+            metrics: TrainMetrics::from_names(&["accuracy".into()], &["output".into()]).unwrap(),
+        };
+        if !fit_both(
+            &format!("{kind:?} encoder-decoder"),
+            &graph,
+            &data,
+            None,
+            config,
+        ) {
             return;
         }
     }

@@ -363,14 +363,14 @@ fn plan_limits(
     }
 }
 
-/// What the kernels need beyond WebGPU's downlevel defaults: 16x16 GEMM workgroups, 12,288
-/// bytes of workgroup memory (the recurrent time loops' staged state; the GEMM tiles take
-/// 8,320) and 5 storage buffers in the recurrent inference loop.
+/// What the kernels need beyond WebGPU's downlevel defaults: 16x16 GEMM workgroups, 12,800
+/// bytes of workgroup memory (the recurrent training loop's staged state and mask starts; the
+/// GEMM tiles take 8,320) and 5 storage buffers in the recurrent inference loop.
 fn runs_our_kernels(limits: &wgpu::Limits) -> bool {
     limits.max_compute_invocations_per_workgroup >= 256
         && limits.max_compute_workgroup_size_x >= 64
         && limits.max_compute_workgroup_size_y >= 16
-        && limits.max_compute_workgroup_storage_size >= 12288
+        && limits.max_compute_workgroup_storage_size >= 12800
         && limits.max_storage_buffers_per_shader_stage >= 5
 }
 

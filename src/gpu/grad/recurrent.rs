@@ -286,14 +286,6 @@ pub(crate) fn recurrent_dropout_masks(r: &Recurrent, batch: usize, rng: &mut Rng
 /// What the GPU path supports, else an error naming the layer and the field.
 fn check(layer: &Node, r: &Recurrent, cells: usize, masked: bool) -> Result<()> {
     let refuse = |field: &str, why: &str| Err(layer_error(layer, field, why));
-    // Masked steps repeat the previous output, which the time loop takes to be the state: so
-    // it is only while the states start at zero.
-    if r.initial_state && masked && !r.zero_output_for_mask() {
-        return refuse(
-            "initial_state",
-            "GPU training supports initial states with a mask only with zero_output_for_mask",
-        );
-    }
     let first = &r.forward;
     for cell in r.cells() {
         let same = cell.kind == first.kind
@@ -396,9 +388,11 @@ fn dispatch_time_loop(
     let cap = e.limits().loop_iterations;
     // Every loop counted, as llvmpipe counts them: each thread's items, each with its passes
     // over the units (and the gate blocks), per step.
+    // The forward's setup scans each row's mask for its first live step.
     let per_thread = (rpg * lay.u).div_ceil(RNN_LOOP_THREADS as usize);
     let per_step = per_thread * (unit_loops * (lay.u + 1) + lay.gates + 4) + 4;
-    let chunk = rnn_steps_per_dispatch(t, per_thread + 4, per_step, cap).ok_or_else(|| {
+    let setup = per_thread + t + 6;
+    let chunk = rnn_steps_per_dispatch(t, setup, per_step, cap).ok_or_else(|| {
         layer_error(
             layer,
             "units",
@@ -1202,7 +1196,8 @@ fn backward(
         return Ok(());
     }
     let (rows, g, dg, u, f) = (lay.rows(), lay.g(), lay.dg(), lay.u, lay.f);
-    let state = 2 * batch * lay.dirs * u;
+    // dh, dc and the carried output gradient.
+    let state = 3 * batch * lay.dirs * u;
     let dzh = if lay.gru_after() { rows * dg } else { 0 };
     check_buffer(e, layer, "dz", rows * dg)?;
     check_buffer(e, layer, "saved", lay.total)?;
@@ -1211,7 +1206,7 @@ fn backward(
     let (dy, dy_scratch) = concat_dy(e, layer, node, r, out_rows, parts, dys)?;
     let st = stack(e, layer, node, &lay, cells, dx.is_some())?;
     let dz = e.scratch(node, "dz of every step", rows * dg);
-    let aux = e.scratch(node, "recurrent dz and running dh, dc", dzh + state);
+    let aux = e.scratch(node, "recurrent dz and running dh, dc, carry", dzh + state);
 
     let (rpg, staged) = rnn_rows_per_group(batch, u, g, allow_staging);
     let mut flags = base_flags(r, mask_ids.is_some());
